@@ -1,0 +1,64 @@
+"""``rnnexport convert``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from rnnexport.cli.options import SOURCE_HELP, source_options, source_spec
+from rnnexport.convert import ConvertResult, convert
+from rnnexport.model import Form, Lowering, TensorSpec
+
+__all__ = ["convert_command", "format_spec"]
+
+
+def format_spec(spec: TensorSpec) -> str:
+    return f"{spec.name} {spec.dtype}[{', '.join(str(d) for d in spec.shape)}]"
+
+
+def default_output(source: str, form: str) -> Path:
+    stem = Path(source.rpartition(":")[2] if ":" in source else source.rstrip("/")).name or "model"
+    stem = stem.removesuffix(".json").removesuffix(".py")
+    return Path(f"{stem}.onnx" if form == "sequence" else f"{stem}.step.onnx")
+
+
+def summary(result: ConvertResult) -> list[str]:
+    lines = [f"converted {result.description}"]
+    lines.append(f"  form      {result.form.value}" + (f" (fixed T={result.seq_len})" if result.seq_len else ""))
+    lines.append(f"  lowering  {result.lowering.value}")
+    for attempt in result.attempts:
+        if not attempt.ok:
+            lines.append(f"            {attempt.lowering.value} skipped: {attempt.reason}")
+    lines.append(f"  inputs    {'; '.join(format_spec(s) for s in result.inputs)}")
+    lines.append(f"  outputs   {'; '.join(format_spec(s) for s in result.outputs)}")
+    lines.append(f"  graph     {result.nodes} nodes, {result.size_bytes / 1e6:.2f} MB -> {result.path}")
+    return lines
+
+
+@click.command("convert", epilog=SOURCE_HELP)
+@click.argument("source")
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="Output .onnx file (default: SOURCE.onnx, or SOURCE.step.onnx for --form step).")
+@click.option("--form", type=click.Choice([f.value for f in Form]), default="sequence", show_default=True,
+              help="sequence: x (T, B, I) for any T; step: one time step, x (B, I).")
+@click.option("--lowering", type=click.Choice([lw.value for lw in Lowering]), default="auto",
+              show_default=True,
+              help="native: ONNX RNN/LSTM/GRU operators (recognised cells); scan: a traced step in ONNX Scan "
+                   "(any cell); unrolled: a trace at fixed T (--seq-len), or one traced step for --form step; "
+                   "auto: native, else scan (step form: native, else one traced step).")
+@click.option("--seq-len", type=click.IntRange(min=1), default=None,
+              help="Fixed T of an unrolled sequence graph (default 35).")
+@source_options
+@click.option("-q", "--quiet", is_flag=True, help="Print only the output path.")
+def convert_command(source, output, form, lowering, seq_len, quiet, **source_kw) -> None:
+    """Convert a recurrent model SOURCE to an ONNX graph with explicit state.
+
+    State goes in and comes out: inputs x, h (and c for LSTMs); outputs y, h_out
+    (and c_out). The graph is checked with onnx.checker and written atomically.
+    """
+    spec = source_spec(source, **source_kw)
+    path = Path(output) if output else default_output(source, form)
+    progress = None if quiet else (lambda line: click.echo(f"{line}...", err=True))
+    result = convert(spec, path, form=form, lowering=lowering, seq_len=seq_len, progress=progress)
+    click.echo(str(result.path) if quiet else "\n".join(summary(result)))

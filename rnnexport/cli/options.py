@@ -1,0 +1,41 @@
+"""Options shared by commands that take a model source."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+from rnnexport.sources import SourceSpec
+
+__all__ = ["source_options", "source_spec"]
+
+SOURCE_HELP = (
+    "SOURCE is a built-in seed cell (rnn, lstm, gru), a trained model in models/ "
+    "(e.g. lstm-charlm) or its folder, or path/to/file.py:factory or package.module:factory "
+    "where factory() returns a torch.nn.Module or rnnexport.from_cell(...)."
+)
+
+
+def source_options(fn: Callable) -> Callable:
+    """The size, weights and seed options of a built-in cell."""
+    options = [
+        click.option("--input-size", type=click.IntRange(min=1), default=None,
+                     help="Built-in cells: input size I (default 28, or read from --weights)."),
+        click.option("--hidden-size", type=click.IntRange(min=1), default=None,
+                     help="Built-in cells: hidden size H (default 256, or read from --weights)."),
+        click.option("--output-size", type=click.IntRange(min=1), default=None,
+                     help="Built-in cells: output size Q (default: the input size)."),
+        click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                     help="Built-in cells: weights as .safetensors or a torch file of named tensors "
+                          "(the seed's names, e.g. W_xh); loaded with weights_only=True."),
+        click.option("--seed", "param_seed", type=int, default=0, show_default=True,
+                     help="Built-in cells without --weights: seed of the generated weights."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def source_spec(source: str, input_size, hidden_size, output_size, weights, param_seed) -> SourceSpec:
+    return SourceSpec(source, input_size, hidden_size, output_size, weights, param_seed)

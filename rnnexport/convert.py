@@ -1,0 +1,124 @@
+"""``rnnexport.convert``: a source in, one checked ONNX file with explicit state out."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+import torch
+
+from rnnexport.errors import ConvertError
+from rnnexport.export import Attempt, GraphInfo, lower, write_info
+from rnnexport.export.onnxutil import atomic_save, check_model, value_info
+from rnnexport.model import Form, Lowering, RecurrentModel, TensorSpec
+from rnnexport.sources import SourceSpec, load_source
+
+__all__ = ["ConvertResult", "convert", "to_onnx"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertResult:
+    """What :func:`convert` wrote."""
+
+    path: Path
+    form: Form
+    lowering: Lowering
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    attempts: tuple[Attempt, ...]
+    nodes: int
+    size_bytes: int
+    info: GraphInfo
+    description: str
+
+    @property
+    def seq_len(self) -> int | None:
+        return self.info.seq_len
+
+
+def _declare(onnx_model: onnx.ModelProto, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+    """Make the graph's declared inputs and outputs exactly the contract's."""
+    graph = onnx_model.graph
+    if [v.name for v in graph.input] != [s.name for s in inputs] or \
+            [v.name for v in graph.output] != [s.name for s in outputs]:
+        raise RuntimeError(f"lowering produced I/O {[v.name for v in graph.input]} -> "
+                           f"{[v.name for v in graph.output]}, not the contract's")
+    for field, specs in ((graph.input, inputs), (graph.output, outputs)):
+        for value, spec in zip(field, specs):
+            value.CopyFrom(value_info(spec))
+
+
+def count_nodes(graph: onnx.GraphProto) -> int:
+    """Nodes in ``graph`` and every subgraph (a Scan body counts once)."""
+    total = 0
+    for node in graph.node:
+        total += 1
+        for attr in node.attribute:
+            subs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+            total += sum(count_nodes(s) for s in subs)
+    return total
+
+
+def to_onnx(
+    model: RecurrentModel, form: Form | str = Form.SEQUENCE, lowering: Lowering | str = Lowering.AUTO,
+    seq_len: int | None = None, progress: Callable[[str], None] | None = None,
+) -> tuple[onnx.ModelProto, Lowering, list[Attempt], GraphInfo]:
+    """The checked ONNX model in memory, without writing it."""
+    form, lowering = Form(form), Lowering(lowering)
+    if seq_len is not None and seq_len < 1:
+        raise ConvertError(f"--seq-len must be at least 1, got {seq_len}")
+    with torch.no_grad():
+        onnx_model, used, attempts = lower(model, form, lowering, seq_len, progress)
+    fixed = (seq_len or 35) if used is Lowering.UNROLLED and form is Form.SEQUENCE else None
+    _declare(onnx_model, model.io.inputs(form, fixed), model.io.outputs(form, fixed))
+    info = write_info(onnx_model, model, form, used, fixed)
+    check_model(onnx_model)
+    return onnx_model, used, attempts, info
+
+
+def convert(
+    source: SourceSpec | str | torch.nn.Module | RecurrentModel,
+    path: str | os.PathLike,
+    form: Form | str = Form.SEQUENCE,
+    lowering: Lowering | str = Lowering.AUTO,
+    seq_len: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ConvertResult:
+    """Export a recurrent model to an ONNX file whose state is explicit.
+
+    Args:
+        source: a built-in cell name (``"lstm"``), a :class:`SourceSpec`, a model
+            name or folder, ``"file.py:factory"``, a torch.nn module, or a model
+            from :func:`rnnexport.from_cell` / :func:`rnnexport.from_module`.
+        path: the output file; written atomically.
+        form: ``"sequence"`` (any T) or ``"step"`` (one time step).
+        lowering: ``"auto"``, ``"native"``, ``"scan"`` or ``"unrolled"``.
+        seq_len: the fixed T of an unrolled sequence graph (default 35).
+        progress: called with a line of text before each slow step (tracing).
+
+    Returns:
+        A :class:`ConvertResult` with the path, the lowering used and the I/O contract.
+
+    Raises:
+        RnnexportError: for a bad source, a lowering that does not apply, or an
+            unwritable path; nothing is written then.
+    """
+    model = load_source(source)
+    path = Path(path)
+    onnx_model, used, attempts, info = to_onnx(model, form, lowering, seq_len, progress)
+    size = atomic_save(onnx_model, path)
+    return ConvertResult(
+        path=path,
+        form=Form(form),
+        lowering=used,
+        inputs=tuple(model.io.inputs(Form(form), info.seq_len)),
+        outputs=tuple(model.io.outputs(Form(form), info.seq_len)),
+        attempts=tuple(attempts),
+        nodes=count_nodes(onnx_model.graph),
+        size_bytes=size,
+        info=info,
+        description=model.description,
+    )

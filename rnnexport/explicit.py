@@ -1,0 +1,102 @@
+"""A torch.nn.RNN/LSTM/GRU written out as plain tensor operations.
+
+torch's ONNX exporter lowers ``aten.lstm`` and friends in ways that fix the
+sequence length or break on ``proj_size``. :class:`ExplicitRecurrent` computes
+exactly what the torch.nn module computes, from the same weights, with matmuls
+and pointwise ops only, so tracing it gives a clean graph. It stands in for the
+module while tracing; the module itself stays the reference it is checked against.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+__all__ = ["ExplicitRecurrent", "explicit_copy"]
+
+
+class ExplicitRecurrent(torch.nn.Module):
+    """Same ``forward(x, hx) -> (output, h_n)`` as the torch.nn module it copies."""
+
+    def __init__(self, module: torch.nn.RNNBase) -> None:
+        super().__init__()
+        self.mode = module.mode  # "RNN_TANH", "RNN_RELU", "LSTM", "GRU"
+        self.num_layers = module.num_layers
+        self.directions = 2 if module.bidirectional else 1
+        self.batch_first = module.batch_first
+        self.hidden_size = module.hidden_size
+        self.proj_size = getattr(module, "proj_size", 0)
+        self.bias = module.bias
+        for name in module._flat_weights_names:
+            self.register_buffer(name, getattr(module, name).detach().clone())
+
+    def _weight(self, kind: str, layer: int, direction: int) -> torch.Tensor | None:
+        suffix = f"_l{layer}" + ("_reverse" if direction else "")
+        return getattr(self, kind + suffix, None)
+
+    def _cell(self, x, h, c, layer: int, direction: int):
+        w = {k: self._weight(k, layer, direction) for k in ("weight_ih", "weight_hh", "weight_hr")}
+        gi = x @ w["weight_ih"].T
+        gh = h @ w["weight_hh"].T
+        if self.bias:
+            gi = gi + self._weight("bias_ih", layer, direction)
+            gh = gh + self._weight("bias_hh", layer, direction)
+        if self.mode == "LSTM":
+            i, f, g, o = (gi + gh).chunk(4, dim=-1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            if w["weight_hr"] is not None:
+                h = h @ w["weight_hr"].T
+            return h, c
+        if self.mode == "GRU":
+            i_r, i_z, i_n = gi.chunk(3, dim=-1)
+            h_r, h_z, h_n = gh.chunk(3, dim=-1)
+            r = torch.sigmoid(i_r + h_r)
+            z = torch.sigmoid(i_z + h_z)
+            n = torch.tanh(i_n + r * h_n)
+            return (1 - z) * n + z * h, c
+        pre = gi + gh
+        return (torch.relu(pre) if self.mode == "RNN_RELU" else torch.tanh(pre)), c
+
+    def forward(self, x: torch.Tensor, hx=None):
+        if self.batch_first:
+            x = x.transpose(0, 1)
+        is_lstm = self.mode == "LSTM"
+        h0, c0 = (hx if is_lstm else (hx, None)) if hx is not None else self._zeros(x)
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(self.directions):
+                index = layer * self.directions + direction
+                h, c = h0[index], c0[index] if is_lstm else None
+                steps = range(x.shape[0] - 1, -1, -1) if direction else range(x.shape[0])
+                ys = [None] * x.shape[0]
+                for t in steps:
+                    h, c = self._cell(x[t], h, c, layer, direction)
+                    ys[t] = h
+                outputs.append(torch.stack(ys))
+                h_n.append(h)
+                c_n.append(c)
+            x = torch.cat(outputs, dim=-1) if self.directions == 2 else outputs[0]
+        y = x.transpose(0, 1) if self.batch_first else x
+        h_n = torch.stack(h_n)
+        return (y, (h_n, torch.stack(c_n))) if is_lstm else (y, h_n)
+
+    def _zeros(self, x: torch.Tensor):
+        n = self.num_layers * self.directions
+        h = x.new_zeros(n, x.shape[1], self.proj_size or self.hidden_size)
+        c = x.new_zeros(n, x.shape[1], self.hidden_size)
+        return h, c
+
+
+def explicit_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` with every torch.nn recurrent layer replaced by its explicit form."""
+    if isinstance(module, torch.nn.RNNBase):
+        return ExplicitRecurrent(module)
+    clone = copy.deepcopy(module)
+    for parent in clone.modules():
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.RNNBase):
+                setattr(parent, name, ExplicitRecurrent(child))
+    return clone

@@ -1,0 +1,117 @@
+"""The lowerings as strategies: each returns a graph or the reason it does not apply.
+
+``auto`` tries them in order (sequence: native, then scan; step: native, then a
+traced step) and records every attempt, so a user sees why a lowering was chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import onnx
+
+from rnnexport.errors import ConvertError, describe
+from rnnexport.export.native import build_native
+from rnnexport.export.scan import wrap_in_scan
+from rnnexport.export.trace import trace
+from rnnexport.model import Form, Lowering, RecurrentModel
+
+__all__ = ["Attempt", "NotApplicable", "lower", "trace_step"]
+
+DEFAULT_UNROLLED_SEQ_LEN = 35
+
+
+@dataclasses.dataclass(frozen=True)
+class NotApplicable:
+    """Why a lowering cannot express a model in a form."""
+
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """One lowering tried for a conversion: chosen, or skipped with its reason."""
+
+    lowering: Lowering
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+
+def _silent(line: str) -> None:
+    pass
+
+
+def trace_step(model: RecurrentModel, progress: Callable[[str], None] = _silent) -> onnx.ModelProto | NotApplicable:
+    """The step graph traced from the model's step function."""
+    io = model.io
+    progress(f"tracing one step of {model.description} with torch.onnx")
+    try:
+        return trace(model.trace_step_module(), io, io.inputs(Form.STEP), io.outputs(Form.STEP))
+    except Exception as e:  # noqa: BLE001 - torch's tracer fails in many ways; all mean "cannot trace"
+        return NotApplicable(f"torch.onnx could not trace one step: {describe(e)}")
+
+
+def _native(model: RecurrentModel, form: Form, seq_len: int | None, progress):
+    if model.native is None:
+        return NotApplicable(model.native_reason or "not a recognised RNN/LSTM/GRU cell")
+    if form is Form.STEP and model.native.layers[0].directions == 2:
+        return NotApplicable("a bidirectional model has no step form: its backward pass needs the whole sequence")
+    return build_native(model, form)
+
+
+def _scan(model: RecurrentModel, form: Form, seq_len: int | None, progress):
+    if form is Form.STEP:
+        return NotApplicable("scan lowers sequences; for a step graph use native or unrolled (one traced step)")
+    if model.scan_reason:
+        return NotApplicable(model.scan_reason)
+    step = trace_step(model, progress)
+    return step if isinstance(step, NotApplicable) else wrap_in_scan(model, step)
+
+
+def _unrolled(model: RecurrentModel, form: Form, seq_len: int | None, progress):
+    if form is Form.STEP:
+        if model.scan_reason:
+            return NotApplicable(model.scan_reason)
+        return trace_step(model, progress)
+    io = model.io
+    seq_len = seq_len or DEFAULT_UNROLLED_SEQ_LEN
+    progress(f"tracing {model.description} over T={seq_len} steps with torch.onnx")
+    try:
+        return trace(model.trace_module, io, io.inputs(form, seq_len), io.outputs(form, seq_len), seq_len)
+    except Exception as e:  # noqa: BLE001
+        return NotApplicable(f"torch.onnx could not trace the sequence: {describe(e)}")
+
+
+STRATEGIES = {Lowering.NATIVE: _native, Lowering.SCAN: _scan, Lowering.UNROLLED: _unrolled}
+AUTO_ORDER = {Form.SEQUENCE: (Lowering.NATIVE, Lowering.SCAN), Form.STEP: (Lowering.NATIVE, Lowering.UNROLLED)}
+
+
+def lower(
+    model: RecurrentModel, form: Form, lowering: Lowering, seq_len: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[onnx.ModelProto, Lowering, list[Attempt]]:
+    """Lower ``model`` to ONNX in ``form``; ``progress`` hears of each lowering tried.
+
+    Returns:
+        The graph (contract inputs/outputs, no metadata yet), the lowering used, and
+        every attempt in order.
+
+    Raises:
+        ConvertError: when the requested lowering (or, for auto, every lowering) does not apply.
+    """
+    order = AUTO_ORDER[form] if lowering is Lowering.AUTO else (lowering,)
+    attempts: list[Attempt] = []
+    for candidate in order:
+        result = STRATEGIES[candidate](model, form, seq_len, progress or _silent)
+        if isinstance(result, NotApplicable):
+            attempts.append(Attempt(candidate, result.reason))
+            continue
+        attempts.append(Attempt(candidate))
+        return result, candidate, attempts
+    reasons = "; ".join(f"{a.lowering.value}: {a.reason}" for a in attempts)
+    hint = "" if lowering is Lowering.AUTO else " (try --lowering auto)"
+    raise ConvertError(f"cannot export {model.description} as a {form.value} graph: {reasons}{hint}")

@@ -1,0 +1,114 @@
+"""The native lowering: ONNX RNN/LSTM/GRU operators built straight from the parameters.
+
+No tracing: the graph is written node by node from a :class:`~rnnexport.model.NativePlan`,
+which makes it exact about the contract (any T, any B) and fast to export.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+from rnnexport.export.onnxutil import GraphBuilder, finish_model, value_info
+from rnnexport.model import Form, Layout, NativeLayer, RecurrentModel
+
+__all__ = ["build_native"]
+
+
+def _layer_node(g: GraphBuilder, layer: NativeLayer, index: int, x: str, h: str, c: str | None):
+    """One ONNX recurrent node; returns ``(Y (T, D, B, H), Y_h, Y_c or None)``."""
+    inputs = [
+        x,
+        g.const(f"W{index}", layer.W),
+        g.const(f"R{index}", layer.R),
+        g.const(f"B{index}", layer.B) if layer.B is not None else "",
+        "",  # sequence_lens: every sequence in the batch runs the full length
+        h,
+    ]
+    if layer.op == "LSTM":
+        inputs.append(c)
+    attrs = {
+        "hidden_size": layer.hidden_size,
+        "direction": "bidirectional" if layer.directions == 2 else "forward",
+    }
+    if layer.activations is not None:
+        attrs["activations"] = list(layer.activations)
+    if layer.linear_before_reset is not None:
+        attrs["linear_before_reset"] = layer.linear_before_reset
+    outputs = g.op(layer.op, inputs, 3 if layer.op == "LSTM" else 2, **attrs)
+    return outputs[0], outputs[1], outputs[2] if layer.op == "LSTM" else None
+
+
+def _merge_directions(g: GraphBuilder, y: str, directions: int) -> str:
+    """``(T, D, B, H)`` -> ``(T, B, D*H)``, forward and backward side by side as torch has them."""
+    if directions == 1:
+        return g.one("Squeeze", [y, g.ints("axis1", [1])])
+    y = g.one("Transpose", [y], perm=[0, 2, 1, 3])
+    return g.one("Reshape", [y, g.ints("shape", [0, 0, -1])])
+
+
+def _state_slices(g: GraphBuilder, model: RecurrentModel, name: str, layers: int, directions: int):
+    """Per-layer ``(D, B, H)`` views of a state input."""
+    if model.io.state.batch_axis == 0:  # seed cells: (B, H)
+        return [g.one("Unsqueeze", [name, g.ints("axis0", [0])])]
+    if layers == 1:
+        return [name]
+    return [
+        g.one("Slice", [name, g.ints("start", [i * directions]), g.ints("end", [(i + 1) * directions]),
+                        g.ints("axis0", [0])])
+        for i in range(layers)
+    ]
+
+
+def _state_output(g: GraphBuilder, model: RecurrentModel, parts: list[str], output: str) -> None:
+    if model.io.state.batch_axis == 0:
+        g.one("Squeeze", [parts[0], g.ints("axis0", [0])], output)
+    elif len(parts) == 1:
+        g.one("Identity", parts, output)
+    else:
+        g.one("Concat", parts, output, axis=0)
+
+
+def build_native(model: RecurrentModel, form: Form) -> onnx.ModelProto:
+    """The whole graph for ``model`` (which must have a native plan) in ``form``."""
+    plan = model.native
+    io = model.io
+    inputs, outputs = io.inputs(form), io.outputs(form)
+    state_names = io.state.names
+    g = GraphBuilder()
+    directions = plan.layers[0].directions
+    x = inputs[0].name
+    if form is Form.STEP:
+        x = g.one("Unsqueeze", [x, g.ints("axis0", [0])])
+    elif io.layout is Layout.BATCH_MAJOR:
+        x = g.one("Transpose", [x], perm=[1, 0, 2])
+    h_parts = _state_slices(g, model, state_names[0], len(plan.layers), directions)
+    c_parts = (_state_slices(g, model, state_names[1], len(plan.layers), directions)
+               if len(state_names) == 2 else [None] * len(plan.layers))
+    h_out, c_out = [], []
+    for index, layer in enumerate(plan.layers):
+        y, y_h, y_c = _layer_node(g, layer, index, x, h_parts[index], c_parts[index])
+        x = _merge_directions(g, y, layer.directions)
+        h_out.append(y_h)
+        c_out.append(y_c)
+    if plan.head is not None:
+        W_hq, b_q = plan.head
+        x = g.one("Add", [g.one("MatMul", [x, g.const("W_hq", W_hq)]), g.const("b_q", b_q)])
+    y_name = outputs[0].name
+    if form is Form.STEP:
+        g.one("Squeeze", [x, g.ints("axis0", [0])], y_name)
+    elif io.layout is Layout.BATCH_MAJOR:
+        g.one("Transpose", [x], y_name, perm=[1, 0, 2])
+    else:
+        g.one("Identity", [x], y_name)
+    _state_output(g, model, h_out, outputs[1].name)
+    if len(state_names) == 2:
+        _state_output(g, model, c_out, outputs[2].name)
+    graph = helper.make_graph(
+        g.nodes,
+        "rnnexport_native",
+        [value_info(s) for s in inputs],
+        [value_info(s) for s in outputs],
+        initializer=g.initializers,
+    )
+    return finish_model(graph)

@@ -1,0 +1,574 @@
+"""What a user points at, turned into a :class:`~rnnexport.model.RecurrentModel`.
+
+Sources: a built-in seed cell (``rnn``, ``lstm``, ``gru``) with generated or loaded
+weights; a trained example model from ``models/`` (by name or folder); a torch.nn
+RNN/LSTM/GRU or a module built around one (:func:`from_module`); a user's loop in
+the seed's convention (:func:`from_cell`); or ``file.py:factory`` /
+``package.module:factory`` naming a function that returns either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rnnexport import cells, gates
+from rnnexport.cells import CellKind
+from rnnexport.errors import SourceError, WeightsError, describe
+from rnnexport.explicit import explicit_copy
+from rnnexport.model import (
+    IOSpec,
+    Layout,
+    NativeLayer,
+    NativePlan,
+    RecurrentModel,
+    SourceKind,
+    StateSpec,
+)
+
+__all__ = [
+    "SourceSpec",
+    "builtin",
+    "from_cell",
+    "from_module",
+    "load_source",
+    "load_weights",
+    "models_dir",
+]
+
+DEFAULT_INPUT_SIZE = 28
+DEFAULT_HIDDEN_SIZE = 256
+CARD_FORMAT = "rnnexport.card/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    """A source as the CLI names it: ``rnn|lstm|gru``, a model name or folder, or ``X:factory``."""
+
+    name: str
+    input_size: int | None = None
+    hidden_size: int | None = None
+    output_size: int | None = None
+    weights: str | None = None
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------- seed cells
+
+
+class SeedSequence(torch.nn.Module):
+    """A seed-convention loop as ``forward(x, *state) -> (y (T, B, Q), *state_out)``."""
+
+    def __init__(self, fn: Callable, params: Sequence[tuple[str, torch.Tensor]]) -> None:
+        super().__init__()
+        self.fn = fn
+        self.names = [name for name, _ in params]
+        for index, (_, tensor) in enumerate(params):
+            self.register_buffer(f"p{index}", tensor.detach().clone().float())
+
+    def forward(self, x: torch.Tensor, *state: torch.Tensor):
+        params = [getattr(self, f"p{i}") for i in range(len(self.names))]
+        outputs, state_out = self.fn(x, tuple(state), params)
+        return (outputs.reshape(x.shape[0], x.shape[1], -1), *state_out)
+
+
+def _seed_plan(kind: CellKind, named: dict[str, torch.Tensor]) -> NativePlan:
+    arrays = {k: v.detach().float().numpy() for k, v in named.items()}
+    W, R, B = gates.seed_layer_weights(kind, arrays)
+    layer = NativeLayer(
+        op=gates.ONNX_OP[kind],
+        W=W[None],
+        R=R[None],
+        B=B[None],
+        hidden_size=R.shape[1],
+        activations=("Tanh",) if kind is CellKind.RNN else None,
+        linear_before_reset=0 if kind is CellKind.GRU else None,
+    )
+    return NativePlan(layers=(layer,), head=(arrays["W_hq"], arrays["b_q"]))
+
+
+def _seed_model(
+    kind: CellKind,
+    fn: Callable,
+    named: list[tuple[str, torch.Tensor]],
+    source_kind: SourceKind,
+    origin: dict[str, Any],
+    description: str,
+) -> RecurrentModel:
+    by_name = dict(named)
+    hidden = by_name[cells.PARAM_NAMES[kind][1]].shape[0]
+    io = IOSpec(
+        x_features=(by_name[cells.PARAM_NAMES[kind][0]].shape[0],),
+        x_dtype="float32",
+        y_features=(by_name["W_hq"].shape[1],),
+        state=StateSpec(cells.STATE_NAMES[kind], ((hidden,),) * len(cells.STATE_NAMES[kind]), 0),
+    )
+    return RecurrentModel(
+        kind=source_kind,
+        family=kind.value,
+        io=io,
+        sequence_module=SeedSequence(fn, named),
+        params=named,
+        native=_seed_plan(kind, by_name),
+        origin=origin,
+        description=description,
+    )
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors from a ``.safetensors`` file or a torch file (loaded with ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist; pass an existing .safetensors or .pt file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return dict(load_file(str(path)))
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any reader failure is a bad file for the user
+        raise WeightsError(f"cannot read weights file {path}: {describe(e)}") from e
+    if isinstance(loaded, dict) and all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        return dict(loaded)
+    raise WeightsError(f"weights file {path} holds a {type(loaded).__name__}, not a dict of named tensors")
+
+
+def _check_weights(kind: CellKind, weights: dict[str, torch.Tensor], shapes, label: str) -> None:
+    missing = [n for n in shapes if n not in weights]
+    extra = [n for n in weights if n not in shapes]
+    if missing:
+        raise WeightsError(f"{label} lacks tensor {missing[0]!r} of the {kind.value} layout "
+                           f"(expected names: {', '.join(shapes)})")
+    if extra:
+        raise WeightsError(f"{label} has tensor {extra[0]!r}, which the {kind.value} layout "
+                           f"does not have (expected names: {', '.join(shapes)})")
+    for name, shape in shapes.items():
+        got = tuple(weights[name].shape)
+        if got != shape:
+            raise WeightsError(f"tensor {name!r} in {label} has shape {got}, the {kind.value} layout "
+                               f"needs {shape}; check --input-size/--hidden-size/--output-size")
+
+
+def _sizes_from_weights(kind: CellKind, weights: dict[str, torch.Tensor], spec: SourceSpec):
+    first, recurrent = cells.PARAM_NAMES[kind][:2]
+    def dim(name: str, axis: int, given: int | None) -> int | None:
+        if given is not None or name not in weights or weights[name].dim() != 2:
+            return given
+        return int(weights[name].shape[axis])
+    return (
+        dim(first, 0, spec.input_size),
+        dim(recurrent, 0, spec.hidden_size),
+        dim("W_hq", 1, spec.output_size),
+    )
+
+
+def builtin(
+    kind: CellKind | str,
+    input_size: int | None = None,
+    hidden_size: int | None = None,
+    output_size: int | None = None,
+    weights: str | os.PathLike | None = None,
+    seed: int = 0,
+    origin: dict[str, Any] | None = None,
+    params: Sequence[torch.Tensor] | None = None,
+) -> RecurrentModel:
+    """A seed cell with weights from ``weights``, ``params`` or :func:`rnnexport.cells.init_params`.
+
+    Args:
+        kind: ``"rnn"``, ``"lstm"`` or ``"gru"``.
+        input_size, hidden_size, output_size: the sizes; with weights, those not
+            given are read from the tensors, and those given must agree with them.
+        weights: a ``.safetensors`` or torch file of tensors named as the seed names them.
+        seed: seed of generated weights (when neither ``weights`` nor ``params``).
+        origin: provenance to record instead of the default.
+        params: the parameter list in the seed's order, instead of a file.
+    """
+    kind = CellKind(kind)
+    spec = SourceSpec(kind.value, input_size, hidden_size, output_size)
+    if params is not None:
+        loaded, label = dict(zip(cells.PARAM_NAMES[kind], params)), "the given params"
+    elif weights is not None:
+        loaded, label = load_weights(weights), f"weights file {weights}"
+    else:
+        loaded, label = None, ""
+    if loaded is not None:
+        input_size, hidden_size, output_size = _sizes_from_weights(kind, loaded, spec)
+    input_size = input_size or DEFAULT_INPUT_SIZE
+    hidden_size = hidden_size or DEFAULT_HIDDEN_SIZE
+    shapes = cells.param_shapes(kind, input_size, hidden_size, output_size)
+    if loaded is not None:
+        _check_weights(kind, loaded, shapes, label)
+        tensors = [loaded[n].detach().float() for n in shapes]
+    else:
+        tensors = cells.init_params(kind, input_size, hidden_size, output_size, seed=seed)
+    named = list(zip(shapes, tensors))
+    q = shapes["W_hq"][1]
+    origin = origin or {
+        "builtin": kind.value,
+        "input_size": input_size,
+        "hidden_size": hidden_size,
+        "output_size": q,
+        "weights": str(Path(weights).resolve()) if weights is not None and params is None else None,
+        "seed": seed if loaded is None else None,
+    }
+    text = f"seed {kind.value} (input {input_size}, hidden {hidden_size}, output {q})"
+    return _seed_model(kind, cells.CELL_FUNCTIONS[kind], named, SourceKind.BUILTIN, origin, text)
+
+
+# --------------------------------------------------------------------------- user cells
+
+
+def _recognise_cell(fn: Callable, named: list[tuple[str, torch.Tensor]], state) -> CellKind | None:
+    """The seed cell that ``fn`` computes, found by running both on a probe input."""
+    shapes = [tuple(t.shape) for _, t in named]
+    for kind in CellKind:
+        if len(state) != len(cells.STATE_NAMES[kind]) or len(shapes) != len(cells.PARAM_NAMES[kind]):
+            continue
+        i, h, q = shapes[0][0], shapes[1][0], shapes[-1][0]
+        if list(cells.param_shapes(kind, i, h, q).values()) != shapes:
+            continue
+        gen = torch.Generator().manual_seed(1234)
+        x = torch.randn(3, 2, i, generator=gen)
+        s = tuple(torch.randn(2, h, generator=gen) for _ in state)
+        params = [t.float() for _, t in named]
+        with torch.no_grad():
+            ours, ours_state = cells.CELL_FUNCTIONS[kind](x, s, params)
+            try:
+                theirs, theirs_state = fn(x, s, params)
+            except Exception:  # noqa: BLE001 - not recognised; the real call reports errors
+                return None
+        pairs = [(ours, theirs), *zip(ours_state, theirs_state)]
+        if all(a.shape == b.shape and torch.allclose(a, b, atol=1e-6) for a, b in pairs):
+            return kind
+    return None
+
+
+def from_cell(
+    fn: Callable,
+    params: Sequence[torch.Tensor] | dict[str, torch.Tensor],
+    init_state: Sequence[torch.Tensor],
+    state_names: Sequence[str] | None = None,
+    input_size: int | None = None,
+) -> RecurrentModel:
+    """A user's loop in the seed's convention, ``fn(inputs, state, params) -> (outputs, state)``.
+
+    Args:
+        fn: the loop; ``inputs`` is ``(T, B, I)``, ``outputs`` is ``(T * B, Q)``.
+        params: the parameters, a list (named ``p0``, ``p1``, ...) or a dict.
+        init_state: example state tensors, each ``(B, H)``.
+        state_names: names of the state tensors; default ``h`` (and ``c`` for two).
+        input_size: I; defaults to the first dimension of the first parameter, as in
+            the seed's layouts where it is ``W_x*``.
+
+    A loop that computes one of the seed's cells (checked numerically on a probe
+    input) can use the native lowering; any other uses scan.
+    """
+    named = list(params.items()) if isinstance(params, dict) else [(f"p{i}", t) for i, t in enumerate(params)]
+    named = [(n, t.detach().float()) for n, t in named]
+    state = tuple(init_state)
+    if not state or any(s.dim() != 2 for s in state):
+        raise SourceError("init_state must be a tuple of example state tensors shaped (B, H)")
+    names = tuple(state_names) if state_names else ("h", "c")[: len(state)] if len(state) <= 2 else None
+    if names is None or len(names) != len(state):
+        raise SourceError(f"give state_names for the {len(state)} state tensors")
+    if input_size is None:
+        if not named or named[0][1].dim() != 2:
+            raise SourceError("cannot infer the input size from the parameters; pass input_size=")
+        input_size = int(named[0][1].shape[0])
+    kind = _recognise_cell(fn, named, state)
+    if kind is not None and names == cells.STATE_NAMES[kind]:
+        named = [(seed_name, t) for seed_name, (_, t) in zip(cells.PARAM_NAMES[kind], named)]
+        origin = {"cell_fn": getattr(fn, "__qualname__", repr(fn)), "recognised": kind.value}
+        return _seed_model(kind, fn, named, SourceKind.CELL, origin, f"user loop (computes the seed {kind.value})")
+    sequence = SeedSequence(fn, named)
+    batch = state[0].shape[0]
+    probe_x = torch.zeros(2, batch, input_size)
+    try:
+        with torch.no_grad():
+            y, *state_out = sequence(probe_x, *state)
+    except Exception as e:  # noqa: BLE001 - a user's function failing is a user error
+        raise SourceError(f"the cell function failed on an example input (T=2, B={batch}, I={input_size}): "
+                          f"{describe(e)}") from e
+    io = IOSpec(
+        x_features=(input_size,),
+        x_dtype="float32",
+        y_features=tuple(y.shape[2:]),
+        state=StateSpec(names, tuple(tuple(s.shape[1:]) for s in state), 0),
+    )
+    return RecurrentModel(
+        kind=SourceKind.CELL,
+        family=None,
+        io=io,
+        sequence_module=sequence,
+        params=named,
+        native=None,
+        native_reason="the loop is not one of the seed's rnn/lstm/gru cells",
+        origin={"cell_fn": getattr(fn, "__qualname__", repr(fn))},
+        description=f"user loop {getattr(fn, '__qualname__', '')}".strip(),
+    )
+
+
+# --------------------------------------------------------------------------- torch.nn modules
+
+
+_FAMILY = {"RNN_TANH": CellKind.RNN, "RNN_RELU": CellKind.RNN, "LSTM": CellKind.LSTM, "GRU": CellKind.GRU}
+
+
+class TorchSequence(torch.nn.Module):
+    """A module with torch's ``forward(x, state) -> (y, state)`` as ``forward(x, *state)``."""
+
+    def __init__(self, module: torch.nn.Module, is_lstm: bool) -> None:
+        super().__init__()
+        self.module = module
+        self.is_lstm = is_lstm
+
+    def forward(self, x: torch.Tensor, *state: torch.Tensor):
+        y, state_out = self.module(x, tuple(state) if self.is_lstm else state[0])
+        return (y, *state_out) if self.is_lstm else (y, state_out)
+
+
+def _torch_plan(rnn: torch.nn.RNNBase) -> tuple[NativePlan | None, str]:
+    if getattr(rnn, "proj_size", 0):
+        return None, "the ONNX LSTM operator has no projection (proj_size), so it cannot carry the projected state"
+    kind = _FAMILY[rnn.mode]
+    directions = 2 if rnn.bidirectional else 1
+    layers = []
+    for layer in range(rnn.num_layers):
+        Ws, Rs, Bs = [], [], []
+        for d in range(directions):
+            suffix = f"_l{layer}" + ("_reverse" if d else "")
+            def get(name: str, suffix: str = suffix):
+                return getattr(rnn, name + suffix).detach().float().numpy()
+            Ws.append(gates.torch_to_onnx_gates(kind, get("weight_ih")))
+            Rs.append(gates.torch_to_onnx_gates(kind, get("weight_hh")))
+            if rnn.bias:
+                Bs.append(np.concatenate([gates.torch_to_onnx_gates(kind, get("bias_ih")),
+                                          gates.torch_to_onnx_gates(kind, get("bias_hh"))]))
+        activation = "Relu" if rnn.mode == "RNN_RELU" else "Tanh"
+        layers.append(NativeLayer(
+            op=gates.ONNX_OP[kind],
+            W=np.stack(Ws),
+            R=np.stack(Rs),
+            B=np.stack(Bs) if Bs else None,
+            hidden_size=rnn.hidden_size,
+            activations=(activation,) * directions if kind is CellKind.RNN else None,
+            linear_before_reset=1 if kind is CellKind.GRU else None,
+        ))
+    return NativePlan(layers=tuple(layers)), ""
+
+
+def _input_features(module: torch.nn.Module, rnn: torch.nn.RNNBase) -> tuple[tuple[int, ...], str]:
+    for child in module.modules():
+        if isinstance(child, torch.nn.Embedding):
+            return (), "int64"
+        if isinstance(child, torch.nn.Linear):
+            return (child.in_features,), "float32"
+        if child is rnn:
+            return (rnn.input_size,), "float32"
+    return (rnn.input_size,), "float32"
+
+
+def from_module(module: torch.nn.Module, input_size: int | None = None) -> RecurrentModel:
+    """A torch.nn.RNN/LSTM/GRU, or a module built around exactly one of them.
+
+    A wrapping module must have torch's convention ``forward(x, state) -> (y, state)``
+    with ``state`` a tensor ``h`` (``(h, c)`` for an LSTM) shaped like the inner
+    layer's. Its input is token ids when an ``nn.Embedding`` comes first, else
+    vectors of ``input_size`` (default: the first Linear's or the recurrent layer's).
+    """
+    if not isinstance(module, torch.nn.Module):
+        raise SourceError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    module = module.eval()
+    rnns = [m for m in module.modules() if isinstance(m, torch.nn.RNNBase)]
+    if len(rnns) != 1:
+        raise SourceError(f"{type(module).__name__} holds {len(rnns)} torch.nn RNN/LSTM/GRU layers; "
+                          "rnnexport needs exactly one (stack layers with num_layers)")
+    rnn = rnns[0]
+    kind = _FAMILY[rnn.mode]
+    directions = 2 if rnn.bidirectional else 1
+    hidden = rnn.hidden_size
+    proj = getattr(rnn, "proj_size", 0)
+    stacked = rnn.num_layers * directions
+    names = cells.STATE_NAMES[kind]
+    dims = ((stacked, proj or hidden), (stacked, hidden))[: len(names)]
+    bare = module is rnn
+    if bare:
+        x_features, x_dtype = (rnn.input_size,), "float32"
+    else:
+        x_features, x_dtype = _input_features(module, rnn)
+    if input_size is not None:
+        x_features, x_dtype = (input_size,), "float32"
+    layout = Layout.BATCH_MAJOR if rnn.batch_first else Layout.TIME_MAJOR
+    sequence = TorchSequence(module, kind is CellKind.LSTM)
+    state = StateSpec(names, dims, 1)
+    y_features = _probe_output(sequence, x_features, x_dtype, state, layout)
+    io = IOSpec(x_features, x_dtype, y_features, state, layout)
+    plan, reason = _torch_plan(rnn) if bare else (None, "native covers bare torch.nn RNN/LSTM/GRU modules; "
+                                                 f"{type(module).__name__} has other layers around its {rnn.mode}")
+    scan_reason = None
+    if directions == 2:
+        scan_reason = "a bidirectional layer needs the whole sequence before its first output, so it cannot be scanned step by step"
+    name = type(rnn).__name__
+    config = f"{rnn.num_layers} layer{'s' if rnn.num_layers > 1 else ''}, hidden {hidden}"
+    config += ", bidirectional" if directions == 2 else ""
+    config += f", proj {proj}" if proj else ""
+    config += ", batch_first" if rnn.batch_first else ""
+    text = f"torch.nn.{name} ({config})" if bare else f"{type(module).__name__} around torch.nn.{name} ({config})"
+    return RecurrentModel(
+        kind=SourceKind.MODULE,
+        family=kind.value,
+        io=io,
+        sequence_module=sequence,
+        params=[(n, p.detach()) for n, p in module.state_dict().items()],
+        native=plan,
+        native_reason=reason,
+        scan_reason=scan_reason,
+        origin={"module": type(module).__qualname__},
+        description=text,
+        trace_module=TorchSequence(explicit_copy(module), kind is CellKind.LSTM),
+    )
+
+
+def _probe_output(sequence, x_features, x_dtype, state: StateSpec, layout: Layout) -> tuple[int, ...]:
+    batch, time = 3, 2
+    lead = (time, batch) if layout is Layout.TIME_MAJOR else (batch, time)
+    if x_dtype == "int64":
+        x = torch.zeros((*lead, *x_features), dtype=torch.int64)
+    else:
+        x = torch.zeros((*lead, *x_features))
+    states = [torch.zeros(state.shape(i, batch)) for i in range(len(state.names))]
+    try:
+        with torch.no_grad():
+            y, *state_out = sequence(x, *states)
+    except Exception as e:  # noqa: BLE001 - the user's forward failing is a user error
+        raise SourceError(f"the module's forward(x, state) failed on an example x of shape {tuple(x.shape)}: "
+                          f"{describe(e)}; it must take (x, state) and return (y, state)") from e
+    for i, s in enumerate(state_out):
+        if tuple(s.shape) != state.shape(i, batch):
+            raise SourceError(f"the module returned state {state.names[i]} of shape {tuple(s.shape)}, "
+                              f"expected {state.shape(i, batch)}")
+    return tuple(y.shape[2:])
+
+
+# --------------------------------------------------------------------------- resolving names
+
+
+def models_dir() -> Path:
+    """Where trained example models live: ``$RNNEXPORT_MODELS`` or the project's ``models/``."""
+    return Path(os.environ.get("RNNEXPORT_MODELS", Path(__file__).resolve().parent.parent / "models"))
+
+
+def _card_path(name: str) -> Path | None:
+    path = Path(name)
+    if path.is_file() and path.name == "card.json":
+        return path
+    if (path / "card.json").is_file():
+        return path / "card.json"
+    if "/" not in name and (models_dir() / name / "card.json").is_file():
+        return models_dir() / name / "card.json"
+    return None
+
+
+def load_card(path: Path) -> dict[str, Any]:
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SourceError(f"cannot read model card {path}: {e}") from e
+    if card.get("format") != CARD_FORMAT:
+        raise SourceError(f"{path} is not a model card of format {CARD_FORMAT}")
+    return card
+
+
+def _from_card(path: Path) -> RecurrentModel:
+    card = load_card(path)
+    weights = path.parent / card["weights"]
+    origin = {"model": card["name"], "card": str(path.resolve())}
+    if card["source"] == "builtin":
+        model = builtin(card["cell"], card["input_size"], card["hidden_size"], card["output_size"],
+                        weights=weights, origin=origin)
+    else:
+        factory = _resolve_factory(card["factory"])
+        module = _call_factory(card["factory"], factory, card.get("factory_kwargs", {}))
+        state = load_weights(weights)
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as e:
+            raise WeightsError(f"weights {weights} do not fit {card['factory']}: {e}") from e
+        model = from_module(module)
+        model.origin = origin
+    model.description = f"{card['name']}: {model.description}"
+    model.card = card
+    return model
+
+
+def _resolve_factory(target: str) -> Callable:
+    where, _, attr = target.rpartition(":")
+    if not where or not attr:
+        raise SourceError(f"{target!r} is not file.py:factory or package.module:factory")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise SourceError(f"{where} does not exist; give the path of a Python file before ':'")
+        name = f"rnnexport_user_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # noqa: BLE001 - the user's file failing to import is a user error
+            raise SourceError(f"importing {where} failed: {describe(e)}") from e
+    else:
+        try:
+            module = importlib.import_module(where)
+        except Exception as e:  # noqa: BLE001
+            raise SourceError(f"cannot import module {where!r}: {describe(e)}") from e
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise SourceError(f"{where} has no function {attr!r}; name a function that returns "
+                          "a torch.nn.Module or rnnexport.from_cell(...)")
+    return factory
+
+
+def _call_factory(target: str, factory: Callable, kwargs: dict[str, Any] | None = None):
+    try:
+        return factory(**(kwargs or {}))
+    except Exception as e:  # noqa: BLE001
+        raise SourceError(f"{target}() raised {describe(e)}") from e
+
+
+def load_source(spec: SourceSpec | str | torch.nn.Module | RecurrentModel) -> RecurrentModel:
+    """Any supported source as a :class:`RecurrentModel`."""
+    if isinstance(spec, RecurrentModel):
+        return spec
+    if isinstance(spec, torch.nn.Module):
+        return from_module(spec)
+    if isinstance(spec, str):
+        spec = SourceSpec(spec)
+    name = spec.name
+    if name in {k.value for k in CellKind}:
+        return builtin(name, spec.input_size, spec.hidden_size, spec.output_size, spec.weights, spec.seed)
+    card = _card_path(name)
+    if card is not None:
+        return _from_card(card)
+    if ":" in name:
+        result = _call_factory(name, _resolve_factory(name))
+        if isinstance(result, RecurrentModel):
+            return result
+        if isinstance(result, torch.nn.Module):
+            return from_module(result)
+        raise SourceError(f"{name}() returned {type(result).__name__}; it must return a torch.nn.Module "
+                          "or rnnexport.from_cell(...)")
+    known = ", ".join(k.value for k in CellKind)
+    raise SourceError(f"unknown model {name!r}: give one of {known}, a model in {models_dir()}, "
+                      "a model folder, or file.py:factory")
+

@@ -1,0 +1,164 @@
+"""``rnnexport convert`` from the command line: output, help, and bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import save_file
+
+from rnnexport import cells
+from rnnexport.cli import main
+from rnnexport.cli.convert import convert_command
+
+
+def run(args, cwd=None):
+    """The real console entry point in a subprocess: exit code, stdout, stderr."""
+    proc = subprocess.run([sys.executable, "-m", "rnnexport", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def assert_one_line_error(code, out, err, *fragments):
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_convert_writes_checked_model_and_prints_contract(tmp_path):
+    code, out, err = run(["convert", "gru", "--input-size", "5", "--hidden-size", "8", "-o",
+                          str(tmp_path / "g.onnx")])
+    assert code == 0, err
+    assert "lowering  native" in out and "h float32[B, 8]" in out and "y float32[T, B, 5]" in out
+    model = onnx.load(tmp_path / "g.onnx")
+    onnx.checker.check_model(model, full_check=True)
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["rnnexport.lowering"] == "native" and props["rnnexport.cell_family"] == "gru"
+    assert len(props["rnnexport.params_sha256"]) == 64
+
+
+def test_help_documents_every_option():
+    result = CliRunner().invoke(main, ["convert", "--help"])
+    assert result.exit_code == 0
+    for param in convert_command.params:
+        for opt in getattr(param, "opts", []):
+            if opt.startswith("-"):
+                assert opt in result.output, opt
+        if isinstance(param, type(convert_command.params[0])) and param.help is not None:
+            assert param.help.split()[0] in result.output
+
+
+def _factory_file(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "factory.py"
+    path.write_text("import torch\n" + body)
+    return path
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["convert", "tcn"], ["unknown model 'tcn'", "rnn, lstm, gru"]),
+    (["convert", "missing.py:make"], ["missing.py does not exist"]),
+    (["convert", "lstm", "--lowering", "scan", "--form", "step"], ["scan lowers sequences"]),
+])
+def test_bad_source_is_one_line(tmp_path, args, fragments):
+    code, out, err = run([*args, "-o", str(tmp_path / "m.onnx")], cwd=tmp_path)
+    assert_one_line_error(code, out, err, *fragments)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize(("body", "fragments"), [
+    ("def other():\n    pass\n", ["has no function 'make'"]),
+    ("def make():\n    raise ValueError('no weights here')\n", ["make() raised ValueError: no weights here"]),
+    ("def make():\n    return 42\n", ["returned int"]),
+    ("import nonexistent_pkg\ndef make():\n    pass\n", ["importing", "ModuleNotFoundError"]),
+    ("def make():\n    return torch.nn.Linear(3, 4)\n", ["holds 0 torch.nn RNN/LSTM/GRU layers"]),
+])
+def test_bad_factory_is_one_line(tmp_path, body, fragments):
+    path = _factory_file(tmp_path, body)
+    code, out, err = run(["convert", f"{path}:make", "-o", str(tmp_path / "m.onnx")])
+    assert_one_line_error(code, out, err, *fragments)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_factory_file_returning_a_module_converts(tmp_path):
+    path = _factory_file(tmp_path, "def make():\n    return torch.nn.GRU(4, 6, num_layers=2)\n")
+    code, out, err = run(["convert", f"{path}:make", "-o", str(tmp_path / "m.onnx")])
+    assert code == 0, err
+    assert "torch.nn.GRU (2 layers, hidden 6)" in out and "h float32[2, B, 6]" in out
+
+
+def _weights(tmp_path: Path, edit) -> Path:
+    named = dict(zip(cells.PARAM_NAMES["lstm"], cells.init_params("lstm", 6, 8)))
+    edit(named)
+    path = tmp_path / "w.safetensors"
+    save_file(named, str(path))
+    return path
+
+
+@pytest.mark.parametrize(("edit", "fragments"), [
+    (lambda w: w.pop("W_hf"), ["lacks tensor 'W_hf'"]),
+    (lambda w: w.update(W_extra=torch.zeros(2)), ["has tensor 'W_extra'"]),
+    (lambda w: w.update(b_o=torch.zeros(9)), ["tensor 'b_o'", "shape (9,)", "needs (8,)"]),
+])
+def test_bad_weights_name_the_tensor(tmp_path, edit, fragments):
+    path = _weights(tmp_path, edit)
+    code, out, err = run(["convert", "lstm", "--weights", str(path), "-o", str(tmp_path / "m.onnx")])
+    assert_one_line_error(code, out, err, *fragments)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_weights_set_the_sizes_and_explicit_sizes_must_agree(tmp_path):
+    path = _weights(tmp_path, lambda w: None)
+    code, out, err = run(["convert", "lstm", "--weights", str(path), "-o", str(tmp_path / "m.onnx")])
+    assert code == 0 and "input 6, hidden 8" in out, err
+    code, out, err = run(["convert", "lstm", "--weights", str(path), "--hidden-size", "9",
+                          "-o", str(tmp_path / "n.onnx")])
+    assert_one_line_error(code, out, err, "'W_xi'", "needs (6, 9)")
+
+
+def test_torch_weights_file_loads_with_weights_only(tmp_path):
+    named = dict(zip(cells.PARAM_NAMES["rnn"], cells.init_params("rnn", 3, 4)))
+    torch.save(named, tmp_path / "w.pt")
+    code, out, err = run(["convert", "rnn", "--weights", str(tmp_path / "w.pt"), "-o", str(tmp_path / "m.onnx")])
+    assert code == 0, err
+    (tmp_path / "bad.pt").write_bytes(b"not a torch file")
+    code, out, err = run(["convert", "rnn", "--weights", str(tmp_path / "bad.pt"), "-o", str(tmp_path / "n.onnx")])
+    assert_one_line_error(code, out, err, "cannot read weights file")
+
+
+def test_unwritable_output_path_is_one_line(tmp_path):
+    (tmp_path / "plain-file").write_text("")
+    targets = [tmp_path / "plain-file" / "m.onnx", Path("/proc/m.onnx"), tmp_path]
+    for target in targets:
+        code, out, err = run(["convert", "rnn", "--hidden-size", "4", "-o", str(target)])
+        assert_one_line_error(code, out, err, str(target))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain-file"]
+
+
+def test_native_for_a_cell_it_cannot_express_is_one_line(tmp_path):
+    path = tmp_path / "cell.py"
+    path.write_text(
+        "import torch\nimport rnnexport\n"
+        "def cell(inputs, state, params):\n"
+        "    (H,) = state\n    outs = []\n"
+        "    for X in inputs:\n        H = torch.sin(X @ params[0] + H)\n        outs.append(H)\n"
+        "    return torch.cat(outs, 0), (H,)\n"
+        "def make():\n    return rnnexport.from_cell(cell, [torch.randn(3, 4)], (torch.zeros(1, 4),))\n")
+    code, out, err = run(["convert", f"{path}:make", "--lowering", "native", "-o", str(tmp_path / "m.onnx")])
+    assert_one_line_error(code, out, err, "native: the loop is not one of the seed's", "try --lowering auto")
+    assert not (tmp_path / "m.onnx").exists()
+    code, out, err = run(["convert", f"{path}:make", "-o", str(tmp_path / "m.onnx")])
+    assert code == 0 and "lowering  scan" in out, err
+
+
+def test_python_dash_m_and_console_script_agree():
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and "rnnexport" in result.output
