@@ -3,29 +3,52 @@
 Convert a seed cell, a torch.nn RNN/LSTM/GRU or your own loop into ONNX graphs
 that take the state in and give it back, verify them against PyTorch on every
 execution provider, and package them for apps that stream through them.
+
+Names are imported lazily, so that ``import rnnexport.runtime`` (onnxruntime and
+numpy only) never pulls in torch.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from rnnexport.convert import ConvertResult, convert  # noqa: E402
-from rnnexport.errors import RnnexportError  # noqa: E402
-from rnnexport.model import Form, IOSpec, Lowering, RecurrentModel, StateSpec  # noqa: E402
-from rnnexport.sources import SourceSpec, builtin, from_cell, from_module  # noqa: E402
+_LAZY: dict[str, tuple[str, str]] = {
+    "ConvertResult": ("rnnexport.convert", "ConvertResult"),
+    "Form": ("rnnexport.model", "Form"),
+    "IOSpec": ("rnnexport.model", "IOSpec"),
+    "Lowering": ("rnnexport.model", "Lowering"),
+    "RecurrentModel": ("rnnexport.model", "RecurrentModel"),
+    "RnnexportError": ("rnnexport.errors", "RnnexportError"),
+    "SourceSpec": ("rnnexport.sources", "SourceSpec"),
+    "StateSpec": ("rnnexport.model", "StateSpec"),
+    "builtin": ("rnnexport.sources", "builtin"),
+    "convert": ("rnnexport.convert", "convert"),
+    "from_cell": ("rnnexport.sources", "from_cell"),
+    "from_module": ("rnnexport.sources", "from_module"),
+    "load": ("rnnexport.runtime", "load"),
+    "package": ("rnnexport.package", "package"),
+    "verify": ("rnnexport.verify", "verify"),
+}
 
-__all__ = [
-    "ConvertResult",
-    "Form",
-    "IOSpec",
-    "Lowering",
-    "RecurrentModel",
-    "RnnexportError",
-    "SourceSpec",
-    "StateSpec",
-    "__version__",
-    "builtin",
-    "convert",
-    "from_cell",
-    "from_module",
-]
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        try:  # a submodule, e.g. rnnexport.cells
+            return importlib.import_module(f"rnnexport.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"rnnexport.{name}":
+                raise
+            raise AttributeError(f"module 'rnnexport' has no attribute {name!r}") from None
+    module, attr = _LAZY[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

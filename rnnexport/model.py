@@ -151,6 +151,9 @@ class IOSpec:
     state: StateSpec
     layout: Layout = Layout.TIME_MAJOR
     y_dtype: str = "float32"
+    #: What ``x`` holds: ``real`` vectors, ``one-hot`` vectors over a vocabulary of
+    #: size ``x_features[0]``, or ``token-ids`` (int64, no feature axis).
+    x_encoding: str = "real"
 
     @property
     def time_axis(self) -> int:
@@ -180,6 +183,7 @@ class IOSpec:
             "y_features": list(self.y_features),
             "y_dtype": self.y_dtype,
             "layout": self.layout.value,
+            "x_encoding": self.x_encoding,
             "state": self.state.to_json(),
         }
 
@@ -192,6 +196,7 @@ class IOSpec:
             state=StateSpec.from_json(data["state"]),
             layout=Layout(data["layout"]),
             y_dtype=data.get("y_dtype", "float32"),
+            x_encoding=data.get("x_encoding", "real"),
         )
 
 

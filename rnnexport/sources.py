@@ -412,7 +412,8 @@ def from_module(module: torch.nn.Module, input_size: int | None = None) -> Recur
     sequence = TorchSequence(module, kind is CellKind.LSTM)
     state = StateSpec(names, dims, 1)
     y_features = _probe_output(sequence, x_features, x_dtype, state, layout)
-    io = IOSpec(x_features, x_dtype, y_features, state, layout)
+    io = IOSpec(x_features, x_dtype, y_features, state, layout,
+                x_encoding="token-ids" if x_dtype == "int64" else "real")
     plan, reason = _torch_plan(rnn) if bare else (None, "native covers bare torch.nn RNN/LSTM/GRU modules; "
                                                  f"{type(module).__name__} has other layers around its {rnn.mode}")
     scan_reason = None
@@ -496,6 +497,8 @@ def _from_card(path: Path) -> RecurrentModel:
     if card["source"] == "builtin":
         model = builtin(card["cell"], card["input_size"], card["hidden_size"], card["output_size"],
                         weights=weights, origin=origin)
+        if card.get("input") == "one-hot":
+            model.io = dataclasses.replace(model.io, x_encoding="one-hot")
     else:
         factory = _resolve_factory(card["factory"])
         module = _call_factory(card["factory"], factory, card.get("factory_kwargs", {}))

@@ -27,10 +27,17 @@ def random_inputs(
     io: IOSpec, form: Form, batch: int, time: int | None, rng: np.random.Generator,
     scale: float = 1.0, vocabulary: int | None = None,
 ) -> np.ndarray:
-    """Random ``x`` for ``form``: standard normal times ``scale``, or token ids for int64 inputs."""
+    """Random ``x`` for ``form`` in the input's encoding.
+
+    Real inputs are standard normal times ``scale``; ``one-hot`` inputs are one-hot
+    rows over the feature axis; token ids are drawn below ``vocabulary`` (default 2).
+    """
     shape = io.inputs(form, time)[0].concrete(batch, time)
     if io.x_dtype == "int64":
         return rng.integers(0, vocabulary or 2, size=shape, dtype=np.int64)
+    if io.x_encoding == "one-hot":
+        size = io.x_features[0]
+        return np.eye(size, dtype=io.x_dtype)[rng.integers(0, size, size=shape[:-1])]
     return (rng.standard_normal(shape) * scale).astype(io.x_dtype)
 
 

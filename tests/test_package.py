@@ -1,0 +1,211 @@
+"""Bundles: manifest, checksums, test vectors, variants, zips, and their safety checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx.reference import ReferenceEvaluator
+
+from rnnexport.errors import BundleError
+from rnnexport.package import open_bundle, package
+from rnnexport.package.check import check_bundle
+from rnnexport.package.vectors import read_set, write_set
+from rnnexport.package.zipio import UnsafeArchive, safe_extract
+
+EXPECTED_VARIANTS = {"seed_lstm": {"ort", "int8", "fp16"}, "nn_gru_2layer_nobias": {"ort", "fp16"}}
+
+
+@pytest.fixture(scope="module")
+def bundles(exports, tmp_path_factory):
+    """A bundle (with step graph and every variant) per model, packaged once."""
+    root = tmp_path_factory.mktemp("bundles")
+    made = {}
+    for name in EXPECTED_VARIANTS:
+        sequence = exports.export(name)
+        step = exports.export(name, form="step")
+        made[name] = package(sequence.path, root / name, source=exports.model(name), step_path=step.path,
+                             archive=True)
+    return made
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_VARIANTS))
+def test_bundle_has_contract_checksums_vectors_and_variants(bundles, exports, name):
+    result = bundles[name]
+    manifest = json.loads((result.folder / "manifest.json").read_text())
+    assert manifest == result.manifest and manifest["schema"] == "rnnexport.bundle/1"
+    model = exports.model(name)
+    assert manifest["io"] == model.io.to_json()
+    assert manifest["model"]["params_sha256"] == model.params_sha256()
+    assert [s["name"] for s in manifest["graphs"]["sequence"]["inputs"]] == ["x", *model.io.state.names]
+    assert set(manifest["graphs"]) == {"sequence", "step"}
+    listed = {f["path"] for f in manifest["files"]}
+    on_disk = {p.relative_to(result.folder).as_posix() for p in result.folder.rglob("*") if p.is_file()}
+    assert listed == on_disk - {"manifest.json"}
+    kinds = [(t["graph"], t["kind"]) for t in manifest["test_vectors"]]
+    assert kinds.count(("sequence", "stream")) == 2 and ("step", "single") in kinds
+    assert {t["expected_from"] for t in manifest["test_vectors"]} == {"pytorch"}
+    made = {v["name"] for v in manifest["variants"] if v["status"] == "ok"}
+    assert made == EXPECTED_VARIANTS[name]
+    for variant in manifest["variants"]:
+        if variant["status"] == "ok":
+            assert all(f["passed"] for f in variant["figures"].values())
+            assert all((result.folder / f).is_file() for f in variant["files"])
+        else:
+            assert variant["name"] == "int8" and "no int8 GRU kernel" in variant["reason"]
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_VARIANTS))
+def test_bundle_and_its_zip_verify(bundles, name):
+    for path in (bundles[name].folder, bundles[name].archive):
+        with open_bundle(path) as bundle:
+            check = check_bundle(bundle, ["cpu"])
+        assert check.passed, check.to_json()
+        assert {r.test_set for r in check.results} >= {"test_data_set_1", "test_data_set_2", "step/test_data_set_0"}
+
+
+def test_stream_pair_continues_from_the_first_calls_state(bundles):
+    folder = bundles["seed_lstm"].folder
+    _, first_out = read_set(folder / "test_data_set_1")
+    second_in, _ = read_set(folder / "test_data_set_2")
+    for (_, carried), (_, given) in zip(first_out[1:], second_in[1:]):
+        np.testing.assert_array_equal(carried, given)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_VARIANTS))
+def test_vectors_pass_under_the_reference_evaluator(bundles, name):
+    result = bundles[name]
+    for entry in result.manifest["test_vectors"]:
+        graph = result.folder / result.manifest["graphs"][entry["graph"]]["file"]
+        inputs, outputs = read_set(result.folder / entry["dir"])
+        got = ReferenceEvaluator(str(graph)).run(None, dict(inputs))
+        for (out_name, want), actual in zip(outputs, got):
+            np.testing.assert_allclose(actual, want, atol=1e-5, rtol=1e-4, err_msg=f"{entry['dir']}/{out_name}")
+
+
+def _verify_cli(path: Path):
+    proc = subprocess.run([sys.executable, "-m", "rnnexport", "verify", str(path)], capture_output=True, text=True)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_flipped_byte_fails_the_checksum(bundles, tmp_path):
+    import shutil
+
+    copy = tmp_path / "tampered"
+    shutil.copytree(bundles["seed_lstm"].folder, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / "model.onnx").write_bytes(bytes(data))
+    with open_bundle(copy) as bundle:
+        check = check_bundle(bundle)
+    assert not check.passed and "model.onnx does not match its SHA-256" in check.checksum_problems[0]
+
+
+def test_zip_twice_gives_identical_bytes(exports, tmp_path):
+    result = exports.export("seed_gru")
+    first = package(result.path, tmp_path / "a", variants=["fp16"], archive=True)
+    second = package(result.path, tmp_path / "b", variants=["fp16"], archive=True)
+    assert first.archive.read_bytes() == second.archive.read_bytes()
+    assert {t["expected_from"] for t in first.manifest["test_vectors"]} == {"onnxruntime-cpu"}
+
+
+def _zip(path: Path, entries: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("../x", "points outside"),
+    ("/etc/x", "absolute path"),
+    ("a/../../x", "points outside"),
+])
+def test_unsafe_zip_entries_are_refused(tmp_path, entry, message):
+    archive = _zip(tmp_path / "evil.zip", {"manifest.json": b"{}", entry: b"boom"})
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(UnsafeArchive, match=message):
+        safe_extract(archive, out)
+    assert list(out.iterdir()) == [] and not (tmp_path / "x").exists()
+
+
+def test_zip_bomb_is_refused(tmp_path):
+    archive = _zip(tmp_path / "bomb.zip", {"manifest.json": b"{}", "big.bin": bytes(64 * 2**20)})
+    with pytest.raises(UnsafeArchive, match="zip bomb"):
+        safe_extract(archive, tmp_path)
+    with pytest.raises(UnsafeArchive, match="over the limit"):
+        safe_extract(_zip(tmp_path / "b2.zip", {"a": b"x" * 1000}), tmp_path, max_total_bytes=100)
+
+
+def test_unknown_schema_and_missing_file_are_refused(bundles, tmp_path):
+    import shutil
+
+    copy = tmp_path / "future"
+    shutil.copytree(bundles["seed_lstm"].folder, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "step" / "model.onnx").unlink()
+    with open_bundle(copy) as bundle:
+        assert "step/model.onnx is missing" in check_bundle(bundle).checksum_problems
+    manifest["schema"] = "rnnexport.bundle/99"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="schema 'rnnexport.bundle/99'"), open_bundle(copy):
+        pass
+
+
+def test_interrupted_packaging_leaves_no_half_bundle(exports, tmp_path, monkeypatch):
+    import rnnexport.package as pkg
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pkg, "write_manifest", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        package(exports.export("seed_rnn").path, tmp_path / "bundle", variants=[])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_folder_needs_force(exports, tmp_path):
+    path = exports.export("seed_rnn").path
+    package(path, tmp_path / "b", variants=[])
+    with pytest.raises(BundleError, match="already exists"):
+        package(path, tmp_path / "b", variants=[])
+    package(path, tmp_path / "b", variants=["fp16"], force=True)
+    assert (tmp_path / "b" / "variants" / "model.fp16.onnx").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_source_that_does_not_match_is_refused(exports, tmp_path):
+    import rnnexport
+    from tests.configs import seed_params
+
+    path = exports.export("seed_lstm").path
+    with pytest.raises(BundleError, match="parameters differ"):
+        package(path, tmp_path / "b", source=rnnexport.builtin("lstm", params=seed_params("lstm", seed=99)))
+    with pytest.raises(BundleError, match="I/O contract differs"):
+        package(path, tmp_path / "b", source=exports.model("user_seed_gru"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_projects_own_operator_cases_verify(tmp_path):
+    from onnx.backend.test.case.node import collect_testcases
+
+    cases = [c for c in collect_testcases(None) if c.name in ("test_lstm_defaults", "test_gru_defaults",
+                                                              "test_simple_rnn_defaults")]
+    assert len(cases) == 3
+    for case in cases:
+        folder = tmp_path / case.name
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(case.model.SerializeToString())
+        for index, (inputs, outputs) in enumerate(case.data_sets):
+            names_in = [i.name for i in case.model.graph.input]
+            names_out = [o.name for o in case.model.graph.output]
+            write_set(folder / f"test_data_set_{index}", list(zip(names_in, inputs)), list(zip(names_out, outputs)))
+        with open_bundle(folder) as bundle:
+            check = check_bundle(bundle)
+        assert check.passed, check.to_json()
