@@ -2,10 +2,12 @@
 
 Each command parses its options, calls one library function and prints its
 result's summary. User-facing errors become one line on stderr and exit 2.
+Commands are imported when they run, so ``rnnexport run`` never loads torch.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -15,9 +17,26 @@ from rnnexport.errors import RnnexportError
 
 __all__ = ["main"]
 
+COMMANDS = {
+    "convert": ("rnnexport.cli.convert", "convert_command"),
+    "verify": ("rnnexport.cli.verify", "verify_command"),
+    "package": ("rnnexport.cli.package", "package_command"),
+    "inspect": ("rnnexport.cli.inspect", "inspect_command"),
+    "run": ("rnnexport.cli.run", "run_command"),
+}
+
 
 class _Group(click.Group):
-    """Turns :class:`RnnexportError` into one line and a non-zero exit, no traceback."""
+    """Loads commands on demand; turns :class:`RnnexportError` into one line and exit 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -32,21 +51,3 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="rnnexport")
 def main() -> None:
     """Export recurrent PyTorch networks to ONNX with explicit state, verify and package them."""
-
-
-def _register() -> None:
-    from rnnexport.cli.convert import convert_command
-
-    main.add_command(convert_command)
-    for module, name in (("verify", "verify_command"), ("package", "package_command"),
-                         ("inspect", "inspect_command"), ("run", "run_command")):
-        try:
-            imported = __import__(f"rnnexport.cli.{module}", fromlist=[name])
-        except ModuleNotFoundError as e:
-            if e.name != f"rnnexport.cli.{module}":
-                raise
-            continue
-        main.add_command(getattr(imported, name))
-
-
-_register()

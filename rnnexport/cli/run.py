@@ -1,0 +1,45 @@
+"""``rnnexport run``."""
+
+from __future__ import annotations
+
+import click
+
+from rnnexport.runtime import RunSummary, run_files
+
+__all__ = ["run_command", "summary"]
+
+
+def summary(result: RunSummary) -> list[str]:
+    what = "1 step" if result.call == "step" else f"{result.steps} steps"
+    lines = [f"ran {what} x {result.batch} stream(s) through {result.model} "
+             f"({'+'.join(result.forms)} graph) on {result.providers[0]}"]
+    if result.state_in:
+        lines.append(f"  state in   {result.state_in}")
+    lines.append(f"  y          {list(result.y_shape)}" + (f" -> {result.y_path}" if result.y_path else ""))
+    if result.state_out:
+        lines.append(f"  state out  {result.state_out}")
+    return lines
+
+
+@click.command("run")
+@click.argument("bundle", type=click.Path())
+@click.option("-i", "--input", "x_path", type=click.Path(dir_okay=False), required=True,
+              help="x as .npy: one step (B, ...) or a chunk (T, B, ...) in the graph's layout.")
+@click.option("--state-in", type=click.Path(dir_okay=False), default=None,
+              help=".npz of the state to start from (as written by --state-out); default: zeros.")
+@click.option("--state-out", type=click.Path(dir_okay=False), default=None,
+              help="Write the state after the call here (.npz, atomically), to resume later.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write y here (.npy, atomically).")
+@click.option("--provider", "providers", multiple=True,
+              help="Execution provider, repeatable in priority order (cpu, cuda, tensorrt or a full name); "
+                   "default cpu. A provider that does not start is an error, never a silent CPU fallback.")
+def run_command(bundle, x_path, state_in, state_out, output, providers) -> None:
+    """Stream x through BUNDLE (a bundle folder, a .zip of one, or a model .onnx).
+
+    The state starts from zeros or --state-in and is written to --state-out, so
+    a stream can be resumed by a later call, in another process.
+    """
+    result = run_files(bundle, x_path, state_in=state_in, state_out=state_out, y_path=output,
+                       providers=list(providers) or None)
+    click.echo("\n".join(summary(result)))

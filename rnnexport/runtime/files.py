@@ -1,0 +1,124 @@
+"""Streaming from files: ``x.npy`` in, ``y.npy`` and the state as ``.npz`` out, so a stream
+can be resumed in another process. What ``rnnexport run`` calls."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rnnexport.errors import RnnexportError, RuntimeContractError
+from rnnexport.runtime.contract import SEQUENCE, STEP, show_shape
+from rnnexport.runtime.providers import ProviderRequest
+from rnnexport.runtime.session import StatefulSession
+
+__all__ = ["RunSummary", "run_files", "save_npy", "save_npz"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """What :func:`run_files` did."""
+
+    model: Path
+    forms: tuple[str, ...]
+    providers: tuple[str, ...]
+    call: str  # "step" (x was one time step) or "run" (a chunk)
+    steps: int
+    batch: int
+    y_shape: tuple[int, ...]
+    y_path: Path | None
+    state_in: Path | None
+    state_out: Path | None
+
+
+def _atomic(path: Path, write: Callable[[Any], None]) -> None:
+    path = Path(path)
+    try:
+        handle = tempfile.NamedTemporaryFile(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp",
+                                             delete=False)
+    except OSError as e:
+        raise RnnexportError(f"cannot write {path}: {e.strerror}") from e
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        os.unlink(handle.name)
+        raise
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write ``array`` as ``.npy``, atomically (a temporary file, then a rename)."""
+    _atomic(Path(path), lambda f: np.save(f, array, allow_pickle=False))
+
+
+def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """Write named arrays as ``.npz``, atomically."""
+    _atomic(Path(path), lambda f: np.savez(f, **arrays))
+
+
+def _load_array(path: Path, what: str) -> Any:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise RuntimeContractError(f"cannot read {what} {path}: {e}") from e
+
+
+def _batch_of(session: StatefulSession, x: np.ndarray) -> tuple[str, int]:
+    c = session.contract
+    step_rank = 1 + len(c.x_features)
+    if x.ndim == step_rank:
+        return STEP, x.shape[0]
+    if x.ndim == step_rank + 1:
+        return SEQUENCE, x.shape[c.batch_axis]
+    raise RuntimeContractError(
+        f"x: expected one step {show_shape(c.x_shape(STEP))} or a chunk {show_shape(c.x_shape(SEQUENCE))} "
+        f"of {c.x_dtype}, got shape {show_shape(x.shape)}")
+
+
+def run_files(
+    model: str | os.PathLike,
+    x_path: str | os.PathLike,
+    state_in: str | os.PathLike | None = None,
+    state_out: str | os.PathLike | None = None,
+    y_path: str | os.PathLike | None = None,
+    providers: ProviderRequest | list[ProviderRequest] | None = None,
+) -> RunSummary:
+    """Run ``x.npy`` through a bundle or model, from a saved state or zeros.
+
+    ``x`` is one time step ``(B, ...)`` or a chunk ``(T, B, ...)`` (``(B, T, ...)``
+    for batch-major graphs); B is read from it. ``y`` and the state are written
+    atomically.
+
+    Raises:
+        RnnexportError: for an unreadable file, a bad bundle, or inputs off the contract.
+    """
+    x = _load_array(Path(x_path), "input")
+    if not isinstance(x, np.ndarray):
+        raise RuntimeContractError(f"input {x_path} is not a single .npy array")
+    probe = StatefulSession.load(model, providers)
+    call, batch = _batch_of(probe, x)
+    session = probe if batch == 1 else probe.new_stream(batch)
+    if state_in is not None:
+        saved = _load_array(Path(state_in), "state")
+        if not isinstance(saved, np.lib.npyio.NpzFile):
+            raise RuntimeContractError(f"state {state_in} is not an .npz file of named state arrays")
+        with saved:
+            session.state = {k: saved[k] for k in saved.files}
+    y = session.step(x) if call == STEP else session.run(x)
+    if y_path is not None:
+        save_npy(y_path, y)
+    if state_out is not None:
+        save_npz(state_out, session.state)
+    return RunSummary(
+        model=Path(model), forms=session.forms, providers=session.providers, call=call,
+        steps=1 if call == STEP else x.shape[session.contract.time_axis], batch=batch, y_shape=y.shape,
+        y_path=Path(y_path) if y_path else None, state_in=Path(state_in) if state_in else None,
+        state_out=Path(state_out) if state_out else None)

@@ -1,0 +1,308 @@
+"""``StatefulSession``: stream through a graph whose state goes in and comes out.
+
+The state lives in two pre-allocated sets of buffers on the session's device
+(CPU memory, or CUDA memory for the CUDA and TensorRT providers). Each call
+reads one set and writes the other, then they swap: no host round trip of the
+state and no per-step allocation beyond the output the caller gets. A step is
+one ``run_with_iobinding`` on bindings made once per stream.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import onnxruntime as ort
+
+from rnnexport.errors import RuntimeContractError
+from rnnexport.runtime.bundle import Bundle
+from rnnexport.runtime.contract import SEQUENCE, STEP, TIME, IOContract, check_array
+from rnnexport.runtime.engine import Engine, Graph, LoadOptions, open_engine
+from rnnexport.runtime.providers import Device, ProviderRequest
+
+__all__ = ["StatefulSession", "load"]
+
+
+class _Tensor:
+    """A fixed buffer and the OrtValue over it: host memory on CPU, device memory otherwise."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: str, device: Device, zero: bool = True) -> None:
+        if device.type == "cpu":
+            self.host = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+            self.value = ort.OrtValue.ortvalue_from_numpy(self.host)
+        else:
+            self.host = None
+            self.value = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.dtype(dtype), device.type, device.id)
+            if zero:
+                self.value.update_inplace(np.zeros(shape, dtype))
+
+    def read(self) -> np.ndarray:
+        """A host copy."""
+        return self.host.copy() if self.host is not None else self.value.numpy()
+
+    def take(self) -> np.ndarray:
+        """The host array itself on CPU (for buffers used once), a copy from a device."""
+        return self.host if self.host is not None else self.value.numpy()
+
+    def write(self, array: np.ndarray) -> None:
+        if self.host is not None:
+            np.copyto(self.host, array if array.shape == self.host.shape else array.reshape(self.host.shape))
+        else:
+            self.value.update_inplace(np.ascontiguousarray(array).reshape(self.value.shape()))
+
+
+class _State:
+    """Two sets of state buffers: ``current`` holds the state, the other receives the next one."""
+
+    def __init__(self, contract: IOContract, batch: int, device: Device) -> None:
+        spec = contract.state
+        self.spec = spec
+        self.sets = tuple([_Tensor(spec.shape(i, batch), spec.dtype, device) for i in range(len(spec.names))]
+                          for _ in range(2))
+        self.current = 0
+
+    @property
+    def inputs(self) -> list[_Tensor]:
+        return self.sets[self.current]
+
+    @property
+    def outputs(self) -> list[_Tensor]:
+        return self.sets[1 - self.current]
+
+    def bind(self, binding: ort.IOBinding, reads: int) -> None:
+        for name, tensor in zip(self.spec.names, self.sets[reads]):
+            binding.bind_ortvalue_input(name, tensor.value)
+        for name, tensor in zip(self.spec.output_names, self.sets[1 - reads]):
+            binding.bind_ortvalue_output(name, tensor.value)
+
+
+class _StepPlan:
+    """Bindings made once for one-step calls of a graph: x and y buffers, both state directions."""
+
+    def __init__(self, graph: Graph, contract: IOContract, state: _State, batch: int, device: Device) -> None:
+        form, time = (STEP, TIME) if graph.form == STEP else (SEQUENCE, 1)
+        self.graph, self.state = graph, state
+        self.x = _Tensor(contract.x_shape(form, batch, time), contract.x_dtype, device)
+        self.y = _Tensor(contract.y_shape(form, batch, time), contract.y_dtype, device)
+        self.bindings = []
+        for reads in (0, 1):
+            binding = graph.session.io_binding()
+            binding.bind_ortvalue_input(graph.x_name, self.x.value)
+            binding.bind_ortvalue_output(graph.y_name, self.y.value)
+            state.bind(binding, reads)
+            self.bindings.append(binding)
+
+    def __call__(self, x: np.ndarray) -> _Tensor:
+        self.x.write(x)
+        self.graph.session.run_with_iobinding(self.bindings[self.state.current])
+        self.state.current ^= 1
+        return self.y
+
+
+class StatefulSession:
+    """One stream (or ``batch`` streams advanced together) through an exported graph.
+
+    Load with :meth:`load`; make more independent streams on the same loaded
+    graphs with :meth:`new_stream`. One object must not be used from two
+    threads at once; different streams of one load may run in parallel threads.
+    """
+
+    def __init__(self, engine: Engine, batch: int = 1) -> None:
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise RuntimeContractError(f"batch must be a positive int (the number of streams), got {batch!r}")
+        self._engine = engine
+        self._batch = batch
+        self._state = _State(engine.contract, batch, engine.device)
+        self._plan: _StepPlan | None = None  # made on the first step
+        contract = engine.contract
+        self._step_x = (contract.x_dtype, contract.x_shape(STEP, batch))
+        self._step_y_shape = contract.y_shape(STEP, batch)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        providers: ProviderRequest | list[ProviderRequest] | None = None,
+        *,
+        batch: int = 1,
+        form: str | None = None,
+        threads: int | None = None,
+        session_options: ort.SessionOptions | None = None,
+    ) -> StatefulSession:
+        """Load a bundle folder, a .zip of one, or a model ``.onnx``, and start from the zero state.
+
+        Args:
+            path: the bundle (its manifest's checksums are checked first) or a
+                graph exported by ``rnnexport convert`` (its metadata holds the contract).
+            providers: None for CPU, or execution providers in priority order, as
+                names (``"cuda"``, ``"CUDAExecutionProvider"``) or ``(name, options)``.
+            batch: how many streams this session advances together.
+            form: load only the ``"step"`` or ``"sequence"`` graph of a bundle.
+            threads: onnxruntime intra-op threads (1 is fastest for one small stream).
+            session_options: onnxruntime session options to start from.
+
+        Raises:
+            BundleError: unknown schema, malformed manifest, checksum mismatch.
+            ProviderError: a provider that is not available or did not start.
+            RuntimeContractError: a graph without an rnnexport I/O contract.
+        """
+        options = LoadOptions(providers, form, threads, session_options)
+        return cls(open_engine(path, options), batch)
+
+    def new_stream(self, batch: int | None = None) -> StatefulSession:
+        """An independent stream (zero state) on the same loaded graphs."""
+        return StatefulSession(self._engine, self._batch if batch is None else batch)
+
+    @property
+    def batch(self) -> int:
+        """How many streams one call advances."""
+        return self._batch
+
+    @property
+    def contract(self) -> IOContract:
+        return self._engine.contract
+
+    @property
+    def forms(self) -> tuple[str, ...]:
+        """The loaded graphs: ``"step"`` and/or ``"sequence"``."""
+        return tuple(self._engine.graphs)
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """The execution providers the sessions run on, as onnxruntime reports them."""
+        return self._engine.providers
+
+    @property
+    def device(self) -> str:
+        """Where the state lives between calls: ``"cpu"`` or ``"cuda:N"``."""
+        return str(self._engine.device)
+
+    @property
+    def bundle(self) -> Bundle:
+        """What was opened: manifest, graph files, test vectors."""
+        return self._engine.bundle
+
+    @property
+    def description(self) -> str:
+        return self._engine.description
+
+    def __repr__(self) -> str:
+        return (f"StatefulSession({self._engine.bundle.path}, forms={list(self.forms)}, batch={self._batch}, "
+                f"device={self.device})")
+
+    # --- state ---------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """The current state by name (copies), e.g. ``{"h": (B, H), "c": (B, H)}``: save it to resume."""
+        return {n: t.read() for n, t in zip(self.contract.state.names, self._state.inputs)}
+
+    @state.setter
+    def state(self, values: Mapping[str, np.ndarray]) -> None:
+        spec = self.contract.state
+        if not isinstance(values, Mapping):
+            raise RuntimeContractError(f"state: expected a mapping of {', '.join(spec.names)}, "
+                                       f"got {type(values).__name__}")
+        names = set(values.keys())
+        if names != set(spec.names):
+            raise RuntimeContractError(f"state: expected exactly {', '.join(spec.names)}, got "
+                                       f"{', '.join(sorted(names)) or 'nothing'}")
+        checked = [check_array(f"state {n}", values[n], spec.dtype, spec.shape(i, self._batch))
+                   for i, n in enumerate(spec.names)]
+        for tensor, value in zip(self._state.inputs, checked):
+            tensor.write(value)
+
+    def reset(self, streams: int | Iterable[int] | None = None) -> None:
+        """Zero the state of every stream, or only of ``streams`` (indices along the batch axis)."""
+        spec = self.contract.state
+        if streams is None:
+            for i, tensor in enumerate(self._state.inputs):
+                tensor.write(np.zeros(spec.shape(i, self._batch), spec.dtype))
+            return
+        indices = [streams] if isinstance(streams, (int, np.integer)) else list(streams)
+        bad = [i for i in indices if not isinstance(i, (int, np.integer)) or not 0 <= i < self._batch]
+        if bad:
+            raise RuntimeContractError(f"reset: stream index {bad[0]!r} is out of range for {self._batch} streams")
+        for tensor in self._state.inputs:
+            value = tensor.read()
+            index = [slice(None)] * value.ndim
+            index[spec.batch_axis] = indices
+            value[tuple(index)] = 0
+            tensor.write(value)
+
+    # --- calls ---------------------------------------------------------------------------------
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        """Advance every stream one time step: ``x`` is ``(B, ...)``, returns ``y`` ``(B, ...)``."""
+        x = check_array("x", x, *self._step_x)
+        y = self._plan_for_step()(x).read()
+        return y if y.shape == self._step_y_shape else y.reshape(self._step_y_shape)
+
+    def run(self, xs: np.ndarray) -> np.ndarray:
+        """Advance every stream through a chunk: ``xs`` is ``(T, B, ...)`` (or ``(B, T, ...)``
+        for batch-major graphs), returns ``y`` of the same layout; the state carries on."""
+        c = self.contract
+        xs = check_array("x", xs, c.x_dtype, c.x_shape(SEQUENCE, self._batch, TIME))
+        steps = xs.shape[c.time_axis]
+        graph = self._engine.graphs.get(SEQUENCE)
+        if graph is not None and (graph.seq_len is None or steps % graph.seq_len == 0):
+            if graph.seq_len is None:
+                return self._run_sequence(graph, xs)
+            parts = np.split(xs, steps // graph.seq_len, axis=c.time_axis)
+            return np.concatenate([self._run_sequence(graph, p) for p in parts], axis=c.time_axis)
+        if STEP not in self._engine.graphs:
+            raise RuntimeContractError(f"x: the sequence graph is unrolled at T={graph.seq_len}: run() takes "
+                                       f"a multiple of {graph.seq_len} time steps, got {steps}")
+        return self._run_steps(xs)
+
+    def _plan_for_step(self) -> _StepPlan:
+        if self._plan is not None:
+            return self._plan
+        graphs = self._engine.graphs
+        graph = graphs.get(STEP) or graphs[SEQUENCE]
+        if graph.form == SEQUENCE and graph.seq_len not in (None, 1):
+            raise RuntimeContractError(f"step() needs a step graph or a sequence graph of any length; this "
+                                       f"sequence graph is unrolled at T={graph.seq_len}: use run()")
+        self._plan = _StepPlan(graph, self.contract, self._state, self._batch, self._engine.device)
+        return self._plan
+
+    def _run_sequence(self, graph: Graph, xs: np.ndarray) -> np.ndarray:
+        c = self.contract
+        y = _Tensor(c.y_shape(SEQUENCE, self._batch, xs.shape[c.time_axis]), c.y_dtype,
+                    self._engine.device, zero=False)
+        binding = graph.session.io_binding()
+        binding.bind_cpu_input(graph.x_name, np.ascontiguousarray(xs))
+        binding.bind_ortvalue_output(graph.y_name, y.value)
+        self._state.bind(binding, self._state.current)
+        graph.session.run_with_iobinding(binding)
+        self._state.current ^= 1
+        return y.take()
+
+    def _run_steps(self, xs: np.ndarray) -> np.ndarray:
+        c = self.contract
+        steps = xs.shape[c.time_axis]
+        ys = np.empty(c.y_shape(SEQUENCE, self._batch, steps), c.y_dtype)
+        plan = self._plan_for_step()
+        for t in range(steps):
+            x_t = xs[t] if c.time_axis == 0 else xs[:, t]
+            y_t = plan(x_t).take()
+            if c.time_axis == 0:
+                ys[t] = y_t.reshape(ys.shape[1:])
+            else:
+                ys[:, t] = y_t.reshape(ys.shape[:1] + ys.shape[2:])
+        return ys
+
+
+def load(
+    path: str | os.PathLike,
+    providers: ProviderRequest | list[ProviderRequest] | None = None,
+    *,
+    batch: int = 1,
+    form: str | None = None,
+    threads: int | None = None,
+    session_options: ort.SessionOptions | None = None,
+) -> StatefulSession:
+    """:meth:`StatefulSession.load`: a bundle, a .zip of one, or a model ``.onnx``, ready to stream."""
+    return StatefulSession.load(path, providers, batch=batch, form=form, threads=threads,
+                                session_options=session_options)
