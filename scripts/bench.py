@@ -1,0 +1,561 @@
+"""Benchmarks: sequence throughput, streaming step latency and export cost of each lowering.
+
+For each seed cell (rnn, lstm, gru; input 28, hidden --hidden) with the same random
+weights everywhere, in one process:
+
+1. Sequence throughput over a grid of T x B: the eager PyTorch seed loop
+   (``rnnexport.cells``), the equivalent torch.nn module (nn.RNN/LSTM/GRU + Linear
+   head) on the same weights, and each rnnexport lowering under onnxruntime's CPU
+   provider (native, scan; unrolled at one T). Medians of interleaved rounds after
+   a warm-up.
+2. Streaming step latency at B=1: the seed cell on a length-1 input, raw
+   ``InferenceSession.run`` on the step graph, and ``StatefulSession.step``.
+
+Two floors frame the figures: ``gemm floor`` times only the recurrent matmuls
+(T of ``(B, H) @ (H, G*H)`` in torch), the serial work no engine avoids;
+``call floor`` is ``InferenceSession.run`` on Identity nodes with the step
+graph's inputs and outputs, onnxruntime's cost of one call from Python.
+3. Export: wall time, node count and file size of each lowering.
+4. The same sequence figures on CUDA when a GPU is present.
+
+Then each performance target with PASS/MISS and its figure. Writes JSON and a plot.
+
+    python scripts/bench.py [--quick] [--hidden 256] [--threads 1] [--json PATH] [--plot PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import helper
+
+import rnnexport
+from rnnexport import cells
+from rnnexport.testing import feeds, random_inputs, random_state
+
+try:
+    from rnnexport.runtime import StatefulSession
+except ImportError:  # the torch-free runtime is optional here: its rows then say so
+    StatefulSession = None
+
+# --- configuration -------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+CELLS = ("rnn", "lstm", "gru")
+INPUT_SIZE = 28
+WEIGHT_SCALE = 0.1  # weights and biases ~ N(0, 0.1^2): gates neither saturated nor linear
+FULL = {
+    "times": (1, 35, 500), "batches": (1, 8, 32), "unrolled_T": 35, "export_T": (35, 500),
+    "budget_s": 2.0,      # sampling time per grid point, shared by its engines
+    "min_rounds": 5, "max_rounds": 100,
+    "min_sample_s": 0.005,  # calls per sample grow until a sample takes this long
+    "stream_steps": 200,    # steps per streaming sample
+}
+QUICK = {
+    "times": (1, 5), "batches": (1, 2), "unrolled_T": 5, "export_T": (5,),
+    "budget_s": 0.0, "min_rounds": 3, "max_rounds": 3, "min_sample_s": 0.0, "stream_steps": 5,
+}
+CUDA_POINTS = ((35, 1), (35, 32), (500, 32))  # (T, B) measured on the GPU (quick: the last grid point)
+SEED_LOOPS = {"rnn": cells.rnn, "lstm": cells.lstm, "gru": cells.gru}
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+TORCH_GATES = {"rnn": ("h",), "lstm": ("i", "f", "c", "o"), "gru": ("r", "z", "h")}  # seed suffixes in torch.nn order
+TARGETS = {  # name: (what, comparison, threshold, unit of the figure)
+    "native_vs_eager_B1": ("native >= 4x the eager seed loop at T={T}, B={B}", ">=", 4.0, "x"),
+    "native_vs_eager_Bmax": ("native >= 1.5x the eager seed loop at T={T}, B={B}", ">=", 1.5, "x"),
+    "native_vs_nn": ("native never slower than the torch.nn module: worst native/torch.nn", "<=", 1.0, "x"),
+    "scan_vs_native": ("scan within 1.5x of native: worst scan/native", "<=", 1.5, "x"),
+    "session_vs_raw": ("StatefulSession.step / raw InferenceSession.run", "<=", 1.15, "x"),
+    "session_vs_eager": ("StatefulSession.step / the eager PyTorch step", "<=", 0.4, "x"),
+    "export_native": ("export native", "<", 1.0, "s"),
+    "export_scan": ("export scan", "<", 10.0, "s"),
+}
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--quick", action="store_true", help="a tiny grid in seconds (hidden 16, 3 rounds)")
+parser.add_argument("--hidden", type=int, default=None, help="hidden size (default 256; quick: 16)")
+parser.add_argument("--threads", type=int, default=1, help="intra-op threads of torch and onnxruntime")
+parser.add_argument("--unrolled-500", default="rnn", metavar="CELLS",
+                    help="cells whose unrolled graph is also exported at the largest export T: comma list, "
+                         "'all' or 'none' (default rnn; the lstm's takes ~10 minutes)")
+parser.add_argument("--json", default=str(ROOT / "docs" / "bench-results.json"), help="where to write the figures")
+parser.add_argument("--plot", default=str(ROOT / "docs" / "bench-speedup.png"), help="where to draw the speed-ups")
+args = parser.parse_args()
+
+cfg = QUICK if args.quick else FULL
+hidden = args.hidden or (16 if args.quick else 256)
+long_unrolled = {"all": set(CELLS), "none": set()}.get(args.unrolled_500, set(args.unrolled_500.split(",")))
+if not long_unrolled <= set(CELLS):
+    parser.error(f"--unrolled-500: expected cells among {', '.join(CELLS)}, 'all' or 'none'")
+torch.set_num_threads(args.threads)
+rng = np.random.default_rng(0)
+generator = torch.Generator().manual_seed(0)
+work = Path(tempfile.mkdtemp(prefix="rnnexport-bench-"))
+
+
+def measure(fns: dict) -> tuple[dict[str, float], int]:
+    """Median seconds per call of each function, sampled in interleaved rounds after a warm-up.
+
+    Interleaving spreads a busy machine's noise over every engine alike instead of
+    charging it to whichever ran while another process was busy.
+    """
+    calls, round_s = {}, 0.0
+    for name, fn in fns.items():
+        fn()  # warm-up: allocations, onnxruntime's first-shape planning
+        start = time.perf_counter()
+        fn()
+        once = time.perf_counter() - start
+        calls[name] = max(1, math.ceil(cfg["min_sample_s"] / max(once, 1e-7)))
+        round_s += once * calls[name]
+    rounds = min(cfg["max_rounds"], max(cfg["min_rounds"], int(cfg["budget_s"] / max(round_s, 1e-9))))
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            samples[name].append((time.perf_counter() - start) / calls[name])
+    return {name: statistics.median(s) for name, s in samples.items()}, rounds
+
+
+def session_options() -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = args.threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return so
+
+
+def cpu_session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+
+
+class TorchNet(torch.nn.Module):
+    """torch.nn's layer on the seed's weights and the seed's output head: ``(x, state) -> (y, state)``."""
+
+    def __init__(self, kind: str, named: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        layer = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind]
+        self.rnn = layer(INPUT_SIZE, hidden)
+        self.head = torch.nn.Linear(hidden, named["W_hq"].shape[1])
+        gates = TORCH_GATES[kind]
+        with torch.no_grad():
+            self.rnn.weight_ih_l0.copy_(torch.cat([named[f"W_x{g}"].T for g in gates]))
+            self.rnn.weight_hh_l0.copy_(torch.cat([named[f"W_h{g}"].T for g in gates]))
+            self.rnn.bias_ih_l0.copy_(torch.cat([named[f"b_{g}"] for g in gates]))
+            self.rnn.bias_hh_l0.zero_()
+            self.head.weight.copy_(named["W_hq"].T)
+            self.head.bias.copy_(named["b_q"])
+
+    def forward(self, x, state):
+        y, state = self.rnn(x, state)
+        return self.head(y), state
+
+
+def nn_state(state: list[torch.Tensor]):
+    """Seed state ``(B, H)`` tensors as torch.nn's ``(1, B, H)`` (a tuple for the LSTM)."""
+    unsq = [s.unsqueeze(0) for s in state]
+    return unsq[0] if len(unsq) == 1 else tuple(unsq)
+
+
+def synchronized(fn, *fn_args):
+    """Call ``fn`` and wait for the GPU, so that its time is the work's and not the launch's."""
+    out = fn(*fn_args)
+    torch.cuda.synchronize()
+    return out
+
+
+def cuda_session(path: Path, feed: dict) -> tuple[ort.InferenceSession | None, str]:
+    """A session that really runs ``path`` on CUDA, or None and why not (a CPU fallback never counts)."""
+    try:
+        session = ort.InferenceSession(str(path), session_options(),
+                                       providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        session.run(None, feed)
+    except Exception as e:  # noqa: BLE001 - onnxruntime's errors for an op the provider lacks vary
+        return None, f"onnxruntime CUDA failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    if session.get_providers()[0] != "CUDAExecutionProvider":
+        return None, f"onnxruntime's CUDA provider did not start (session runs on {session.get_providers()})"
+    return session, ""
+
+
+def max_abs(a, b) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+def gemm_floor(h: torch.Tensor, R: torch.Tensor, steps: int) -> None:
+    """The serial work no engine avoids: one ``(B, H) @ (H, G*H)`` matmul per time step."""
+    for _ in range(steps):
+        torch.mm(h, R)
+
+
+def identity_graph(io) -> onnx.ModelProto:
+    """A step graph's inputs and outputs joined by Identity nodes: onnxruntime's cost of one call."""
+    ins, outs = io.inputs(rnnexport.Form.STEP), io.outputs(rnnexport.Form.STEP)
+    assert [s.shape for s in ins] == [s.shape for s in outs], "x and y must have one shape here"
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [i.name], [o.name]) for i, o in zip(ins, outs)], "identity",
+        [helper.make_tensor_value_info(s.name, onnx.TensorProto.FLOAT, s.shape) for s in ins],
+        [helper.make_tensor_value_info(s.name, onnx.TensorProto.FLOAT, s.shape) for s in outs])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def eager_stream(kind: str, xs: torch.Tensor, ps: list[torch.Tensor]) -> None:
+    """The seed cell fed one step at a time (a length-1 input), its state carried by hand."""
+    fn, state = SEED_LOOPS[kind], cells.init_state(kind, 1, hidden)
+    for t in range(xs.shape[0]):
+        _, state = fn(xs[t:t + 1], state, ps)
+
+
+def raw_stream(session: ort.InferenceSession, io, xs: np.ndarray) -> None:
+    """``InferenceSession.run`` on the step graph, the state outputs fed back as inputs."""
+    state = [np.zeros(io.state.shape(i, 1), io.state.dtype) for i in range(len(io.state.names))]
+    for t in range(xs.shape[0]):
+        state = session.run(None, feeds(io, xs[t], state))[1:]
+
+
+def session_stream(stream, xs: np.ndarray) -> None:
+    """``StatefulSession.step`` from the zero state."""
+    stream.reset()
+    for t in range(xs.shape[0]):
+        stream.step(xs[t])
+
+
+def lscpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+# --- models: the same weights for the seed loop, torch.nn and every export ----------------------
+print(f"rnnexport benchmark: hidden {hidden}, input {INPUT_SIZE}, threads {args.threads}"
+      f"{', quick' if args.quick else ''}; exports in {work}", flush=True)
+models, params, nets, nn_vs_seed = {}, {}, {}, {}
+for kind in CELLS:
+    shapes = cells.param_shapes(kind, INPUT_SIZE, hidden)
+    params[kind] = [torch.randn(s, generator=generator) * WEIGHT_SCALE for s in shapes.values()]
+    models[kind] = rnnexport.builtin(kind, input_size=INPUT_SIZE, hidden_size=hidden, params=params[kind])
+    nets[kind] = TorchNet(kind, dict(zip(shapes, params[kind]))).eval()
+    x = torch.from_numpy(random_inputs(models[kind].io, rnnexport.Form.SEQUENCE, 2, 5, rng))
+    state = [torch.from_numpy(s) for s in random_state(models[kind].io, 2, rng, 0.5)]
+    with torch.inference_mode():
+        want, _ = SEED_LOOPS[kind](x, state, params[kind])
+        got, _ = nets[kind](x, nn_state(state))
+    nn_vs_seed[kind] = max_abs(got.reshape(want.shape), want)
+print("torch.nn module vs seed loop, same weights (max abs y): "
+      + ", ".join(f"{k} {v:.1e}" for k, v in nn_vs_seed.items())
+      + "  (gru: torch.nn.GRU is linear_before_reset=1, the seed's GRU 0: a slightly different function)")
+
+# --- export: wall time, nodes and size per lowering ---------------------------------------------
+rnnexport.convert(rnnexport.builtin("lstm", input_size=4, hidden_size=4), work / "warmup.onnx",
+                  lowering="scan")  # one untimed trace: torch.onnx's first use imports and compiles a lot
+export_rows, graphs = [], {}
+for kind in CELLS:
+    jobs = [("native", None, "sequence"), ("scan", None, "sequence"), ("native", None, "step")]
+    jobs += [("unrolled", t, "sequence") for t in cfg["export_T"]
+             if t == cfg["unrolled_T"] or kind in long_unrolled]
+    for lowering, seq_len, form in jobs:
+        label = f"{lowering}@T={seq_len}" if seq_len else lowering + (" step" if form == "step" else "")
+        print(f"  export {kind} {label}...", flush=True)
+        start = time.perf_counter()
+        result = rnnexport.convert(models[kind], work / f"{kind}.{form}.{lowering}.{seq_len or 'T'}.onnx",
+                                   form=form, lowering=lowering, seq_len=seq_len)
+        seconds = time.perf_counter() - start
+        graphs[(kind, form, lowering, seq_len)] = result.path
+        export_rows.append({
+            "cell": kind, "form": form, "lowering": lowering, "T": seq_len, "seconds": seconds,
+            "nodes": result.nodes, "bytes": result.size_bytes,
+            "note": f"fixed T={seq_len}" if seq_len else "same file for every T",
+        })
+    skipped = [t for t in cfg["export_T"] if t != cfg["unrolled_T"] and kind not in long_unrolled]
+    for t in skipped:
+        export_rows.append({"cell": kind, "form": "sequence", "lowering": "unrolled", "T": t, "seconds": None,
+                            "nodes": None, "bytes": None,
+                            "note": f"not measured in this run (--unrolled-500 {kind} measures it)"})
+
+# --- sequence throughput on CPU ------------------------------------------------------------------
+sequence_rows = []
+recurrent = {kind: torch.randn(hidden, GATES[kind] * hidden, generator=generator) for kind in CELLS}
+sessions = {key: cpu_session(path) for key, path in graphs.items() if key[1] == "sequence"}
+with torch.inference_mode():
+    for kind in CELLS:
+        io, fn, net, ps = models[kind].io, SEED_LOOPS[kind], nets[kind], params[kind]
+        for T in cfg["times"]:
+            for B in cfg["batches"]:
+                x = random_inputs(io, rnnexport.Form.SEQUENCE, B, T, rng)
+                state = random_state(io, B, rng, 0.5)
+                xt, st = torch.from_numpy(x), [torch.from_numpy(s) for s in state]
+                nst, feed = nn_state(st), feeds(io, x, state)
+                engines = {"eager": functools.partial(fn, xt, st, ps), "torch.nn": functools.partial(net, xt, nst),
+                           "gemm floor": functools.partial(gemm_floor, st[0], recurrent[kind], T)}
+                lowerings = {"native": (kind, "sequence", "native", None), "scan": (kind, "sequence", "scan", None)}
+                if T == cfg["unrolled_T"]:
+                    lowerings["unrolled"] = (kind, "sequence", "unrolled", T)
+                for name, key in lowerings.items():
+                    engines[name] = functools.partial(sessions[key].run, None, feed)
+                want = fn(xt, st, ps)[0].numpy().reshape(T, B, -1)
+                outputs = {"eager": want, "torch.nn": net(xt, nst)[0].numpy(), "gemm floor": None}
+                outputs |= {name: sessions[key].run(None, feed)[0] for name, key in lowerings.items()}
+                medians, rounds = measure(engines)
+                for name, seconds in medians.items():
+                    sequence_rows.append({
+                        "cell": kind, "T": T, "B": B, "engine": name, "device": "cpu", "ms": seconds * 1e3,
+                        "steps_per_s": T * B / seconds, "speedup_vs_eager": medians["eager"] / seconds,
+                        "max_abs_vs_eager": None if outputs[name] is None else max_abs(outputs[name], want),
+                        "rounds": rounds,
+                    })
+                line = "  ".join(f"{n} {s * 1e3:.3f}" for n, s in medians.items())
+                print(f"  {kind:4s} T={T:<3d} B={B:<2d} ms: {line}", flush=True)
+
+# --- streaming step latency at B=1 ---------------------------------------------------------------
+stream_rows = []
+steps = cfg["stream_steps"]
+with torch.inference_mode():
+    for kind in CELLS:
+        io = models[kind].io
+        xs = random_inputs(io, rnnexport.Form.SEQUENCE, 1, steps, rng)  # (steps, 1, I): one x per step
+        step_path = graphs[(kind, "step", "native", None)]
+        engines = {
+            "eager step": functools.partial(eager_stream, kind, torch.from_numpy(xs), params[kind]),
+            "InferenceSession.run": functools.partial(raw_stream, cpu_session(step_path), io, xs),
+            "call floor": functools.partial(raw_stream, ort.InferenceSession(
+                identity_graph(io).SerializeToString(), session_options(), providers=["CPUExecutionProvider"]), io, xs),
+        }
+        if StatefulSession is not None:
+            stream = StatefulSession.load(step_path, threads=args.threads, session_options=session_options())
+            engines["StatefulSession.step"] = functools.partial(session_stream, stream, xs)
+        medians, rounds = measure(engines)
+        for name, seconds in medians.items():
+            stream_rows.append({"cell": kind, "engine": name, "us_per_step": seconds / steps * 1e6,
+                                "steps": steps, "rounds": rounds})
+        if StatefulSession is None:
+            stream_rows.append({"cell": kind, "engine": "StatefulSession.step", "us_per_step": None,
+                                "status": "runtime not available"})
+        line = "  ".join(f"{n} {s / steps * 1e6:.1f}" for n, s in medians.items())
+        print(f"  {kind:4s} step us: {line}", flush=True)
+
+# --- CUDA, when a GPU is present -----------------------------------------------------------------
+cuda = {"status": "no GPU", "reason": "torch.cuda.is_available() is False", "rows": []}
+if torch.cuda.is_available():
+    probe_io = models["lstm"].io
+    probe_feed = feeds(probe_io, random_inputs(probe_io, rnnexport.Form.SEQUENCE, 1, 2, rng),
+                       random_state(probe_io, 1, rng))
+    probe, reason = cuda_session(graphs[("lstm", "sequence", "native", None)], probe_feed)
+    cuda = {"status": "ok", "reason": torch.cuda.get_device_name(0), "rows": []} if probe else \
+        {"status": "no GPU", "reason": reason, "rows": []}
+if cuda["status"] == "ok":
+    points = CUDA_POINTS if not args.quick else ((cfg["times"][-1], cfg["batches"][-1]),)
+    with torch.inference_mode():
+        for kind in CELLS:
+            io, fn = models[kind].io, SEED_LOOPS[kind]
+            ps, net = [p.cuda() for p in params[kind]], copy.deepcopy(nets[kind]).cuda()
+            for T, B in points:
+                x, state = random_inputs(io, rnnexport.Form.SEQUENCE, B, T, rng), random_state(io, B, rng, 0.5)
+                xt, st = torch.from_numpy(x).cuda(), [torch.from_numpy(s).cuda() for s in state]
+                nst, feed = nn_state(st), feeds(io, x, state)
+                engines = {
+                    "eager": functools.partial(synchronized, fn, xt, st, ps),
+                    "torch.nn": functools.partial(synchronized, net, xt, nst),
+                }
+                for low in ("native", "scan"):  # numpy in and out: the copies are part of the figure
+                    session, reason = cuda_session(graphs[(kind, "sequence", low, None)], feed)
+                    if session is None:
+                        cuda["rows"].append({"cell": kind, "T": T, "B": B, "engine": low, "device": "cuda",
+                                             "ms": None, "status": reason})
+                    else:
+                        engines[low] = functools.partial(session.run, None, feed)
+                medians, rounds = measure(engines)
+                for name, seconds in medians.items():
+                    cuda["rows"].append({
+                        "cell": kind, "T": T, "B": B, "engine": name, "device": "cuda", "ms": seconds * 1e3,
+                        "steps_per_s": T * B / seconds, "speedup_vs_eager": medians["eager"] / seconds,
+                        "rounds": rounds,
+                    })
+else:
+    cuda["rows"] = [{"cell": kind, "engine": engine, "device": "cuda", "ms": None, "status": "no GPU"}
+                    for kind in CELLS for engine in ("eager", "torch.nn", "native", "scan")]
+
+# --- targets -------------------------------------------------------------------------------------
+def seq_ms(kind: str, T: int, B: int, engine: str) -> float:
+    return next(r["ms"] for r in sequence_rows
+                if (r["cell"], r["T"], r["B"], r["engine"]) == (kind, T, B, engine))
+
+
+def worst_ratio(kind: str, slow: str, fast: str) -> tuple[float, str]:
+    """The largest ``slow / fast`` time ratio over the grid, and where it is."""
+    ratios = [(seq_ms(kind, T, B, slow) / seq_ms(kind, T, B, fast), f"T={T} B={B}")
+              for T in cfg["times"] for B in cfg["batches"]]
+    return max(ratios)
+
+
+def stream_us(kind: str, engine: str) -> float | None:
+    return next(r["us_per_step"] for r in stream_rows if (r["cell"], r["engine"]) == (kind, engine))
+
+
+def export_s(kind: str, lowering: str) -> float:
+    return next(r["seconds"] for r in export_rows
+                if (r["cell"], r["form"], r["lowering"]) == (kind, "sequence", lowering))
+
+
+target_T, b_small, b_large = cfg["unrolled_T"], cfg["batches"][0], cfg["batches"][-1]
+targets = []
+for kind in CELLS:
+    figures = {  # target: (figure, where it was measured)
+        "native_vs_eager_B1": (seq_ms(kind, target_T, b_small, "eager") / seq_ms(kind, target_T, b_small, "native"),
+                               f"T={target_T} B={b_small}"),
+        "native_vs_eager_Bmax": (seq_ms(kind, target_T, b_large, "eager") / seq_ms(kind, target_T, b_large, "native"),
+                                 f"T={target_T} B={b_large}"),
+        "native_vs_nn": worst_ratio(kind, "native", "torch.nn"),
+        "scan_vs_native": worst_ratio(kind, "scan", "native"),
+    }
+    session_us = stream_us(kind, "StatefulSession.step")
+    if session_us is not None:
+        figures["session_vs_raw"] = (session_us / stream_us(kind, "InferenceSession.run"), "B=1")
+        figures["session_vs_eager"] = (session_us / stream_us(kind, "eager step"), "B=1")
+    figures["export_native"] = (export_s(kind, "native"), "sequence graph")
+    figures["export_scan"] = (export_s(kind, "scan"), "sequence graph")
+    for key, (figure, where) in figures.items():
+        text, op, threshold, unit = TARGETS[key]
+        ok = figure >= threshold if op == ">=" else figure <= threshold if op == "<=" else figure < threshold
+        text = text.format(T=target_T, B=b_small if key.endswith("B1") else b_large)
+        targets.append({"target": key, "cell": kind, "text": text,
+                        "figure": figure, "op": op, "threshold": threshold, "unit": unit, "where": where,
+                        "pass": bool(ok)})
+    if session_us is None:
+        for key in ("session_vs_raw", "session_vs_eager"):
+            text, op, threshold, unit = TARGETS[key]
+            targets.append({"target": key, "cell": kind, "text": text, "figure": None, "op": op,
+                            "threshold": threshold, "unit": unit, "where": "B=1", "pass": None,
+                            "status": "runtime not available"})
+
+# --- the report ----------------------------------------------------------------------------------
+engines_order = ["eager", "torch.nn", "native", "scan", "unrolled", "gemm floor"]
+print(f"\nSequence throughput, CPU, {args.threads} thread(s), hidden {hidden}: ms per call "
+      "(speed-up over the eager seed loop)")
+print(f"{'cell':5s} {'T':>4s} {'B':>3s} " + " ".join(f"{e:>17s}" for e in engines_order))
+for kind in CELLS:
+    for T in cfg["times"]:
+        for B in cfg["batches"]:
+            cols = []
+            for engine in engines_order:
+                row = next((r for r in sequence_rows if (r["cell"], r["T"], r["B"], r["engine"]) ==
+                            (kind, T, B, engine)), None)
+                cols.append(f"{row['ms']:9.3f} ({row['speedup_vs_eager']:5.1f}x)" if row else f"{'-':>17s}")
+            print(f"{kind:5s} {T:4d} {B:3d} " + " ".join(cols))
+print("\nStreaming step latency, B=1: us per step")
+stream_engines = ["eager step", "InferenceSession.run", "StatefulSession.step", "call floor"]
+print(f"{'cell':5s} " + " ".join(f"{e:>21s}" for e in stream_engines))
+for kind in CELLS:
+    values = [stream_us(kind, e) for e in stream_engines]
+    print(f"{kind:5s} " + " ".join(f"{v:21.1f}" if v is not None else f"{'runtime not available':>21s}"
+                                   for v in values))
+print("\nExport: wall time (in-process, after one warm-up trace), nodes, file size")
+for r in export_rows:
+    what = f"{r['lowering']}{' step' if r['form'] == 'step' else ''}" + (f" T={r['T']}" if r["T"] else "")
+    if r["seconds"] is None:
+        print(f"  {r['cell']:5s} {what:18s} {r['note']}")
+    else:
+        print(f"  {r['cell']:5s} {what:18s} {r['seconds']:8.2f} s {r['nodes']:6d} nodes "
+              f"{r['bytes'] / 1e6:7.2f} MB  {r['note']}")
+print(f"\nCUDA: {cuda['status']} ({cuda['reason']})")
+for r in cuda["rows"]:
+    if r.get("ms") is not None:
+        print(f"  {r['cell']:5s} T={r['T']:<3d} B={r['B']:<2d} {r['engine']:9s} {r['ms']:9.3f} ms "
+              f"({r['speedup_vs_eager']:.1f}x)")
+print("\nTargets" + (" (quick grid: figures are not meaningful)" if args.quick else ""))
+for t in targets:
+    if t["pass"] is None:
+        print(f"  ----  {t['cell']:5s} {t['text']}: {t['status']}")
+        continue
+    print(f"  {'PASS' if t['pass'] else 'MISS'}  {t['cell']:5s} {t['text']}: {t['figure']:.2f} {t['unit']} "
+          f"({t['where']}; needs {t['op']} {t['threshold']:g})")
+
+results = {
+    "schema": "rnnexport.bench/1",
+    "command": " ".join(["python", "scripts/bench.py", *sys.argv[1:]]),
+    "quick": args.quick,
+    "machine": {"cpu": lscpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+                "python": platform.python_version(), "torch": torch.__version__,
+                "onnxruntime": ort.__version__, "rnnexport": rnnexport.__version__},
+    "config": {"cells": list(CELLS), "input_size": INPUT_SIZE, "hidden": hidden, "threads": args.threads,
+               "weight_scale": WEIGHT_SCALE, "times": list(cfg["times"]), "batches": list(cfg["batches"]),
+               "unrolled_T": cfg["unrolled_T"], "export_T": list(cfg["export_T"]),
+               "stream_steps": steps},
+    "nn_vs_seed_max_abs": nn_vs_seed,
+    "notes": ["torch.nn.GRU is linear_before_reset=1, the seed's GRU is 0: its torch.nn row times a "
+              "slightly different function on the same weights",
+              "ms are medians per call over interleaved rounds after a warm-up; max_abs_vs_eager compares y"],
+    "sequence": sequence_rows,
+    "streaming": stream_rows,
+    "export": export_rows,
+    "cuda": cuda,
+    "targets": targets,
+}
+json_path = Path(args.json)
+json_path.parent.mkdir(parents=True, exist_ok=True)
+tmp = json_path.with_name(json_path.name + ".tmp")
+tmp.write_text(json.dumps(results, indent=1) + "\n")
+tmp.replace(json_path)
+print(f"\nwrote {json_path}")
+
+# --- the plot: speed-up over eager PyTorch per lowering, per grid point -------------------------
+try:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+except ImportError:
+    print("matplotlib is not installed (pip install 'rnnexport[plot]'): no plot drawn")
+else:
+    points = [(T, B) for T in cfg["times"] for B in cfg["batches"]]
+    fig, axes = plt.subplots(len(CELLS), 1, figsize=(11, 2.6 * len(CELLS)), sharex=True)
+    bars = ["torch.nn", "native", "scan", "unrolled"]
+    width = 0.8 / len(bars)
+
+    def speedups(kind: str, engine: str) -> tuple[list[int], list[float]]:
+        """Grid positions and speed-ups of ``engine`` where it was measured."""
+        found = [(j, r["speedup_vs_eager"]) for j, (T, B) in enumerate(points) for r in sequence_rows
+                 if (r["cell"], r["T"], r["B"], r["engine"]) == (kind, T, B, engine)]
+        return [j for j, _ in found], [v for _, v in found]
+
+    for ax, kind in zip(axes, CELLS):
+        for i, engine in enumerate(bars):
+            where, values = speedups(kind, engine)
+            ax.bar([j + (i - (len(bars) - 1) / 2) * width for j in where], values, width, label=engine)
+        where, values = speedups(kind, "gemm floor")  # what an engine doing only the recurrent matmuls gets
+        ax.scatter(where, values, marker="_", s=900, color="black", label="gemm floor", zorder=3)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.margins(y=0.12)
+        ax.yaxis.set_major_locator(FixedLocator([2.0**k for k in range(-4, 7)]))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylabel(f"{kind}\nspeed-up")
+        ax.grid(axis="y", which="both", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, ncol=5, fontsize=9, loc="lower center", frameon=False)
+    axes[0].set_title(f"Speed-up over the eager PyTorch seed loop (CPU, {args.threads} thread, hidden {hidden})")
+    axes[-1].set_xticks(range(len(points)), [f"T={T}\nB={B}" for T, B in points])
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    plot_path = Path(args.plot)
+    plot_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(plot_path, dpi=110)
+    print(f"wrote {plot_path}")
+shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,135 @@
+"""``scripts/bench.py --quick`` runs end to end and writes complete figures.
+
+No timing assertions: the machine's speed is not the test's business. What is:
+every grid point, engine, export and target has its row with numbers, the
+exported graphs computed what the eager seed loop computes, and the plot exists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CELLS = ("rnn", "lstm", "gru")
+SEQUENCE_ENGINES = ("eager", "torch.nn", "native", "scan", "gemm floor")
+STREAM_ENGINES = ("eager step", "InferenceSession.run", "StatefulSession.step", "call floor")
+TARGETS = ("native_vs_eager_B1", "native_vs_eager_Bmax", "native_vs_nn", "scan_vs_native",
+           "session_vs_raw", "session_vs_eager", "export_native", "export_scan")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    json_path, plot_path = out / "bench.json", out / "bench.png"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--json", str(json_path),
+         "--plot", str(plot_path)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert proc.returncode == 0, f"bench.py --quick failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return json.loads(json_path.read_text()), plot_path, proc.stdout
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_results_have_every_section(bench):
+    results, _, _ = bench
+    for key in ("machine", "config", "sequence", "streaming", "export", "cuda", "targets", "nn_vs_seed_max_abs"):
+        assert key in results, key
+    assert results["quick"] is True
+    assert results["config"]["cells"] == list(CELLS)
+    assert results["machine"]["cores"] >= 1 and results["machine"]["cpu"]
+
+
+def test_every_grid_point_has_every_engine_with_numbers(bench):
+    results, _, _ = bench
+    config = results["config"]
+    rows = {(r["cell"], r["T"], r["B"], r["engine"]): r for r in results["sequence"]}
+    for cell in CELLS:
+        for T in config["times"]:
+            for B in config["batches"]:
+                engines = SEQUENCE_ENGINES + (("unrolled",) if T == config["unrolled_T"] else ())
+                for engine in engines:
+                    row = rows.pop((cell, T, B, engine), None)
+                    assert row is not None, f"no row for {cell} T={T} B={B} {engine}"
+                    assert positive(row["ms"]) and positive(row["steps_per_s"]), row
+                    eager = next(r for r in results["sequence"]
+                                 if (r["cell"], r["T"], r["B"], r["engine"]) == (cell, T, B, "eager"))
+                    assert row["speedup_vs_eager"] == pytest.approx(eager["ms"] / row["ms"]), row
+                    if engine != "gemm floor":  # the floor computes no y
+                        assert math.isfinite(row["max_abs_vs_eager"]), row
+    assert not rows, f"rows outside the grid: {sorted(rows)}"
+
+
+def test_exported_graphs_compute_the_seed_loop(bench):
+    """Each lowering's y agrees with the eager seed loop (the independent reference) at every point."""
+    results, _, _ = bench
+    for row in results["sequence"]:
+        if row["engine"] in ("native", "scan", "unrolled"):
+            assert row["max_abs_vs_eager"] < 1e-4, row
+    nn = results["nn_vs_seed_max_abs"]
+    assert nn["rnn"] < 1e-4 and nn["lstm"] < 1e-4, nn  # same function on the same weights
+    assert nn["gru"] > 1e-4, nn  # torch.nn.GRU's linear_before_reset=1: a different function
+
+
+def test_streaming_rows(bench):
+    results, _, _ = bench
+    rows = {(r["cell"], r["engine"]): r for r in results["streaming"]}
+    for cell in CELLS:
+        for engine in STREAM_ENGINES:
+            row = rows[(cell, engine)]
+            assert positive(row["us_per_step"]) or row.get("status") == "runtime not available", row
+
+
+def test_export_rows(bench):
+    results, _, _ = bench
+    config = results["config"]
+    rows = {(r["cell"], r["form"], r["lowering"], r["T"]): r for r in results["export"]}
+    for cell in CELLS:
+        for key in (("sequence", "native", None), ("sequence", "scan", None), ("step", "native", None),
+                    ("sequence", "unrolled", config["unrolled_T"])):
+            row = rows[(cell, *key)]
+            assert positive(row["seconds"]) and positive(row["nodes"]) and positive(row["bytes"]), row
+        unrolled = rows[(cell, "sequence", "unrolled", config["unrolled_T"])]
+        assert unrolled["nodes"] > rows[(cell, "sequence", "scan", None)]["nodes"], "unrolled repeats the step"
+
+
+def test_cuda_rows_have_numbers_or_say_no_gpu(bench):
+    results, _, _ = bench
+    cuda = results["cuda"]
+    assert cuda["status"] in ("ok", "no GPU") and cuda["reason"]
+    assert cuda["rows"]
+    for row in cuda["rows"]:
+        if cuda["status"] == "ok":  # a lowering the CUDA provider cannot run says why instead
+            assert positive(row["ms"]) or row["status"], row
+        else:
+            assert row["status"] == "no GPU" and row["ms"] is None, row
+
+
+def test_every_target_has_a_figure_and_a_verdict(bench):
+    results, _, stdout = bench
+    got = {(t["cell"], t["target"]): t for t in results["targets"]}
+    assert set(got) == {(c, t) for c in CELLS for t in TARGETS}
+    for t in got.values():
+        if t.get("status") == "runtime not available":
+            continue
+        assert isinstance(t["pass"], bool) and math.isfinite(t["figure"]) and t["threshold"] > 0, t
+        assert f"{'PASS' if t['pass'] else 'MISS'}  {t['cell']:5s} {t['text']}" in stdout
+
+
+def test_plot_written_when_matplotlib_is_there(bench):
+    _, plot_path, stdout = bench
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "no plot drawn" in stdout
+        return
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
