@@ -16,7 +16,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY: dict[str, tuple[str, str]] = {
-    "ConvertResult": ("rnnexport.convert", "ConvertResult"),
+    "ConvertResult": ("rnnexport.converter", "ConvertResult"),
     "Form": ("rnnexport.model", "Form"),
     "IOSpec": ("rnnexport.model", "IOSpec"),
     "Lowering": ("rnnexport.model", "Lowering"),
@@ -25,12 +25,12 @@ _LAZY: dict[str, tuple[str, str]] = {
     "SourceSpec": ("rnnexport.sources", "SourceSpec"),
     "StateSpec": ("rnnexport.model", "StateSpec"),
     "builtin": ("rnnexport.sources", "builtin"),
-    "convert": ("rnnexport.convert", "convert"),
+    "convert": ("rnnexport.converter", "convert"),
     "from_cell": ("rnnexport.sources", "from_cell"),
     "from_module": ("rnnexport.sources", "from_module"),
     "load": ("rnnexport.runtime", "load"),
-    "package": ("rnnexport.package", "package"),
-    "verify": ("rnnexport.verify", "verify"),
+    "package": ("rnnexport.bundler", "package"),
+    "verify": ("rnnexport.verification", "verify"),
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

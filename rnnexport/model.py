@@ -303,6 +303,23 @@ class RecurrentModel:
         return [o.detach().numpy() for o in outputs]
 
     @torch.no_grad()
+    def run_sequence_float64(self, x: np.ndarray, state: list[np.ndarray]) -> list[np.ndarray] | None:
+        """The reference computed in float64, or None when the model does not run in float64.
+
+        Verification uses it to measure the float32 reference's own rounding error.
+        """
+        if not hasattr(self, "_float64"):
+            import copy
+
+            self._float64 = copy.deepcopy(self.sequence_module).double()
+        x64 = torch.from_numpy(x).double() if np.issubdtype(x.dtype, np.floating) else torch.from_numpy(x)
+        try:
+            outputs = self._float64(x64, *(torch.from_numpy(s).double() for s in state))
+        except (RuntimeError, TypeError):  # a user loop that builds float32 tensors inside
+            return None
+        return [o.detach().numpy() for o in outputs]
+
+    @torch.no_grad()
     def run_step(self, x: np.ndarray, state: list[np.ndarray]) -> list[np.ndarray]:
         """One step of the PyTorch reference on numpy arrays."""
         outputs = self.step_module()(torch.from_numpy(x), *(torch.from_numpy(s) for s in state))

@@ -1,31 +1,27 @@
 #!/usr/bin/env bash
-# The main job on the built-in default model: convert it, then check it with ONNX Runtime.
-# Run from the repository root after installing (see README).
+# The main job on the default trained model (models/lstm-charlm): convert it (auto lowering),
+# verify it against PyTorch, package it, re-check the bundle without PyTorch, then stream text
+# out of it with the torch-free runtime. Run from the repository root after installing (README).
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 OUT=${OUT:-out}
+MODEL=${MODEL:-lstm-charlm}
 mkdir -p "$OUT"
-"$BIN/rnnexport" convert lstm -o "$OUT/lstm.onnx"
-"$BIN/python" - "$OUT/lstm.onnx" <<'PY'
-import sys
+step() { printf '\n== %s\n' "$*"; }
 
-import numpy as np
-import onnxruntime as ort
+step "convert $MODEL: sequence graph (any T) and step graph"
+"$BIN/rnnexport" convert "$MODEL" -o "$OUT/$MODEL.onnx"
+"$BIN/rnnexport" convert "$MODEL" --form step -o "$OUT/$MODEL.step.onnx"
 
-import rnnexport
-from rnnexport.export import read_info
-import onnx
+step "verify against PyTorch on every provider that starts here (source rebuilt from the graph's metadata)"
+"$BIN/rnnexport" verify "$OUT/$MODEL.onnx" --step "$OUT/$MODEL.step.onnx" --json "$OUT/$MODEL.verify.json"
 
-path = sys.argv[1]
-info = read_info(onnx.load(path))
-model = rnnexport.builtin("lstm")
-session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-rng = np.random.default_rng(0)
-for T, B in ((1, 1), (35, 4), (500, 2)):
-    x = rng.standard_normal((T, B, 28)).astype(np.float32)
-    state = [rng.standard_normal((B, 256)).astype(np.float32) for _ in info.io.state.names]
-    got = session.run(None, {"x": x, **dict(zip(info.io.state.names, state))})
-    want = model.run_sequence(x, state)
-    err = max(float(np.abs(a - b).max()) for a, b in zip(got, want))
-    print(f"onnxruntime CPU vs PyTorch  T={T:<4d} B={B}  max abs error {err:.2e}")
-PY
+step "package: manifest, checksums, test vectors, variants"
+"$BIN/rnnexport" package "$OUT/$MODEL.onnx" "$MODEL" --step "$OUT/$MODEL.step.onnx" \
+    -o "$OUT/$MODEL-bundle" --zip --force
+
+step "re-check the bundle with no PyTorch source"
+"$BIN/rnnexport" verify "$OUT/$MODEL-bundle.zip"
+
+step "stream through the bundle with rnnexport.runtime (onnxruntime + numpy only)"
+"$BIN/python" scripts/stream_demo.py "$OUT/$MODEL-bundle.zip"

@@ -67,7 +67,7 @@ def test_auto_picks_native_when_recognised_else_scan(exports, name):
 
 @pytest.mark.parametrize(("name", "lowering"), REFUSED_CASES)
 def test_lowering_that_does_not_apply_is_refused_with_reason(exports, name, lowering, tmp_path):
-    from rnnexport.convert import convert
+    from rnnexport.converter import convert
 
     with pytest.raises(ConvertError, match=f"{lowering}: .+"):
         convert(exports.model(name), tmp_path / "m.onnx", lowering=lowering)
@@ -99,7 +99,7 @@ def test_step_graph_fed_t_times_matches_sequence(exports, name, lowering):
 
 @pytest.mark.parametrize("name", sorted(BIDIRECTIONAL))
 def test_bidirectional_has_no_step_form(exports, name, tmp_path):
-    from rnnexport.convert import convert
+    from rnnexport.converter import convert
 
     with pytest.raises(ConvertError, match="bidirectional"):
         convert(exports.model(name), tmp_path / "s.onnx", form="step")

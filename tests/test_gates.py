@@ -14,7 +14,7 @@ from onnx.reference import ReferenceEvaluator
 
 from rnnexport import gates
 from rnnexport.cells import CellKind
-from rnnexport.convert import to_onnx
+from rnnexport.converter import to_onnx
 from rnnexport.model import Form
 from rnnexport.testing import assert_close, feeds, random_inputs, random_state
 

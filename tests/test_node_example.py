@@ -83,7 +83,7 @@ def test_node_example_refuses_a_tampered_bundle(exports, tmp_path, node):
 
 
 def test_node_example_on_a_bundle_of_rnnexport_package(exports, tmp_path, node):
-    package = pytest.importorskip("rnnexport.package").package
+    package = pytest.importorskip("rnnexport.bundler").package
     result = package(exports.export("seed_lstm").path, tmp_path / "bundle", source=exports.model("seed_lstm"),
                      step_path=exports.export("seed_lstm", form="step").path, variants=())
     done = check(node, result.folder)

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from onnx.reference import ReferenceEvaluator
 
+from rnnexport.bundler import open_bundle, package
+from rnnexport.bundler.check import check_bundle
+from rnnexport.bundler.vectors import read_set, write_set
+from rnnexport.bundler.zipio import UnsafeArchive, safe_extract
 from rnnexport.errors import BundleError
-from rnnexport.package import open_bundle, package
-from rnnexport.package.check import check_bundle
-from rnnexport.package.vectors import read_set, write_set
-from rnnexport.package.zipio import UnsafeArchive, safe_extract
 
 EXPECTED_VARIANTS = {"seed_lstm": {"ort", "int8", "fp16"}, "nn_gru_2layer_nobias": {"ort", "fp16"}}
 
@@ -104,6 +104,8 @@ def test_flipped_byte_fails_the_checksum(bundles, tmp_path):
     with open_bundle(copy) as bundle:
         check = check_bundle(bundle)
     assert not check.passed and "model.onnx does not match its SHA-256" in check.checksum_problems[0]
+    code, out, err = _verify_cli(copy)
+    assert code == 2 and "model.onnx does not match its SHA-256" in err and "Traceback" not in err
 
 
 def test_zip_twice_gives_identical_bytes(exports, tmp_path):
@@ -133,6 +135,8 @@ def test_unsafe_zip_entries_are_refused(tmp_path, entry, message):
     with pytest.raises(UnsafeArchive, match=message):
         safe_extract(archive, out)
     assert list(out.iterdir()) == [] and not (tmp_path / "x").exists()
+    code, _, err = _verify_cli(archive)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
 def test_zip_bomb_is_refused(tmp_path):
@@ -159,7 +163,7 @@ def test_unknown_schema_and_missing_file_are_refused(bundles, tmp_path):
 
 
 def test_interrupted_packaging_leaves_no_half_bundle(exports, tmp_path, monkeypatch):
-    import rnnexport.package as pkg
+    import rnnexport.bundler as pkg
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

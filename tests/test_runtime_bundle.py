@@ -142,7 +142,7 @@ def test_test_vectors_stream_through_the_runtime(bundle, tmp_path, kind):
 
 def test_bundles_of_rnnexport_package(exports, tmp_path):
     """The packager's own bundles (folder and zip) load, and their test vectors stream."""
-    package = pytest.importorskip("rnnexport.package").package
+    package = pytest.importorskip("rnnexport.bundler").package
     name = "nn_gru_2layer_nobias"
     result = package(exports.export(name).path, tmp_path / "bundle", source=exports.model(name),
                      step_path=exports.export(name, form="step").path, variants=(), archive=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from rnnexport.cli.options import SOURCE_HELP, source_options, source_spec
-from rnnexport.convert import ConvertResult, convert
+from rnnexport.converter import ConvertResult, convert
 from rnnexport.model import Form, Lowering, TensorSpec
 
 __all__ = ["convert_command", "format_spec"]

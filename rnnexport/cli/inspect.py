@@ -6,7 +6,7 @@ import json
 
 import click
 
-from rnnexport.package.inspect import inspect
+from rnnexport.bundler.inspect import inspect
 
 __all__ = ["inspect_command"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
+from rnnexport.bundler import VARIANTS, PackageResult, package
 from rnnexport.cli.options import SOURCE_HELP, source_options, source_spec
-from rnnexport.package import VARIANTS, PackageResult, package
 
 __all__ = ["package_command"]
 

@@ -9,8 +9,8 @@ from typing import Any
 import onnx
 import onnxruntime as ort
 
+from rnnexport.bundler.bundle import MANIFEST, SCHEMA, sha256_file
 from rnnexport.export.metadata import GraphInfo
-from rnnexport.package.bundle import MANIFEST, SCHEMA, sha256_file
 
 __all__ = ["build_manifest", "graph_entry", "operators", "write_manifest"]
 

@@ -1,4 +1,4 @@
-"""``rnnexport.package``: a verified bundle an edge app embeds.
+"""``rnnexport.package`` (this package is ``rnnexport.bundler``): a verified bundle an edge app embeds.
 
 A bundle folder holds ``model.onnx`` (and ``step/model.onnx``), ``manifest.json``,
 test vectors in ONNX's layout and the variants that passed their checks. It is
@@ -20,14 +20,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from rnnexport.bundler.bundle import MANIFEST, Bundle, checksum_problems, open_bundle
+from rnnexport.bundler.manifest import build_manifest, graph_entry, write_manifest
+from rnnexport.bundler.variants import VARIANTS, VariantResult, make_variant
+from rnnexport.bundler.vectors import write_set
+from rnnexport.bundler.zipio import write_zip
 from rnnexport.errors import BundleError, describe
 from rnnexport.export.metadata import GraphInfo, read_info
 from rnnexport.model import Form, RecurrentModel
-from rnnexport.package.bundle import MANIFEST, Bundle, checksum_problems, open_bundle
-from rnnexport.package.manifest import build_manifest, graph_entry, write_manifest
-from rnnexport.package.variants import VARIANTS, VariantResult, make_variant
-from rnnexport.package.vectors import write_set
-from rnnexport.package.zipio import write_zip
 from rnnexport.testing import random_inputs, random_state
 
 __all__ = ["VARIANTS", "Bundle", "PackageResult", "checksum_problems", "open_bundle", "package"]

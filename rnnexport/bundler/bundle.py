@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rnnexport.bundler.zipio import UnsafeArchive, safe_extract
 from rnnexport.errors import BundleError
-from rnnexport.package.zipio import UnsafeArchive, safe_extract
 
 __all__ = ["MANIFEST", "SCHEMA", "Bundle", "checksum_problems", "open_bundle", "sha256_file"]
 

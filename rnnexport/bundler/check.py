@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from rnnexport.bundler.bundle import Bundle, checksum_problems
+from rnnexport.bundler.vectors import read_set
 from rnnexport.errors import describe
-from rnnexport.package.bundle import Bundle, checksum_problems
-from rnnexport.package.vectors import read_set
 from rnnexport.testing import max_errors
 
 __all__ = ["BundleCheck", "VectorResult", "check_bundle"]

@@ -1,4 +1,4 @@
-"""``rnnexport.convert``: a source in, one checked ONNX file with explicit state out."""
+"""``rnnexport.convert`` (this module is ``rnnexport.converter``): a source in, one checked ONNX file with explicit state out."""
 
 from __future__ import annotations
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import onnx
 
+from rnnexport.bundler.bundle import open_bundle
+from rnnexport.bundler.manifest import graph_entry, operators
 from rnnexport.errors import BundleError, describe
 from rnnexport.export.metadata import read_info
-from rnnexport.package.bundle import open_bundle
-from rnnexport.package.manifest import graph_entry, operators
 
 __all__ = ["inspect"]
 

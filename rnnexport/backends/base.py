@@ -1,0 +1,158 @@
+"""The runner lifecycle every engine shares: ``activate``, ``infer``, ``deactivate``.
+
+A runner wraps one engine (PyTorch, onnxruntime on one execution provider, onnx's
+ReferenceEvaluator). ``infer`` takes a feed dict named by the I/O contract and
+returns the outputs by name. An engine that cannot start, or cannot run a given
+input, raises :class:`EngineUnavailable` with the reason: that is a fact about
+the machine or the engine, not a parity failure.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+
+from rnnexport.errors import VerifyError
+
+__all__ = ["EngineUnavailable", "GraphTensor", "Runner", "Unavailable", "check_feeds", "graph_tensors"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Unavailable:
+    """An engine (or one case on it) that could not run, and why."""
+
+    engine: str
+    reason: str
+    case: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"engine": self.engine, "reason": self.reason, "case": self.case}
+
+
+class EngineUnavailable(Exception):
+    """Raised by a runner whose engine cannot start or cannot run this input."""
+
+    def __init__(self, engine: str, reason: str) -> None:
+        super().__init__(f"{engine}: {reason}")
+        self.engine = engine
+        self.reason = reason
+
+    def result(self, case: str | None = None) -> Unavailable:
+        return Unavailable(self.engine, self.reason, case)
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphTensor:
+    """A declared graph input or output: name, numpy dtype name, dims (int, symbol or None)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str | None, ...] | None
+
+    def resolve(self, sizes: Mapping[str, int]) -> tuple[int | str | None, ...] | None:
+        """The declared shape with known symbols (``B``, ``T``) replaced by numbers."""
+        if self.shape is None:
+            return None
+        return tuple(sizes.get(d, d) if isinstance(d, str) else d for d in self.shape)
+
+    def describe(self) -> str:
+        dims = "?" if self.shape is None else ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name} {self.dtype}[{dims}]"
+
+
+def _tensor(value: onnx.ValueInfoProto) -> GraphTensor:
+    kind = value.type.WhichOneof("value")
+    if kind != "tensor_type":
+        return GraphTensor(value.name, kind or "unknown", None)
+    tensor = value.type.tensor_type
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+    if not tensor.HasField("shape"):
+        return GraphTensor(value.name, dtype, None)
+    dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
+    return GraphTensor(value.name, dtype, dims)
+
+
+def graph_tensors(model: onnx.ModelProto) -> tuple[tuple[GraphTensor, ...], tuple[GraphTensor, ...]]:
+    """The graph's declared inputs (initializers excluded) and outputs."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = tuple(_tensor(v) for v in model.graph.input if v.name not in initializers)
+    return inputs, tuple(_tensor(v) for v in model.graph.output)
+
+
+@functools.lru_cache(maxsize=64)
+def _dtype(name: str) -> np.dtype | None:
+    try:
+        return np.dtype(name)
+    except TypeError:
+        return None
+
+
+def check_feeds(engine: str, declared: Sequence[GraphTensor], feeds: Mapping[str, np.ndarray]) -> None:
+    """Raise :class:`VerifyError` when ``feeds`` do not fit the declared inputs (names, dtypes, ranks, fixed dims)."""
+    names = [t.name for t in declared]
+    missing = [n for n in names if n not in feeds]
+    extra = [n for n in feeds if n not in names]
+    if missing or extra:
+        what = f"lacks {missing[0]!r}" if missing else f"has {extra[0]!r}, which the graph does not take"
+        raise VerifyError(f"{engine}: feed {what} (graph inputs: {', '.join(names)})")
+    for tensor in declared:
+        array = feeds[tensor.name]
+        if array.dtype != _dtype(tensor.dtype):
+            raise VerifyError(f"{engine}: feed {tensor.name!r} is {array.dtype.name}, "
+                              f"the graph declares {tensor.describe()}")
+        if tensor.shape is None:
+            continue
+        fixed_ok = all(d is None or isinstance(d, str) or d == n for d, n in zip(tensor.shape, array.shape))
+        if array.ndim != len(tensor.shape) or not fixed_ok:
+            raise VerifyError(f"{engine}: feed {tensor.name!r} has shape {tuple(array.shape)}, "
+                              f"the graph declares {tensor.describe()}")
+
+
+class Runner(abc.ABC):
+    """One engine behind ``activate() / infer(feeds) -> dict / deactivate()``; also a context manager."""
+
+    #: Short engine name used in reports, e.g. ``"onnxruntime:cpu"``.
+    name: str = "runner"
+
+    def __init__(self) -> None:
+        self.is_active = False
+
+    def activate(self) -> None:
+        """Start the engine; raise :class:`EngineUnavailable` if it cannot start."""
+        if not self.is_active:
+            self._activate()
+            self.is_active = True
+
+    def deactivate(self) -> None:
+        """Release the engine; safe to call twice."""
+        if self.is_active:
+            self._deactivate()
+            self.is_active = False
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once; outputs by name, in the graph's output order."""
+        if not self.is_active:
+            raise RuntimeError(f"{self.name} is not active; call activate() first")
+        return self._infer(feeds)
+
+    @abc.abstractmethod
+    def _activate(self) -> None: ...
+
+    @abc.abstractmethod
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def _deactivate(self) -> None:
+        return None
+
+    def __enter__(self) -> Runner:
+        self.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()

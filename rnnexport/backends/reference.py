@@ -1,0 +1,114 @@
+"""onnx's ReferenceEvaluator as a runner: an independent, slow, pure-numpy engine.
+
+It does not implement everything rnnexport emits. Known gaps, found by running
+each configuration (see ``docs/verify.md``): the ``RNN`` operator with a ``Relu``
+activation (torch.nn.RNN(nonlinearity="relu")), and ``Scan`` over any axis but 0
+(batch-first models lowered with scan). LSTM and GRU silently ignore a non-default
+``activations``, ``clip`` or ``input_forget``, so those are refused too. A graph or
+input it cannot run is reported unavailable with the reason, not as a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from rnnexport.backends.base import (
+    EngineUnavailable,
+    GraphTensor,
+    Runner,
+    check_feeds,
+    graph_tensors,
+)
+from rnnexport.errors import describe
+
+__all__ = ["ReferenceRunner", "reference_limitations"]
+
+_RNN_ACTIVATIONS = {"Tanh", "tanh", "Affine", "affine"}
+_DEFAULT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh")}
+
+
+def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _nodes(attr.g)
+            for sub in attr.graphs:
+                yield from _nodes(sub)
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _node_limitation(node: onnx.NodeProto) -> str | None:
+    attrs = _attrs(node)
+    if node.op_type == "RNN":
+        acts = [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])]
+        bad = [a for a in acts if a not in _RNN_ACTIVATIONS]
+        if bad:
+            return f"its RNN operator supports only Tanh/Affine activations, the graph uses {bad[0]}"
+    if node.op_type in _DEFAULT_ACTIVATIONS:
+        acts = tuple(a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", []))
+        if acts and acts[: len(_DEFAULT_ACTIVATIONS[node.op_type])] != _DEFAULT_ACTIVATIONS[node.op_type]:
+            return f"its {node.op_type} operator ignores the activations attribute ({', '.join(acts)})"
+        if attrs.get("clip") is not None or attrs.get("input_forget"):
+            return f"its {node.op_type} operator ignores clip and input_forget"
+    if node.op_type == "Scan":
+        for key in ("scan_input_axes", "scan_output_axes", "scan_input_directions", "scan_output_directions"):
+            if any(attrs.get(key) or []):
+                return f"its Scan supports only axis 0 and forward direction, the graph sets {key}={list(attrs[key])}"
+    return None
+
+
+def reference_limitations(model: onnx.ModelProto) -> list[str]:
+    """Why the ReferenceEvaluator cannot run ``model`` faithfully; empty when it can."""
+    found = []
+    for node in _nodes(model.graph):
+        reason = _node_limitation(node)
+        if reason and reason not in found:
+            found.append(reason)
+    return found
+
+
+class ReferenceRunner(Runner):
+    """``onnx.reference.ReferenceEvaluator`` over a graph file or ModelProto."""
+
+    name = "onnx-reference"
+
+    def __init__(self, model: str | os.PathLike | onnx.ModelProto) -> None:
+        super().__init__()
+        self.model = model
+        self.evaluator = None
+        self.inputs: tuple[GraphTensor, ...] = ()
+        self.outputs: tuple[GraphTensor, ...] = ()
+
+    def _activate(self) -> None:
+        from onnx.reference import ReferenceEvaluator
+
+        proto = self.model if isinstance(self.model, onnx.ModelProto) else onnx.load(os.fspath(self.model))
+        limits = reference_limitations(proto)
+        if limits:
+            raise EngineUnavailable(self.name, f"the ReferenceEvaluator cannot run this graph: {limits[0]}")
+        try:
+            self.evaluator = ReferenceEvaluator(proto)
+        except Exception as e:  # noqa: BLE001 - an operator it lacks makes the engine unavailable
+            raise EngineUnavailable(self.name, f"the ReferenceEvaluator cannot load this graph: {describe(e)}") from e
+        self.inputs, self.outputs = graph_tensors(proto)
+
+    def _deactivate(self) -> None:
+        self.evaluator = None
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_feeds(self.name, self.inputs, feeds)
+        names = [t.name for t in self.outputs]
+        try:
+            results = self.evaluator.run(names, dict(feeds))
+        except Exception as e:  # noqa: BLE001 - the reference's own gaps are not graph failures
+            raise EngineUnavailable(self.name, f"the ReferenceEvaluator failed: {describe(e)}") from e
+        return {n: np.asarray(r) for n, r in zip(names, results)}

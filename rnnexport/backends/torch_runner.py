@@ -1,0 +1,58 @@
+"""The PyTorch reference as a runner: a :class:`~rnnexport.model.RecurrentModel` on numpy feeds."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from rnnexport.backends.base import Runner
+from rnnexport.errors import VerifyError, describe
+from rnnexport.model import Form, RecurrentModel
+
+__all__ = ["TorchRunner"]
+
+
+class TorchRunner(Runner):
+    """Runs the PyTorch reference of ``model`` in ``form``: a whole sequence, or one step.
+
+    Feeds and outputs are named by the model's I/O contract (``x``, ``h``, ``c`` in;
+    ``y``, ``h_out``, ``c_out`` out).
+    """
+
+    name = "pytorch"
+
+    def __init__(self, model: RecurrentModel, form: Form | str = Form.SEQUENCE) -> None:
+        super().__init__()
+        self.model = model
+        self.form = Form(form)
+
+    def rounding_error(self, feeds: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> float | None:
+        """Max abs difference between the float32 reference ``want`` and a float64 run, or None."""
+        io = self.model.io
+        x = np.asarray(feeds[io.inputs(Form.SEQUENCE)[0].name])
+        state = [np.asarray(feeds[n], dtype=io.state.dtype) for n in io.state.names]
+        exact = self.model.run_sequence_float64(x, state)
+        if exact is None:
+            return None
+        names = [s.name for s in io.outputs(Form.SEQUENCE)]
+        return max(float(np.abs(want[n].astype(np.float64) - e).max(initial=0.0)) for n, e in zip(names, exact))
+
+    def _activate(self) -> None:
+        return None
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        io = self.model.io
+        x_name = io.inputs(self.form)[0].name
+        missing = [n for n in (x_name, *io.state.names) if n not in feeds]
+        if missing:
+            raise VerifyError(f"{self.name}: feed lacks {missing[0]!r}")
+        state = [np.asarray(feeds[n], dtype=io.state.dtype) for n in io.state.names]
+        x = np.asarray(feeds[x_name], dtype=io.x_dtype)
+        run = self.model.run_sequence if self.form is Form.SEQUENCE else self.model.run_step
+        try:
+            outputs = run(x, state)
+        except Exception as e:  # noqa: BLE001 - the user's module failing is a user error
+            raise VerifyError(f"the PyTorch reference failed on x of shape {x.shape}: {describe(e)}") from e
+        names = [s.name for s in io.outputs(self.form)]
+        return dict(zip(names, outputs))

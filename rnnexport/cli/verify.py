@@ -1,0 +1,172 @@
+"""``rnnexport verify``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from rnnexport.cli.options import SOURCE_HELP, source_options, source_spec
+from rnnexport.errors import BundleError, VerifyError
+from rnnexport.verification import VerifyOptions, verify
+from rnnexport.verification.render import (
+    check_writable,
+    plot,
+    render_text,
+    require_matplotlib,
+    write_json,
+)
+
+__all__ = ["verify_command"]
+
+
+def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as e:
+        raise VerifyError(f"{option} takes comma-separated positive integers, e.g. 1,4,16; got {text!r}") from e
+    if not values or min(values) < 1:
+        raise VerifyError(f"{option} takes comma-separated positive integers, e.g. 1,4,16; got {text!r}")
+    return values
+
+
+class _Bar:
+    """A progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.bar = None
+
+    def __call__(self, done: int, total: int, label: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label="verifying", file=sys.stderr, show_pos=True)
+            self.bar.__enter__()
+        self.bar.update(1, label)
+        if done == total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def _verify_bundle(path: str, providers: list[str] | None, json_path: str | None, quiet: bool) -> int:
+    """Checksums, then every test vector set; returns the exit status."""
+    import json
+
+    from rnnexport.bundler import open_bundle
+    from rnnexport.bundler.check import PROVIDERS, check_bundle
+
+    names = providers or ["cpu"] + [p for p in ("cuda", "tensorrt") if PROVIDERS[p] in ort_providers()]
+    unknown = [p for p in names if p not in PROVIDERS]
+    if unknown:
+        raise VerifyError(f"unknown provider {unknown[0]!r}; choose from {', '.join(PROVIDERS)}")
+    with open_bundle(path) as bundle:
+        check = check_bundle(bundle, names)
+    if check.checksum_problems:
+        raise BundleError(f"{path}: {check.checksum_problems[0]}"
+                          + (f" (and {len(check.checksum_problems) - 1} more)" if len(check.checksum_problems) > 1 else "")
+                          + "; the bundle is not the one that was packaged")
+    if json_path:
+        check_writable(json_path, "report")
+        Path(json_path).write_text(json.dumps(check.to_json(), indent=2) + "\n")
+    if not quiet:
+        click.echo(f"{'test set':<24} {'kind':<7} {'engine':<9} {'output':<7} {'max abs':>9} {'max rel':>9}  result")
+        for r in check.results:
+            click.echo(f"{r.test_set:<24} {r.kind:<7} {r.engine:<9} {r.output:<7} {r.max_abs:9.2e} "
+                       f"{r.max_rel:9.2e}  {'pass' if r.passed else 'FAIL'}")
+        for engine, reason in check.unavailable.items():
+            click.echo(f"unavailable  {engine}: {reason}")
+    failed = sum(not r.passed for r in check.results)
+    verdict = "PASS" if check.passed else "FAIL"
+    click.echo(f"{verdict}  {len(check.results) - failed} of {len(check.results)} outputs match the bundle's "
+               f"test vectors; checksums of every file OK")
+    return 0 if check.passed else 1
+
+
+def ort_providers() -> list[str]:
+    import onnxruntime
+
+    return onnxruntime.get_available_providers()
+
+
+
+@click.command("verify", epilog=SOURCE_HELP + " Without SOURCE, it is rebuilt from the graph's metadata "
+               "(built-in cells and trained models). Exit status: 0 all checks pass, 1 a parity failure "
+               "(or no engine ran), 2 bad usage or input.")
+@click.argument("model", metavar="MODEL|DIR|ZIP")
+@click.argument("source", required=False)
+@click.option("--step", "step_model", default=None, metavar="STEP.onnx",
+              help="A step graph of the same model: stream it and compare with MODEL (contract 3).")
+@click.option("--providers", default=None, metavar="LIST",
+              help="onnxruntime execution providers, comma-separated: cpu, cuda, tensorrt "
+                   "(default: every one this onnxruntime lists; those that do not start are reported unavailable).")
+@click.option("--reference-evaluator/--no-reference-evaluator", default=True, show_default=True,
+              help="Also run onnx's ReferenceEvaluator (on cases with T*B <= 512).")
+@click.option("--batch-sizes", default=None, metavar="LIST", help="Batch sizes of the grid (default 1,4,16).")
+@click.option("--seq-lens", default=None, metavar="LIST",
+              help="Sequence lengths of the grid (default 1,2,17,256,2048; unrolled graphs: their fixed T).")
+@click.option("--case-seed", type=int, default=0, show_default=True,
+              help="Seed of the generated inputs and initial states (--seed seeds built-in weights).")
+@click.option("--atol", type=click.FloatRange(min=0), default=None,
+              help="Absolute tolerance (default by dtype: float32 1e-5, float16 1e-2, int8 5e-2).")
+@click.option("--rtol", type=click.FloatRange(min=0), default=None,
+              help="Relative tolerance (default by dtype: float32 1e-4, float16 1e-2, int8 1e-1).")
+@click.option("--json", "json_path", default=None, metavar="FILE", help="Write the full report as JSON.")
+@click.option("--plot", "plot_path", default=None, metavar="FILE.png",
+              help="Plot error vs time step per engine (needs pip install 'rnnexport[plot]').")
+@source_options
+@click.option("-q", "--quiet", is_flag=True, help="Print only the PASS/FAIL line.")
+def verify_command(model, source, step_model, providers, reference_evaluator, batch_sizes, seq_lens,
+                   case_seed, atol, rtol, json_path, plot_path, quiet, **source_kw) -> None:
+    """Verify that ONNX graph MODEL computes what its PyTorch SOURCE computes.
+
+    MODEL may also be a bundle folder or zip (rnnexport package), or an ONNX test
+    folder (model.onnx beside test_data_set_*): then no PyTorch is needed; every
+    file's SHA-256 is checked, then every test vector set runs on each provider.
+
+    Six contracts, each with figures per engine and case: graph == PyTorch; chunked
+    calls with carried state == one call; step graph streamed == sequence; declared
+    == actual output shapes; no NaN/Inf; every execution provider == the CPU one.
+    """
+    if Path(model).is_dir() or model.endswith(".zip"):
+        if source is not None or step_model is not None:
+            raise VerifyError("a bundle carries its own graphs and expected outputs: give just DIR or ZIP, "
+                              "without SOURCE or --step")
+        wanted = [p.strip() for p in providers.split(",") if p.strip()] if providers else None
+        sys.exit(_verify_bundle(model, wanted, json_path, quiet))
+    if source is None and any(v not in (None, 0) for v in source_kw.values()):
+        raise VerifyError("--input-size/--hidden-size/--output-size/--weights/--seed describe a SOURCE; give it, "
+                          "e.g. rnnexport verify MODEL.onnx lstm --hidden-size 256")
+    options = VerifyOptions(
+        providers=tuple(p for p in providers.split(",") if p.strip()) if providers is not None else None,
+        reference_evaluator=reference_evaluator,
+        batch_sizes=_ints(batch_sizes, "--batch-sizes") or VerifyOptions.batch_sizes,
+        seq_lens=_ints(seq_lens, "--seq-lens") or VerifyOptions.seq_lens,
+        seed=case_seed,
+        atol=atol,
+        rtol=rtol,
+        step_model=step_model,
+    )
+    if plot_path:
+        require_matplotlib(plot_path)
+    if json_path:
+        check_writable(json_path, "report")
+    spec = source_spec(source, **source_kw) if source is not None else None
+    bar = _Bar(enabled=not quiet)
+    try:
+        report = verify(model, spec, options=options, progress=bar)
+    finally:
+        bar.close()
+    click.echo(render_text(report, quiet=quiet))
+    if json_path:
+        write_json(report, json_path)
+    if plot_path:
+        plot(report, plot_path)
+    sys.exit(0 if report.passed else 1)

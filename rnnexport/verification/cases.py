@@ -1,0 +1,136 @@
+"""The seeded case grid: batch sizes x lengths x input kinds x initial states.
+
+Every case carries its own seed, derived from the run's seed and the case's
+coordinates (not its position), so a case's inputs stay the same when the grid
+around it changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from rnnexport.model import Form, IOSpec, RecurrentModel
+from rnnexport.testing import random_inputs, random_state
+
+__all__ = [
+    "DEFAULT_BATCH_SIZES",
+    "DEFAULT_SEQ_LENS",
+    "SATURATING_SCALE",
+    "Case",
+    "InputKind",
+    "StateKind",
+    "grid",
+    "input_kinds",
+    "materialize",
+    "vocabulary_size",
+]
+
+DEFAULT_BATCH_SIZES = (1, 4, 16)
+DEFAULT_SEQ_LENS = (1, 2, 17, 256, 2048)
+#: Saturating inputs are standard normal times this: gates sit at 0 or 1, tanh at +-1.
+SATURATING_SCALE = 10.0
+
+
+class InputKind(str, enum.Enum):
+    """What ``x`` holds."""
+
+    NORMAL = "normal"  # standard normal
+    SATURATING = "saturating"  # standard normal x SATURATING_SCALE
+    ONE_HOT = "one-hot"  # one-hot random tokens, for vocabulary models with vector input
+    TOKENS = "tokens"  # random token ids, for int64 inputs
+
+
+class StateKind(str, enum.Enum):
+    """The initial state."""
+
+    ZERO = "zero"
+    RANDOM = "random"  # standard normal
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One input of the grid: ``batch`` streams of ``time`` steps."""
+
+    batch: int
+    time: int
+    inputs: InputKind
+    state: StateKind
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"B{self.batch}-T{self.time}-{self.inputs.value}-{self.state.value}"
+
+    @property
+    def elements(self) -> int:
+        """``T * B``: the size that decides whether slow engines take the case."""
+        return self.time * self.batch
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "batch": self.batch, "time": self.time, "inputs": self.inputs.value,
+                "state": self.state.value, "seed": self.seed}
+
+
+def vocabulary_size(model: RecurrentModel) -> int | None:
+    """The vocabulary of a token model: the card's ``vocabulary``, else the first nn.Embedding's size."""
+    import torch
+
+    card = model.card or {}
+    if card.get("vocabulary"):
+        return len(card["vocabulary"])
+    for module in model.sequence_module.modules():
+        if isinstance(module, torch.nn.Embedding):
+            return int(module.num_embeddings)
+    return None
+
+
+def input_kinds(io: IOSpec, vocabulary: int | None) -> tuple[InputKind, ...]:
+    """The input kinds that make sense for ``io``: tokens for int64 inputs, one-hot for vocabularies."""
+    if io.x_dtype == "int64":
+        return (InputKind.TOKENS,)
+    kinds = (InputKind.NORMAL, InputKind.SATURATING)
+    one_hot = getattr(io, "x_encoding", "real") == "one-hot"
+    if one_hot or (vocabulary is not None and io.x_features == (vocabulary,)):
+        kinds += (InputKind.ONE_HOT,)
+    return kinds
+
+
+def _case_seed(seed: int, batch: int, time: int, inputs: InputKind, state: StateKind) -> int:
+    words = [seed, batch, time, list(InputKind).index(inputs), list(StateKind).index(state)]
+    return int(np.random.SeedSequence(words).generate_state(1)[0])
+
+
+def grid(
+    io: IOSpec, batch_sizes: Sequence[int], seq_lens: Sequence[int], seed: int,
+    vocabulary: int | None = None,
+) -> tuple[Case, ...]:
+    """Every batch size x length x input kind x initial state, each with its own seed."""
+    cases = []
+    for batch in batch_sizes:
+        for time in seq_lens:
+            for inputs in input_kinds(io, vocabulary):
+                for state in StateKind:
+                    cases.append(Case(batch, time, inputs, state, _case_seed(seed, batch, time, inputs, state)))
+    return tuple(cases)
+
+
+def materialize(case: Case, io: IOSpec, vocabulary: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The case's ``x`` (a whole sequence, in the contract's layout) and initial state."""
+    rng = np.random.default_rng(case.seed)
+    if case.inputs is InputKind.ONE_HOT:
+        shape = io.inputs(Form.SEQUENCE, case.time)[0].concrete(case.batch, case.time)
+        tokens = rng.integers(0, shape[-1], size=shape[:-1])
+        x = np.eye(shape[-1], dtype=io.x_dtype)[tokens]
+    else:
+        scale = SATURATING_SCALE if case.inputs is InputKind.SATURATING else 1.0
+        x = random_inputs(io, Form.SEQUENCE, case.batch, case.time, rng, scale=scale, vocabulary=vocabulary)
+    if case.state is StateKind.ZERO:
+        state = io.state.zeros(case.batch)
+    else:
+        state = random_state(io, case.batch, rng)
+    return x, state

@@ -1,0 +1,145 @@
+"""Figures of one comparison: max abs and relative error, drift along time, pass or fail.
+
+Pass rule (numpy's ``allclose`` without its symmetry tricks): every element
+satisfies ``|got - want| <= atol + rtol * |want|``. ``ratio`` is the largest
+``|got - want| / (atol + rtol * |want|)``, so a comparison passes exactly when
+``ratio <= 1``. NaN matches NaN and an infinity matches the same infinity; any
+other non-finite difference fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import onnx
+
+__all__ = [
+    "DEFAULT_TOLERANCES",
+    "QUANTIZED_OPS",
+    "REL_FLOOR",
+    "Figures",
+    "Tolerance",
+    "compare",
+    "count_nonfinite",
+    "graph_precision",
+    "tolerance_for",
+]
+
+#: Relative errors are taken against ``max(|want|, REL_FLOOR)``.
+REL_FLOOR = 1e-6
+
+#: ``dtype -> (atol, rtol)``; ``int8`` is any graph with quantized operators.
+DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
+    "float32": (1e-5, 1e-4),
+    "float16": (1e-2, 1e-2),
+    "int8": (5e-2, 1e-1),
+}
+
+QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul",
+    "ConvInteger", "QLinearConv", "DynamicQuantizeLSTM", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """The precision class of a graph and the tolerances its checks use."""
+
+    dtype: str
+    atol: float
+    rtol: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "atol": self.atol, "rtol": self.rtol}
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            subs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+            for sub in subs:
+                yield from _all_nodes(sub)
+
+
+def graph_precision(model: onnx.ModelProto) -> str:
+    """``"int8"`` for graphs with quantized operators, ``"float16"`` for float16 I/O or weights, else ``"float32"``."""
+    if any(node.op_type in QUANTIZED_OPS for node in _all_nodes(model.graph)):
+        return "int8"
+    fp16 = onnx.TensorProto.FLOAT16
+    values = [*model.graph.input, *model.graph.output]
+    if any(v.type.tensor_type.elem_type == fp16 for v in values) or \
+            any(t.data_type == fp16 for t in model.graph.initializer):
+        return "float16"
+    return "float32"
+
+
+def tolerance_for(dtype: str, atol: float | None = None, rtol: float | None = None) -> Tolerance:
+    """The default tolerances of ``dtype``, with the given ones taking precedence."""
+    default_atol, default_rtol = DEFAULT_TOLERANCES[dtype]
+    return Tolerance(dtype, default_atol if atol is None else atol, default_rtol if rtol is None else rtol)
+
+
+@dataclasses.dataclass(frozen=True)
+class Figures:
+    """What one comparison of two arrays found.
+
+    ``first_step`` / ``last_step`` are the max abs error at the first and last time
+    step, and ``curve`` the max abs error at every step, for outputs with a time axis.
+    """
+
+    passed: bool
+    max_abs: float | None = None
+    max_rel: float | None = None
+    ratio: float | None = None
+    first_step: float | None = None
+    last_step: float | None = None
+    curve: np.ndarray | None = None
+    detail: str = ""
+
+
+def _shape(array: np.ndarray) -> str:
+    return f"{array.dtype.name}[{', '.join(str(d) for d in array.shape)}]"
+
+
+def compare(got: np.ndarray, want: np.ndarray, tol: Tolerance, time_axis: int | None = None) -> Figures:
+    """Compare ``got`` with the reference ``want`` elementwise (in float64)."""
+    got, want = np.asarray(got), np.asarray(want)
+    if got.shape != want.shape:
+        return Figures(False, detail=f"shape {_shape(got)} != reference {_shape(want)}")
+    a = got.astype(np.float64)
+    b = want.astype(np.float64)
+    if a.size == 0:
+        return Figures(True, 0.0, 0.0, 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        same = (a == b) | (np.isnan(a) & np.isnan(b))
+        diff = np.where(same, 0.0, np.abs(a - b))
+        diff = np.where(np.isnan(diff), np.inf, diff)
+        ratio = np.where(same, 0.0, diff / (tol.atol + tol.rtol * np.abs(b)))
+        ratio = np.where(np.isnan(ratio), np.inf, ratio)
+        rel = np.where(same, 0.0, diff / np.maximum(np.abs(b), REL_FLOOR))
+        rel = np.where(np.isnan(rel), np.inf, rel)
+    worst = float(ratio.max())
+    figures = {"max_abs": float(diff.max()), "max_rel": float(rel.max()), "ratio": worst}
+    if time_axis is not None and a.ndim > time_axis:
+        axes = tuple(i for i in range(a.ndim) if i != time_axis)
+        curve = diff.max(axis=axes) if axes else diff
+        curve = curve.astype(np.float32)
+        curve.setflags(write=False)
+        figures.update(first_step=float(curve[0]), last_step=float(curve[-1]), curve=curve)
+    detail = ""
+    if worst > 1.0:
+        index = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+        detail = (f"worst at index {tuple(int(i) for i in index)}: got {a[index]:.6g}, "
+                  f"reference {b[index]:.6g}; {int((ratio > 1).sum())} of {ratio.size} elements out of tolerance")
+    return Figures(worst <= 1.0, detail=detail, **figures)
+
+
+def count_nonfinite(array: np.ndarray) -> tuple[int, int]:
+    """``(NaN count, Inf count)`` of a float array (zeros for integer arrays)."""
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.floating):
+        return 0, 0
+    return int(np.isnan(array).sum()), int(np.isinf(array).sum())

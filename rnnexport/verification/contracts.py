@@ -1,0 +1,125 @@
+"""The checks, one function per contract, each returning :class:`~rnnexport.verification.report.Check` rows.
+
+1. :func:`against` a reference (graph == PyTorch; also 2, 3 and 6 compare this way),
+2. :func:`chunked` calls with carried state, compared with one call,
+3. :func:`stream` a step graph T times, compared with a sequence,
+4. :func:`declared_shapes` == actual shapes and dtypes,
+5. :func:`finite`: no NaN or Inf,
+6. every execution provider against the CPU provider (:func:`against` again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from rnnexport.backends.base import GraphTensor, Runner
+from rnnexport.model import BATCH, TIME, Form, IOSpec
+from rnnexport.testing import feeds as contract_feeds
+from rnnexport.verification.cases import Case
+from rnnexport.verification.compare import Tolerance, compare, count_nonfinite
+from rnnexport.verification.report import Check, Contract
+
+__all__ = ["against", "chunked", "declared_shapes", "finite", "prepare", "stream", "time_axes"]
+
+Outputs = Mapping[str, np.ndarray]
+_FLOATS = {name: np.dtype(name) for name in ("float16", "float32", "float64")}
+
+
+def time_axes(io: IOSpec, form: Form) -> dict[str, int | None]:
+    """Per output name, its time axis (``y`` of a sequence), or None (the state, a step's ``y``)."""
+    names = [s.name for s in io.outputs(form)]
+    return {name: (io.time_axis if form is Form.SEQUENCE and i == 0 else None) for i, name in enumerate(names)}
+
+
+def prepare(runner: Runner, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Cast float feeds to the float type the runner's graph declares (float16 variants); leave the rest."""
+    declared = {t.name: _FLOATS.get(t.dtype) for t in getattr(runner, "inputs", ())}
+    ready = {}
+    for name, array in feeds.items():
+        dtype = declared.get(name)
+        if dtype is not None and array.dtype != dtype and array.dtype in _FLOATS.values():
+            array = array.astype(dtype)
+        ready[name] = array
+    return ready
+
+
+def against(contract: Contract, engine: str, case: Case, got: Outputs, want: Outputs, tol: Tolerance,
+            axes: Mapping[str, int | None], variant: str = "") -> list[Check]:
+    """One check per reference output: figures of ``got`` against ``want``."""
+    checks = []
+    for name, reference in want.items():
+        if name not in got:
+            checks.append(Check(contract, engine, case.id, name, False, variant,
+                                detail=f"the graph returned no output {name!r}"))
+            continue
+        figures = compare(got[name], reference, tol, axes.get(name))
+        checks.append(Check.of(contract, engine, case.id, name, figures, variant))
+    return checks
+
+
+def _describe(dtype: str, shape: Sequence[object] | None) -> str:
+    dims = "?" if shape is None else ", ".join("?" if d is None else str(d) for d in shape)
+    return f"{dtype}[{dims}]"
+
+
+def declared_shapes(engine: str, case: Case, declared: Sequence[GraphTensor], got: Outputs,
+                    form: Form) -> list[Check]:
+    """Contract 4: each declared output's dtype and shape (``B``/``T`` resolved) against what came back."""
+    sizes = {BATCH: case.batch} if form is Form.STEP else {BATCH: case.batch, TIME: case.time}
+    checks = []
+    for tensor in declared:
+        if tensor.name not in got:
+            checks.append(Check(Contract.SHAPES, engine, case.id, tensor.name, False,
+                                detail=f"declared output {tensor.describe()} was not returned"))
+            continue
+        actual = np.asarray(got[tensor.name])
+        expected = tensor.resolve(sizes)
+        ok = actual.dtype.name == tensor.dtype
+        if expected is not None:
+            ok = ok and len(expected) == actual.ndim and all(
+                not isinstance(d, int) or d == n for d, n in zip(expected, actual.shape))
+        detail = (f"declared {tensor.describe()} = {_describe(tensor.dtype, expected)}, "
+                  f"got {_describe(actual.dtype.name, actual.shape)}")
+        checks.append(Check(Contract.SHAPES, engine, case.id, tensor.name, ok, detail=detail))
+    return checks
+
+
+def finite(engine: str, case: Case, got: Outputs, variant: str = "") -> list[Check]:
+    """Contract 5: every output free of NaN and Inf."""
+    checks = []
+    for name, array in got.items():
+        nans, infs = count_nonfinite(array)
+        detail = f"{nans} NaN, {infs} Inf in {np.size(array)} values" if nans or infs else ""
+        checks.append(Check(Contract.FINITE, engine, case.id, name, not (nans or infs), variant, detail=detail))
+    return checks
+
+
+def _state_out(io: IOSpec, out: Outputs) -> list[np.ndarray]:
+    return [out[name] for name in io.state.output_names]
+
+
+def chunked(runner: Runner, io: IOSpec, x: np.ndarray, state: Sequence[np.ndarray], chunk: int) -> dict:
+    """Contract 2: ``x`` fed in chunks of ``chunk`` steps (the last one ragged), state carried across calls."""
+    axis = io.time_axis
+    y_name = io.outputs(Form.SEQUENCE)[0].name
+    ys, carried = [], list(state)
+    for start in range(0, x.shape[axis], chunk):
+        piece = np.take(x, np.arange(start, min(start + chunk, x.shape[axis])), axis=axis)
+        out = runner.infer(prepare(runner, contract_feeds(io, piece, carried)))
+        ys.append(out[y_name])
+        carried = _state_out(io, out)
+    return {y_name: np.concatenate(ys, axis=axis), **dict(zip(io.state.output_names, carried))}
+
+
+def stream(runner: Runner, io: IOSpec, x: np.ndarray, state: Sequence[np.ndarray]) -> dict:
+    """Contract 3: a step graph fed ``x`` one step at a time; ``y`` stacked along the sequence's time axis."""
+    axis = io.time_axis
+    y_name = io.outputs(Form.STEP)[0].name
+    ys, carried = [], list(state)
+    for t in range(x.shape[axis]):
+        out = runner.infer(prepare(runner, contract_feeds(io, np.take(x, t, axis=axis), carried)))
+        ys.append(out[y_name])
+        carried = _state_out(io, out)
+    return {y_name: np.stack(ys, axis=axis), **dict(zip(io.state.output_names, carried))}

@@ -1,0 +1,207 @@
+"""Renderers of a :class:`~rnnexport.verification.report.Report`: a text table, JSON, and a plot.
+
+The report is data; these only format it. ``plot`` needs matplotlib, the optional
+``plot`` extra (``pip install 'rnnexport[plot]'``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from rnnexport.errors import VerifyError
+from rnnexport.verification.report import CONTRACT_TITLES, Check, Contract, Report
+
+__all__ = ["check_writable", "plot", "render_text", "require_matplotlib", "summary_line", "write_json"]
+
+PLOT_HINT = "pip install 'rnnexport[plot]'"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2e}"
+
+
+def _drift(check: Check) -> str:
+    if check.first_step is None:
+        return "-"
+    return f"{check.first_step:.1e} -> {check.last_step:.1e}"
+
+
+def summary_line(report: Report) -> str:
+    """``PASS ...`` or ``FAIL ...``: one line with the counts and the first failure."""
+    engines = sorted({c.engine for c in report.checks if c.engine != "pytorch"})
+    missing = sorted({u.engine for u in report.unavailable if u.case is None})
+    tail = f"; unavailable: {', '.join(missing)}" if missing else ""
+    what = (f"{len(report.contracts())} contracts x {len(engines)} engines x {len(report.cases)} cases, "
+            f"{len(report.checks)} checks in {report.seconds:.1f} s{tail}")
+    if not report.ran:
+        return f"FAIL  no graph engine ran ({what})"
+    failures = report.failures
+    if not failures:
+        return f"PASS  {what}"
+    first = failures[0]
+    where = f"{CONTRACT_TITLES[first.contract]} on {first.engine}, {first.case} {first.output}"
+    figures = f"max abs {first.max_abs:.3g}" if first.max_abs is not None else first.detail
+    return f"FAIL  {len(failures)} of {len(report.checks)} checks failed; first: {where}: {figures}"
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def render_text(report: Report, quiet: bool = False) -> str:
+    """The worst case per contract and engine, engines that did not run, notes, then PASS/FAIL."""
+    if quiet:
+        return summary_line(report)
+    tol = report.tolerance
+    batches = sorted({c.batch for c in report.cases})
+    times = sorted({c.time for c in report.cases})
+    inputs = list(dict.fromkeys(c.inputs.value for c in report.cases))
+    lines = [
+        f"verify {report.model}: {report.source}",
+        f"  graph      {report.form}" + (f" (fixed T={report.seq_len})" if report.seq_len else "")
+        + f", {report.lowering}" + (f"; step graph {report.step_model}" if report.step_model else ""),
+        f"  cases      {len(report.cases)}: batch {', '.join(map(str, batches))} x T {', '.join(map(str, times))}"
+        f" x inputs {', '.join(inputs)} x state zero, random; seed {report.seed}",
+        f"  tolerance  {tol.dtype}: |got - want| <= {tol.atol:g} + {tol.rtol:g} * |want|",
+        "",
+    ]
+    rows = [["contract", "engine", "checks", "failed", "worst case", "output", "max abs", "max rel",
+             "step 1 -> last", "result"]]
+    for (contract, engine), (worst, count, failed) in report.worst().items():
+        case = worst.case + (f" {worst.variant}" if worst.variant else "")
+        rows.append([CONTRACT_TITLES[contract], engine, str(count), str(failed), case, worst.output,
+                     _num(worst.max_abs), _num(worst.max_rel), _drift(worst), "FAIL" if failed else "pass"])
+    lines += _table(rows) if len(rows) > 1 else ["(no checks ran)"]
+    failures = report.failures
+    for check in failures[:10]:
+        figures = f"max abs {_num(check.max_abs)}, max rel {_num(check.max_rel)}; " if check.max_abs is not None else ""
+        variant = f" {check.variant}" if check.variant else ""
+        lines.append(f"  FAIL {CONTRACT_TITLES[check.contract]} {check.engine} {check.case}{variant} "
+                     f"{check.output}: {figures}{check.detail}")
+    if len(failures) > 10:
+        lines.append(f"  ... and {len(failures) - 10} more failures (see --json)")
+    seen = set()
+    for item in report.unavailable:
+        key = (item.engine, item.reason)
+        if key in seen:
+            continue
+        seen.add(key)
+        count = sum(1 for u in report.unavailable if (u.engine, u.reason) == key and u.case)
+        scope = f" ({count} cases)" if item.case else ""
+        lines.append(f"unavailable  {item.engine}{scope}: {item.reason}")
+    lines += [f"note  {note}" for note in report.notes]
+    lines.append(summary_line(report))
+    return "\n".join(lines)
+
+
+def check_writable(path: str | os.PathLike, what: str) -> Path:
+    """Fail early (before a long run) when ``path``'s folder does not exist or ``path`` is a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise VerifyError(f"{what} path {path} is a directory; give a file name")
+    if not (path.parent if str(path.parent) else Path(".")).is_dir():
+        raise VerifyError(f"cannot write {what} {path}: folder {path.parent} does not exist; create it first")
+    return path
+
+
+def _atomic(path: str | os.PathLike, what: str, write: Callable[[str], None]) -> Path:
+    path = check_writable(path, what)
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=directory)
+    except OSError as e:
+        raise VerifyError(f"cannot write {what} {path}: {e.strerror}") from e
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise VerifyError(f"cannot write {what} {path}: {e.strerror}") from e
+        raise
+    return path
+
+
+def write_json(report: Report, path: str | os.PathLike) -> Path:
+    """The full report as strict JSON (schema: ``docs/verify-report.schema.json``), written atomically."""
+    text = json.dumps(report.to_json(), indent=1, allow_nan=False) + "\n"
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text)
+
+    return _atomic(path, "report", write)
+
+
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
+
+
+def require_matplotlib(path: str | os.PathLike | None = None) -> None:
+    """Raise :class:`VerifyError` when matplotlib is missing (with the install hint) or ``path`` cannot be a plot."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise VerifyError(f"--plot needs matplotlib, which is not installed: {PLOT_HINT}") from e
+    if path is not None:
+        if Path(path).suffix.lower().lstrip(".") not in PLOT_FORMATS:
+            raise VerifyError(f"plot file {path} must end in one of .{', .'.join(PLOT_FORMATS)}")
+        check_writable(path, "plot")
+
+
+def _curves(report: Report, contract: Contract) -> dict[str, tuple[str, np.ndarray]]:
+    """Per engine: the longest case's per-step max abs error of ``y``, maxed over such cases."""
+    by_engine: dict[str, list[Check]] = {}
+    for check in report.checks:
+        if check.contract is contract and check.curve is not None:
+            by_engine.setdefault(check.engine, []).append(check)
+    curves = {}
+    for engine, checks in by_engine.items():
+        longest = max(len(c.curve) for c in checks)
+        mine = [c for c in checks if len(c.curve) == longest]
+        curve = np.max(np.stack([c.curve for c in mine]), axis=0)
+        curves[engine] = (f"{engine} (T={longest}, max over {len(mine)} checks)", curve)
+    return curves
+
+
+def plot(report: Report, path: str | os.PathLike) -> Path:
+    """Error vs time step, per engine, for contract 1 (and 3 when it ran), saved as an image."""
+    require_matplotlib(path)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    contracts = [c for c in (Contract.PYTORCH, Contract.STEP, Contract.CHUNKED) if _curves(report, c)]
+    fig, axes = plt.subplots(1, max(1, len(contracts)), figsize=(6 * max(1, len(contracts)), 4), squeeze=False)
+    floor = 1e-12
+    for ax, contract in zip(axes[0], contracts):
+        for label, curve in _curves(report, contract).values():
+            steps = np.arange(1, len(curve) + 1)
+            ax.plot(steps, np.maximum(curve, floor), label=label, linewidth=1)
+        ax.axhline(report.tolerance.atol, color="grey", linestyle="--", linewidth=0.8, label="atol")
+        ax.set_yscale("log")
+        ax.set_xlabel("time step")
+        ax.set_ylabel("max abs error of y")
+        ax.set_title(CONTRACT_TITLES[contract])
+        ax.legend(fontsize=7)
+    if not contracts:
+        axes[0][0].text(0.5, 0.5, "no output with a time axis was compared", ha="center", va="center")
+    fig.suptitle(f"{Path(report.model).name}: {report.source}", fontsize=9)
+    fig.tight_layout()
+
+    def write(tmp: str) -> None:
+        fig.savefig(tmp, dpi=110, format=Path(path).suffix.lower().lstrip("."))
+
+    try:
+        return _atomic(path, "plot", write)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,210 @@
+"""The verification report: plain frozen data, rendered elsewhere (``render.py``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from typing import Any
+
+import numpy as np
+
+from rnnexport.backends.base import Unavailable
+from rnnexport.verification.cases import Case
+from rnnexport.verification.compare import Figures, Tolerance
+
+__all__ = ["CONTRACT_TITLES", "FORMAT", "Check", "Contract", "EngineStatus", "Report", "json_float"]
+
+FORMAT = "rnnexport.verify-report/1"
+#: The most points of an error-vs-time curve written to JSON (steps are binned, max per bin).
+CURVE_POINTS = 64
+
+
+class Contract(str, enum.Enum):
+    """The six checks, each reported on its own."""
+
+    PYTORCH = "graph_vs_pytorch"
+    CHUNKED = "chunked_vs_whole"
+    STEP = "step_vs_sequence"
+    SHAPES = "declared_shapes"
+    FINITE = "finite"
+    PROVIDERS = "ep_vs_cpu"
+
+
+CONTRACT_TITLES = {
+    Contract.PYTORCH: "1 graph == PyTorch",
+    Contract.CHUNKED: "2 chunked == whole",
+    Contract.STEP: "3 step streamed == sequence",
+    Contract.SHAPES: "4 declared == actual shapes",
+    Contract.FINITE: "5 no NaN/Inf",
+    Contract.PROVIDERS: "6 EP == CPU EP",
+}
+
+
+def json_float(value: float | None) -> float | str | None:
+    """A float for strict JSON: non-finite values become ``"inf"``, ``"-inf"`` or ``"nan"``."""
+    if value is None or math.isfinite(value):
+        return value
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def _curve_json(curve: np.ndarray | None) -> dict[str, Any] | None:
+    if curve is None:
+        return None
+    stride = max(1, math.ceil(len(curve) / CURVE_POINTS))
+    bins = [float(curve[i:i + stride].max()) for i in range(0, len(curve), stride)]
+    return {"stride": stride, "steps": len(curve), "max_abs": [json_float(v) for v in bins]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One contract on one engine, case and output, with its figures."""
+
+    contract: Contract
+    engine: str
+    case: str
+    output: str
+    passed: bool
+    variant: str = ""
+    max_abs: float | None = None
+    max_rel: float | None = None
+    ratio: float | None = None
+    first_step: float | None = None
+    last_step: float | None = None
+    detail: str = ""
+    curve: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, contract: Contract, engine: str, case: str, output: str, figures: Figures,
+           variant: str = "") -> Check:
+        return cls(contract, engine, case, output, figures.passed, variant, figures.max_abs, figures.max_rel,
+                   figures.ratio, figures.first_step, figures.last_step, figures.detail, figures.curve)
+
+    @property
+    def severity(self) -> float:
+        """How bad it is, for picking the worst: failures first, then the tolerance ratio, then max abs."""
+        ratio = self.ratio if self.ratio is not None else (math.inf if not self.passed else 0.0)
+        return ratio if not math.isnan(ratio) else math.inf
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "contract": self.contract.value,
+            "engine": self.engine,
+            "case": self.case,
+            "variant": self.variant,
+            "output": self.output,
+            "passed": self.passed,
+            "max_abs": json_float(self.max_abs),
+            "max_rel": json_float(self.max_rel),
+            "ratio": json_float(self.ratio),
+            "first_step": json_float(self.first_step),
+            "last_step": json_float(self.last_step),
+            "detail": self.detail,
+            "curve": _curve_json(self.curve),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineStatus:
+    """An engine the run asked for or found: whether it ran, and why not."""
+
+    name: str
+    kind: str  # "onnxruntime" | "reference" | "pytorch"
+    provider: str | None
+    requested: bool
+    available: bool
+    reason: str = ""
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "provider": self.provider, "requested": self.requested,
+                "available": self.available, "reason": self.reason, "seconds": round(self.seconds, 4)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """Everything one verification found.
+
+    ``passed`` is true when no check failed and at least one graph engine ran.
+    """
+
+    model: str
+    step_model: str | None
+    source: str
+    form: str
+    lowering: str
+    seq_len: int | None
+    seed: int
+    tolerance: Tolerance
+    providers_requested: tuple[str, ...] | None
+    providers_available: tuple[str, ...]
+    engines: tuple[EngineStatus, ...]
+    cases: tuple[Case, ...]
+    checks: tuple[Check, ...]
+    unavailable: tuple[Unavailable, ...]
+    notes: tuple[str, ...]
+    seconds: float
+
+    @property
+    def ran(self) -> bool:
+        """Whether any graph engine ran at least one case."""
+        return any(c.engine != "pytorch" for c in self.checks)
+
+    @property
+    def failures(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if not c.passed)
+
+    @property
+    def passed(self) -> bool:
+        return self.ran and not self.failures
+
+    def contracts(self) -> list[Contract]:
+        """The contracts with at least one check, in their order."""
+        present = {c.contract for c in self.checks}
+        return [c for c in Contract if c in present]
+
+    def worst(self) -> dict[tuple[Contract, str], tuple[Check, int, int]]:
+        """Per (contract, engine): the worst check, the number of checks and of failures."""
+        table: dict[tuple[Contract, str], tuple[Check, int, int]] = {}
+        for check in self.checks:
+            key = (check.contract, check.engine)
+            if key not in table:
+                table[key] = (check, 1, int(not check.passed))
+                continue
+            worst, count, failed = table[key]
+            if check.severity > worst.severity or (
+                    check.severity == worst.severity and (check.max_abs or 0) > (worst.max_abs or 0)):
+                worst = check
+            table[key] = (worst, count + 1, failed + int(not check.passed))
+        order = {c: i for i, c in enumerate(Contract)}
+        return dict(sorted(table.items(), key=lambda kv: order[kv[0][0]]))
+
+    def to_json(self) -> dict[str, Any]:
+        """The full report as JSON-able data (strict JSON: no NaN or Infinity literals)."""
+        summary = []
+        for contract in self.contracts():
+            mine = [c for c in self.checks if c.contract is contract]
+            summary.append({"id": contract.value, "title": CONTRACT_TITLES[contract],
+                            "passed": all(c.passed for c in mine), "checks": len(mine),
+                            "failed": sum(not c.passed for c in mine)})
+        return {
+            "format": FORMAT,
+            "passed": self.passed,
+            "model": self.model,
+            "step_model": self.step_model,
+            "source": self.source,
+            "form": self.form,
+            "lowering": self.lowering,
+            "seq_len": self.seq_len,
+            "seed": self.seed,
+            "tolerance": self.tolerance.to_json(),
+            "providers": {"requested": None if self.providers_requested is None else list(self.providers_requested),
+                          "available": list(self.providers_available)},
+            "engines": [e.to_json() for e in self.engines],
+            "unavailable": [u.to_json() for u in self.unavailable],
+            "cases": [c.to_json() for c in self.cases],
+            "contracts": summary,
+            "checks": [c.to_json() for c in self.checks],
+            "notes": list(self.notes),
+            "seconds": round(self.seconds, 3),
+        }

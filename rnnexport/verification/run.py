@@ -1,0 +1,407 @@
+"""``verify``: run every contract on every engine over the case grid, and report the figures."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rnnexport.backends import (
+    PROVIDERS,
+    EngineFailure,
+    EngineUnavailable,
+    OrtRunner,
+    ReferenceRunner,
+    Runner,
+    TorchRunner,
+    Unavailable,
+    available_providers,
+    resolve_provider,
+)
+from rnnexport.errors import VerifyError
+from rnnexport.model import Form
+from rnnexport.testing import feeds as contract_feeds
+from rnnexport.verification import contracts
+from rnnexport.verification.cases import (
+    DEFAULT_BATCH_SIZES,
+    DEFAULT_SEQ_LENS,
+    Case,
+    StateKind,
+    grid,
+    materialize,
+    vocabulary_size,
+)
+from rnnexport.verification.compare import Tolerance, graph_precision, tolerance_for
+from rnnexport.verification.report import Check, Contract, EngineStatus, Report
+from rnnexport.verification.target import SourceLike, Target, load_target
+
+__all__ = ["DEFAULT_CHUNK_SIZES", "Progress", "VerifyOptions", "verify"]
+
+DEFAULT_CHUNK_SIZES = (1, 3, 64)
+CPU = PROVIDERS["cpu"]
+#: ``progress(done, total, label)``, called after each case.
+Progress = Callable[[int, int, str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyOptions:
+    """What to verify, on which engines, over which grid.
+
+    Attributes:
+        providers: onnxruntime execution providers (``cpu``, ``cuda``, ``tensorrt`` or
+            full names); None: every provider this onnxruntime lists (those that do not
+            start are reported unavailable).
+        reference_evaluator: also run onnx's ReferenceEvaluator ...
+        reference_max_elements: ... on cases with ``T * B`` at most this (it is slow).
+        batch_sizes, seq_lens: the grid (an unrolled graph runs only at its fixed T).
+        seed: seed of every generated input and state.
+        atol, rtol: tolerances; None: the graph's dtype default (see ``DEFAULT_TOLERANCES``).
+        chunk_sizes: chunk lengths of contract 2 (run on the random-state cases, each
+            chunk size shorter than the case; the last chunk is ragged when T is not a
+            multiple).
+        step_model: a step graph to stream against the sequence graph (contract 3).
+    """
+
+    providers: tuple[str, ...] | None = None
+    reference_evaluator: bool = True
+    reference_max_elements: int = 512
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    seq_lens: tuple[int, ...] = DEFAULT_SEQ_LENS
+    seed: int = 0
+    atol: float | None = None
+    rtol: float | None = None
+    chunk_sizes: tuple[int, ...] = DEFAULT_CHUNK_SIZES
+    step_model: str | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("providers", "batch_sizes", "seq_lens", "chunk_sizes"):
+            value = getattr(self, field)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, field, tuple(value))
+        for field in ("batch_sizes", "seq_lens", "chunk_sizes"):
+            values = getattr(self, field)
+            if not values or any(not isinstance(v, (int, np.integer)) or v < 1 for v in values):
+                raise VerifyError(f"{field.replace('_', '-')} must be positive integers, got {list(values)}")
+        if self.providers is not None and not self.providers:
+            raise VerifyError("give at least one execution provider, e.g. --providers cpu")
+        for field in ("atol", "rtol"):
+            value = getattr(self, field)
+            if value is not None and not value >= 0:
+                raise VerifyError(f"--{field} must be a number >= 0, got {value}")
+
+
+@dataclasses.dataclass
+class _Engine:
+    name: str
+    kind: str
+    provider: str | None
+    runner: Runner
+    step_runner: Runner | None
+    requested: bool
+    seconds: float = 0.0
+
+
+def _providers(options: VerifyOptions) -> tuple[list[tuple[str, bool]], list[str]]:
+    """``[(full provider name, requested)]`` (CPU first, the baseline of contract 6) and notes."""
+    if options.providers is None:
+        names = available_providers()
+        return [(p, False) for p in sorted(names, key=lambda p: p != CPU)], []
+    wanted = list(dict.fromkeys(resolve_provider(p) for p in options.providers))
+    notes = []
+    if CPU not in wanted:
+        notes.append("onnxruntime:cpu runs too, as the baseline of contract 6 (EP == CPU EP)")
+        return [(CPU, False), *((p, True) for p in wanted)], notes
+    return [(p, True) for p in sorted(wanted, key=lambda p: p != CPU)], notes
+
+
+def _load_step(options: VerifyOptions, target: Target) -> Path | None:
+    if options.step_model is None:
+        return None
+    if target.form is Form.STEP:
+        raise VerifyError(f"{target.path} is itself a step graph; --step takes the step graph that goes "
+                          "with a sequence MODEL")
+    step = load_target(options.step_model, target.model)
+    if step.form is not Form.STEP:
+        raise VerifyError(f"--step {options.step_model} is a {step.form.value} graph; give a graph converted "
+                          "with --form step")
+    return step.path
+
+
+def _start(runner: Runner, unavailable: list[Unavailable], what: str = "") -> bool:
+    try:
+        runner.activate()
+    except EngineUnavailable as e:
+        unavailable.append(Unavailable(e.engine, what + e.reason))
+        return False
+    return True
+
+
+def _engines(target: Target, step_path: Path | None, options: VerifyOptions,
+             unavailable: list[Unavailable], statuses: list[EngineStatus]) -> list[_Engine]:
+    planned: list[tuple[str, str | None, Runner, Runner | None, bool]] = []
+    for provider, requested in _providers(options)[0]:
+        step = OrtRunner(step_path, provider) if step_path else None
+        runner = OrtRunner(target.path, provider)
+        planned.append(("onnxruntime", provider, runner, step, requested))
+    if options.reference_evaluator:
+        step = ReferenceRunner(step_path) if step_path else None
+        planned.append(("reference", None, ReferenceRunner(target.proto), step, True))
+    engines = []
+    for kind, provider, runner, step, requested in planned:
+        ok = _start(runner, unavailable)
+        if ok and step is not None and not _start(step, unavailable, "for the step graph (contract 3): "):
+            step = None
+        reason = "" if ok else unavailable[-1].reason
+        statuses.append(EngineStatus(runner.name, kind, provider, requested, ok, reason))
+        if ok:
+            engines.append(_Engine(runner.name, kind, provider, runner, step, requested))
+    return engines
+
+
+class _CaseRun:
+    """Every contract on one case, on every engine."""
+
+    def __init__(self, target: Target, tol: Tolerance, options: VerifyOptions, torch_seq: TorchRunner,
+                 torch_step: TorchRunner) -> None:
+        self.target, self.tol, self.options = target, tol, options
+        self.torch_seq, self.torch_step = torch_seq, torch_step
+        self.io = target.io
+        self.checks: list[Check] = []
+        self.unavailable: list[Unavailable] = []
+        self.skipped: dict[str, int] = {}
+        self.chunkable = target.seq_len is None and not target.bidirectional
+        self.torch_seconds = 0.0
+        self.noise: dict[str, float] = {}
+
+    def _reference(self, runner: TorchRunner, feeds: dict) -> dict:
+        started = time.perf_counter()
+        try:
+            return runner.infer(feeds)
+        finally:
+            self.torch_seconds += time.perf_counter() - started
+
+    def _attempt(self, engine: _Engine, case: Case, contract: Contract, fn: Callable[[], dict]) -> dict | None:
+        started = time.perf_counter()
+        try:
+            return fn()
+        except EngineUnavailable as e:
+            self.unavailable.append(e.result(case.id))
+        except EngineFailure as e:
+            self.checks.append(Check(contract, engine.name, case.id, "*", False, detail=str(e)))
+        finally:
+            engine.seconds += time.perf_counter() - started
+        return None
+
+    def run(self, case: Case, engines: Sequence[_Engine], vocabulary: int | None) -> None:
+        x, state = materialize(case, self.io, vocabulary)
+        if self.target.form is Form.SEQUENCE:
+            self._sequence(case, engines, x, state)
+        else:
+            self._step(case, engines, x, state)
+
+    def _pytorch_tolerance(self, feeds: dict, want: dict, case: Case) -> Tolerance:
+        """Contract 1's tolerance: ``atol`` plus three times PyTorch's own float32 rounding error.
+
+        Two float32 implementations of a recurrence drift apart along time by rounding
+        alone. A float64 run of the same PyTorch model measures how far the float32
+        reference is from exact (``e``); a graph at most ``2e`` from exact is at most
+        ``3e`` from the reference: no more than twice as inexact as PyTorch itself.
+        """
+        if self.tol.dtype != "float32":
+            return self.tol
+        started = time.perf_counter()
+        noise = self.torch_seq.rounding_error(feeds, want)
+        self.torch_seconds += time.perf_counter() - started
+        if noise is None:
+            return self.tol
+        self.noise[case.id] = noise
+        return dataclasses.replace(self.tol, atol=self.tol.atol + 3 * noise)
+
+    def _takes(self, engine: _Engine, case: Case) -> bool:
+        if engine.kind == "reference" and case.elements > self.options.reference_max_elements:
+            self.skipped[engine.name] = self.skipped.get(engine.name, 0) + 1
+            return False
+        return True
+
+    def _sequence(self, case: Case, engines: Sequence[_Engine], x: np.ndarray, state: list[np.ndarray]) -> None:
+        io, tol, seq_axes = self.io, self.tol, contracts.time_axes(self.io, Form.SEQUENCE)
+        feeds = contract_feeds(io, x, state)
+        want = self._reference(self.torch_seq, feeds)
+        self.checks += contracts.finite("pytorch", case, want)
+        pytorch_tol = self._pytorch_tolerance(feeds, want, case)
+        baseline = None
+        for engine in engines:
+            if not self._takes(engine, case):
+                continue
+            runner = engine.runner
+            got = self._attempt(engine, case, Contract.PYTORCH,
+                                lambda runner=runner: runner.infer(contracts.prepare(runner, feeds)))
+            if got is None:
+                continue
+            self.checks += contracts.against(Contract.PYTORCH, engine.name, case, got, want, pytorch_tol, seq_axes)
+            self.checks += contracts.declared_shapes(engine.name, case, self.target.outputs, got, Form.SEQUENCE)
+            self.checks += contracts.finite(engine.name, case, got)
+            if self.chunkable and case.state is StateKind.RANDOM:
+                for chunk in self.options.chunk_sizes:
+                    if chunk >= case.time:
+                        continue
+                    out = self._attempt(engine, case, Contract.CHUNKED,
+                                        lambda chunk=chunk, runner=runner: contracts.chunked(runner, io, x, state, chunk))
+                    if out is not None:
+                        self.checks += contracts.against(Contract.CHUNKED, engine.name, case, out, got, tol,
+                                                         seq_axes, variant=f"chunk={chunk}")
+            if engine.step_runner is not None:
+                step = engine.step_runner
+                out = self._attempt(engine, case, Contract.STEP,
+                                    lambda step=step: contracts.stream(step, io, x, state))
+                if out is not None:
+                    self.checks += contracts.against(Contract.STEP, engine.name, case, out, got, tol, seq_axes)
+            baseline = self._providers(engine, case, got, baseline, seq_axes)
+
+    def _step(self, case: Case, engines: Sequence[_Engine], x: np.ndarray, state: list[np.ndarray]) -> None:
+        io, tol = self.io, self.tol
+        seq_axes, step_axes = contracts.time_axes(io, Form.SEQUENCE), contracts.time_axes(io, Form.STEP)
+        first = contract_feeds(io, np.take(x, 0, axis=io.time_axis), state)
+        want_step = self._reference(self.torch_step, first)
+        want_seq = self._reference(self.torch_seq, contract_feeds(io, x, state))
+        self.checks += contracts.finite("pytorch", case, want_seq)
+        baseline = None
+        for engine in engines:
+            if not self._takes(engine, case):
+                continue
+            runner = engine.runner
+            got = self._attempt(engine, case, Contract.PYTORCH,
+                                lambda runner=runner: runner.infer(contracts.prepare(runner, first)))
+            if got is None:
+                continue
+            self.checks += contracts.against(Contract.PYTORCH, engine.name, case, got, want_step, tol, step_axes,
+                                             variant="first step")
+            self.checks += contracts.declared_shapes(engine.name, case, self.target.outputs, got, Form.STEP)
+            out = self._attempt(engine, case, Contract.STEP, lambda runner=runner: contracts.stream(runner, io, x, state))
+            if out is None:
+                continue
+            self.checks += contracts.finite(engine.name, case, out, variant="streamed")
+            self.checks += contracts.against(Contract.STEP, engine.name, case, out, want_seq, tol, seq_axes,
+                                             variant="vs PyTorch sequence")
+            baseline = self._providers(engine, case, out, baseline, seq_axes)
+
+    def _providers(self, engine: _Engine, case: Case, got: dict, baseline: dict | None, axes) -> dict | None:
+        """Contract 6: keep the CPU provider's outputs, compare every other provider's with them."""
+        if engine.provider == CPU:
+            return got
+        if engine.kind == "onnxruntime" and baseline is not None:
+            self.checks += contracts.against(Contract.PROVIDERS, engine.name, case, got, baseline, self.tol, axes)
+        return baseline
+
+
+def _options(options: VerifyOptions | None, kwargs: dict) -> VerifyOptions:
+    if options is not None and kwargs:
+        raise TypeError("give either options= or keyword options, not both")
+    if options is not None:
+        return options
+    known = {f.name for f in dataclasses.fields(VerifyOptions)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(f"verify() got unknown option {unknown[0]!r}; options are {', '.join(sorted(known))}")
+    return VerifyOptions(**kwargs)
+
+
+def verify(
+    model_path: str | os.PathLike,
+    source: SourceLike | None = None,
+    *,
+    options: VerifyOptions | None = None,
+    progress: Progress | None = None,
+    **kwargs,
+) -> Report:
+    """Check that an exported graph computes what its PyTorch source computes.
+
+    Args:
+        model_path: the ``.onnx`` graph (sequence or step form).
+        source: the PyTorch reference: anything :func:`rnnexport.convert` takes
+            (``"lstm"``, a :class:`~rnnexport.SourceSpec`, a model name, ``"file.py:factory"``,
+            a torch.nn module, a :class:`~rnnexport.RecurrentModel`). None: rebuilt from
+            the graph's metadata, when it records a built-in cell or a trained model.
+        options: a :class:`VerifyOptions`; or give its fields as keyword arguments.
+        progress: called as ``progress(done, total, case_id)`` after each case.
+
+    Returns:
+        A :class:`~rnnexport.verification.report.Report`: every check with its figures, and
+        the engines that could not run, with reasons. ``report.passed`` says all passed.
+
+    Raises:
+        VerifyError: the file is not an ONNX model or lacks the I/O contract, the source
+            does not match the graph (shapes, parameter hash) or cannot be rebuilt, or an
+            option is invalid (an unknown provider name, a bad grid).
+    """
+    opts = _options(options, kwargs)
+    started = time.perf_counter()
+    requested, notes = _providers(opts)  # validates provider names before any slow work
+    target = load_target(model_path, source)
+    step_path = _load_step(opts, target)
+    tol = tolerance_for(graph_precision(target.proto), opts.atol, opts.rtol)
+    seq_lens = opts.seq_lens
+    if target.seq_len is not None:
+        seq_lens = (target.seq_len,)
+        notes.append(f"unrolled graph: every case runs at its fixed T={target.seq_len}; contract 2 does not apply")
+    if target.form is Form.SEQUENCE and target.seq_len is None and target.bidirectional:
+        notes.append("bidirectional model: contract 2 does not apply (the backward direction needs the whole "
+                     "sequence, so chunks cannot carry its state)")
+    if target.form is Form.STEP:
+        notes.append("step graph: contract 1 checks the first step of each case against PyTorch's step, "
+                     "contract 3 the whole case streamed against PyTorch's sequence; contract 2 does not apply")
+    vocabulary = vocabulary_size(target.model)
+    cases = grid(target.io, opts.batch_sizes, seq_lens, opts.seed, vocabulary)
+    unavailable: list[Unavailable] = []
+    statuses: list[EngineStatus] = []
+    engines = _engines(target, step_path, opts, unavailable, statuses)
+    torch_seq, torch_step = TorchRunner(target.model, Form.SEQUENCE), TorchRunner(target.model, Form.STEP)
+    torch_seq.activate()
+    torch_step.activate()
+    run = _CaseRun(target, tol, opts, torch_seq, torch_step)
+    try:
+        for done, case in enumerate(cases, 1):
+            run.run(case, engines, vocabulary)
+            if progress is not None:
+                progress(done, len(cases), case.id)
+    finally:
+        for engine in engines:
+            engine.runner.deactivate()
+            if engine.step_runner is not None:
+                engine.step_runner.deactivate()
+    ran = {c.contract for c in run.checks}
+    if Contract.STEP not in ran and target.form is Form.SEQUENCE:
+        notes.append("contract 3 did not run: give the step graph with --step STEP.onnx")
+    if Contract.PROVIDERS not in ran:
+        notes.append("contract 6 did not run: no execution provider besides the CPU one started")
+    if run.noise:
+        worst = max(run.noise, key=run.noise.get)
+        notes.append(f"contract 1 allows atol + 3 x PyTorch's own float32 rounding error (vs a float64 run); "
+                     f"that error was at most {run.noise[worst]:.2g} ({worst})")
+    for name, count in run.skipped.items():
+        notes.append(f"{name} skipped {count} of {len(cases)} cases with T*B > {opts.reference_max_elements} (slow)")
+    seconds = {e.name: e.seconds for e in engines}
+    statuses = [EngineStatus("pytorch", "pytorch", None, True, True, seconds=run.torch_seconds),
+                *(dataclasses.replace(s, seconds=seconds.get(s.name, 0.0)) for s in statuses)]
+    return Report(
+        model=str(target.path),
+        step_model=str(step_path) if step_path else None,
+        source=target.model.description,
+        form=target.form.value,
+        lowering=target.lowering,
+        seq_len=target.seq_len,
+        seed=opts.seed,
+        tolerance=tol,
+        providers_requested=None if opts.providers is None else tuple(p for p, r in requested if r),
+        providers_available=tuple(available_providers()),
+        engines=tuple(statuses),
+        cases=cases,
+        checks=tuple(run.checks),
+        unavailable=(*unavailable, *run.unavailable),
+        notes=tuple(notes),
+        seconds=time.perf_counter() - started,
+    )

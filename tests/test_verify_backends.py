@@ -1,0 +1,129 @@
+"""The runners: lifecycle, feeds checked against the graph, providers resolved loudly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rnnexport.backends import (
+    EngineUnavailable,
+    OrtRunner,
+    ReferenceRunner,
+    TorchRunner,
+    reference_limitations,
+    resolve_provider,
+)
+from rnnexport.errors import VerifyError
+from rnnexport.model import Form
+from rnnexport.testing import feeds, random_inputs, random_state
+from rnnexport.verification import verify
+
+
+def _feeds(model, batch=2, time=4, seed=0):
+    rng = np.random.default_rng(seed)
+    x = random_inputs(model.io, Form.SEQUENCE, batch, time, rng)
+    return feeds(model.io, x, random_state(model.io, batch, rng))
+
+
+def cuda_starts(path) -> tuple[bool, str]:
+    try:
+        with OrtRunner(path, "cuda"):
+            return True, ""
+    except EngineUnavailable as e:
+        return False, e.reason
+
+
+@pytest.fixture(scope="module")
+def lstm(exports):
+    return exports.model("seed_lstm"), exports.export("seed_lstm")
+
+
+def test_ort_and_reference_runners_match_the_torch_runner(lstm):
+    model, result = lstm
+    fed = _feeds(model)
+    with TorchRunner(model) as torch_runner:
+        want = torch_runner.infer(fed)
+    for runner in (OrtRunner(result.path, "cpu"), ReferenceRunner(result.path)):
+        with runner:
+            got = runner.infer(fed)
+        assert list(got) == ["y", "h_out", "c_out"] == list(want)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], atol=1e-5)
+        assert not runner.is_active
+
+
+def test_infer_before_activate_is_an_error(lstm):
+    _, result = lstm
+    with pytest.raises(RuntimeError, match="activate"):
+        OrtRunner(result.path).infer({})
+
+
+@pytest.mark.parametrize(("edit", "fragment"), [
+    (lambda f: f.pop("c"), "lacks 'c'"),
+    (lambda f: f.update(z=np.zeros(1, np.float32)), "has 'z'"),
+    (lambda f: f.update(x=f["x"].astype(np.float64)), "'x' is float64"),
+    (lambda f: f.update(h=f["h"][None]), "'h' has shape (1, 2, 16)"),
+    (lambda f: f.update(x=np.zeros((4, 2, 3), np.float32)), "x float32[T, B, 10]"),
+])
+def test_feeds_are_checked_against_the_graph_inputs(lstm, edit, fragment):
+    model, result = lstm
+    fed = _feeds(model)
+    edit(fed)
+    for runner in (OrtRunner(result.path, "cpu"), ReferenceRunner(result.path)):
+        with runner, pytest.raises(VerifyError, match="feed") as info:
+            runner.infer(fed)
+        assert fragment in str(info.value)
+
+
+def test_provider_names_resolve_and_unknown_ones_list_the_valid(lstm):
+    assert resolve_provider("cpu") == "CPUExecutionProvider"
+    assert resolve_provider("CUDA") == "CUDAExecutionProvider"
+    assert resolve_provider("tensorrt") == "TensorrtExecutionProvider"
+    with pytest.raises(VerifyError, match="unknown execution provider 'gpu'; valid names: cpu, cuda, tensorrt"):
+        resolve_provider("gpu")
+
+
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
+def test_a_provider_that_falls_back_is_unavailable_not_cpu(lstm, provider):
+    model, result = lstm
+    runner = OrtRunner(result.path, provider)
+    try:
+        runner.activate()
+    except EngineUnavailable as e:
+        assert e.engine == f"onnxruntime:{provider}"
+        assert "did not start" in e.reason or "not in this onnxruntime build" in e.reason
+        assert not runner.is_active and runner.session is None
+    else:
+        assert runner.session.get_providers()[0] == resolve_provider(provider)
+        runner.deactivate()
+        pytest.skip(f"{provider} starts here: nothing falls back")
+    report = verify(result.path, model, providers=("cpu", provider), batch_sizes=(1,), seq_lens=(3,))
+    status = {e.name: e for e in report.engines}[f"onnxruntime:{provider}"]
+    assert status.requested and not status.available and status.reason
+    assert not [c for c in report.checks if c.engine == status.name]
+    assert report.passed
+
+
+def test_reference_limitations_name_the_operator(exports):
+    relu = exports.export("nn_rnn_relu", lowering="native")
+    batch_first_scan = exports.export("wrapped_batch_first_gru", lowering="scan")
+    bidirectional_gru = exports.export("nn_gru_3layer_bi", lowering="native")  # linear_before_reset=1
+    import onnx
+
+    assert "Relu" in reference_limitations(onnx.load(relu.path))[0]
+    assert "Scan" in reference_limitations(onnx.load(batch_first_scan.path))[0]
+    assert reference_limitations(onnx.load(bidirectional_gru.path)) == []
+    with pytest.raises(EngineUnavailable, match="cannot run this graph: its RNN operator"):
+        ReferenceRunner(relu.path).activate()
+
+
+@pytest.mark.cuda
+def test_cuda_provider_agrees_with_cpu(lstm):
+    model, result = lstm
+    ok, reason = cuda_starts(result.path)
+    if not ok:
+        pytest.skip(f"no CUDA execution provider session can start here: {reason}")
+    report = verify(result.path, model, providers=("cpu", "cuda"), batch_sizes=(1, 4), seq_lens=(1, 17, 256))
+    cuda = [c for c in report.checks if c.engine == "onnxruntime:cuda"]
+    assert cuda and {c.contract.value for c in cuda} >= {"graph_vs_pytorch", "ep_vs_cpu"}
+    assert report.passed, report.failures[:3]

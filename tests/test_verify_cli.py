@@ -1,0 +1,320 @@
+"""``rnnexport verify`` from the command line: exit codes, the JSON report and its schema, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from rnnexport.cli import main
+from rnnexport.converter import convert
+from rnnexport.sources import SourceSpec
+from rnnexport.verification import verify
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = json.loads((ROOT / "docs" / "verify-report.schema.json").read_text())
+SMALL = ["--batch-sizes", "1,2", "--seq-lens", "1,3", "--providers", "cpu"]
+
+
+# --------------------------------------------------------------------------- a validator for the schema's subset
+
+KEYWORDS = {"$schema", "$id", "$defs", "$ref", "title", "description", "type", "properties", "required",
+            "additionalProperties", "items", "enum", "const", "anyOf", "minimum"}
+TYPES = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+}
+
+
+def validate(instance, schema, root=None, where="$") -> list[str]:
+    """Errors of ``instance`` against the JSON Schema subset the report schema uses (empty: valid)."""
+    root = root if root is not None else schema
+    unknown = set(schema) - KEYWORDS
+    assert not unknown, f"the schema uses keywords this validator does not check: {unknown}"
+    if "$ref" in schema:
+        target = root
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        return validate(instance, target, root, where)
+    errors = []
+    if "anyOf" in schema and all(validate(instance, s, root, where) for s in schema["anyOf"]):
+        errors.append(f"{where}: {instance!r} matches none of anyOf")
+    if "const" in schema and instance != schema["const"]:
+        errors.append(f"{where}: {instance!r} != {schema['const']!r}")
+    if "enum" in schema and instance not in schema["enum"]:
+        errors.append(f"{where}: {instance!r} not in {schema['enum']}")
+    if "type" in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if not any(TYPES[t](instance) for t in types):
+            return [*errors, f"{where}: {instance!r} is not {'/'.join(types)}"]
+    if "minimum" in schema and TYPES["number"](instance) and instance < schema["minimum"]:
+        errors.append(f"{where}: {instance} < {schema['minimum']}")
+    if isinstance(instance, dict):
+        errors += [f"{where}: lacks {k!r}" for k in schema.get("required", []) if k not in instance]
+        properties = schema.get("properties", {})
+        if schema.get("additionalProperties") is False:
+            errors += [f"{where}: undocumented key {k!r}" for k in instance if k not in properties]
+        for key, sub in properties.items():
+            if key in instance:
+                errors += validate(instance[key], sub, root, f"{where}.{key}")
+    if isinstance(instance, list) and "items" in schema:
+        for i, item in enumerate(instance):
+            errors += validate(item, schema["items"], root, f"{where}[{i}]")
+    return errors
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def run(args, cwd=None):
+    """The real entry point in a subprocess: exit code, stdout, stderr."""
+    proc = subprocess.run([sys.executable, "-m", "rnnexport", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def invoke(args):
+    """The click group in-process (it turns errors into one line and exit 2 exactly as the console does)."""
+    result = CliRunner().invoke(main, args)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    """A built-in LSTM graph whose metadata lets verify rebuild its source."""
+    path = tmp_path_factory.mktemp("verify") / "lstm.onnx"
+    convert(SourceSpec("lstm", input_size=5, hidden_size=8, seed=3), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def nudged(small) -> Path:
+    proto = onnx.load(small)
+    tensor = next(t for t in proto.graph.initializer if t.name.startswith("R"))
+    array = numpy_helper.to_array(tensor).copy()
+    array.flat[0] += 1e-3
+    tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
+    path = small.with_name("nudged.onnx")
+    onnx.save(proto, path)
+    return path
+
+
+# --------------------------------------------------------------------------- exit codes and JSON
+
+
+def test_exit_0_when_all_pass_with_schema_valid_json(small, tmp_path):
+    code, out, err = run(["verify", str(small), *SMALL, "--json", str(tmp_path / "r.json")])
+    assert code == 0, err
+    assert out.strip().splitlines()[-1].startswith("PASS")
+    assert "1 graph == PyTorch" in out and "onnxruntime:cpu" in out and "seed 0" in out
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert validate(data, SCHEMA) == []
+    assert data["passed"] and data["form"] == "sequence" and data["tolerance"]["atol"] == 1e-5
+    assert {c["id"] for c in data["contracts"]} >= {"graph_vs_pytorch", "chunked_vs_whole", "declared_shapes"}
+    assert len(data["cases"]) == 2 * 2 * 2 * 2 and all(c["seed"] >= 0 for c in data["cases"])
+
+
+def test_exit_1_on_a_parity_failure_with_figures_in_json(nudged, tmp_path):
+    code, out, err = run(["verify", str(nudged), "lstm", "--input-size", "5", "--hidden-size", "8", "--seed", "3",
+                          *SMALL, "--json", str(tmp_path / "r.json"), "--no-reference-evaluator"])
+    assert code == 1, err
+    assert out.strip().splitlines()[-1].startswith("FAIL") and "1 graph == PyTorch" in out
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert validate(data, SCHEMA) == [] and not data["passed"]
+    failed = [c for c in data["checks"] if not c["passed"]]
+    assert failed and all(c["contract"] == "graph_vs_pytorch" for c in failed)
+    assert all(isinstance(c["max_abs"], float) and c["max_abs"] > 1e-5 for c in failed)
+
+
+def test_exit_2_for_a_file_that_is_not_onnx(tmp_path):
+    (tmp_path / "notes.onnx").write_text("this is not a model")
+    code, out, err = run(["verify", str(tmp_path / "notes.onnx")])
+    assert_one_line_error(code, err, "is not an ONNX model")
+
+
+def test_non_finite_figures_are_strict_json(small, tmp_path):
+    proto = onnx.load(small)
+    tensor = next(t for t in proto.graph.initializer if t.name.startswith("W_hq"))
+    array = numpy_helper.to_array(tensor).copy()
+    array.flat[0] = np.nan
+    tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
+    onnx.save(proto, tmp_path / "nan.onnx")
+    code, out, err = invoke(["verify", str(tmp_path / "nan.onnx"), *SMALL, "--json", str(tmp_path / "r.json")])
+    assert code == 1
+    def forbidden(constant):
+        raise AssertionError(f"non-strict JSON literal {constant}")
+
+    data = json.loads((tmp_path / "r.json").read_text(), parse_constant=forbidden)
+    assert validate(data, SCHEMA) == []
+    assert any(c["contract"] == "finite" and not c["passed"] for c in data["checks"])
+    assert any(c["max_abs"] == "inf" for c in data["checks"] if c["contract"] == "graph_vs_pytorch")
+
+
+def test_the_validator_rejects_what_the_schema_forbids(small):
+    data = verify(small, batch_sizes=(1,), seq_lens=(2,), providers=("cpu",)).to_json()
+    assert validate(data, SCHEMA) == []
+    broken = json.loads(json.dumps(data))
+    broken["checks"][0]["max_abs"] = "big"
+    broken["cases"][0]["batch"] = 0
+    broken["surprise"] = 1
+    del broken["seed"]
+    errors = validate(broken, SCHEMA)
+    assert len(errors) == 4, errors
+
+
+def test_every_report_field_is_documented():
+    text = (ROOT / "docs" / "verify.md").read_text()
+    names = set(SCHEMA["properties"])
+    for definition in SCHEMA["$defs"].values():
+        names |= set(definition.get("properties", {}))
+    missing = sorted(n for n in names if f"`{n}`" not in text)
+    assert not missing, f"docs/verify.md does not document {missing}"
+
+
+# --------------------------------------------------------------------------- output options
+
+
+def test_quiet_prints_one_line(small):
+    code, out, err = invoke(["verify", str(small), *SMALL, "--quiet"])
+    assert code == 0 and len(out.strip().splitlines()) == 1 and out.startswith("PASS")
+
+
+def test_plot_writes_an_image(small, tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is the optional 'plot' extra")
+    code, out, err = invoke(["verify", str(small), *SMALL, "--plot", str(tmp_path / "err.png")])
+    assert code == 0, err
+    assert (tmp_path / "err.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_says_how_to_install(small, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the extra were not installed
+    code, out, err = invoke(["verify", str(small), *SMALL, "--plot", str(tmp_path / "err.png")])
+    assert_one_line_error(code, err, "pip install 'rnnexport[plot]'")
+    assert not (tmp_path / "err.png").exists()
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _renamed_input(small: Path, tmp_path: Path) -> Path:
+    proto = onnx.load(small)
+    proto.graph.input[2].name = "cell"
+    for node in proto.graph.node:
+        node.input[:] = ["cell" if i == "c" else i for i in node.input]
+    onnx.save(proto, tmp_path / "renamed.onnx")
+    return tmp_path / "renamed.onnx"
+
+
+def _no_metadata(small: Path, tmp_path: Path) -> Path:
+    proto = onnx.load(small)
+    del proto.metadata_props[:]
+    onnx.save(proto, tmp_path / "bare.onnx")
+    return tmp_path / "bare.onnx"
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["MISSING"], ["does not exist"]),
+    (["RENAMED"], ["has no input 'c' of the I/O contract", "the graph has x, h, cell"]),
+    (["SMALL", "lstm", "--input-size", "5", "--hidden-size", "9"],
+     ["SOURCE does not match", "declares input h float32[B, 8]", "h float32[B, 9]"]),
+    (["SMALL", "gru", "--input-size", "5", "--hidden-size", "8"], ["SOURCE does not match"]),
+    (["SMALL", "lstm", "--input-size", "5", "--hidden-size", "8", "--seed", "4"],
+     ["parameter sha256", "do not match"]),
+    (["SMALL", "--providers", "cpu,rocmx"], ["unknown execution provider 'rocmx'", "cpu, cuda, tensorrt"]),
+    (["SMALL", "--batch-sizes", "0,2"], ["--batch-sizes takes comma-separated positive integers"]),
+    (["SMALL", "--seq-lens", "a"], ["--seq-lens takes"]),
+    (["SMALL", "--hidden-size", "8"], ["describe a SOURCE; give it"]),
+    (["SMALL", "--step", "SMALL"], ["is a sequence graph; give a graph converted with --form step"]),
+    (["SMALL", "--json", "NODIR/r.json"], ["folder", "does not exist"]),
+    (["BARE"], ["has no rnnexport metadata", "pass the SOURCE"]),
+    (["SMALL", "tcn"], ["unknown model 'tcn'"]),
+])
+def test_bad_input_is_one_line_exit_2(small, tmp_path, args, fragments):
+    paths = {"SMALL": small, "MISSING": tmp_path / "missing.onnx", "RENAMED": _renamed_input(small, tmp_path),
+             "BARE": _no_metadata(small, tmp_path), "NODIR/r.json": tmp_path / "nodir" / "r.json"}
+    code, out, err = invoke([str(paths.get(a, a)) if a in paths else a for a in ["verify", *args]])
+    assert_one_line_error(code, err, *fragments)
+
+
+def test_a_graph_without_metadata_verifies_against_its_source(small, tmp_path):
+    bare = _no_metadata(small, tmp_path)
+    code, out, err = invoke(["verify", str(bare), "lstm", "--input-size", "5", "--hidden-size", "8", "--seed", "3",
+                             *SMALL])
+    assert code == 0, out + err
+    assert "lowering unknown" not in out and "sequence, unknown" in out
+
+
+def test_module_graph_needs_its_source_and_then_verifies(tmp_path):
+    factory = tmp_path / "factory.py"
+    factory.write_text("import torch\n\ndef make():\n    torch.manual_seed(0)\n"
+                       "    return torch.nn.GRU(4, 6, num_layers=2)\n")
+    convert(f"{factory}:make", tmp_path / "gru.onnx")
+    code, out, err = invoke(["verify", str(tmp_path / "gru.onnx"), *SMALL])
+    assert_one_line_error(code, err, "cannot be rebuilt from the graph's metadata", "file.py:factory")
+    code, out, err = invoke(["verify", str(tmp_path / "gru.onnx"), f"{factory}:make", *SMALL])
+    assert code == 0, out + err
+
+
+def test_trained_model_is_rebuilt_from_metadata_with_one_hot_cases(tmp_path):
+    convert("lstm-charlm", tmp_path / "charlm.onnx")
+    report = verify(tmp_path / "charlm.onnx", batch_sizes=(2,), seq_lens=(3,), providers=("cpu",))
+    assert report.passed, report.failures[:3]
+    assert "lstm-charlm" in report.source
+    assert {c.inputs.value for c in report.cases} == {"normal", "saturating", "one-hot"}
+
+
+def test_help_documents_every_option():
+    from rnnexport.cli.verify import verify_command
+
+    code, out, err = invoke(["verify", "--help"])
+    assert code == 0
+    for param in verify_command.params:
+        for opt in [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]:
+            if opt.startswith("--"):
+                assert opt in out, opt
+    docs = (ROOT / "docs" / "verify.md").read_text()
+    for opt in ("--providers", "--batch-sizes", "--seq-lens", "--case-seed", "--json", "--plot", "--quiet",
+                "--step", "--atol", "--rtol", "--no-reference-evaluator"):
+        assert opt in docs, opt
+
+
+def test_public_api_is_callable_and_options_are_checked(small):
+    import rnnexport
+    import rnnexport.verification.render  # noqa: F401 - importing a submodule must not hide the function
+    from rnnexport.errors import VerifyError
+    from rnnexport.verification import VerifyOptions
+
+    assert "verify" in rnnexport.__all__ and callable(rnnexport.verify)
+    options = VerifyOptions(batch_sizes=[2], seq_lens=[3], providers=["cpu"], reference_evaluator=False)
+    assert options.batch_sizes == (2,)
+    report = rnnexport.verify(small, options=options)
+    assert report.passed and {c.engine for c in report.checks} == {"pytorch", "onnxruntime:cpu"}
+    with pytest.raises(TypeError, match="unknown option 'batch'"):
+        verify(small, batch=2)
+    with pytest.raises(TypeError, match="not both"):
+        verify(small, options=options, seed=1)
+    for bad in ({"seq_lens": ()}, {"batch_sizes": (0,)}, {"providers": ()}, {"atol": -1.0}):
+        with pytest.raises(VerifyError):
+            VerifyOptions(**bad)
