@@ -115,8 +115,9 @@ LOWERINGS: dict[str, tuple[str, ...]] = {
 }
 
 BIDIRECTIONAL = {"nn_lstm_2layer_bi_batch_first", "nn_gru_3layer_bi"}
-#: What auto must pick.
-AUTO = {name: lowerings[0] for name, lowerings in LOWERINGS.items()}
+#: What auto must pick: native when it applies, except scan for plain-RNN sequences.
+RNN_FAMILY = {"seed_rnn", "nn_rnn_tanh_2layer", "nn_rnn_relu"}
+AUTO = {name: "scan" if name in RNN_FAMILY else lowerings[0] for name, lowerings in LOWERINGS.items()}
 #: Vocabulary of token-input configurations.
 VOCABULARY = {"wrapped_token_lm": 20}
 

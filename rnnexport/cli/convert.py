@@ -46,7 +46,8 @@ def summary(result: ConvertResult) -> list[str]:
               show_default=True,
               help="native: ONNX RNN/LSTM/GRU operators (recognised cells); scan: a traced step in ONNX Scan "
                    "(any cell); unrolled: a trace at fixed T (--seq-len), or one traced step for --form step; "
-                   "auto: native, else scan (step form: native, else one traced step).")
+                   "auto: native, else scan (plain-RNN sequences: scan first; step form: native, else one traced "
+                   "step).")
 @click.option("--seq-len", type=click.IntRange(min=1), default=None,
               help="Fixed T of an unrolled sequence graph (default 35).")
 @source_options
