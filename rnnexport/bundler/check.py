@@ -6,7 +6,9 @@ first call's state outputs as this engine computed them, not the stored ones.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,7 +73,8 @@ def _session(path, provider: str) -> tuple[ort.InferenceSession | None, str]:
     if provider != "cpu":
         ort.set_default_logger_severity(4)  # a missing CUDA library is reported below, not logged
     try:
-        session = ort.InferenceSession(str(path), providers=[wanted])
+        with contextlib.redirect_stdout(io.StringIO()):  # onnxruntime prints its fallback notice
+            session = ort.InferenceSession(str(path), providers=[wanted])
     except Exception as e:  # noqa: BLE001 - a provider that cannot start is reported, not fatal
         return None, f"{wanted} could not start: {describe(e)}"
     finally:
