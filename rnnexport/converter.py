@@ -12,7 +12,7 @@ import torch
 
 from rnnexport.errors import ConvertError
 from rnnexport.export import Attempt, GraphInfo, lower, write_info
-from rnnexport.export.onnxutil import atomic_save, check_model, value_info
+from rnnexport.export.onnxutil import atomic_save, check_model, check_writable, value_info
 from rnnexport.model import Form, Lowering, RecurrentModel, TensorSpec
 from rnnexport.sources import SourceSpec, load_source
 
@@ -106,8 +106,9 @@ def convert(
         RnnexportError: for a bad source, a lowering that does not apply, or an
             unwritable path; nothing is written then.
     """
-    model = load_source(source)
     path = Path(path)
+    check_writable(path)
+    model = load_source(source)
     onnx_model, used, attempts, info = to_onnx(model, form, lowering, seq_len, progress)
     size = atomic_save(onnx_model, path)
     return ConvertResult(

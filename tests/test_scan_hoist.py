@@ -1,34 +1,189 @@
-"""The scan lowering hoists input-only work out of the loop without changing results."""
+"""The scan lowering's rewrites cut per-step work without changing results.
+
+Each rewrite is checked where it must fire (a seed cell and a module built
+around a torch.nn layer): with it the Scan body (then the whole graph) is
+smaller than without it, and the results equal those of the plain traced body.
+Where a rewrite's condition does not hold (a step that mixes batch rows) it
+must not fire, and the graph must still compute what PyTorch computes.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+import torch
 
+import rnnexport
 from rnnexport.export.lowerings import trace_step
-from rnnexport.export.scan import wrap_in_scan
+from rnnexport.export.scan import ScanOptions, wrap_in_scan
 from rnnexport.model import Form
 from rnnexport.testing import feeds, random_inputs, random_state
 from tests.configs import VOCABULARY
 
+ATOL = 1e-6
 
-def _body(model_proto):
-    scan = next(n for n in model_proto.graph.node if n.op_type == "Scan")
-    return next(a.g for a in scan.attribute if a.name == "body")
+#: Where each rewrite must fire, and what it must have done there.
+FIRES = {
+    "simplify": ("seed_lstm", "nn_gru_2layer_nobias"),
+    "hoist": ("seed_lstm", "wrapped_token_lm", "wrapped_batch_first_gru", "user_leaky_cell"),
+    "fuse_gates": ("seed_lstm", "seed_gru", "wrapped_batch_first_gru"),
+    "head": ("seed_lstm", "wrapped_token_lm", "wrapped_batch_first_gru", "user_leaky_cell"),
+    "carry": ("wrapped_token_lm", "wrapped_batch_first_gru"),
+}
+CASES = [(rewrite, name) for rewrite, names in FIRES.items() for name in names]
 
 
-@pytest.mark.parametrize("name", ["seed_lstm", "wrapped_token_lm", "wrapped_batch_first_gru", "user_leaky_cell"])
-def test_hoisted_scan_is_smaller_per_step_and_equal(exports, name):
-    model = exports.model(name)
-    step = trace_step(model)
-    plain, hoisted = wrap_in_scan(model, step, hoist=False), wrap_in_scan(model, step, hoist=True)
-    assert len(_body(hoisted).node) < len(_body(plain).node)
-    assert "x" not in [i.name for i in _body(hoisted).input] or name == "user_leaky_cell"
-    rng = np.random.default_rng(5)
-    x = random_inputs(model.io, Form.SEQUENCE, 3, 9, rng, vocabulary=VOCABULARY.get(name))
+@pytest.fixture(scope="module")
+def steps(exports):
+    cache = {}
+
+    def get(name: str) -> onnx.ModelProto:
+        if name not in cache:
+            cache[name] = trace_step(exports.model(name))
+        return cache[name]
+    return get
+
+
+def _scan(graph: onnx.GraphProto) -> onnx.NodeProto:
+    return next(n for n in graph.node if n.op_type == "Scan")
+
+
+def _body(model_proto: onnx.ModelProto) -> onnx.GraphProto:
+    return next(a.g for a in _scan(model_proto.graph).attribute if a.name == "body")
+
+
+def _cost(model_proto: onnx.ModelProto) -> tuple[int, int]:
+    """Per-step nodes first, then the nodes run once per call."""
+    return len(_body(model_proto).node), len(model_proto.graph.node)
+
+
+def _ops(graph: onnx.GraphProto, op: str) -> int:
+    return sum(n.op_type == op for n in graph.node)
+
+
+def _run(model, proto: onnx.ModelProto, batch: int, time: int, name: str | None = None) -> list[np.ndarray]:
+    rng = np.random.default_rng(batch * 100 + time)
+    x = random_inputs(model.io, Form.SEQUENCE, batch, time, rng, vocabulary=VOCABULARY.get(name))
+    state = random_state(model.io, batch, rng, 0.5)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds(model.io, x, state))
+
+
+def _assert_same_results(model, got: onnx.ModelProto, want: onnx.ModelProto, name: str) -> None:
+    for batch, time in ((1, 1), (3, 9)):
+        for a, b in zip(_run(model, got, batch, time, name), _run(model, want, batch, time, name)):
+            np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
+
+
+#: What each rewrite must visibly have done (beyond making the graph smaller).
+DONE = {
+    "simplify": lambda m: True,
+    "hoist": lambda m: "x" not in _scan(m.graph).input,
+    "fuse_gates": lambda m: True,
+    "head": lambda m: "y" not in _scan(m.graph).output,
+    "carry": lambda m: not {"h", "c"} & set(_scan(m.graph).input),
+}
+
+
+@pytest.mark.parametrize(("rewrite", "name"), CASES)
+def test_rewrite_fires_and_keeps_results(exports, steps, rewrite, name):
+    model, step = exports.model(name), steps(name)
+    with_it = wrap_in_scan(model, step)
+    without = wrap_in_scan(model, step, dataclasses.replace(ScanOptions(), **{rewrite: False}))
+    assert _cost(with_it) < _cost(without), (rewrite, _cost(with_it), _cost(without))
+    assert DONE[rewrite](with_it) or rewrite == "hoist" and name == "user_leaky_cell"
+    onnx.checker.check_model(with_it, full_check=True)
+    _assert_same_results(model, with_it, wrap_in_scan(model, step, ScanOptions.plain()), name)
+
+
+def test_gate_activations_run_once_per_step(exports, steps):
+    """The seed LSTM's three sigmoid gates become one Sigmoid over the fused gate pre-activations."""
+    model = exports.model("seed_lstm")
+    plain = wrap_in_scan(model, steps("seed_lstm"), dataclasses.replace(ScanOptions(), fuse_gates=False))
+    fused = wrap_in_scan(model, steps("seed_lstm"))
+    assert (_ops(_body(plain), "Sigmoid"), _ops(_body(fused), "Sigmoid")) == (3, 1)
+    assert _ops(_body(fused), "Add") < _ops(_body(plain), "Add")
+
+
+@pytest.mark.parametrize("name", ["seed_rnn", "seed_lstm", "seed_gru", "wrapped_token_lm"])
+def test_body_is_at_most_half_the_traced_step(exports, steps, name):
+    model, step = exports.model(name), steps(name)
+    plain, rewritten = wrap_in_scan(model, step, ScanOptions.plain()), wrap_in_scan(model, step)
+    assert 2 * len(_body(rewritten).node) <= len(_body(plain).node) + 2, (_cost(rewritten), _cost(plain))
+
+
+@pytest.mark.parametrize("name", ["seed_lstm", "wrapped_token_lm", "user_leaky_cell"])
+def test_time_major_graph_scans_axis_zero_only(exports, steps, name):
+    """Engines that implement Scan along axis 0 only (onnx's reference) can run time-major graphs."""
+    scan = _scan(wrap_in_scan(exports.model(name), steps(name)).graph)
+    axes = {a.name: list(a.ints) for a in scan.attribute if a.name.endswith("_axes")}
+    assert all(v == 0 for values in axes.values() for v in values), axes
+
+
+def test_recurrent_weights_live_in_the_body(exports, steps):
+    """Weights only the loop reads are the body's own initializers (ONNX Runtime pre-packs them)."""
+    proto = wrap_in_scan(exports.model("seed_lstm"), steps("seed_lstm"))
+    body_weights = {t.name for t in _body(proto).initializer}
+    outer_reads = {i for n in proto.graph.node for i in n.input}
+    assert body_weights and not body_weights & outer_reads
+    assert not {t.name for t in proto.graph.initializer} - outer_reads
+
+
+def _batch_coupled_cell(inputs, state, params):
+    """A loop whose input and output layers mix batch rows: no T*B trick may apply to them."""
+    W_x, W_h, b, W_o = params
+    (H,) = state
+    outputs = []
+    for X in inputs:
+        centred = X - X.mean(dim=0, keepdim=True)
+        H = torch.tanh(centred @ W_x + H @ W_h + b)
+        outputs.append(torch.softmax(H @ W_o, dim=0))
+    return torch.cat(outputs, dim=0), (H,)
+
+
+def test_rows_mixing_steps_are_not_hoisted_and_match_pytorch():
+    gen = torch.Generator().manual_seed(7)
+    params = [torch.randn(s, generator=gen) * 0.4 for s in ((6, 8), (8, 8), (8,), (8, 4))]
+    model = rnnexport.from_cell(_batch_coupled_cell, params, (torch.zeros(2, 8),))
+    proto = wrap_in_scan(model, trace_step(model))
+    body = _body(proto)
+    assert _ops(body, "ReduceMean") == 1 and _ops(body, "Softmax") == 1
+    assert "x" in _scan(proto.graph).input and "y" in _scan(proto.graph).output
+    rng = np.random.default_rng(3)
+    x = random_inputs(model.io, Form.SEQUENCE, 4, 6, rng)
+    state = random_state(model.io, 4, rng, 0.5)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for got, want in zip(session.run(None, feeds(model.io, x, state)), model.run_sequence(x, state)):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def _leading_axis_cell(inputs, state, params):
+    """A loop whose values carry a leading unit axis, so their batch axis is the second."""
+    W_x, W_h, W_o = params
+    (H,) = state
+    outputs = []
+    for X in inputs:
+        both = torch.tanh((X @ W_x).unsqueeze(0) + (H @ W_h).unsqueeze(0))
+        H = both[0]
+        outputs.append((both * 2.0)[0] @ W_o)
+    return torch.cat(outputs, dim=0), (H,)
+
+
+def test_values_batched_on_a_later_axis_are_stacked_along_time_and_match_pytorch():
+    gen = torch.Generator().manual_seed(8)
+    params = [torch.randn(s, generator=gen) * 0.4 for s in ((6, 8), (8, 8), (8, 4))]
+    model = rnnexport.from_cell(_leading_axis_cell, params, (torch.zeros(2, 8),))
+    proto = wrap_in_scan(model, trace_step(model))
+    scan = _scan(proto.graph)
+    assert "x" not in scan.input and "y" not in scan.output
+    assert all(v == 0 for a in scan.attribute if a.name.endswith("_axes") for v in a.ints)
+    rng = np.random.default_rng(4)
+    x = random_inputs(model.io, Form.SEQUENCE, 3, 5, rng)
     state = random_state(model.io, 3, rng, 0.5)
-    results = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-               .run(None, feeds(model.io, x, state)) for m in (plain, hoisted)]
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for got, want in zip(session.run(None, feeds(model.io, x, state)), model.run_sequence(x, state)):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)

@@ -69,22 +69,30 @@ class VariantResult:
         return data
 
 
-def _fp16(source: Path, target: Path) -> str:
-    model = onnx.load(source)
+def _fp16_graph(graph: onnx.GraphProto) -> int:
+    """Store ``graph``'s float32 weights (and its subgraphs') as float16, cast back at load."""
     casts, converted = [], 0
-    for tensor in model.graph.initializer:
-        if tensor.data_type != onnx.TensorProto.FLOAT:
-            continue
-        array = numpy_helper.to_array(tensor)
-        if array.size < 16:
+    for tensor in graph.initializer:
+        array = numpy_helper.to_array(tensor) if tensor.data_type == onnx.TensorProto.FLOAT else None
+        if array is None or array.size < 16:
             continue
         name = tensor.name
         tensor.CopyFrom(numpy_helper.from_array(array.astype(np.float16), name + ".fp16"))
         casts.append(helper.make_node("Cast", [name + ".fp16"], [name], name=f"cast_{name}", to=onnx.TensorProto.FLOAT))
         converted += array.size
-    nodes = casts + list(model.graph.node)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                converted += _fp16_graph(sub)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return converted
+
+
+def _fp16(source: Path, target: Path) -> str:
+    model = onnx.load(source)
+    converted = _fp16_graph(model.graph)
     onnx.checker.check_model(model)
     onnx.save(model, target)
     return f"{converted} weights stored as float16 and cast to float32 at load; saves size, not compute time"

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rnnexport.errors import ConvertError
 from rnnexport.model import TensorSpec
 
-__all__ = ["IR_VERSION", "OPSET", "GraphBuilder", "atomic_save", "finish_model", "value_info"]
+__all__ = ["IR_VERSION", "OPSET", "GraphBuilder", "atomic_save", "check_writable", "finish_model", "value_info"]
 
 #: onnxruntime 1.31 loads models up to IR version 13; onnx 1.23 writes 14 by default.
 IR_VERSION = 10
@@ -71,6 +71,22 @@ def finish_model(
 def check_model(model: onnx.ModelProto) -> None:
     """``onnx.checker`` with full shape inference; a failure here is a bug of the exporter."""
     onnx.checker.check_model(model, full_check=True)
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail early, before any slow work, when ``path`` cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConvertError(f"output path {path} is a directory; give a file name such as {path / 'model.onnx'}")
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise ConvertError(f"cannot write {path}: folder {directory} does not exist; create it first")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=directory)
+    except OSError as e:
+        raise ConvertError(f"cannot write {path}: {e.strerror}; choose a writable output path") from e
+    os.close(fd)
+    os.unlink(probe)
 
 
 def atomic_save(model: onnx.ModelProto, path: str | os.PathLike) -> int:

@@ -2,22 +2,62 @@
 
 Works for any cell whose step torch can trace. The step graph becomes the Scan
 body (state inputs first, then the time slices); its weights move to the outer
-graph, where the body reads them by name. Whatever the step computes from ``x_t``
-alone is hoisted out of the loop (see :mod:`rnnexport.export.hoist`).
+graph where the hoisted work needs them; the rest stay in the body, where
+ONNX Runtime treats them as constants. ONNX Runtime pays for every node of
+the body once per step, so before wrapping, the step is rewritten (each rewrite
+is an exact or ulp-level identity and is skipped where it cannot be proven):
+
+- identity view chains are dropped (:mod:`rnnexport.export.rewrites.views`);
+- whatever the step computes from ``x_t`` alone is hoisted out of the loop
+  (:mod:`rnnexport.export.hoist`), with gate biases and matmuls fused first;
+- per-gate elementwise work is fused across Splits, so the gates stay one wide
+  value (:mod:`rnnexport.export.rewrites.splits`);
+- a state the step only re-shapes on its way in and out is carried in its
+  inner shape (:mod:`rnnexport.export.carry`);
+- the output head runs once after the loop (:mod:`rnnexport.export.head`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import onnx
 from onnx import helper
 
-from rnnexport.export.hoist import hoist_inputs
-from rnnexport.export.onnxutil import finish_model, value_info
+from rnnexport.export.carry import State, carry_state
+from rnnexport.export.head import hoist_head
+from rnnexport.export.hoist import hoist_inputs, prepare_hoist
+from rnnexport.export.onnxutil import GraphBuilder, finish_model, value_info
+from rnnexport.export.rewrites.graph import infer_types, producers, remove_dead, toposort
+from rnnexport.export.rewrites.splits import fuse_split_gates
+from rnnexport.export.rewrites.views import drop_identity_views
+from rnnexport.export.stacking import Stacking
 from rnnexport.model import Form, RecurrentModel
 
-__all__ = ["wrap_in_scan"]
+__all__ = ["ScanOptions", "wrap_in_scan"]
 
 _PREFIX = "step/"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanOptions:
+    """Which rewrites :func:`wrap_in_scan` applies to the step (all by default)."""
+
+    #: drop chains of re-shapes that end in their starting shape
+    simplify: bool = True
+    #: run the input-only work once, outside the loop
+    hoist: bool = True
+    #: fuse per-gate elementwise work across Splits
+    fuse_gates: bool = True
+    #: run the output head once, after the loop
+    head: bool = True
+    #: carry a state in the shape the step computes it in (no per-step re-shape)
+    carry: bool = True
+
+    @classmethod
+    def plain(cls) -> ScanOptions:
+        """No rewrite: the traced step as the body."""
+        return cls(simplify=False, hoist=False, fuse_gates=False, head=False, carry=False)
 
 
 def _rename_graph(graph: onnx.GraphProto, prefix: str) -> None:
@@ -63,58 +103,121 @@ def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
     graph.initializer.extend(kept)
 
 
-def wrap_in_scan(model: RecurrentModel, step: onnx.ModelProto, hoist: bool = True) -> onnx.ModelProto:
-    """A sequence graph that runs ``step`` (a step-form graph of ``model``) along time."""
+def _rewrite_step(work: onnx.ModelProto, x_name: str, options: ScanOptions, g: GraphBuilder) -> None:
+    """The in-body rewrites, in place; new constants go to ``work``'s initializers."""
+    if options.simplify:
+        drop_identity_views(work)
+    if options.hoist:
+        prepare_hoist(work, x_name, g)
+    if options.fuse_gates:
+        fuse_split_gates(work, g)
+    remove_dead(work.graph)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Parts:
+    """The pieces of the Scan graph as the rewrites leave them (body edited in place)."""
+
+    work: onnx.ModelProto
+    g: GraphBuilder
+    states: list[State]
+    scan_inputs: list[tuple[onnx.ValueInfoProto, str, int]]  # body value, outer name, axis
+    scan_outputs: list[tuple[onnx.ValueInfoProto, str, int]]
+
+
+def _plan(model: RecurrentModel, step: onnx.ModelProto, options: ScanOptions) -> _Parts:
     io = model.io
     inputs, outputs = io.inputs(Form.SEQUENCE), io.outputs(Form.SEQUENCE)
-    x_name, time_axis = inputs[0].name, io.time_axis
+    x_name, y_name = inputs[0].name, outputs[0].name
     work = onnx.ModelProto()
     work.CopyFrom(step)
-    hoisted = hoist_inputs(work, x_name, len(inputs[0].shape), time_axis) if hoist else None
-    weights = {t.name for t in work.graph.initializer}
-    body = work.graph
-    _rename_graph(body, _PREFIX)
+    g = GraphBuilder()
+    _rewrite_step(work, x_name, options, g)
+    stack = Stacking(g, x_name, io.x_features, io.time_axis)
+    types = infer_types(work)
+    hoisted = hoist_inputs(work, x_name, types, stack) if options.hoist else None
+    by_name = {v.name: _copy(v) for v in [*work.graph.input, *work.graph.output]}  # before renaming
+    keep_x = hoisted is None or hoisted.keep_x
+    scan_inputs = [(by_name[x_name], x_name, io.time_axis)] if keep_x else []
+    scan_inputs += hoisted.scan_inputs if hoisted is not None else []
+    rows = {**(hoisted.rows if hoisted is not None else {}), **({x_name: stack.flat_x} if keep_x else {})}
+    states = [carry_state(work, s.name, o.name, types, g) if options.carry else State.plain(s.name, o.name)
+              for s, o in zip(inputs[1:], outputs[1:])]
+    tail = hoist_head(work, y_name, [s.body_out for s in states], types, stack, rows) if options.head else None
+    scan_outputs = tail.scan_outputs if tail is not None else [(by_name[y_name], y_name, io.time_axis)]
+    remove_dead(work.graph)
+    return _Parts(work, g, states, scan_inputs, scan_outputs)
+
+
+def _prefixed(values: list[tuple[onnx.ValueInfoProto, str, int]]) -> list[onnx.ValueInfoProto]:
+    return [_copy(value, _PREFIX + value.name) for value, _, _ in values]
+
+
+def _scan_node(parts: _Parts) -> onnx.NodeProto:
+    """The Scan node over the (renamed) step graph; its weights stay in ``parts.work``."""
+    body = parts.work.graph
     by_name = {v.name: v for v in [*body.input, *body.output]}
-    body_inputs = [_copy(by_name[_PREFIX + s.name]) for s in inputs[1:]]
-    scan_inputs, scan_axes, outer_nodes = [], [], []
-    if hoisted is None or hoisted.keep_x:
-        body_inputs.append(_copy(by_name[_PREFIX + x_name]))
-        scan_inputs.append(x_name)
-        scan_axes.append(time_axis)
-    if hoisted is not None:
-        for value, outer_name, axis in hoisted.scan_inputs:
-            body_inputs.append(_copy(value, _PREFIX + value.name))
-            scan_inputs.append(outer_name)
-            scan_axes.append(axis)
-        for node in hoisted.outer_nodes:
-            node.input[:] = [_PREFIX + i if i in weights else i for i in node.input]
-            outer_nodes.append(node)
-    body_outputs = [_copy(by_name[_PREFIX + s.name]) for s in outputs[1:]]
-    body_outputs.append(_copy(by_name[_PREFIX + outputs[0].name]))
-    weight_tensors = list(body.initializer)
-    if hoisted is not None:
-        weight_tensors += hoisted.outer_initializers
-    del body.initializer[:]
-    body_graph = helper.make_graph(list(body.node), "step", body_inputs, body_outputs,
-                                   value_info=list(body.value_info))
-    scan = helper.make_node(
+    made = producers(body)
+    body_graph = helper.make_graph(
+        list(body.node), "step",
+        [_copy(by_name[_PREFIX + s.body_in]) for s in parts.states] + _prefixed(parts.scan_inputs),
+        [_copy(by_name[_PREFIX + s.body_out]) for s in parts.states] + _prefixed(parts.scan_outputs),
+        value_info=[v for v in body.value_info if v.name in made])
+    return helper.make_node(
         "Scan",
-        [s.name for s in inputs[1:]] + scan_inputs,
-        [s.name for s in outputs[1:]] + [outputs[0].name],
+        [s.outer_in for s in parts.states] + [name for _, name, _ in parts.scan_inputs],
+        [s.outer_out for s in parts.states] + [name for _, name, _ in parts.scan_outputs],
         name="scan",
         body=body_graph,
-        num_scan_inputs=len(scan_inputs),
-        scan_input_axes=scan_axes,
-        scan_output_axes=[time_axis],
+        num_scan_inputs=len(parts.scan_inputs),
+        scan_input_axes=[axis for _, _, axis in parts.scan_inputs],
+        scan_output_axes=[axis for _, _, axis in parts.scan_outputs],
     )
+
+
+def _weights_into_body(graph: onnx.GraphProto) -> None:
+    """Move the initializers only the Scan body reads into the body, in place.
+
+    ONNX Runtime treats a body's own initializers as constants (it can pre-pack
+    matmul weights, and feeds no outer-scope values per call): 5-15% faster at B=1.
+    """
+    scan = next(n for n in graph.node if n.op_type == "Scan")
+    body = next(a.g for a in scan.attribute if a.name == "body")
+    outer_reads = {i for n in graph.node for i in n.input}
+    inner = [t for t in graph.initializer if t.name not in outer_reads]
+    outer = [t for t in graph.initializer if t.name in outer_reads]
+    body.initializer.extend(inner)
+    del graph.initializer[:]
+    graph.initializer.extend(outer)
+    _drop_unused_initializers(body)
+
+
+def wrap_in_scan(model: RecurrentModel, step: onnx.ModelProto, options: ScanOptions | None = None) -> onnx.ModelProto:
+    """A sequence graph that runs ``step`` (a step-form graph of ``model``) along time.
+
+    Args:
+        model: the model ``step`` was traced from (for its I/O contract).
+        step: its traced step graph (left unchanged).
+        options: which rewrites to apply; all by default.
+    """
+    io = model.io
+    parts = _plan(model, step, options or ScanOptions())
+    body = parts.work.graph
+    weights = {t.name for t in body.initializer}
+    _rename_graph(body, _PREFIX)
+    for node in parts.g.nodes:
+        node.input[:] = [_PREFIX + i if i in weights else i for i in node.input]
     graph = helper.make_graph(
-        [*outer_nodes, scan],
+        [*parts.g.nodes, _scan_node(parts)],
         "rnnexport_scan",
-        [value_info(s) for s in inputs],
-        [value_info(s) for s in outputs],
-        initializer=weight_tensors,
+        [value_info(s) for s in io.inputs(Form.SEQUENCE)],
+        [value_info(s) for s in io.outputs(Form.SEQUENCE)],
+        initializer=[*body.initializer, *parts.g.initializers],
     )
+    remove_dead(graph)
+    toposort(graph)
     _drop_unused_initializers(graph)
+    _weights_into_body(graph)
     opsets = {o.domain: o.version for o in step.opset_import}
     result = finish_model(graph, opset=opsets.pop("", 20), extra_opsets=opsets)
     result.functions.extend(step.functions)

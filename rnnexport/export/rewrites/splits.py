@@ -1,0 +1,308 @@
+"""Moving elementwise work across ``Split``: one wide op instead of one per gate.
+
+A traced gated cell computes each gate apart: ``x @ W_x`` and ``h @ W_h`` are
+split into gates (after :func:`~rnnexport.export.rewrites.algebra.fuse_matmuls`),
+then every gate gets its own bias Add, its own ``x + h`` Add and its own
+activation. Each is a node per step. Three exact identities undo that, for a
+``Split`` of ``P`` into ``p_1 .. p_n`` along one axis:
+
+- constants: ``op(p_i, c_i)`` for every ``i`` == ``Split(op(P, concat(c_i)))``;
+- pairs: ``op(p_i, q_i)`` for a run of outputs of two splits cut alike ==
+  ``Split(op(P_run, Q_run))``;
+- unary: ``f(p_i)`` for every ``i`` (or a run of at least 3) == ``Split(f(P))``.
+
+They only re-arrange which elements one node computes, so results are equal
+bit for bit. A rule applies only when each split output involved is read by that
+one node, and split sizes and axes are known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from rnnexport.export.onnxutil import GraphBuilder
+from rnnexport.export.rewrites.graph import (
+    Types,
+    constant_value,
+    constants,
+    consumers,
+    dims,
+    infer_types,
+    rename_value,
+    subgraphs,
+    toposort,
+)
+
+__all__ = ["fuse_split_gates"]
+
+_UNARY = frozenset({"Sigmoid", "Tanh", "Relu", "Exp", "Neg", "Abs", "Sqrt", "Softsign", "Softplus", "Erf",
+                    "Elu", "Selu", "LeakyRelu", "HardSigmoid", "Reciprocal", "Log"})
+_BINARY = frozenset({"Add", "Sub", "Mul", "Div"})
+_COMMUTATIVE = frozenset({"Add", "Mul"})
+_MIN_UNARY_RUN = 3  # a run costs a Split; below 3 outputs it saves no node
+_MAX_REWRITES = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class _Split:
+    node: onnx.NodeProto
+    axis: int  # negative: counted from the last axis
+    sizes: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    graph: onnx.GraphProto
+    users: dict[str, list[onnx.NodeProto]]
+    outputs: frozenset[str]
+    constants: frozenset[str]
+    g: GraphBuilder
+
+    def sole_reader(self, name: str) -> onnx.NodeProto | None:
+        """The one node reading ``name`` (once), when ``name`` is not also a graph output."""
+        readers = self.users.get(name, [])
+        if len(readers) != 1 or name in self.outputs or subgraphs(readers[0]) or readers[0].domain:
+            return None
+        return readers[0] if list(readers[0].input).count(name) == 1 else None
+
+
+def fuse_split_gates(model: onnx.ModelProto, g: GraphBuilder) -> int:
+    """Apply the three identities until none applies, in place; the number of rewrites.
+
+    New constants go to ``model.graph.initializer`` (through ``g``).
+    """
+    count = 0
+    while count < _MAX_REWRITES and _rewrite_once(model, g):
+        model.graph.initializer.extend(g.initializers)
+        g.initializers.clear()
+        toposort(model.graph)
+        count += 1
+    return count
+
+
+def _rewrite_once(model: onnx.ModelProto, g: GraphBuilder) -> bool:
+    graph = model.graph
+    types = infer_types(model)
+    splits = [s for s in (_split_info(graph, n, types) for n in graph.node) if s is not None]
+    ctx = _Context(graph, consumers(graph), frozenset(o.name for o in graph.output),
+                   frozenset(constants(graph)), g)
+    for split in splits:
+        if (_drop_single(ctx, split) or _sink_constants(ctx, split) or _sink_unary(ctx, split)
+                or _sink_pairs(ctx, split, splits)):
+            return True
+    return False
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    found = next((a for a in node.attribute if a.name == name), None)
+    return default if found is None else helper.get_attribute_value(found)
+
+
+def _split_info(graph: onnx.GraphProto, node: onnx.NodeProto, types: Types) -> _Split | None:
+    if node.op_type != "Split" or node.domain or _attr(node, "split") is not None:
+        return None
+    shape = dims(types.get(node.input[0]))
+    axis = _attr(node, "axis", 0)
+    if shape is None or not -len(shape) <= axis < len(shape):
+        return None
+    axis = axis - len(shape) if axis >= 0 else axis
+    if len(node.input) > 1 and node.input[1]:
+        given = constant_value(graph, node.input[1])
+        sizes = None if given is None else tuple(int(v) for v in given.reshape(-1))
+    elif isinstance(shape[axis], int):
+        n, total = len(node.output), shape[axis]
+        chunk = -(-total // n)
+        sizes = tuple(min(chunk, total - i * chunk) for i in range(n))
+    else:
+        sizes = None
+    if sizes is None or len(sizes) != len(node.output) or min(sizes) <= 0:
+        return None
+    if isinstance(shape[axis], int) and sum(sizes) != shape[axis]:
+        return None
+    return _Split(node, axis, sizes)
+
+
+def _set_sizes(ctx: _Context, node: onnx.NodeProto, sizes: list[int]) -> None:
+    sizes_name = ctx.g.ints("rw/split", sizes)
+    node.input[:] = [node.input[0], sizes_name]
+    kept = [a for a in node.attribute if a.name != "num_outputs"]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+
+
+def _run_value(ctx: _Context, split: _Split, start: int, length: int) -> str:
+    """One value holding outputs ``start .. start+length`` of ``split``, made by that split."""
+    if length == len(split.sizes):
+        source = split.node.input[0]
+        ctx.graph.node.remove(split.node)
+        return source
+    merged = ctx.g.fresh("rw/gates")
+    outs, sizes = list(split.node.output), list(split.sizes)
+    split.node.output[:] = [*outs[:start], merged, *outs[start + length:]]
+    _set_sizes(ctx, split.node, [*sizes[:start], sum(sizes[start:start + length]), *sizes[start + length:]])
+    return merged
+
+
+def _add_split(ctx: _Context, source: str, sizes: tuple[int, ...], axis: int, outputs: list[str]) -> None:
+    ctx.graph.node.append(helper.make_node("Split", [source, ctx.g.ints("rw/split", list(sizes))], outputs,
+                                           name=ctx.g.fresh("rw/Split"), axis=axis))
+
+
+def _replace_readers(ctx: _Context, readers: list[onnx.NodeProto]) -> list[str]:
+    """Remove ``readers`` from the graph; their first outputs, for the node that replaces them."""
+    names = [r.output[0] for r in readers]
+    for reader in readers:
+        ctx.graph.node.remove(reader)
+    return names
+
+
+def _unary_key(reader: onnx.NodeProto | None, value: str) -> tuple | None:
+    if reader is None or reader.op_type not in _UNARY or list(reader.input) != [value] or len(reader.output) != 1:
+        return None
+    return reader.op_type, tuple(a.SerializeToString() for a in reader.attribute)
+
+
+def _sink_unary(ctx: _Context, split: _Split) -> bool:
+    """``f(p_i)`` for all (or a run of >= 3) outputs -> ``Split(f(P_run))``."""
+    readers = [ctx.sole_reader(o) for o in split.node.output]
+    keys = [_unary_key(r, o) for r, o in zip(readers, split.node.output)]
+    start, length = _longest_run(keys)
+    if length < len(keys) and length < _MIN_UNARY_RUN:
+        return False
+    run = readers[start:start + length]
+    sizes = split.sizes[start:start + length]
+    source = _run_value(ctx, split, start, length)
+    activated = ctx.g.fresh("rw/" + run[0].op_type.lower())
+    ctx.graph.node.append(helper.make_node(run[0].op_type, [source], [activated], name=ctx.g.fresh("rw/unary")))
+    ctx.graph.node[-1].attribute.extend(run[0].attribute)
+    _add_split(ctx, activated, sizes, split.axis, _replace_readers(ctx, run))
+    return True
+
+
+def _longest_run(keys: list) -> tuple[int, int]:
+    """Start and length of the longest run of equal, non-None keys."""
+    best, start = (0, 0), 0
+    for i in range(1, len(keys) + 1):
+        if i == len(keys) or keys[i] != keys[start] or keys[i] is None:
+            if keys[start] is not None and i - start > best[1]:
+                best = (start, i - start)
+            start = i
+    return best
+
+
+def _sink_constants(ctx: _Context, split: _Split) -> bool:
+    """``op(p_i, c_i)`` for every output, ``c_i`` constant -> ``Split(op(P, concat(c_i)))``."""
+    readers = [ctx.sole_reader(o) for o in split.node.output]
+    if any(r is None or r.op_type not in _BINARY or len(r.input) != 2 for r in readers):
+        return False
+    if len({r.op_type for r in readers}) != 1:
+        return False
+    op = readers[0].op_type
+    sides = [list(r.input).index(o) for r, o in zip(readers, split.node.output)]
+    others = [r.input[1 - k] for r, k in zip(readers, sides)]
+    if any(o not in ctx.constants for o in others) or (op not in _COMMUTATIVE and len(set(sides)) != 1):
+        return False
+    joined = _join_constants([constant_value(ctx.graph, o) for o in others], split.sizes, split.axis)
+    if joined is None:
+        return False
+    joined_name = ctx.g.const("rw/joined", joined)
+    result = ctx.g.fresh("rw/" + op.lower())
+    inputs = [split.node.input[0], joined_name] if op in _COMMUTATIVE or sides[0] == 0 else \
+        [joined_name, split.node.input[0]]
+    ctx.graph.node.append(helper.make_node(op, inputs, [result], name=ctx.g.fresh("rw/binary")))
+    split.node.input[0] = result
+    split.node.output[:] = _replace_readers(ctx, readers)
+    return True
+
+
+def _join_constants(values: list[np.ndarray | None], sizes: tuple[int, ...], axis: int) -> np.ndarray | None:
+    """``concat(c_i)`` along ``axis``, each ``c_i`` broadcast to its part's size; None if they differ."""
+    if any(v is None for v in values) or len({v.dtype for v in values}) != 1:
+        return None
+    rank = max(max(v.ndim for v in values), -axis)
+    at = rank + axis
+    parts = []
+    for value, size in zip(values, sizes):
+        value = value.reshape((1,) * (rank - value.ndim) + value.shape)
+        if value.shape[at] not in (1, size):
+            return None
+        parts.append(np.broadcast_to(value, (*value.shape[:at], size, *value.shape[at + 1:])))
+    if len({p.shape[:at] + p.shape[at + 1:] for p in parts}) != 1:
+        return None
+    return np.concatenate(parts, axis=at)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pair:
+    i: int  # output of the split at hand
+    j: int  # output of the other split
+    reader: onnx.NodeProto
+    other: _Split
+    side: int  # where the split at hand's output sits in ``reader`` (0 for commutative ops)
+
+
+def _pair_at(ctx: _Context, split: _Split, i: int, where: dict[str, tuple[_Split, int]]) -> _Pair | None:
+    out = split.node.output[i]
+    reader = ctx.sole_reader(out)
+    if reader is None or reader.op_type not in _BINARY or len(reader.input) != 2:
+        return None
+    side = list(reader.input).index(out)
+    partner = reader.input[1 - side]
+    if partner not in where or ctx.sole_reader(partner) is not reader:
+        return None
+    other, j = where[partner]
+    if other.axis != split.axis or other.sizes[j] != split.sizes[i]:
+        return None
+    return _Pair(i, j, reader, other, 0 if reader.op_type in _COMMUTATIVE else side)
+
+
+def _sink_pairs(ctx: _Context, split: _Split, splits: list[_Split]) -> bool:
+    """``op(p_i, q_j)`` for a run of outputs of two splits cut alike -> ``Split(op(P_run, Q_run))``."""
+    where = {o: (s, j) for s in splits if s.node is not split.node for j, o in enumerate(s.node.output)}
+    groups: dict[tuple, list[_Pair]] = {}
+    for i in range(len(split.sizes)):
+        pair = _pair_at(ctx, split, i, where)
+        if pair is not None:
+            groups.setdefault((id(pair.other.node), pair.reader.op_type, pair.side), []).append(pair)
+    for pairs in groups.values():
+        run = _pair_run(pairs)
+        if len(run) >= 2:
+            _fuse_pair_run(ctx, split, run)
+            return True
+    return False
+
+
+def _pair_run(pairs: list[_Pair]) -> list[_Pair]:
+    """The longest run of pairs consecutive in both splits."""
+    best, current = [], []
+    for pair in sorted(pairs, key=lambda p: p.i):
+        if current and (pair.i, pair.j) == (current[-1].i + 1, current[-1].j + 1):
+            current.append(pair)
+        else:
+            current = [pair]
+        best = current if len(current) > len(best) else best
+    return list(best)
+
+
+def _fuse_pair_run(ctx: _Context, split: _Split, run: list[_Pair]) -> None:
+    first = run[0]
+    op, sizes = first.reader.op_type, split.sizes[first.i:first.i + len(run)]
+    mine = _run_value(ctx, split, first.i, len(run))
+    theirs = _run_value(ctx, first.other, first.j, len(run))
+    result = ctx.g.fresh("rw/" + op.lower())
+    inputs = [mine, theirs] if first.side == 0 else [theirs, mine]
+    ctx.graph.node.append(helper.make_node(op, inputs, [result], name=ctx.g.fresh("rw/binary")))
+    _add_split(ctx, result, sizes, split.axis, _replace_readers(ctx, [p.reader for p in run]))
+
+
+def _drop_single(ctx: _Context, split: _Split) -> bool:
+    """A Split into one output is the identity."""
+    if len(split.sizes) != 1 or split.node.output[0] in ctx.outputs:
+        return False
+    rename_value(ctx.graph, split.node.output[0], split.node.input[0])
+    ctx.graph.node.remove(split.node)
+    return True
