@@ -73,18 +73,22 @@ def check_model(model: onnx.ModelProto) -> None:
     onnx.checker.check_model(model, full_check=True)
 
 
-def check_writable(path: str | os.PathLike) -> None:
-    """Fail early, before any slow work, when ``path`` cannot be written."""
-    path = Path(path)
+def _temp_beside(path: Path, suffix: str) -> tuple[int, str]:
+    """A temporary file in ``path``'s folder, or the ConvertError that says why there is none."""
     if path.is_dir():
         raise ConvertError(f"output path {path} is a directory; give a file name such as {path / 'model.onnx'}")
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise ConvertError(f"cannot write {path}: folder {directory} does not exist; create it first")
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=directory)
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=directory)
     except OSError as e:
         raise ConvertError(f"cannot write {path}: {e.strerror}; choose a writable output path") from e
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail early, before any slow work, when ``path`` cannot be written."""
+    fd, probe = _temp_beside(Path(path), ".probe")
     os.close(fd)
     os.unlink(probe)
 
@@ -96,16 +100,8 @@ def atomic_save(model: onnx.ModelProto, path: str | os.PathLike) -> int:
         The number of bytes written.
     """
     path = Path(path)
-    if path.is_dir():
-        raise ConvertError(f"output path {path} is a directory; give a file name such as {path / 'model.onnx'}")
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise ConvertError(f"cannot write {path}: folder {directory} does not exist; create it first")
     data = model.SerializeToString()
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as e:
-        raise ConvertError(f"cannot write {path}: {e.strerror}; choose a writable output path") from e
+    fd, tmp = _temp_beside(path, ".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
