@@ -16,20 +16,22 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY: dict[str, tuple[str, str]] = {
-    "ConvertResult": ("rnnexport.converter", "ConvertResult"),
-    "Form": ("rnnexport.model", "Form"),
-    "IOSpec": ("rnnexport.model", "IOSpec"),
-    "Lowering": ("rnnexport.model", "Lowering"),
+    "ConvertResult": ("rnnexport.export.convert", "ConvertResult"),
+    "Form": ("rnnexport.contract", "Form"),
+    "GraphInfo": ("rnnexport.contract", "GraphInfo"),
+    "IOSpec": ("rnnexport.contract", "IOSpec"),
+    "Lowering": ("rnnexport.contract", "Lowering"),
     "RecurrentModel": ("rnnexport.model", "RecurrentModel"),
     "RnnexportError": ("rnnexport.errors", "RnnexportError"),
     "SourceSpec": ("rnnexport.sources", "SourceSpec"),
-    "StateSpec": ("rnnexport.model", "StateSpec"),
+    "StateSpec": ("rnnexport.contract", "StateSpec"),
+    "TensorSpec": ("rnnexport.contract", "TensorSpec"),
     "builtin": ("rnnexport.sources", "builtin"),
-    "convert": ("rnnexport.converter", "convert"),
+    "convert": ("rnnexport.export.convert", "convert"),
     "from_cell": ("rnnexport.sources", "from_cell"),
     "from_module": ("rnnexport.sources", "from_module"),
     "load": ("rnnexport.runtime", "load"),
-    "package": ("rnnexport.bundler", "package"),
+    "package": ("rnnexport.packaging", "package"),
     "verify": ("rnnexport.verification", "verify"),
 }
 

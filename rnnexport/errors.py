@@ -9,7 +9,10 @@ from __future__ import annotations
 
 __all__ = [
     "BundleError",
+    "ContractError",
     "ConvertError",
+    "OutputError",
+    "ProviderError",
     "RnnexportError",
     "RuntimeContractError",
     "SourceError",
@@ -46,7 +49,19 @@ class BundleError(RnnexportError):
 
 
 class RuntimeContractError(RnnexportError):
-    """Inputs given to a runtime session do not fit the model's I/O contract."""
+    """An I/O contract is malformed, or inputs do not fit it (a runtime session's, a graph's, a manifest's)."""
+
+
+#: The contract error under its general name: raised wherever a contract is read or checked.
+ContractError = RuntimeContractError
+
+
+class ProviderError(RnnexportError):
+    """An execution provider that was asked for is not available or did not start."""
+
+
+class OutputError(RnnexportError):
+    """An output path cannot be written (missing folder, a directory, no permission)."""
 
 
 def describe(error: BaseException) -> str:

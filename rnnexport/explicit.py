@@ -35,19 +35,29 @@ class ExplicitRecurrent(torch.nn.Module):
         suffix = f"_l{layer}" + ("_reverse" if direction else "")
         return getattr(self, kind + suffix, None)
 
-    def _cell(self, x, h, c, layer: int, direction: int):
-        w = {k: self._weight(k, layer, direction) for k in ("weight_ih", "weight_hh", "weight_hr")}
-        gi = x @ w["weight_ih"].T
-        gh = h @ w["weight_hh"].T
+    def _required(self, kind: str, layer: int, direction: int) -> torch.Tensor:
+        """A weight every layer of this module has (``weight_ih``, ``bias_hh`` when ``bias``, ...)."""
+        weight = self._weight(kind, layer, direction)
+        if weight is None:
+            raise AttributeError(f"the copied module has no {kind} for layer {layer}, direction {direction}")
+        return weight
+
+    def _cell(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, layer: int,
+              direction: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        gi = x @ self._required("weight_ih", layer, direction).T
+        gh = h @ self._required("weight_hh", layer, direction).T
         if self.bias:
-            gi = gi + self._weight("bias_ih", layer, direction)
-            gh = gh + self._weight("bias_hh", layer, direction)
+            gi = gi + self._required("bias_ih", layer, direction)
+            gh = gh + self._required("bias_hh", layer, direction)
         if self.mode == "LSTM":
+            if c is None:
+                raise ValueError("an LSTM step needs its cell state")
             i, f, g, o = (gi + gh).chunk(4, dim=-1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
-            if w["weight_hr"] is not None:
-                h = h @ w["weight_hr"].T
+            weight_hr = self._weight("weight_hr", layer, direction)  # LSTM(proj_size=...) only
+            if weight_hr is not None:
+                h = h @ weight_hr.T
             return h, c
         if self.mode == "GRU":
             i_r, i_z, i_n = gi.chunk(3, dim=-1)
@@ -63,27 +73,31 @@ class ExplicitRecurrent(torch.nn.Module):
         if self.batch_first:
             x = x.transpose(0, 1)
         is_lstm = self.mode == "LSTM"
+        h0: torch.Tensor
+        c0: torch.Tensor | None
         h0, c0 = (hx if is_lstm else (hx, None)) if hx is not None else self._zeros(x)
-        h_n, c_n = [], []
+        h_n: list[torch.Tensor] = []
+        c_n: list[torch.Tensor] = []
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(self.directions):
                 index = layer * self.directions + direction
-                h, c = h0[index], c0[index] if is_lstm else None
+                h, c = h0[index], c0[index] if is_lstm and c0 is not None else None
                 steps = range(x.shape[0] - 1, -1, -1) if direction else range(x.shape[0])
-                ys = [None] * x.shape[0]
+                ys: list[torch.Tensor] = []  # in the order of ``steps``
                 for t in steps:
                     h, c = self._cell(x[t], h, c, layer, direction)
-                    ys[t] = h
-                outputs.append(torch.stack(ys))
+                    ys.append(h)
+                outputs.append(torch.stack(ys[::-1] if direction else ys))
                 h_n.append(h)
-                c_n.append(c)
+                if c is not None:  # LSTM only
+                    c_n.append(c)
             x = torch.cat(outputs, dim=-1) if self.directions == 2 else outputs[0]
         y = x.transpose(0, 1) if self.batch_first else x
-        h_n = torch.stack(h_n)
-        return (y, (h_n, torch.stack(c_n))) if is_lstm else (y, h_n)
+        h_stacked = torch.stack(h_n)
+        return (y, (h_stacked, torch.stack(c_n))) if is_lstm else (y, h_stacked)
 
-    def _zeros(self, x: torch.Tensor):
+    def _zeros(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.num_layers * self.directions
         h = x.new_zeros(n, x.shape[1], self.proj_size or self.hidden_size)
         c = x.new_zeros(n, x.shape[1], self.hidden_size)

@@ -17,24 +17,18 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from rnnexport import cells, gates
 from rnnexport.cells import CellKind
+from rnnexport.contract import IOSpec, Layout, StateSpec
 from rnnexport.errors import SourceError, WeightsError, describe
 from rnnexport.explicit import explicit_copy
-from rnnexport.model import (
-    IOSpec,
-    Layout,
-    NativeLayer,
-    NativePlan,
-    RecurrentModel,
-    SourceKind,
-    StateSpec,
-)
+from rnnexport.export.plan import NativeLayer, NativePlan
+from rnnexport.model import RecurrentModel, SourceKind
 
 __all__ = [
     "SourceSpec",
@@ -402,6 +396,7 @@ def from_module(module: torch.nn.Module, input_size: int | None = None) -> Recur
     names = cells.STATE_NAMES[kind]
     dims = ((stacked, proj or hidden), (stacked, hidden))[: len(names)]
     bare = module is rnn
+    x_features: tuple[int, ...]
     if bare:
         x_features, x_dtype = (rnn.input_size,), "float32"
     else:
@@ -447,7 +442,8 @@ def _probe_output(sequence, x_features, x_dtype, state: StateSpec, layout: Layou
         x = torch.zeros((*lead, *x_features), dtype=torch.int64)
     else:
         x = torch.zeros((*lead, *x_features))
-    states = [torch.zeros(state.shape(i, batch)) for i in range(len(state.names))]
+    # an int batch makes every dim an int; StateSpec.shape is typed for the symbolic "B" too
+    states = [torch.zeros(cast("tuple[int, ...]", state.shape(i, batch))) for i in range(len(state.names))]
     try:
         with torch.no_grad():
             y, *state_out = sequence(x, *states)
@@ -498,7 +494,7 @@ def _from_card(path: Path) -> RecurrentModel:
         model = builtin(card["cell"], card["input_size"], card["hidden_size"], card["output_size"],
                         weights=weights, origin=origin)
         if card.get("input") == "one-hot":
-            model.io = dataclasses.replace(model.io, x_encoding="one-hot")
+            model = dataclasses.replace(model, io=dataclasses.replace(model.io, x_encoding="one-hot"))
     else:
         factory = _resolve_factory(card["factory"])
         module = _call_factory(card["factory"], factory, card.get("factory_kwargs", {}))
@@ -508,10 +504,8 @@ def _from_card(path: Path) -> RecurrentModel:
         except RuntimeError as e:
             raise WeightsError(f"weights {weights} do not fit {card['factory']}: {e}") from e
         model = from_module(module)
-        model.origin = origin
-    model.description = f"{card['name']}: {model.description}"
-    model.card = card
-    return model
+        model = dataclasses.replace(model, origin=origin)
+    return dataclasses.replace(model, description=f"{card['name']}: {model.description}", card=card)
 
 
 def _resolve_factory(target: str) -> Callable:
@@ -524,6 +518,7 @@ def _resolve_factory(target: str) -> Callable:
             raise SourceError(f"{where} does not exist; give the path of a Python file before ':'")
         name = f"rnnexport_user_{abs(hash(str(path.resolve())))}"
         spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None  # a .py path always gets a source loader
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         try:

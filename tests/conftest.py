@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnxruntime as ort
 import pytest
 
-from rnnexport.converter import ConvertResult, convert
+from rnnexport.export.convert import ConvertResult, convert
 from tests.configs import build
 
 

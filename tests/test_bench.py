@@ -22,6 +22,8 @@ STREAM_ENGINES = ("eager step", "InferenceSession.run", "StatefulSession.step", 
 TARGETS = ("native_vs_eager_B1", "native_vs_eager_Bmax", "native_vs_nn", "scan_vs_native",
            "session_vs_raw", "session_vs_eager", "export_native", "export_scan")
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):

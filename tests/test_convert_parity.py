@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rnnexport.contract import Form, Lowering
 from rnnexport.errors import ConvertError
-from rnnexport.model import Form, Lowering
 from rnnexport.testing import assert_close, feeds, random_inputs, random_state
 from tests.configs import AUTO, BIDIRECTIONAL, CONFIGS, LOWERINGS, VOCABULARY
 
@@ -44,6 +44,7 @@ def test_sequence_graph_matches_pytorch(exports, name, lowering):
             assert_close(got, want, names, ATOL, f"{name}/{lowering} T={time} B={batch}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_unrolled_graph_matches_pytorch_at_its_length(exports, name):
     result = exports.export(name, lowering="unrolled", seq_len=7)
@@ -67,7 +68,7 @@ def test_auto_picks_native_when_recognised_else_scan(exports, name):
 
 @pytest.mark.parametrize(("name", "lowering"), REFUSED_CASES)
 def test_lowering_that_does_not_apply_is_refused_with_reason(exports, name, lowering, tmp_path):
-    from rnnexport.converter import convert
+    from rnnexport.export.convert import convert
 
     with pytest.raises(ConvertError, match=f"{lowering}: .+"):
         convert(exports.model(name), tmp_path / "m.onnx", lowering=lowering)
@@ -99,7 +100,7 @@ def test_step_graph_fed_t_times_matches_sequence(exports, name, lowering):
 
 @pytest.mark.parametrize("name", sorted(BIDIRECTIONAL))
 def test_bidirectional_has_no_step_form(exports, name, tmp_path):
-    from rnnexport.converter import convert
+    from rnnexport.export.convert import convert
 
     with pytest.raises(ConvertError, match="bidirectional"):
         convert(exports.model(name), tmp_path / "s.onnx", form="step")

@@ -13,8 +13,8 @@ from onnx.reference import ReferenceEvaluator
 
 from rnnexport import gates
 from rnnexport.cells import CellKind
-from rnnexport.converter import to_onnx
-from rnnexport.model import Form
+from rnnexport.contract import Form
+from rnnexport.export.convert import to_onnx
 from rnnexport.testing import assert_close, feeds, random_inputs, random_state
 
 

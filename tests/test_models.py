@@ -39,6 +39,7 @@ def _cases():
             yield name, lowering
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "lowering"), list(_cases()))
 def test_trained_model_verifies(name, lowering, tmp_path):
     path = tmp_path / f"{name}.{lowering}.onnx"

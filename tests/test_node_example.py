@@ -18,6 +18,8 @@ from tests.test_runtime_bundle import make_bundle, write_manifest
 NODE_DIR = Path(__file__).resolve().parent.parent / "scripts" / "node"
 SCRIPT = NODE_DIR / "check_bundle.js"
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def node() -> str:
@@ -83,10 +85,10 @@ def test_node_example_refuses_a_tampered_bundle(exports, tmp_path, node):
 
 
 def test_node_example_on_a_bundle_of_rnnexport_package(exports, tmp_path, node):
-    package = pytest.importorskip("rnnexport.bundler").package
+    package = pytest.importorskip("rnnexport.packaging").package
     result = package(exports.export("seed_lstm").path, tmp_path / "bundle", source=exports.model("seed_lstm"),
                      step_path=exports.export("seed_lstm", form="step").path, variants=())
     done = check(node, result.folder)
     assert done.returncode == 0, done.stdout + done.stderr
-    sets = len(result.manifest["test_vectors"])
+    sets = len(result.manifest.test_vectors)
     assert done.stdout.strip().splitlines()[-1].startswith(f"{sets} passed, 0 failed")

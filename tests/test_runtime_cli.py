@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from rnnexport.cli import main
-from rnnexport.model import Form
+from rnnexport.contract import Form
 from rnnexport.testing import assert_close, random_inputs, random_state
 from tests.test_runtime_bundle import make_bundle
 
@@ -97,7 +97,7 @@ def test_errors_exit_2_with_one_line(exports, tmp_path):
     (["--input", "{tmp}/missing.npy"], ["cannot read input"]),
     (["--input", "{tmp}/x.npy", "--state-in", "{tmp}/x.npy"], ["is not an .npz file"]),
     (["--input", "{tmp}/x.npy", "--state-in", "{tmp}/wrong_state.npz"], ["state: expected exactly h, c, got h"]),
-    (["--input", "{tmp}/x.npy", "--provider", "nosuch"], ["'nosuch' is not available", "CPUExecutionProvider"]),
+    (["--input", "{tmp}/x.npy", "--provider", "nosuch"], ["unknown execution provider 'nosuch'", "CPUExecutionProvider"]),
 ])
 def test_cli_input_errors(exports, tmp_path, args, fragments):
     np.save(tmp_path / "x.npy", np.zeros((4, 1, 10), np.float32))

@@ -96,7 +96,7 @@ def test_unavailable_provider_lists_the_available_ones(exports):
     with pytest.raises(ProviderError) as e:
         StatefulSession.load(exports.export("seed_gru").path, providers=["NoSuchExecutionProvider"])
     text = message(e)
-    assert "'NoSuchExecutionProvider' is not available" in text
+    assert "unknown execution provider 'NoSuchExecutionProvider'" in text
     for available in ort.get_available_providers():
         assert available in text
 
@@ -128,8 +128,9 @@ def test_cuda_that_falls_back_to_cpu_is_an_error(exports):
     for providers in (["cuda"], ["CUDAExecutionProvider", "CPUExecutionProvider"]):
         with pytest.raises(ProviderError) as e:
             StatefulSession.load(path, providers=providers)
-        assert message(e).startswith("CUDAExecutionProvider was requested but did not start; the session "
-                                     "would run on CPUExecutionProvider")
+        text = message(e)
+        assert text.startswith("CUDAExecutionProvider was requested but did not start (")
+        assert "the session would run on CPUExecutionProvider" in text
 
 
 @pytest.mark.cuda

@@ -13,8 +13,8 @@ from rnnexport.backends import (
     reference_limitations,
     resolve_provider,
 )
-from rnnexport.errors import VerifyError
-from rnnexport.model import Form
+from rnnexport.contract import Form
+from rnnexport.errors import ProviderError, VerifyError
 from rnnexport.testing import feeds, random_inputs, random_state
 from rnnexport.verification import verify
 
@@ -79,7 +79,7 @@ def test_provider_names_resolve_and_unknown_ones_list_the_valid(lstm):
     assert resolve_provider("cpu") == "CPUExecutionProvider"
     assert resolve_provider("CUDA") == "CUDAExecutionProvider"
     assert resolve_provider("tensorrt") == "TensorrtExecutionProvider"
-    with pytest.raises(VerifyError, match="unknown execution provider 'gpu'; valid names: cpu, cuda, tensorrt"):
+    with pytest.raises(ProviderError, match="unknown execution provider 'gpu'; valid names: cpu, cuda, tensorrt"):
         resolve_provider("gpu")
 
 

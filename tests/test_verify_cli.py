@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from rnnexport.cli import main
-from rnnexport.converter import convert
+from rnnexport.export.convert import convert
 from rnnexport.sources import SourceSpec
 from rnnexport.verification import verify
 

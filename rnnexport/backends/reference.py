@@ -11,11 +11,11 @@ input it cannot run is reported unavailable with the reason, not as a failure.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from rnnexport.backends.base import (
     EngineUnavailable,
@@ -25,6 +25,10 @@ from rnnexport.backends.base import (
     graph_tensors,
 )
 from rnnexport.errors import describe
+from rnnexport.graphs import attributes, walk
+
+if TYPE_CHECKING:
+    from onnx.reference import ReferenceEvaluator
 
 __all__ = ["ReferenceRunner", "reference_limitations"]
 
@@ -32,31 +36,17 @@ _RNN_ACTIVATIONS = {"Tanh", "tanh", "Affine", "affine"}
 _DEFAULT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh")}
 
 
-def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _nodes(attr.g)
-            for sub in attr.graphs:
-                yield from _nodes(sub)
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def _node_limitation(node: onnx.NodeProto) -> str | None:
-    attrs = _attrs(node)
+    attrs = attributes(node)
     if node.op_type == "RNN":
         acts = [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])]
         bad = [a for a in acts if a not in _RNN_ACTIVATIONS]
         if bad:
             return f"its RNN operator supports only Tanh/Affine activations, the graph uses {bad[0]}"
     if node.op_type in _DEFAULT_ACTIVATIONS:
-        acts = tuple(a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", []))
-        if acts and acts[: len(_DEFAULT_ACTIVATIONS[node.op_type])] != _DEFAULT_ACTIVATIONS[node.op_type]:
-            return f"its {node.op_type} operator ignores the activations attribute ({', '.join(acts)})"
+        given = tuple(a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", []))
+        if given and given[: len(_DEFAULT_ACTIVATIONS[node.op_type])] != _DEFAULT_ACTIVATIONS[node.op_type]:
+            return f"its {node.op_type} operator ignores the activations attribute ({', '.join(given)})"
         if attrs.get("clip") is not None or attrs.get("input_forget"):
             return f"its {node.op_type} operator ignores clip and input_forget"
     if node.op_type == "Scan":
@@ -69,7 +59,7 @@ def _node_limitation(node: onnx.NodeProto) -> str | None:
 def reference_limitations(model: onnx.ModelProto) -> list[str]:
     """Why the ReferenceEvaluator cannot run ``model`` faithfully; empty when it can."""
     found = []
-    for node in _nodes(model.graph):
+    for node in walk(model.graph):
         reason = _node_limitation(node)
         if reason and reason not in found:
             found.append(reason)
@@ -84,7 +74,7 @@ class ReferenceRunner(Runner):
     def __init__(self, model: str | os.PathLike | onnx.ModelProto) -> None:
         super().__init__()
         self.model = model
-        self.evaluator = None
+        self.evaluator: ReferenceEvaluator | None = None
         self.inputs: tuple[GraphTensor, ...] = ()
         self.outputs: tuple[GraphTensor, ...] = ()
 
@@ -105,6 +95,7 @@ class ReferenceRunner(Runner):
         self.evaluator = None
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self.evaluator is not None  # activate() ran: Runner.infer checks
         check_feeds(self.name, self.inputs, feeds)
         names = [t.name for t in self.outputs]
         try:

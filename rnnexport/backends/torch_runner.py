@@ -7,8 +7,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from rnnexport.backends.base import Runner
+from rnnexport.contract import Form
 from rnnexport.errors import VerifyError, describe
-from rnnexport.model import Form, RecurrentModel
+from rnnexport.model import RecurrentModel
 
 __all__ = ["TorchRunner"]
 

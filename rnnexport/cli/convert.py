@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from rnnexport.cli.options import SOURCE_HELP, source_options, source_spec
-from rnnexport.converter import ConvertResult, convert
-from rnnexport.model import Form, Lowering, TensorSpec
+from rnnexport.contract import Form, Lowering, TensorSpec
+from rnnexport.export.convert import ConvertResult, convert
 
 __all__ = ["convert_command", "format_spec"]
 

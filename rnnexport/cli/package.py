@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from rnnexport.bundler import VARIANTS, PackageResult, package
 from rnnexport.cli.options import SOURCE_HELP, source_options, source_spec
+from rnnexport.packaging import VARIANTS, package
 
 __all__ = ["package_command"]
 
@@ -16,28 +16,6 @@ def _variants(value: str) -> list[str]:
     if unknown:
         raise click.BadParameter(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)} or none")
     return names
-
-
-def summary(result: PackageResult) -> list[str]:
-    manifest = result.manifest
-    lines = [f"packaged {manifest['model']['description']} -> {result.folder}"]
-    for name, graph in manifest["graphs"].items():
-        lines.append(f"  graph     {name}: {graph['file']} ({graph['lowering']}, "
-                     f"operators {', '.join(graph['operators'])})")
-    lines.append(f"  vectors   {len(manifest['test_vectors'])} test sets, expected outputs from "
-                 f"{result.expected_from}")
-    for variant in result.variants:
-        if variant.ok:
-            worst = max(f["max_abs"] for f in variant.figures.values())
-            lines.append(f"  variant   {variant.name}: {', '.join(variant.files)} ({variant.size_bytes / 1e3:.0f} kB, "
-                         f"max abs error {worst:.2g} vs float32)")
-        else:
-            lines.append(f"  variant   {variant.name}: left out: {variant.reason}")
-    total = sum(f["size"] for f in manifest["files"])
-    lines.append(f"  files     {len(manifest['files'])} files, {total / 1e6:.2f} MB, SHA-256 in manifest.json")
-    if result.archive:
-        lines.append(f"  archive   {result.archive}")
-    return lines
 
 
 @click.command("package", epilog=SOURCE_HELP)
@@ -63,4 +41,4 @@ def package_command(model, source, out_dir, step_path, variant_list, archive, fo
     loaded = load_source(source_spec(source, **source_kw)) if source else None
     result = package(model, out_dir, source=loaded, step_path=step_path, variants=_variants(variant_list),
                      archive=archive, force=force)
-    click.echo("\n".join(summary(result)))
+    click.echo("\n".join(result.lines()))

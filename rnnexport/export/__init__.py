@@ -1,8 +1,7 @@
-"""Lowerings from a RecurrentModel to ONNX: native, scan, unrolled, and the step form."""
+"""Lowerings from a RecurrentModel to ONNX: native, scan, unrolled, and the step form.
+
+:func:`rnnexport.export.convert.convert` is ``rnnexport.convert``. Submodules are
+imported where they are used; this package's import loads nothing else.
+"""
 
 from __future__ import annotations
-
-from rnnexport.export.lowerings import Attempt, NotApplicable, lower
-from rnnexport.export.metadata import GraphInfo, read_info, write_info
-
-__all__ = ["Attempt", "GraphInfo", "NotApplicable", "lower", "read_info", "write_info"]

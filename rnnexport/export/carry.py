@@ -13,6 +13,7 @@ results are equal bit for bit.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import onnx
 
@@ -85,7 +86,7 @@ def _moved(node: onnx.NodeProto, source: str, result: str, prefix: str) -> onnx.
     return copy
 
 
-def _retype(values, name: str, value: onnx.ValueInfoProto) -> None:
+def _retype(values: Iterable[onnx.ValueInfoProto], name: str, value: onnx.ValueInfoProto) -> None:
     """Replace the graph input/output ``name`` by ``value`` (same position)."""
     target = next(v for v in values if v.name == name)
     target.CopyFrom(value)

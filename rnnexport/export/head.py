@@ -19,14 +19,15 @@ import onnx
 from onnx import helper
 
 from rnnexport.export.hoist import copy_outside
-from rnnexport.export.rewrites.graph import Types, batch_axis, constants, producers, subgraphs
+from rnnexport.export.rewrites.graph import Types, batch_axis, constants, producers
 from rnnexport.export.rewrites.rowwise import rowwise
+from rnnexport.export.rewrites.views import VIEW_OPS
 from rnnexport.export.stacking import Stacking
+from rnnexport.graphs import subgraphs
 
 __all__ = ["Tail", "hoist_head"]
 
 _POST = "post/"
-_VIEWS = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,26 +37,26 @@ class Tail:
     scan_outputs: list[tuple[onnx.ValueInfoProto, str, int]]
 
 
-def _ancestors(graph: onnx.GraphProto, names: list[str]) -> set[int]:
-    """Positions in ``graph.node`` of the nodes that ``names`` are computed from."""
-    made = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+def _ancestors(made: dict[str, onnx.NodeProto], names: list[str]) -> set[int]:
+    """The ``id`` of every node that ``names`` are computed from (``made``: the graph's producers)."""
     seen: set[int] = set()
     todo = [made[n] for n in names if n in made]
     while todo:
-        index = todo.pop()
-        if index not in seen:
-            seen.add(index)
-            todo.extend(made[i] for i in graph.node[index].input if i in made)
+        node = todo.pop()
+        if id(node) not in seen:
+            seen.add(id(node))
+            todo.extend(made[i] for i in node.input if i in made)
     return seen
 
 
 def _tail(graph: onnx.GraphProto, y: str, state: list[str]) -> list[onnx.NodeProto] | None:
     """The nodes only ``y`` needs, in graph order; None when ``y`` is not made by such nodes."""
-    core = _ancestors(graph, state)
-    made = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
-    if y not in made or made[y] in core:
+    made = producers(graph)
+    core = _ancestors(made, state)
+    if y not in made or id(made[y]) in core:
         return None
-    tail = [graph.node[i] for i in sorted(_ancestors(graph, [y]) - core)]
+    only_y = _ancestors(made, [y]) - core
+    tail = [n for n in graph.node if id(n) in only_y]
     if any(subgraphs(n) for n in tail):
         return None
     return [n for n in tail if n.op_type != "Constant"]
@@ -85,11 +86,13 @@ def hoist_head(step: onnx.ModelProto, y: str, state: list[str], types: Types, st
     made_here = {o for n in nodes for o in n.output}
     cuts = list(dict.fromkeys(i for n in nodes for i in n.input if i and i not in made_here | constant))
     emitted = [c for c in cuts if c not in rows]
-    if any(batch_axis(types.get(c)) is None for c in emitted) or not rowwise(graph, nodes, types, constant):
+    found = {c: batch_axis(types.get(c)) for c in emitted}
+    axes = {c: a for c, a in found.items() if a is not None}
+    if len(axes) != len(found) or not rowwise(graph, nodes, types, constant):
         return None
     rename, scan_outputs = dict(rows), []
     for cut in emitted:
-        axis = batch_axis(types[cut])
+        axis = axes[cut]
         stacked = stack.g.fresh("scan/stacked")
         scan_outputs.append((_typed(types[cut], _emittable(step, cut, stack)), stacked, stack.scan_axis(axis)))
         rename[cut] = stack.output_rows(stacked, types[cut], axis)
@@ -115,7 +118,7 @@ def _with_views(graph: onnx.GraphProto, tail: list[onnx.NodeProto], constant: se
     while todo:
         name = todo.pop()
         node = made.get(name)
-        if (name in rows or node is None or node.op_type not in _VIEWS or node.domain
+        if (name in rows or node is None or node.op_type not in VIEW_OPS or node.domain
                 or any(node is n for n in nodes) or any(i not in constant for i in node.input[1:] if i)):
             continue
         nodes.append(node)

@@ -21,9 +21,10 @@ import onnx
 
 from rnnexport.export.onnxutil import GraphBuilder
 from rnnexport.export.rewrites.algebra import fuse_matmuls, lift_biases
-from rnnexport.export.rewrites.graph import Types, batch_axis, constants, consumers, subgraphs
+from rnnexport.export.rewrites.graph import Types, batch_axis, constants, consumers
 from rnnexport.export.rewrites.rowwise import rowwise
 from rnnexport.export.stacking import Stacking
+from rnnexport.graphs import subgraphs, walk
 
 __all__ = ["Hoisted", "copy_outside", "hoist_inputs", "input_only", "prepare_hoist"]
 
@@ -87,8 +88,9 @@ def hoist_inputs(step: onnx.ModelProto, x_name: str, types: Types, stack: Stacki
     outputs = {o.name for o in graph.output}
     later = {i for n in rest for i in n.input} | {i for n in rest for s in subgraphs(n) for i in _reads(s)}
     frontier = [o for n in nodes for o in n.output if o in later | outputs]
-    axes = {f: batch_axis(types.get(f)) for f in frontier}
-    if (not frontier or outputs & set(frontier) or any(a is None for a in axes.values())
+    found = {f: batch_axis(types.get(f)) for f in frontier}
+    axes = {f: a for f, a in found.items() if a is not None}
+    if (not frontier or outputs & set(frontier) or len(axes) != len(found)
             or not rowwise(graph, nodes, types, constant)):
         return None
     rows = copy_outside(graph, nodes, {x_name: stack.flat_x}, stack.g, _PRE)
@@ -100,7 +102,8 @@ def hoist_inputs(step: onnx.ModelProto, x_name: str, types: Types, stack: Stacki
 
 
 def _reads(graph: onnx.GraphProto) -> set[str]:
-    return {i for n in graph.node for i in n.input} | {i for n in graph.node for s in subgraphs(n) for i in _reads(s)}
+    """Every input of a node of ``graph`` or of its subgraphs."""
+    return {i for n in walk(graph) for i in n.input}
 
 
 def copy_outside(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], rename: dict[str, str],

@@ -12,11 +12,12 @@ from collections.abc import Callable
 
 import onnx
 
+from rnnexport.contract import Form, Lowering
 from rnnexport.errors import ConvertError, describe
 from rnnexport.export.native import build_native
 from rnnexport.export.scan import wrap_in_scan
 from rnnexport.export.trace import trace
-from rnnexport.model import Form, Lowering, RecurrentModel
+from rnnexport.model import RecurrentModel
 
 __all__ = ["Attempt", "NotApplicable", "lower", "trace_step"]
 
@@ -81,6 +82,7 @@ def _unrolled(model: RecurrentModel, form: Form, seq_len: int | None, progress):
     io = model.io
     seq_len = seq_len or DEFAULT_UNROLLED_SEQ_LEN
     progress(f"tracing {model.description} over T={seq_len} steps with torch.onnx")
+    assert model.trace_module is not None  # set in RecurrentModel.__post_init__
     try:
         return trace(model.trace_module, io, io.inputs(form, seq_len), io.outputs(form, seq_len), seq_len)
     except Exception as e:  # noqa: BLE001

@@ -1,16 +1,20 @@
 """The native lowering: ONNX RNN/LSTM/GRU operators built straight from the parameters.
 
-No tracing: the graph is written node by node from a :class:`~rnnexport.model.NativePlan`,
+No tracing: the graph is written node by node from a :class:`~rnnexport.export.plan.NativePlan`,
 which makes it exact about the contract (any T, any B) and fast to export.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import onnx
 from onnx import helper
 
+from rnnexport.contract import Form, Layout
 from rnnexport.export.onnxutil import GraphBuilder, finish_model, value_info
-from rnnexport.model import Form, Layout, NativeLayer, RecurrentModel
+from rnnexport.export.plan import NativeLayer
+from rnnexport.model import RecurrentModel
 
 __all__ = ["build_native"]
 
@@ -26,8 +30,9 @@ def _layer_node(g: GraphBuilder, layer: NativeLayer, index: int, x: str, h: str,
         h,
     ]
     if layer.op == "LSTM":
+        assert c is not None  # an LSTM's state is always (h, c)
         inputs.append(c)
-    attrs = {
+    attrs: dict[str, Any] = {
         "hidden_size": layer.hidden_size,
         "direction": "bidirectional" if layer.directions == 2 else "forward",
     }
@@ -72,6 +77,7 @@ def _state_output(g: GraphBuilder, model: RecurrentModel, parts: list[str], outp
 def build_native(model: RecurrentModel, form: Form) -> onnx.ModelProto:
     """The whole graph for ``model`` (which must have a native plan) in ``form``."""
     plan = model.native
+    assert plan is not None  # callers check model.native first
     io = model.io
     inputs, outputs = io.inputs(form), io.outputs(form)
     state_names = io.state.names

@@ -1,20 +1,14 @@
-"""Small ONNX helpers shared by the lowerings: typed values, constants, finishing, saving."""
+"""Small ONNX helpers shared by the lowerings: typed values, constants, finishing, checking."""
 
 from __future__ import annotations
-
-import contextlib
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from rnnexport.errors import ConvertError
-from rnnexport.model import TensorSpec
+from rnnexport.contract import TensorSpec
 
-__all__ = ["IR_VERSION", "OPSET", "GraphBuilder", "atomic_save", "check_writable", "finish_model", "value_info"]
+__all__ = ["IR_VERSION", "OPSET", "GraphBuilder", "finish_model", "value_info"]
 
 #: onnxruntime 1.31 loads models up to IR version 13; onnx 1.23 writes 14 by default.
 IR_VERSION = 10
@@ -71,45 +65,3 @@ def finish_model(
 def check_model(model: onnx.ModelProto) -> None:
     """``onnx.checker`` with full shape inference; a failure here is a bug of the exporter."""
     onnx.checker.check_model(model, full_check=True)
-
-
-def _temp_beside(path: Path, suffix: str) -> tuple[int, str]:
-    """A temporary file in ``path``'s folder, or the ConvertError that says why there is none."""
-    if path.is_dir():
-        raise ConvertError(f"output path {path} is a directory; give a file name such as {path / 'model.onnx'}")
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise ConvertError(f"cannot write {path}: folder {directory} does not exist; create it first")
-    try:
-        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=directory)
-    except OSError as e:
-        raise ConvertError(f"cannot write {path}: {e.strerror}; choose a writable output path") from e
-
-
-def check_writable(path: str | os.PathLike) -> None:
-    """Fail early, before any slow work, when ``path`` cannot be written."""
-    fd, probe = _temp_beside(Path(path), ".probe")
-    os.close(fd)
-    os.unlink(probe)
-
-
-def atomic_save(model: onnx.ModelProto, path: str | os.PathLike) -> int:
-    """Write ``model`` to ``path`` through a temporary file, so no partial file is ever left.
-
-    Returns:
-        The number of bytes written.
-    """
-    path = Path(path)
-    data = model.SerializeToString()
-    fd, tmp = _temp_beside(path, ".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise ConvertError(f"cannot write {path}: {e.strerror}; choose a writable output path") from e
-        raise
-    return len(data)

@@ -22,6 +22,14 @@ from rnnexport.export.rewrites.graph import dims
 __all__ = ["Stacking"]
 
 
+def _shape(value: onnx.ValueInfoProto) -> list[int | str | None]:
+    """The dims of a step value; stacked values have a batch axis, so their rank is known."""
+    shape = dims(value)
+    if shape is None:
+        raise ValueError(f"{value.name!r} has no known rank")
+    return shape
+
+
 class Stacking:
     """Builds, in ``g``, the reshapes between a step value and its stacked rows.
 
@@ -55,14 +63,14 @@ class Stacking:
         folded = self.fold(rows, step_type, axis)
         if self.time_axis or not axis:
             return folded
-        rank = len(dims(step_type)) + 1
+        rank = len(_shape(step_type)) + 1
         perm = [axis, *range(axis), *range(axis + 1, rank)]
         return self.g.one("Transpose", [folded], self.g.fresh("scan/time_first"), perm=perm)
 
     def output_rows(self, stacked: str, step_type: onnx.ValueInfoProto, axis: int) -> str:
         """A Scan output stacked at :meth:`scan_axis` (step batch at ``axis``) -> its rows."""
         if not self.time_axis and axis:
-            rank = len(dims(step_type)) + 1
+            rank = len(_shape(step_type)) + 1
             perm = [*range(1, axis + 1), 0, *range(axis + 1, rank)]
             stacked = self.g.one("Transpose", [stacked], self.g.fresh("scan/time_next_to_batch"), perm=perm)
         return self.merge(stacked, step_type, axis)
@@ -87,7 +95,7 @@ class Stacking:
 
         ``shift`` is how many axes ``value`` has before them beyond the step value's.
         """
-        known = dims(step_type)[start:end]
+        known = _shape(step_type)[start:end]
         if not known:
             return None
         if all(isinstance(d, int) for d in known):

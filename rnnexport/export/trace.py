@@ -6,11 +6,12 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Iterator
 
 import onnx
 import torch
 
-from rnnexport.model import IOSpec, TensorSpec
+from rnnexport.contract import IOSpec, TensorSpec
 
 __all__ = ["example_inputs", "trace"]
 
@@ -18,7 +19,7 @@ _LOGGERS = ("torch.onnx", "torch._dynamo", "torch.export", "torch.fx", "onnxscri
 
 
 @contextlib.contextmanager
-def _quiet():
+def _quiet() -> Iterator[None]:
     saved = {name: logging.getLogger(name).level for name in _LOGGERS}
     try:
         for name in _LOGGERS:
@@ -82,4 +83,6 @@ def trace(
             verbose=False,
             optimize=True,
         )
+    if program is None:  # torch.onnx.export returns None only when it writes to a file
+        raise RuntimeError("torch.onnx.export returned no ONNX program")
     return program.model_proto

@@ -1,7 +1,8 @@
 """The torch-free runtime: load a bundle or an exported graph and stream through it.
 
-Imports only onnxruntime, numpy and the standard library, so an app can embed
-it without PyTorch or onnx::
+Imports only the torch-free core (:mod:`rnnexport.contract`, :mod:`rnnexport.bundle`,
+:mod:`rnnexport.ort`, :mod:`rnnexport.io`), onnxruntime, numpy and the standard
+library, so an app can embed it without PyTorch or onnx::
 
     from rnnexport.runtime import StatefulSession
 
@@ -15,26 +16,41 @@ See docs/embedding.md for the state-handling rules.
 
 from __future__ import annotations
 
-from rnnexport.errors import BundleError, RnnexportError, RuntimeContractError
-from rnnexport.runtime.bundle import SCHEMA, Bundle, GraphSource, TestVector, open_bundle
-from rnnexport.runtime.contract import IOContract, StateContract
+from rnnexport.bundle import SCHEMA, Bundle, GraphSource, Manifest, VectorEntry, open_bundle
+from rnnexport.contract import IOSpec, StateSpec
+from rnnexport.errors import (
+    BundleError,
+    ContractError,
+    ProviderError,
+    RnnexportError,
+    RuntimeContractError,
+)
 from rnnexport.runtime.files import RunSummary, run_files
-from rnnexport.runtime.providers import ProviderError
 from rnnexport.runtime.session import StatefulSession, load
+
+#: The names earlier releases gave the contract classes.
+IOContract = IOSpec
+StateContract = StateSpec
+TestVector = VectorEntry
 
 __all__ = [
     "SCHEMA",
     "Bundle",
     "BundleError",
+    "ContractError",
     "GraphSource",
     "IOContract",
+    "IOSpec",
+    "Manifest",
     "ProviderError",
     "RnnexportError",
     "RunSummary",
     "RuntimeContractError",
     "StateContract",
+    "StateSpec",
     "StatefulSession",
     "TestVector",
+    "VectorEntry",
     "load",
     "open_bundle",
     "run_files",

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rnnexport.errors import RnnexportError, RuntimeContractError
-from rnnexport.runtime.contract import SEQUENCE, STEP, show_shape
-from rnnexport.runtime.providers import ProviderRequest
+from rnnexport.contract import Form, show_shape
+from rnnexport.errors import RuntimeContractError
+from rnnexport.io import atomic_write
+from rnnexport.ort import ProviderRequest
 from rnnexport.runtime.session import StatefulSession
+
+STEP, SEQUENCE = Form.STEP, Form.SEQUENCE
 
 __all__ = ["RunSummary", "run_files", "save_npy", "save_npz"]
 
@@ -36,32 +37,15 @@ class RunSummary:
     state_out: Path | None
 
 
-def _atomic(path: Path, write: Callable[[Any], None]) -> None:
-    path = Path(path)
-    try:
-        handle = tempfile.NamedTemporaryFile(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp",
-                                             delete=False)
-    except OSError as e:
-        raise RnnexportError(f"cannot write {path}: {e.strerror}") from e
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        os.unlink(handle.name)
-        raise
-
-
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write ``array`` as ``.npy``, atomically (a temporary file, then a rename)."""
-    _atomic(Path(path), lambda f: np.save(f, array, allow_pickle=False))
+    atomic_write(path, lambda f: np.save(f, array, allow_pickle=False), "output")
 
 
 def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     """Write named arrays as ``.npz``, atomically."""
-    _atomic(Path(path), lambda f: np.savez(f, **arrays))
+    # numpy stub: **kwds could land on allow_pickle: bool; the keys here are state names
+    atomic_write(path, lambda f: np.savez(f, **arrays), "state")  # type: ignore[arg-type]
 
 
 def _load_array(path: Path, what: str) -> Any:

@@ -11,23 +11,33 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 import numpy as np
 import onnxruntime as ort
 
+from rnnexport.bundle import Bundle
+from rnnexport.contract import TIME, Dim, Form, IOSpec, check_array
 from rnnexport.errors import RuntimeContractError
-from rnnexport.runtime.bundle import Bundle
-from rnnexport.runtime.contract import SEQUENCE, STEP, TIME, IOContract, check_array
+from rnnexport.ort import Device, ProviderRequest
 from rnnexport.runtime.engine import Engine, Graph, LoadOptions, open_engine
-from rnnexport.runtime.providers import Device, ProviderRequest
+
+STEP, SEQUENCE = Form.STEP, Form.SEQUENCE
 
 __all__ = ["StatefulSession", "load"]
+
+
+def _concrete(shape: tuple[Dim, ...]) -> tuple[int, ...]:
+    """A contract shape built with an int batch and time: every dim is an int (the contract's
+    shapes are typed for the symbolic "B"/"T" too; a step shape ignores time)."""
+    return cast("tuple[int, ...]", shape)
 
 
 class _Tensor:
     """A fixed buffer and the OrtValue over it: host memory on CPU, device memory otherwise."""
 
     def __init__(self, shape: tuple[int, ...], dtype: str, device: Device, zero: bool = True) -> None:
+        self.host: np.ndarray | None
         if device.type == "cpu":
             self.host = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
             self.value = ort.OrtValue.ortvalue_from_numpy(self.host)
@@ -55,10 +65,10 @@ class _Tensor:
 class _State:
     """Two sets of state buffers: ``current`` holds the state, the other receives the next one."""
 
-    def __init__(self, contract: IOContract, batch: int, device: Device) -> None:
+    def __init__(self, contract: IOSpec, batch: int, device: Device) -> None:
         spec = contract.state
         self.spec = spec
-        self.sets = tuple([_Tensor(spec.shape(i, batch), spec.dtype, device) for i in range(len(spec.names))]
+        self.sets = tuple([_Tensor(_concrete(spec.shape(i, batch)), spec.dtype, device) for i in range(len(spec.names))]
                           for _ in range(2))
         self.current = 0
 
@@ -80,11 +90,11 @@ class _State:
 class _StepPlan:
     """Bindings made once for one-step calls of a graph: x and y buffers, both state directions."""
 
-    def __init__(self, graph: Graph, contract: IOContract, state: _State, batch: int, device: Device) -> None:
+    def __init__(self, graph: Graph, contract: IOSpec, state: _State, batch: int, device: Device) -> None:
         form, time = (STEP, TIME) if graph.form == STEP else (SEQUENCE, 1)
         self.graph, self.state = graph, state
-        self.x = _Tensor(contract.x_shape(form, batch, time), contract.x_dtype, device)
-        self.y = _Tensor(contract.y_shape(form, batch, time), contract.y_dtype, device)
+        self.x = _Tensor(_concrete(contract.x_shape(form, batch, time)), contract.x_dtype, device)
+        self.y = _Tensor(_concrete(contract.y_shape(form, batch, time)), contract.y_dtype, device)
         self.bindings = []
         for reads in (0, 1):
             binding = graph.session.io_binding()
@@ -160,7 +170,7 @@ class StatefulSession:
         return self._batch
 
     @property
-    def contract(self) -> IOContract:
+    def contract(self) -> IOSpec:
         return self._engine.contract
 
     @property
@@ -218,7 +228,7 @@ class StatefulSession:
         spec = self.contract.state
         if streams is None:
             for i, tensor in enumerate(self._state.inputs):
-                tensor.write(np.zeros(spec.shape(i, self._batch), spec.dtype))
+                tensor.write(np.zeros(_concrete(spec.shape(i, self._batch)), spec.dtype))
             return
         indices = [streams] if isinstance(streams, (int, np.integer)) else list(streams)
         bad = [i for i in indices if not isinstance(i, (int, np.integer)) or not 0 <= i < self._batch]
@@ -226,7 +236,7 @@ class StatefulSession:
             raise RuntimeContractError(f"reset: stream index {bad[0]!r} is out of range for {self._batch} streams")
         for tensor in self._state.inputs:
             value = tensor.read()
-            index = [slice(None)] * value.ndim
+            index: list[slice | list[Any]] = [slice(None)] * value.ndim
             index[spec.batch_axis] = indices
             value[tuple(index)] = 0
             tensor.write(value)
@@ -252,6 +262,7 @@ class StatefulSession:
             parts = np.split(xs, steps // graph.seq_len, axis=c.time_axis)
             return np.concatenate([self._run_sequence(graph, p) for p in parts], axis=c.time_axis)
         if STEP not in self._engine.graphs:
+            assert graph is not None  # an engine holds a step graph, a sequence graph, or both
             raise RuntimeContractError(f"x: the sequence graph is unrolled at T={graph.seq_len}: run() takes "
                                        f"a multiple of {graph.seq_len} time steps, got {steps}")
         return self._run_steps(xs)
@@ -269,7 +280,7 @@ class StatefulSession:
 
     def _run_sequence(self, graph: Graph, xs: np.ndarray) -> np.ndarray:
         c = self.contract
-        y = _Tensor(c.y_shape(SEQUENCE, self._batch, xs.shape[c.time_axis]), c.y_dtype,
+        y = _Tensor(_concrete(c.y_shape(SEQUENCE, self._batch, xs.shape[c.time_axis])), c.y_dtype,
                     self._engine.device, zero=False)
         binding = graph.session.io_binding()
         binding.bind_cpu_input(graph.x_name, np.ascontiguousarray(xs))
@@ -282,7 +293,7 @@ class StatefulSession:
     def _run_steps(self, xs: np.ndarray) -> np.ndarray:
         c = self.contract
         steps = xs.shape[c.time_axis]
-        ys = np.empty(c.y_shape(SEQUENCE, self._batch, steps), c.y_dtype)
+        ys = np.empty(_concrete(c.y_shape(SEQUENCE, self._batch, steps)), c.y_dtype)
         plan = self._plan_for_step()
         for t in range(steps):
             x_t = xs[t] if c.time_axis == 0 else xs[:, t]

@@ -16,24 +16,38 @@ it into a text table, JSON or a plot.
 
 from __future__ import annotations
 
-from rnnexport.verification.cases import Case, InputKind, StateKind
-from rnnexport.verification.compare import DEFAULT_TOLERANCES, Tolerance
-from rnnexport.verification.report import CONTRACT_TITLES, Check, Contract, EngineStatus, Report
-from rnnexport.verification.run import DEFAULT_CHUNK_SIZES, VerifyOptions, verify
+import importlib
+from typing import Any
 
-__all__ = [
-    "CONTRACT_TITLES",
-    "DEFAULT_CHUNK_SIZES",
-    "DEFAULT_TOLERANCES",
-    "Case",
-    "Check",
-    "Contract",
-    "EngineStatus",
-    "InputKind",
-    "Report",
-    "StateKind",
-    "Tolerance",
-    "VerifyOptions",
-    "verify",
-]
+#: Public names, imported on first use: ``rnnexport.verification.compare`` and ``.inputs``
+#: stay importable without torch (bundle verification and the runtime's users need no PyTorch).
+_LAZY = {
+    "CONTRACT_TITLES": "rnnexport.verification.report",
+    "DEFAULT_CHUNK_SIZES": "rnnexport.verification.run",
+    "DEFAULT_TOLERANCES": "rnnexport.verification.compare",
+    "Case": "rnnexport.verification.cases",
+    "Check": "rnnexport.verification.report",
+    "Contract": "rnnexport.verification.report",
+    "EngineStatus": "rnnexport.verification.report",
+    "InputKind": "rnnexport.verification.cases",
+    "Report": "rnnexport.verification.report",
+    "StateKind": "rnnexport.verification.cases",
+    "Tolerance": "rnnexport.verification.compare",
+    "VerifyOptions": "rnnexport.verification.run",
+    "verify": "rnnexport.verification.run",
+    "verify_bundle": "rnnexport.verification.bundle",
+}
 
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'rnnexport.verification' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

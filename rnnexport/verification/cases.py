@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from rnnexport.model import Form, IOSpec, RecurrentModel
-from rnnexport.testing import random_inputs, random_state
+from rnnexport.contract import Form, IOSpec
+from rnnexport.model import RecurrentModel
+from rnnexport.verification.inputs import random_inputs, random_state
 
 __all__ = [
     "DEFAULT_BATCH_SIZES",
@@ -93,7 +94,7 @@ def input_kinds(io: IOSpec, vocabulary: int | None) -> tuple[InputKind, ...]:
     """The input kinds that make sense for ``io``: tokens for int64 inputs, one-hot for vocabularies."""
     if io.x_dtype == "int64":
         return (InputKind.TOKENS,)
-    kinds = (InputKind.NORMAL, InputKind.SATURATING)
+    kinds: tuple[InputKind, ...] = (InputKind.NORMAL, InputKind.SATURATING)
     one_hot = getattr(io, "x_encoding", "real") == "one-hot"
     if one_hot or (vocabulary is not None and io.x_features == (vocabulary,)):
         kinds += (InputKind.ONE_HOT,)

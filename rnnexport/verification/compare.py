@@ -1,9 +1,13 @@
 """Figures of one comparison: max abs and relative error, drift along time, pass or fail.
 
+The one comparator: verify, the variant checks, the bundle re-check and the test
+helpers all compare through :func:`compare` with a :class:`Tolerance`.
+
 Pass rule (numpy's ``allclose`` without its symmetry tricks): every element
-satisfies ``|got - want| <= atol + rtol * |want|``. ``ratio`` is the largest
-``|got - want| / (atol + rtol * |want|)``, so a comparison passes exactly when
-``ratio <= 1``. NaN matches NaN and an infinity matches the same infinity; any
+satisfies ``|got - want| <= atol + range_atol * max|want| + rtol * |want|``
+(``range_atol`` scales with the output's largest magnitude, for quantized
+variants; it is 0 elsewhere). ``ratio`` is the largest ``|got - want|`` over that
+bound, so a comparison passes exactly when ``ratio <= 1``. NaN matches NaN and an infinity matches the same infinity; any
 other non-finite difference fails.
 """
 
@@ -15,6 +19,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from rnnexport.graphs import walk
+
 __all__ = [
     "DEFAULT_TOLERANCES",
     "QUANTIZED_OPS",
@@ -24,6 +30,7 @@ __all__ = [
     "compare",
     "count_nonfinite",
     "graph_precision",
+    "max_errors",
     "tolerance_for",
 ]
 
@@ -45,28 +52,31 @@ QUANTIZED_OPS = frozenset({
 
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
-    """The precision class of a graph and the tolerances its checks use."""
+    """The precision class of a graph and the tolerances its checks use.
+
+    An element passes when ``|got - want| <= atol + range_atol * max|want| + rtol * |want|``.
+    """
 
     dtype: str
     atol: float
     rtol: float
+    range_atol: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"dtype": self.dtype, "atol": self.atol, "rtol": self.rtol}
+        data: dict[str, Any] = {"dtype": self.dtype, "atol": self.atol, "rtol": self.rtol}
+        if self.range_atol:
+            data["range_atol"] = self.range_atol
+        return data
 
-
-def _all_nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            subs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
-            for sub in subs:
-                yield from _all_nodes(sub)
+    def describe(self) -> str:
+        """``|got - want| <= 1e-05 + 0.0001 * |want|``."""
+        scale = f" + {self.range_atol:g} * max|want|" if self.range_atol else ""
+        return f"|got - want| <= {self.atol:g}{scale} + {self.rtol:g} * |want|"
 
 
 def graph_precision(model: onnx.ModelProto) -> str:
     """``"int8"`` for graphs with quantized operators, ``"float16"`` for float16 I/O or weights, else ``"float32"``."""
-    if any(node.op_type in QUANTIZED_OPS for node in _all_nodes(model.graph)):
+    if any(node.op_type in QUANTIZED_OPS for node in walk(model.graph)):
         return "int8"
     fp16 = onnx.TensorProto.FLOAT16
     values = [*model.graph.input, *model.graph.output]
@@ -117,12 +127,13 @@ def compare(got: np.ndarray, want: np.ndarray, tol: Tolerance, time_axis: int | 
         same = (a == b) | (np.isnan(a) & np.isnan(b))
         diff = np.where(same, 0.0, np.abs(a - b))
         diff = np.where(np.isnan(diff), np.inf, diff)
-        ratio = np.where(same, 0.0, diff / (tol.atol + tol.rtol * np.abs(b)))
+        scale = tol.range_atol * float(np.nanmax(np.abs(np.where(np.isinf(b), np.nan, b)), initial=0.0))
+        ratio = np.where(same, 0.0, diff / (tol.atol + scale + tol.rtol * np.abs(b)))
         ratio = np.where(np.isnan(ratio), np.inf, ratio)
         rel = np.where(same, 0.0, diff / np.maximum(np.abs(b), REL_FLOOR))
         rel = np.where(np.isnan(rel), np.inf, rel)
     worst = float(ratio.max())
-    figures = {"max_abs": float(diff.max()), "max_rel": float(rel.max()), "ratio": worst}
+    figures: dict[str, Any] = {"max_abs": float(diff.max()), "max_rel": float(rel.max()), "ratio": worst}
     if time_axis is not None and a.ndim > time_axis:
         axes = tuple(i for i in range(a.ndim) if i != time_axis)
         curve = diff.max(axis=axes) if axes else diff
@@ -135,6 +146,14 @@ def compare(got: np.ndarray, want: np.ndarray, tol: Tolerance, time_axis: int | 
         detail = (f"worst at index {tuple(int(i) for i in index)}: got {a[index]:.6g}, "
                   f"reference {b[index]:.6g}; {int((ratio > 1).sum())} of {ratio.size} elements out of tolerance")
     return Figures(worst <= 1.0, detail=detail, **figures)
+
+
+def max_errors(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
+    """Max absolute and max relative error (relative to ``max(|want|, REL_FLOOR)``), as :func:`compare` counts them."""
+    figures = compare(got, want, Tolerance("float32", 0.0, 0.0))
+    if figures.max_abs is None:
+        return float("inf"), float("inf")  # shapes differ
+    return figures.max_abs, figures.max_rel or 0.0
 
 
 def count_nonfinite(array: np.ndarray) -> tuple[int, int]:

@@ -15,8 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from rnnexport.backends.base import GraphTensor, Runner
-from rnnexport.model import BATCH, TIME, Form, IOSpec
-from rnnexport.testing import feeds as contract_feeds
+from rnnexport.contract import BATCH, TIME, Form, IOSpec
 from rnnexport.verification.cases import Case
 from rnnexport.verification.compare import Tolerance, compare, count_nonfinite
 from rnnexport.verification.report import Check, Contract
@@ -107,7 +106,7 @@ def chunked(runner: Runner, io: IOSpec, x: np.ndarray, state: Sequence[np.ndarra
     ys, carried = [], list(state)
     for start in range(0, x.shape[axis], chunk):
         piece = np.take(x, np.arange(start, min(start + chunk, x.shape[axis])), axis=axis)
-        out = runner.infer(prepare(runner, contract_feeds(io, piece, carried)))
+        out = runner.infer(prepare(runner, io.feeds(piece, carried)))
         ys.append(out[y_name])
         carried = _state_out(io, out)
     return {y_name: np.concatenate(ys, axis=axis), **dict(zip(io.state.output_names, carried))}
@@ -119,7 +118,7 @@ def stream(runner: Runner, io: IOSpec, x: np.ndarray, state: Sequence[np.ndarray
     y_name = io.outputs(Form.STEP)[0].name
     ys, carried = [], list(state)
     for t in range(x.shape[axis]):
-        out = runner.infer(prepare(runner, contract_feeds(io, np.take(x, t, axis=axis), carried)))
+        out = runner.infer(prepare(runner, io.feeds(np.take(x, t, axis=axis), carried)))
         ys.append(out[y_name])
         carried = _state_out(io, out)
     return {y_name: np.stack(ys, axis=axis), **dict(zip(io.state.output_names, carried))}

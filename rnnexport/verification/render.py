@@ -6,15 +6,13 @@ The report is data; these only format it. ``plot`` needs matplotlib, the optiona
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from rnnexport import io
 from rnnexport.errors import VerifyError
 from rnnexport.verification.report import CONTRACT_TITLES, Check, Contract, Report
 
@@ -38,7 +36,8 @@ def summary_line(report: Report) -> str:
     engines = sorted({c.engine for c in report.checks if c.engine != "pytorch"})
     missing = sorted({u.engine for u in report.unavailable if u.case is None})
     tail = f"; unavailable: {', '.join(missing)}" if missing else ""
-    what = (f"{len(report.contracts())} contracts x {len(engines)} engines x {len(report.cases)} cases, "
+    grid = (f"{len(report.test_sets)} test sets" if report.kind == "bundle" else f"{len(report.cases)} cases")
+    what = (f"{len(report.contracts())} contracts x {len(engines)} engines x {grid}, "
             f"{len(report.checks)} checks in {report.seconds:.1f} s{tail}")
     if not report.ran:
         return f"FAIL  no graph engine ran ({what})"
@@ -60,19 +59,8 @@ def render_text(report: Report, quiet: bool = False) -> str:
     """The worst case per contract and engine, engines that did not run, notes, then PASS/FAIL."""
     if quiet:
         return summary_line(report)
-    tol = report.tolerance
-    batches = sorted({c.batch for c in report.cases})
-    times = sorted({c.time for c in report.cases})
-    inputs = list(dict.fromkeys(c.inputs.value for c in report.cases))
-    lines = [
-        f"verify {report.model}: {report.source}",
-        f"  graph      {report.form}" + (f" (fixed T={report.seq_len})" if report.seq_len else "")
-        + f", {report.lowering}" + (f"; step graph {report.step_model}" if report.step_model else ""),
-        f"  cases      {len(report.cases)}: batch {', '.join(map(str, batches))} x T {', '.join(map(str, times))}"
-        f" x inputs {', '.join(inputs)} x state zero, random; seed {report.seed}",
-        f"  tolerance  {tol.dtype}: |got - want| <= {tol.atol:g} + {tol.rtol:g} * |want|",
-        "",
-    ]
+    lines = [f"verify {report.model}: {report.source}", *_header(report),
+             f"  tolerance  {report.tolerance.dtype}: {report.tolerance.describe()}", ""]
     rows = [["contract", "engine", "checks", "failed", "worst case", "output", "max abs", "max rel",
              "step 1 -> last", "result"]]
     for (contract, engine), (worst, count, failed) in report.worst().items():
@@ -102,44 +90,31 @@ def render_text(report: Report, quiet: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _header(report: Report) -> list[str]:
+    if report.kind == "bundle":
+        return ["  checksums  every file matches its size and SHA-256 in the manifest"
+                if report.source != "ONNX test folder" else "  checksums  none: an ONNX test folder has no manifest",
+                f"  test sets  {len(report.test_sets)}: {', '.join(report.test_sets)}"]
+    batches = sorted({c.batch for c in report.cases})
+    times = sorted({c.time for c in report.cases})
+    inputs = list(dict.fromkeys(c.inputs.value for c in report.cases))
+    return [f"  graph      {report.form}" + (f" (fixed T={report.seq_len})" if report.seq_len else "")
+            + f", {report.lowering}" + (f"; step graph {report.step_model}" if report.step_model else ""),
+            f"  cases      {len(report.cases)}: batch {', '.join(map(str, batches))} x T "
+            f"{', '.join(map(str, times))} x inputs {', '.join(inputs)} x state zero, random; seed {report.seed}"]
+
+
 def check_writable(path: str | os.PathLike, what: str) -> Path:
-    """Fail early (before a long run) when ``path``'s folder does not exist or ``path`` is a folder."""
-    path = Path(path)
-    if path.is_dir():
-        raise VerifyError(f"{what} path {path} is a directory; give a file name")
-    if not (path.parent if str(path.parent) else Path(".")).is_dir():
-        raise VerifyError(f"cannot write {what} {path}: folder {path.parent} does not exist; create it first")
-    return path
-
-
-def _atomic(path: str | os.PathLike, what: str, write: Callable[[str], None]) -> Path:
-    path = check_writable(path, what)
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=directory)
-    except OSError as e:
-        raise VerifyError(f"cannot write {what} {path}: {e.strerror}") from e
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise VerifyError(f"cannot write {what} {path}: {e.strerror}") from e
-        raise
-    return path
+    """Fail early (before a long run) when ``path`` cannot be written: :func:`rnnexport.io.check_writable`."""
+    return io.check_writable(path, what, VerifyError)
 
 
 def write_json(report: Report, path: str | os.PathLike) -> Path:
     """The full report as strict JSON (schema: ``docs/verify-report.schema.json``), written atomically."""
     text = json.dumps(report.to_json(), indent=1, allow_nan=False) + "\n"
 
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(text)
-
-    return _atomic(path, "report", write)
+    io.atomic_write(path, text.encode(), "report", VerifyError)
+    return Path(path)
 
 
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
@@ -157,6 +132,11 @@ def require_matplotlib(path: str | os.PathLike | None = None) -> None:
         check_writable(path, "plot")
 
 
+def _curve(check: Check) -> np.ndarray:
+    assert check.curve is not None  # _curves keeps only checks with a curve
+    return check.curve
+
+
 def _curves(report: Report, contract: Contract) -> dict[str, tuple[str, np.ndarray]]:
     """Per engine: the longest case's per-step max abs error of ``y``, maxed over such cases."""
     by_engine: dict[str, list[Check]] = {}
@@ -165,9 +145,9 @@ def _curves(report: Report, contract: Contract) -> dict[str, tuple[str, np.ndarr
             by_engine.setdefault(check.engine, []).append(check)
     curves = {}
     for engine, checks in by_engine.items():
-        longest = max(len(c.curve) for c in checks)
-        mine = [c for c in checks if len(c.curve) == longest]
-        curve = np.max(np.stack([c.curve for c in mine]), axis=0)
+        longest = max(len(_curve(c)) for c in checks)
+        mine = [c for c in checks if len(_curve(c)) == longest]
+        curve = np.max(np.stack([_curve(c) for c in mine]), axis=0)
         curves[engine] = (f"{engine} (T={longest}, max over {len(mine)} checks)", curve)
     return curves
 
@@ -198,10 +178,9 @@ def plot(report: Report, path: str | os.PathLike) -> Path:
     fig.suptitle(f"{Path(report.model).name}: {report.source}", fontsize=9)
     fig.tight_layout()
 
-    def write(tmp: str) -> None:
-        fig.savefig(tmp, dpi=110, format=Path(path).suffix.lower().lstrip("."))
-
     try:
-        return _atomic(path, "plot", write)
+        io.atomic_write(path, lambda f: fig.savefig(f, dpi=110, format=Path(path).suffix.lower().lstrip(".")),
+                        "plot", VerifyError)
+        return Path(path)
     finally:
         plt.close(fig)

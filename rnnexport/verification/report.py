@@ -29,6 +29,7 @@ class Contract(str, enum.Enum):
     SHAPES = "declared_shapes"
     FINITE = "finite"
     PROVIDERS = "ep_vs_cpu"
+    VECTORS = "test_vectors"  # a bundle's stored expected outputs (bundle verification)
 
 
 CONTRACT_TITLES = {
@@ -38,6 +39,7 @@ CONTRACT_TITLES = {
     Contract.SHAPES: "4 declared == actual shapes",
     Contract.FINITE: "5 no NaN/Inf",
     Contract.PROVIDERS: "6 EP == CPU EP",
+    Contract.VECTORS: "test vectors == stored outputs",
 }
 
 
@@ -144,6 +146,10 @@ class Report:
     unavailable: tuple[Unavailable, ...]
     notes: tuple[str, ...]
     seconds: float
+    #: ``"graph"`` (a graph against its PyTorch source) or ``"bundle"`` (a bundle's test vectors).
+    kind: str = "graph"
+    #: The test sets run, for bundle reports.
+    test_sets: tuple[str, ...] = ()
 
     @property
     def ran(self) -> bool:
@@ -189,6 +195,7 @@ class Report:
                             "failed": sum(not c.passed for c in mine)})
         return {
             "format": FORMAT,
+            "kind": self.kind,
             "passed": self.passed,
             "model": self.model,
             "step_model": self.step_model,
@@ -203,6 +210,7 @@ class Report:
             "engines": [e.to_json() for e in self.engines],
             "unavailable": [u.to_json() for u in self.unavailable],
             "cases": [c.to_json() for c in self.cases],
+            "test_sets": list(self.test_sets),
             "contracts": summary,
             "checks": [c.to_json() for c in self.checks],
             "notes": list(self.notes),

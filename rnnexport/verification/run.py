@@ -22,9 +22,8 @@ from rnnexport.backends import (
     available_providers,
     resolve_provider,
 )
+from rnnexport.contract import Form
 from rnnexport.errors import VerifyError
-from rnnexport.model import Form
-from rnnexport.testing import feeds as contract_feeds
 from rnnexport.verification import contracts
 from rnnexport.verification.cases import (
     DEFAULT_BATCH_SIZES,
@@ -145,6 +144,9 @@ def _start(runner: Runner, unavailable: list[Unavailable], what: str = "") -> bo
 def _engines(target: Target, step_path: Path | None, options: VerifyOptions,
              unavailable: list[Unavailable], statuses: list[EngineStatus]) -> list[_Engine]:
     planned: list[tuple[str, str | None, Runner, Runner | None, bool]] = []
+    provider: str | None
+    runner: Runner
+    step: Runner | None
     for provider, requested in _providers(options)[0]:
         step = OrtRunner(step_path, provider) if step_path else None
         runner = OrtRunner(target.path, provider)
@@ -238,7 +240,7 @@ class _CaseRun:
 
     def _sequence(self, case: Case, engines: Sequence[_Engine], x: np.ndarray, state: list[np.ndarray]) -> None:
         io, tol, seq_axes = self.io, self.tol, contracts.time_axes(self.io, Form.SEQUENCE)
-        feeds = contract_feeds(io, x, state)
+        feeds = io.feeds(x, state)
         want = self._reference(self.torch_seq, feeds)
         self.checks += contracts.finite("pytorch", case, want)
         pytorch_tol = self._pytorch_tolerance(feeds, want, case)
@@ -247,8 +249,11 @@ class _CaseRun:
             if not self._takes(engine, case):
                 continue
             runner = engine.runner
-            got = self._attempt(engine, case, Contract.PYTORCH,
-                                lambda runner=runner: runner.infer(contracts.prepare(runner, feeds)))
+
+            def infer(runner: Runner = runner) -> dict:
+                return runner.infer(contracts.prepare(runner, feeds))
+
+            got = self._attempt(engine, case, Contract.PYTORCH, infer)
             if got is None:
                 continue
             if pytorch_tol is not None:
@@ -260,15 +265,21 @@ class _CaseRun:
                 for chunk in self.options.chunk_sizes:
                     if chunk >= case.time:
                         continue
-                    out = self._attempt(engine, case, Contract.CHUNKED,
-                                        lambda chunk=chunk, runner=runner: contracts.chunked(runner, io, x, state, chunk))
+
+                    def run_chunked(chunk: int = chunk, runner: Runner = runner) -> dict:
+                        return contracts.chunked(runner, io, x, state, chunk)
+
+                    out = self._attempt(engine, case, Contract.CHUNKED, run_chunked)
                     if out is not None:
                         self.checks += contracts.against(Contract.CHUNKED, engine.name, case, out, got, tol,
                                                          seq_axes, variant=f"chunk={chunk}")
             if engine.step_runner is not None:
                 step = engine.step_runner
-                out = self._attempt(engine, case, Contract.STEP,
-                                    lambda step=step: contracts.stream(step, io, x, state))
+
+                def stream(step: Runner = step) -> dict:
+                    return contracts.stream(step, io, x, state)
+
+                out = self._attempt(engine, case, Contract.STEP, stream)
                 if out is not None:
                     self.checks += contracts.against(Contract.STEP, engine.name, case, out, got, tol, seq_axes)
             baseline = self._providers(engine, case, got, baseline, seq_axes)
@@ -276,23 +287,30 @@ class _CaseRun:
     def _step(self, case: Case, engines: Sequence[_Engine], x: np.ndarray, state: list[np.ndarray]) -> None:
         io, tol = self.io, self.tol
         seq_axes, step_axes = contracts.time_axes(io, Form.SEQUENCE), contracts.time_axes(io, Form.STEP)
-        first = contract_feeds(io, np.take(x, 0, axis=io.time_axis), state)
+        first = io.feeds(np.take(x, 0, axis=io.time_axis), state)
         want_step = self._reference(self.torch_step, first)
-        want_seq = self._reference(self.torch_seq, contract_feeds(io, x, state))
+        want_seq = self._reference(self.torch_seq, io.feeds(x, state))
         self.checks += contracts.finite("pytorch", case, want_seq)
         baseline = None
         for engine in engines:
             if not self._takes(engine, case):
                 continue
             runner = engine.runner
-            got = self._attempt(engine, case, Contract.PYTORCH,
-                                lambda runner=runner: runner.infer(contracts.prepare(runner, first)))
+
+            def infer_first(runner: Runner = runner) -> dict:
+                return runner.infer(contracts.prepare(runner, first))
+
+            got = self._attempt(engine, case, Contract.PYTORCH, infer_first)
             if got is None:
                 continue
             self.checks += contracts.against(Contract.PYTORCH, engine.name, case, got, want_step, tol, step_axes,
                                              variant="first step")
             self.checks += contracts.declared_shapes(engine.name, case, self.target.outputs, got, Form.STEP)
-            out = self._attempt(engine, case, Contract.STEP, lambda runner=runner: contracts.stream(runner, io, x, state))
+
+            def stream_steps(runner: Runner = runner) -> dict:
+                return contracts.stream(runner, io, x, state)
+
+            out = self._attempt(engine, case, Contract.STEP, stream_steps)
             if out is None:
                 continue
             self.checks += contracts.finite(engine.name, case, out, variant="streamed")
@@ -390,7 +408,7 @@ def verify(
     if Contract.PROVIDERS not in ran:
         notes.append("contract 6 did not run: no execution provider besides the CPU one started")
     if run.ill_conditioned:
-        worst = max(run.ill_conditioned, key=run.ill_conditioned.get)
+        worst = max(run.ill_conditioned, key=run.ill_conditioned.__getitem__)
         notes.append(f"contract 1 not judged on {len(run.ill_conditioned)} case(s) where PyTorch's own float32 "
                      f"result is off its float64 run by over {ILL_CONDITIONED:.0%} of the output range: the "
                      f"model is chaotic there and rounding alone decides the result (worst "
@@ -398,7 +416,7 @@ def verify(
         for case_id in run.ill_conditioned:
             run.noise.pop(case_id, None)
     if run.noise:
-        worst = max(run.noise, key=run.noise.get)
+        worst = max(run.noise, key=run.noise.__getitem__)
         notes.append(f"contract 1 allows atol + 3 x PyTorch's own float32 rounding error (vs a float64 run); "
                      f"that error was at most {run.noise[worst]:.2g} ({worst})")
     for name, count in run.skipped.items():

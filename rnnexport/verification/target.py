@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import onnx
 import torch
 
 from rnnexport.backends.base import GraphTensor, graph_tensors
+from rnnexport.contract import Form, IOSpec, Lowering
 from rnnexport.errors import RnnexportError, VerifyError, describe
 from rnnexport.export.metadata import GraphInfo, read_info
-from rnnexport.model import Form, IOSpec, Lowering, RecurrentModel
-from rnnexport.sources import SourceSpec, builtin, load_source
+from rnnexport.model import RecurrentModel
+from rnnexport.sources import SourceSpec, builtin, load_source, models_dir
 
 __all__ = ["Target", "load_graph", "load_target"]
+
+#: A trained model's name: one folder name of the models folder, never a path or a factory.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 SourceLike = SourceSpec | str | torch.nn.Module | RecurrentModel
 
@@ -89,6 +94,7 @@ def _form_of(io: IOSpec, x: GraphTensor, path: Path) -> tuple[Form, int | None]:
     if rank == len(io.inputs(Form.STEP)[0].shape):
         return Form.STEP, None
     if rank == len(io.inputs(Form.SEQUENCE)[0].shape):
+        assert x.shape is not None  # rank matched, so the shape is known
         time = x.shape[io.time_axis]
         return Form.SEQUENCE, time if isinstance(time, int) else None
     raise VerifyError(f"{path}: input {x.describe()} fits neither the step nor the sequence form of SOURCE")
@@ -123,10 +129,10 @@ def _check_contract(path: Path, graph: IOSpec, source: IOSpec) -> None:
         "state batch axis": (graph.state.batch_axis, source.state.batch_axis),
         "x dtype": (graph.x_dtype, source.x_dtype),
     }
-    for recorded, given in zip(graph.outputs(Form.SEQUENCE), source.outputs(Form.SEQUENCE)):
-        if recorded.shape != given.shape:
-            raise VerifyError(f"SOURCE does not match {path}: the graph records output {_spec(recorded)}, "
-                              f"SOURCE gives {_spec(given)}; pass the SOURCE the graph was converted from")
+    for recorded_out, given_out in zip(graph.outputs(Form.SEQUENCE), source.outputs(Form.SEQUENCE)):
+        if recorded_out.shape != given_out.shape:
+            raise VerifyError(f"SOURCE does not match {path}: the graph records output {_spec(recorded_out)}, "
+                              f"SOURCE gives {_spec(given_out)}; pass the SOURCE the graph was converted from")
     for what, (recorded, given) in pairs.items():
         if recorded != given:
             raise VerifyError(f"SOURCE does not match {path}: the graph records {what} {recorded}, "
@@ -145,19 +151,26 @@ def _rebuild(path: Path, info: GraphInfo) -> RecurrentModel:
             return builtin(origin["builtin"], origin.get("input_size"), origin.get("hidden_size"),
                            origin.get("output_size"), weights=weights, seed=origin.get("seed") or 0)
         if "model" in origin:
-            try:
-                return load_source(origin["model"])
-            except RnnexportError:
-                card = origin.get("card")
-                if card and Path(card).is_file():
-                    return load_source(str(Path(card).parent))
-                raise
+            return load_source(str(_trained_model(path, origin["model"], how)))
     except VerifyError:
         raise
     except RnnexportError as e:
         raise VerifyError(f"cannot rebuild the source of {path} from its metadata ({e}); {how}") from e
     what = info.description or info.source_kind or "an unknown source"
     raise VerifyError(f"{path} was converted from {what}, which cannot be rebuilt from the graph's metadata; {how}")
+
+
+def _trained_model(path: Path, name: object, how: str) -> Path:
+    """The folder of a trained model of the models folder named in a graph's metadata.
+
+    A graph is data: a name that is a path, a ``file.py:factory`` or anything but a
+    folder of :func:`rnnexport.sources.models_dir` is refused, never imported.
+    """
+    folder = models_dir() / name if isinstance(name, str) and _MODEL_NAME.fullmatch(name) else None
+    if folder is None or not (folder / "card.json").is_file():
+        raise VerifyError(f"{path} records model {str(name)[:60]!r}, which is not a model of the models folder "
+                          f"{models_dir()}; verify never imports what a graph's metadata names: {how}")
+    return folder
 
 
 def _check_hash(path: Path, info: GraphInfo, model: RecurrentModel, given: bool) -> None:
@@ -183,7 +196,11 @@ def load_target(path: str | os.PathLike, source: SourceLike | None = None) -> Ta
     if info is None and source is None:
         raise VerifyError(f"{path} has no rnnexport metadata (rnnexport.io); pass the SOURCE it was converted "
                           "from, e.g. rnnexport verify MODEL.onnx lstm --hidden-size 256")
-    model = load_source(source) if source is not None else _rebuild(path, info)
+    if source is not None:
+        model = load_source(source)
+    else:
+        assert info is not None  # checked above: no metadata needs a SOURCE
+        model = _rebuild(path, info)
     inputs, outputs = graph_tensors(proto)
     io = model.io if source is not None or info is None else info.io
     if info is not None:

@@ -1,7 +1,8 @@
 """Graph queries the scan rewrites share: producers, consumers, constants, inferred shapes.
 
 The rewrites edit a traced step graph in place. Every query here is recomputed
-from the graph when asked, so a rewrite never works from a stale index.
+from the graph when asked, so a rewrite never works from a stale index. Which
+subgraphs a node holds is :func:`rnnexport.graphs.subgraphs`' business.
 """
 
 from __future__ import annotations
@@ -9,6 +10,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from rnnexport.contract import (
+    BATCH,  # the symbolic batch of traced step graphs (see export/trace.py)
+)
+from rnnexport.graphs import attribute, subgraphs
 
 __all__ = [
     "BATCH",
@@ -23,19 +29,10 @@ __all__ = [
     "remove_dead",
     "rename_value",
     "same_shape",
-    "subgraphs",
     "toposort",
 ]
 
-#: The symbolic batch dimension of traced step graphs (see ``rnnexport.export.trace``).
-BATCH = "B"
-
 Types = dict[str, onnx.ValueInfoProto]
-
-
-def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    """The graphs held by ``node``'s attributes (If/Loop/Scan bodies)."""
-    return [g for a in node.attribute for g in ([a.g] if a.HasField("g") else []) + list(a.graphs)]
 
 
 def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
@@ -78,8 +75,8 @@ def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
             return numpy_helper.to_array(tensor)
     for node in graph.node:
         if node.op_type == "Constant" and name in node.output:
-            value = next((a for a in node.attribute if a.name == "value"), None)
-            return numpy_helper.to_array(value.t) if value is not None else None
+            value = attribute(node, "value")
+            return numpy_helper.to_array(value) if value is not None else None
     return None
 
 
@@ -109,6 +106,8 @@ def batch_axis(value: onnx.ValueInfoProto | None) -> int | None:
 
 def same_shape(a: onnx.ValueInfoProto | None, b: onnx.ValueInfoProto | None) -> bool:
     """Whether two values certainly have one shape: every dim static or the batch, and equal."""
+    if a is None or b is None:
+        return False
     da, db = dims(a), dims(b)
     certain = da is not None and all(isinstance(d, int) or d == BATCH for d in da)
     return certain and da == db and a.type.tensor_type.elem_type == b.type.tensor_type.elem_type

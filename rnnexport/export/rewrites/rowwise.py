@@ -17,9 +17,10 @@ import math
 from collections.abc import Callable, Iterable
 
 import onnx
-from onnx import helper
 
 from rnnexport.export.rewrites.graph import Types, batch_axis, constant_value, dims
+from rnnexport.export.rewrites.views import VIEW_OPS
+from rnnexport.graphs import attribute, subgraphs
 
 __all__ = ["rowwise"]
 
@@ -31,7 +32,8 @@ _ELEMENTWISE = frozenset({
     "Sigmoid", "Sign", "Sin", "Sinh", "Softplus", "Softsign", "Sqrt", "Sub", "Sum", "Tan", "Tanh",
     "ThresholdedRelu", "Where", "Xor",
 })
-_RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+#: The view ops checked as reshapes; ``Identity`` is checked as the elementwise op it also is.
+_RESHAPES = VIEW_OPS - {"Identity"}
 _ALONG_AXIS = frozenset({"Softmax", "LogSoftmax", "Hardmax", "ArgMax", "ArgMin", "CumSum", "Split"})
 _REDUCTIONS = frozenset({"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
                          "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare"})
@@ -46,12 +48,23 @@ class _View:
     def axis(self, name: str) -> int | None:
         return batch_axis(self.types.get(name))
 
+    def known_axis(self, name: str) -> int:
+        """The batch axis of a value :func:`_node_rowwise` found one for (a batched input, an output)."""
+        axis = self.axis(name)
+        if axis is None:
+            raise ValueError(f"{name!r} has no known batch axis")
+        return axis
+
     def rank(self, name: str) -> int:
         shape = dims(self.types.get(name))
         return -1 if shape is None else len(shape)
 
     def batched(self, node: onnx.NodeProto) -> list[str]:
         return [i for i in node.input if i and i not in self.constant]
+
+
+#: A check of one node: ``(view, node, its batched inputs, its output's batch axis) -> keeps rows apart``.
+_Check = Callable[[_View, onnx.NodeProto, list[str], int], bool]
 
 
 def rowwise(graph: onnx.GraphProto, nodes: Iterable[onnx.NodeProto], types: Types, constant: set[str]) -> bool:
@@ -68,17 +81,18 @@ def rowwise(graph: onnx.GraphProto, nodes: Iterable[onnx.NodeProto], types: Type
 
 
 def _node_rowwise(view: _View, node: onnx.NodeProto) -> bool:
-    if node.domain or any(a.HasField("g") or a.graphs for a in node.attribute):
+    if node.domain or subgraphs(node):
         return False
     batched = view.batched(node)
-    outs = [view.axis(o) for o in node.output if o]
-    if not batched or any(view.axis(i) is None for i in batched) or any(a is None for a in outs):
+    axes = [view.axis(o) for o in node.output if o]
+    outs = [a for a in axes if a is not None]
+    if not batched or any(view.axis(i) is None for i in batched) or len(outs) != len(axes):
         return False
     check = _CHECKS.get(node.op_type) or _family_check(node.op_type)
     return check is not None and check(view, node, batched, outs[0])
 
 
-def _family_check(op: str) -> Callable | None:
+def _family_check(op: str) -> _Check | None:
     if op in _ELEMENTWISE:
         return _elementwise
     if op in _RESHAPES:
@@ -88,14 +102,9 @@ def _family_check(op: str) -> Callable | None:
     return _reduction if op in _REDUCTIONS else None
 
 
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    found = next((a for a in node.attribute if a.name == name), None)
-    return default if found is None else helper.get_attribute_value(found)
-
-
 def _aligned(view: _View, name: str, out_rank: int) -> int:
     """Where ``name``'s batch axis lands in a broadcast result of rank ``out_rank``."""
-    return out_rank - view.rank(name) + view.axis(name)
+    return out_rank - view.rank(name) + view.known_axis(name)
 
 
 def _elementwise(view: _View, node: onnx.NodeProto, batched: list[str], out_axis: int) -> bool:
@@ -120,8 +129,8 @@ def _matmul(view: _View, node: onnx.NodeProto, batched: list[str], out_axis: int
 
 def _gemm(view: _View, node: onnx.NodeProto, batched: list[str], out_axis: int) -> bool:
     a, b = node.input[0], node.input[1]
-    rows = 1 if _attr(node, "transA", 0) else 0
-    cols = 0 if _attr(node, "transB", 0) else 1
+    rows = 1 if attribute(node, "transA", 0) else 0
+    cols = 0 if attribute(node, "transB", 0) else 1
     if a in batched and (view.axis(a) != rows or out_axis != 0):
         return False
     if b in batched and (view.axis(b) != cols or out_axis != 1):
@@ -140,16 +149,19 @@ def _reshape(view: _View, node: onnx.NodeProto, batched: list[str], out_axis: in
 
 
 def _blocks(view: _View, name: str) -> tuple[int, int] | None:
-    shape, axis = dims(view.types.get(name)), view.axis(name)
+    shape, axis = dims(view.types.get(name)), view.known_axis(name)
+    if shape is None:
+        return None  # not reached: a value with a batch axis has a known shape
     rest = shape[:axis] + shape[axis + 1:]
-    if not all(isinstance(d, int) for d in rest):
+    sizes = [d for d in rest if isinstance(d, int)]
+    if len(sizes) != len(rest):
         return None
-    return math.prod(shape[:axis]), math.prod(shape[axis + 1:])
+    return math.prod(sizes[:axis]), math.prod(sizes[axis:])
 
 
 def _transpose(view: _View, node: onnx.NodeProto, batched: list[str], out_axis: int) -> bool:
     rank = view.rank(node.input[0])
-    perm = list(_attr(node, "perm", list(range(rank))[::-1]))
+    perm = list(attribute(node, "perm", list(range(rank))[::-1]))
     return view.axis(node.input[0]) in perm and perm.index(view.axis(node.input[0])) == out_axis
 
 
@@ -162,13 +174,13 @@ def _along_axis(view: _View, node: onnx.NodeProto, batched: list[str], out_axis:
         value = constant_value(view.graph, node.input[1])
         axis = None if value is None else int(value)
     else:
-        axis = _attr(node, "axis", -1 if node.op_type in {"Softmax", "LogSoftmax", "Hardmax"} else 0)
+        axis = attribute(node, "axis", -1 if node.op_type in {"Softmax", "LogSoftmax", "Hardmax"} else 0)
     return axis is not None and axis % view.rank(data) != view.axis(data)
 
 
 def _reduction(view: _View, node: onnx.NodeProto, batched: list[str], out_axis: int) -> bool:
     data = node.input[0]
-    axes = _attr(node, "axes")
+    axes = attribute(node, "axes")
     if axes is None and len(node.input) > 1 and node.input[1]:
         value = constant_value(view.graph, node.input[1])
         axes = None if value is None else [int(v) for v in value.reshape(-1)]
@@ -179,7 +191,7 @@ def _reduction(view: _View, node: onnx.NodeProto, batched: list[str], out_axis: 
 
 def _concat(view: _View, node: onnx.NodeProto, batched: list[str], out_axis: int) -> bool:
     rank = view.rank(node.output[0])
-    if len(batched) != len([i for i in node.input if i]) or _attr(node, "axis") % rank == out_axis:
+    if len(batched) != len([i for i in node.input if i]) or attribute(node, "axis") % rank == out_axis:
         return False
     return all(view.axis(i) == out_axis for i in batched)
 
@@ -189,10 +201,10 @@ def _slice(view: _View, node: onnx.NodeProto, batched: list[str], out_axis: int)
     if batched != [data]:
         return False
     starts = constant_value(view.graph, node.input[1])
-    axes = constant_value(view.graph, node.input[3]) if len(node.input) > 3 and node.input[3] else None
-    if starts is None or (len(node.input) > 3 and node.input[3] and axes is None):
+    given = constant_value(view.graph, node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    if starts is None or (len(node.input) > 3 and node.input[3] and given is None):
         return False
-    axes = range(len(starts)) if axes is None else [int(a) for a in axes.reshape(-1)]
+    axes = range(len(starts)) if given is None else [int(a) for a in given.reshape(-1)]
     return all(a % view.rank(data) != view.axis(data) for a in axes)
 
 
@@ -200,15 +212,15 @@ def _gather(view: _View, node: onnx.NodeProto, batched: list[str], out_axis: int
     data, indices = node.input[0], node.input[1]
     if batched == [indices]:
         return True  # a table lookup: row b of the result reads row b of the indices
-    return batched == [data] and _attr(node, "axis", 0) % view.rank(data) != view.axis(data)
+    return batched == [data] and attribute(node, "axis", 0) % view.rank(data) != view.axis(data)
 
 
 def _layer_norm(view: _View, node: onnx.NodeProto, batched: list[str], out_axis: int) -> bool:
     data = node.input[0]
-    return batched == [data] and _attr(node, "axis", -1) % view.rank(data) > view.axis(data)
+    return batched == [data] and attribute(node, "axis", -1) % view.rank(data) > view.axis(data)
 
 
-_CHECKS: dict[str, Callable[[_View, onnx.NodeProto, list[str], int], bool]] = {
+_CHECKS: dict[str, _Check] = {
     "MatMul": _matmul, "Gemm": _gemm, "Transpose": _transpose, "Concat": _concat, "Slice": _slice,
     "Gather": _gather, "LayerNormalization": _layer_norm,
 }

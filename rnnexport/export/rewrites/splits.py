@@ -33,9 +33,9 @@ from rnnexport.export.rewrites.graph import (
     dims,
     infer_types,
     rename_value,
-    subgraphs,
     toposort,
 )
+from rnnexport.graphs import attribute, subgraphs
 
 __all__ = ["fuse_split_gates"]
 
@@ -97,16 +97,11 @@ def _rewrite_once(model: onnx.ModelProto, g: GraphBuilder) -> bool:
     return False
 
 
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    found = next((a for a in node.attribute if a.name == name), None)
-    return default if found is None else helper.get_attribute_value(found)
-
-
 def _split_info(graph: onnx.GraphProto, node: onnx.NodeProto, types: Types) -> _Split | None:
-    if node.op_type != "Split" or node.domain or _attr(node, "split") is not None:
+    if node.op_type != "Split" or node.domain or attribute(node, "split") is not None:
         return None
     shape = dims(types.get(node.input[0]))
-    axis = _attr(node, "axis", 0)
+    axis = attribute(node, "axis", 0)
     if shape is None or not -len(shape) <= axis < len(shape):
         return None
     axis = axis - len(shape) if axis >= 0 else axis
@@ -173,7 +168,7 @@ def _sink_unary(ctx: _Context, split: _Split) -> bool:
     start, length = _longest_run(keys)
     if length < len(keys) and length < _MIN_UNARY_RUN:
         return False
-    run = readers[start:start + length]
+    run = [r for r in readers[start:start + length] if r is not None]  # all of them: their keys are set
     sizes = split.sizes[start:start + length]
     source = _run_value(ctx, split, start, length)
     activated = ctx.g.fresh("rw/" + run[0].op_type.lower())
@@ -196,8 +191,9 @@ def _longest_run(keys: list) -> tuple[int, int]:
 
 def _sink_constants(ctx: _Context, split: _Split) -> bool:
     """``op(p_i, c_i)`` for every output, ``c_i`` constant -> ``Split(op(P, concat(c_i)))``."""
-    readers = [ctx.sole_reader(o) for o in split.node.output]
-    if any(r is None or r.op_type not in _BINARY or len(r.input) != 2 for r in readers):
+    found = [ctx.sole_reader(o) for o in split.node.output]
+    readers = [r for r in found if r is not None]
+    if len(readers) != len(found) or any(r.op_type not in _BINARY or len(r.input) != 2 for r in readers):
         return False
     if len({r.op_type for r in readers}) != 1:
         return False
@@ -221,12 +217,13 @@ def _sink_constants(ctx: _Context, split: _Split) -> bool:
 
 def _join_constants(values: list[np.ndarray | None], sizes: tuple[int, ...], axis: int) -> np.ndarray | None:
     """``concat(c_i)`` along ``axis``, each ``c_i`` broadcast to its part's size; None if they differ."""
-    if any(v is None for v in values) or len({v.dtype for v in values}) != 1:
+    arrays = [v for v in values if v is not None]
+    if len(arrays) != len(values) or len({v.dtype for v in arrays}) != 1:
         return None
-    rank = max(max(v.ndim for v in values), -axis)
+    rank = max(max(v.ndim for v in arrays), -axis)
     at = rank + axis
     parts = []
-    for value, size in zip(values, sizes):
+    for value, size in zip(arrays, sizes):
         value = value.reshape((1,) * (rank - value.ndim) + value.shape)
         if value.shape[at] not in (1, size):
             return None
@@ -278,7 +275,8 @@ def _sink_pairs(ctx: _Context, split: _Split, splits: list[_Split]) -> bool:
 
 def _pair_run(pairs: list[_Pair]) -> list[_Pair]:
     """The longest run of pairs consecutive in both splits."""
-    best, current = [], []
+    best: list[_Pair] = []
+    current: list[_Pair] = []
     for pair in sorted(pairs, key=lambda p: p.i):
         if current and (pair.i, pair.j) == (current[-1].i + 1, current[-1].j + 1):
             current.append(pair)

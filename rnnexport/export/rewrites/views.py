@@ -26,10 +26,14 @@ from rnnexport.export.rewrites.graph import (
     rename_value,
     same_shape,
 )
+from rnnexport.graphs import attribute
 
-__all__ = ["drop_identity_views", "is_view"]
+__all__ = ["VIEW_OPS", "drop_identity_views", "is_view"]
 
-_RESHAPES = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
+#: Default-domain ops that only re-shape their first input, whatever the shapes:
+#: they keep every element, in order. The one definition of a view op; ``Slice``
+#: and ``Gather`` are views only in the cases :func:`is_view` checks.
+VIEW_OPS = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
 
 
 def _whole_slice(graph: onnx.GraphProto, node: onnx.NodeProto, types: Types) -> bool:
@@ -43,7 +47,7 @@ def _unit_gather(graph: onnx.GraphProto, node: onnx.NodeProto, types: Types) -> 
     """``Gather`` of a constant scalar index 0 or -1 along an axis of size 1: a squeeze."""
     index = constant_value(graph, node.input[1])
     shape = dims(types.get(node.input[0]))
-    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    axis = attribute(node, "axis", 0)
     if index is None or index.shape != () or int(index) not in (0, -1) or shape is None:
         return False
     return -len(shape) <= axis < len(shape) and shape[axis] == 1
@@ -53,7 +57,7 @@ def is_view(graph: onnx.GraphProto, node: onnx.NodeProto, types: Types) -> bool:
     """Whether ``node`` only re-shapes its first input: it keeps every element, in order."""
     if node.domain or not node.input or len(node.output) != 1:
         return False
-    if node.op_type in _RESHAPES:
+    if node.op_type in VIEW_OPS:
         return True
     if node.op_type == "Slice":
         return _whole_slice(graph, node, types)

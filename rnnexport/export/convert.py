@@ -1,4 +1,4 @@
-"""``rnnexport.convert`` (this module is ``rnnexport.converter``): a source in, one checked ONNX file with explicit state out."""
+"""``rnnexport.convert``: a source in, one checked ONNX file with explicit state out."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ from pathlib import Path
 import onnx
 import torch
 
+from rnnexport.contract import Form, GraphInfo, Lowering, TensorSpec
 from rnnexport.errors import ConvertError
-from rnnexport.export import Attempt, GraphInfo, lower, write_info
-from rnnexport.export.onnxutil import atomic_save, check_model, check_writable, value_info
-from rnnexport.model import Form, Lowering, RecurrentModel, TensorSpec
+from rnnexport.export.lowerings import Attempt, lower
+from rnnexport.export.metadata import write_info
+from rnnexport.export.onnxutil import check_model, value_info
+from rnnexport.graphs import walk
+from rnnexport.io import atomic_write, check_writable
+from rnnexport.model import RecurrentModel
 from rnnexport.sources import SourceSpec, load_source
 
 __all__ = ["ConvertResult", "convert", "to_onnx"]
@@ -53,13 +57,7 @@ def _declare(onnx_model: onnx.ModelProto, inputs: list[TensorSpec], outputs: lis
 
 def count_nodes(graph: onnx.GraphProto) -> int:
     """Nodes in ``graph`` and every subgraph (a Scan body counts once)."""
-    total = 0
-    for node in graph.node:
-        total += 1
-        for attr in node.attribute:
-            subs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
-            total += sum(count_nodes(s) for s in subs)
-    return total
+    return sum(1 for _ in walk(graph))
 
 
 def to_onnx(
@@ -107,10 +105,10 @@ def convert(
             unwritable path; nothing is written then.
     """
     path = Path(path)
-    check_writable(path)
+    check_writable(path, "output", ConvertError)
     model = load_source(source)
     onnx_model, used, attempts, info = to_onnx(model, form, lowering, seq_len, progress)
-    size = atomic_save(onnx_model, path)
+    size = atomic_write(path, onnx_model.SerializeToString(), "output", ConvertError)
     return ConvertResult(
         path=path,
         form=Form(form),

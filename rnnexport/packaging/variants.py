@@ -12,7 +12,6 @@ out with the reason, never shipped silently.
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import subprocess
 import sys
@@ -22,71 +21,45 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from rnnexport.bundle import VariantEntry
+from rnnexport.contract import Form, IOSpec
 from rnnexport.errors import describe
-from rnnexport.model import Form, IOSpec
-from rnnexport.testing import feeds, max_errors, random_inputs, random_state
+from rnnexport.graphs import walk_graphs
+from rnnexport.ort import start_session
+from rnnexport.verification.compare import Tolerance, compare
+from rnnexport.verification.inputs import random_inputs, random_state
 
-__all__ = ["TOLERANCES", "VARIANTS", "VariantResult", "make_variant"]
+__all__ = ["TOLERANCES", "VARIANTS", "make_variant"]
 
 VARIANTS = ("ort", "int8", "fp16")
 #: (atol, range_atol, rtol) each variant must meet against the float32 graph: every element
 #: has ``|a - b| <= atol + range_atol * max|b| + rtol * |b|``, where ``max|b|`` is the output's
 #: largest magnitude in that case (quantization error scales with it).
-TOLERANCES = {"ort": (1e-5, 0.0, 1e-4), "int8": (5e-2, 5e-2, 1e-1), "fp16": (1e-2, 1e-2, 1e-2)}
+TOLERANCES = {"ort": Tolerance("float32", 1e-5, 1e-4), "int8": Tolerance("int8", 5e-2, 1e-1, range_atol=5e-2),
+              "fp16": Tolerance("float16", 1e-2, 1e-2, range_atol=1e-2)}
 #: At least this fraction of the float32 weights must become int8 for the variant to be worth shipping.
 INT8_MIN_QUANTIZED = 0.5
 
 
-@dataclasses.dataclass(frozen=True)
-class VariantResult:
-    """One variant: made and verified (``ok``), or left out with the reason."""
-
-    name: str
-    of: str
-    ok: bool
-    reason: str = ""
-    files: tuple[str, ...] = ()
-    size_bytes: int = 0
-    tolerance: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    figures: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    notes: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        data = {"name": self.name, "of": self.of, "status": "ok" if self.ok else "skipped"}
-        if self.reason:
-            data["reason"] = self.reason
-        if self.files:
-            data["files"] = list(self.files)
-            data["size_bytes"] = self.size_bytes
-        if self.figures:
-            data["tolerance"] = dict(zip(("atol", "range_atol", "rtol"), self.tolerance))
-            data["figures"] = self.figures
-        if self.notes:
-            data["notes"] = self.notes
-        return data
-
-
 def _fp16_graph(graph: onnx.GraphProto) -> int:
     """Store ``graph``'s float32 weights (and its subgraphs') as float16, cast back at load."""
-    casts, converted = [], 0
-    for tensor in graph.initializer:
-        array = numpy_helper.to_array(tensor) if tensor.data_type == onnx.TensorProto.FLOAT else None
-        if array is None or array.size < 16:
-            continue
-        name = tensor.name
-        tensor.CopyFrom(numpy_helper.from_array(array.astype(np.float16), name + ".fp16"))
-        casts.append(helper.make_node("Cast", [name + ".fp16"], [name], name=f"cast_{name}", to=onnx.TensorProto.FLOAT))
-        converted += array.size
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                converted += _fp16_graph(sub)
-    nodes = casts + list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes)
+    converted = 0
+    for sub in list(walk_graphs(graph)):
+        casts = []
+        for tensor in sub.initializer:
+            array = numpy_helper.to_array(tensor) if tensor.data_type == onnx.TensorProto.FLOAT else None
+            if array is None or array.size < 16:
+                continue
+            name = tensor.name
+            tensor.CopyFrom(numpy_helper.from_array(array.astype(np.float16), name + ".fp16"))
+            casts.append(helper.make_node("Cast", [name + ".fp16"], [name], name=f"cast_{name}",
+                                          to=onnx.TensorProto.FLOAT))
+            converted += array.size
+        nodes = casts + list(sub.node)
+        del sub.node[:]
+        sub.node.extend(nodes)
     return converted
 
 
@@ -124,8 +97,8 @@ def _int8(source: Path, target: Path, family: str | None) -> str:
                "few weights are in quantizable operators")
         raise _Skip(f"{why}: only {share:.0%} of the weights would be int8 (the output head), so the "
                     "variant is not worth shipping")
-    ops = sorted({n.op_type for n in onnx.load(target).graph.node} - {"Identity"})
-    return f"{share:.0%} of the weights int8, file {ratio:.0%} of the float32 size; operators: {', '.join(ops)}"
+    operators = sorted({n.op_type for n in onnx.load(target).graph.node} - {"Identity"})
+    return f"{share:.0%} of the weights int8, file {ratio:.0%} of the float32 size; operators: {', '.join(operators)}"
 
 
 def _ort(source: Path, target: Path, config: Path) -> str:
@@ -163,33 +136,27 @@ def _cases(io: IOSpec, form: Form, seq_len: int | None) -> list[tuple[np.ndarray
     return cases + [(random_inputs(io, form, 4, seq_len or 1, rng), random_state(io, 4, rng, 0.5))]
 
 
-def compare(reference: Path, candidate: Path, io: IOSpec, form: Form, seq_len: int | None,
-            atol: float, range_atol: float, rtol: float) -> dict[str, dict[str, Any]]:
-    """Worst errors of ``candidate`` against ``reference`` per output on the CPU EP.
-
-    An output passes when every element has ``|a - b| <= atol + range_atol * max|b| + rtol * |b|``.
-    """
-    ref = ort.InferenceSession(str(reference), providers=["CPUExecutionProvider"])
-    cand = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
+def check(reference: Path, candidate: Path, io: IOSpec, form: Form, seq_len: int | None,
+          tol: Tolerance) -> dict[str, dict[str, Any]]:
+    """Worst errors of ``candidate`` against ``reference`` per output on the CPU EP, by the one comparator."""
+    ref = start_session(reference, "cpu").session
+    cand = start_session(candidate, "cpu").session
     names = [s.name for s in io.outputs(form)]
     figures = {n: {"max_abs": 0.0, "max_rel": 0.0, "range": 0.0, "passed": True} for n in names}
     for x, state in _cases(io, form, seq_len):
-        for name, a, b in zip(names, cand.run(names, feeds(io, x, state)), ref.run(names, feeds(io, x, state))):
-            abs_err, rel_err = max_errors(a, b)
-            if not np.isfinite(a).all():
-                abs_err = rel_err = float("inf")
-            figures[name]["max_abs"] = max(figures[name]["max_abs"], abs_err)
-            figures[name]["max_rel"] = max(figures[name]["max_rel"], rel_err)
-            scale = float(np.abs(b).max()) if b.size else 0.0
-            figures[name]["range"] = max(figures[name]["range"], scale)
-            bound = atol + range_atol * scale + rtol * np.abs(b)
-            ok = bool(np.all(np.abs(a.astype(np.float64) - b) <= bound))
-            figures[name]["passed"] = figures[name]["passed"] and ok and bool(np.isfinite(a).all())
+        feeds = io.feeds(x, state)
+        for name, a, b in zip(names, cand.run(names, feeds), ref.run(names, feeds)):
+            found = compare(a, b, tol)
+            worst = figures[name]
+            worst["max_abs"] = max(worst["max_abs"], found.max_abs if found.max_abs is not None else float("inf"))
+            worst["max_rel"] = max(worst["max_rel"], found.max_rel if found.max_rel is not None else float("inf"))
+            worst["range"] = max(worst["range"], float(np.abs(b).max()) if b.size else 0.0)
+            worst["passed"] = worst["passed"] and found.passed and bool(np.isfinite(a).all())
     return figures
 
 
 def make_variant(name: str, graph: str, source: Path, folder: Path, io: IOSpec, form: Form,
-                 seq_len: int | None, family: str | None) -> VariantResult:
+                 seq_len: int | None, family: str | None) -> VariantEntry:
     """Make variant ``name`` of the graph file ``source`` into ``folder/variants``; verify it."""
     stem = source.stem
     out = folder / "variants"
@@ -204,24 +171,31 @@ def make_variant(name: str, graph: str, source: Path, folder: Path, io: IOSpec, 
             notes = _int8(source, target, family)
         else:
             notes = _fp16(source, target)
-        figures = compare(source, target, io, form, seq_len, *tolerance)
+        figures = check(source, target, io, form, seq_len, tolerance)
     except _Skip as e:
         return _left_out(name, graph, files, str(e))
     except Exception as e:  # noqa: BLE001 - a variant that fails to build is left out, not fatal
         return _left_out(name, graph, files, f"could not be made: {describe(e)}")
     if not all(f["passed"] for f in figures.values()):
         worst = max(f["max_abs"] for f in figures.values())
-        return _left_out(name, graph, files, f"misses its tolerance (max abs error {worst:.3g} > {tolerance[0]:g})",
+        return _left_out(name, graph, files, f"misses its tolerance (max abs error {worst:.3g}; {tolerance.describe()})",
                          figures=figures, tolerance=tolerance)
     rel = tuple(p.relative_to(folder).as_posix() for p in files)
-    return VariantResult(name, graph, True, files=rel, size_bytes=target.stat().st_size,
-                         tolerance=tolerance, figures=figures, notes=notes)
+    return VariantEntry(name, graph, True, files=rel, size_bytes=target.stat().st_size,
+                        tolerance=_triple(tolerance), figures=figures, notes=notes)
 
 
-def _left_out(name: str, graph: str, files: list[Path], reason: str, **extra) -> VariantResult:
+def _triple(tol: Tolerance) -> tuple[float, float, float]:
+    """The manifest's ``(atol, range_atol, rtol)``."""
+    return (tol.atol, tol.range_atol, tol.rtol)
+
+
+def _left_out(name: str, graph: str, files: list[Path], reason: str,
+              figures: dict[str, dict[str, Any]] | None = None, tolerance: Tolerance | None = None) -> VariantEntry:
     for path in files:
         path.unlink(missing_ok=True)
     out = files[0].parent
     if out.exists() and not any(out.iterdir()):
         out.rmdir()
-    return VariantResult(name, graph, False, reason=reason, **extra)
+    return VariantEntry(name, graph, False, reason=reason, figures=figures or {},
+                        tolerance=_triple(tolerance) if tolerance else (0.0, 0.0, 0.0))

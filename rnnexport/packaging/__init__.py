@@ -1,4 +1,4 @@
-"""``rnnexport.package`` (this package is ``rnnexport.bundler``): a verified bundle an edge app embeds.
+"""``rnnexport.package``: a verified bundle an edge app embeds.
 
 A bundle folder holds ``model.onnx`` (and ``step/model.onnx``), ``manifest.json``,
 test vectors in ONNX's layout and the variants that passed their checks. It is
@@ -11,26 +11,26 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
-from rnnexport.bundler.bundle import MANIFEST, Bundle, checksum_problems, open_bundle
-from rnnexport.bundler.manifest import build_manifest, graph_entry, write_manifest
-from rnnexport.bundler.variants import VARIANTS, VariantResult, make_variant
-from rnnexport.bundler.vectors import write_set
-from rnnexport.bundler.zipio import write_zip
-from rnnexport.errors import BundleError, describe
-from rnnexport.export.metadata import GraphInfo, read_info
-from rnnexport.model import Form, RecurrentModel
-from rnnexport.testing import random_inputs, random_state
+from rnnexport.bundle import MANIFEST, Manifest, VariantEntry, VectorEntry, write_zip
+from rnnexport.bundle.inspect import graph_entry
+from rnnexport.bundle.vectors import write_set
+from rnnexport.contract import Form, GraphInfo
+from rnnexport.errors import BundleError, ContractError, describe
+from rnnexport.export.metadata import read_info
+from rnnexport.io import temp_folder
+from rnnexport.model import RecurrentModel
+from rnnexport.ort import start_session
+from rnnexport.packaging.manifest import build_manifest, write_manifest
+from rnnexport.packaging.variants import VARIANTS, make_variant
+from rnnexport.verification.inputs import random_inputs, random_state
 
-__all__ = ["VARIANTS", "Bundle", "PackageResult", "checksum_problems", "open_bundle", "package"]
+__all__ = ["VARIANTS", "PackageResult", "package"]
 
 VECTOR_BATCH = 2
 SINGLE_T, STREAM_T = 8, (5, 4)
@@ -42,9 +42,29 @@ class PackageResult:
 
     folder: Path
     archive: Path | None
-    manifest: dict[str, Any]
-    variants: tuple[VariantResult, ...]
+    manifest: Manifest
+    variants: tuple[VariantEntry, ...]
     expected_from: str
+
+    def lines(self) -> list[str]:
+        """A summary for people: graphs, vectors, variants, files."""
+        manifest = self.manifest
+        lines = [f"packaged {manifest.description} -> {self.folder}"]
+        for name, graph in manifest.graphs.items():
+            lines.append(f"  graph     {name}: {graph.file} ({graph.lowering}, operators {', '.join(graph.operators)})")
+        lines.append(f"  vectors   {len(manifest.test_vectors)} test sets, expected outputs from {self.expected_from}")
+        for variant in self.variants:
+            if variant.ok:
+                worst = max(f["max_abs"] for f in variant.figures.values())
+                lines.append(f"  variant   {variant.name}: {', '.join(variant.files)} ({variant.size_bytes / 1e3:.0f} kB, "
+                             f"max abs error {worst:.2g} vs float32)")
+            else:
+                lines.append(f"  variant   {variant.name}: left out: {variant.reason}")
+        total = sum(f.size or 0 for f in manifest.files)
+        lines.append(f"  files     {len(manifest.files)} files, {total / 1e6:.2f} MB, SHA-256 in manifest.json")
+        if self.archive:
+            lines.append(f"  archive   {self.archive}")
+        return lines
 
 
 def _load_graph(path: Path, form: Form | None = None) -> tuple[onnx.ModelProto, GraphInfo]:
@@ -52,7 +72,10 @@ def _load_graph(path: Path, form: Form | None = None) -> tuple[onnx.ModelProto, 
         model = onnx.load(path)
     except Exception as e:  # noqa: BLE001 - any parse failure means "not an ONNX file"
         raise BundleError(f"{path} is not a readable ONNX model ({describe(e)})") from e
-    info = read_info(model)
+    try:
+        info = read_info(model)
+    except ContractError as e:
+        raise BundleError(f"{path} has malformed rnnexport metadata: {e}; convert it again") from e
     if info is None:
         raise BundleError(f"{path} has no rnnexport I/O contract in its metadata; convert it with "
                           "`rnnexport convert` first")
@@ -68,7 +91,7 @@ class _Expect:
     def __init__(self, path: Path, info: GraphInfo, source: RecurrentModel | None) -> None:
         self.source = source
         self.info = info
-        self.session = None if source else ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.session = None if source else start_session(path, "cpu", name=str(path)).session
 
     @property
     def name(self) -> str:
@@ -79,11 +102,12 @@ class _Expect:
             run = self.source.run_step if self.info.form is Form.STEP else self.source.run_sequence
             return [np.ascontiguousarray(a) for a in run(x, state)]
         names = [s.name for s in self.info.io.outputs(self.info.form)]
-        return self.session.run(names, {"x": x, **dict(zip(self.info.io.state.names, state))})
+        assert self.session is not None
+        return self.session.run(names, self.info.io.feeds(x, state))
 
 
 def _vectors(root: Path, prefix: str, graph: str, path: Path, info: GraphInfo,
-             source: RecurrentModel | None, vocabulary: int | None) -> tuple[list[dict[str, Any]], str]:
+             source: RecurrentModel | None, vocabulary: int | None) -> tuple[list[VectorEntry], str]:
     io, form = info.io, info.form
     expect = _Expect(path, info, source)
     rng = np.random.default_rng(2024)
@@ -96,32 +120,33 @@ def _vectors(root: Path, prefix: str, graph: str, path: Path, info: GraphInfo,
                              vocabulary=vocabulary)
 
     entries = []
-    state = random_state(io, VECTOR_BATCH, rng, 0.5)
+    state: list[np.ndarray] | None = random_state(io, VECTOR_BATCH, rng, 0.5)
     x = x_for(SINGLE_T)
-    sets = [("single", None, x, state)]
+    sets: list[tuple[str, int | None, np.ndarray, list[np.ndarray] | None]] = [("single", None, x, state)]
     state = [s.copy() for s in io.state.zeros(VECTOR_BATCH)]
+    call: int | None  # a stream call's number, None for the single set
     for call, t in enumerate(STREAM_T):
         sets.append(("stream", call, x_for(t), state))
         state = None  # filled from the previous call's outputs below
-    previous = None
+    previous: list[np.ndarray] | None = None
     for index, (kind, call, x, state) in enumerate(sets):
-        if kind == "stream" and call > 0:
+        if kind == "stream" and call is not None and call > 0:  # a stream call is numbered
+            assert previous is not None  # call 0 ran before
             state = previous[1:]
+        assert state is not None  # single and call 0 carry a state, later calls take the previous one
         outputs = expect(x, state)
         previous = outputs
         folder = f"{prefix}test_data_set_{index}"
         write_set(root / folder, list(zip(in_names, [x, *state])), list(zip(out_names, outputs)))
-        entry = {"dir": folder, "graph": graph, "kind": kind, "batch": VECTOR_BATCH,
-                 "seq_len": None if form is Form.STEP else int(x.shape[io.time_axis])}
-        if kind == "stream":
-            entry.update(stream=0, call=call)
-        entries.append(entry)
+        entries.append(VectorEntry(folder, graph, kind, 0 if kind == "stream" else None, call, VECTOR_BATCH,
+                                   None if form is Form.STEP else int(x.shape[io.time_axis]), expect.name))
     return entries, expect.name
 
 
 def _vocabulary(source: RecurrentModel | None) -> int | None:
     card = getattr(source, "card", None) or {}
-    return len(card["vocabulary"]) if card.get("vocabulary") and source.io.x_dtype == "int64" else None
+    return (len(card["vocabulary"]) if card.get("vocabulary") and source is not None and source.io.x_dtype == "int64"
+            else None)
 
 
 def _check_source(source: RecurrentModel, info: GraphInfo, path: Path) -> None:
@@ -136,7 +161,7 @@ def _move_into_place(tmp: Path, folder: Path, force: bool) -> None:
     if folder.exists():
         if not force:
             raise BundleError(f"{folder} already exists; remove it or pass --force to replace it")
-        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+        old = temp_folder(folder)
         os.replace(folder, old / folder.name)
         os.replace(tmp, folder)
         shutil.rmtree(old, ignore_errors=True)
@@ -181,7 +206,7 @@ def package(
     parent = out_dir.parent if str(out_dir.parent) else Path(".")
     if not parent.is_dir():
         raise BundleError(f"cannot create {out_dir}: folder {parent} does not exist")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
+    tmp = temp_folder(out_dir)
     try:
         result = _build(tmp, model_path, model, info, step, step_path, source, variants)
         _move_into_place(tmp, out_dir, force)
@@ -208,11 +233,9 @@ def _build(tmp: Path, model_path: Path, model, info, step, step_path, source, va
         graphs["step"] = graph_entry("step/model.onnx", step[0], step[1])
         more, _ = _vectors(tmp, "step/", "step", tmp / "step" / "model.onnx", step[1], source, vocabulary)
         vectors += more
-    for entry in vectors:
-        entry["expected_from"] = expected
     results = [make_variant(v, main_graph, tmp / "model.onnx", tmp, info.io, info.form, info.seq_len,
                             info.cell_family) for v in dict.fromkeys(variants)]
-    manifest = build_manifest(tmp, info, graphs, [r.to_json() for r in results], vectors)
+    manifest = build_manifest(tmp, info, graphs, results, vectors)
     write_manifest(tmp, manifest)
     assert (tmp / MANIFEST).is_file()
     return manifest, results, expected

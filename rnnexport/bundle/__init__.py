@@ -1,0 +1,37 @@
+"""The bundle format: a typed manifest, the one reader, and the deterministic zip writer.
+
+Torch-free. :mod:`rnnexport.bundle.vectors` (test sets as ONNX TensorProtos) needs onnx
+and is imported on its own.
+"""
+
+from __future__ import annotations
+
+from rnnexport.bundle.archive import write_zip
+from rnnexport.bundle.manifest import (
+    MANIFEST,
+    SCHEMA,
+    FileEntry,
+    GraphEntry,
+    Manifest,
+    VariantEntry,
+    VectorEntry,
+    safe_path,
+)
+from rnnexport.bundle.reader import DEFAULT_LIMITS, Bundle, GraphSource, ZipLimits, open_bundle
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "MANIFEST",
+    "SCHEMA",
+    "Bundle",
+    "FileEntry",
+    "GraphEntry",
+    "GraphSource",
+    "Manifest",
+    "VariantEntry",
+    "VectorEntry",
+    "ZipLimits",
+    "open_bundle",
+    "safe_path",
+    "write_zip",
+]

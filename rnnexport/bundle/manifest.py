@@ -1,0 +1,315 @@
+"""The bundle manifest (schema ``rnnexport.bundle/1``, documented in docs/bundle.md) as typed data.
+
+:meth:`Manifest.from_json` is the only parser of ``manifest.json``: it checks
+every field's type, bounds every count and size, and keeps every named path
+inside the bundle before anything else reads it. Torch-free (standard library).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from pathlib import PurePosixPath
+from typing import Any
+
+from rnnexport.contract import MAX_DIM, Form, IOSpec
+from rnnexport.errors import BundleError, ContractError
+
+__all__ = [
+    "MANIFEST",
+    "MAX_ENTRIES",
+    "SCHEMA",
+    "FileEntry",
+    "GraphEntry",
+    "Manifest",
+    "VariantEntry",
+    "VectorEntry",
+    "safe_path",
+]
+
+MANIFEST = "manifest.json"
+SCHEMA = "rnnexport.bundle/1"
+#: The most entries any list of a manifest may hold.
+MAX_ENTRIES = 4096
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def safe_path(name: Any, what: str = "manifest") -> str:
+    """``name`` as a normalised relative POSIX path inside the bundle, or a :class:`BundleError`."""
+    if not isinstance(name, str) or not name or len(name) > 512:
+        raise BundleError(f"{what} names a file {name!r:.80}: expected a relative path")
+    path = PurePosixPath(name)
+    if name.startswith(("/", "\\")) or path.is_absolute() or ".." in path.parts or "\\" in name \
+            or ":" in path.parts[0] or "\0" in name:
+        raise BundleError(f"{what} names an unsafe path {name!r:.80}: only paths inside the bundle are allowed")
+    return str(path)
+
+
+def _list(data: Mapping[str, Any], key: str, required: bool = False) -> list[Any]:
+    value = data.get(key)
+    if value is None and not required:
+        return []
+    if not isinstance(value, list):
+        raise BundleError(f"manifest: {key} must be a list, got {type(value).__name__}")
+    if len(value) > MAX_ENTRIES:
+        raise BundleError(f"manifest: {key} lists {len(value)} entries, over the limit of {MAX_ENTRIES}")
+    return value
+
+
+def _object(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise BundleError(f"manifest has a malformed {what} entry {value!r:.80}: expected an object")
+    return value
+
+
+def _int(value: Any, what: str, low: int = 0, high: int = 1 << 40, optional: bool = True) -> int | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise BundleError(f"manifest: {what} must be an int from {low} to {high}, got {value!r:.40}")
+    return value
+
+
+def _str(value: Any, what: str, optional: bool = True, limit: int = 4096) -> str:
+    if value is None and optional:
+        return ""
+    if not isinstance(value, str) or len(value) > limit:
+        raise BundleError(f"manifest: {what} must be a string, got {value!r:.40}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class FileEntry:
+    """One file of the bundle with its size and SHA-256."""
+
+    path: str
+    size: int | None
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "size": self.size, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, data: Any) -> FileEntry:
+        data = _object(data, "files")
+        if "path" not in data or "sha256" not in data:
+            raise BundleError(f"manifest has a malformed files entry {dict(data)!r:.80}: needs path and sha256")
+        digest = _str(data["sha256"], "files sha256", optional=False).lower()
+        entry = cls(safe_path(data["path"]), _int(data.get("size"), "files size"), digest)
+        if not _SHA256.match(digest):
+            raise BundleError(f"manifest: {entry.path} has a malformed SHA-256 {digest!r:.80}")
+        return entry
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphEntry:
+    """One graph of the bundle: its file, form, and what the manifest records about it."""
+
+    file: str
+    form: Form
+    lowering: str = ""
+    seq_len: int | None = None
+    ir_version: int | None = None
+    opset: dict[str, int] = dataclasses.field(default_factory=dict)
+    operators: tuple[str, ...] = ()
+    inputs: tuple[dict[str, Any], ...] = ()
+    outputs: tuple[dict[str, Any], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "form": self.form.value, "lowering": self.lowering, "seq_len": self.seq_len,
+                "ir_version": self.ir_version, "opset": dict(self.opset), "operators": list(self.operators),
+                "inputs": list(self.inputs), "outputs": list(self.outputs)}
+
+    @classmethod
+    def from_json(cls, key: str, data: Any) -> GraphEntry:
+        data = _object(data, f"graphs {key}")
+        form = data.get("form", key)
+        if form not in [f.value for f in Form]:
+            raise BundleError(f"manifest: graph {key!r:.40} has form {form!r:.40}; expected step or sequence")
+        opset = data.get("opset") or {}
+        if not isinstance(opset, Mapping) or not all(isinstance(v, int) for v in opset.values()):
+            raise BundleError(f"manifest: graph {key} has a malformed opset {opset!r:.80}")
+        operators = data.get("operators") or []
+        if not isinstance(operators, list) or not all(isinstance(o, str) for o in operators):
+            raise BundleError(f"manifest: graph {key} has malformed operators")
+        tensors = {k: data.get(k) or [] for k in ("inputs", "outputs")}
+        if not all(isinstance(v, list) and len(v) <= 64 for v in tensors.values()):
+            raise BundleError(f"manifest: graph {key} has malformed inputs or outputs")
+        return cls(safe_path(data.get("file"), f"manifest graph {key}"), Form(form), _str(data.get("lowering"), "lowering"),
+                   _int(data.get("seq_len"), "graph seq_len", 1, MAX_DIM), _int(data.get("ir_version"), "ir_version"),
+                   dict(opset), tuple(operators), tuple(tensors["inputs"]), tuple(tensors["outputs"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class VectorEntry:
+    """One test data set: ``input_K.pb`` / ``output_K.pb`` in graph input/output order.
+
+    ``kind`` is ``"single"`` (a call on its own, with the state its inputs hold)
+    or ``"stream"``: call number ``call`` of stream ``stream``, whose state inputs
+    are the state outputs of the stream's previous call.
+    """
+
+    dir: str
+    graph: str
+    kind: str = "single"
+    stream: int | None = None
+    call: int | None = None
+    batch: int | None = None
+    seq_len: int | None = None
+    expected_from: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"dir": self.dir, "graph": self.graph, "kind": self.kind, "batch": self.batch,
+                                "seq_len": self.seq_len}
+        if self.kind == "stream":
+            data.update(stream=self.stream, call=self.call)
+        if self.expected_from:
+            data["expected_from"] = self.expected_from
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> VectorEntry:
+        data = _object(data, "test_vectors")
+        if "dir" not in data or "graph" not in data:
+            raise BundleError(f"manifest has a malformed test_vectors entry {dict(data)!r:.80}: needs dir and graph")
+        kind = data.get("kind", "single")
+        if kind not in ("single", "stream"):
+            raise BundleError(f"manifest: test set kind {kind!r:.40} is neither single nor stream")
+        return cls(safe_path(data["dir"]), _str(data["graph"], "test_vectors graph", optional=False, limit=64), kind,
+                   _int(data.get("stream"), "test_vectors stream", 0, MAX_ENTRIES),
+                   _int(data.get("call"), "test_vectors call", 0, MAX_ENTRIES),
+                   _int(data.get("batch"), "test_vectors batch", 1, MAX_DIM),
+                   _int(data.get("seq_len"), "test_vectors seq_len", 1, MAX_DIM),
+                   _str(data.get("expected_from"), "expected_from", limit=64))
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantEntry:
+    """One variant: made and verified (``ok``), or left out with the reason."""
+
+    name: str
+    of: str
+    ok: bool
+    reason: str = ""
+    files: tuple[str, ...] = ()
+    size_bytes: int = 0
+    tolerance: tuple[float, float, float] = (0.0, 0.0, 0.0)  # (atol, range_atol, rtol)
+    figures: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    notes: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "of": self.of, "status": "ok" if self.ok else "skipped"}
+        if self.reason:
+            data["reason"] = self.reason
+        if self.files:
+            data["files"] = list(self.files)
+            data["size_bytes"] = self.size_bytes
+        if self.figures:
+            data["tolerance"] = dict(zip(("atol", "range_atol", "rtol"), self.tolerance))
+            data["figures"] = self.figures
+        if self.notes:
+            data["notes"] = self.notes
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> VariantEntry:
+        data = _object(data, "variants")
+        status = data.get("status")
+        if status not in ("ok", "skipped"):
+            raise BundleError(f"manifest: variant status {status!r:.40} is neither ok nor skipped")
+        files = [safe_path(f, "manifest variant") for f in _list(data, "files")]
+        tol = data.get("tolerance") or {}
+        if not isinstance(tol, Mapping) or not all(isinstance(tol.get(k, 0.0), (int, float))
+                                                    for k in ("atol", "range_atol", "rtol")):
+            raise BundleError("manifest: a variant has a malformed tolerance")
+        figures = data.get("figures") or {}
+        if not isinstance(figures, Mapping):
+            raise BundleError("manifest: a variant has malformed figures")
+        return cls(_str(data.get("name"), "variant name", optional=False, limit=64),
+                   _str(data.get("of"), "variant of", limit=64), status == "ok", _str(data.get("reason"), "reason"),
+                   tuple(files), _int(data.get("size_bytes"), "variant size_bytes") or 0,
+                   (float(tol.get("atol", 0.0)), float(tol.get("range_atol", 0.0)), float(tol.get("rtol", 0.0))),
+                   {str(k): dict(v) for k, v in figures.items() if isinstance(v, Mapping)},
+                   _str(data.get("notes"), "notes"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """A parsed ``manifest.json``.
+
+    Attributes:
+        io: the I/O contract (the state's shapes and initial value included).
+        graphs: by form name (``"sequence"``, ``"step"``).
+        files: every file but the manifest, with size and SHA-256.
+        created_by, model: provenance, as written (versions; description, source kind,
+            cell family, parameter hash, origin).
+    """
+
+    io: IOSpec
+    graphs: dict[str, GraphEntry]
+    files: tuple[FileEntry, ...]
+    test_vectors: tuple[VectorEntry, ...] = ()
+    variants: tuple[VariantEntry, ...] = ()
+    created_by: dict[str, str] = dataclasses.field(default_factory=dict)
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)
+    schema: str = SCHEMA
+
+    @property
+    def description(self) -> str:
+        return str(self.model.get("description", ""))
+
+    def file(self, path: str) -> FileEntry | None:
+        """The files entry of ``path``, or None when the manifest lists no such file."""
+        return next((f for f in self.files if f.path == path), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "created_by": dict(self.created_by),
+            "model": dict(self.model),
+            "io": self.io.to_json(),
+            "state": self.io.state.to_json(),
+            "graphs": {k: g.to_json() for k, g in self.graphs.items()},
+            "variants": [v.to_json() for v in self.variants],
+            "test_vectors": [t.to_json() for t in self.test_vectors],
+            "files": [f.to_json() for f in self.files],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "the bundle") -> Manifest:
+        """Parse and check a manifest.
+
+        Raises:
+            BundleError: unknown schema, a missing or malformed field, an unsafe path,
+                or a count over :data:`MAX_ENTRIES`.
+        """
+        if not isinstance(data, Mapping):
+            raise BundleError(f"{MANIFEST} of {where} is not a JSON object")
+        schema = data.get("schema")
+        if schema != SCHEMA:
+            raise BundleError(f"bundle {where} has schema {schema!r:.60}; this runtime reads {SCHEMA!r} "
+                              f"(upgrade rnnexport, or repackage the model)")
+        if "io" not in data:
+            raise BundleError(f"manifest of {where} holds no I/O contract ('io')")
+        try:
+            io = IOSpec.from_json(data["io"])
+        except ContractError as e:
+            raise BundleError(f"manifest of {where}: {e}") from e
+        files = tuple(FileEntry.from_json(f) for f in _list(data, "files"))
+        if not files:
+            raise BundleError(f"manifest of {where} lists no files to check")
+        graphs = data.get("graphs")
+        if not isinstance(graphs, Mapping) or not graphs:
+            raise BundleError(f"manifest of {where} lists no graphs")
+        if len(graphs) > 16:
+            raise BundleError(f"manifest of {where} lists {len(graphs)} graphs (at most 16)")
+        parsed = {str(k): GraphEntry.from_json(str(k), v) for k, v in graphs.items()}
+        created_by = data.get("created_by") or {}
+        model = data.get("model") or {}
+        if not isinstance(created_by, Mapping) or not isinstance(model, Mapping):
+            raise BundleError(f"manifest of {where}: created_by and model must be objects")
+        return cls(io, parsed, files,
+                   tuple(VectorEntry.from_json(v) for v in _list(data, "test_vectors")),
+                   tuple(VariantEntry.from_json(v) for v in _list(data, "variants")),
+                   {str(k): str(v) for k, v in created_by.items()}, dict(model), SCHEMA)

@@ -1,0 +1,312 @@
+"""The one bundle reader: a bundle folder, a zip of one (read in memory), a bare .onnx, an ONNX test folder.
+
+Everything read here is untrusted data. Zip members are checked against
+:class:`ZipLimits` from the archive's own headers before a byte is inflated;
+every path stays inside the bundle; every size is bounded before reading; every
+file the manifest lists is checked against its size and SHA-256 when the bundle
+is opened, and every graph and test set it names must be among them. Nothing is
+extracted to disk. Torch-free (standard library only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import stat
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Protocol
+
+from rnnexport.bundle.manifest import MANIFEST, Manifest, VectorEntry, safe_path
+from rnnexport.contract import Form, IOSpec
+from rnnexport.errors import BundleError
+
+__all__ = ["DEFAULT_LIMITS", "Bundle", "GraphSource", "ZipLimits", "open_bundle"]
+
+#: The graph file of a plain ONNX test folder.
+TEST_FOLDER_MODEL = "model.onnx"
+_TEST_SET = re.compile(r"^test_data_set_(\d{1,6})$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ZipLimits:
+    """What a bundle zip may declare, checked from its central directory before reading.
+
+    Attributes:
+        max_members: entries in the archive.
+        max_member_bytes: uncompressed size of one entry.
+        max_total_bytes: uncompressed size of all entries together.
+        max_ratio: uncompressed / compressed size of an entry over ``ratio_floor`` bytes,
+            and of the whole archive (a zip bomb's signature).
+        ratio_floor: entries at most this large are exempt from the per-entry ratio.
+        max_manifest_bytes: size of ``manifest.json``.
+    """
+
+    max_members: int = 4096
+    max_member_bytes: int = 2 * 1024**3
+    max_total_bytes: int = 4 * 1024**3
+    max_ratio: float = 200.0
+    ratio_floor: int = 64 * 1024
+    max_manifest_bytes: int = 16 * 1024**2
+
+
+DEFAULT_LIMITS = ZipLimits()
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphSource:
+    """One graph to load: its form (None until a bare model's metadata is read), name, and path or bytes."""
+
+    form: Form | None
+    name: str
+    model: str | bytes
+
+
+class _Reader(Protocol):
+    where: Path
+
+    def read(self, name: str, limit: int) -> bytes: ...
+
+    def size(self, name: str) -> int: ...
+
+    def model(self, name: str) -> str | bytes: ...
+
+    def names(self) -> list[str]: ...
+
+
+class _FolderReader:
+    def __init__(self, root: Path) -> None:
+        self.where = root
+        self.root = root.resolve()
+
+    def _path(self, name: str) -> Path:
+        path = (self.root / safe_path(name)).resolve()
+        if not path.is_relative_to(self.root):
+            raise BundleError(f"bundle {self.where}: {name} leads outside the bundle (a link?)")
+        return path
+
+    def size(self, name: str) -> int:
+        try:
+            return self._path(name).stat().st_size
+        except OSError as e:
+            raise BundleError(f"bundle {self.where} lacks {name}: {e.strerror}") from e
+
+    def read(self, name: str, limit: int) -> bytes:
+        path = self._path(name)
+        try:
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode):
+                raise BundleError(f"bundle {self.where}: {name} is not a regular file")
+            if info.st_size > limit:
+                raise BundleError(f"bundle {self.where}: {name} is {info.st_size} bytes, over the limit of {limit}")
+            return path.read_bytes()
+        except OSError as e:
+            raise BundleError(f"bundle {self.where} lacks {name}: {e.strerror}") from e
+
+    def model(self, name: str) -> str:
+        return str(self._path(name))  # by path, so external data files resolve
+
+    def names(self) -> list[str]:
+        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+
+
+class _ZipReader:
+    """Reads members of a bundle zip in memory; the archive's headers are checked once, up front."""
+
+    def __init__(self, path: Path, limits: ZipLimits) -> None:
+        self.where = path
+        self.limits = limits
+        try:
+            self.archive = zipfile.ZipFile(path)
+        except (OSError, zipfile.BadZipFile, ValueError) as e:
+            raise BundleError(f"cannot open bundle {path}: {e}") from e
+        infos = self.archive.infolist()
+        if len(infos) > limits.max_members:
+            raise BundleError(f"refusing {path}: it holds {len(infos)} entries, over the limit of "
+                              f"{limits.max_members}")
+        self.members: dict[str, zipfile.ZipInfo] = {}
+        for info in infos:
+            self._check(info)
+            if not info.is_dir():
+                self.members[info.filename] = info
+        total = sum(i.file_size for i in self.members.values())
+        packed = sum(i.compress_size for i in self.members.values())
+        if total > limits.max_total_bytes:
+            raise BundleError(f"refusing {path}: it declares {total} bytes once inflated, over the limit of "
+                              f"{limits.max_total_bytes}")
+        if total > limits.ratio_floor and total > limits.max_ratio * max(packed, 1):
+            raise BundleError(f"refusing {path}: it inflates {total / max(packed, 1):.0f} times (a zip bomb?)")
+        tops = [n for n in self.members if n.endswith("/" + MANIFEST) and n.count("/") == 1]
+        if MANIFEST in self.members:
+            self.prefix = ""
+        elif len(tops) == 1:
+            self.prefix = tops[0][: -len(MANIFEST)]
+        else:
+            raise BundleError(f"{path} holds no {MANIFEST} at its top: not an rnnexport bundle")
+
+    def _check(self, info: zipfile.ZipInfo) -> None:
+        name, limits = info.filename, self.limits
+        if name.startswith(("/", "\\")) or ".." in name.split("/") or "\\" in name or ":" in name.split("/")[0]:
+            raise BundleError(f"refusing {self.where}: entry {name!r:.80} points outside the bundle")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise BundleError(f"refusing {self.where}: entry {name!r:.80} is a symbolic link")
+        if info.file_size > limits.max_member_bytes:
+            raise BundleError(f"refusing {self.where}: entry {name!r:.80} declares {info.file_size} bytes, over "
+                              f"the limit of {limits.max_member_bytes}")
+        if info.file_size > limits.ratio_floor and info.file_size > limits.max_ratio * max(info.compress_size, 1):
+            raise BundleError(f"refusing {self.where}: entry {name!r:.80} inflates "
+                              f"{info.file_size / max(info.compress_size, 1):.0f} times (a zip bomb?)")
+
+    def _info(self, name: str) -> zipfile.ZipInfo:
+        info = self.members.get(self.prefix + safe_path(name))
+        if info is None:
+            raise BundleError(f"bundle {self.where} lacks {name}")
+        return info
+
+    def size(self, name: str) -> int:
+        return self._info(name).file_size
+
+    def read(self, name: str, limit: int) -> bytes:
+        info = self._info(name)
+        if info.file_size > limit:
+            raise BundleError(f"bundle {self.where}: {name} is {info.file_size} bytes, over the limit of {limit}")
+        try:
+            with self.archive.open(info) as member:
+                data = member.read(info.file_size + 1)  # CRC is checked when the member is read to its end
+        except (OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as e:
+            raise BundleError(f"cannot read {name} from bundle {self.where}: {e}; the zip is damaged") from e
+        if len(data) != info.file_size:
+            raise BundleError(f"cannot read {name} from bundle {self.where}: it inflates to {len(data)} bytes, "
+                              f"its header says {info.file_size}; the zip is damaged or altered")
+        return data
+
+    def model(self, name: str) -> bytes:
+        return self.read(name, self.limits.max_member_bytes)
+
+    def names(self) -> list[str]:
+        return sorted(n[len(self.prefix):] for n in self.members if n.startswith(self.prefix))
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """An opened, checked bundle, bare model or ONNX test folder.
+
+    Attributes:
+        path: what was opened.
+        kind: ``"folder"``, ``"zip"``, ``"model"`` (a bare .onnx) or ``"test-folder"``
+            (``model.onnx`` beside ``test_data_set_N/``, no manifest).
+        manifest: the parsed manifest; None for a bare model or a test folder.
+        graphs: by form (``"step"``, ``"sequence"``); for a bare model or a test folder,
+            by file name, with the form read later from the graph's metadata.
+        test_vectors: the manifest's test data sets (or a test folder's ``test_data_set_N``).
+    """
+
+    path: Path
+    kind: str
+    manifest: Manifest | None
+    graphs: dict[str, GraphSource]
+    test_vectors: tuple[VectorEntry, ...]
+    _reader: _Reader | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def contract(self) -> IOSpec | None:
+        """The manifest's I/O contract; None without a manifest (the graph's metadata holds it)."""
+        return self.manifest.io if self.manifest is not None else None
+
+    def read(self, name: str, limit: int = DEFAULT_LIMITS.max_member_bytes) -> bytes:
+        """The bytes of a file in the bundle (e.g. ``test_data_set_0/input_0.pb``), at most ``limit``."""
+        if self._reader is None:
+            raise BundleError(f"{self.path} is a bare model, not a bundle: it holds no {name}")
+        return self._reader.read(name, limit)
+
+    def files_in(self, folder: str) -> list[str]:
+        """The names of the files directly in ``folder`` (e.g. a test set), sorted."""
+        if self._reader is None:
+            return []
+        prefix = safe_path(folder).rstrip("/") + "/"
+        return [n for n in self._reader.names() if n.startswith(prefix) and "/" not in n[len(prefix):]]
+
+
+def _check_files(reader: _Reader, manifest: Manifest) -> set[str]:
+    problems = []
+    for entry in manifest.files:
+        size = reader.size(entry.path)
+        if entry.size is not None and size != entry.size:
+            problems.append(f"{entry.path} is {size} bytes, the manifest says {entry.size}")
+        elif hashlib.sha256(reader.read(entry.path, size)).hexdigest() != entry.sha256:
+            problems.append(f"{entry.path} does not match its SHA-256 in the manifest")
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise BundleError(f"checksum mismatch in bundle {reader.where}: {problems[0]}{more}; the bundle is "
+                          "damaged or altered")
+    return {f.path for f in manifest.files}
+
+
+def _graphs(reader: _Reader, manifest: Manifest, listed: set[str]) -> dict[str, GraphSource]:
+    found = {}
+    for key, entry in manifest.graphs.items():
+        if entry.file not in listed:
+            raise BundleError(f"graph {entry.file} of bundle {reader.where} has no checksum in the manifest's files")
+        found[key] = GraphSource(entry.form, entry.file, reader.model(entry.file))
+    return found
+
+
+def _check_vectors(reader: _Reader, manifest: Manifest, listed: set[str]) -> None:
+    names = reader.names()
+    for vector in manifest.test_vectors:
+        if vector.graph not in manifest.graphs:
+            raise BundleError(f"test set {vector.dir} of bundle {reader.where} is for graph {vector.graph!r:.40}, "
+                              f"which the manifest does not list")
+        inside = [n for n in names if n.startswith(vector.dir + "/")]
+        unlisted = [n for n in inside if n not in listed]
+        if unlisted:
+            raise BundleError(f"{unlisted[0]} of bundle {reader.where} has no checksum in the manifest's files")
+        if not any(n.startswith(vector.dir + "/input_") for n in inside):
+            raise BundleError(f"bundle {reader.where} lacks {vector.dir}/input_0.pb")
+
+
+def _from_manifest(path: Path, kind: str, reader: _Reader) -> Bundle:
+    data = reader.read(MANIFEST, DEFAULT_LIMITS.max_manifest_bytes)
+    try:
+        parsed = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise BundleError(f"{MANIFEST} of {path} is not JSON: {e}") from e
+    manifest = Manifest.from_json(parsed, str(path))
+    listed = _check_files(reader, manifest)
+    graphs = _graphs(reader, manifest, listed)
+    _check_vectors(reader, manifest, listed)
+    return Bundle(path, kind, manifest, graphs, manifest.test_vectors, reader)
+
+
+def _test_folder(path: Path) -> Bundle:
+    reader = _FolderReader(path)
+    sets = sorted((int(m[1]), p.name) for p in path.iterdir() if p.is_dir() and (m := _TEST_SET.match(p.name)))
+    vectors = tuple(VectorEntry(name, TEST_FOLDER_MODEL) for _, name in sets)
+    graph = GraphSource(None, TEST_FOLDER_MODEL, reader.model(TEST_FOLDER_MODEL))
+    return Bundle(path, "test-folder", None, {TEST_FOLDER_MODEL: graph}, vectors, reader)
+
+
+def open_bundle(path: str | os.PathLike, limits: ZipLimits = DEFAULT_LIMITS) -> Bundle:
+    """Open and check a bundle folder, a .zip of one, a bare ``.onnx`` model, or an ONNX test folder.
+
+    Raises:
+        BundleError: a missing path, an unsafe or oversized zip, an unknown schema, a
+            malformed manifest, an unsafe file name, or a checksum mismatch.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / MANIFEST).is_file():
+            return _from_manifest(path, "folder", _FolderReader(path))
+        if (path / TEST_FOLDER_MODEL).is_file():
+            return _test_folder(path)
+        raise BundleError(f"{path} holds no {MANIFEST}: pass a bundle folder, a .zip of one, an ONNX test "
+                          "folder (model.onnx beside test_data_set_N) or a model .onnx file")
+    if not path.is_file():
+        raise BundleError(f"{path} does not exist: pass a bundle folder, a .zip of one, or a model .onnx file")
+    if zipfile.is_zipfile(path):
+        return _from_manifest(path, "zip", _ZipReader(path, limits))
+    return Bundle(path, "model", None, {path.name: GraphSource(None, path.name, str(path))}, ())

@@ -1,0 +1,436 @@
+"""The I/O contract: the one definition of what every rnnexport graph takes and gives.
+
+:class:`StateSpec` and :class:`IOSpec` generate every tensor name, shape and
+dynamic axis that the exporter writes, the verifier feeds, the manifest records
+and the runtime reads. :class:`GraphInfo` is what a graph records about itself in
+its ``metadata_props`` (keys under :data:`META_PREFIX`).
+
+Torch-free: standard library and numpy only. JSON read from a graph or a manifest
+is data: every field is type-checked and every size bounded before use, and a
+malformed contract raises :class:`~rnnexport.errors.ContractError` with one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import numpy as np
+
+from rnnexport.errors import ContractError
+
+__all__ = [
+    "BATCH",
+    "MAX_DIM",
+    "META_PREFIX",
+    "TIME",
+    "X_NAME",
+    "Y_NAME",
+    "Form",
+    "GraphInfo",
+    "IOSpec",
+    "Layout",
+    "Lowering",
+    "StateSpec",
+    "TensorSpec",
+    "check_array",
+    "show_shape",
+]
+
+#: Symbolic dimension names used in every exported graph: streams and time steps.
+BATCH = "B"
+TIME = "T"
+
+X_NAME = "x"
+Y_NAME = "y"
+OUT_SUFFIX = "_out"
+
+#: Prefix of every ``metadata_props`` key rnnexport writes into a graph.
+META_PREFIX = "rnnexport."
+
+#: The largest size a contract may give one axis; larger is refused as malformed.
+MAX_DIM = 1 << 24
+#: The most elements one stream's state tensor may hold.
+MAX_STATE_ELEMENTS = 1 << 28
+
+_DTYPES = ("float32", "float16", "float64", "int64", "int32")
+_ENCODINGS = ("real", "one-hot", "token-ids")
+
+
+class Form(str, enum.Enum):
+    """What one call of the graph computes."""
+
+    STEP = "step"
+    SEQUENCE = "sequence"
+
+
+class Lowering(str, enum.Enum):
+    """How the recurrence is expressed in ONNX."""
+
+    AUTO = "auto"
+    NATIVE = "native"
+    SCAN = "scan"
+    UNROLLED = "unrolled"
+
+
+class Layout(str, enum.Enum):
+    """Where the time axis of ``x`` and ``y`` sits."""
+
+    TIME_MAJOR = "time_major"  # (T, B, ...)
+    BATCH_MAJOR = "batch_major"  # (B, T, ...), torch's batch_first
+
+
+Dim = int | str
+
+
+# --- validation of untrusted JSON -------------------------------------------------------------
+
+def _field(data: Mapping[str, Any], key: str, what: str) -> Any:
+    if key not in data:
+        raise ContractError(f"malformed {what}: missing {key!r}")
+    return data[key]
+
+
+def _dim(value: Any, what: str, symbols: tuple[str, ...] = ()) -> Dim:
+    if isinstance(value, str) and value in symbols:
+        return value
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_DIM:
+        allowed = f" or one of {', '.join(symbols)}" if symbols else ""
+        raise ContractError(f"malformed {what}: a size must be an int from 1 to {MAX_DIM}{allowed}, got {value!r}")
+    return value
+
+
+def _dims(values: Any, what: str, symbols: tuple[str, ...] = ()) -> tuple[Dim, ...]:
+    if not isinstance(values, list) or len(values) > 8:
+        raise ContractError(f"malformed {what}: expected a list of at most 8 sizes, got {values!r:.80}")
+    return tuple(_dim(v, what, symbols) for v in values)
+
+
+def _ints(values: Any, what: str) -> tuple[int, ...]:
+    return tuple(int(d) for d in _dims(values, what))
+
+
+def _choice(value: Any, allowed: Sequence[str], what: str) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ContractError(f"malformed {what}: expected one of {', '.join(allowed)}, got {value!r:.80}")
+    return value
+
+
+def _name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 128:
+        raise ContractError(f"malformed {what}: a tensor name must be a non-empty string, got {value!r:.80}")
+    return value
+
+
+def _object(data: Any, what: str) -> Mapping[str, Any]:
+    if isinstance(data, (str, bytes)):
+        try:
+            data = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ContractError(f"malformed {what}: not JSON ({e})") from e
+    if not isinstance(data, Mapping):
+        raise ContractError(f"malformed {what}: expected a JSON object")
+    return data
+
+
+# --- the contract -----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, shape (ints or symbolic names) and dtype."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str
+
+    def concrete(self, batch: int, time: int | None = None) -> tuple[int, ...]:
+        """The shape with ``B`` and ``T`` replaced by numbers."""
+        sizes: dict[str, int | None] = {BATCH: batch, TIME: time}
+        return tuple(int(sizes[d]) if isinstance(d, str) else d for d in self.shape)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        """``x float32[T, B, 28]``."""
+        return f"{self.name} {self.dtype}[{', '.join(str(d) for d in self.shape)}]"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, data: Any) -> TensorSpec:
+        data = _object(data, "tensor spec")
+        return cls(_name(_field(data, "name", "tensor spec"), "tensor spec"),
+                   _dims(_field(data, "shape", "tensor spec"), "tensor spec shape", (BATCH, TIME)),
+                   _choice(_field(data, "dtype", "tensor spec"), _DTYPES, "tensor spec dtype"))
+
+
+@dataclasses.dataclass(frozen=True)
+class StateSpec:
+    """The recurrent state: its names and per-tensor shapes around the batch axis.
+
+    Seed cells hold ``(B, H)`` tensors (``batch_axis=0``, ``dims=((H,), ...)``);
+    torch.nn modules hold ``(layers * directions, B, H)`` (``batch_axis=1``).
+    """
+
+    names: tuple[str, ...]
+    dims: tuple[tuple[int, ...], ...]
+    batch_axis: int
+    dtype: str = "float32"
+
+    def shape(self, index: int, batch: Dim = BATCH) -> tuple[Dim, ...]:
+        """State tensor ``index``'s shape with ``batch`` (a number, or ``"B"``) at the batch axis."""
+        dims: list[Dim] = list(self.dims[index])
+        dims.insert(self.batch_axis, batch)
+        return tuple(dims)
+
+    @property
+    def shapes(self) -> tuple[tuple[Dim, ...], ...]:
+        """Every state tensor's symbolic shape, ``"B"`` at the batch axis."""
+        return tuple(self.shape(i) for i in range(len(self.names)))
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(name + OUT_SUFFIX for name in self.names)
+
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec(n, self.shape(i), self.dtype) for i, n in enumerate(self.names)]
+
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec(n, self.shape(i), self.dtype) for i, n in enumerate(self.output_names)]
+
+    def zeros(self, batch: int) -> list[np.ndarray]:
+        """The initial state for ``batch`` streams, one array per state name."""
+        # an int batch makes every dim an int; shape() is typed for the symbolic "B" too
+        return [np.zeros(cast("tuple[int, ...]", self.shape(i, batch)), dtype=self.dtype)
+                for i in range(len(self.names))]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "names": list(self.names),
+            "output_names": list(self.output_names),
+            "shapes": [list(s) for s in self.shapes],
+            "batch_axis": self.batch_axis,
+            "dtype": self.dtype,
+            "initial": "zeros",
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> StateSpec:
+        """Parse :meth:`to_json`'s output, checking every field.
+
+        Raises:
+            ContractError: a missing or malformed field, or sizes out of bounds.
+        """
+        what = "state contract"
+        data = _object(data, what)
+        names = _field(data, "names", what)
+        if not isinstance(names, list) or not 1 <= len(names) <= 8:
+            raise ContractError(f"malformed {what}: names must be a list of 1 to 8 names, got {names!r:.80}")
+        names = tuple(_name(n, what) for n in names)
+        shapes = _field(data, "shapes", what)
+        if not isinstance(shapes, list) or len(shapes) != len(names):
+            raise ContractError(f"malformed {what}: expected one shape per name ({len(names)})")
+        axis = _field(data, "batch_axis", what)
+        if not isinstance(axis, int) or isinstance(axis, bool):
+            raise ContractError(f"malformed {what}: batch_axis must be an int, got {axis!r:.80}")
+        dims = []
+        for shape in shapes:
+            parsed = _dims(shape, what, (BATCH,))
+            if not 0 <= axis < len(parsed) or parsed[axis] != BATCH or parsed.count(BATCH) != 1:
+                raise ContractError(f"malformed {what}: batch axis {axis} is not the one 'B' of {shape}")
+            rest = tuple(int(d) for i, d in enumerate(parsed) if i != axis)
+            if int(np.prod(rest, dtype=np.int64)) > MAX_STATE_ELEMENTS:
+                raise ContractError(f"malformed {what}: a state of shape {shape} is over "
+                                    f"{MAX_STATE_ELEMENTS} elements per stream")
+            dims.append(rest)
+        spec = cls(names, tuple(dims), axis, _choice(data.get("dtype", "float32"), _DTYPES, f"{what} dtype"))
+        outputs = data.get("output_names")
+        if outputs is not None and list(outputs) != list(spec.output_names):
+            raise ContractError(f"malformed {what}: output_names {outputs!r:.80} are not "
+                                f"{list(spec.output_names)}")
+        return spec
+
+
+@dataclasses.dataclass(frozen=True)
+class IOSpec:
+    """The whole I/O contract: data input ``x``, output ``y`` and the state."""
+
+    x_features: tuple[int, ...]
+    x_dtype: str
+    y_features: tuple[int, ...]
+    state: StateSpec
+    layout: Layout = Layout.TIME_MAJOR
+    y_dtype: str = "float32"
+    #: What ``x`` holds: ``real`` vectors, ``one-hot`` vectors over a vocabulary of
+    #: size ``x_features[0]``, or ``token-ids`` (int64, no feature axis).
+    x_encoding: str = "real"
+
+    @property
+    def time_axis(self) -> int:
+        """Axis of time in sequence ``x``/``y``; the batch axis is the other of 0 and 1."""
+        return 0 if self.layout is Layout.TIME_MAJOR else 1
+
+    @property
+    def batch_axis(self) -> int:
+        """Axis of the batch in sequence ``x``/``y``."""
+        return 1 - self.time_axis
+
+    def _shape(self, features: tuple[int, ...], form: Form | str, batch: Dim, time: Dim) -> tuple[Dim, ...]:
+        if Form(form) is Form.STEP:
+            return (batch, *features)
+        lead = (time, batch) if self.layout is Layout.TIME_MAJOR else (batch, time)
+        return (*lead, *features)
+
+    def x_shape(self, form: Form | str, batch: Dim = BATCH, time: Dim = TIME) -> tuple[Dim, ...]:
+        """Shape of ``x`` for one call of a ``form`` graph."""
+        return self._shape(self.x_features, form, batch, time)
+
+    def y_shape(self, form: Form | str, batch: Dim = BATCH, time: Dim = TIME) -> tuple[Dim, ...]:
+        """Shape of ``y`` for one call of a ``form`` graph."""
+        return self._shape(self.y_features, form, batch, time)
+
+    def inputs(self, form: Form | str, seq_len: int | None = None) -> list[TensorSpec]:
+        """Graph inputs in order: ``x``, then the state (``h``, ``c``)."""
+        time = TIME if seq_len is None else seq_len
+        return [TensorSpec(X_NAME, self.x_shape(form, BATCH, time), self.x_dtype), *self.state.inputs()]
+
+    def outputs(self, form: Form | str, seq_len: int | None = None) -> list[TensorSpec]:
+        """Graph outputs in order: ``y``, then the state (``h_out``, ``c_out``)."""
+        time = TIME if seq_len is None else seq_len
+        return [TensorSpec(Y_NAME, self.y_shape(form, BATCH, time), self.y_dtype), *self.state.outputs()]
+
+    def feeds(self, x: np.ndarray, state: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """The input dict of one graph call: ``{"x": x, "h": ..., "c": ...}``."""
+        return {X_NAME: x, **dict(zip(self.state.names, state))}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "x_features": list(self.x_features),
+            "x_dtype": self.x_dtype,
+            "y_features": list(self.y_features),
+            "y_dtype": self.y_dtype,
+            "layout": self.layout.value,
+            "x_encoding": self.x_encoding,
+            "state": self.state.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> IOSpec:
+        """Parse :meth:`to_json`'s output (a dict or its JSON text), checking every field.
+
+        Raises:
+            ContractError: a missing or malformed field, or sizes out of bounds.
+        """
+        what = "I/O contract"
+        data = _object(data, what)
+        x_features = _field(data, "x_features", what)
+        if isinstance(x_features, list) and len(x_features) > 4:
+            raise ContractError(f"malformed {what}: x_features has {len(x_features)} axes (at most 4)")
+        return cls(
+            x_features=_ints(x_features, "I/O contract x_features"),
+            x_dtype=_choice(_field(data, "x_dtype", what), _DTYPES, "I/O contract x_dtype"),
+            y_features=_ints(_field(data, "y_features", what), "I/O contract y_features"),
+            state=StateSpec.from_json(_field(data, "state", what)),
+            layout=Layout(_choice(data.get("layout", Layout.TIME_MAJOR.value), [v.value for v in Layout],
+                                  "I/O contract layout")),
+            y_dtype=_choice(data.get("y_dtype", "float32"), _DTYPES, "I/O contract y_dtype"),
+            x_encoding=_choice(data.get("x_encoding", "real"), _ENCODINGS, "I/O contract x_encoding"),
+        )
+
+
+# --- what a graph records about itself --------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class GraphInfo:
+    """What rnnexport wrote into a graph's ``metadata_props``: enough to run, verify and rebuild it."""
+
+    version: str
+    form: Form
+    lowering: Lowering
+    io: IOSpec
+    source_kind: str
+    cell_family: str | None
+    params_sha256: str
+    seq_len: int | None = None
+    origin: dict[str, Any] = dataclasses.field(default_factory=dict)
+    description: str = ""
+
+    def to_props(self) -> dict[str, str]:
+        """The metadata entries, keys with :data:`META_PREFIX`."""
+        props = {
+            "version": self.version,
+            "form": self.form.value,
+            "lowering": self.lowering.value,
+            "source_kind": self.source_kind,
+            "cell_family": self.cell_family or "",
+            "layout": self.io.layout.value,
+            "state": json.dumps(self.io.state.to_json()),
+            "io": json.dumps(self.io.to_json()),
+            "params_sha256": self.params_sha256,
+            "seq_len": "" if self.seq_len is None else str(self.seq_len),
+            "origin": json.dumps(self.origin),
+            "description": self.description,
+        }
+        return {META_PREFIX + k: v for k, v in props.items()}
+
+    @classmethod
+    def from_props(cls, metadata: Mapping[str, str]) -> GraphInfo | None:
+        """Parse a graph's metadata (all its keys, any prefix); None when rnnexport wrote none.
+
+        Raises:
+            ContractError: rnnexport metadata that is present but malformed.
+        """
+        props = {k[len(META_PREFIX):]: v for k, v in metadata.items() if k.startswith(META_PREFIX)}
+        if "io" not in props:
+            return None
+        what = "graph metadata"
+        seq_len = props.get("seq_len") or None
+        if seq_len is not None and (not seq_len.isdigit() or not 1 <= int(seq_len) <= MAX_DIM):
+            raise ContractError(f"malformed {what}: seq_len {seq_len!r:.40} is not a size")
+        origin = _object(props.get("origin") or "{}", f"{what} origin")
+        return cls(
+            version=props.get("version", "")[:64],
+            form=Form(_choice(props.get("form"), [f.value for f in Form], f"{what} form")),
+            lowering=Lowering(_choice(props.get("lowering"), [v.value for v in Lowering], f"{what} lowering")),
+            io=IOSpec.from_json(props["io"]),
+            source_kind=props.get("source_kind", "")[:64],
+            cell_family=props.get("cell_family") or None,
+            params_sha256=props.get("params_sha256", "")[:64],
+            seq_len=int(seq_len) if seq_len is not None else None,
+            origin=dict(origin),
+            description=props.get("description", "")[:1000],
+        )
+
+
+# --- checking arrays against the contract ------------------------------------------------------
+
+def show_shape(shape: Sequence[Any]) -> str:
+    """``(T, B, 32)``: a shape as the error messages write it."""
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def check_array(name: str, value: Any, dtype: str, shape: tuple[Dim, ...]) -> np.ndarray:
+    """``value`` as a C-contiguous array, or a one-line error naming what was expected.
+
+    ``shape`` holds ints (must match) and names (``"T"``: any size of at least 1).
+
+    Raises:
+        ContractError: for a non-array, a wrong dtype or a wrong shape.
+    """
+    if type(value) is np.ndarray and value.shape == shape and value.dtype == dtype \
+            and value.flags.c_contiguous:
+        return value  # the common case, checked fast: this runs once per step
+    want = f"{dtype} array of shape {show_shape(shape)}"
+    if not isinstance(value, np.ndarray):
+        raise ContractError(f"{name}: expected a numpy {want}, got {type(value).__name__}")
+    if value.dtype != np.dtype(dtype):
+        raise ContractError(f"{name}: expected {want}, got dtype {value.dtype} "
+                            f"(convert with .astype(np.{dtype}))")
+    fits = value.ndim == len(shape) and all(
+        (size >= 1) if isinstance(want_size, str) else size == want_size
+        for size, want_size in zip(value.shape, shape))
+    if not fits:
+        raise ContractError(f"{name}: expected {want}, got shape {show_shape(value.shape)}")
+    return np.ascontiguousarray(value)

@@ -1,0 +1,172 @@
+"""Writing files the safe way: the one atomic writer every command uses.
+
+A file is written to a unique temporary file beside its target, flushed and
+fsynced, given the permissions a plain ``open()`` would give it under the
+process umask, and renamed over the target. An interrupted write leaves the
+target as it was (and at worst a ``.NAME.*.tmp`` file, which
+:func:`remove_stale` clears). Torch-free (standard library only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from rnnexport.errors import OutputError, RnnexportError
+
+__all__ = ["atomic_write", "check_writable", "file_mode", "folder_mode", "remove_stale", "temp_folder"]
+
+Writer = Callable[[IO[bytes]], None]
+_TEMP = re.compile(r"^\..+\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.(tmp|probe|tmpdir)$")
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc: read it by setting it, and put it back at once
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """What ``open(path, "w")`` would give a new file under the current umask."""
+    return 0o666 & ~_umask()
+
+
+def folder_mode() -> int:
+    """What ``mkdir`` would give a new folder under the current umask."""
+    return 0o777 & ~_umask()
+
+
+def _prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def check_writable(path: str | os.PathLike, what: str = "output",
+                   error: type[RnnexportError] = OutputError) -> Path:
+    """``path`` as a Path, after checking early (before slow work) that it can be written.
+
+    Raises:
+        ``error``: ``path`` is a folder or another non-regular file, its folder is
+            missing, or the folder is not writable. The message says what to do.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{what} path {path} is a directory; give a file name such as {path / 'out'}")
+    if path.exists() and not path.is_file():
+        raise error(f"{what} path {path} exists and is not a regular file; choose another path")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise error(f"cannot write {what} {path}: folder {folder} does not exist; create it first")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=_prefix(path), suffix=".probe", dir=folder)
+    except OSError as e:
+        raise error(f"cannot write {what} {path}: {e.strerror}; choose a writable output path") from e
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | Writer, what: str = "output",
+                 error: type[RnnexportError] = OutputError) -> int:
+    """Write ``data`` (bytes, or a function that writes to a binary file) to ``path`` atomically.
+
+    Returns:
+        The number of bytes written.
+
+    Raises:
+        ``error``: the path cannot be written (see :func:`check_writable`).
+    """
+    path = check_writable(path, what, error)
+    folder = path.parent if str(path.parent) else Path(".")
+    remove_stale(folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise error(f"cannot write {what} {path}: {e.strerror}; choose a writable output path") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                f.write(data)
+            else:
+                data(f)
+            f.flush()
+            os.fsync(f.fileno())
+            size = f.tell()
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise error(f"cannot write {what} {path}: {e.strerror}; choose a writable output path") from e
+        raise
+    _fsync_folder(folder)
+    return size
+
+
+def _fsync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def temp_folder(target: Path) -> Path:
+    """A new, uniquely named folder beside ``target`` to build it in (made with the umask's mode)."""
+    folder = target.parent if str(target.parent) else Path(".")
+    remove_stale(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmpdir", dir=folder))
+    os.chmod(tmp, folder_mode())
+    return tmp
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporary files and folders this module left in ``folder`` from processes now dead.
+
+    Returns:
+        What was removed.
+    """
+    import shutil
+
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if match is None or _alive(int(match["pid"])):
+            continue
+        path = Path(entry.path)
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+    return removed

@@ -1,0 +1,218 @@
+"""The one onnxruntime adapter: provider names, resolution, and session start with fallback detection.
+
+onnxruntime quietly falls back to the CPU provider when the one asked for cannot
+start (and onnxruntime-gpu lists CUDA and TensorRT as available even on machines
+without a GPU). :func:`start_session` checks ``session.get_providers()`` after
+creating the session: a session on which a requested provider is not active fell
+back, and it raises :class:`~rnnexport.errors.ProviderError` with the reason
+onnxruntime logged, instead of running on the wrong device. It changes no global
+onnxruntime setting. Torch-free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import onnxruntime as ort
+
+from rnnexport.errors import BundleError, ProviderError, describe
+
+__all__ = [
+    "ALIASES",
+    "CPU",
+    "Device",
+    "LoadError",
+    "ProviderRequest",
+    "Started",
+    "available_providers",
+    "full_name",
+    "resolve_providers",
+    "short_name",
+    "start_session",
+]
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+
+#: Short names accepted everywhere a provider is named (CLI, runtime, verify).
+ALIASES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT}
+
+#: Providers whose tensors live in CUDA device memory.
+_CUDA_PROVIDERS = (CUDA, TENSORRT)
+
+ProviderRequest = str | tuple[str, dict[str, Any]]
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_LIBRARY = re.compile(r"/\S*/(lib[^/\s]+\.so[.\d]*)")
+
+
+class LoadError(BundleError):
+    """onnxruntime cannot load a model file (not ONNX, unsupported IR or operator)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    """Where a session's tensors live: ``cpu``, or ``cuda`` and its id."""
+
+    type: str = "cpu"
+    id: int = 0
+
+    def __str__(self) -> str:
+        return self.type if self.type == "cpu" else f"{self.type}:{self.id}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Started:
+    """A session on which every requested provider is active."""
+
+    session: ort.InferenceSession
+    device: Device
+    providers: tuple[str, ...]
+
+
+def available_providers() -> list[str]:
+    """What this onnxruntime build lists, in its preference order (not all of them may start)."""
+    return list(ort.get_available_providers())
+
+
+def short_name(provider: str) -> str:
+    """``"CUDAExecutionProvider"`` -> ``"cuda"``."""
+    for short, full in ALIASES.items():
+        if full == provider:
+            return short
+    return provider.removesuffix("ExecutionProvider").lower()
+
+
+def full_name(name: str) -> str:
+    """The full provider name for a short name (``cpu``, ``cuda``, ``tensorrt``, ``trt``) or a full one.
+
+    Raises:
+        ProviderError: a name onnxruntime does not know, listing the valid ones.
+    """
+    key = name.strip() if isinstance(name, str) else name
+    if isinstance(key, str) and key.lower() in ALIASES:
+        return ALIASES[key.lower()]
+    for full in ort.get_all_providers():
+        if key in (full, short_name(full)):
+            return full
+    raise ProviderError(f"unknown execution provider {name!r}; valid names: {', '.join(ALIASES)} or a full "
+                        f"onnxruntime name (this build lists {', '.join(available_providers())})")
+
+
+def _name(request: ProviderRequest) -> str:
+    return request[0] if isinstance(request, tuple) else request
+
+
+def resolve_providers(providers: ProviderRequest | Sequence[ProviderRequest] | None) -> list[ProviderRequest]:
+    """Full provider names (aliases expanded, duplicates dropped), each listed by this build.
+
+    Args:
+        providers: None (CPU), one provider, or a list in priority order; each a
+            name (``"cuda"`` or ``"CUDAExecutionProvider"``) or ``(name, options)``.
+
+    Raises:
+        ProviderError: a malformed request, an unknown name, or one this build lacks.
+    """
+    if providers is None:
+        return [CPU]
+    if isinstance(providers, str) or (isinstance(providers, tuple) and len(providers) == 2
+                                      and isinstance(providers[1], dict)):
+        providers = [providers]
+    available = available_providers()
+    resolved: list[ProviderRequest] = []
+    for request in providers:
+        name = _name(request)
+        if not isinstance(name, str) or (isinstance(request, tuple) and not isinstance(request[1], dict)):
+            raise ProviderError(f"a provider is a name or (name, options dict), got {request!r}")
+        full = full_name(name)
+        if full not in available:
+            raise ProviderError(f"execution provider {name!r} is not available in this onnxruntime "
+                                f"build (available: {', '.join(available)})")
+        if full not in [_name(r) for r in resolved]:
+            resolved.append((full, request[1]) if isinstance(request, tuple) else full)
+    if not resolved:
+        raise ProviderError(f"no execution provider given (available: {', '.join(available)})")
+    return resolved
+
+
+@contextlib.contextmanager
+def _captured() -> Iterator[io.StringIO]:
+    """Collect what onnxruntime prints while a session starts (Python prints and native stderr)."""
+    text = io.StringIO()
+    try:
+        os.fstat(2)  # native code writes to file descriptor 2, whatever sys.stderr is
+        fd: int | None = 2
+    except OSError:
+        fd = None
+    with tempfile.TemporaryFile(mode="w+b") as native, contextlib.redirect_stdout(text):
+        saved = os.dup(2) if fd is not None else None
+        if saved is not None:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(native.fileno(), 2)
+        try:
+            yield text
+        finally:
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
+            native.seek(0)
+            text.write(native.read().decode(errors="replace"))
+
+
+def _reason(log: str) -> str:
+    """The most telling line of a provider's start-up log (library folders left out)."""
+    lines = [_LIBRARY.sub(r"\1", _ANSI.sub("", line)).strip() for line in log.splitlines()]
+    for marker in ("Failed to load library", "EP Error", "Failed to create", "Please install"):
+        for line in lines:
+            if marker in line:
+                return line[line.index(marker):][:300]
+    return "no reason given by onnxruntime"
+
+
+def start_session(model: str | os.PathLike | bytes, providers: ProviderRequest | Sequence[ProviderRequest] | None,
+                  options: ort.SessionOptions | None = None, name: str = "the model") -> Started:
+    """An onnxruntime session on exactly the requested providers, or the reason it cannot be had.
+
+    Args:
+        model: a path, or the serialized model (ONNX or ORT format).
+        providers: as :func:`resolve_providers` takes them.
+        options: session options (default: errors-only logging).
+        name: how messages call the model.
+
+    Raises:
+        ProviderError: a provider unknown, not in this build, or that did not start
+            (the session fell back), with onnxruntime's logged reason.
+        LoadError: onnxruntime cannot load the model at all.
+    """
+    requested = resolve_providers(providers)
+    if options is None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: shape warnings are the verifier's to report
+    source = model if isinstance(model, bytes) else os.fspath(model)
+    with _captured() as log:
+        try:
+            session = ort.InferenceSession(source, sess_options=options, providers=requested)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad models
+            raise LoadError(f"onnxruntime cannot load {name}: {describe(e)}") from e
+    active = session.get_providers()
+    for request in requested:
+        if _name(request) not in active:
+            raise ProviderError(f"{_name(request)} was requested but did not start ({_reason(log.getvalue())}); "
+                                f"the session would run on {', '.join(active) or 'nothing'}; to run on CPU, "
+                                f"ask for the CPU provider ('cpu')")
+    first = requested[0]
+    device = Device()
+    if _name(first) in _CUDA_PROVIDERS:
+        opts = first[1] if isinstance(first, tuple) else {}
+        device = Device("cuda", int(opts.get("device_id", 0)))
+    return Started(session, device, tuple(active))
