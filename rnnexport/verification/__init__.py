@@ -30,6 +30,7 @@ _LAZY = {
     "Contract": "rnnexport.verification.report",
     "EngineStatus": "rnnexport.verification.report",
     "InputKind": "rnnexport.verification.cases",
+    "Note": "rnnexport.verification.report",
     "Report": "rnnexport.verification.report",
     "StateKind": "rnnexport.verification.cases",
     "Tolerance": "rnnexport.verification.compare",

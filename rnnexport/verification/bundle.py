@@ -19,7 +19,7 @@ from rnnexport.bundle import Bundle, open_bundle
 from rnnexport.bundle.vectors import read_set
 from rnnexport.ort import CPU, available_providers, full_name
 from rnnexport.verification.compare import compare, tolerance_for
-from rnnexport.verification.report import Check, Contract, EngineStatus, Report
+from rnnexport.verification.report import Check, Contract, EngineStatus, Note, Report
 
 __all__ = ["verify_bundle"]
 
@@ -113,7 +113,7 @@ def verify_bundle(path: str | Path, providers: Sequence[str] | None = None) -> R
         cases=(),
         checks=tuple(checks),
         unavailable=tuple(unavailable),
-        notes=(),
+        notes=() if manifest else (Note("no_manifest"),),
         seconds=time.perf_counter() - started,
         kind="bundle",
         test_sets=tuple(t.dir for t in bundle.test_vectors),

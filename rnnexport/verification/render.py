@@ -85,15 +85,15 @@ def render_text(report: Report, quiet: bool = False) -> str:
         count = sum(1 for u in report.unavailable if (u.engine, u.reason) == key and u.case)
         scope = f" ({count} cases)" if item.case else ""
         lines.append(f"unavailable  {item.engine}{scope}: {item.reason}")
-    lines += [f"note  {note}" for note in report.notes]
+    lines += [f"note  {note.text()}" for note in report.notes]
     lines.append(summary_line(report))
     return "\n".join(lines)
 
 
 def _header(report: Report) -> list[str]:
     if report.kind == "bundle":
-        return ["  checksums  every file matches its size and SHA-256 in the manifest"
-                if report.source != "ONNX test folder" else "  checksums  none: an ONNX test folder has no manifest",
+        checked = not any(n.kind == "no_manifest" for n in report.notes)
+        return ["  checksums  " + ("every file matches its size and SHA-256 in the manifest" if checked else "none"),
                 f"  test sets  {len(report.test_sets)}: {', '.join(report.test_sets)}"]
     batches = sorted({c.batch for c in report.cases})
     times = sorted({c.time for c in report.cases})

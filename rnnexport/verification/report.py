@@ -13,7 +13,7 @@ from rnnexport.backends.base import Unavailable
 from rnnexport.verification.cases import Case
 from rnnexport.verification.compare import Figures, Tolerance
 
-__all__ = ["CONTRACT_TITLES", "FORMAT", "Check", "Contract", "EngineStatus", "Report", "json_float"]
+__all__ = ["CONTRACT_TITLES", "FORMAT", "NOTES", "Check", "Contract", "EngineStatus", "Note", "Report", "json_float"]
 
 FORMAT = "rnnexport.verify-report/1"
 #: The most points of an error-vs-time curve written to JSON (steps are binned, max per bin).
@@ -41,6 +41,40 @@ CONTRACT_TITLES = {
     Contract.PROVIDERS: "6 EP == CPU EP",
     Contract.VECTORS: "test vectors == stored outputs",
 }
+
+
+#: Every kind of note a report can carry, and its sentence (``Note.values`` fill the fields).
+NOTES = {
+    "cpu_baseline": "onnxruntime:cpu runs too, as the baseline of contract 6 (EP == CPU EP)",
+    "unrolled": "unrolled graph: every case runs at its fixed T={seq_len}; contract 2 does not apply",
+    "bidirectional": "bidirectional model: contract 2 does not apply (the backward direction needs the whole "
+                     "sequence, so chunks cannot carry its state)",
+    "step_graph": "step graph: contract 1 checks the first step of each case against PyTorch's step, "
+                  "contract 3 the whole case streamed against PyTorch's sequence; contract 2 does not apply",
+    "no_step_graph": "contract 3 did not run: give the step graph with --step STEP.onnx",
+    "no_other_provider": "contract 6 did not run: no execution provider besides the CPU one started",
+    "ill_conditioned": "contract 1 not judged on {cases} case(s) where PyTorch's own float32 result is off its "
+                       "float64 run by over {share:.0%} of the output range: the model is chaotic there and "
+                       "rounding alone decides the result (worst {worst:.2g}, {worst_case})",
+    "rounding_allowance": "contract 1 allows atol + 3 x PyTorch's own float32 rounding error (vs a float64 run); "
+                          "that error was at most {worst:.2g} ({worst_case})",
+    "reference_skipped": "{engine} skipped {skipped} of {cases} cases with T*B > {max_elements} (slow)",
+    "no_manifest": "an ONNX test folder has no manifest: there were no checksums to check",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Note:
+    """Something the reader of a report should know: a kind from :data:`NOTES` and its figures."""
+
+    kind: str
+    values: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def text(self) -> str:
+        return NOTES[self.kind].format(**self.values)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "values": dict(self.values), "text": self.text()}
 
 
 def json_float(value: float | None) -> float | str | None:
@@ -144,7 +178,7 @@ class Report:
     cases: tuple[Case, ...]
     checks: tuple[Check, ...]
     unavailable: tuple[Unavailable, ...]
-    notes: tuple[str, ...]
+    notes: tuple[Note, ...]
     seconds: float
     #: ``"graph"`` (a graph against its PyTorch source) or ``"bundle"`` (a bundle's test vectors).
     kind: str = "graph"
@@ -213,6 +247,6 @@ class Report:
             "test_sets": list(self.test_sets),
             "contracts": summary,
             "checks": [c.to_json() for c in self.checks],
-            "notes": list(self.notes),
+            "notes": [n.to_json() for n in self.notes],
             "seconds": round(self.seconds, 3),
         }

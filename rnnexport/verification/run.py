@@ -35,7 +35,7 @@ from rnnexport.verification.cases import (
     vocabulary_size,
 )
 from rnnexport.verification.compare import Tolerance, graph_precision, tolerance_for
-from rnnexport.verification.report import Check, Contract, EngineStatus, Report
+from rnnexport.verification.report import Check, Contract, EngineStatus, Note, Report
 from rnnexport.verification.target import SourceLike, Target, load_target
 
 __all__ = ["DEFAULT_CHUNK_SIZES", "Progress", "VerifyOptions", "verify"]
@@ -106,15 +106,15 @@ class _Engine:
     seconds: float = 0.0
 
 
-def _providers(options: VerifyOptions) -> tuple[list[tuple[str, bool]], list[str]]:
+def _providers(options: VerifyOptions) -> tuple[list[tuple[str, bool]], list[Note]]:
     """``[(full provider name, requested)]`` (CPU first, the baseline of contract 6) and notes."""
     if options.providers is None:
         names = available_providers()
         return [(p, False) for p in sorted(names, key=lambda p: p != CPU)], []
     wanted = list(dict.fromkeys(resolve_provider(p) for p in options.providers))
-    notes = []
+    notes: list[Note] = []
     if CPU not in wanted:
-        notes.append("onnxruntime:cpu runs too, as the baseline of contract 6 (EP == CPU EP)")
+        notes.append(Note("cpu_baseline"))
         return [(CPU, False), *((p, True) for p in wanted)], notes
     return [(p, True) for p in sorted(wanted, key=lambda p: p != CPU)], notes
 
@@ -376,13 +376,11 @@ def verify(
     seq_lens = opts.seq_lens
     if target.seq_len is not None:
         seq_lens = (target.seq_len,)
-        notes.append(f"unrolled graph: every case runs at its fixed T={target.seq_len}; contract 2 does not apply")
+        notes.append(Note("unrolled", {"seq_len": target.seq_len}))
     if target.form is Form.SEQUENCE and target.seq_len is None and target.bidirectional:
-        notes.append("bidirectional model: contract 2 does not apply (the backward direction needs the whole "
-                     "sequence, so chunks cannot carry its state)")
+        notes.append(Note("bidirectional"))
     if target.form is Form.STEP:
-        notes.append("step graph: contract 1 checks the first step of each case against PyTorch's step, "
-                     "contract 3 the whole case streamed against PyTorch's sequence; contract 2 does not apply")
+        notes.append(Note("step_graph"))
     vocabulary = vocabulary_size(target.model)
     cases = grid(target.io, opts.batch_sizes, seq_lens, opts.seed, vocabulary)
     unavailable: list[Unavailable] = []
@@ -404,23 +402,21 @@ def verify(
                 engine.step_runner.deactivate()
     ran = {c.contract for c in run.checks}
     if Contract.STEP not in ran and target.form is Form.SEQUENCE:
-        notes.append("contract 3 did not run: give the step graph with --step STEP.onnx")
+        notes.append(Note("no_step_graph"))
     if Contract.PROVIDERS not in ran:
-        notes.append("contract 6 did not run: no execution provider besides the CPU one started")
+        notes.append(Note("no_other_provider"))
     if run.ill_conditioned:
         worst = max(run.ill_conditioned, key=run.ill_conditioned.__getitem__)
-        notes.append(f"contract 1 not judged on {len(run.ill_conditioned)} case(s) where PyTorch's own float32 "
-                     f"result is off its float64 run by over {ILL_CONDITIONED:.0%} of the output range: the "
-                     f"model is chaotic there and rounding alone decides the result (worst "
-                     f"{run.ill_conditioned[worst]:.2g}, {worst})")
+        notes.append(Note("ill_conditioned", {"cases": len(run.ill_conditioned), "share": ILL_CONDITIONED,
+                                              "worst": run.ill_conditioned[worst], "worst_case": worst}))
         for case_id in run.ill_conditioned:
             run.noise.pop(case_id, None)
     if run.noise:
         worst = max(run.noise, key=run.noise.__getitem__)
-        notes.append(f"contract 1 allows atol + 3 x PyTorch's own float32 rounding error (vs a float64 run); "
-                     f"that error was at most {run.noise[worst]:.2g} ({worst})")
+        notes.append(Note("rounding_allowance", {"worst": run.noise[worst], "worst_case": worst}))
     for name, count in run.skipped.items():
-        notes.append(f"{name} skipped {count} of {len(cases)} cases with T*B > {opts.reference_max_elements} (slow)")
+        notes.append(Note("reference_skipped", {"engine": name, "skipped": count, "cases": len(cases),
+                                                "max_elements": opts.reference_max_elements}))
     seconds = {e.name: e.seconds for e in engines}
     statuses = [EngineStatus("pytorch", "pytorch", None, True, True, seconds=run.torch_seconds),
                 *(dataclasses.replace(s, seconds=seconds.get(s.name, 0.0)) for s in statuses)]
