@@ -166,6 +166,23 @@ def _sizes_from_weights(kind: CellKind, weights: dict[str, torch.Tensor], spec: 
     )
 
 
+#: The most parameters a built-in cell may have (1 GiB of float32 weights), checked before allocating.
+MAX_PARAMETERS = 1 << 28
+
+
+def _check_sizes(kind: CellKind, input_size: int, hidden_size: int, output_size: int | None) -> None:
+    sizes = {"--input-size": input_size, "--hidden-size": hidden_size, "--output-size": output_size or input_size}
+    for option, size in sizes.items():
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise SourceError(f"{option} must be a positive integer, got {size!r}")
+    gates = {CellKind.RNN: 1, CellKind.GRU: 3, CellKind.LSTM: 4}[kind]
+    count = gates * hidden_size * (input_size + hidden_size + 1) + hidden_size * sizes["--output-size"]
+    if count > MAX_PARAMETERS:
+        raise SourceError(f"a {kind.value} of input {input_size}, hidden {hidden_size} has {count:,} parameters, "
+                          f"over the limit of {MAX_PARAMETERS:,} ({MAX_PARAMETERS * 4 / 2**30:.0f} GiB of float32); "
+                          "choose smaller sizes")
+
+
 def builtin(
     kind: CellKind | str,
     input_size: int | None = None,
@@ -199,6 +216,7 @@ def builtin(
         input_size, hidden_size, output_size = _sizes_from_weights(kind, loaded, spec)
     input_size = input_size or DEFAULT_INPUT_SIZE
     hidden_size = hidden_size or DEFAULT_HIDDEN_SIZE
+    _check_sizes(kind, input_size, hidden_size, output_size)
     shapes = cells.param_shapes(kind, input_size, hidden_size, output_size)
     if loaded is not None:
         _check_weights(kind, loaded, shapes, label)
@@ -540,8 +558,26 @@ def _resolve_factory(target: str) -> Callable:
 def _call_factory(target: str, factory: Callable, kwargs: dict[str, Any] | None = None):
     try:
         return factory(**(kwargs or {}))
+    except SystemExit as e:
+        raise SourceError(f"{target}() called sys.exit({e.code!r}) instead of returning a model") from e
     except Exception as e:  # noqa: BLE001
         raise SourceError(f"{target}() raised {describe(e)}") from e
+
+
+def source_files(spec: SourceSpec | str | torch.nn.Module | RecurrentModel) -> list[Path]:
+    """The files a source reads (weights, a factory's file, a trained model's folder): outputs must spare them."""
+    if isinstance(spec, str):
+        spec = SourceSpec(spec)
+    if not isinstance(spec, SourceSpec):
+        return []
+    files = [Path(spec.weights)] if spec.weights else []
+    card = _card_path(spec.name) if spec.name not in {k.value for k in CellKind} else None
+    if card is not None:
+        files.append(card.parent)
+    where = spec.name.rpartition(":")[0]
+    if where.endswith(".py"):
+        files.append(Path(where))
+    return files
 
 
 def load_source(spec: SourceSpec | str | torch.nn.Module | RecurrentModel) -> RecurrentModel:

@@ -34,12 +34,15 @@ def summary(result: RunSummary) -> list[str]:
 @click.option("--provider", "providers", multiple=True,
               help="Execution provider, repeatable in priority order (cpu, cuda, tensorrt or a full name); "
                    "default cpu. A provider that does not start is an error, never a silent CPU fallback.")
-def run_command(bundle, x_path, state_in, state_out, output, providers) -> None:
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Feed x and the state even when they hold NaN or Inf (by default such input is refused, "
+                   "since not every lowering propagates NaN as PyTorch does).")
+def run_command(bundle, x_path, state_in, state_out, output, providers, allow_nonfinite) -> None:
     """Stream x through BUNDLE (a bundle folder, a .zip of one, or a model .onnx).
 
     The state starts from zeros or --state-in and is written to --state-out, so
     a stream can be resumed by a later call, in another process.
     """
     result = run_files(bundle, x_path, state_in=state_in, state_out=state_out, y_path=output,
-                       providers=list(providers) or None)
+                       providers=list(providers) or None, check_finite=not allow_nonfinite)
     click.echo("\n".join(summary(result)))

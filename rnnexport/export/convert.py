@@ -18,7 +18,7 @@ from rnnexport.export.onnxutil import check_model, value_info
 from rnnexport.graphs import walk
 from rnnexport.io import atomic_write, check_writable
 from rnnexport.model import RecurrentModel
-from rnnexport.sources import SourceSpec, load_source
+from rnnexport.sources import SourceSpec, load_source, models_dir, source_files
 
 __all__ = ["ConvertResult", "convert", "to_onnx"]
 
@@ -77,6 +77,16 @@ def to_onnx(
     return onnx_model, used, attempts, info
 
 
+def _spare_inputs(path: Path, inputs: list[Path]) -> None:
+    """Refuse an output path that is one of the inputs (or inside an input folder, or the models folder)."""
+    target = path.resolve()
+    for given in [*inputs, models_dir()]:
+        source = given.resolve()
+        if target == source or source in target.parents:
+            what = "the models folder" if given == models_dir() else f"{given}, an input of this conversion"
+            raise ConvertError(f"output path {path} would overwrite {what}; choose another output path")
+
+
 def convert(
     source: SourceSpec | str | torch.nn.Module | RecurrentModel,
     path: str | os.PathLike,
@@ -106,6 +116,7 @@ def convert(
     """
     path = Path(path)
     check_writable(path, "output", ConvertError)
+    _spare_inputs(path, source_files(source))
     model = load_source(source)
     onnx_model, used, attempts, info = to_onnx(model, form, lowering, seq_len, progress)
     size = atomic_write(path, onnx_model.SerializeToString(), "output", ConvertError)

@@ -157,6 +157,46 @@ def _check_source(source: RecurrentModel, info: GraphInfo, path: Path) -> None:
                           "SOURCE and weights it was converted from")
 
 
+def _is_bundle(path: Path) -> bool:
+    """Whether ``path`` is a bundle folder or zip that ``--force`` may replace (it has a bundle manifest)."""
+    import json
+    import zipfile
+
+    try:
+        if path.is_dir():
+            text = (path / MANIFEST).read_text()
+        elif path.is_file() and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                info = archive.getinfo(MANIFEST)
+                if info.file_size > 16 * 2**20:
+                    return False
+                text = archive.read(info).decode()
+        else:
+            return False
+        data = json.loads(text)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return False
+    return isinstance(data, dict) and str(data.get("schema", "")).startswith("rnnexport.bundle/")
+
+
+def _check_target(path: Path, what: str, force: bool, inputs: list[Path]) -> None:
+    """Refuse to write over an input of this command, or over anything but an earlier bundle."""
+    target = path.resolve()
+    for given in inputs:
+        source = given.resolve()
+        if source == target or target in source.parents:
+            raise BundleError(f"{what} {path} would overwrite {given}, an input of this command; choose another path")
+    if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
+        raise BundleError(f"{what} {path} is the current folder or holds it; choose a new folder for the bundle")
+    if not path.exists() and not path.is_symlink():
+        return
+    if not force:
+        raise BundleError(f"{path} already exists; remove it or pass --force to replace it")
+    if path.is_symlink() or not _is_bundle(path):
+        raise BundleError(f"{path} exists and is not an rnnexport bundle: --force replaces only a bundle; "
+                          "remove it yourself or choose another path")
+
+
 def _move_into_place(tmp: Path, folder: Path, force: bool) -> None:
     if folder.exists():
         if not force:
@@ -191,12 +231,14 @@ def package(
         archive: also write ``<out_dir>.zip``, byte-for-byte reproducible.
         force: replace an existing ``out_dir``.
     """
-    model_path, out_dir = Path(model_path), Path(out_dir)
+    model_path, out_dir = Path(model_path), Path(out_dir).absolute()
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise BundleError(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
-    if out_dir.exists() and not force:
-        raise BundleError(f"{out_dir} already exists; remove it or pass --force to replace it")
+    inputs = [model_path, *([Path(step_path)] if step_path else [])]
+    _check_target(out_dir, "bundle folder", force, inputs)
+    if archive:
+        _check_target(out_dir.with_name(out_dir.name + ".zip"), "bundle archive", force, inputs)
     model, info = _load_graph(model_path)
     step = _load_graph(Path(step_path), Form.STEP) if step_path else None
     if step is not None and (step[1].io != info.io or step[1].params_sha256 != info.params_sha256):

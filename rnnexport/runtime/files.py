@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rnnexport.contract import Form, show_shape
-from rnnexport.errors import RuntimeContractError
+from rnnexport.errors import RuntimeContractError, describe
 from rnnexport.io import atomic_write
 from rnnexport.ort import ProviderRequest
 from rnnexport.runtime.session import StatefulSession
@@ -51,8 +53,8 @@ def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
 def _load_array(path: Path, what: str) -> Any:
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise RuntimeContractError(f"cannot read {what} {path}: {e}") from e
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise RuntimeContractError(f"cannot read {what} {path}: {describe(e)}") from e
 
 
 def _batch_of(session: StatefulSession, x: np.ndarray) -> tuple[str, int]:
@@ -74,6 +76,7 @@ def run_files(
     state_out: str | os.PathLike | None = None,
     y_path: str | os.PathLike | None = None,
     providers: ProviderRequest | list[ProviderRequest] | None = None,
+    check_finite: bool = True,
 ) -> RunSummary:
     """Run ``x.npy`` through a bundle or model, from a saved state or zeros.
 
@@ -87,7 +90,7 @@ def run_files(
     x = _load_array(Path(x_path), "input")
     if not isinstance(x, np.ndarray):
         raise RuntimeContractError(f"input {x_path} is not a single .npy array")
-    probe = StatefulSession.load(model, providers)
+    probe = StatefulSession.load(model, providers, check_finite=check_finite)
     call, batch = _batch_of(probe, x)
     session = probe if batch == 1 else probe.new_stream(batch)
     if state_in is not None:
@@ -95,7 +98,12 @@ def run_files(
         if not isinstance(saved, np.lib.npyio.NpzFile):
             raise RuntimeContractError(f"state {state_in} is not an .npz file of named state arrays")
         with saved:
-            session.state = {k: saved[k] for k in saved.files}
+            try:
+                arrays = {k: saved[k] for k in saved.files}
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+                raise RuntimeContractError(f"cannot read state {state_in}: {describe(e)}; it is damaged or "
+                                           "not a state file written by rnnexport run") from e
+            session.state = arrays
     y = session.step(x) if call == STEP else session.run(x)
     if y_path is not None:
         save_npy(y_path, y)

@@ -118,11 +118,12 @@ class StatefulSession:
     threads at once; different streams of one load may run in parallel threads.
     """
 
-    def __init__(self, engine: Engine, batch: int = 1) -> None:
+    def __init__(self, engine: Engine, batch: int = 1, check_finite: bool = False) -> None:
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
             raise RuntimeContractError(f"batch must be a positive int (the number of streams), got {batch!r}")
         self._engine = engine
         self._batch = batch
+        self._check_finite = bool(check_finite)
         self._state = _State(engine.contract, batch, engine.device)
         self._plan: _StepPlan | None = None  # made on the first step
         contract = engine.contract
@@ -139,6 +140,7 @@ class StatefulSession:
         form: str | None = None,
         threads: int | None = None,
         session_options: ort.SessionOptions | None = None,
+        check_finite: bool = False,
     ) -> StatefulSession:
         """Load a bundle folder, a .zip of one, or a model ``.onnx``, and start from the zero state.
 
@@ -151,6 +153,9 @@ class StatefulSession:
             form: load only the ``"step"`` or ``"sequence"`` graph of a bundle.
             threads: onnxruntime intra-op threads (1 is fastest for one small stream).
             session_options: onnxruntime session options to start from.
+            check_finite: refuse ``x`` or a state holding NaN or Inf with one line
+                (off by default: it reads every input once more; ``rnnexport run`` turns it on).
+                Not every lowering propagates NaN the way PyTorch does (docs/verify.md).
 
         Raises:
             BundleError: unknown schema, malformed manifest, checksum mismatch.
@@ -158,11 +163,11 @@ class StatefulSession:
             RuntimeContractError: a graph without an rnnexport I/O contract.
         """
         options = LoadOptions(providers, form, threads, session_options)
-        return cls(open_engine(path, options), batch)
+        return cls(open_engine(path, options), batch, check_finite)
 
     def new_stream(self, batch: int | None = None) -> StatefulSession:
         """An independent stream (zero state) on the same loaded graphs."""
-        return StatefulSession(self._engine, self._batch if batch is None else batch)
+        return StatefulSession(self._engine, self._batch if batch is None else batch, self._check_finite)
 
     @property
     def batch(self) -> int:
@@ -218,7 +223,8 @@ class StatefulSession:
         if names != set(spec.names):
             raise RuntimeContractError(f"state: expected exactly {', '.join(spec.names)}, got "
                                        f"{', '.join(sorted(names)) or 'nothing'}")
-        checked = [check_array(f"state {n}", values[n], spec.dtype, spec.shape(i, self._batch))
+        checked = [self._finite(f"state {n}", check_array(f"state {n}", values[n], spec.dtype,
+                                                          spec.shape(i, self._batch)))
                    for i, n in enumerate(spec.names)]
         for tensor, value in zip(self._state.inputs, checked):
             tensor.write(value)
@@ -230,8 +236,16 @@ class StatefulSession:
             for i, tensor in enumerate(self._state.inputs):
                 tensor.write(np.zeros(_concrete(spec.shape(i, self._batch)), spec.dtype))
             return
-        indices = [streams] if isinstance(streams, (int, np.integer)) else list(streams)
-        bad = [i for i in indices if not isinstance(i, (int, np.integer)) or not 0 <= i < self._batch]
+        if isinstance(streams, (int, np.integer)) and not isinstance(streams, (bool, np.bool_)):
+            indices = [streams]
+        elif isinstance(streams, (str, bytes, bool, np.bool_, float)) or not isinstance(streams, Iterable):
+            raise RuntimeContractError(f"reset: give None, a stream index or a list of them, got {streams!r}")
+        else:
+            indices = list(streams)
+        wrong = [i for i in indices if not isinstance(i, (int, np.integer)) or isinstance(i, (bool, np.bool_))]
+        if wrong:
+            raise RuntimeContractError(f"reset: stream indices are ints, got {wrong[0]!r}")
+        bad = [i for i in indices if not 0 <= i < self._batch]
         if bad:
             raise RuntimeContractError(f"reset: stream index {bad[0]!r} is out of range for {self._batch} streams")
         for tensor in self._state.inputs:
@@ -245,7 +259,7 @@ class StatefulSession:
 
     def step(self, x: np.ndarray) -> np.ndarray:
         """Advance every stream one time step: ``x`` is ``(B, ...)``, returns ``y`` ``(B, ...)``."""
-        x = check_array("x", x, *self._step_x)
+        x = self._finite("x", check_array("x", x, *self._step_x))
         y = self._plan_for_step()(x).read()
         return y if y.shape == self._step_y_shape else y.reshape(self._step_y_shape)
 
@@ -253,7 +267,7 @@ class StatefulSession:
         """Advance every stream through a chunk: ``xs`` is ``(T, B, ...)`` (or ``(B, T, ...)``
         for batch-major graphs), returns ``y`` of the same layout; the state carries on."""
         c = self.contract
-        xs = check_array("x", xs, c.x_dtype, c.x_shape(SEQUENCE, self._batch, TIME))
+        xs = self._finite("x", check_array("x", xs, c.x_dtype, c.x_shape(SEQUENCE, self._batch, TIME)))
         steps = xs.shape[c.time_axis]
         graph = self._engine.graphs.get(SEQUENCE)
         if graph is not None and (graph.seq_len is None or steps % graph.seq_len == 0):
@@ -266,6 +280,13 @@ class StatefulSession:
             raise RuntimeContractError(f"x: the sequence graph is unrolled at T={graph.seq_len}: run() takes "
                                        f"a multiple of {graph.seq_len} time steps, got {steps}")
         return self._run_steps(xs)
+
+    def _finite(self, name: str, value: np.ndarray) -> np.ndarray:
+        if self._check_finite and value.dtype.kind == "f" and not np.isfinite(value).all():
+            bad = np.argwhere(~np.isfinite(value))[0]
+            raise RuntimeContractError(f"{name} holds {value[tuple(bad)]} at index {tuple(int(i) for i in bad)}: "
+                                       "refusing non-finite input (NaN or Inf); clean the input first")
+        return value
 
     def _plan_for_step(self) -> _StepPlan:
         if self._plan is not None:
@@ -313,7 +334,8 @@ def load(
     form: str | None = None,
     threads: int | None = None,
     session_options: ort.SessionOptions | None = None,
+    check_finite: bool = False,
 ) -> StatefulSession:
     """:meth:`StatefulSession.load`: a bundle, a .zip of one, or a model ``.onnx``, ready to stream."""
     return StatefulSession.load(path, providers, batch=batch, form=form, threads=threads,
-                                session_options=session_options)
+                                session_options=session_options, check_finite=check_finite)

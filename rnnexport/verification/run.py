@@ -41,6 +41,8 @@ from rnnexport.verification.target import SourceLike, Target, load_target
 __all__ = ["DEFAULT_CHUNK_SIZES", "Progress", "VerifyOptions", "verify"]
 
 DEFAULT_CHUNK_SIZES = (1, 3, 64)
+#: The most batch x time steps one case may have (the default grid's largest is 16 x 2048).
+MAX_CASE_STEPS = 1 << 21
 #: Contract 1 is not judged where PyTorch's own float32 error exceeds this share of the output range.
 ILL_CONDITIONED = 0.01
 CPU = PROVIDERS["cpu"]
@@ -87,6 +89,11 @@ class VerifyOptions:
             values = getattr(self, field)
             if not values or any(not isinstance(v, (int, np.integer)) or v < 1 for v in values):
                 raise VerifyError(f"{field.replace('_', '-')} must be positive integers, got {list(values)}")
+        largest = max(self.batch_sizes) * max(self.seq_lens)
+        if largest > MAX_CASE_STEPS:
+            raise VerifyError(f"the grid's largest case is batch {max(self.batch_sizes)} x T {max(self.seq_lens)} = "
+                              f"{largest:,} steps, over the limit of {MAX_CASE_STEPS:,}; choose smaller "
+                              "--batch-sizes or --seq-lens")
         if self.providers is not None and not self.providers:
             raise VerifyError("give at least one execution provider, e.g. --providers cpu")
         for field in ("atol", "rtol"):
