@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -65,13 +66,42 @@ def _state_slices(g: GraphBuilder, model: RecurrentModel, name: str, layers: int
     ]
 
 
-def _state_output(g: GraphBuilder, model: RecurrentModel, parts: list[str], output: str) -> None:
+def _state_output(g: GraphBuilder, model: RecurrentModel, parts: list[str], output: str) -> str:
     if model.io.state.batch_axis == 0:
-        g.one("Squeeze", [parts[0], g.ints("axis0", [0])], output)
-    elif len(parts) == 1:
-        g.one("Identity", parts, output)
-    else:
-        g.one("Concat", parts, output, axis=0)
+        return g.one("Squeeze", [parts[0], g.ints("axis0", [0])], output)
+    if len(parts) == 1:
+        return g.one("Identity", parts, output)
+    return g.one("Concat", parts, output, axis=0)
+
+
+#: Operators whose onnxruntime CPU kernels can turn a NaN input or state into finite output
+#: (LSTM and GRU clamp in their fast activations, RNN's Relu is max(0, NaN) = 0): the graph
+#: carries NaN past them itself.
+_MASKS_NAN = frozenset({"LSTM", "GRU", "RNN"})
+
+
+def _nan_only(g: GraphBuilder, name: str) -> str:
+    """``name`` where it is NaN, 0 elsewhere (Inf stays out: PyTorch can map Inf to finite values)."""
+    return g.one("Where", [g.one("IsNaN", [name]), name, g.scalar("zero", np.zeros((), np.float32))])
+
+
+def _nan_guard(g: GraphBuilder, x: str, h: str, c: str | None, directions: int) -> tuple[str, str]:
+    """NaN guards of one layer: ``(for Y (T, D, B, 1), for Y_h and Y_c (D, B, 1))``, NaN or 0.
+
+    As in PyTorch, a NaN in a stream's ``x`` at step t reaches that direction's output from
+    step t on (forward) or up to t (backward), and its final state; a NaN in a direction's
+    initial state reaches all its steps.
+    """
+    steps = g.one("ReduceSum", [_nan_only(g, x), g.ints("axes", [2])], keepdims=1)  # (T, B, 1)
+    axis = g.scalar("axis", np.array(0, np.int64))
+    spread = [g.one("CumSum", [steps, axis]), g.one("CumSum", [steps, axis], reverse=1)][:directions]
+    per_step = (g.one("Unsqueeze", [spread[0], g.ints("axes", [1])]) if directions == 1 else
+                g.one("Concat", [g.one("Unsqueeze", [d, g.ints("axes", [1])]) for d in spread], axis=1))
+    state = g.one("ReduceSum", [_nan_only(g, h), g.ints("axes", [2])], keepdims=1)  # (D, B, 1)
+    if c is not None:
+        state = g.one("Add", [state, g.one("ReduceSum", [_nan_only(g, c), g.ints("axes", [2])], keepdims=1)])
+    final = g.one("Add", [state, g.one("ReduceSum", [steps, g.ints("axes", [0])], keepdims=1)])
+    return g.one("Add", [per_step, state]), final
 
 
 def build_native(model: RecurrentModel, form: Form) -> onnx.ModelProto:
@@ -94,6 +124,10 @@ def build_native(model: RecurrentModel, form: Form) -> onnx.ModelProto:
     h_out, c_out = [], []
     for index, layer in enumerate(plan.layers):
         y, y_h, y_c = _layer_node(g, layer, index, x, h_parts[index], c_parts[index])
+        if layer.op in _MASKS_NAN and io.x_dtype == "float32":
+            per_step, final = _nan_guard(g, x, h_parts[index], c_parts[index], layer.directions)
+            y, y_h = g.one("Add", [y, per_step]), g.one("Add", [y_h, final])
+            y_c = g.one("Add", [y_c, final]) if y_c is not None else None
         x = _merge_directions(g, y, layer.directions)
         h_out.append(y_h)
         c_out.append(y_c)
@@ -107,9 +141,8 @@ def build_native(model: RecurrentModel, form: Form) -> onnx.ModelProto:
         g.one("Transpose", [x], y_name, perm=[1, 0, 2])
     else:
         g.one("Identity", [x], y_name)
-    _state_output(g, model, h_out, outputs[1].name)
-    if len(state_names) == 2:
-        _state_output(g, model, c_out, outputs[2].name)
+    for parts, output in zip((h_out, c_out), outputs[1:]):
+        _state_output(g, model, parts, output.name)
     graph = helper.make_graph(
         g.nodes,
         "rnnexport_native",

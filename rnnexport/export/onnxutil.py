@@ -39,6 +39,12 @@ class GraphBuilder:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
+    def scalar(self, hint: str, value: np.ndarray) -> str:
+        """A rank-0 constant (``const`` would give it one axis)."""
+        name = self.fresh(hint)
+        self.initializers.append(numpy_helper.from_array(np.asarray(value).reshape(()), name))
+        return name
+
     def ints(self, hint: str, values: list[int]) -> str:
         return self.const(hint, np.asarray(values, dtype=np.int64))
 

@@ -101,14 +101,26 @@ def _int8(source: Path, target: Path, family: str | None) -> str:
     return f"{share:.0%} of the weights int8, file {ratio:.0%} of the float32 size; operators: {', '.join(operators)}"
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to kill it when its parent dies (no orphan converter)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the child may outlive a killed parent
+
+
 def _ort(source: Path, target: Path, config: Path) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
+    # The work folder lies inside the bundle's temporary folder, so a killed run leaves nothing elsewhere.
+    with tempfile.TemporaryDirectory(dir=target.parent.parent, prefix=".ort-") as tmp:
         work = Path(tmp) / "model.onnx"
         shutil.copyfile(source, work)
         proc = subprocess.run(
             [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(work),
              "--output_dir", str(Path(tmp) / "out"), "--optimization_style", "Fixed"],
-            capture_output=True, text=True,
+            capture_output=True, text=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         produced = Path(tmp) / "out" / "model.ort"
         if proc.returncode != 0 or not produced.exists():

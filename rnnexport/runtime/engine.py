@@ -108,12 +108,12 @@ def _load(source: GraphSource, bundle: Bundle, requested: list[ProviderRequest],
     return graph, contract, started.device, info.description if info is not None else ""
 
 
-def open_engine(path: str | os.PathLike, options: LoadOptions) -> Engine:
-    """Open, check and load a bundle or model (see :meth:`StatefulSession.load`)."""
+def open_engine(path: str | os.PathLike | Bundle, options: LoadOptions) -> Engine:
+    """Open, check and load a bundle or model, or an already opened one (see :meth:`StatefulSession.load`)."""
     if options.form is not None and options.form not in FORMS:
         raise ContractError(f"form must be one of {', '.join(FORMS)}, got {options.form!r}")
     wanted = Form(options.form) if options.form is not None else None
-    bundle = open_bundle(path)
+    bundle = path if isinstance(path, Bundle) else open_bundle(path)
     requested = resolve_providers(options.providers)
     sources = [s for s in bundle.graphs.values() if wanted in (None, s.form) or s.form is None]
     if not sources:

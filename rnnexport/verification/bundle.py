@@ -18,6 +18,7 @@ from rnnexport.backends import EngineFailure, EngineUnavailable, OrtRunner, Unav
 from rnnexport.bundle import Bundle, open_bundle
 from rnnexport.bundle.vectors import read_set
 from rnnexport.ort import CPU, available_providers, full_name
+from rnnexport.runtime.engine import LoadOptions, open_engine
 from rnnexport.verification.compare import compare, tolerance_for
 from rnnexport.verification.report import Check, Contract, EngineStatus, Note, Report
 
@@ -75,6 +76,8 @@ def verify_bundle(path: str | Path, providers: Sequence[str] | None = None) -> R
     wanted = [full_name(p) for p in providers] if providers is not None else _default_providers()
     bundle = open_bundle(path)
     manifest = bundle.manifest
+    if manifest is not None:
+        open_engine(bundle, LoadOptions())  # each graph loads and its metadata matches the manifest, as an app sees it
     dtype = "float32"
     checks: list[Check] = []
     unavailable: list[Unavailable] = []

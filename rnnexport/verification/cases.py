@@ -44,6 +44,7 @@ class InputKind(str, enum.Enum):
     SATURATING = "saturating"  # standard normal x SATURATING_SCALE
     ONE_HOT = "one-hot"  # one-hot random tokens, for vocabulary models with vector input
     TOKENS = "tokens"  # random token ids, for int64 inputs
+    NAN = "nan"  # standard normal with a NaN in stream 0 halfway through: does NaN propagate as in PyTorch?
 
 
 class StateKind(str, enum.Enum):
@@ -51,6 +52,7 @@ class StateKind(str, enum.Enum):
 
     ZERO = "zero"
     RANDOM = "random"  # standard normal
+    NAN = "nan"  # standard normal with a NaN in stream 0's first state tensor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +68,11 @@ class Case:
     @property
     def id(self) -> str:
         return f"B{self.batch}-T{self.time}-{self.inputs.value}-{self.state.value}"
+
+    @property
+    def nonfinite(self) -> bool:
+        """Whether the case feeds NaN on purpose (its outputs are expected to hold NaN too)."""
+        return self.inputs is InputKind.NAN or self.state is StateKind.NAN
 
     @property
     def elements(self) -> int:
@@ -110,13 +117,23 @@ def grid(
     io: IOSpec, batch_sizes: Sequence[int], seq_lens: Sequence[int], seed: int,
     vocabulary: int | None = None,
 ) -> tuple[Case, ...]:
-    """Every batch size x length x input kind x initial state, each with its own seed."""
+    """Every batch size x length x input kind x initial state, each with its own seed.
+
+    Then the non-finite cases: at the largest batch up to 4 and the longest length up to 17,
+    a NaN in one stream's input halfway (float inputs), and one in its initial state.
+    """
     cases = []
     for batch in batch_sizes:
         for time in seq_lens:
             for inputs in input_kinds(io, vocabulary):
-                for state in StateKind:
+                for state in (StateKind.ZERO, StateKind.RANDOM):
                     cases.append(Case(batch, time, inputs, state, _case_seed(seed, batch, time, inputs, state)))
+    batch = max([b for b in batch_sizes if b <= 4] or [min(batch_sizes)])
+    time = max([t for t in seq_lens if t <= 17] or [min(seq_lens)])
+    special = [(InputKind.NAN, StateKind.ZERO)] if io.x_dtype != "int64" else []
+    special.append((input_kinds(io, vocabulary)[0], StateKind.NAN))
+    for inputs, state in special:
+        cases.append(Case(batch, time, inputs, state, _case_seed(seed, batch, time, inputs, state)))
     return tuple(cases)
 
 
@@ -130,8 +147,14 @@ def materialize(case: Case, io: IOSpec, vocabulary: int | None = None) -> tuple[
     else:
         scale = SATURATING_SCALE if case.inputs is InputKind.SATURATING else 1.0
         x = random_inputs(io, Form.SEQUENCE, case.batch, case.time, rng, scale=scale, vocabulary=vocabulary)
+    if case.inputs is InputKind.NAN:
+        where = [0] * x.ndim
+        where[io.time_axis] = case.time // 2
+        x[tuple(where)] = np.nan  # stream 0, feature 0
     if case.state is StateKind.ZERO:
         state = io.state.zeros(case.batch)
     else:
         state = random_state(io, case.batch, rng)
+    if case.state is StateKind.NAN:
+        state[0][(0,) * state[0].ndim] = np.nan  # stream 0 (index 0 on every axis, the batch axis among them)
     return x, state
