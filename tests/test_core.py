@@ -18,7 +18,8 @@ BARE = ["rnnexport.errors", "rnnexport.contract", "rnnexport.io", "rnnexport.ort
         "rnnexport.runtime", "rnnexport.runtime.engine", "rnnexport.runtime.session", "rnnexport.runtime.files"]
 #: Core modules that read ONNX files (onnx allowed, torch not).
 WITH_ONNX = ["rnnexport.graphs", "rnnexport.bundle.inspect", "rnnexport.bundle.vectors",
-             "rnnexport.verification.compare", "rnnexport.verification.inputs"]
+             "rnnexport.verification.compare", "rnnexport.verification.inputs", "rnnexport.verification.bundle",
+             "rnnexport.backends.onnxrt", "rnnexport.backends.reference"]
 
 
 def _import_blocking(modules: list[str], blocked: tuple[str, ...]) -> subprocess.CompletedProcess:

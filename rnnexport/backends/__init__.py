@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rnnexport.backends.base import (
     EngineUnavailable,
     GraphTensor,
@@ -24,7 +26,6 @@ from rnnexport.backends.onnxrt import (
     resolve_provider,
 )
 from rnnexport.backends.reference import ReferenceRunner, reference_limitations
-from rnnexport.backends.torch_runner import TorchRunner
 
 __all__ = [
     "PROVIDERS",
@@ -42,3 +43,12 @@ __all__ = [
     "reference_limitations",
     "resolve_provider",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``TorchRunner`` is imported on first use: the other runners need no PyTorch."""
+    if name == "TorchRunner":
+        from rnnexport.backends.torch_runner import TorchRunner
+
+        return TorchRunner
+    raise AttributeError(f"module 'rnnexport.backends' has no attribute {name!r}")

@@ -79,10 +79,26 @@ def _load_graph(path: Path, form: Form | None = None) -> tuple[onnx.ModelProto, 
     if info is None:
         raise BundleError(f"{path} has no rnnexport I/O contract in its metadata; convert it with "
                           "`rnnexport convert` first")
+    _check_weights_finite(model, path)
     if form is not None and info.form is not form:
         raise BundleError(f"{path} is a {info.form.value} graph; --step needs a step graph "
                           "(rnnexport convert --form step)")
     return model, info
+
+
+def _check_weights_finite(model: onnx.ModelProto, path: Path) -> None:
+    """A graph with NaN or Inf among its weights would ship test vectors that bless its output."""
+    from onnx import numpy_helper
+
+    from rnnexport.graphs import walk_graphs
+
+    for graph in walk_graphs(model.graph):
+        for tensor in graph.initializer:
+            if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
+                array = numpy_helper.to_array(tensor)
+                if not np.isfinite(array).all():
+                    raise BundleError(f"{path} has NaN or Inf in its weights ({tensor.name}); it cannot be "
+                                      "packaged: convert it again from finite weights")
 
 
 class _Expect:

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnexport.backends import EngineFailure, EngineUnavailable, OrtRunner, Unavailable
+from rnnexport.backends.base import EngineUnavailable, Unavailable
+from rnnexport.backends.onnxrt import EngineFailure, OrtRunner
 from rnnexport.bundle import Bundle, open_bundle
 from rnnexport.bundle.vectors import read_set
-from rnnexport.ort import CPU, available_providers, full_name
+from rnnexport.ort import CPU, available_providers, full_name, start_session
 from rnnexport.runtime.engine import LoadOptions, open_engine
 from rnnexport.verification.compare import compare, tolerance_for
+from rnnexport.verification.contracts import finite
 from rnnexport.verification.report import Check, Contract, EngineStatus, Note, Report
 
 __all__ = ["verify_bundle"]
@@ -54,6 +56,7 @@ def _run_sets(bundle: Bundle, runners: dict[str, OrtRunner], engine: str, tol_dt
         values = list(got.values())
         if entry.kind == "stream":
             carried[stream] = values[1:]
+        checks += finite(engine, entry.dir, got, entry.kind)
         for (name, want), value in zip(outputs, values):
             figures = compare(value, want, tol)
             checks.append(Check.of(Contract.VECTORS, engine, entry.dir, name, figures, entry.kind))
@@ -78,6 +81,9 @@ def verify_bundle(path: str | Path, providers: Sequence[str] | None = None) -> R
     manifest = bundle.manifest
     if manifest is not None:
         open_engine(bundle, LoadOptions())  # each graph loads and its metadata matches the manifest, as an app sees it
+    else:
+        for source in bundle.graphs.values():
+            start_session(source.model, "cpu", name=f"{source.name} of {path}")  # a damaged graph is bad input
     dtype = "float32"
     checks: list[Check] = []
     unavailable: list[Unavailable] = []

@@ -10,13 +10,15 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rnnexport.contract import Form, IOSpec
-from rnnexport.model import RecurrentModel
 from rnnexport.verification.inputs import random_inputs, random_state
+
+if TYPE_CHECKING:
+    from rnnexport.model import RecurrentModel
 
 __all__ = [
     "DEFAULT_BATCH_SIZES",

@@ -85,13 +85,14 @@ def declared_shapes(engine: str, case: Case, declared: Sequence[GraphTensor], go
     return checks
 
 
-def finite(engine: str, case: Case, got: Outputs, variant: str = "") -> list[Check]:
-    """Contract 5: every output free of NaN and Inf."""
+def finite(engine: str, case: Case | str, got: Outputs, variant: str = "") -> list[Check]:
+    """Contract 5: every output free of NaN and Inf (``case``: a grid case, or a bundle's test set)."""
+    case_id = case if isinstance(case, str) else case.id
     checks = []
     for name, array in got.items():
         nans, infs = count_nonfinite(array)
         detail = f"{nans} NaN, {infs} Inf in {np.size(array)} values" if nans or infs else ""
-        checks.append(Check(Contract.FINITE, engine, case.id, name, not (nans or infs), variant, detail=detail))
+        checks.append(Check(Contract.FINITE, engine, case_id, name, not (nans or infs), variant, detail=detail))
     return checks
 
 
