@@ -24,7 +24,7 @@ from rnnexport.bundle import open_bundle
 from rnnexport.cli import main
 from rnnexport.errors import BundleError, ContractError, RnnexportError
 from rnnexport.runtime import StatefulSession
-from tests.test_runtime_bundle import make_bundle, write_manifest
+from tests.test_runtime_bundle import make_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 
