@@ -326,16 +326,5 @@ class StatefulSession:
         return ys
 
 
-def load(
-    path: str | os.PathLike,
-    providers: ProviderRequest | list[ProviderRequest] | None = None,
-    *,
-    batch: int = 1,
-    form: str | None = None,
-    threads: int | None = None,
-    session_options: ort.SessionOptions | None = None,
-    check_finite: bool = False,
-) -> StatefulSession:
-    """:meth:`StatefulSession.load`: a bundle, a .zip of one, or a model ``.onnx``, ready to stream."""
-    return StatefulSession.load(path, providers, batch=batch, form=form, threads=threads,
-                                session_options=session_options, check_finite=check_finite)
+#: :meth:`StatefulSession.load` as a function: ``rnnexport.runtime.load("bundle.zip")``.
+load = StatefulSession.load
