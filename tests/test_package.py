@@ -65,7 +65,7 @@ def test_bundle_and_its_zip_verify(bundles, name):
     for path in (bundles[name].folder, bundles[name].archive):
         report = verify_bundle(path, ["cpu"])
         assert report.passed, report.to_json()
-        assert report.kind == "bundle" and {c.contract.value for c in report.checks} == {"test_vectors"}
+        assert report.kind == "bundle" and {c.contract.value for c in report.checks} == {"test_vectors", "finite"}
         assert {c.case for c in report.checks} >= {"test_data_set_1", "test_data_set_2", "step/test_data_set_0"}
 
 
