@@ -352,6 +352,9 @@ class TorchSequence(torch.nn.Module):
 def _torch_plan(rnn: torch.nn.RNNBase) -> tuple[NativePlan | None, str]:
     if getattr(rnn, "proj_size", 0):
         return None, "the ONNX LSTM operator has no projection (proj_size), so it cannot carry the projected state"
+    if rnn.mode == "RNN_RELU":
+        return None, ("the ONNX RNN operator's Relu activation does not run the same everywhere (tract computes "
+                      "tanh instead, onnx's ReferenceEvaluator refuses it), so a relu RNN is scanned or traced")
     kind = _FAMILY[rnn.mode]
     directions = 2 if rnn.bidirectional else 1
     layers = []
@@ -366,14 +369,13 @@ def _torch_plan(rnn: torch.nn.RNNBase) -> tuple[NativePlan | None, str]:
             if rnn.bias:
                 Bs.append(np.concatenate([gates.torch_to_onnx_gates(kind, get("bias_ih")),
                                           gates.torch_to_onnx_gates(kind, get("bias_hh"))]))
-        activation = "Relu" if rnn.mode == "RNN_RELU" else "Tanh"
         layers.append(NativeLayer(
             op=gates.ONNX_OP[kind],
             W=np.stack(Ws),
             R=np.stack(Rs),
             B=np.stack(Bs) if Bs else None,
             hidden_size=rnn.hidden_size,
-            activations=(activation,) * directions if kind is CellKind.RNN else None,
+            activations=("Tanh",) * directions if kind is CellKind.RNN else None,
             linear_before_reset=1 if kind is CellKind.GRU else None,
         ))
     return NativePlan(layers=tuple(layers)), ""

@@ -85,7 +85,7 @@ CONFIGS: dict[str, Callable[[], RecurrentModel | torch.nn.Module]] = {
     "seed_lstm": lambda: rnnexport.builtin("lstm", params=seed_params("lstm", seed=2)),
     "seed_gru": lambda: rnnexport.builtin("gru", params=seed_params("gru", seed=3)),
     "nn_rnn_tanh_2layer": _seeded(lambda: torch.nn.RNN(10, 16, num_layers=2)),
-    "nn_rnn_relu": _seeded(lambda: torch.nn.RNN(10, 16, nonlinearity="relu")),
+    "nn_rnn_relu": _seeded(lambda: torch.nn.RNN(10, 16, nonlinearity="relu", batch_first=True)),
     "nn_lstm_proj": _seeded(lambda: torch.nn.LSTM(10, 16, proj_size=5)),
     "nn_lstm_2layer_bi_batch_first": _seeded(
         lambda: torch.nn.LSTM(10, 16, num_layers=2, bidirectional=True, batch_first=True)),
@@ -103,7 +103,7 @@ LOWERINGS: dict[str, tuple[str, ...]] = {
     "seed_lstm": ("native", "scan"),
     "seed_gru": ("native", "scan"),
     "nn_rnn_tanh_2layer": ("native", "scan"),
-    "nn_rnn_relu": ("native", "scan"),
+    "nn_rnn_relu": ("scan",),
     "nn_lstm_proj": ("scan",),
     "nn_lstm_2layer_bi_batch_first": ("native",),
     "nn_gru_3layer_bi": ("native",),

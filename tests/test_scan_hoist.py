@@ -61,6 +61,11 @@ def _cost(model_proto: onnx.ModelProto) -> tuple[int, int]:
     return len(_body(model_proto).node), len(model_proto.graph.node)
 
 
+def _work(graph: onnx.GraphProto) -> int:
+    """Nodes that compute something (Identity is free)."""
+    return sum(n.op_type != "Identity" for n in graph.node)
+
+
 def _ops(graph: onnx.GraphProto, op: str) -> int:
     return sum(n.op_type == op for n in graph.node)
 
@@ -113,7 +118,8 @@ def test_gate_activations_run_once_per_step(exports, steps):
 def test_body_is_at_most_half_the_traced_step(exports, steps, name):
     model, step = exports.model(name), steps(name)
     plain, rewritten = wrap_in_scan(model, step, ScanOptions.plain()), wrap_in_scan(model, step)
-    assert 2 * len(_body(rewritten).node) <= len(_body(plain).node) + 2, (_cost(rewritten), _cost(plain))
+    # Identity nodes cost nothing (onnxruntime removes them); they give body outputs their own value
+    assert 2 * _work(_body(rewritten)) <= _work(_body(plain)) + 2, (_cost(rewritten), _cost(plain))
 
 
 @pytest.mark.parametrize("name", ["seed_lstm", "wrapped_token_lm", "user_leaky_cell"])

@@ -242,7 +242,7 @@ def _no_metadata(small: Path, tmp_path: Path) -> Path:
     (["SMALL", "gru", "--input-size", "5", "--hidden-size", "8"], ["SOURCE does not match"]),
     (["SMALL", "lstm", "--input-size", "5", "--hidden-size", "8", "--seed", "4"],
      ["parameter sha256", "do not match"]),
-    (["SMALL", "--providers", "cpu,rocmx"], ["unknown execution provider 'rocmx'", "cpu, cuda, tensorrt"]),
+    (["SMALL", "--providers", "cpu,rocmx"], ["unknown engine 'rocmx'", "cpu, cuda, tensorrt, reference, openvino"]),
     (["SMALL", "--batch-sizes", "0,2"], ["--batch-sizes takes comma-separated positive integers"]),
     (["SMALL", "--seq-lens", "a"], ["--seq-lens takes"]),
     (["SMALL", "--hidden-size", "8"], ["describe a SOURCE; give it"]),

@@ -20,7 +20,7 @@ import onnx
 
 from rnnexport.errors import VerifyError
 
-__all__ = ["EngineUnavailable", "GraphTensor", "Runner", "Unavailable", "check_feeds", "graph_tensors"]
+__all__ = ["EngineFailure", "EngineUnavailable", "GraphTensor", "Runner", "Unavailable", "check_feeds", "graph_tensors"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,10 @@ class Unavailable:
 
     def to_json(self) -> dict[str, Any]:
         return {"engine": self.engine, "reason": self.reason, "case": self.case}
+
+
+class EngineFailure(Exception):
+    """An engine that started raised while running valid feeds: the graph fails on it."""
 
 
 class EngineUnavailable(Exception):
@@ -119,6 +123,11 @@ class Runner(abc.ABC):
 
     #: Short engine name used in reports, e.g. ``"onnxruntime:cpu"``.
     name: str = "runner"
+    #: What a report should say about how the engine ran (e.g. OpenVINO's inference precision).
+    detail: str = ""
+    #: The graph's declared inputs and outputs, once active (graph engines; empty for PyTorch).
+    inputs: tuple[GraphTensor, ...] = ()
+    outputs: tuple[GraphTensor, ...] = ()
 
     def __init__(self) -> None:
         self.is_active = False

@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from rnnexport.backends.base import EngineUnavailable, GraphTensor, Runner, check_feeds
+from rnnexport.backends.base import (
+    EngineFailure,
+    EngineUnavailable,
+    GraphTensor,
+    Runner,
+    check_feeds,
+)
 from rnnexport.errors import ProviderError, describe
 from rnnexport.ort import (
     ALIASES,
@@ -38,10 +44,6 @@ _ORT_TYPES = {
 
 #: ``full_name`` under the name verify has always used.
 resolve_provider = full_name
-
-
-class EngineFailure(Exception):
-    """An engine that started raised while running valid feeds: the graph fails on it."""
 
 
 class OrtRunner(Runner):

@@ -23,6 +23,7 @@ COMMANDS = {
     "package": ("rnnexport.cli.package", "package_command"),
     "inspect": ("rnnexport.cli.inspect", "inspect_command"),
     "run": ("rnnexport.cli.run", "run_command"),
+    "triton": ("rnnexport.cli.triton", "triton_command"),
 }
 
 

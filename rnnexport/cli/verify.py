@@ -61,13 +61,14 @@ class _Bar:
             self.bar = None
 
 
-def _verify_bundle(path: str, providers: list[str] | None, json_path: str | None, quiet: bool) -> int:
+def _verify_bundle(path: str, engines: list[str] | None, allow_missing: bool, json_path: str | None,
+                   quiet: bool) -> int:
     """Checksums (when the bundle is opened), then every test vector set; returns the exit status."""
     from rnnexport.verification.bundle import verify_bundle
 
     if json_path:
         check_writable(json_path, "report")
-    report = verify_bundle(path, providers)
+    report = verify_bundle(path, engines, allow_missing)
     click.echo(render_text(report, quiet=quiet))
     if json_path:
         write_json(report, json_path)
@@ -81,9 +82,15 @@ def _verify_bundle(path: str, providers: list[str] | None, json_path: str | None
 @click.argument("source", required=False)
 @click.option("--step", "step_model", default=None, metavar="STEP.onnx",
               help="A step graph of the same model: stream it and compare with MODEL (contract 3).")
+@click.option("--engines", default=None, metavar="LIST",
+              help="Engines, comma-separated: cpu, cuda, tensorrt (onnxruntime's providers), reference, openvino, "
+                   "tract, node, wasm, browser. Each one named must start (else exit 1, unless --allow-missing). "
+                   "Default: every onnxruntime provider this build lists, and the ReferenceEvaluator; those that "
+                   "do not start are reported unavailable.")
 @click.option("--providers", default=None, metavar="LIST",
-              help="onnxruntime execution providers, comma-separated: cpu, cuda, tensorrt "
-                   "(default: every one this onnxruntime lists; those that do not start are reported unavailable).")
+              help="The older spelling of --engines, for onnxruntime providers (the ReferenceEvaluator runs too).")
+@click.option("--allow-missing", is_flag=True,
+              help="A requested engine that cannot start is reported, not a failure.")
 @click.option("--reference-evaluator/--no-reference-evaluator", default=True, show_default=True,
               help="Also run onnx's ReferenceEvaluator (on cases with T*B <= 512).")
 @click.option("--batch-sizes", default=None, metavar="LIST", help="Batch sizes of the grid (default 1,4,16).")
@@ -100,8 +107,8 @@ def _verify_bundle(path: str, providers: list[str] | None, json_path: str | None
               help="Plot error vs time step per engine (needs pip install 'rnnexport[plot]').")
 @source_options
 @click.option("-q", "--quiet", is_flag=True, help="Print only the PASS/FAIL line.")
-def verify_command(model, source, step_model, providers, reference_evaluator, batch_sizes, seq_lens,
-                   case_seed, atol, rtol, json_path, plot_path, quiet, **source_kw) -> None:
+def verify_command(model, source, step_model, engines, providers, allow_missing, reference_evaluator, batch_sizes,
+                   seq_lens, case_seed, atol, rtol, json_path, plot_path, quiet, **source_kw) -> None:
     """Verify that ONNX graph MODEL computes what its PyTorch SOURCE computes.
 
     MODEL may also be a bundle folder or zip (rnnexport package), or an ONNX test
@@ -116,13 +123,18 @@ def verify_command(model, source, step_model, providers, reference_evaluator, ba
         if source is not None or step_model is not None:
             raise VerifyError("a bundle carries its own graphs and expected outputs: give just DIR or ZIP, "
                               "without SOURCE or --step")
-        wanted = [p.strip() for p in providers.split(",") if p.strip()] if providers else None
-        sys.exit(_verify_bundle(model, wanted, json_path, quiet))
+        if engines and providers:
+            raise VerifyError("give --engines or --providers (its older spelling), not both")
+        listed = engines or providers
+        wanted = [p.strip() for p in listed.split(",") if p.strip()] if listed else None
+        sys.exit(_verify_bundle(model, wanted, allow_missing, json_path, quiet))
     if source is None and any(v not in (None, 0) for v in source_kw.values()):
         raise VerifyError("--input-size/--hidden-size/--output-size/--weights/--seed describe a SOURCE; give it, "
                           "e.g. rnnexport verify MODEL.onnx lstm --hidden-size 256")
     options = VerifyOptions(
         providers=tuple(p for p in providers.split(",") if p.strip()) if providers is not None else None,
+        engines=tuple(p for p in engines.split(",") if p.strip()) if engines is not None else None,
+        allow_missing=allow_missing,
         reference_evaluator=reference_evaluator,
         batch_sizes=_ints(batch_sizes, "--batch-sizes") or VerifyOptions.batch_sizes,
         seq_lens=_ints(seq_lens, "--seq-lens") or VerifyOptions.seq_lens,

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import onnx
 import torch
+from onnx import helper
 
 from rnnexport.contract import Form, GraphInfo, Lowering, TensorSpec
 from rnnexport.errors import ConvertError
 from rnnexport.export.lowerings import Attempt, lower
 from rnnexport.export.metadata import write_info
+from rnnexport.export.nan import carry_nan
 from rnnexport.export.onnxutil import check_model, value_info
 from rnnexport.graphs import walk
 from rnnexport.io import atomic_write, check_writable
@@ -53,6 +55,32 @@ def _declare(onnx_model: onnx.ModelProto, inputs: list[TensorSpec], outputs: lis
     for field, specs in ((graph.input, inputs), (graph.output, outputs)):
         for value, spec in zip(field, specs):
             value.CopyFrom(value_info(spec))
+    _name_producers(graph)
+
+
+def _name_producers(graph: onnx.GraphProto) -> None:
+    """Make each graph output the only output of a node named after it (tract names outputs by node).
+
+    A single-output producer is renamed; an output of a multi-output node (Scan, LSTM) gets
+    an Identity of its own.
+    """
+    outputs = [v.name for v in graph.output]
+    names = {n.name for n in graph.node}
+    for name in outputs:
+        producer = next((n for n in graph.node if name in n.output), None)
+        if producer is None or producer.name == name:
+            continue
+        if len(producer.output) == 1 and name not in names:
+            producer.name = name
+        else:
+            inner = f"{name}__value"
+            producer.output[list(producer.output).index(name)] = inner
+            graph.node.append(helper.make_node("Identity", [inner], [name], name=name))
+        names.add(name)
+
+
+def _bidirectional(model: RecurrentModel) -> bool:
+    return any(isinstance(m, torch.nn.RNNBase) and m.bidirectional for m in model.sequence_module.modules())
 
 
 def count_nodes(graph: onnx.GraphProto) -> int:
@@ -71,6 +99,8 @@ def to_onnx(
     with torch.no_grad():
         onnx_model, used, attempts = lower(model, form, lowering, seq_len, progress)
     fixed = (seq_len or 35) if used is Lowering.UNROLLED and form is Form.SEQUENCE else None
+    if used is not Lowering.NATIVE and not _bidirectional(model):  # native carries NaN per layer itself
+        carry_nan(onnx_model, model.io, form)
     _declare(onnx_model, model.io.inputs(form, fixed), model.io.outputs(form, fixed))
     info = write_info(onnx_model, model, form, used, fixed)
     check_model(onnx_model)

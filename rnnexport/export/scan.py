@@ -153,10 +153,12 @@ def _scan_node(parts: _Parts) -> onnx.NodeProto:
     body = parts.work.graph
     by_name = {v.name: v for v in [*body.input, *body.output]}
     made = producers(body)
+    outputs, nodes = _own_outputs(
+        list(body.node), [_copy(by_name[_PREFIX + s.body_out]) for s in parts.states] + _prefixed(parts.scan_outputs))
     body_graph = helper.make_graph(
-        list(body.node), "step",
+        nodes, "step",
         [_copy(by_name[_PREFIX + s.body_in]) for s in parts.states] + _prefixed(parts.scan_inputs),
-        [_copy(by_name[_PREFIX + s.body_out]) for s in parts.states] + _prefixed(parts.scan_outputs),
+        outputs,
         value_info=[v for v in body.value_info if v.name in made])
     return helper.make_node(
         "Scan",
@@ -168,6 +170,64 @@ def _scan_node(parts: _Parts) -> onnx.NodeProto:
         scan_input_axes=[axis for _, _, axis in parts.scan_inputs],
         scan_output_axes=[axis for _, _, axis in parts.scan_outputs],
     )
+
+
+def _own_outputs(nodes: list[onnx.NodeProto], outputs: list[onnx.ValueInfoProto]
+                 ) -> tuple[list[onnx.ValueInfoProto], list[onnx.NodeProto]]:
+    """Give every body output that the body also reads (or that is output twice) its own Identity.
+
+    tract cannot unify the shape of a Scan output that is read inside the body too; an
+    Identity in between costs onnxruntime nothing measurable.
+    """
+    read = {i for n in nodes for i in n.input}
+    seen: set[str] = set()
+    fixed: list[onnx.ValueInfoProto] = []
+    extra: list[onnx.NodeProto] = []
+    for value in outputs:
+        if value.name in read or value.name in seen or value.name in {v.name for v in fixed}:
+            own = _copy(value, f"{value.name}__out{len(extra)}")
+            extra.append(helper.make_node("Identity", [value.name], [own.name], name=f"{own.name}_identity"))
+            value = own
+        seen.add(value.name)
+        fixed.append(value)
+    return fixed, nodes + extra
+
+
+def _rank(value: onnx.ValueInfoProto) -> int | None:
+    tensor = value.type.tensor_type
+    return len(tensor.shape.dim) if tensor.HasField("shape") else None
+
+
+def _time_first(parts: _Parts) -> tuple[_Parts, list[onnx.NodeProto], list[onnx.NodeProto]]:
+    """Scan along axis 0 only: Transpose batch-major scan inputs before the Scan and outputs after.
+
+    onnx's ReferenceEvaluator (and other engines) run Scan only over axis 0; a Transpose of
+    the whole sequence is cheap next to the loop.
+    """
+    before: list[onnx.NodeProto] = []
+    after: list[onnx.NodeProto] = []
+    inputs: list[tuple[onnx.ValueInfoProto, str, int]] = []
+    outputs: list[tuple[onnx.ValueInfoProto, str, int]] = []
+    for value, outer, axis in parts.scan_inputs:
+        rank = _rank(value)
+        if axis == 0 or rank is None:
+            inputs.append((value, outer, axis))
+            continue
+        perm = [axis] + [i for i in range(rank + 1) if i != axis]
+        moved = f"{outer}__time_first"
+        before.append(helper.make_node("Transpose", [outer], [moved], name=f"{moved}_transpose", perm=perm))
+        inputs.append((value, moved, 0))
+    for value, outer, axis in parts.scan_outputs:
+        rank = _rank(value)
+        if axis == 0 or rank is None:
+            outputs.append((value, outer, axis))
+            continue
+        perm = [axis] + [i for i in range(rank + 1) if i != axis]
+        inverse = [perm.index(i) for i in range(rank + 1)]
+        made = f"{outer}__time_first"
+        after.append(helper.make_node("Transpose", [made], [outer], name=f"{outer}_transpose", perm=inverse))
+        outputs.append((value, made, 0))
+    return dataclasses.replace(parts, scan_inputs=inputs, scan_outputs=outputs), before, after
 
 
 def _weights_into_body(graph: onnx.GraphProto) -> None:
@@ -196,14 +256,14 @@ def wrap_in_scan(model: RecurrentModel, step: onnx.ModelProto, options: ScanOpti
         options: which rewrites to apply; all by default.
     """
     io = model.io
-    parts = _plan(model, step, options or ScanOptions())
+    parts, before, after = _time_first(_plan(model, step, options or ScanOptions()))
     body = parts.work.graph
     weights = {t.name for t in body.initializer}
     _rename_graph(body, _PREFIX)
     for node in parts.g.nodes:
         node.input[:] = [_PREFIX + i if i in weights else i for i in node.input]
     graph = helper.make_graph(
-        [*parts.g.nodes, _scan_node(parts)],
+        [*parts.g.nodes, *before, _scan_node(parts), *after],
         "rnnexport_scan",
         [value_info(s) for s in io.inputs(Form.SEQUENCE)],
         [value_info(s) for s in io.outputs(Form.SEQUENCE)],

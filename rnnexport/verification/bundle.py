@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnexport.backends.base import EngineUnavailable, Unavailable
-from rnnexport.backends.onnxrt import EngineFailure, OrtRunner
+from rnnexport.backends.base import EngineFailure, EngineUnavailable, Runner, Unavailable
+from rnnexport.backends.registry import EngineSpec, engine_spec, make_runner
 from rnnexport.bundle import Bundle, open_bundle
 from rnnexport.bundle.vectors import read_set
-from rnnexport.ort import CPU, available_providers, full_name, start_session
+from rnnexport.ort import CPU, available_providers, start_session
 from rnnexport.runtime.engine import LoadOptions, open_engine
 from rnnexport.verification.compare import compare, tolerance_for
 from rnnexport.verification.contracts import finite
@@ -27,12 +27,12 @@ from rnnexport.verification.report import Check, Contract, EngineStatus, Note, R
 __all__ = ["verify_bundle"]
 
 
-def _default_providers() -> list[str]:
+def _default_engines() -> list[EngineSpec]:
     listed = available_providers()
-    return [CPU, *(p for p in listed if p != CPU)]
+    return [engine_spec(p) for p in [CPU, *(p for p in listed if p != CPU)]]
 
 
-def _run_sets(bundle: Bundle, runners: dict[str, OrtRunner], engine: str, tol_dtype: str,
+def _run_sets(bundle: Bundle, runners: dict[str, Runner], engine: str, tol_dtype: str,
               unavailable: list[Unavailable]) -> list[Check]:
     tol = tolerance_for(tol_dtype)
     checks: list[Check] = []
@@ -63,20 +63,22 @@ def _run_sets(bundle: Bundle, runners: dict[str, OrtRunner], engine: str, tol_dt
     return checks
 
 
-def verify_bundle(path: str | Path, providers: Sequence[str] | None = None) -> Report:
-    """Open a bundle (folder or zip) or an ONNX test folder, then run every test set on each provider.
+def verify_bundle(path: str | Path, engines: Sequence[str] | None = None, allow_missing: bool = False) -> Report:
+    """Open a bundle (folder or zip) or an ONNX test folder, then run every test set on each engine.
 
     Args:
         path: the bundle or test folder; its checksums are checked when it is opened.
-        providers: onnxruntime providers (``cpu``, ``cuda``, ``tensorrt`` or full names);
-            None: every one this build lists (those that do not start are reported unavailable).
+        engines: engine names (``cpu``, ``cuda``, ``tensorrt``, ``reference``, ``openvino``, ``tract``,
+            ``node``, ``wasm``, ``browser``); each named must start unless ``allow_missing``.
+            None: every onnxruntime provider this build lists (those that do not start are reported).
+        allow_missing: let a requested engine that cannot start pass.
 
     Raises:
         BundleError: the bundle is unreadable, unsafe, tampered with or malformed.
-        ProviderError: an unknown provider name.
+        VerifyError: an unknown engine name.
     """
     started = time.perf_counter()
-    wanted = [full_name(p) for p in providers] if providers is not None else _default_providers()
+    wanted = [engine_spec(p) for p in engines] if engines is not None else _default_engines()
     bundle = open_bundle(path)
     manifest = bundle.manifest
     if manifest is not None:
@@ -88,15 +90,17 @@ def verify_bundle(path: str | Path, providers: Sequence[str] | None = None) -> R
     checks: list[Check] = []
     unavailable: list[Unavailable] = []
     statuses: list[EngineStatus] = []
-    for provider in dict.fromkeys(wanted):
-        runners = {key: OrtRunner(source.model, provider) for key, source in bundle.graphs.items()}
+    for spec in dict.fromkeys(wanted):
+        runners = {key: make_runner(spec, source.model) for key, source in bundle.graphs.items()}
         name = next(iter(runners.values())).name
         try:
             for runner in runners.values():
                 runner.activate()
         except EngineUnavailable as e:
+            for runner in runners.values():
+                runner.deactivate()
             unavailable.append(e.result())
-            statuses.append(EngineStatus(name, "onnxruntime", provider, providers is not None, False, e.reason))
+            statuses.append(EngineStatus(name, spec.kind, spec.provider, engines is not None, False, e.reason))
             continue
         begun = time.perf_counter()
         try:
@@ -104,8 +108,8 @@ def verify_bundle(path: str | Path, providers: Sequence[str] | None = None) -> R
         finally:
             for runner in runners.values():
                 runner.deactivate()
-        statuses.append(EngineStatus(name, "onnxruntime", provider, providers is not None, True,
-                                     seconds=time.perf_counter() - begun))
+        statuses.append(EngineStatus(name, spec.kind, spec.provider, engines is not None, True,
+                                     seconds=time.perf_counter() - begun, detail=next(iter(runners.values())).detail))
     first = next(iter(manifest.graphs.values())) if manifest else None
     return Report(
         model=str(path),
@@ -116,7 +120,7 @@ def verify_bundle(path: str | Path, providers: Sequence[str] | None = None) -> R
         seq_len=None,
         seed=0,
         tolerance=tolerance_for(dtype),
-        providers_requested=tuple(wanted) if providers is not None else None,
+        providers_requested=tuple(s.provider or s.kind for s in wanted) if engines is not None else None,
         providers_available=tuple(available_providers()),
         engines=tuple(statuses),
         cases=(),
@@ -126,4 +130,5 @@ def verify_bundle(path: str | Path, providers: Sequence[str] | None = None) -> R
         seconds=time.perf_counter() - started,
         kind="bundle",
         test_sets=tuple(t.dir for t in bundle.test_vectors),
+        allow_missing=allow_missing,
     )

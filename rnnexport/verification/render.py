@@ -42,6 +42,10 @@ def summary_line(report: Report) -> str:
     if not report.ran:
         return f"FAIL  no graph engine ran ({what})"
     failures = report.failures
+    if report.missing and not report.allow_missing and not failures:
+        gone = report.missing[0]
+        return (f"FAIL  {len(report.missing)} requested engine(s) did not start; first: {gone.name}: {gone.reason} "
+                f"(--allow-missing lets them pass) ({what})")
     if not failures:
         return f"PASS  {what}"
     first = failures[0]

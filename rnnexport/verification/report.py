@@ -145,16 +145,18 @@ class EngineStatus:
     """An engine the run asked for or found: whether it ran, and why not."""
 
     name: str
-    kind: str  # "onnxruntime" | "reference" | "pytorch"
+    kind: str  # "pytorch" or an engine kind of rnnexport.backends.registry (onnxruntime, reference, openvino, ...)
     provider: str | None
     requested: bool
     available: bool
     reason: str = ""
     seconds: float = 0.0
+    detail: str = ""  # how it ran, e.g. OpenVINO's inference precision
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "provider": self.provider, "requested": self.requested,
-                "available": self.available, "reason": self.reason, "seconds": round(self.seconds, 4)}
+                "available": self.available, "reason": self.reason, "seconds": round(self.seconds, 4),
+                "detail": self.detail}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +186,8 @@ class Report:
     kind: str = "graph"
     #: The test sets run, for bundle reports.
     test_sets: tuple[str, ...] = ()
+    #: Whether a requested engine that could not start may pass (``--allow-missing``).
+    allow_missing: bool = False
 
     @property
     def ran(self) -> bool:
@@ -195,8 +199,13 @@ class Report:
         return tuple(c for c in self.checks if not c.passed)
 
     @property
+    def missing(self) -> tuple[EngineStatus, ...]:
+        """Engines that were asked for by name and did not start (a failure unless ``allow_missing``)."""
+        return tuple(e for e in self.engines if e.requested and not e.available)
+
+    @property
     def passed(self) -> bool:
-        return self.ran and not self.failures
+        return self.ran and not self.failures and (self.allow_missing or not self.missing)
 
     def contracts(self) -> list[Contract]:
         """The contracts with at least one check, in their order."""
@@ -230,6 +239,7 @@ class Report:
         return {
             "format": FORMAT,
             "kind": self.kind,
+            "allow_missing": self.allow_missing,
             "passed": self.passed,
             "model": self.model,
             "step_model": self.step_model,

@@ -10,20 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnexport.backends import (
-    PROVIDERS,
-    EngineFailure,
-    EngineUnavailable,
-    OrtRunner,
-    ReferenceRunner,
-    Runner,
-    TorchRunner,
-    Unavailable,
-    available_providers,
-    resolve_provider,
-)
+from rnnexport.backends.base import EngineFailure, EngineUnavailable, Runner, Unavailable
+from rnnexport.backends.registry import EngineSpec, engine_spec, make_runner
+from rnnexport.backends.torch_runner import TorchRunner
 from rnnexport.contract import Form
 from rnnexport.errors import VerifyError
+from rnnexport.ort import CPU as ORT_CPU
+from rnnexport.ort import available_providers
 from rnnexport.verification import contracts
 from rnnexport.verification.cases import (
     DEFAULT_BATCH_SIZES,
@@ -45,7 +38,7 @@ DEFAULT_CHUNK_SIZES = (1, 3, 64)
 MAX_CASE_STEPS = 1 << 21
 #: Contract 1 is not judged where PyTorch's own float32 error exceeds this share of the output range.
 ILL_CONDITIONED = 0.01
-CPU = PROVIDERS["cpu"]
+CPU = ORT_CPU
 #: ``progress(done, total, label)``, called after each case.
 Progress = Callable[[int, int, str], None]
 
@@ -55,11 +48,17 @@ class VerifyOptions:
     """What to verify, on which engines, over which grid.
 
     Attributes:
-        providers: onnxruntime execution providers (``cpu``, ``cuda``, ``tensorrt`` or
-            full names); None: every provider this onnxruntime lists (those that do not
-            start are reported unavailable).
-        reference_evaluator: also run onnx's ReferenceEvaluator ...
-        reference_max_elements: ... on cases with ``T * B`` at most this (it is slow).
+        engines: engines to run, by :data:`rnnexport.backends.registry.ENGINES` names (``cpu``,
+            ``cuda``, ``tensorrt``, ``reference``, ``openvino``, ``tract``, ``node``, ``wasm``,
+            ``browser``; onnxruntime's CPU provider runs too, as contract 6's baseline). Each one
+            named must start, unless ``allow_missing``. None: see ``providers``.
+        providers: the older spelling, for onnxruntime providers only (plus the ReferenceEvaluator
+            when ``reference_evaluator``); None with ``engines`` None: every provider this
+            onnxruntime lists and the ReferenceEvaluator, those that do not start reported.
+        allow_missing: let a requested engine that cannot start pass (reported, not failed).
+        reference_evaluator: run onnx's ReferenceEvaluator when ``engines`` is None ...
+        reference_max_elements: ... and every slow engine (reference, node, wasm, browser)
+            on cases with ``T * B`` at most this.
         batch_sizes, seq_lens: the grid (an unrolled graph runs only at its fixed T).
         seed: seed of every generated input and state.
         atol, rtol: tolerances; None: the graph's dtype default (see ``DEFAULT_TOLERANCES``).
@@ -70,6 +69,8 @@ class VerifyOptions:
     """
 
     providers: tuple[str, ...] | None = None
+    engines: tuple[str, ...] | None = None
+    allow_missing: bool = False
     reference_evaluator: bool = True
     reference_max_elements: int = 512
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
@@ -81,7 +82,7 @@ class VerifyOptions:
     step_model: str | None = None
 
     def __post_init__(self) -> None:
-        for field in ("providers", "batch_sizes", "seq_lens", "chunk_sizes"):
+        for field in ("providers", "engines", "batch_sizes", "seq_lens", "chunk_sizes"):
             value = getattr(self, field)
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, field, tuple(value))
@@ -96,6 +97,10 @@ class VerifyOptions:
                               "--batch-sizes or --seq-lens")
         if self.providers is not None and not self.providers:
             raise VerifyError("give at least one execution provider, e.g. --providers cpu")
+        if self.engines is not None and not self.engines:
+            raise VerifyError("give at least one engine, e.g. --engines cpu,reference")
+        if self.engines is not None and self.providers is not None:
+            raise VerifyError("give --engines or --providers (its older spelling), not both")
         for field in ("atol", "rtol"):
             value = getattr(self, field)
             if value is not None and not value >= 0:
@@ -104,26 +109,48 @@ class VerifyOptions:
 
 @dataclasses.dataclass
 class _Engine:
-    name: str
-    kind: str
-    provider: str | None
+    spec: EngineSpec
     runner: Runner
     step_runner: Runner | None
     requested: bool
     seconds: float = 0.0
 
+    @property
+    def name(self) -> str:
+        return self.runner.name
 
-def _providers(options: VerifyOptions) -> tuple[list[tuple[str, bool]], list[Note]]:
-    """``[(full provider name, requested)]`` (CPU first, the baseline of contract 6) and notes."""
-    if options.providers is None:
-        names = available_providers()
-        return [(p, False) for p in sorted(names, key=lambda p: p != CPU)], []
-    wanted = list(dict.fromkeys(resolve_provider(p) for p in options.providers))
-    notes: list[Note] = []
-    if CPU not in wanted:
-        notes.append(Note("cpu_baseline"))
-        return [(CPU, False), *((p, True) for p in wanted)], notes
-    return [(p, True) for p in sorted(wanted, key=lambda p: p != CPU)], notes
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def provider(self) -> str | None:
+        return self.spec.provider
+
+
+def _plan(options: VerifyOptions) -> tuple[list[tuple[EngineSpec, bool]], list[Note]]:
+    """``[(engine, requested)]``, onnxruntime's CPU provider first (contract 6's baseline), and notes.
+
+    Validates every name before any slow work.
+    """
+    if options.engines is None and options.providers is None:
+        listed = sorted(available_providers(), key=lambda p: p != CPU)
+        planned = [(engine_spec(p), False) for p in listed]
+        if options.reference_evaluator:
+            planned.append((engine_spec("reference"), False))
+        return planned, []
+    names = options.engines if options.engines is not None else options.providers
+    assert names is not None
+    wanted = list(dict.fromkeys(engine_spec(n) for n in names))
+    if options.engines is None and options.reference_evaluator:
+        wanted.append(engine_spec("reference"))
+        requested = [(spec, spec.kind == "onnxruntime") for spec in wanted]
+    else:
+        requested = [(spec, True) for spec in wanted]
+    requested.sort(key=lambda pair: pair[0].provider != CPU)
+    if not any(spec.provider == CPU for spec, _ in requested):
+        return [(engine_spec("cpu"), False), *requested], [Note("cpu_baseline")]
+    return requested, []
 
 
 def _load_step(options: VerifyOptions, target: Target) -> Path | None:
@@ -148,28 +175,21 @@ def _start(runner: Runner, unavailable: list[Unavailable], what: str = "") -> bo
     return True
 
 
-def _engines(target: Target, step_path: Path | None, options: VerifyOptions,
+def _engines(target: Target, step_path: Path | None, planned: list[tuple[EngineSpec, bool]],
              unavailable: list[Unavailable], statuses: list[EngineStatus]) -> list[_Engine]:
-    planned: list[tuple[str, str | None, Runner, Runner | None, bool]] = []
-    provider: str | None
-    runner: Runner
-    step: Runner | None
-    for provider, requested in _providers(options)[0]:
-        step = OrtRunner(step_path, provider) if step_path else None
-        runner = OrtRunner(target.path, provider)
-        planned.append(("onnxruntime", provider, runner, step, requested))
-    if options.reference_evaluator:
-        step = ReferenceRunner(step_path) if step_path else None
-        planned.append(("reference", None, ReferenceRunner(target.proto), step, True))
     engines = []
-    for kind, provider, runner, step, requested in planned:
+    for spec, requested in planned:
+        model = target.proto if spec.kind == "reference" else target.path
+        runner = make_runner(spec, model)
+        step = make_runner(spec, step_path) if step_path else None
         ok = _start(runner, unavailable)
         if ok and step is not None and not _start(step, unavailable, "for the step graph (contract 3): "):
             step = None
         reason = "" if ok else unavailable[-1].reason
-        statuses.append(EngineStatus(runner.name, kind, provider, requested, ok, reason))
+        statuses.append(EngineStatus(runner.name, spec.kind, spec.provider, requested, ok, reason,
+                                     detail=runner.detail))
         if ok:
-            engines.append(_Engine(runner.name, kind, provider, runner, step, requested))
+            engines.append(_Engine(spec, runner, step, requested))
     return engines
 
 
@@ -240,7 +260,7 @@ class _CaseRun:
         return dataclasses.replace(self.tol, atol=self.tol.atol + 3 * noise)
 
     def _takes(self, engine: _Engine, case: Case) -> bool:
-        if engine.kind == "reference" and case.elements > self.options.reference_max_elements:
+        if engine.spec.slow and case.elements > self.options.reference_max_elements:
             self.skipped[engine.name] = self.skipped.get(engine.name, 0) + 1
             return False
         return True
@@ -380,7 +400,7 @@ def verify(
     """
     opts = _options(options, kwargs)
     started = time.perf_counter()
-    requested, notes = _providers(opts)  # validates provider names before any slow work
+    planned, notes = _plan(opts)  # validates engine names before any slow work
     target = load_target(model_path, source)
     step_path = _load_step(opts, target)
     tol = tolerance_for(graph_precision(target.proto), opts.atol, opts.rtol)
@@ -396,7 +416,7 @@ def verify(
     cases = grid(target.io, opts.batch_sizes, seq_lens, opts.seed, vocabulary)
     unavailable: list[Unavailable] = []
     statuses: list[EngineStatus] = []
-    engines = _engines(target, step_path, opts, unavailable, statuses)
+    engines = _engines(target, step_path, planned, unavailable, statuses)
     torch_seq, torch_step = TorchRunner(target.model, Form.SEQUENCE), TorchRunner(target.model, Form.STEP)
     torch_seq.activate()
     torch_step.activate()
@@ -440,7 +460,8 @@ def verify(
         seq_len=target.seq_len,
         seed=opts.seed,
         tolerance=tol,
-        providers_requested=None if opts.providers is None else tuple(p for p, r in requested if r),
+        providers_requested=(None if opts.providers is None and opts.engines is None else
+                             tuple(spec.provider or spec.kind for spec, r in planned if r)),
         providers_available=tuple(available_providers()),
         engines=tuple(statuses),
         cases=cases,
@@ -448,4 +469,5 @@ def verify(
         unavailable=(*unavailable, *run.unavailable),
         notes=tuple(notes),
         seconds=time.perf_counter() - started,
+        allow_missing=opts.allow_missing,
     )

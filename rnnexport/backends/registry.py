@@ -1,0 +1,84 @@
+"""The engines verify can run, by the names ``--engines`` takes: the one table of them.
+
+``cpu``, ``cuda``, ``tensorrt`` (or any full onnxruntime provider name) are onnxruntime's
+execution providers; ``reference`` is onnx's ReferenceEvaluator; ``openvino`` and ``tract``
+come from the ``engines`` extra; ``node``, ``wasm`` and ``browser`` are onnxruntime's
+JavaScript builds (npm packages from ``rnnexport/backends/js``, Chromium from Debian).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import onnx
+
+from rnnexport.backends.base import Runner
+from rnnexport.errors import ProviderError, VerifyError
+from rnnexport.ort import ALIASES, full_name, short_name
+
+__all__ = ["ENGINES", "SLOW", "EngineSpec", "engine_spec", "make_runner"]
+
+#: Every engine name, in the order reports list them.
+ENGINES = ("cpu", "cuda", "tensorrt", "reference", "openvino", "tract", "node", "wasm", "browser")
+#: Engines whose every call is slow (pure numpy, or a round trip to another process or a page):
+#: they take only the cases up to ``VerifyOptions.reference_max_elements`` batch x time steps.
+SLOW = frozenset({"reference", "node", "wasm", "browser"})
+_OTHERS = frozenset(ENGINES) - set(ALIASES)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSpec:
+    """One engine to run: its report name, kind, and onnxruntime provider (for kind ``onnxruntime``)."""
+
+    name: str
+    kind: str
+    provider: str | None = None
+
+    @property
+    def slow(self) -> bool:
+        return self.kind in SLOW
+
+
+def engine_spec(name: str) -> EngineSpec:
+    """The engine a name stands for.
+
+    Raises:
+        VerifyError: a name that is neither an engine nor an onnxruntime provider.
+    """
+    key = name.strip().lower()
+    if key in _OTHERS:
+        return EngineSpec("onnx-reference" if key == "reference" else key, key)
+    try:
+        provider = full_name(name.strip())
+    except ProviderError as e:
+        raise VerifyError(f"unknown engine {name.strip()!r}; engines are {', '.join(ENGINES)} (or a full "
+                          f"onnxruntime provider name)") from e
+    return EngineSpec(f"onnxruntime:{short_name(provider)}", "onnxruntime", provider)
+
+
+def make_runner(spec: EngineSpec, model: str | os.PathLike | bytes | onnx.ModelProto) -> Runner:
+    """A runner of ``spec`` over a graph file, its bytes, or (for the reference) a ModelProto."""
+    if spec.kind == "reference":
+        from rnnexport.backends.reference import ReferenceRunner
+
+        if isinstance(model, bytes):
+            model = onnx.load_from_string(model)
+        return ReferenceRunner(model)
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    if spec.kind == "onnxruntime":
+        from rnnexport.backends.onnxrt import OrtRunner
+
+        return OrtRunner(model, spec.provider or "cpu")
+    if spec.kind == "openvino":
+        from rnnexport.backends.openvino import OpenVinoRunner
+
+        return OpenVinoRunner(model)
+    if spec.kind == "tract":
+        from rnnexport.backends.tract import TractRunner
+
+        return TractRunner(model)
+    from rnnexport.backends.js import BrowserRunner, NodeRunner
+
+    return BrowserRunner(model) if spec.kind == "browser" else NodeRunner(model, spec.kind)

@@ -1,0 +1,315 @@
+"""Static checks of a Triton model folder: does ``config.pbtxt`` fit the graph it serves?
+
+What a Triton server with the ONNX Runtime backend and the sequence batcher needs,
+checked offline (no server): the configuration parses into Triton's own
+``ModelConfig``; every name, dtype and dim agrees with the graph; every tensor has
+the batch axis first; the graph's inputs are the config's inputs, control inputs
+and state entries; the state pairs survive Triton's sorted-name pairing (server
+issue #8586); each state starts from a fixed-size initial state. Every problem is
+reported, not just the first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx import helper
+
+from rnnexport.contract import Dim, GraphInfo
+from rnnexport.errors import ContractError, RnnexportError, describe
+from rnnexport.serving.config import TRITON_DTYPES, parse_config, schema, sort_pairing_problems
+from rnnexport.serving.form import declared_shape
+
+__all__ = ["CHECKS", "CONFIG", "CheckReport", "Problem", "check_config", "check_model_folder", "model_file",
+           "read_config"]
+
+CONFIG = "config.pbtxt"
+#: Every check, in the order they run.
+CHECKS = ("parse", "settings", "names", "input-count", "batch-first", "dims", "state", "sort-pairing",
+          "initial-state", "contract")
+_MAX_CONFIG_BYTES = 1 << 20
+_VERSION = re.compile(r"^[0-9]{1,18}$")
+
+Shape = tuple[Dim, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One failed check: which (one of :data:`CHECKS`) and what is wrong, in one line."""
+
+    check: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckReport:
+    """What :func:`check_model_folder` found."""
+
+    folder: Path
+    problems: tuple[Problem, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    @property
+    def failed(self) -> set[str]:
+        """The names of the checks that failed."""
+        return {p.check for p in self.problems}
+
+    def lines(self) -> list[str]:
+        """``PASS ...`` or ``FAIL ...`` and one line per problem."""
+        if self.passed:
+            return [f"PASS {self.folder}: {', '.join(CHECKS)}"]
+        return [f"FAIL {self.folder}: {len(self.problems)} problem(s)",
+                *(f"  {p.check}: {p.message}" for p in self.problems)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tensor:
+    dtype: str | None
+    shape: Shape | None
+
+
+def _tensors(values: Any) -> dict[str, _Tensor]:
+    found = {}
+    for value in values:
+        elem = value.type.tensor_type.elem_type
+        dtype = helper.tensor_dtype_to_np_dtype(elem).name if elem else None
+        found[value.name] = _Tensor(dtype, declared_shape(value))
+    return found
+
+
+def _model_dims(shape: Shape) -> list[int]:
+    """A graph tensor's dims as Triton writes them: batch axis left out, symbolic sizes -1."""
+    return [d if isinstance(d, int) else -1 for d in shape[1:]]
+
+
+def _type_name(pb: Any, data_type: int) -> str:
+    try:
+        return str(pb.DataType.Name(data_type))
+    except ValueError:
+        return f"data type {data_type}"
+
+
+# --- the checks --------------------------------------------------------------------------------
+
+def _settings(config: Any) -> list[Problem]:
+    problems = []
+    if config.backend != "onnxruntime" and config.platform != "onnxruntime_onnx":
+        problems.append(Problem("settings", f"backend is {config.backend or config.platform or 'unset'!r}; "
+                                            "an ONNX graph needs backend: \"onnxruntime\""))
+    if config.max_batch_size < 1:
+        problems.append(Problem("settings", "max_batch_size is 0: the sequence batcher cannot batch sequences; "
+                                            "set it to the most requests one call may stack"))
+    if config.WhichOneof("scheduling_choice") != "sequence_batching":
+        problems.append(Problem("settings", "no sequence_batching: requests of one stream would not reach one "
+                                            "state in order"))
+    oldest = config.sequence_batching.oldest
+    too_big = [s for s in oldest.preferred_batch_size if s > config.max_batch_size]
+    if too_big:
+        problems.append(Problem("settings", f"preferred_batch_size {too_big[0]} is over max_batch_size "
+                                            f"{config.max_batch_size}"))
+    return problems
+
+
+def _names(config: Any, inputs: dict[str, _Tensor], outputs: dict[str, _Tensor]) -> list[Problem]:
+    batching = config.sequence_batching
+    wanted = [("input", e.name, inputs) for e in config.input]
+    wanted += [("output", e.name, outputs) for e in config.output]
+    wanted += [("control input", e.name, inputs) for e in batching.control_input]
+    wanted += [("state input", e.input_name, inputs) for e in batching.state]
+    wanted += [("state output", e.output_name, outputs) for e in batching.state]
+    return [Problem("names", f"{what} {name!r} is not a graph {what.split()[-1]} (the graph has "
+                             f"{', '.join(have)})")
+            for what, name, have in wanted if name not in have]
+
+
+def _input_count(config: Any, inputs: dict[str, _Tensor]) -> list[Problem]:
+    batching = config.sequence_batching
+    listed = [e.name for e in config.input] + [e.name for e in batching.control_input] + \
+        [e.input_name for e in batching.state]
+    if sorted(listed) == sorted(inputs):
+        return []
+    return [Problem("input-count", f"graph inputs {', '.join(inputs)} are not the config's inputs + control "
+                                   f"inputs + state entries ({', '.join(listed)}): Triton refuses the model")]
+
+
+def _batch_first(inputs: dict[str, _Tensor], outputs: dict[str, _Tensor]) -> list[Problem]:
+    problems = []
+    for name, tensor in {**inputs, **outputs}.items():
+        shape = tensor.shape
+        if shape is None or not shape:
+            problems.append(Problem("batch-first", f"{name} declares no batch axis (shape {shape}); Triton "
+                                                   "stacks sequences on axis 0 of every tensor"))
+        elif isinstance(shape[0], int) or shape[0] in shape[1:]:
+            problems.append(Problem("batch-first", f"{name} is declared {shape}: its batch axis is not first; "
+                                                   "Triton stacks sequences on axis 0, so it would fail or mix "
+                                                   "streams: serve the batch-first form (rnnexport triton)"))
+    return problems
+
+
+def _agree(pb: Any, check: str, what: str, entry: Any, dims: list[int], tensor: _Tensor) -> list[Problem]:
+    """A config entry's data_type and dims against the graph tensor it names."""
+    problems = []
+    want_type = TRITON_DTYPES.get(tensor.dtype or "")
+    if want_type is None or pb.DataType.Value(want_type) != entry.data_type:
+        problems.append(Problem(check, f"{what} is {_type_name(pb, entry.data_type)} in the config, "
+                                       f"{tensor.dtype} in the graph"))
+    if tensor.shape is not None and tensor.shape and dims != _model_dims(tensor.shape):
+        problems.append(Problem(check, f"{what} has dims {dims} in the config; the graph's "
+                                       f"{tensor.shape} means {_model_dims(tensor.shape)}"))
+    return problems
+
+
+def _io_dims(pb: Any, config: Any, inputs: dict[str, _Tensor], outputs: dict[str, _Tensor]) -> list[Problem]:
+    problems = []
+    for kind, entries, tensors in (("input", config.input, inputs), ("output", config.output, outputs)):
+        for entry in entries:
+            if entry.name in tensors:
+                dims = list(entry.reshape.shape) if entry.HasField("reshape") else list(entry.dims)
+                problems += _agree(pb, "dims", f"{kind} {entry.name}", entry, dims, tensors[entry.name])
+    return problems
+
+
+def _states(pb: Any, config: Any, inputs: dict[str, _Tensor], outputs: dict[str, _Tensor]) -> list[Problem]:
+    problems = []
+    for entry in config.sequence_batching.state:
+        dims = list(entry.dims)
+        if not dims or min(dims) < 1:
+            problems.append(Problem("state", f"state {entry.input_name} has dims {dims}; implicit state needs "
+                                             "fixed sizes"))
+        for what, name, tensors in (("input", entry.input_name, inputs), ("output", entry.output_name, outputs)):
+            if name in tensors:
+                problems += _agree(pb, "state", f"state {what} {name}", entry, dims, tensors[name])
+    return problems
+
+
+def _sort_pairing(config: Any) -> list[Problem]:
+    pairs = [(e.input_name, e.output_name) for e in config.sequence_batching.state]
+    return [Problem("sort-pairing", line) for line in sort_pairing_problems(pairs)]
+
+
+def _has_start(pb: Any, config: Any) -> bool:
+    start = pb.ModelSequenceBatching.Control.CONTROL_SEQUENCE_START
+    return any(c.kind == start for e in config.sequence_batching.control_input for c in e.control)
+
+
+def _initial_state(pb: Any, config: Any) -> list[Problem]:
+    if _has_start(pb, config):
+        return []  # the model itself can reset the state on START
+    problems = []
+    for entry in config.sequence_batching.state:
+        name = entry.input_name
+        if len(entry.initial_state) != 1:
+            problems.append(Problem("initial-state", f"state {name} has {len(entry.initial_state)} initial_state "
+                                                     "entries; without a START control input it needs exactly one "
+                                                     "(zero_data: true), else step 0 of a sequence reads garbage"))
+            continue
+        initial = entry.initial_state[0]
+        if list(initial.dims) != list(entry.dims) or not initial.dims or min(initial.dims) < 1:
+            problems.append(Problem("initial-state", f"initial state of {name} has dims {list(initial.dims)}; "
+                                                     f"it needs the state's fixed dims {list(entry.dims)}"))
+        if initial.data_type != entry.data_type:
+            problems.append(Problem("initial-state", f"initial state of {name} is "
+                                                     f"{_type_name(pb, initial.data_type)}, the state is "
+                                                     f"{_type_name(pb, entry.data_type)}"))
+        kind = initial.WhichOneof("state_data")
+        if not initial.name or kind is None or (kind == "zero_data" and not initial.zero_data):
+            problems.append(Problem("initial-state", f"initial state of {name} needs a name and zero_data: true "
+                                                     "(or a data_file)"))
+    return problems
+
+
+def _contract(config: Any, model: onnx.ModelProto) -> list[Problem]:
+    """The rnnexport contract in the graph's metadata, when there is one: state pairs and batch axis."""
+    try:
+        info = GraphInfo.from_props({p.key: p.value for p in model.metadata_props})
+    except ContractError as e:
+        return [Problem("contract", f"the graph's rnnexport metadata is malformed: {e}")]
+    if info is None:
+        return []
+    state = info.io.state
+    problems = []
+    pairs = {(e.input_name, e.output_name) for e in config.sequence_batching.state}
+    want = set(zip(state.names, state.output_names))
+    if pairs != want:
+        problems.append(Problem("contract", f"state pairs {sorted(pairs)} are not the contract's {sorted(want)}"))
+    if state.batch_axis != 0:
+        problems.append(Problem("contract", f"the graph's contract puts the state's batch axis at "
+                                            f"{state.batch_axis}; Triton needs it first"))
+    return problems
+
+
+def check_config(config: Any, model: onnx.ModelProto) -> list[Problem]:
+    """Every problem of serving ``model`` on Triton with ``config`` (a ``ModelConfig``); empty when it fits."""
+    pb = schema()
+    inputs, outputs = _tensors(model.graph.input), _tensors(model.graph.output)
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = {n: t for n, t in inputs.items() if n not in initializers}
+    return [
+        *_settings(config),
+        *_names(config, inputs, outputs),
+        *_input_count(config, inputs),
+        *_batch_first(inputs, outputs),
+        *_io_dims(pb, config, inputs, outputs),
+        *_states(pb, config, inputs, outputs),
+        *_sort_pairing(config),
+        *_initial_state(pb, config),
+        *_contract(config, model),
+    ]
+
+
+def model_file(folder: Path, config: Any) -> Path | None:
+    """The graph Triton would load from ``folder``: the highest numeric version's model file."""
+    versions = sorted((int(p.name), p) for p in folder.iterdir() if p.is_dir() and _VERSION.match(p.name))
+    if not versions:
+        return None
+    return versions[-1][1] / (config.default_model_filename or "model.onnx")
+
+
+def read_config(folder: str | os.PathLike[str]) -> Any:
+    """Parse ``folder/config.pbtxt`` (at most 1 MiB) into Triton's ``ModelConfig``.
+
+    Raises:
+        RnnexportError: the file is missing, too large, or not a valid configuration.
+    """
+    path = Path(folder) / CONFIG
+    try:
+        size = path.stat().st_size
+        if size > _MAX_CONFIG_BYTES:
+            raise RnnexportError(f"{path} is {size} bytes, over the limit of {_MAX_CONFIG_BYTES}")
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RnnexportError(f"cannot read {path}: {describe(e)}") from e
+    return parse_config(text)
+
+
+def check_model_folder(folder: str | os.PathLike) -> CheckReport:
+    """Check a Triton model folder (``REPOSITORY/NAME``): ``config.pbtxt`` against its newest graph.
+
+    Returns:
+        A :class:`CheckReport` listing every problem; ``passed`` when there is none.
+    """
+    folder = Path(folder)
+    try:
+        config = read_config(folder)
+    except RnnexportError as e:
+        return CheckReport(folder, (Problem("parse", str(e)),))
+    problems = []
+    if config.name and config.name != folder.name:
+        problems.append(Problem("settings", f"config name {config.name!r} is not the folder's {folder.name!r}"))
+    path = model_file(folder, config)
+    if path is None or not path.is_file():
+        missing = path or folder / "1" / "model.onnx"
+        return CheckReport(folder, (*problems, Problem("names", f"{missing} does not exist")))
+    try:
+        model = onnx.load(path)
+    except Exception as e:  # noqa: BLE001 - any parse failure means "not an ONNX file"
+        return CheckReport(folder, (*problems, Problem("names", f"{path} is not an ONNX model ({describe(e)})")))
+    return CheckReport(folder, (*problems, *check_config(config, model)))

@@ -1,0 +1,245 @@
+"""Triton's model configuration for a served step graph: options, the ModelConfig, its text form.
+
+The configuration is built as a ``ModelConfig`` message of Triton's own schema
+(``tritonclient.grpc.model_config_pb2``) and rendered with protobuf's text format,
+so every field name and enum value is valid by construction; :func:`parse_config`
+reads ``config.pbtxt`` back the same way (unknown fields and typos are errors).
+Each sequence keeps its state inside the server (implicit state): one ``state``
+entry per state tensor, batch axis first and left out of ``dims``, starting from
+zeros because rnnexport graphs take no START control input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+from rnnexport.contract import IOSpec, TensorSpec
+from rnnexport.errors import ConvertError
+
+__all__ = [
+    "INSTALL_HINT",
+    "TRITON_DTYPES",
+    "InstanceKind",
+    "Strategy",
+    "TritonOptions",
+    "model_config",
+    "parse_config",
+    "preferred_batch_sizes",
+    "render_config",
+    "schema",
+    "sort_pairing_problems",
+    "triton_pairing",
+]
+
+#: What to install for Triton's configuration schema (and the gRPC client).
+INSTALL_HINT = "pip install tritonclient==2.73.0 grpcio==1.85.3"
+
+#: Contract dtypes and Triton's names for them.
+TRITON_DTYPES = {
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "float64": "TYPE_FP64",
+    "int64": "TYPE_INT64",
+    "int32": "TYPE_INT32",
+}
+
+#: The most sequences one instance may hold as candidates (Oldest strategy), and the largest batch.
+MAX_SEQUENCES = 1 << 20
+MAX_BATCH = 1 << 16
+#: Idle timeouts from a millisecond to a day.
+IDLE_RANGE_S = (1e-3, 86400.0)
+
+
+class Strategy(str, enum.Enum):
+    """How the sequence batcher forms batches (``sequence_batching.oldest`` / ``.direct``)."""
+
+    OLDEST = "oldest"  # batch the oldest pending requests of any candidate sequence
+    DIRECT = "direct"  # each sequence owns one batch slot from its start to its end
+
+
+class InstanceKind(str, enum.Enum):
+    """Where Triton runs the model instances (``instance_group.kind``)."""
+
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonOptions:
+    """What ``rnnexport triton`` puts in ``config.pbtxt``.
+
+    Attributes:
+        name: the model's name and folder in the repository; None for the model's own name.
+        max_batch_size: the most requests (one step of one sequence each) stacked into one call.
+        idle_timeout_s: seconds a sequence may go without a request before Triton
+            frees it and its state (``max_sequence_idle_microseconds``; Triton's default is 1 s).
+        strategy: ``oldest`` or ``direct``.
+        instances: model instances (``instance_group.count``).
+        kind: ``cpu`` or ``gpu`` instances.
+        expose_state: also list the state outputs (``h_out``, ...) as outputs a client can read.
+        max_sequences: Oldest strategy: sequences one instance holds at once
+            (``max_candidate_sequences``); more wait in a backlog. None: 16 x max_batch_size.
+    """
+
+    name: str | None = None
+    max_batch_size: int = 64
+    idle_timeout_s: float = 60.0
+    strategy: Strategy = Strategy.OLDEST
+    instances: int = 1
+    kind: InstanceKind = InstanceKind.CPU
+    expose_state: bool = False
+    max_sequences: int | None = None
+
+    def checked(self) -> TritonOptions:
+        """These options with enums parsed, or a :class:`ConvertError` naming the one out of range."""
+        _bounded("max batch size", self.max_batch_size, 1, MAX_BATCH)
+        _bounded("instances", self.instances, 1, 1024)
+        if self.max_sequences is not None:
+            _bounded("max sequences", self.max_sequences, 1, MAX_SEQUENCES)
+        low, high = IDLE_RANGE_S
+        if not isinstance(self.idle_timeout_s, (int, float)) or not low <= self.idle_timeout_s <= high:
+            raise ConvertError(f"idle timeout must be from {low:g} to {high:g} seconds, got {self.idle_timeout_s!r}")
+        try:
+            strategy, kind = Strategy(self.strategy), InstanceKind(self.kind)
+        except ValueError as e:
+            raise ConvertError(f"{e}; strategies: oldest, direct; kinds: cpu, gpu") from e
+        return dataclasses.replace(self, strategy=strategy, kind=kind)
+
+    @property
+    def candidates(self) -> int:
+        """``max_candidate_sequences`` of the Oldest strategy."""
+        return self.max_sequences if self.max_sequences is not None else 16 * self.max_batch_size
+
+
+def _bounded(what: str, value: Any, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConvertError(f"{what} must be an int from {low} to {high}, got {value!r}")
+
+
+def schema() -> ModuleType:
+    """Triton's ``model_config_pb2``, or a one-line :class:`ConvertError` saying what to install."""
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except (ImportError, RuntimeError) as e:  # tritonclient raises RuntimeError when grpcio is missing
+        raise ConvertError(f"Triton's model configuration schema comes with tritonclient: {INSTALL_HINT}") from e
+    return model_config_pb2
+
+
+def preferred_batch_sizes(max_batch_size: int) -> list[int]:
+    """A quarter, a half and all of ``max_batch_size`` (16, 32, 64 for 64), without repeats or zeros."""
+    return sorted({size for size in (max_batch_size // 4, max_batch_size // 2, max_batch_size) if size >= 1})
+
+
+def triton_pairing(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """Which input state each output state feeds on Triton: by rank in the two sorted name lists.
+
+    Triton's ONNX Runtime backend pairs them so (server issue #8586), not by the
+    ``state`` entries; :func:`sort_pairing_problems` says when that differs.
+    """
+    inputs = sorted(name for name, _ in pairs)
+    outputs = sorted(name for _, name in pairs)
+    return dict(zip(outputs, inputs))
+
+
+def sort_pairing_problems(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """One line per ``(input, output)`` state pair that Triton's sorted pairing would break."""
+    fed = triton_pairing(pairs)
+    problems = []
+    for name, output in pairs:
+        if fed.get(output) != name:
+            problems.append(f"state {name} -> {output}: Triton pairs output states with input states by rank "
+                            f"in two sorted name lists (server issue #8586), so {output} would feed "
+                            f"{fed.get(output)} instead")
+    inputs, outputs = [n for n, _ in pairs], [n for _, n in pairs]
+    if len(set(inputs)) != len(inputs) or len(set(outputs)) != len(outputs):
+        problems.append(f"state names repeat: {', '.join(inputs)} -> {', '.join(outputs)}")
+    return problems
+
+
+def _dims(spec: TensorSpec) -> list[int]:
+    """A tensor's dims without the batch axis (the first), a symbolic size as -1."""
+    return [d if isinstance(d, int) else -1 for d in spec.shape[1:]]
+
+
+def _triton_type(pb: ModuleType, dtype: str, what: str) -> int:
+    if dtype not in TRITON_DTYPES:
+        raise ConvertError(f"{what} is {dtype}, which has no Triton data type here; use one of "
+                           f"{', '.join(TRITON_DTYPES)}")
+    return int(pb.DataType.Value(TRITON_DTYPES[dtype]))
+
+
+def _add_tensor(pb: ModuleType, field: Any, spec: TensorSpec) -> None:
+    """A config input or output; a batch-only tensor ``(B,)`` is ``dims [1]`` reshaped to ``[]``."""
+    dims = _dims(spec)
+    entry = field.add(name=spec.name, data_type=_triton_type(pb, spec.dtype, spec.name),
+                      dims=dims or [1])
+    if not dims:
+        entry.reshape.SetInParent()
+
+
+def _add_states(pb: ModuleType, batching: Any, io: IOSpec) -> None:
+    state = io.state
+    for index, (name, output) in enumerate(zip(state.names, state.output_names)):
+        dims = list(state.dims[index])
+        dtype = _triton_type(pb, state.dtype, f"state {name}")
+        entry = batching.state.add(input_name=name, output_name=output, data_type=dtype, dims=dims)
+        entry.initial_state.add(data_type=dtype, dims=dims, zero_data=True, name=f"{name}_zeros")
+
+
+def _add_strategy(batching: Any, options: TritonOptions) -> None:
+    if options.strategy is Strategy.OLDEST:
+        batching.oldest.max_candidate_sequences = options.candidates
+        batching.oldest.preferred_batch_size.extend(preferred_batch_sizes(options.max_batch_size))
+    else:
+        batching.direct.SetInParent()
+
+
+def model_config(io: IOSpec, name: str, options: TritonOptions) -> Any:
+    """The ``ModelConfig`` message serving a batch-first step graph of contract ``io``.
+
+    Raises:
+        ConvertError: a state that is not batch-first, or a dtype Triton cannot take.
+    """
+    if io.state.batch_axis != 0:
+        raise ConvertError(f"the state's batch axis is {io.state.batch_axis}; Triton needs it first: "
+                           "serve the batch-first form (rnnexport.serving.batch_first)")
+    pb = schema()
+    options = options.checked()
+    config = pb.ModelConfig(name=name, backend="onnxruntime", max_batch_size=options.max_batch_size)
+    _add_tensor(pb, config.input, io.inputs("step")[0])
+    for spec in io.outputs("step")[: None if options.expose_state else 1]:
+        _add_tensor(pb, config.output, spec)
+    batching = config.sequence_batching
+    batching.max_sequence_idle_microseconds = round(options.idle_timeout_s * 1e6)
+    _add_strategy(batching, options)
+    _add_states(pb, batching, io)
+    kind = pb.ModelInstanceGroup.KIND_CPU if options.kind is InstanceKind.CPU else pb.ModelInstanceGroup.KIND_GPU
+    config.instance_group.add(count=options.instances, kind=kind)
+    return config
+
+
+def render_config(config: Any, header: str = "") -> str:
+    """``config.pbtxt``: the message in protobuf text format, after ``# header`` comment lines."""
+    from google.protobuf import text_format
+
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    return comments + text_format.MessageToString(config, use_short_repeated_primitives=True)
+
+
+def parse_config(text: str) -> Any:
+    """Parse ``config.pbtxt`` into Triton's ``ModelConfig``.
+
+    Raises:
+        ConvertError: text that is not a valid ModelConfig (unknown field, typo, bad value).
+    """
+    from google.protobuf import text_format
+
+    pb = schema()
+    try:
+        return text_format.Parse(text, pb.ModelConfig())
+    except text_format.ParseError as e:
+        raise ConvertError(f"config.pbtxt is not a valid Triton model configuration: {e}") from e

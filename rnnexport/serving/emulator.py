@@ -1,0 +1,146 @@
+"""Triton's sequence batcher, emulated offline with onnxruntime: a model folder driven as the server drives it.
+
+:func:`emulate_sequence_batcher` reads ``config.pbtxt`` and runs the folder's graph the
+way the sequence batcher with implicit state does: sequences start at different
+times and send their steps at random moments; each call stacks up to
+``max_batch_size`` pending requests, in random order, on axis 0; each sequence's
+state is gathered by its id before the call and scattered back after it, output
+states paired with input states as Triton pairs them (by rank of the two sorted
+name lists, server issue #8586); a sequence starts from its initial state (random
+values where the config gives none, as uninitialised memory would) and its state
+is dropped at its end. Compare its outputs with each sequence run alone to see
+whether a configuration batches exactly. Torch-free (onnxruntime and numpy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rnnexport.errors import ContractError, describe
+from rnnexport.ort import ProviderRequest, start_session
+from rnnexport.serving.checks import model_file, read_config
+from rnnexport.serving.config import TRITON_DTYPES, schema, triton_pairing
+
+__all__ = ["EmulatedRun", "emulate_sequence_batcher"]
+
+_NUMPY = {triton: numpy for numpy, triton in TRITON_DTYPES.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class EmulatedRun:
+    """What the emulated server returned.
+
+    Attributes:
+        outputs: per sequence, each config output by name, stacked over its steps ``(T, ...)``.
+        batch_sizes: how many requests each call stacked, in call order.
+    """
+
+    outputs: tuple[dict[str, np.ndarray], ...]
+    batch_sizes: tuple[int, ...]
+
+
+@dataclasses.dataclass
+class _Sequence:
+    xs: np.ndarray
+    start: int
+    done: int = 0
+    state: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    outputs: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
+
+
+class _Server:
+    """One model instance behind the sequence batcher: the config, the session, the state store."""
+
+    def __init__(self, folder: Path, providers: ProviderRequest | Sequence[ProviderRequest] | None,
+                 rng: np.random.Generator) -> None:
+        pb = schema()
+        config = read_config(folder)
+        if len(config.input) != 1:
+            raise ContractError(f"{folder}: the emulator feeds one input per request, the config lists "
+                                f"{len(config.input)}")
+        path = model_file(folder, config)
+        if path is None:
+            raise ContractError(f"{folder} holds no version folder with a model")
+        self.session = start_session(path, providers, name=str(path)).session
+        self.input = config.input[0].name
+        self.max_batch = max(1, config.max_batch_size)
+        self.states = list(config.sequence_batching.state)
+        self.feeds = triton_pairing([(s.input_name, s.output_name) for s in self.states])
+        self.outputs = [e.name for e in config.output]
+        self.fetch = list(dict.fromkeys([*self.outputs, *self.feeds]))
+        self.initial = {s.input_name: self._initial(pb, s, rng) for s in self.states}
+
+    @staticmethod
+    def _initial(pb: Any, entry: Any, rng: np.random.Generator) -> np.ndarray:
+        dtype = _NUMPY.get(pb.DataType.Name(entry.data_type), "float32")
+        if entry.initial_state and entry.initial_state[0].zero_data:
+            return np.zeros(list(entry.initial_state[0].dims), dtype)
+        return rng.standard_normal(list(entry.dims)).astype(dtype)  # what uninitialised memory might hold
+
+    def call(self, batch: list[_Sequence]) -> None:
+        """One model call: stack the requests on axis 0, run, scatter outputs and state back by sequence."""
+        feeds = {self.input: np.stack([s.xs[s.done] for s in batch])}
+        for entry in self.states:
+            name = entry.input_name
+            feeds[name] = np.stack([s.state.get(name, self.initial[name]) for s in batch])
+        try:
+            values = dict(zip(self.fetch, self.session.run(self.fetch, feeds)))
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            raise ContractError(f"the model refused a batch of {len(batch)} as Triton would send it: "
+                                f"{describe(e)}") from e
+        for row, sequence in enumerate(batch):
+            sequence.state = {self.feeds[out]: values[out][row] for out in self.feeds}
+            for name in self.outputs:
+                sequence.outputs.setdefault(name, []).append(values[name][row])
+            sequence.done += 1
+            if sequence.done == len(sequence.xs):
+                sequence.state = {}  # sequence_end: Triton frees the state
+
+
+def emulate_sequence_batcher(
+    folder: str | os.PathLike[str],
+    sequences: Sequence[np.ndarray],
+    seed: int = 0,
+    arrival: float = 0.6,
+    providers: ProviderRequest | Sequence[ProviderRequest] | None = None,
+) -> EmulatedRun:
+    """Run ``sequences`` through model folder ``folder`` as Triton's sequence batcher would.
+
+    Args:
+        folder: ``REPOSITORY/NAME`` with ``config.pbtxt`` and a version folder.
+        sequences: per sequence, its inputs over time, ``(T, ...)`` (lengths may differ).
+        seed: seeds start times, arrivals, batch order and missing initial states.
+        arrival: the chance that a started sequence sends its next request in a given tick.
+        providers: onnxruntime execution providers (default CPU).
+
+    Returns:
+        An :class:`EmulatedRun`: each sequence's outputs and the size of every call.
+
+    Raises:
+        ContractError: a config with other than one input, an arrival outside (0, 1], or a
+            batch the model refuses.
+    """
+    if not 0 < arrival <= 1:
+        raise ContractError(f"arrival is a probability above 0 and at most 1, got {arrival!r}")
+    rng = np.random.default_rng(seed)
+    server = _Server(Path(folder), providers, rng)
+    longest = max((len(xs) for xs in sequences), default=0)
+    pending = [_Sequence(np.asarray(xs), int(rng.integers(0, max(1, longest)))) for xs in sequences]
+    sizes: list[int] = []
+    tick = 0
+    while any(s.done < len(s.xs) for s in pending):
+        ready = [s for s in pending if s.start <= tick and s.done < len(s.xs) and rng.random() < arrival]
+        order = [ready[i] for i in rng.permutation(len(ready))]
+        for first in range(0, len(order), server.max_batch):
+            batch = order[first:first + server.max_batch]
+            server.call(batch)
+            sizes.append(len(batch))
+        tick += 1
+    outputs = tuple({name: np.stack(values) for name, values in s.outputs.items()} for s in pending)
+    return EmulatedRun(outputs, tuple(sizes))

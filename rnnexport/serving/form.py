@@ -1,0 +1,180 @@
+"""The batch-first serving form of a step graph: what a batching server can stack on axis 0.
+
+Triton (with ``max_batch_size > 0``) stacks the requests of different sequences on
+the first axis of every tensor, implicit state included. rnnexport's torch.nn graphs
+hold their state as ``(layers * directions, B, H)`` (batch axis 1); fed
+``(B, layers * directions, H)`` they fail at run time or, when the batch equals the
+layer count, run and mix streams. :func:`batch_first` wraps such a graph with a
+Transpose after each state input and before each state output, so every served
+tensor has the batch axis first, and records the new contract in the graph's
+metadata. A graph whose state is batch-first already is served as it is.
+Torch-free (onnx only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import onnx
+from onnx import helper
+
+from rnnexport.contract import META_PREFIX, Dim, Form, GraphInfo, TensorSpec
+from rnnexport.errors import ConvertError
+from rnnexport.export.onnxutil import check_model, value_info
+from rnnexport.graphs import walk, walk_graphs
+
+__all__ = ["ServingForm", "batch_first", "declared_shape"]
+
+_STEP_LAYOUT = "_step_layout"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingForm:
+    """A step graph as a batching server runs it.
+
+    Attributes:
+        model: the graph, every input and output batch-first, checked by onnx.checker.
+        info: its contract (state ``batch_axis`` 0), also written into its metadata.
+        transposed: the state names wrapped with Transpose nodes (empty when none needed).
+    """
+
+    model: onnx.ModelProto
+    info: GraphInfo
+    transposed: tuple[str, ...]
+
+
+def declared_shape(value: onnx.ValueInfoProto) -> tuple[Dim, ...] | None:
+    """A graph input's or output's declared shape (a symbolic size by name, ``"?"`` if unnamed); None if unknown."""
+    tensor = value.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim)
+
+
+def _check_declared(graph: onnx.GraphProto, info: GraphInfo, where: str) -> None:
+    """The graph's inputs and outputs are exactly its contract's, names and shapes."""
+    io = info.io
+    for field, specs in ((graph.input, io.inputs(Form.STEP)), (graph.output, io.outputs(Form.STEP))):
+        names = [v.name for v in field]
+        if names != [s.name for s in specs]:
+            raise ConvertError(f"{where} declares {', '.join(names)}, its contract says "
+                               f"{', '.join(s.name for s in specs)}; convert it again with rnnexport convert --form step")
+        for value, spec in zip(field, specs):
+            if declared_shape(value) != spec.shape:
+                raise ConvertError(f"{where}: {value.name} is declared {declared_shape(value)}, its contract says "
+                                   f"{spec.shape}; it cannot be made batch-first: convert it again")
+
+
+def _names(graph: onnx.GraphProto) -> set[str]:
+    """Every value name used anywhere in ``graph`` and its subgraphs."""
+    used: set[str] = set()
+    for g in walk_graphs(graph):
+        used.update(v.name for v in (*g.input, *g.output, *g.value_info))
+        used.update(t.name for t in g.initializer)
+        for node in g.node:
+            used.update(node.input)
+            used.update(node.output)
+    return used
+
+
+def _fresh(used: set[str], hint: str) -> str:
+    name, count = hint, 0
+    while name in used:
+        count += 1
+        name = f"{hint}_{count}"
+    used.add(name)
+    return name
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str, where: str) -> None:
+    """Rename value ``old`` to ``new`` wherever nodes read or write it, subgraphs included."""
+    for sub in list(walk_graphs(graph))[1:]:
+        declared = {v.name for v in sub.input} | {t.name for t in sub.initializer} | \
+            {o for n in sub.node for o in n.output}
+        if old in declared:
+            raise ConvertError(f"{where}: a subgraph declares its own {old!r}, so it cannot be made batch-first; "
+                               "convert it again with another lowering (--lowering native or scan)")
+    for node in walk(graph):
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+    for value in graph.value_info:
+        if value.name == old:
+            value.name = new
+
+
+def _perm_in(axis: int, rank: int) -> list[int]:
+    """Transpose a served ``(B, ...)`` tensor to the graph's layout (batch at ``axis``)."""
+    return [0 if i == axis else (i + 1 if i < axis else i) for i in range(rank)]
+
+
+def _perm_out(axis: int, rank: int) -> list[int]:
+    """Transpose a tensor in the graph's layout (batch at ``axis``) to the served ``(B, ...)``."""
+    return [axis] + [j - 1 if j - 1 < axis else j for j in range(1, rank)]
+
+
+def _wrap(graph: onnx.GraphProto, info: GraphInfo, where: str) -> tuple[str, ...]:
+    state = info.io.state
+    served = dataclasses.replace(state, batch_axis=0)
+    used = _names(graph)
+    heads, tails = [], []
+    for index, (name, output) in enumerate(zip(state.names, state.output_names)):
+        inner_in, inner_out = _fresh(used, name + _STEP_LAYOUT), _fresh(used, output + _STEP_LAYOUT)
+        _rename(graph, name, inner_in, where)
+        _rename(graph, output, inner_out, where)
+        rank = len(state.dims[index]) + 1
+        heads.append(helper.make_node("Transpose", [name], [inner_in], name=_fresh(used, f"serve_{name}"),
+                                      perm=_perm_in(state.batch_axis, rank)))
+        tails.append(helper.make_node("Transpose", [inner_out], [output], name=_fresh(used, f"serve_{output}"),
+                                      perm=_perm_out(state.batch_axis, rank)))
+    nodes = [*heads, *graph.node, *tails]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    _declare(graph.input, served.inputs())
+    _declare(graph.output, served.outputs())
+    return state.names
+
+
+def _declare(field: Iterable[onnx.ValueInfoProto], specs: list[TensorSpec]) -> None:
+    by_name = {s.name: s for s in specs}
+    for value in field:
+        if value.name in by_name:
+            value.CopyFrom(value_info(by_name[value.name]))
+
+
+def _write_info(model: onnx.ModelProto, info: GraphInfo) -> None:
+    props = info.to_props()
+    kept = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith(META_PREFIX)]
+    del model.metadata_props[:]
+    for key, value in [*kept, *props.items()]:
+        model.metadata_props.add(key=key, value=value)
+
+
+def batch_first(model: onnx.ModelProto, info: GraphInfo, where: str = "the step graph") -> ServingForm:
+    """The serving form of step graph ``model``: every input and output with the batch axis first.
+
+    Args:
+        model: a step graph written by ``rnnexport convert --form step`` (not changed).
+        info: its contract, as read from its metadata.
+        where: how messages name the graph.
+
+    Raises:
+        ConvertError: not a step graph, inputs or outputs that differ from the
+            contract, or a state name that a subgraph redeclares.
+    """
+    if info.form is not Form.STEP:
+        raise ConvertError(f"{where} is a {info.form.value} graph; a sequence batcher sends one step per request: "
+                           "give a step graph (rnnexport convert SOURCE --form step) or the SOURCE itself")
+    _check_declared(model.graph, info, where)
+    served = onnx.ModelProto()
+    served.CopyFrom(model)
+    if info.io.state.batch_axis == 0:
+        return ServingForm(served, info, ())
+    transposed = _wrap(served.graph, info, where)
+    state = dataclasses.replace(info.io.state, batch_axis=0)
+    served_info = dataclasses.replace(info, io=dataclasses.replace(info.io, state=state))
+    _write_info(served, served_info)
+    served.doc_string = (model.doc_string + "; " if model.doc_string else "") + \
+        "served batch-first: a Transpose after each state input and before each state output"
+    check_model(served)
+    return ServingForm(served, served_info, transposed)

@@ -1,0 +1,295 @@
+"""``rnnexport triton``: a model for Triton's sequence batcher with implicit state, written atomically.
+
+From a bundle (its step graph), a step graph, or any source ``rnnexport convert``
+takes (converted to a step graph first), :func:`triton_repository` writes
+``REPOSITORY/NAME/config.pbtxt`` and ``REPOSITORY/NAME/1/model.onnx``: the graph in
+its batch-first serving form, and a configuration that keeps each sequence's state
+in the server, zeroed at its start. The folder is built beside its target and moved
+into place, after the configuration has passed :func:`~rnnexport.serving.checks.check_config`
+against the graph it serves, so nothing half-written or inconsistent is left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from rnnexport.bundle import MANIFEST, GraphSource, open_bundle
+from rnnexport.contract import GraphInfo, IOSpec
+from rnnexport.errors import ContractError, ConvertError, OutputError, describe
+from rnnexport.io import atomic_write, temp_folder
+from rnnexport.serving.checks import CONFIG, CheckReport, check_config
+from rnnexport.serving.config import (
+    Strategy,
+    TritonOptions,
+    model_config,
+    parse_config,
+    preferred_batch_sizes,
+    render_config,
+    schema,
+    sort_pairing_problems,
+)
+from rnnexport.serving.form import ServingForm, batch_first
+from rnnexport.sources import SourceSpec
+
+__all__ = ["StepGraph", "TritonResult", "load_step_graph", "triton_repository"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+MODEL_FILE = "model.onnx"
+VERSION = "1"
+
+
+@dataclasses.dataclass(frozen=True)
+class StepGraph:
+    """A step graph to serve: the model, its contract, where it came from and a name for it."""
+
+    model: onnx.ModelProto
+    info: GraphInfo
+    origin: str
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonResult:
+    """What :func:`triton_repository` wrote."""
+
+    folder: Path
+    config_path: Path
+    model_path: Path
+    origin: str
+    io: IOSpec
+    transposed: tuple[str, ...]
+    options: TritonOptions
+    report: CheckReport
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    def lines(self) -> list[str]:
+        """A summary for people: graph, tensors, batching, idle timeout, checks, how to serve."""
+        o, state = self.options, self.io.state
+        wrapped = (f"{', '.join(self.transposed)} transposed to batch-first" if self.transposed
+                   else "state batch-first already")
+        lines = [f"wrote Triton model {self.name} -> {self.folder}",
+                 f"  graph     {VERSION}/{MODEL_FILE}: {self.origin} ({wrapped})",
+                 f"  input     {self.io.inputs('step')[0].describe()}"]
+        for spec, output in zip(state.inputs(), state.output_names):
+            lines.append(f"  state     {spec.describe()} -> {output}: implicit (kept in the server), zeros at "
+                         "sequence start")
+        outputs = self.io.outputs("step")[: None if o.expose_state else 1]
+        lines.append(f"  output    {', '.join(s.describe() for s in outputs)}")
+        batching = f"{o.strategy.value} strategy, max_batch_size {o.max_batch_size}"
+        if o.strategy is Strategy.OLDEST:
+            sizes = ", ".join(map(str, preferred_batch_sizes(o.max_batch_size)))
+            batching += f" (preferred {sizes}), up to {o.candidates} sequences per instance"
+        lines += [f"  batching  sequence batcher, {batching}",
+                  f"  idle      a sequence idle over {o.idle_timeout_s:g} s loses its state; the client starts "
+                  "it again with sequence_start",
+                  f"  instances {o.instances} x {o.kind.value}",
+                  f"  checks    {self.report.lines()[0]}",
+                  f"  serve     tritonserver --model-repository {self.folder.parent} (Triton >= 24.04 for opset 20, "
+                  "IR 10)"]
+        return lines
+
+
+# --- the step graph ----------------------------------------------------------------------------
+
+def _is_graph_path(path: Path) -> bool:
+    """A bundle folder, a bundle zip or an ONNX file (anything else goes to convert)."""
+    if path.is_dir():
+        return (path / MANIFEST).is_file()
+    return path.is_file() and (path.suffix == ".onnx" or zipfile.is_zipfile(path))
+
+
+def _load(graph: GraphSource, where: str) -> tuple[onnx.ModelProto, GraphInfo]:
+    try:
+        model = onnx.load(graph.model) if isinstance(graph.model, str) else onnx.load_from_string(graph.model)
+    except Exception as e:  # noqa: BLE001 - any parse failure means "not an ONNX file"
+        raise ConvertError(f"{where} is not a readable ONNX model ({describe(e)})") from e
+    try:
+        info = GraphInfo.from_props({p.key: p.value for p in model.metadata_props})
+    except ContractError as e:
+        raise ConvertError(f"{where} has malformed rnnexport metadata: {e}; convert it again") from e
+    if info is None:
+        raise ConvertError(f"{where} has no rnnexport I/O contract in its metadata; convert it with "
+                           "rnnexport convert SOURCE --form step, or give the SOURCE itself")
+    return model, info
+
+
+def _from_path(path: Path) -> StepGraph:
+    bundle = open_bundle(path)
+    if bundle.kind == "model":
+        model, info = _load(bundle.graphs[path.name], str(path))
+        return StepGraph(model, info, f"step graph {path}", path.stem)
+    if bundle.kind == "test-folder" or "step" not in bundle.graphs:
+        raise ConvertError(f"{path} holds no step graph: package it with --step STEP.onnx (rnnexport convert "
+                           "SOURCE --form step), or give the step graph or the SOURCE itself")
+    graph = bundle.graphs["step"]
+    model, info = _load(graph, f"{graph.name} of bundle {path}")
+    return StepGraph(model, info, f"step graph of bundle {path}", path.stem if path.is_file() else path.name)
+
+
+def _converted(source: Any, workdir: Path) -> StepGraph:
+    from rnnexport.export.convert import convert
+
+    result = convert(source, workdir / "step.onnx", form="step")
+    model, info = _load(GraphSource(None, "step.onnx", str(result.path)), "the converted step graph")
+    hint = source.name if isinstance(source, SourceSpec) else source if isinstance(source, str) \
+        else type(source).__name__.lower()
+    return StepGraph(model, info, f"{hint}, converted to a step graph", str(hint).rpartition(":")[2].rpartition("/")[2])
+
+
+def _spec_options_given(spec: SourceSpec) -> bool:
+    return any(v not in (None, 0) for v in (spec.input_size, spec.hidden_size, spec.output_size, spec.weights,
+                                            spec.seed))
+
+
+def load_step_graph(source: Any, workdir: str | os.PathLike[str]) -> StepGraph:
+    """The step graph to serve from ``source``: a bundle, a step graph, or anything ``convert`` takes.
+
+    Args:
+        source: a bundle folder or zip (its step graph), a step graph ``.onnx``, or a
+            source for :func:`rnnexport.convert` (a name, ``file.py:factory``, a
+            :class:`SourceSpec`, a torch.nn module), converted into ``workdir``.
+        workdir: where a converted step graph is written.
+
+    Raises:
+        RnnexportError: no step graph, a graph without a contract, a bad source.
+    """
+    name = source.name if isinstance(source, SourceSpec) else source
+    if isinstance(name, (str, os.PathLike)) and _is_graph_path(Path(name)):
+        if isinstance(source, SourceSpec) and _spec_options_given(source):
+            raise ConvertError("--input-size/--hidden-size/--output-size/--weights/--seed describe a SOURCE to "
+                               f"convert; {name} carries its own graph: leave them out")
+        return _from_path(Path(name))
+    return _converted(source, Path(workdir))
+
+
+# --- the model folder --------------------------------------------------------------------------
+
+def _model_name(step: StepGraph, given: str | None) -> str:
+    if given is not None:
+        if not _NAME.match(given):
+            raise ConvertError(f"--name {given!r:.80} is not a model name: use letters, digits, '_', '-' and '.', "
+                               "starting with a letter or digit")
+        return given
+    name = _UNSAFE.sub("_", str(step.info.origin.get("model") or step.name)).strip("._-")[:128]
+    return name or "model"
+
+
+def _target(repository: Path, name: str, force: bool) -> Path:
+    if repository.exists() and not repository.is_dir():
+        raise OutputError(f"model repository {repository} exists and is not a folder; choose another path")
+    parent = repository.parent if str(repository.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"cannot create model repository {repository}: folder {parent} does not exist")
+    target = repository / name
+    if target.exists() or target.is_symlink():
+        if not force:
+            raise OutputError(f"{target} already exists; remove it or pass --force to replace it")
+        if target.is_symlink() or not (target / CONFIG).is_file():
+            raise OutputError(f"{target} exists and is not a Triton model folder (no {CONFIG}): --force replaces "
+                              "only one; remove it yourself or choose another --name")
+    return target
+
+
+def _spare_inputs(source: Any, target: Path) -> None:
+    name = source.name if isinstance(source, SourceSpec) else source
+    if isinstance(name, (str, os.PathLike)) and Path(name).exists():
+        given = Path(name).resolve()
+        if given == target.resolve() or target.resolve() in given.parents:
+            raise OutputError(f"{target} holds {name}, an input of this command; choose another --name or folder")
+
+
+def _swap_in(built: Path, target: Path) -> None:
+    """Move the finished folder ``built`` to ``target``, replacing an old one (checked by :func:`_target`)."""
+    if not target.exists():
+        os.replace(built, target)
+        return
+    old = temp_folder(target)
+    os.replace(target, old / target.name)
+    os.replace(built, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write(target: Path, config_text: str, model: onnx.ModelProto) -> None:
+    try:
+        target.parent.mkdir(exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create model repository {target.parent}: {e.strerror}") from e
+    built = temp_folder(target)
+    try:
+        atomic_write(built / CONFIG, config_text.encode(), "Triton configuration")
+        (built / VERSION).mkdir()
+        atomic_write(built / VERSION / MODEL_FILE, model.SerializeToString(), "served graph")
+        _swap_in(built, target)
+    except BaseException:
+        shutil.rmtree(built, ignore_errors=True)
+        raise
+
+
+def _header(origin: str) -> str:
+    from rnnexport import __version__
+
+    return (f"Written by rnnexport {__version__} (rnnexport triton) from {origin}.\n"
+            "Implicit state, batch axis first, zero initial state: see docs/serving.md. Triton >= 24.04.")
+
+
+def _configure(served: ServingForm, name: str, options: TritonOptions, origin: str) -> tuple[Any, str]:
+    """The config message and its text, which parses back to it and fits the served graph."""
+    state = served.info.io.state
+    broken = sort_pairing_problems(list(zip(state.names, state.output_names)))
+    if broken:
+        raise ConvertError(f"{origin}: {broken[0]}; rename the state (e.g. rnnexport.from_cell(..., "
+                           "state_names=...)) so the names and their _out names sort alike")
+    config = model_config(served.info.io, name, options)
+    text = render_config(config, _header(origin))
+    problems = check_config(parse_config(text), served.model)
+    if problems:  # the generator and the checks disagree: a bug, not a user error
+        raise RuntimeError(f"generated Triton configuration fails its own check: {problems[0]}")
+    return config, text
+
+
+def triton_repository(source: Any, repository: str | os.PathLike[str], options: TritonOptions | None = None,
+                      force: bool = False) -> TritonResult:
+    """Write ``REPOSITORY/NAME/config.pbtxt`` and ``REPOSITORY/NAME/1/model.onnx`` for Triton.
+
+    Args:
+        source: a bundle folder or zip, a step graph ``.onnx``, or anything
+            :func:`rnnexport.convert` takes (see :func:`load_step_graph`).
+        repository: the Triton model repository (created if missing; other models in it are left alone).
+        options: the configuration (:class:`TritonOptions`; default: its defaults).
+        force: replace ``REPOSITORY/NAME`` if it is a Triton model folder already.
+
+    Returns:
+        A :class:`TritonResult` with the paths, the served contract and the checks' report.
+
+    Raises:
+        RnnexportError: a source without a step graph, state names that break Triton's
+            sorted pairing, a graph that cannot be made batch-first, a bad option, or
+            an unwritable repository; nothing is written then.
+    """
+    options = (options or TritonOptions()).checked()
+    schema()  # before any slow work: say what to install if tritonclient is missing
+    repository = Path(repository)
+    with tempfile.TemporaryDirectory(prefix="rnnexport-triton-") as workdir:
+        step = load_step_graph(source, workdir)
+    name = _model_name(step, options.name)
+    target = _target(repository, name, force)
+    _spare_inputs(source, target)
+    served = batch_first(step.model, step.info, step.origin)
+    _, text = _configure(served, name, options, step.origin)
+    _write(target, text, served.model)
+    report = CheckReport(target, ())
+    return TritonResult(target, target / CONFIG, target / VERSION / MODEL_FILE, step.origin, served.info.io,
+                        served.transposed, options, report)
