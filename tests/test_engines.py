@@ -112,3 +112,18 @@ def test_a_requested_engine_that_cannot_start_fails_verify(tmp_path, monkeypatch
     allowed = CliRunner().invoke(main, ["verify", str(result.path), "--engines", "cpu,node", "--allow-missing",
                                         "--batch-sizes", "1", "--seq-lens", "2"])
     assert allowed.exit_code == 0, allowed.stdout
+
+
+def test_bundle_of_a_trained_model_verifies_on_every_engine_with_its_variants(tmp_path):
+    graph = rnnexport.convert("lstm-charlm", tmp_path / "lm.onnx")
+    step = rnnexport.convert("lstm-charlm", tmp_path / "lm.step.onnx", form="step")
+    made = rnnexport.package(graph.path, tmp_path / "bundle", step_path=step.path, archive=True)
+    assert {v.name for v in made.variants if v.ok} >= {"ort", "int8", "fp16"}
+    report = rnnexport.verification.verify_bundle(made.archive, ALL)
+    assert report.passed and not report.missing, report.failures[:3]
+    checked = {(c.engine, c.variant) for c in report.checks}
+    assert ("onnxruntime:cpu", "variant int8") in checked and ("onnxruntime:cpu", "variant ort") in checked
+    assert ("tract", "variant fp16") in checked and ("browser", "variant fp16") in checked
+    skipped = {(u.engine, u.case): u.reason for u in report.unavailable}
+    assert "onnxruntime-only" in skipped[("openvino", "variant int8")]
+    assert "ORT format" in skipped[("tract", "variant ort")]

@@ -54,8 +54,9 @@ class OrtRunner(Runner):
         provider: ``cpu``, ``cuda``, ``tensorrt`` or a full provider name.
     """
 
-    def __init__(self, model: str | os.PathLike | bytes, provider: str = "cpu") -> None:
+    def __init__(self, model: str | os.PathLike | bytes, provider: str = "cpu", threads: int | None = None) -> None:
         super().__init__()
+        self.threads = threads
         self.model = model if isinstance(model, bytes) else os.fspath(model)
         self.provider = full_name(provider)
         self.name = f"onnxruntime:{short_name(self.provider)}"
@@ -65,7 +66,11 @@ class OrtRunner(Runner):
 
     def _activate(self) -> None:
         try:
-            session = start_session(self.model, [self.provider]).session
+            options = ort.SessionOptions()
+            options.log_severity_level = 3  # errors only: shape warnings are the verifier's to report
+            if self.threads is not None:
+                options.intra_op_num_threads = self.threads
+            session = start_session(self.model, [self.provider], options).session
         except ProviderError as e:
             raise EngineUnavailable(self.name, str(e)) from e
         except LoadError as e:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 
+import numpy as np
 import onnx
 
-from rnnexport.backends.base import Runner
+from rnnexport.backends.base import EngineUnavailable, Runner
 from rnnexport.errors import ProviderError, VerifyError
 from rnnexport.ort import ALIASES, full_name, short_name
 
-__all__ = ["ENGINES", "SLOW", "EngineSpec", "engine_spec", "make_runner"]
+__all__ = ["ENGINES", "SLOW", "EngineSpec", "engine_spec", "is_ort_format", "make_runner"]
 
 #: Every engine name, in the order reports list them.
 ENGINES = ("cpu", "cuda", "tensorrt", "reference", "openvino", "tract", "node", "wasm", "browser")
@@ -57,8 +59,41 @@ def engine_spec(name: str) -> EngineSpec:
     return EngineSpec(f"onnxruntime:{short_name(provider)}", "onnxruntime", provider)
 
 
-def make_runner(spec: EngineSpec, model: str | os.PathLike | bytes | onnx.ModelProto) -> Runner:
-    """A runner of ``spec`` over a graph file, its bytes, or (for the reference) a ModelProto."""
+def is_ort_format(model: str | os.PathLike | bytes | onnx.ModelProto) -> bool:
+    """Whether ``model`` is in onnxruntime's ORT format (a flatbuffer tagged ``ORTM``), not ONNX."""
+    if isinstance(model, onnx.ModelProto):
+        return False
+    if isinstance(model, bytes):
+        return model[4:8] == b"ORTM"
+    try:
+        with open(model, "rb") as f:
+            return f.read(8)[4:8] == b"ORTM"
+    except OSError:
+        return False
+
+
+class _Refused(Runner):
+    """An engine that cannot take this model at all: it never starts, with the reason."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__()
+        self.name, self.reason = name, reason
+
+    def _activate(self) -> None:
+        raise EngineUnavailable(self.name, self.reason)
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise EngineUnavailable(self.name, self.reason)
+
+
+def make_runner(spec: EngineSpec, model: str | os.PathLike | bytes | onnx.ModelProto,
+                threads: int | None = None) -> Runner:
+    """A runner of ``spec`` over a graph file, its bytes, or (for the reference) a ModelProto.
+
+    ``threads`` sets onnxruntime's intra-op threads; the other engines run on one thread.
+    """
+    if spec.kind != "onnxruntime" and is_ort_format(model):
+        return _Refused(spec.name, "the ORT format is onnxruntime's own: only onnxruntime reads it")
     if spec.kind == "reference":
         from rnnexport.backends.reference import ReferenceRunner
 
@@ -70,7 +105,7 @@ def make_runner(spec: EngineSpec, model: str | os.PathLike | bytes | onnx.ModelP
     if spec.kind == "onnxruntime":
         from rnnexport.backends.onnxrt import OrtRunner
 
-        return OrtRunner(model, spec.provider or "cpu")
+        return OrtRunner(model, spec.provider or "cpu", threads)
     if spec.kind == "openvino":
         from rnnexport.backends.openvino import OpenVinoRunner
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
-from rnnexport.sources import SourceSpec
+if TYPE_CHECKING:
+    from rnnexport.sources import SourceSpec
 
 __all__ = ["source_options", "source_spec"]
 
@@ -38,4 +40,7 @@ def source_options(fn: Callable) -> Callable:
 
 
 def source_spec(source: str, input_size, hidden_size, output_size, weights, param_seed) -> SourceSpec:
+    """The source the options name (imports the torch side only now, when a source is given)."""
+    from rnnexport.sources import SourceSpec
+
     return SourceSpec(source, input_size, hidden_size, output_size, weights, param_seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,7 +11,6 @@ import click
 
 from rnnexport.cli.options import SOURCE_HELP, source_options, source_spec
 from rnnexport.errors import VerifyError
-from rnnexport.verification import VerifyOptions, verify
 from rnnexport.verification.render import (
     check_writable,
     plot,
@@ -38,14 +38,21 @@ def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
 
 
 class _Bar:
-    """A progress bar on stderr, only when stderr is a terminal."""
+    """Progress on stderr: a bar on a terminal, else a line at every tenth of the cases (CI logs)."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
         self.bar: ProgressBar[int] | None = None
+        self.started = time.perf_counter()
 
     def __call__(self, done: int, total: int, label: str) -> None:
         if not self.enabled:
+            return
+        if not self.tty:
+            if done == total or done % max(1, total // 10) == 0:
+                click.echo(f"verifying: {done}/{total} cases, {time.perf_counter() - self.started:.0f} s "
+                           f"(last {label})", err=True)
             return
         if self.bar is None:
             self.bar = click.progressbar(length=total, label="verifying", file=sys.stderr, show_pos=True)
@@ -61,14 +68,19 @@ class _Bar:
             self.bar = None
 
 
-def _verify_bundle(path: str, engines: list[str] | None, allow_missing: bool, json_path: str | None,
-                   quiet: bool) -> int:
-    """Checksums (when the bundle is opened), then every test vector set; returns the exit status."""
-    from rnnexport.verification.bundle import verify_bundle
+#: Options that shape the case grid or the PyTorch side: a bundle carries its own test sets.
+_GRAPH_ONLY = {"step_model": "--step", "batch_sizes": "--batch-sizes", "seq_lens": "--seq-lens",
+               "case_seed": "--case-seed", "plot_path": "--plot", "reference_evaluator": "--no-reference-evaluator"}
 
+
+def _verify_bundle(path: str, options: object, json_path: str | None, quiet: bool) -> int:
+    """Checksums (when the bundle is opened), then every test vector set and variant; the exit status."""
+    from rnnexport.verification.bundle import BundleOptions, verify_bundle
+
+    assert isinstance(options, BundleOptions)
     if json_path:
         check_writable(json_path, "report")
-    report = verify_bundle(path, engines, allow_missing)
+    report = verify_bundle(path, options=options)
     click.echo(render_text(report, quiet=quiet))
     if json_path:
         write_json(report, json_path)
@@ -106,28 +118,42 @@ def _verify_bundle(path: str, engines: list[str] | None, allow_missing: bool, js
 @click.option("--plot", "plot_path", default=None, metavar="FILE.png",
               help="Plot error vs time step per engine (needs pip install 'rnnexport[plot]').")
 @source_options
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads for PyTorch's reference and onnxruntime (default: theirs; 1 leaves cores to other jobs).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the PASS/FAIL line.")
 def verify_command(model, source, step_model, engines, providers, allow_missing, reference_evaluator, batch_sizes,
-                   seq_lens, case_seed, atol, rtol, json_path, plot_path, quiet, **source_kw) -> None:
+                   seq_lens, case_seed, atol, rtol, json_path, plot_path, threads, quiet, **source_kw) -> None:
     """Verify that ONNX graph MODEL computes what its PyTorch SOURCE computes.
 
     MODEL may also be a bundle folder or zip (rnnexport package), or an ONNX test
     folder (model.onnx beside test_data_set_*): then no PyTorch is needed; every
-    file's SHA-256 is checked, then every test vector set runs on each provider.
+    file's SHA-256 is checked, then every test vector set runs on each engine, and
+    every variant on its graph's test sets.
 
     Six contracts, each with figures per engine and case: graph == PyTorch; chunked
     calls with carried state == one call; step graph streamed == sequence; declared
     == actual output shapes; no NaN/Inf; every execution provider == the CPU one.
     """
     if Path(model).is_dir() or model.endswith(".zip"):
-        if source is not None or step_model is not None:
-            raise VerifyError("a bundle carries its own graphs and expected outputs: give just DIR or ZIP, "
-                              "without SOURCE or --step")
+        from rnnexport.verification.bundle import BundleOptions
+
+        given = {"step_model": step_model, "batch_sizes": batch_sizes, "seq_lens": seq_lens,
+                 "case_seed": case_seed or None, "plot_path": plot_path,
+                 "reference_evaluator": None if reference_evaluator else False}
+        refused = [_GRAPH_ONLY[k] for k, v in given.items() if v is not None]
+        if source is not None or refused or any(v not in (None, 0) for v in source_kw.values()):
+            what = ", ".join(refused) or "SOURCE and its options"
+            raise VerifyError(f"a bundle carries its own graphs, test sets and expected outputs: {what} does not "
+                              "apply to DIR or ZIP (it takes --engines, --allow-missing, --atol, --rtol, --threads, "
+                              "--json, --quiet)")
         if engines and providers:
             raise VerifyError("give --engines or --providers (its older spelling), not both")
         listed = engines or providers
-        wanted = [p.strip() for p in listed.split(",") if p.strip()] if listed else None
-        sys.exit(_verify_bundle(model, wanted, allow_missing, json_path, quiet))
+        names = tuple(p.strip() for p in listed.split(",") if p.strip()) if listed else None
+        options = BundleOptions(names, allow_missing, atol, rtol, threads=threads)
+        sys.exit(_verify_bundle(model, options, json_path, quiet))
+    from rnnexport.verification import VerifyOptions, verify
+
     if source is None and any(v not in (None, 0) for v in source_kw.values()):
         raise VerifyError("--input-size/--hidden-size/--output-size/--weights/--seed describe a SOURCE; give it, "
                           "e.g. rnnexport verify MODEL.onnx lstm --hidden-size 256")
@@ -142,6 +168,7 @@ def verify_command(model, source, step_model, engines, providers, allow_missing,
         atol=atol,
         rtol=rtol,
         step_model=step_model,
+        threads=threads,
     )
     if plot_path:
         require_matplotlib(plot_path)

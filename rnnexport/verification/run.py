@@ -66,6 +66,8 @@ class VerifyOptions:
             chunk size shorter than the case; the last chunk is ragged when T is not a
             multiple).
         step_model: a step graph to stream against the sequence graph (contract 3).
+        threads: threads for PyTorch's reference and onnxruntime's sessions (None: their defaults;
+            1 is often fastest on small models, and leaves cores to other CI jobs).
     """
 
     providers: tuple[str, ...] | None = None
@@ -80,6 +82,7 @@ class VerifyOptions:
     rtol: float | None = None
     chunk_sizes: tuple[int, ...] = DEFAULT_CHUNK_SIZES
     step_model: str | None = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         for field in ("providers", "engines", "batch_sizes", "seq_lens", "chunk_sizes"):
@@ -99,6 +102,8 @@ class VerifyOptions:
             raise VerifyError("give at least one execution provider, e.g. --providers cpu")
         if self.engines is not None and not self.engines:
             raise VerifyError("give at least one engine, e.g. --engines cpu,reference")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise VerifyError(f"--threads must be a positive integer, got {self.threads!r}")
         if self.engines is not None and self.providers is not None:
             raise VerifyError("give --engines or --providers (its older spelling), not both")
         for field in ("atol", "rtol"):
@@ -176,12 +181,12 @@ def _start(runner: Runner, unavailable: list[Unavailable], what: str = "") -> bo
 
 
 def _engines(target: Target, step_path: Path | None, planned: list[tuple[EngineSpec, bool]],
-             unavailable: list[Unavailable], statuses: list[EngineStatus]) -> list[_Engine]:
+             unavailable: list[Unavailable], statuses: list[EngineStatus], threads: int | None) -> list[_Engine]:
     engines = []
     for spec, requested in planned:
         model = target.proto if spec.kind == "reference" else target.path
-        runner = make_runner(spec, model)
-        step = make_runner(spec, step_path) if step_path else None
+        runner = make_runner(spec, model, threads)
+        step = make_runner(spec, step_path, threads) if step_path else None
         ok = _start(runner, unavailable)
         if ok and step is not None and not _start(step, unavailable, "for the step graph (contract 3): "):
             step = None
@@ -416,17 +421,23 @@ def verify(
     cases = grid(target.io, opts.batch_sizes, seq_lens, opts.seed, vocabulary)
     unavailable: list[Unavailable] = []
     statuses: list[EngineStatus] = []
-    engines = _engines(target, step_path, planned, unavailable, statuses)
+    engines = _engines(target, step_path, planned, unavailable, statuses, opts.threads)
     torch_seq, torch_step = TorchRunner(target.model, Form.SEQUENCE), TorchRunner(target.model, Form.STEP)
     torch_seq.activate()
     torch_step.activate()
     run = _CaseRun(target, tol, opts, torch_seq, torch_step)
+    import torch  # the reference's threads, for the run only
+
+    torch_threads = torch.get_num_threads()
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
     try:
         for done, case in enumerate(cases, 1):
             run.run(case, engines, vocabulary)
             if progress is not None:
                 progress(done, len(cases), case.id)
     finally:
+        torch.set_num_threads(torch_threads)
         for engine in engines:
             engine.runner.deactivate()
             if engine.step_runner is not None:
