@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,7 +21,8 @@ import onnx
 
 from rnnexport.errors import VerifyError
 
-__all__ = ["EngineFailure", "EngineUnavailable", "GraphTensor", "Runner", "Unavailable", "check_feeds", "graph_tensors"]
+__all__ = ["EngineFailure", "EngineUnavailable", "GraphTensor", "Runner", "Unavailable", "check_feeds", "graph_tensors",
+           "standard_graph"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +82,23 @@ def _tensor(value: onnx.ValueInfoProto) -> GraphTensor:
         return GraphTensor(value.name, dtype, None)
     dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
     return GraphTensor(value.name, dtype, dims)
+
+
+def standard_graph(model: str | os.PathLike | bytes, engine: str, allow_foreign: bool = False) -> onnx.ModelProto:
+    """The ONNX model an engine other than onnxruntime runs, or why it cannot.
+
+    Raises:
+        EngineUnavailable: the model uses operators outside the standard domain
+            (onnxruntime's ``com.microsoft`` ones, e.g. the int8 variant's
+            DynamicQuantizeLSTM), unless ``allow_foreign``.
+    """
+    from rnnexport.graphs import walk
+
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(os.fspath(model))
+    foreign = sorted({f"{n.domain}::{n.op_type}" for n in walk(proto.graph) if n.domain not in ("", "ai.onnx")})
+    if foreign and not allow_foreign:
+        raise EngineUnavailable(engine, f"{', '.join(foreign)} is an onnxruntime-only operator")
+    return proto
 
 
 def graph_tensors(model: onnx.ModelProto) -> tuple[tuple[GraphTensor, ...], tuple[GraphTensor, ...]]:

@@ -33,8 +33,8 @@ from rnnexport.backends.base import (
     Runner,
     check_feeds,
     graph_tensors,
+    standard_graph,
 )
-from rnnexport.graphs import walk
 
 __all__ = ["BROWSER_INSTALL", "JS_DIR", "JS_INSTALL", "BrowserRunner", "NodeRunner", "chromium_binary"]
 
@@ -65,13 +65,8 @@ def _decode(outputs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 
 def _load(model: str | os.PathLike | bytes, engine: str) -> onnx.ModelProto:
-    if isinstance(model, bytes) and not model.startswith(b"\x08"):
-        raise EngineUnavailable(engine, "this runner takes ONNX files, not the ORT format")
-    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(os.fspath(model))
-    foreign = sorted({f"{n.domain}::{n.op_type}" for n in walk(proto.graph) if n.domain not in ("", "ai.onnx")})
-    if foreign and engine != "node":
-        raise EngineUnavailable(engine, f"onnxruntime-web has no {', '.join(foreign)} kernel here")
-    return proto
+    """onnxruntime-node has the com.microsoft kernels; onnxruntime-web does not."""
+    return standard_graph(model, engine, allow_foreign=engine == "node")
 
 
 class NodeRunner(Runner):

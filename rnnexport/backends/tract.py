@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import onnx
 
 from rnnexport.backends.base import (
     EngineFailure,
@@ -20,10 +19,10 @@ from rnnexport.backends.base import (
     Runner,
     check_feeds,
     graph_tensors,
+    standard_graph,
 )
 from rnnexport.backends.openvino import INSTALL_HINT
 from rnnexport.errors import describe
-from rnnexport.graphs import walk
 
 __all__ = ["TractRunner"]
 
@@ -45,12 +44,7 @@ class TractRunner(Runner):
             import tract
         except ImportError as e:
             raise EngineUnavailable(self.name, f"the tract package is not installed ({INSTALL_HINT})") from e
-        if isinstance(self.model, bytes) and not self.model.startswith(b"\x08"):
-            raise EngineUnavailable(self.name, "tract reads ONNX, not the ORT format")
-        proto = onnx.load_from_string(self.model) if isinstance(self.model, bytes) else onnx.load(os.fspath(self.model))
-        foreign = sorted({f"{n.domain}::{n.op_type}" for n in walk(proto.graph) if n.domain not in ("", "ai.onnx")})
-        if foreign:
-            raise EngineUnavailable(self.name, f"tract has no {', '.join(foreign)} (an onnxruntime-only operator)")
+        proto = standard_graph(self.model, self.name)
         self.inputs, self.outputs = graph_tensors(proto)
         import tempfile
 
