@@ -1,4 +1,4 @@
-"""The Node.js example streams a bundle's test vectors through onnxruntime-node and checks them."""
+"""The Node.js example streams a bundle's test vectors (folder or zip) through onnxruntime-node and checks them."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,65 +14,96 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from tests.test_runtime_bundle import make_bundle, write_manifest
+from tests.test_runtime_bundle import make_bundle, write_manifest, zip_bundle
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "scripts" / "node"
 SCRIPT = NODE_DIR / "check_bundle.js"
+PACKAGES = ("onnxruntime-node", "onnx-proto", "adm-zip")
 
 pytestmark = pytest.mark.slow
 
 
+def _missing(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the Node example: {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def node() -> str:
-    """The node binary, with onnxruntime-node installed (npm install once, if needed)."""
+    """The node binary, with the example's npm packages installed (npm ci once, if needed)."""
     binary = shutil.which("node")
     if binary is None:
-        pytest.skip("node is not installed on this machine")
-    if not (NODE_DIR / "node_modules" / "onnxruntime-node").is_dir():
+        _missing("node is not installed on this machine")
+    if not all((NODE_DIR / "node_modules" / p).is_dir() for p in PACKAGES):
         npm = shutil.which("npm")
         if npm is None:
-            pytest.skip("npm is not installed, and scripts/node/node_modules is missing")
+            _missing("npm is not installed, and scripts/node/node_modules is missing")
         env = {**os.environ, "ONNXRUNTIME_NODE_INSTALL": "skip"}
         try:
             done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, env=env,
                                   capture_output=True, text=True, timeout=300)
         except subprocess.TimeoutExpired:
-            pytest.skip("npm ci timed out (no package registry reachable?)")
+            _missing("npm ci timed out (no package registry reachable?)")
         if done.returncode != 0:
-            pytest.skip(f"npm ci failed (no package registry reachable?): {done.stderr.strip()[-300:]}")
+            _missing(f"npm ci failed (no package registry reachable?): {done.stderr.strip()[-300:]}")
     return binary
 
 
-def check(node: str, bundle: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([node, str(SCRIPT), str(bundle)], capture_output=True, text=True, timeout=120)
+def check(node: str, bundle: Path, *options: str) -> subprocess.CompletedProcess:
+    return subprocess.run([node, str(SCRIPT), str(bundle), *options], capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("name", ["seed_lstm", "nn_gru_2layer_nobias"])
-def test_node_example_passes_the_test_vectors(exports, tmp_path, node, name):
+def edit_output(bundle: Path, path: str, change) -> None:
+    """Replace an expected output with ``change(array)``, checksums redone (only the comparison can catch it)."""
+    proto = onnx.TensorProto()
+    proto.ParseFromString((bundle / path).read_bytes())
+    changed = change(numpy_helper.to_array(proto)).astype(np.float32)
+    (bundle / path).write_bytes(numpy_helper.from_array(changed, proto.name).SerializeToString())
+    write_manifest(bundle, json.loads((bundle / "manifest.json").read_text()))
+
+
+def set_tolerance(bundle: Path, folder: str, tolerance: dict) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    next(v for v in manifest["test_vectors"] if v["dir"] == folder)["tolerance"] = tolerance
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(("name", "as_zip"), [("seed_lstm", False), ("nn_gru_2layer_nobias", True)])
+def test_node_example_passes_the_test_vectors(exports, tmp_path, node, name, as_zip):
     bundle = make_bundle(exports, name, tmp_path / "bundle")
-    result = check(node, bundle)
+    result = check(node, zip_bundle(bundle, tmp_path / "bundle.zip") if as_zip else bundle)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 7 and lines[-1].startswith("6 passed, 0 failed"), result.stdout
+    assert len(lines) == 7 and lines[-1] == "6 passed, 0 failed (|got - want| <= 0.00001 + 0.0001 * |want|)"
     assert sum(line.startswith("ok   test_data_set_") for line in lines) == 6
     assert "(sequence, stream 0 call 1)" in result.stdout and "(step, single)" in result.stdout
 
 
 def test_node_example_fails_on_a_wrong_expected_output(exports, tmp_path, node):
-    """An expected output off by 1e-3 (checksums redone, so only the comparison can catch it)."""
     bundle = make_bundle(exports, "seed_gru", tmp_path / "bundle", forms=("sequence",))
-    target = bundle / "test_data_set_2" / "output_1.pb"  # h_out of the stream's second call
-    proto = onnx.TensorProto()
-    proto.ParseFromString(target.read_bytes())
-    shifted = numpy_helper.to_array(proto) + np.float32(1e-3)
-    target.write_bytes(numpy_helper.from_array(shifted, "h_out").SerializeToString())
-    write_manifest(bundle, json.loads((bundle / "manifest.json").read_text()))
+    edit_output(bundle, "test_data_set_2/output_1.pb", lambda a: a + np.float32(1e-3))  # h_out of call 1
     result = check(node, bundle)
     assert result.returncode == 1, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert lines[2].startswith("FAIL test_data_set_2 (sequence, stream 0 call 1): max abs error y ")
     assert lines[2].endswith("h_out 1.00e-3") and lines[0].startswith("ok   test_data_set_0")
     assert "2 passed, 1 failed" in result.stdout
+
+
+def test_node_example_takes_the_test_sets_tolerance(exports, tmp_path, node):
+    """A set's own atol / rtol from the manifest decide it; --atol / --rtol override them."""
+    bundle = make_bundle(exports, "seed_gru", tmp_path / "bundle", forms=("sequence",))
+    edit_output(bundle, "test_data_set_2/output_1.pb", lambda a: a + np.float32(1e-3))
+    edit_output(bundle, "test_data_set_1/output_0.pb", lambda a: a * np.float32(1 + 3e-3))  # y of call 0
+    assert check(node, bundle, "--rtol", "4e-3").returncode == 1  # set 2 still off by 1e-3
+    set_tolerance(bundle, "test_data_set_1", {"rtol": 4e-3})
+    set_tolerance(bundle, "test_data_set_2", {"atol": 2e-3, "rtol": 1e-4})
+    result = check(node, bundle)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[2].endswith("h_out 1.00e-3 (atol 0.002, rtol 0.0001)")
+    overridden = check(node, bundle, "--atol", "1e-5", "--rtol", "1e-4")
+    assert overridden.returncode == 1 and overridden.stdout.splitlines()[1].startswith("FAIL test_data_set_1 ")
 
 
 def test_node_example_refuses_a_tampered_bundle(exports, tmp_path, node):
@@ -81,14 +113,42 @@ def test_node_example_refuses_a_tampered_bundle(exports, tmp_path, node):
     result = check(node, bundle)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: checksum mismatch: step.onnx does not match the manifest"
+    result = check(node, zip_bundle(bundle, tmp_path / "bundle.zip"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: checksum mismatch: step.onnx does not match the manifest"
 
+
+def _unsafe_entry(bundle: Path, archive: Path) -> None:
+    zip_bundle(bundle, archive)
+    with zipfile.ZipFile(archive, "a") as z:
+        z.writestr("../outside.pb", b"")
+
+
+def _unsafe_listing(bundle: Path, archive: Path) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"].append({"path": "../outside.pb", "size": 0, "sha256": "0" * 64})
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    zip_bundle(bundle, archive)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (_unsafe_entry, 'error: zip {zip} names an unsafe path "../outside.pb": only paths inside the bundle are allowed'),
+    (_unsafe_listing, 'error: the manifest names an unsafe path "../outside.pb": only paths inside the bundle are allowed'),
+])
+def test_node_example_refuses_paths_outside_the_bundle(exports, tmp_path, node, make, message):
+    bundle = make_bundle(exports, "seed_rnn", tmp_path / "bundle", forms=("step",))
+    archive = tmp_path / "bundle.zip"
+    make(bundle, archive)
+    result = check(node, archive)
+    assert result.returncode == 2 and result.stderr.strip() == message.format(zip=archive), result.stderr
 
 
 def test_node_example_on_a_bundle_of_rnnexport_package(exports, tmp_path, node):
     package = pytest.importorskip("rnnexport.packaging").package
     result = package(exports.export("seed_lstm").path, tmp_path / "bundle", source=exports.model("seed_lstm"),
-                     step_path=exports.export("seed_lstm", form="step").path, variants=())
-    done = check(node, result.folder)
-    assert done.returncode == 0, done.stdout + done.stderr
+                     step_path=exports.export("seed_lstm", form="step").path, variants=(), archive=True)
     sets = len(result.manifest.test_vectors)
-    assert done.stdout.strip().splitlines()[-1].startswith(f"{sets} passed, 0 failed")
+    for bundle in (result.folder, result.archive):
+        done = check(node, bundle)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.strip().splitlines()[-1].startswith(f"{sets} passed, 0 failed")

@@ -13,6 +13,7 @@ from onnx import helper
 
 from rnnexport.contract import Form, GraphInfo, Lowering, TensorSpec
 from rnnexport.errors import ConvertError
+from rnnexport.export.causal import check_causal
 from rnnexport.export.lowerings import Attempt, lower
 from rnnexport.export.metadata import write_info
 from rnnexport.export.nan import carry_nan
@@ -96,6 +97,8 @@ def to_onnx(
     form, lowering = Form(form), Lowering(lowering)
     if seq_len is not None and seq_len < 1:
         raise ConvertError(f"--seq-len must be at least 1, got {seq_len}")
+    if not (_bidirectional(model) and form is Form.SEQUENCE):  # a bidirectional sequence reads all of it
+        check_causal(model)
     with torch.no_grad():
         onnx_model, used, attempts = lower(model, form, lowering, seq_len, progress)
     fixed = (seq_len or 35) if used is Lowering.UNROLLED and form is Form.SEQUENCE else None

@@ -1,0 +1,66 @@
+"""convert refuses a module that cannot be streamed: its output at a step depends on later steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnexport
+from rnnexport.errors import ConvertError
+
+
+class _Centred(torch.nn.Module):
+    """Subtracts the mean over time before its GRU: the first output depends on the last input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = torch.nn.GRU(4, 8)
+
+    def forward(self, x, h):
+        return self.gru(x - x.mean(dim=0, keepdim=True), h)
+
+
+class _Reversed(torch.nn.Module):
+    """Reads the sequence backwards through a forward LSTM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = torch.nn.LSTM(4, 8)
+
+    def forward(self, x, state):
+        y, state = self.lstm(torch.flip(x, [0]), state)
+        return torch.flip(y, [0]), state
+
+
+class _Residual(torch.nn.Module):
+    """Causal: a residual connection around a GRU, with a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = torch.nn.GRU(4, 4)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x, h):
+        y, h = self.gru(x, h)
+        return self.head(y + x), h
+
+
+@pytest.mark.parametrize("module", [_Centred, _Reversed])
+@pytest.mark.parametrize("form", ["sequence", "step"])
+def test_a_non_causal_module_is_refused_with_the_reason(tmp_path, module, form):
+    torch.manual_seed(0)
+    with pytest.raises(ConvertError, match="is not causal: .* depends on later steps") as info:
+        rnnexport.convert(module(), tmp_path / "m.onnx", form=form)
+    assert "\n" not in str(info.value) and not (tmp_path / "m.onnx").exists()
+
+
+def test_a_causal_wrapper_converts_and_streams(tmp_path):
+    torch.manual_seed(0)
+    result = rnnexport.convert(_Residual(), tmp_path / "m.onnx")
+    report = rnnexport.verify(result.path, _Residual_seeded(), batch_sizes=(2,), seq_lens=(5,), providers=("cpu",))
+    assert report.passed, report.failures[:3]
+
+
+def _Residual_seeded() -> torch.nn.Module:  # noqa: N802 - the same module, rebuilt with the same seed
+    torch.manual_seed(0)
+    return _Residual()
