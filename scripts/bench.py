@@ -15,12 +15,18 @@ Two floors frame the figures: ``gemm floor`` times only the recurrent matmuls
 (T of ``(B, H) @ (H, G*H)`` in torch), the serial work no engine avoids;
 ``call floor`` is ``InferenceSession.run`` on Identity nodes with the step
 graph's inputs and outputs, onnxruntime's cost of one call from Python.
-3. Export: wall time, node count and file size of each lowering.
-4. The same sequence figures on CUDA when a GPU is present.
+3. Many streams at once (S = 1 ... 256; the seed LSTM and GRU and the trained char
+   models): aggregate steps per second of S independent ``StatefulSession`` streams,
+   ``StreamBatcher`` (one call per tick), a raw batched ``InferenceSession.run`` at B=S,
+   and the batched gemm floor (one ``(S, H) @ (H, G*H)`` per tick).
+4. Export: wall time, node count and file size of each lowering.
+5. The same sequence figures on CUDA when a GPU is present.
 
-Then each performance target with PASS/MISS and its figure. Writes JSON and a plot.
+Then each performance target with PASS/MISS and its figure. Writes JSON and two plots
+(docs/ by default; with --quick a temporary folder, so quick figures never replace them).
 
     python scripts/bench.py [--quick] [--hidden 256] [--threads 1] [--json PATH] [--plot PATH]
+                            [--plot-streams PATH]
 """
 
 from __future__ import annotations
@@ -51,9 +57,9 @@ from rnnexport import cells
 from rnnexport.testing import feeds, random_inputs, random_state
 
 try:
-    from rnnexport.runtime import StatefulSession
+    from rnnexport.runtime import StatefulSession, StreamBatcher
 except ImportError:  # the torch-free runtime is optional here: its rows then say so
-    StatefulSession = None
+    StatefulSession = StreamBatcher = None
 
 # --- configuration -------------------------------------------------------------------------------
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,10 +72,13 @@ FULL = {
     "min_rounds": 5, "max_rounds": 100,
     "min_sample_s": 0.005,  # calls per sample grow until a sample takes this long
     "stream_steps": 200,    # steps per streaming sample
+    "streams": (1, 4, 16, 64, 256), "multi_ticks": 20,  # streams at once; ticks per multi-stream sample
+    "char_models": ("lstm-charlm", "gru-charlm", "rnn-charlm"),
 }
 QUICK = {
     "times": (1, 5), "batches": (1, 2), "unrolled_T": 5, "export_T": (5,),
     "budget_s": 0.0, "min_rounds": 3, "max_rounds": 3, "min_sample_s": 0.0, "stream_steps": 5,
+    "streams": (1, 4), "multi_ticks": 3, "char_models": ("gru-charlm",),
 }
 CUDA_POINTS = ((35, 1), (35, 32), (500, 32))  # (T, B) measured on the GPU (quick: the last grid point)
 SEED_LOOPS = {"rnn": cells.rnn, "lstm": cells.lstm, "gru": cells.gru}
@@ -85,6 +94,12 @@ TARGETS = {  # name: (what, comparison, threshold, unit of the figure)
     "export_native": ("export native", "<", 1.0, "s"),
     "export_scan": ("export scan", "<", 10.0, "s"),
 }
+MULTI_TARGETS = {  # name: (what, engine over engine at the largest S up to 64, threshold), for the seed LSTM
+    "batcher_vs_sessions": ("StreamBatcher >= 4x the aggregate steps/s of {S} independent StatefulSessions",
+                            ("StreamBatcher", "StatefulSession x S"), 4.0),
+    "batcher_vs_raw": ("StreamBatcher >= 0.8x a raw batched InferenceSession.run at B={S}",
+                       ("StreamBatcher", "InferenceSession.run B=S"), 0.8),
+}
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--quick", action="store_true", help="a tiny grid in seconds (hidden 16, 3 rounds)")
@@ -93,9 +108,16 @@ parser.add_argument("--threads", type=int, default=1, help="intra-op threads of 
 parser.add_argument("--unrolled-500", default="rnn", metavar="CELLS",
                     help="cells whose unrolled graph is also exported at the largest export T: comma list, "
                          "'all' or 'none' (default rnn; the lstm's takes ~10 minutes)")
-parser.add_argument("--json", default=str(ROOT / "docs" / "bench-results.json"), help="where to write the figures")
-parser.add_argument("--plot", default=str(ROOT / "docs" / "bench-speedup.png"), help="where to draw the speed-ups")
+parser.add_argument("--json", default=None, help="where to write the figures (default docs/bench-results.json; "
+                    "with --quick a temporary folder)")
+parser.add_argument("--plot", default=None, help="where to draw the speed-ups (default docs/bench-speedup.png)")
+parser.add_argument("--plot-streams", default=None,
+                    help="where to draw throughput vs streams (default docs/bench-streams.png)")
 args = parser.parse_args()
+out_dir = Path(tempfile.gettempdir()) / "rnnexport-bench-quick" if args.quick else ROOT / "docs"
+args.json = args.json or str(out_dir / "bench-results.json")
+args.plot = args.plot or str(out_dir / "bench-speedup.png")
+args.plot_streams = args.plot_streams or str(out_dir / "bench-streams.png")
 
 cfg = QUICK if args.quick else FULL
 hidden = args.hidden or (16 if args.quick else 256)
@@ -235,6 +257,40 @@ def session_stream(stream, xs: np.ndarray) -> None:
         stream.step(xs[t])
 
 
+def independent_streams(streams: list, xs: np.ndarray) -> None:
+    """S one-stream ``StatefulSession`` streams of one loaded graph, each stepped once per tick."""
+    for t in range(xs.shape[0]):
+        for i, stream in enumerate(streams):
+            stream.step(xs[t, i:i + 1])
+
+
+def batcher_ticks(batcher, ticks: list[dict]) -> None:
+    """``StreamBatcher.step`` once per tick (the input dicts are made beforehand, as an app has them)."""
+    for inputs in ticks:
+        batcher.step(inputs)
+
+
+def raw_batched(session: ort.InferenceSession, io, xs: np.ndarray) -> None:
+    """``InferenceSession.run`` at B=S, the state outputs fed back: what the batcher's bookkeeping adds to."""
+    state = io.state.zeros(xs.shape[1])
+    for t in range(xs.shape[0]):
+        state = session.run(None, feeds(io, xs[t], state))[1:]
+
+
+def same_as_alone(path: Path, xs: np.ndarray) -> bool:
+    """Whether the batcher's y equals, bit for bit, each stream's own ``StatefulSession`` over ``xs``."""
+    batcher = StreamBatcher.load(path, threads=args.threads, session_options=session_options(),
+                                 max_batch=xs.shape[1])
+    ids = [batcher.join() for _ in range(xs.shape[1])]
+    alone = StatefulSession.load(path, threads=args.threads, session_options=session_options())
+    streams = [alone.new_stream() for _ in ids]
+    for t in range(xs.shape[0]):
+        ys = batcher.step({i: xs[t, i:i + 1] for i in ids})
+        if not all(np.array_equal(ys[i], stream.step(xs[t, i:i + 1])) for i, stream in zip(ids, streams)):
+            return False
+    return True
+
+
 def lscpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
@@ -349,6 +405,62 @@ with torch.inference_mode():
                                 "status": "runtime not available"})
         line = "  ".join(f"{n} {s / steps * 1e6:.1f}" for n, s in medians.items())
         print(f"  {kind:4s} step us: {line}", flush=True)
+
+# --- many streams at once -----------------------------------------------------------------------
+multi_rows, multi_models = [], {}
+for kind in ("lstm", "gru"):
+    multi_models[kind] = (graphs[(kind, "step", "native", None)], models[kind].io, kind, hidden)
+for name in cfg["char_models"]:
+    result = rnnexport.convert(name, work / f"{name}.step.onnx", form="step")
+    io = result.info.io
+    multi_models[name] = (result.path, io, result.info.cell_family, io.state.dims[0][-1])
+ticks = cfg["multi_ticks"]
+with torch.inference_mode():
+    for name, (path, io, family, size) in multi_models.items():
+        if StatefulSession is None:
+            multi_rows.append({"model": name, "S": None, "engine": "StreamBatcher", "steps_per_s": None,
+                               "status": "runtime not available"})
+            continue
+        exact = same_as_alone(path, random_inputs(io, rnnexport.Form.SEQUENCE, 4, 3, rng))
+        for S in cfg["streams"]:
+            xs = random_inputs(io, rnnexport.Form.SEQUENCE, S, ticks, rng)  # (ticks, S, I)
+            alone = StatefulSession.load(path, threads=args.threads, session_options=session_options())
+            batcher = StreamBatcher.load(path, threads=args.threads, session_options=session_options(),
+                                         max_batch=max(cfg["streams"]))
+            ids = [batcher.join() for _ in range(S)]
+            per_tick = [{i: xs[t, i:i + 1] for i in ids} for t in range(ticks)]
+            R = torch.randn(size, GATES[family] * size, generator=generator)
+            engines = {
+                "StatefulSession x S": functools.partial(independent_streams, [alone.new_stream() for _ in ids], xs),
+                "StreamBatcher": functools.partial(batcher_ticks, batcher, per_tick),
+                "InferenceSession.run B=S": functools.partial(raw_batched, cpu_session(path), io, xs),
+                "batched gemm floor": functools.partial(gemm_floor, torch.randn(S, size, generator=generator), R,
+                                                        ticks),
+            }
+            medians, rounds = measure(engines)
+            for engine, seconds in medians.items():
+                row = {"model": name, "S": S, "engine": engine, "steps_per_s": S * ticks / seconds,
+                       "us_per_tick": seconds / ticks * 1e6, "rounds": rounds}
+                if engine == "StreamBatcher":
+                    row["bit_equal_to_sessions"] = exact
+                multi_rows.append(row)
+            line = "  ".join(f"{e} {S * ticks / v:,.0f}" for e, v in medians.items())
+            print(f"  {name:11s} S={S:<3d} steps/s: {line}", flush=True)
+
+
+def multi_rate(model: str, S: int, engine: str) -> float | None:
+    return next((r["steps_per_s"] for r in multi_rows if (r["model"], r["S"], r["engine"]) == (model, S, engine)),
+                None)
+
+
+multi_S = max(S for S in cfg["streams"] if S <= 64)
+multi_targets = []
+for key, (text, (fast, slow), threshold) in MULTI_TARGETS.items():
+    fast_rate, slow_rate = multi_rate("lstm", multi_S, fast), multi_rate("lstm", multi_S, slow)
+    figure = fast_rate / slow_rate if fast_rate and slow_rate else None
+    multi_targets.append({"target": key, "cell": "lstm", "text": text.format(S=multi_S), "figure": figure,
+                          "op": ">=", "threshold": threshold, "unit": "x", "where": f"S={multi_S}",
+                          "pass": None if figure is None else bool(figure >= threshold)})
 
 # --- CUDA, when a GPU is present -----------------------------------------------------------------
 cuda = {"status": "no GPU", "reason": "torch.cuda.is_available() is False", "rows": []}
@@ -465,6 +577,23 @@ for kind in CELLS:
     values = [stream_us(kind, e) for e in stream_engines]
     print(f"{kind:5s} " + " ".join(f"{v:21.1f}" if v is not None else f"{'runtime not available':>21s}"
                                    for v in values))
+print(f"\nMany streams, CPU, {args.threads} thread(s): aggregate steps/s (batcher over S sessions, over raw B=S)")
+multi_engines = ["StatefulSession x S", "StreamBatcher", "InferenceSession.run B=S", "batched gemm floor"]
+print(f"{'model':11s} {'S':>4s} " + " ".join(f"{e:>24s}" for e in multi_engines) + f" {'vs S':>6s} {'vs raw':>6s}")
+for name in multi_models:
+    for S in cfg["streams"]:
+        rates = [multi_rate(name, S, e) for e in multi_engines]
+        if None in rates:
+            continue
+        print(f"{name:11s} {S:4d} " + " ".join(f"{v:24,.0f}" for v in rates)
+              + f" {rates[1] / rates[0]:5.2f}x {rates[1] / rates[2]:5.2f}x")
+exact = {r["model"]: r["bit_equal_to_sessions"] for r in multi_rows if "bit_equal_to_sessions" in r}
+print("batcher y bit-equal to one session per stream: " + ", ".join(f"{k} {v}" for k, v in exact.items())
+      + "  (the RNN operator's kernel rounds a batch of one differently: docs/embedding.md)")
+for t in multi_targets:
+    verdict = "----" if t["pass"] is None else "PASS" if t["pass"] else "MISS"
+    figure = "runtime not available" if t["figure"] is None else f"{t['figure']:.2f} x"
+    print(f"  {verdict}  {t['cell']:5s} {t['text']}: {figure} ({t['where']}; needs >= {t['threshold']:g})")
 print("\nExport: wall time (in-process, after one warm-up trace), nodes, file size")
 for r in export_rows:
     what = f"{r['lowering']}{' step' if r['form'] == 'step' else ''}" + (f" T={r['T']}" if r["T"] else "")
@@ -496,13 +625,16 @@ results = {
     "config": {"cells": list(CELLS), "input_size": INPUT_SIZE, "hidden": hidden, "threads": args.threads,
                "weight_scale": WEIGHT_SCALE, "times": list(cfg["times"]), "batches": list(cfg["batches"]),
                "unrolled_T": cfg["unrolled_T"], "export_T": list(cfg["export_T"]),
-               "stream_steps": steps},
+               "stream_steps": steps, "streams": list(cfg["streams"]), "multi_ticks": ticks,
+               "char_models": list(cfg["char_models"])},
     "nn_vs_seed_max_abs": nn_vs_seed,
     "notes": ["torch.nn.GRU is linear_before_reset=1, the seed's GRU is 0: its torch.nn row times a "
               "slightly different function on the same weights",
               "ms are medians per call over interleaved rounds after a warm-up; max_abs_vs_eager compares y"],
     "sequence": sequence_rows,
     "streaming": stream_rows,
+    "multi_stream": {"rows": multi_rows, "targets": multi_targets,
+                     "note": "aggregate steps/s of S streams; the batcher's input dicts are made before timing"},
     "export": export_rows,
     "cuda": cuda,
     "targets": targets,
@@ -558,4 +690,29 @@ else:
     plot_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(plot_path, dpi=110)
     print(f"wrote {plot_path}")
+
+    # throughput vs streams: one panel per model
+    fig, axes = plt.subplots(1, len(multi_models), figsize=(3.3 * len(multi_models), 3.4), sharey=True,
+                             squeeze=False)
+    for ax, name in zip(axes[0], multi_models):
+        for engine in multi_engines:
+            found = [(S, multi_rate(name, S, engine)) for S in cfg["streams"]]
+            found = [(S, v) for S, v in found if v]
+            if found:
+                ax.plot([S for S, _ in found], [v for _, v in found], marker="o", label=engine,
+                        linestyle="--" if engine == "batched gemm floor" else "-")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("streams S")
+        ax.grid(which="both", alpha=0.3)
+    axes[0][0].set_ylabel("aggregate steps/s")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, ncol=4, fontsize=9, loc="lower center", frameon=False)
+    fig.suptitle(f"Many streams at once (CPU, {args.threads} thread)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    streams_path = Path(args.plot_streams)
+    streams_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(streams_path, dpi=110)
+    print(f"wrote {streams_path}")
 shutil.rmtree(work, ignore_errors=True)

@@ -2,6 +2,9 @@
 
 No tracing: the graph is written node by node from a :class:`~rnnexport.export.plan.NativePlan`,
 which makes it exact about the contract (any T, any B) and fast to export.
+
+A step graph is built lean (:func:`_build_step`): at B=1 each small node costs
+onnxruntime 1-2 us, as much as the recurrent matmul itself.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from rnnexport.contract import Form, Layout
+from rnnexport.contract import X_NAME, Y_NAME, Form, Layout, TensorSpec
 from rnnexport.export.onnxutil import GraphBuilder, finish_model, value_info
 from rnnexport.export.plan import NativeLayer
 from rnnexport.model import RecurrentModel
@@ -20,8 +23,9 @@ from rnnexport.model import RecurrentModel
 __all__ = ["build_native"]
 
 
-def _layer_node(g: GraphBuilder, layer: NativeLayer, index: int, x: str, h: str, c: str | None):
-    """One ONNX recurrent node; returns ``(Y (T, D, B, H), Y_h, Y_c or None)``."""
+def _op_node(g: GraphBuilder, layer: NativeLayer, index: int, x: str, h: str, c: str | None,
+             outputs: int | list[str]) -> list[str]:
+    """One ONNX recurrent node on ``x`` from state ``h`` (and ``c``); its outputs as ``g.op`` names them."""
     inputs = [
         x,
         g.const(f"W{index}", layer.W),
@@ -41,7 +45,12 @@ def _layer_node(g: GraphBuilder, layer: NativeLayer, index: int, x: str, h: str,
         attrs["activations"] = list(layer.activations)
     if layer.linear_before_reset is not None:
         attrs["linear_before_reset"] = layer.linear_before_reset
-    outputs = g.op(layer.op, inputs, 3 if layer.op == "LSTM" else 2, **attrs)
+    return g.op(layer.op, inputs, outputs, **attrs)
+
+
+def _layer_node(g: GraphBuilder, layer: NativeLayer, index: int, x: str, h: str, c: str | None):
+    """One ONNX recurrent node; returns ``(Y (T, D, B, H), Y_h, Y_c or None)``."""
+    outputs = _op_node(g, layer, index, x, h, c, 3 if layer.op == "LSTM" else 2)
     return outputs[0], outputs[1], outputs[2] if layer.op == "LSTM" else None
 
 
@@ -104,19 +113,117 @@ def _nan_guard(g: GraphBuilder, x: str, h: str, c: str | None, directions: int) 
     return g.one("Add", [per_step, state]), final
 
 
+def _step_guard(g: GraphBuilder, parts: list[str], axis: int) -> str:
+    """One step's NaN guard per stream: NaN where any of ``parts`` holds a NaN in that stream, else 0.
+
+    ``parts`` (the layer's input and state) are concatenated along their feature ``axis``
+    and reduced there: one IsNaN/Where/ReduceSum for all of them. With T=1 the sequence
+    guard's CumSums are identities, and a layer's ``Y`` is its ``Y_h``, so this one
+    value guards ``Y_h`` and ``Y_c`` (and through them ``y`` and the next layer).
+    """
+    joined = g.one("Concat", parts, axis=axis) if len(parts) > 1 else parts[0]
+    return g.one("ReduceSum", [_nan_only(g, joined), g.ints("axes", [axis])], keepdims=1)
+
+
+def _step_layer(g: GraphBuilder, layer: NativeLayer, index: int, x: str, h: str, c: str | None,
+                guard: str | None, names: tuple[str | None, ...]) -> tuple[str, str | None]:
+    """One layer of a step graph: ``(Y_h, Y_c or None)``, each ``(1, B, H)``, guarded when ``guard`` is set.
+
+    Nothing reads ``Y`` (it equals ``Y_h`` at T=1); ``names`` are the graph outputs the
+    layer's final ``Y_h``/``Y_c`` should be written to directly, if any.
+    """
+    wanted = names[:2 if c is not None else 1]
+    states = [n if guard is None and n else g.fresh(f"{layer.op.lower()}_state") for n in wanted]
+    # Y keeps a name: onnx's ReferenceEvaluator binds an omitted ("") output to later omitted inputs
+    _op_node(g, layer, index, x, h, c, [g.fresh(f"{layer.op.lower()}_unused_y"), *states])
+    if guard is not None:
+        states = [g.one("Add", [s, guard], n) for s, n in zip(states, wanted)]
+    return states[0], states[1] if c is not None else None
+
+
+def _step_inputs(g: GraphBuilder, model: RecurrentModel, layers: int, guarded: bool
+                 ) -> tuple[list[str], list[str | None], str | None]:
+    """Each layer's initial ``h`` and ``c`` as the op takes them, ``(1, B, H)``, and a seed's guard.
+
+    A seed cell's ``(B, H)`` state is unsqueezed (and guarded before, in 2-D, with ``x``);
+    a module's ``(layers, B, H)`` state is the op's layout already, sliced per layer.
+    """
+    names = model.io.state.names
+    c_in: list[str | None] = [None] * layers
+    if model.io.state.batch_axis != 0:
+        if len(names) == 2:
+            c_in = list(_state_slices(g, model, names[1], layers, 1))
+        return _state_slices(g, model, names[0], layers, 1), c_in, None
+    guard = _step_guard(g, [X_NAME, *names], 1) if guarded else None
+    unsqueezed = [g.one("Unsqueeze", [n, g.ints("axis0", [0])]) for n in names]
+    if len(names) == 2:
+        c_in = [unsqueezed[1]]
+    return unsqueezed[:1], c_in, guard
+
+
+def _step_outputs(g: GraphBuilder, model: RecurrentModel, h_out: list[str], c_out: list[str | None],
+                  y: str | None) -> str:
+    """Write the state outputs in the contract's layout; the last layer's ``h`` as ``(B, H)``.
+
+    ``y``: the name to give that ``(B, H)`` value when it is the graph's output itself.
+    """
+    out_names = model.io.state.output_names
+    outputs: list[tuple[list[str], str]] = [(h_out, out_names[0])]
+    if len(out_names) == 2:
+        outputs.append(([c for c in c_out if c is not None], out_names[1]))
+    if model.io.state.batch_axis == 0:  # seed cells: (1, B, H) -> (B, H)
+        for values, name in outputs:
+            g.one("Squeeze", [values[0], g.ints("axis0", [0])], name)
+        return g.one("Identity", [out_names[0]], y) if y else out_names[0]
+    for values, name in outputs:
+        if len(values) > 1:  # a single layer wrote its state output itself
+            g.one("Concat", values, name, axis=0)
+    return g.one("Squeeze", [h_out[-1], g.ints("axis0", [0])], y)
+
+
+def _build_step(model: RecurrentModel, g: GraphBuilder) -> None:
+    """The nodes of a step graph: a reshape only where the contract's layout is not the op's.
+
+    Only the state outputs of each layer are computed (``Y`` equals ``Y_h`` at T=1), the next
+    layer reads ``Y_h`` as its ``(T=1, B, H)`` input, and the head is one 2-D Gemm.
+    """
+    plan, io = model.native, model.io
+    assert plan is not None and plan.layers[0].directions == 1  # callers check: no step form otherwise
+    guarded = io.x_dtype == "float32"
+    h_in, c_in, seed_guard = _step_inputs(g, model, len(plan.layers), guarded)
+    direct = io.state.batch_axis != 0 and len(plan.layers) == 1  # the op writes the contract's state
+    x = g.one("Unsqueeze", [X_NAME, g.ints("axis0", [0])])
+    h_out: list[str] = []
+    c_out: list[str | None] = []
+    for index, layer in enumerate(plan.layers):
+        guard = None
+        if guarded and layer.op in _MASKS_NAN:
+            parts = [p for p in (x, h_in[index], c_in[index]) if p is not None]
+            guard = seed_guard or _step_guard(g, parts, 2)
+        outputs = io.state.output_names if direct else (None, None)
+        x, y_c = _step_layer(g, layer, index, x, h_in[index], c_in[index], guard, outputs)
+        h_out.append(x)
+        c_out.append(y_c)
+    last = _step_outputs(g, model, h_out, c_out, None if plan.head else Y_NAME)
+    if plan.head is not None:
+        W_hq, b_q = plan.head
+        g.one("Gemm", [last, g.const("W_hq", W_hq), g.const("b_q", b_q)], Y_NAME)
+
+
 def build_native(model: RecurrentModel, form: Form) -> onnx.ModelProto:
     """The whole graph for ``model`` (which must have a native plan) in ``form``."""
     plan = model.native
     assert plan is not None  # callers check model.native first
     io = model.io
     inputs, outputs = io.inputs(form), io.outputs(form)
-    state_names = io.state.names
     g = GraphBuilder()
+    if form is Form.STEP:
+        _build_step(model, g)
+        return _finish(g, inputs, outputs)
+    state_names = io.state.names
     directions = plan.layers[0].directions
     x = inputs[0].name
-    if form is Form.STEP:
-        x = g.one("Unsqueeze", [x, g.ints("axis0", [0])])
-    elif io.layout is Layout.BATCH_MAJOR:
+    if io.layout is Layout.BATCH_MAJOR:
         x = g.one("Transpose", [x], perm=[1, 0, 2])
     h_parts = _state_slices(g, model, state_names[0], len(plan.layers), directions)
     c_parts = (_state_slices(g, model, state_names[1], len(plan.layers), directions)
@@ -135,14 +242,16 @@ def build_native(model: RecurrentModel, form: Form) -> onnx.ModelProto:
         W_hq, b_q = plan.head
         x = g.one("Add", [g.one("MatMul", [x, g.const("W_hq", W_hq)]), g.const("b_q", b_q)])
     y_name = outputs[0].name
-    if form is Form.STEP:
-        g.one("Squeeze", [x, g.ints("axis0", [0])], y_name)
-    elif io.layout is Layout.BATCH_MAJOR:
+    if io.layout is Layout.BATCH_MAJOR:
         g.one("Transpose", [x], y_name, perm=[1, 0, 2])
     else:
         g.one("Identity", [x], y_name)
     for parts, output in zip((h_out, c_out), outputs[1:]):
         _state_output(g, model, parts, output.name)
+    return _finish(g, inputs, outputs)
+
+
+def _finish(g: GraphBuilder, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> onnx.ModelProto:
     graph = helper.make_graph(
         g.nodes,
         "rnnexport_native",

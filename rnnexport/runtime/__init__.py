@@ -11,7 +11,8 @@ library, so an app can embed it without PyTorch or onnx::
         y_t = session.step(x_t)                   # the state carries over
     saved = session.state                         # {"h": ..., "c": ...}: save, resume later
 
-See docs/embedding.md for the state-handling rules.
+Many streams at once (a server): :class:`StreamBatcher` runs every stream that has an
+input this tick in one call. See docs/embedding.md for the state-handling rules.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from rnnexport.errors import (
     RnnexportError,
     RuntimeContractError,
 )
+from rnnexport.runtime.batcher import BatcherStats, StreamBatcher
 from rnnexport.runtime.files import RunSummary, run_files
 from rnnexport.runtime.session import StatefulSession, load
 
@@ -35,6 +37,7 @@ TestVector = VectorEntry
 
 __all__ = [
     "SCHEMA",
+    "BatcherStats",
     "Bundle",
     "BundleError",
     "ContractError",
@@ -49,6 +52,7 @@ __all__ = [
     "StateContract",
     "StateSpec",
     "StatefulSession",
+    "StreamBatcher",
     "TestVector",
     "VectorEntry",
     "load",

@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from rnnexport.bundle import Bundle
-from rnnexport.contract import TIME, Dim, Form, IOSpec, check_array
+from rnnexport.contract import TIME, Dim, Form, IOSpec, StateSpec, check_array
 from rnnexport.errors import RuntimeContractError
 from rnnexport.ort import Device, ProviderRequest
 from rnnexport.runtime.engine import Engine, Graph, LoadOptions, open_engine
@@ -31,6 +31,39 @@ def _concrete(shape: tuple[Dim, ...]) -> tuple[int, ...]:
     """A contract shape built with an int batch and time: every dim is an int (the contract's
     shapes are typed for the symbolic "B"/"T" too; a step shape ignores time)."""
     return cast("tuple[int, ...]", shape)
+
+
+def refuse_nonfinite(name: str, value: np.ndarray) -> np.ndarray:
+    """``value``, or a one-line error when a float array holds NaN or Inf (``check_finite=True``).
+
+    Internal: :class:`StatefulSession` and :class:`~rnnexport.runtime.batcher.StreamBatcher` share it.
+    """
+    if value.dtype.kind == "f" and not np.isfinite(value).all():
+        bad = np.argwhere(~np.isfinite(value))[0]
+        raise RuntimeContractError(f"{name} holds {value[tuple(bad)]} at index {tuple(int(i) for i in bad)}: "
+                                   "refusing non-finite input (NaN or Inf); clean the input first")
+    return value
+
+
+def checked_state(spec: StateSpec, values: object, batch: int, finite: bool, what: str = "state") -> list[np.ndarray]:
+    """A state mapping ``{"h": ..., "c": ...}`` for ``batch`` streams as arrays in the contract's order.
+
+    Internal: the one check of a state that a caller sets (the session's and the batcher's).
+
+    Raises:
+        RuntimeContractError: not a mapping, names other than the contract's, a wrong
+            shape or dtype, or (``finite``) NaN or Inf.
+    """
+    if not isinstance(values, Mapping):
+        raise RuntimeContractError(f"{what}: expected a mapping of {', '.join(spec.names)}, "
+                                   f"got {type(values).__name__}")
+    names = set(values.keys())
+    if names != set(spec.names):
+        raise RuntimeContractError(f"{what}: expected exactly {', '.join(spec.names)}, got "
+                                   f"{', '.join(sorted(map(str, names))) or 'nothing'}")
+    checked = [check_array(f"{what} {n}", values[n], spec.dtype, spec.shape(i, batch))
+               for i, n in enumerate(spec.names)]
+    return [refuse_nonfinite(f"{what} {n}", v) if finite else v for n, v in zip(spec.names, checked)]
 
 
 class _Tensor:
@@ -215,17 +248,7 @@ class StatefulSession:
 
     @state.setter
     def state(self, values: Mapping[str, np.ndarray]) -> None:
-        spec = self.contract.state
-        if not isinstance(values, Mapping):
-            raise RuntimeContractError(f"state: expected a mapping of {', '.join(spec.names)}, "
-                                       f"got {type(values).__name__}")
-        names = set(values.keys())
-        if names != set(spec.names):
-            raise RuntimeContractError(f"state: expected exactly {', '.join(spec.names)}, got "
-                                       f"{', '.join(sorted(names)) or 'nothing'}")
-        checked = [self._finite(f"state {n}", check_array(f"state {n}", values[n], spec.dtype,
-                                                          spec.shape(i, self._batch)))
-                   for i, n in enumerate(spec.names)]
+        checked = checked_state(self.contract.state, values, self._batch, self._check_finite)
         for tensor, value in zip(self._state.inputs, checked):
             tensor.write(value)
 
@@ -282,11 +305,7 @@ class StatefulSession:
         return self._run_steps(xs)
 
     def _finite(self, name: str, value: np.ndarray) -> np.ndarray:
-        if self._check_finite and value.dtype.kind == "f" and not np.isfinite(value).all():
-            bad = np.argwhere(~np.isfinite(value))[0]
-            raise RuntimeContractError(f"{name} holds {value[tuple(bad)]} at index {tuple(int(i) for i in bad)}: "
-                                       "refusing non-finite input (NaN or Inf); clean the input first")
-        return value
+        return refuse_nonfinite(name, value) if self._check_finite else value
 
     def _plan_for_step(self) -> _StepPlan:
         if self._plan is not None:

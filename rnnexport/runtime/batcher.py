@@ -1,0 +1,556 @@
+"""``StreamBatcher``: many independent streams through one step graph, one call per tick.
+
+Each stream has its own state, kept in a slot of a state pool laid out as the
+contract has it (the batch axis is the slot axis). A :meth:`StreamBatcher.step`
+gathers the states of the streams that have an input this tick into one batch,
+runs the step graph once with IO binding on buffers made once per batch size,
+and leaves the new states in those buffers: the next tick with the same streams
+reads them in place, any other tick or state access first writes them back to
+the pool. No per-step allocation beyond the outputs it returns.
+:meth:`StreamBatcher.submit` is the same for apps whose streams live on different
+threads: a worker groups the pending steps into one call, waiting at most
+``max_wait`` seconds for more to arrive.
+
+Each stream gets what it would get alone: on onnxruntime's CPU provider a row of
+the LSTM and GRU operators and of Gemm and MatMul on constant weights does not
+depend on the batch it runs in (their weights are pre-packed), so the results equal
+a one-stream :class:`StatefulSession` bit for bit. The RNN operator is the
+exception: its kernel passes unpacked weights to MLAS, whose sgemm sends a single
+row (B=1) to a dedicated M=1 kernel that sums in another order (docs/embedding.md).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import os
+import threading
+import time
+from collections.abc import Hashable, Mapping
+from concurrent.futures import Future
+from typing import cast
+
+import numpy as np
+import onnxruntime as ort
+
+from rnnexport.bundle import open_bundle
+from rnnexport.contract import Dim, Form, IOSpec, StateSpec, check_array
+from rnnexport.errors import RuntimeContractError
+from rnnexport.ort import ProviderRequest
+from rnnexport.runtime.engine import Engine, Graph, LoadOptions, open_engine
+from rnnexport.runtime.session import checked_state, refuse_nonfinite
+
+__all__ = ["BatcherStats", "StreamBatcher", "StreamId"]
+
+#: A stream's name: any hashable value (``join()`` hands out ints when none is given).
+StreamId = Hashable
+
+DEFAULT_MAX_BATCH = 64
+DEFAULT_MAX_WAIT = 0.002  # seconds
+
+
+def _ints(shape: tuple[Dim, ...]) -> tuple[int, ...]:
+    """A contract shape built with int batch and time sizes, typed as such."""
+    return cast("tuple[int, ...]", shape)
+
+
+def _step_graph(engine: Engine) -> Graph:
+    """The graph one tick runs: the step graph, or a sequence graph that takes any length."""
+    graph = engine.graphs.get(Form.STEP) or engine.graphs[Form.SEQUENCE]
+    if graph.form is Form.SEQUENCE and graph.seq_len not in (None, 1):
+        raise RuntimeContractError(f"StreamBatcher needs a step graph or a sequence graph of any length; "
+                                   f"{graph.name} is unrolled at T={graph.seq_len}: export a step graph")
+    return graph
+
+
+@dataclasses.dataclass(frozen=True)
+class BatcherStats:
+    """How the work went: ``steps`` stream steps run in ``calls`` graph calls."""
+
+    calls: int
+    steps: int
+
+    @property
+    def mean_batch(self) -> float:
+        """Streams per call, on average."""
+        return self.steps / self.calls if self.calls else 0.0
+
+
+class _Pool:
+    """Every stream's state: one array per state tensor, slots along the contract's batch axis."""
+
+    def __init__(self, spec: StateSpec, capacity: int) -> None:
+        self.spec = spec
+        self.arrays = spec.zeros(capacity)
+        self.free = list(range(capacity - 1, -1, -1))
+
+    def _at(self, slots: np.ndarray | slice) -> tuple[slice | np.ndarray, ...]:
+        return (slice(None),) * self.spec.batch_axis + (slots,)
+
+    def take(self) -> int:
+        """A zeroed slot, growing the pool (doubling) when all are in use."""
+        if not self.free:
+            capacity = self.arrays[0].shape[self.spec.batch_axis]
+            self.arrays = [np.concatenate([a, np.zeros_like(a)], axis=self.spec.batch_axis) for a in self.arrays]
+            self.free = list(range(2 * capacity - 1, capacity - 1, -1))
+        slot = self.free.pop()
+        self.write(slot, None)
+        return slot
+
+    def give(self, slot: int) -> None:
+        self.free.append(slot)
+
+    def read(self, slot: int) -> list[np.ndarray]:
+        """Copies of one stream's state, each with a batch of 1."""
+        return [a[self._at(slice(slot, slot + 1))].copy() for a in self.arrays]
+
+    def write(self, slot: int, values: list[np.ndarray] | None) -> None:
+        """Set one stream's state (batch-of-1 arrays), or zero it (``None``)."""
+        for i, a in enumerate(self.arrays):
+            a[self._at(slice(slot, slot + 1))] = 0 if values is None else values[i]
+
+    def gather(self, slots: np.ndarray, into: list[np.ndarray]) -> None:
+        for a, out in zip(self.arrays, into):
+            np.take(a, slots, axis=self.spec.batch_axis, out=out, mode="clip")  # "clip": unbuffered
+
+    def scatter(self, slots: np.ndarray, values: list[np.ndarray]) -> None:
+        for a, value in zip(self.arrays, values):
+            a[self._at(slots)] = value
+
+
+@dataclasses.dataclass(frozen=True)
+class _Views:
+    """The buffers of a call for ``n`` streams (views of the first rows of each) and their bindings.
+
+    Two sets of state buffers, as in :class:`StatefulSession`: ``bindings[r]`` reads
+    ``states[r]`` and writes ``states[1 - r]``.
+    """
+
+    x: np.ndarray  # (n, *x_features): filled row by row
+    y: np.ndarray  # (n, *y_features): copied out
+    states: tuple[list[np.ndarray], list[np.ndarray]]
+    bindings: tuple[ort.IOBinding, ort.IOBinding]
+
+
+class _Buffers:
+    """x, y and state buffers for ``max_batch`` streams, made once; views and bindings per batch size on first use."""
+
+    def __init__(self, graph: Graph, contract: IOSpec, max_batch: int) -> None:
+        self.graph, self.contract = graph, contract
+        spec = contract.state
+        self.x = np.zeros(_ints(contract.x_shape(Form.STEP, max_batch)), contract.x_dtype)
+        self.y = np.zeros(_ints(contract.y_shape(Form.STEP, max_batch)), contract.y_dtype)
+        self.states = tuple([np.zeros(max_batch * int(np.prod(d)), spec.dtype) for d in spec.dims] for _ in range(2))
+        self.views: dict[int, _Views] = {}
+
+    def at(self, n: int) -> _Views:
+        views = self.views.get(n)
+        if views is None:
+            views = self.views[n] = self._make(n)
+        return views
+
+    def _make(self, n: int) -> _Views:
+        c, graph, spec = self.contract, self.graph, self.contract.state
+        shapes = [_ints(spec.shape(i, n)) for i in range(len(spec.names))]
+        sets = tuple([b[:int(np.prod(s))].reshape(s) for b, s in zip(flat, shapes)] for flat in self.states)
+        # a sequence graph's (1, n, ...) or (n, 1, ...) is the same memory as the step's (n, ...)
+        x = self.x[:n].reshape(_ints(c.x_shape(graph.form, n, 1)))
+        y = self.y[:n].reshape(_ints(c.y_shape(graph.form, n, 1)))
+        bindings = []
+        for reads in (0, 1):
+            binding = graph.session.io_binding()
+            bound = [(graph.x_name, x, True), (graph.y_name, y, False)]
+            bound += [(name, v, True) for name, v in zip(spec.names, sets[reads])]
+            bound += [(name, v, False) for name, v in zip(spec.output_names, sets[1 - reads])]
+            for name, array, is_input in bound:
+                value = ort.OrtValue.ortvalue_from_numpy(array)  # host memory, no copy
+                (binding.bind_ortvalue_input if is_input else binding.bind_ortvalue_output)(name, value)
+            bindings.append(binding)
+        return _Views(self.x[:n], self.y[:n], (sets[0], sets[1]), (bindings[0], bindings[1]))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Resident:
+    """The streams of the last call, whose newest state is still in its buffers (``views.states[current]``).
+
+    Written back to the pool lazily: when the next call has other streams, or before the
+    state of a stream is read or changed. A tick with the same streams as the last one
+    then costs no gather and no scatter.
+    """
+
+    slots: list[int]
+    views: _Views
+    current: int
+
+
+@dataclasses.dataclass
+class _Request:
+    """One submitted step; ``joined`` tells the stream from a later one of the same id."""
+
+    stream: StreamId
+    joined: int
+    x: np.ndarray
+    future: Future[np.ndarray]
+    arrived: float
+
+
+class _Queue:
+    """Pending :meth:`StreamBatcher.submit` steps, in arrival order, and the worker that runs them."""
+
+    def __init__(self, batcher: StreamBatcher) -> None:
+        self.batcher = batcher
+        self.cond = threading.Condition()
+        self.pending: collections.deque[_Request] = collections.deque()
+        self.counts: collections.Counter[StreamId] = collections.Counter()
+        self.closing = False
+        self.thread: threading.Thread | None = None
+
+    def put(self, request: _Request) -> None:
+        with self.cond:
+            if self.closing:
+                raise RuntimeContractError("submit: this StreamBatcher is closed; make a new one")
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._work, name="rnnexport-batcher", daemon=True)
+                self.thread.start()
+            self.pending.append(request)
+            self.counts[request.stream] += 1
+            self.cond.notify()
+
+    def drop(self, stream: StreamId) -> list[_Request]:
+        """Take a stream's pending steps out of the queue (it left)."""
+        with self.cond:
+            dropped = [r for r in self.pending if r.stream == stream]
+            if dropped:
+                self.pending = collections.deque(r for r in self.pending if r.stream != stream)
+                del self.counts[stream]
+            self.cond.notify()  # one stream fewer: the others may all be waiting now
+            return dropped
+
+    def close(self) -> None:
+        with self.cond:
+            self.closing = True
+            self.cond.notify()
+            thread = self.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _full(self) -> bool:
+        """Whether waiting longer cannot grow the next call."""
+        distinct = len(self.counts)
+        return distinct >= self.batcher.max_batch or distinct >= len(self.batcher)
+
+    def _next_batch(self) -> list[_Request] | None:
+        """Wait for a first request, then up to ``max_wait`` for more; the first step of each stream."""
+        with self.cond:
+            while True:
+                if not self.pending:
+                    if self.closing:
+                        return None
+                    self.cond.wait()
+                    continue
+                left = self.pending[0].arrived + self.batcher.max_wait - time.monotonic()
+                if self.closing or self._full() or left <= 0:
+                    return self._pop_batch()
+                self.cond.wait(left)
+
+    def _pop_batch(self) -> list[_Request]:
+        batch: list[_Request] = []
+        seen: set[StreamId] = set()
+        rest: collections.deque[_Request] = collections.deque()
+        for request in self.pending:
+            if request.stream in seen or len(batch) == self.batcher.max_batch:
+                rest.append(request)
+                continue
+            seen.add(request.stream)
+            batch.append(request)
+            self.counts[request.stream] -= 1
+            if not self.counts[request.stream]:
+                del self.counts[request.stream]
+        self.pending = rest
+        return batch
+
+    def _work(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            self.batcher._run_requests([r for r in batch if r.future.set_running_or_notify_cancel()])
+
+
+class StreamBatcher:
+    """Independent streams that join and leave at any time, advanced together through one graph.
+
+    ``step({stream: x_t, ...})`` runs every stream that has an input this tick in one
+    call and returns ``{stream: y_t}``; each ``x_t`` and ``y_t`` is what a one-stream
+    :class:`~rnnexport.runtime.StatefulSession` takes and gives (``(1, ...)``).
+    Every method is thread-safe; :meth:`submit` groups steps from many threads.
+    A stream's steps run in the order they were asked for; do not mix :meth:`step`
+    and :meth:`submit` for one stream, or :meth:`reset` it while it has a pending step.
+    """
+
+    def __init__(self, engine: Engine, *, max_batch: int = DEFAULT_MAX_BATCH,
+                 max_wait: float = DEFAULT_MAX_WAIT, check_finite: bool = False) -> None:
+        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+            raise RuntimeContractError(f"max_batch must be a positive int, got {max_batch!r}")
+        if not isinstance(max_wait, (int, float)) or isinstance(max_wait, bool) or not 0 <= max_wait <= 60:
+            raise RuntimeContractError(f"max_wait must be seconds from 0 to 60, got {max_wait!r}")
+        self._engine = engine
+        self.max_batch, self.max_wait = max_batch, float(max_wait)
+        self._check_finite = bool(check_finite)
+        self._graph = _step_graph(engine)
+        contract = engine.contract
+        self._x = (np.dtype(contract.x_dtype), contract.x_shape(Form.STEP, 1))
+        self._pool = _Pool(contract.state, max_batch)
+        self._buffers = _Buffers(self._graph, contract, max_batch)
+        self._slot_buffer = np.zeros(max_batch, np.intp)
+        self._resident: _Resident | None = None
+        self._streams: dict[StreamId, int] = {}  # stream -> its slot in the pool
+        self._joined: dict[StreamId, int] = {}  # stream -> when it joined (a count of joins)
+        self._joins = itertools.count()
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._queue = _Queue(self)
+        self._calls = self._steps = 0
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        providers: ProviderRequest | list[ProviderRequest] | None = None,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_wait: float = DEFAULT_MAX_WAIT,
+        threads: int | None = None,
+        session_options: ort.SessionOptions | None = None,
+        check_finite: bool = False,
+    ) -> StreamBatcher:
+        """Load a bundle, a .zip of one, or a model ``.onnx`` (its step graph) with no streams yet.
+
+        Args:
+            path: as :meth:`StatefulSession.load` takes it.
+            providers: None for CPU, or execution providers in priority order.
+            max_batch: the most streams one call runs (more in a tick run in several calls).
+            max_wait: how long :meth:`submit`'s worker waits after the first pending step for
+                others to join its call, in seconds.
+            threads: onnxruntime intra-op threads.
+            session_options: onnxruntime session options to start from.
+            check_finite: refuse an ``x`` or a state holding NaN or Inf with one line.
+
+        Raises:
+            BundleError, ProviderError, RuntimeContractError: as :meth:`StatefulSession.load`;
+            RuntimeContractError also for a graph unrolled at a fixed T.
+        """
+        bundle = open_bundle(path)
+        form = "step" if any(s.form is Form.STEP for s in bundle.graphs.values()) else None
+        engine = open_engine(bundle, LoadOptions(providers, form, threads, session_options))
+        return cls(engine, max_batch=max_batch, max_wait=max_wait, check_finite=check_finite)
+
+    # --- what it is ----------------------------------------------------------------------------
+
+    @property
+    def contract(self) -> IOSpec:
+        return self._engine.contract
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return self._engine.providers
+
+    @property
+    def streams(self) -> tuple[StreamId, ...]:
+        """The streams that have joined and not left, in joining order."""
+        with self._lock:
+            return tuple(self._streams)
+
+    @property
+    def stats(self) -> BatcherStats:
+        with self._lock:
+            return BatcherStats(self._calls, self._steps)
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def __contains__(self, stream: object) -> bool:
+        return stream in self._streams
+
+    def __repr__(self) -> str:
+        return (f"StreamBatcher({self._engine.bundle.path}, streams={len(self)}, max_batch={self.max_batch}, "
+                f"max_wait={self.max_wait})")
+
+    def __enter__(self) -> StreamBatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- streams -------------------------------------------------------------------------------
+
+    def join(self, stream: StreamId | None = None, state: Mapping[str, np.ndarray] | None = None) -> StreamId:
+        """Add a stream, from the zero state or ``state`` (``{"h": (1, H), ...}``); returns its id.
+
+        Raises:
+            RuntimeContractError: the id is already in use, or a malformed state.
+        """
+        with self._lock:
+            if stream is None:
+                stream = next(i for i in self._ids if i not in self._streams)
+            elif stream in self._streams:
+                raise RuntimeContractError(f"join: stream {stream!r} has already joined; leave() it first "
+                                           f"or pick another id")
+            values = None if state is None else self._checked_state(stream, state)
+            slot = self._pool.take()
+            if values is not None:
+                self._pool.write(slot, values)
+            self._streams[stream] = slot
+            self._joined[stream] = next(self._joins)
+            return stream
+
+    def leave(self, stream: StreamId) -> None:
+        """Remove a stream; its pending :meth:`submit` steps fail with RuntimeContractError."""
+        with self._lock:
+            slot = self._slot(stream, "leave")
+            self._write_back()
+            self._pool.give(slot)
+            del self._streams[stream], self._joined[stream]
+            dropped = self._queue.drop(stream)
+        for request in dropped:
+            if request.future.set_running_or_notify_cancel():
+                request.future.set_exception(RuntimeContractError(
+                    f"stream {stream!r} left before this step ran"))
+
+    def reset(self, stream: StreamId) -> None:
+        """Zero one stream's state."""
+        with self._lock:
+            slot = self._slot(stream, "reset")
+            self._write_back()
+            self._pool.write(slot, None)
+
+    def get_state(self, stream: StreamId) -> dict[str, np.ndarray]:
+        """One stream's state by name (copies, each with a batch of 1): save it to resume."""
+        with self._lock:
+            slot = self._slot(stream, "get_state")
+            self._write_back()
+            values = self._pool.read(slot)
+        return dict(zip(self.contract.state.names, values))
+
+    def set_state(self, stream: StreamId, state: Mapping[str, np.ndarray]) -> None:
+        """Set one stream's state from ``{"h": (1, H), ...}`` (the contract's shapes with a batch of 1)."""
+        with self._lock:
+            slot = self._slot(stream, "set_state")
+            values = self._checked_state(stream, state)
+            self._write_back()
+            self._pool.write(slot, values)
+
+    # --- steps ---------------------------------------------------------------------------------
+
+    def step(self, inputs: Mapping[StreamId, np.ndarray]) -> dict[StreamId, np.ndarray]:
+        """Advance the streams in ``inputs`` one step: ``{stream: x_t (1, ...)}`` -> ``{stream: y_t (1, ...)}``.
+
+        Every input is checked before any state changes: a bad one raises
+        RuntimeContractError and leaves every stream as it was.
+        """
+        if not isinstance(inputs, Mapping):
+            raise RuntimeContractError(f"step: expected a mapping of stream id to x, got {type(inputs).__name__}")
+        with self._lock:
+            slots, xs = self._checked_inputs(inputs)
+            ys: list[np.ndarray] = []
+            for start in range(0, len(slots), self.max_batch):
+                end = start + self.max_batch
+                ys.extend(self._run(slots[start:end], xs[start:end]))
+        return dict(zip(inputs, ys))
+
+    def submit(self, stream: StreamId, x: np.ndarray) -> Future[np.ndarray]:
+        """Queue one step of ``stream``; the Future gives its ``y_t`` once a grouped call ran it.
+
+        The input is checked (and copied) now: a bad one raises here, not in the Future.
+        """
+        with self._lock:
+            self._slot(stream, "submit")
+            x = np.array(self._checked_x(stream, x), copy=True)
+            joined = self._joined[stream]
+        future: Future[np.ndarray] = Future()
+        self._queue.put(_Request(stream, joined, x, future, time.monotonic()))
+        return future
+
+    def close(self) -> None:
+        """Run the pending :meth:`submit` steps and stop its worker; later submits are refused."""
+        self._queue.close()
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _slot(self, stream: StreamId, what: str) -> int:
+        try:
+            return self._streams[stream]
+        except (KeyError, TypeError):
+            raise RuntimeContractError(f"{what}: no stream {stream!r} has joined this batcher "
+                                       f"(join() it first; {len(self._streams)} streams have)") from None
+
+    def _checked_x(self, stream: StreamId, x: object) -> np.ndarray:
+        dtype, shape = self._x
+        x = check_array(f"x of stream {stream!r}", x, str(dtype), shape)
+        return refuse_nonfinite(f"x of stream {stream!r}", x) if self._check_finite else x
+
+    def _checked_inputs(self, inputs: Mapping[StreamId, np.ndarray]) -> tuple[list[int], list[np.ndarray]]:
+        """The slot and the checked x of each input; one loop, the common case inlined (it runs per stream per tick).
+
+        A fitting x need not be contiguous here: it is copied into the call's buffer.
+        """
+        streams, (dtype, shape) = self._streams, self._x
+        slots: list[int] = []
+        xs: list[np.ndarray] = []
+        for stream, x in inputs.items():
+            slot = streams.get(stream)
+            if slot is None:
+                slot = self._slot(stream, "step")  # raises
+            if self._check_finite or not (type(x) is np.ndarray and x.dtype is dtype and x.shape == shape):
+                x = self._checked_x(stream, x)
+            slots.append(slot)
+            xs.append(x)
+        return slots, xs
+
+    def _checked_state(self, stream: StreamId, state: object) -> list[np.ndarray]:
+        return checked_state(self.contract.state, state, 1, self._check_finite, f"state of stream {stream!r}")
+
+    def _run(self, slots: list[int], xs: list[np.ndarray]) -> list[np.ndarray]:
+        """One graph call for the streams in pool ``slots`` (at most ``max_batch``) on ``xs``: their y rows."""
+        n = len(slots)
+        if not n:
+            return []
+        views = self._buffers.at(n)
+        np.concatenate(xs, axis=0, out=views.x)
+        resident = self._resident
+        if resident is not None and resident.slots == slots:
+            reads = resident.current  # the same streams as the last call: their state is in place
+        else:
+            self._write_back()
+            reads = 0
+            self._pool.gather(self._index(slots), views.states[0])
+        self._graph.session.run_with_iobinding(views.bindings[reads])
+        self._resident = _Resident(slots, views, 1 - reads)
+        self._calls += 1
+        self._steps += n
+        return list(views.y.reshape(n, 1, *views.y.shape[1:]).copy())  # a (1, ...) view per stream
+
+    def _write_back(self) -> None:
+        """Put the last call's states into the pool (before the pool is read or changed)."""
+        resident, self._resident = self._resident, None
+        if resident is not None:
+            self._pool.scatter(self._index(resident.slots), resident.views.states[resident.current])
+
+    def _index(self, slots: list[int]) -> np.ndarray:
+        index = self._slot_buffer[:len(slots)]
+        index[:] = slots
+        return index
+
+    def _run_requests(self, batch: list[_Request]) -> None:
+        """Run the worker's batch and settle its futures (a stream that left meanwhile fails alone)."""
+        with self._lock:
+            live = [r for r in batch if self._joined.get(r.stream) == r.joined]
+            for r in batch:
+                if self._joined.get(r.stream) != r.joined:
+                    r.future.set_exception(RuntimeContractError(f"stream {r.stream!r} left before this step ran"))
+            try:
+                ys = self._run([self._streams[r.stream] for r in live], [r.x for r in live])
+            except Exception as e:  # noqa: BLE001 - handed to every waiting caller, not lost in the worker
+                for r in live:
+                    r.future.set_exception(e)
+                return
+        for r, y in zip(live, ys):
+            r.future.set_result(y)
