@@ -114,3 +114,62 @@ def run_files(
         steps=1 if call == STEP else x.shape[session.contract.time_axis], batch=batch, y_shape=y.shape,
         y_path=Path(y_path) if y_path else None, state_in=Path(state_in) if state_in else None,
         state_out=Path(state_out) if state_out else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamsSummary:
+    """What :func:`run_stream_files` did: one stream per input file, advanced together."""
+
+    model: Path
+    providers: tuple[str, ...]
+    steps: tuple[int, ...]
+    calls: int
+    y_paths: tuple[Path, ...]
+
+
+def run_stream_files(
+    model: str | os.PathLike,
+    x_paths: list[str | os.PathLike],
+    y_paths: list[str | os.PathLike],
+    providers: ProviderRequest | list[ProviderRequest] | None = None,
+    check_finite: bool = True,
+) -> StreamsSummary:
+    """Run several streams at once, one per ``x.npy``, through a :class:`StreamBatcher`.
+
+    Each ``x`` is one stream's chunk ``(T, 1, ...)`` (``(1, T, ...)`` for batch-major graphs),
+    of any T; at every tick, the streams that still have a step run in one call, and each
+    ``y`` is written (atomically) as that stream's chunk. Streams start from zeros.
+
+    Raises:
+        RnnexportError: an unreadable file, one ``-o`` per input missing, inputs off the contract.
+    """
+    from rnnexport.runtime.batcher import StreamBatcher
+
+    if len(y_paths) not in (0, len(x_paths)):
+        raise RuntimeContractError(f"give one -o per --input ({len(x_paths)}), or none; got {len(y_paths)}")
+    batcher = StreamBatcher.load(model, providers, max_batch=max(1, len(x_paths)), check_finite=check_finite)
+    c = batcher.contract
+    chunks = []
+    for path in x_paths:
+        x = _load_array(Path(path), "input")
+        if not isinstance(x, np.ndarray) or x.ndim != 2 + len(c.x_features) or x.shape[c.batch_axis] != 1:
+            raise RuntimeContractError(f"input {path}: one stream's chunk is {show_shape(c.x_shape(SEQUENCE, 1))} "
+                                       f"of {c.x_dtype}, got {show_shape(getattr(x, 'shape', ()))}")
+        chunks.append(np.moveaxis(x, c.time_axis, 0))  # (T, 1, ...): one step per row
+    with batcher:
+        streams = [batcher.join() for _ in chunks]
+        ys: list[list[np.ndarray]] = [[] for _ in chunks]
+        calls = 0
+        for t in range(max(len(chunk) for chunk in chunks)):
+            live = {s: chunk[t] for s, chunk in zip(streams, chunks) if t < len(chunk)}
+            out = batcher.step(live)
+            calls += 1
+            for index, stream in enumerate(streams):
+                if stream in out:
+                    ys[index].append(out[stream])
+        written = []
+        for ys_i, path in zip(ys, y_paths):
+            save_npy(path, np.moveaxis(np.stack(ys_i), 0, c.time_axis))
+            written.append(Path(path))
+        return StreamsSummary(Path(model), batcher.providers, tuple(len(chunk) for chunk in chunks), calls,
+                              tuple(written))
