@@ -29,7 +29,6 @@ import onnx
 from rnnexport.backends.base import (
     EngineFailure,
     EngineUnavailable,
-    GraphTensor,
     Runner,
     check_feeds,
     graph_tensors,
@@ -79,8 +78,6 @@ class NodeRunner(Runner):
         self.name = engine
         self.process: subprocess.Popen[str] | None = None
         self.folder: tempfile.TemporaryDirectory[str] | None = None
-        self.inputs: tuple[GraphTensor, ...] = ()
-        self.outputs: tuple[GraphTensor, ...] = ()
 
     def _activate(self) -> None:
         node = shutil.which("node")
@@ -203,8 +200,6 @@ class BrowserRunner(Runner):
         self.server: http.server.ThreadingHTTPServer | None = None
         self.browser: subprocess.Popen[bytes] | None = None
         self.profile: tempfile.TemporaryDirectory[str] | None = None
-        self.inputs: tuple[GraphTensor, ...] = ()
-        self.outputs: tuple[GraphTensor, ...] = ()
 
     def _activate(self) -> None:
         binary = chromium_binary()

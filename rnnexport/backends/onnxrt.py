@@ -61,8 +61,6 @@ class OrtRunner(Runner):
         self.provider = full_name(provider)
         self.name = f"onnxruntime:{short_name(self.provider)}"
         self.session: ort.InferenceSession | None = None
-        self.inputs: tuple[GraphTensor, ...] = ()
-        self.outputs: tuple[GraphTensor, ...] = ()
 
     def _activate(self) -> None:
         try:

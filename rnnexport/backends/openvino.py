@@ -16,7 +16,6 @@ import numpy as np
 from rnnexport.backends.base import (
     EngineFailure,
     EngineUnavailable,
-    GraphTensor,
     Runner,
     check_feeds,
     graph_tensors,
@@ -39,8 +38,6 @@ class OpenVinoRunner(Runner):
         self.model = model
         self.compiled: Any = None
         self.precision = ""
-        self.inputs: tuple[GraphTensor, ...] = ()
-        self.outputs: tuple[GraphTensor, ...] = ()
 
     def _activate(self) -> None:
         try:

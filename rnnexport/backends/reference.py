@@ -19,7 +19,6 @@ import onnx
 
 from rnnexport.backends.base import (
     EngineUnavailable,
-    GraphTensor,
     Runner,
     check_feeds,
     graph_tensors,
@@ -75,8 +74,6 @@ class ReferenceRunner(Runner):
         super().__init__()
         self.model = model
         self.evaluator: ReferenceEvaluator | None = None
-        self.inputs: tuple[GraphTensor, ...] = ()
-        self.outputs: tuple[GraphTensor, ...] = ()
 
     def _activate(self) -> None:
         from onnx.reference import ReferenceEvaluator

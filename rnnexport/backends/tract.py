@@ -15,7 +15,6 @@ import numpy as np
 from rnnexport.backends.base import (
     EngineFailure,
     EngineUnavailable,
-    GraphTensor,
     Runner,
     check_feeds,
     graph_tensors,
@@ -36,8 +35,6 @@ class TractRunner(Runner):
         super().__init__()
         self.model = model
         self.runnable: Any = None
-        self.inputs: tuple[GraphTensor, ...] = ()
-        self.outputs: tuple[GraphTensor, ...] = ()
 
     def _activate(self) -> None:
         try:
