@@ -58,6 +58,8 @@ MAX_STATE_ELEMENTS = 1 << 28
 
 _DTYPES = ("float32", "float16", "float64", "int64", "int32")
 _ENCODINGS = ("real", "one-hot", "token-ids")
+#: The most entries a vocabulary may hold, and the longest one entry may be.
+MAX_VOCABULARY, MAX_TOKEN = 1 << 20, 64
 
 
 class Form(str, enum.Enum):
@@ -266,6 +268,15 @@ class IOSpec:
     #: What ``x`` holds: ``real`` vectors, ``one-hot`` vectors over a vocabulary of
     #: size ``x_features[0]``, or ``token-ids`` (int64, no feature axis).
     x_encoding: str = "real"
+    #: The tokens behind one-hot or token-id indices, in index order (a trained char
+    #: model's characters), so an app needs nothing but the graph or bundle; None if unknown.
+    vocabulary: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.vocabulary is not None and self.x_encoding == "one-hot" \
+                and (len(self.x_features) != 1 or len(self.vocabulary) != self.x_features[0]):
+            raise ContractError(f"malformed I/O contract: a one-hot x of {list(self.x_features)} features needs "
+                                f"a vocabulary of that size, got {len(self.vocabulary)} entries")
 
     @property
     def time_axis(self) -> int:
@@ -306,7 +317,7 @@ class IOSpec:
         return {X_NAME: x, **dict(zip(self.state.names, state))}
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "x_features": list(self.x_features),
             "x_dtype": self.x_dtype,
             "y_features": list(self.y_features),
@@ -315,6 +326,9 @@ class IOSpec:
             "x_encoding": self.x_encoding,
             "state": self.state.to_json(),
         }
+        if self.vocabulary is not None:
+            data["vocabulary"] = list(self.vocabulary)
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> IOSpec:
@@ -337,7 +351,19 @@ class IOSpec:
                                   "I/O contract layout")),
             y_dtype=_choice(data.get("y_dtype", "float32"), _DTYPES, "I/O contract y_dtype"),
             x_encoding=_choice(data.get("x_encoding", "real"), _ENCODINGS, "I/O contract x_encoding"),
+            vocabulary=_vocabulary(data.get("vocabulary")),
         )
+
+
+def _vocabulary(value: Any) -> tuple[str, ...] | None:
+    what = "I/O contract vocabulary"
+    if value is None:
+        return None
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_VOCABULARY:
+        raise ContractError(f"malformed {what}: expected a list of 1 to {MAX_VOCABULARY} strings")
+    if not all(isinstance(t, str) and len(t) <= MAX_TOKEN for t in value):
+        raise ContractError(f"malformed {what}: every entry must be a string of at most {MAX_TOKEN} characters")
+    return tuple(value)
 
 
 # --- what a graph records about itself --------------------------------------------------------

@@ -11,6 +11,7 @@ __all__ = [
     "BundleError",
     "ContractError",
     "ConvertError",
+    "MissingExtraError",
     "OutputError",
     "ProviderError",
     "RnnexportError",
@@ -19,6 +20,7 @@ __all__ = [
     "VerifyError",
     "WeightsError",
     "describe",
+    "missing_extra",
 ]
 
 
@@ -62,6 +64,44 @@ class ProviderError(RnnexportError):
 
 class OutputError(RnnexportError):
     """An output path cannot be written (missing folder, a directory, no permission)."""
+
+
+class MissingExtraError(RnnexportError, ImportError):
+    """A package that an optional part of rnnexport needs is not installed: the message names the extra."""
+
+    def __init__(self, message: str, extra: str) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
+#: Which install extra brings each optional top-level module (the base install has click, numpy, onnx).
+EXTRAS = {
+    "torch": "export", "onnxscript": "export", "safetensors": "export",
+    "onnxruntime": "onnxruntime", "matplotlib": "plot", "tritonclient": "triton", "grpc": "triton",
+    "openvino": "engines", "tract": "engines",
+}
+_ONNXRUNTIME = ("pip install 'rnnexport[onnxruntime]' (the CPU package) or 'rnnexport[onnxruntime-gpu]' "
+                "(CUDA and TensorRT), never both")
+
+
+def missing_extra(error: ModuleNotFoundError, what: str = "this") -> MissingExtraError | None:
+    """The one-line error for ``error`` when it is an optional package that is not installed, else None.
+
+    Only a module that is truly absent counts: a module that fails inside its own imports is a bug.
+    """
+    import importlib.util
+
+    top = (error.name or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    if extra is None:
+        return None
+    try:
+        if importlib.util.find_spec(top) is not None:
+            return None
+    except (ImportError, ValueError):
+        pass
+    how = _ONNXRUNTIME if extra == "onnxruntime" else f"pip install 'rnnexport[{extra}]'"
+    return MissingExtraError(f"{what} needs {top}, which is not installed: {how}", extra)
 
 
 def describe(error: BaseException) -> str:

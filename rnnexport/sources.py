@@ -9,13 +9,14 @@ the seed's convention (:func:`from_cell`); or ``file.py:factory`` /
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -230,11 +231,23 @@ def builtin(
         "input_size": input_size,
         "hidden_size": hidden_size,
         "output_size": q,
-        "weights": str(Path(weights).resolve()) if weights is not None and params is None else None,
+        "weights": _portable(weights) if weights is not None and params is None else None,
         "seed": seed if loaded is None else None,
     }
     text = f"seed {kind.value} (input {input_size}, hidden {hidden_size}, output {q})"
     return _seed_model(kind, cells.CELL_FUNCTIONS[kind], named, SourceKind.BUILTIN, origin, text)
+
+
+def _portable(path: str | os.PathLike) -> str:
+    """``path`` relative to the working folder (as ``verify`` run there finds it), never absolute.
+
+    A graph records where its weights came from; an absolute path would make the same
+    model give different bytes on every machine and leak the build machine's layout.
+    """
+    try:
+        return Path(os.path.relpath(path)).as_posix()
+    except ValueError:  # another drive (Windows): the name is all that can be said portably
+        return Path(path).name
 
 
 # --------------------------------------------------------------------------- user cells
@@ -480,9 +493,22 @@ def _probe_output(sequence, x_features, x_dtype, state: StateSpec, layout: Layou
 # --------------------------------------------------------------------------- resolving names
 
 
+#: The environment variable naming another folder of trained models (``NAME/card.json`` each).
+MODELS_ENV = "RNNEXPORT_MODELS"
+
+
 def models_dir() -> Path:
-    """Where trained example models live: ``$RNNEXPORT_MODELS`` or the project's ``models/``."""
-    return Path(os.environ.get("RNNEXPORT_MODELS", Path(__file__).resolve().parent.parent / "models"))
+    """Where trained models are found by name: ``$RNNEXPORT_MODELS``, else the shipped ones.
+
+    A wheel ships the repository's ``models/`` as package data (``rnnexport/models``);
+    a checkout (or an editable install) reads ``models/`` beside the package.
+    """
+    given = os.environ.get(MODELS_ENV)
+    if given:
+        return Path(given)
+    package = Path(__file__).resolve().parent
+    shipped = package / "models"
+    return shipped if shipped.is_dir() else package.parent / "models"
 
 
 def _card_path(name: str) -> Path | None:
@@ -509,12 +535,15 @@ def load_card(path: Path) -> dict[str, Any]:
 def _from_card(path: Path) -> RecurrentModel:
     card = load_card(path)
     weights = path.parent / card["weights"]
-    origin = {"model": card["name"], "card": str(path.resolve())}
+    origin = {"model": card["name"]}  # a name, never a path: the same model gives the same bytes anywhere
     if card["source"] == "builtin":
         model = builtin(card["cell"], card["input_size"], card["hidden_size"], card["output_size"],
                         weights=weights, origin=origin)
         if card.get("input") == "one-hot":
-            model = dataclasses.replace(model, io=dataclasses.replace(model.io, x_encoding="one-hot"))
+            vocabulary = card.get("vocabulary")
+            io = dataclasses.replace(model.io, x_encoding="one-hot",
+                                     vocabulary=tuple(vocabulary) if isinstance(vocabulary, str) else None)
+            model = dataclasses.replace(model, io=io)
     else:
         factory = _resolve_factory(card["factory"])
         module = _call_factory(card["factory"], factory, card.get("factory_kwargs", {}))
@@ -528,6 +557,44 @@ def _from_card(path: Path) -> RecurrentModel:
     return dataclasses.replace(model, description=f"{card['name']}: {model.description}", card=card)
 
 
+@contextlib.contextmanager
+def _import_root(target: str) -> Iterator[None]:
+    """``sys.path`` as Python would have it for ``target``, while it is imported and called.
+
+    For ``file.py:factory``, the file's folder (``python file.py`` puts it first, so its
+    sibling modules import); for ``package.module:factory``, the working folder (as
+    ``python -m`` has it, which a console script does not).
+    """
+    where = target.rpartition(":")[0]
+    folder = str(Path(where).resolve().parent) if where.endswith(".py") else os.getcwd()
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+
+
+def _module_name(path: Path) -> str:
+    """The file's own name as Python would import it, unless another module holds that name.
+
+    The name shows in a traced graph's node metadata, so it must not change from run to run.
+    """
+    stem = path.stem
+    loaded = sys.modules.get(stem)
+    if stem.isidentifier() and (loaded is None or _same_file(getattr(loaded, "__file__", None), path)):
+        return stem
+    import hashlib
+
+    return f"rnnexport_user_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+
+
+def _same_file(name: str | None, path: Path) -> bool:
+    return name is not None and Path(name).resolve() == path.resolve()
+
+
 def _resolve_factory(target: str) -> Callable:
     where, _, attr = target.rpartition(":")
     if not where or not attr:
@@ -536,7 +603,7 @@ def _resolve_factory(target: str) -> Callable:
         path = Path(where)
         if not path.is_file():
             raise SourceError(f"{where} does not exist; give the path of a Python file before ':'")
-        name = f"rnnexport_user_{abs(hash(str(path.resolve())))}"
+        name = _module_name(path)
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None  # a .py path always gets a source loader
         module = importlib.util.module_from_spec(spec)
@@ -597,7 +664,8 @@ def load_source(spec: SourceSpec | str | torch.nn.Module | RecurrentModel) -> Re
     if card is not None:
         return _from_card(card)
     if ":" in name:
-        result = _call_factory(name, _resolve_factory(name))
+        with _import_root(name):
+            result = _call_factory(name, _resolve_factory(name))
         if isinstance(result, RecurrentModel):
             return result
         if isinstance(result, torch.nn.Module):

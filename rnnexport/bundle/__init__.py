@@ -10,6 +10,8 @@ from rnnexport.bundle.archive import write_zip
 from rnnexport.bundle.manifest import (
     MANIFEST,
     SCHEMA,
+    VARIANT_NAMES,
+    EngineCheck,
     FileEntry,
     GraphEntry,
     Manifest,
@@ -23,7 +25,9 @@ __all__ = [
     "DEFAULT_LIMITS",
     "MANIFEST",
     "SCHEMA",
+    "VARIANT_NAMES",
     "Bundle",
+    "EngineCheck",
     "FileEntry",
     "GraphEntry",
     "GraphSource",

@@ -8,6 +8,7 @@ inside the bundle before anything else reads it. Torch-free (standard library).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from pathlib import PurePosixPath
@@ -20,6 +21,8 @@ __all__ = [
     "MANIFEST",
     "MAX_ENTRIES",
     "SCHEMA",
+    "VARIANT_NAMES",
+    "EngineCheck",
     "FileEntry",
     "GraphEntry",
     "Manifest",
@@ -32,7 +35,10 @@ MANIFEST = "manifest.json"
 SCHEMA = "rnnexport.bundle/1"
 #: The most entries any list of a manifest may hold.
 MAX_ENTRIES = 4096
+#: The variants a bundle may hold, in the order they are made.
+VARIANT_NAMES = ("ort", "int8", "fp16")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CHECK_STATUS = ("passed", "failed", "unavailable")
 
 
 def safe_path(name: Any, what: str = "manifest") -> str:
@@ -71,12 +77,58 @@ def _int(value: Any, what: str, low: int = 0, high: int = 1 << 40, optional: boo
     return value
 
 
+def _number(value: Any, what: str, optional: bool = True) -> float | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise BundleError(f"manifest: {what} must be a finite number of at least 0, got {value!r:.40}")
+    return float(value)
+
+
 def _str(value: Any, what: str, optional: bool = True, limit: int = 4096) -> str:
     if value is None and optional:
         return ""
     if not isinstance(value, str) or len(value) > limit:
         raise BundleError(f"manifest: {what} must be a string, got {value!r:.40}")
     return value
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineCheck:
+    """What one engine gave on a graph's (or a variant's) test vectors when the bundle was made.
+
+    ``status`` is ``passed``, ``failed`` (with ``reason``) or ``unavailable`` (the engine
+    could not run that graph here, with ``reason``); ``max_abs`` is the largest
+    ``|got - expected|`` over ``sets`` test sets, as the one comparator measures it.
+    """
+
+    engine: str
+    status: str
+    max_abs: float | None = None
+    sets: int = 0
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"engine": self.engine, "status": self.status}
+        if self.status != "unavailable":
+            data.update(max_abs=self.max_abs, sets=self.sets)
+        if self.reason:
+            data["reason"] = self.reason
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> EngineCheck:
+        data = _object(data, "checked_on")
+        status = data.get("status")
+        if status not in _CHECK_STATUS:
+            raise BundleError(f"manifest: checked_on status {status!r:.40} is not one of {', '.join(_CHECK_STATUS)}")
+        return cls(_str(data.get("engine"), "checked_on engine", optional=False, limit=64), status,
+                   _number(data.get("max_abs"), "checked_on max_abs"),
+                   _int(data.get("sets"), "checked_on sets", 0, MAX_ENTRIES) or 0, _str(data.get("reason"), "reason"))
+
+
+def _checks(data: Mapping[str, Any]) -> tuple[EngineCheck, ...]:
+    return tuple(EngineCheck.from_json(c) for c in _list(data, "checked_on"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,11 +167,16 @@ class GraphEntry:
     operators: tuple[str, ...] = ()
     inputs: tuple[dict[str, Any], ...] = ()
     outputs: tuple[dict[str, Any], ...] = ()
+    #: The engines its test vectors ran on when the bundle was made, with their figures.
+    checked_on: tuple[EngineCheck, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "form": self.form.value, "lowering": self.lowering, "seq_len": self.seq_len,
+        data = {"file": self.file, "form": self.form.value, "lowering": self.lowering, "seq_len": self.seq_len,
                 "ir_version": self.ir_version, "opset": dict(self.opset), "operators": list(self.operators),
                 "inputs": list(self.inputs), "outputs": list(self.outputs)}
+        if self.checked_on:
+            data["checked_on"] = [c.to_json() for c in self.checked_on]
+        return data
 
     @classmethod
     def from_json(cls, key: str, data: Any) -> GraphEntry:
@@ -138,7 +195,7 @@ class GraphEntry:
             raise BundleError(f"manifest: graph {key} has malformed inputs or outputs")
         return cls(safe_path(data.get("file"), f"manifest graph {key}"), Form(form), _str(data.get("lowering"), "lowering"),
                    _int(data.get("seq_len"), "graph seq_len", 1, MAX_DIM), _int(data.get("ir_version"), "ir_version"),
-                   dict(opset), tuple(operators), tuple(tensors["inputs"]), tuple(tensors["outputs"]))
+                   dict(opset), tuple(operators), tuple(tensors["inputs"]), tuple(tensors["outputs"]), _checks(data))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +215,11 @@ class VectorEntry:
     batch: int | None = None
     seq_len: int | None = None
     expected_from: str = ""
+    #: How close an engine must come to the expected outputs: every element within
+    #: ``atol + rtol * |expected|``. ``atol`` holds three times the expected outputs' own
+    #: float32 rounding error (``float32_error``, against a float64 run of the source)
+    #: on top of the float32 default, as verify's contract 1 allows. Empty: the defaults.
+    tolerance: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"dir": self.dir, "graph": self.graph, "kind": self.kind, "batch": self.batch,
@@ -166,6 +228,8 @@ class VectorEntry:
             data.update(stream=self.stream, call=self.call)
         if self.expected_from:
             data["expected_from"] = self.expected_from
+        if self.tolerance:
+            data["tolerance"] = dict(self.tolerance)
         return data
 
     @classmethod
@@ -181,7 +245,15 @@ class VectorEntry:
                    _int(data.get("call"), "test_vectors call", 0, MAX_ENTRIES),
                    _int(data.get("batch"), "test_vectors batch", 1, MAX_DIM),
                    _int(data.get("seq_len"), "test_vectors seq_len", 1, MAX_DIM),
-                   _str(data.get("expected_from"), "expected_from", limit=64))
+                   _str(data.get("expected_from"), "expected_from", limit=64), _tolerance(data.get("tolerance")))
+
+
+def _tolerance(value: Any) -> dict[str, float]:
+    if value is None:
+        return {}
+    value = _object(value, "test_vectors tolerance")
+    parsed = {k: _number(value.get(k), f"test_vectors tolerance {k}") for k in ("atol", "rtol", "float32_error")}
+    return {k: v for k, v in parsed.items() if v is not None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +269,12 @@ class VariantEntry:
     tolerance: tuple[float, float, float] = (0.0, 0.0, 0.0)  # (atol, range_atol, rtol)
     figures: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     notes: str = ""
+    #: The only engines that can run it (``("onnxruntime",)`` for the ORT format and for
+    #: onnxruntime's own operators, as int8 uses); empty: any ONNX engine.
+    engines: tuple[str, ...] = ()
+    checked_on: tuple[EngineCheck, ...] = ()
+    #: For char models: how far its greedy text agrees with the float32 graph's (see docs/bundle.md).
+    agreement: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"name": self.name, "of": self.of, "status": "ok" if self.ok else "skipped"}
@@ -210,6 +288,12 @@ class VariantEntry:
             data["figures"] = self.figures
         if self.notes:
             data["notes"] = self.notes
+        if self.engines:
+            data["engines"] = list(self.engines)
+        if self.checked_on:
+            data["checked_on"] = [c.to_json() for c in self.checked_on]
+        if self.agreement:
+            data["agreement"] = dict(self.agreement)
         return data
 
     @classmethod
@@ -231,7 +315,19 @@ class VariantEntry:
                    tuple(files), _int(data.get("size_bytes"), "variant size_bytes") or 0,
                    (float(tol.get("atol", 0.0)), float(tol.get("range_atol", 0.0)), float(tol.get("rtol", 0.0))),
                    {str(k): dict(v) for k, v in figures.items() if isinstance(v, Mapping)},
-                   _str(data.get("notes"), "notes"))
+                   _str(data.get("notes"), "notes"),
+                   tuple(_str(e, "variant engines", optional=False, limit=64) for e in _list(data, "engines")),
+                   _checks(data), _agreement(data.get("agreement")))
+
+
+def _agreement(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    value = _object(value, "variant agreement")
+    if len(value) > 16 or not all(isinstance(v, (int, float, str)) and not isinstance(v, bool)
+                                  for v in value.values()):
+        raise BundleError("manifest: a variant's agreement must map at most 16 names to numbers or strings")
+    return {str(k): v if not isinstance(v, str) else v[:4096] for k, v in value.items()}
 
 
 @dataclasses.dataclass(frozen=True)

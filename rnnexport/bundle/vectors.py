@@ -17,6 +17,7 @@ from onnx import numpy_helper
 
 from rnnexport.bundle.reader import Bundle
 from rnnexport.errors import BundleError
+from rnnexport.io import atomic_write
 
 __all__ = ["MAX_TENSORS", "read_set", "write_set"]
 
@@ -28,12 +29,12 @@ Tensors = list[tuple[str, np.ndarray]]
 
 
 def write_set(folder: Path, inputs: Tensors, outputs: Tensors) -> None:
-    """Write one test data set into ``folder`` (created)."""
+    """Write one test data set into ``folder`` (created), each file atomically."""
     folder.mkdir(parents=True, exist_ok=True)
     for prefix, tensors in (("input", inputs), ("output", outputs)):
         for index, (name, array) in enumerate(tensors):
             proto = numpy_helper.from_array(np.ascontiguousarray(array), name)
-            (folder / f"{prefix}_{index}.pb").write_bytes(proto.SerializeToString())
+            atomic_write(folder / f"{prefix}_{index}.pb", proto.SerializeToString(), "test vector", BundleError)
 
 
 def _tensor(bundle: Bundle, name: str) -> tuple[str, np.ndarray]:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from rnnexport.cli.options import SOURCE_HELP, source_options, source_spec
 from rnnexport.contract import Form, Lowering, TensorSpec
-from rnnexport.export.convert import ConvertResult, convert
 
-__all__ = ["convert_command", "format_spec"]
+if TYPE_CHECKING:
+    from rnnexport.export.convert import ConvertResult
+
+__all__ = ["convert_command", "default_output", "format_spec"]
 
 
 def format_spec(spec: TensorSpec) -> str:
@@ -18,8 +21,17 @@ def format_spec(spec: TensorSpec) -> str:
 
 
 def default_output(source: str, form: str) -> Path:
-    stem = Path(source.rpartition(":")[2] if ":" in source else source.rstrip("/")).name or "model"
-    stem = stem.removesuffix(".json").removesuffix(".py")
+    """``NAME.onnx`` (``NAME.step.onnx`` for the step form) in the working folder.
+
+    NAME is the cell or model name, a model folder's name, the file of ``file.py:factory``
+    (``my_models.py:make`` gives ``my_models.onnx``) or the factory of ``package.module:factory``.
+    """
+    where, _, factory = source.rpartition(":")
+    if where.endswith(".py"):
+        stem = Path(where).stem
+    else:
+        stem = Path(factory if where else source.rstrip("/")).name.removesuffix(".json")
+    stem = stem or "model"
     return Path(f"{stem}.onnx" if form == "sequence" else f"{stem}.step.onnx")
 
 
@@ -49,7 +61,7 @@ def summary(result: ConvertResult) -> list[str]:
                    "auto: native, else scan (plain-RNN sequences: scan first; step form: native, else one traced "
                    "step).")
 @click.option("--seq-len", type=click.IntRange(min=1), default=None,
-              help="Fixed T of an unrolled sequence graph (default 35).")
+              help="Fixed T of an unrolled sequence graph (default 35); only with --lowering unrolled.")
 @source_options
 @click.option("-q", "--quiet", is_flag=True, help="Print only the output path.")
 def convert_command(source, output, form, lowering, seq_len, quiet, **source_kw) -> None:
@@ -58,6 +70,8 @@ def convert_command(source, output, form, lowering, seq_len, quiet, **source_kw)
     State goes in and comes out: inputs x, h (and c for LSTMs); outputs y, h_out
     (and c_out). The graph is checked with onnx.checker and written atomically.
     """
+    from rnnexport.export.convert import convert
+
     spec = source_spec(source, **source_kw)
     path = Path(output) if output else default_output(source, form)
     progress = None if quiet else (lambda line: click.echo(f"{line}...", err=True))

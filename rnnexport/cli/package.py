@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import click
 
+from rnnexport.bundle.manifest import VARIANT_NAMES
 from rnnexport.cli.options import SOURCE_HELP, source_options, source_spec
-from rnnexport.packaging import VARIANTS, package
 
 __all__ = ["package_command"]
 
 
-def _variants(value: str) -> list[str]:
-    names = [v.strip() for v in value.split(",") if v.strip()] if value != "none" else []
-    unknown = [v for v in names if v not in VARIANTS]
-    if unknown:
-        raise click.BadParameter(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)} or none")
+def _names(value: str | None, option: str, keyword: str) -> list[str] | None:
+    """A comma-separated list of variant names (or ``keyword``: none or all); None when not given."""
+    if value is None:
+        return None
+    if value == keyword:
+        return [] if keyword == "none" else list(VARIANT_NAMES)
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANT_NAMES]
+    if unknown or not names:
+        raise click.BadParameter(f"unknown variant {unknown[0] if unknown else value!r}; choose from "
+                                 f"{', '.join(VARIANT_NAMES)} or {keyword}", param_hint=option)
     return names
 
 
@@ -24,21 +30,32 @@ def _variants(value: str) -> list[str]:
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Bundle folder to create.")
 @click.option("--step", "step_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A step graph of the same model (rnnexport convert --form step) to include.")
-@click.option("--variants", "variant_list", default=",".join(VARIANTS), show_default=True,
-              help="Comma-separated variants to make and verify: ort, int8, fp16; or none.")
+              help="A step graph of the same model (rnnexport convert --form step) to include; it gets its own "
+                   "test vectors and variants.")
+@click.option("--variants", "variant_list", default=None, metavar="LIST",
+              help=f"Comma-separated variants to make and verify for every graph: {', '.join(VARIANT_NAMES)}; or "
+                   "none. Default: all three, each left out (with the reason in the manifest) when it cannot be "
+                   "made. A variant named here is required: if it cannot be made, nothing is written (exit 2).")
+@click.option("--variants-optional", "optional_list", default=None, metavar="LIST",
+              help="Variants named in --variants that may be left out with the reason instead of failing; or all.")
 @click.option("--zip", "archive", is_flag=True, help="Also write DIR.zip (same inputs, same bytes).")
 @click.option("--force", is_flag=True, help="Replace DIR if it exists.")
 @source_options
-def package_command(model, source, out_dir, step_path, variant_list, archive, force, **source_kw) -> None:
+def package_command(model, source, out_dir, step_path, variant_list, optional_list, archive, force,
+                    **source_kw) -> None:
     """Bundle MODEL.onnx for embedding: manifest, checksums, test vectors and variants.
 
     With SOURCE (as for convert), the test vectors' expected outputs come from
     PyTorch; without it, from onnxruntime's CPU provider (recorded in the manifest).
+    Every graph and variant runs its test vectors on onnxruntime's CPU provider and
+    onnx's ReferenceEvaluator before it is written; the manifest records the figures.
     """
+    from rnnexport.packaging import package
     from rnnexport.sources import load_source
 
+    variants = _names(variant_list, "--variants", "none")
+    optional = _names(optional_list, "--variants-optional", "all")
     loaded = load_source(source_spec(source, **source_kw)) if source else None
-    result = package(model, out_dir, source=loaded, step_path=step_path, variants=_variants(variant_list),
+    result = package(model, out_dir, source=loaded, step_path=step_path, variants=variants, optional=optional,
                      archive=archive, force=force)
     click.echo("\n".join(result.lines()))

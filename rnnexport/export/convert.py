@@ -97,6 +97,12 @@ def to_onnx(
     form, lowering = Form(form), Lowering(lowering)
     if seq_len is not None and seq_len < 1:
         raise ConvertError(f"--seq-len must be at least 1, got {seq_len}")
+    if seq_len is not None and (lowering is not Lowering.UNROLLED or form is Form.STEP):
+        if form is Form.STEP:
+            raise ConvertError("--seq-len sets T of an unrolled sequence graph, but a step graph is one step: "
+                               "drop --seq-len")
+        raise ConvertError(f"--seq-len sets T of an unrolled sequence graph; --lowering {lowering.value} writes a "
+                           "graph that takes any T: drop --seq-len, or add --lowering unrolled")
     if not (_bidirectional(model) and form is Form.SEQUENCE):  # a bidirectional sequence reads all of it
         check_causal(model)
     with torch.no_grad():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import onnx
 
 from rnnexport.contract import Form, GraphInfo, Lowering
+from rnnexport.graphs import walk
 from rnnexport.model import RecurrentModel
 
 __all__ = ["GraphInfo", "read_info", "write_info"]
@@ -15,8 +16,15 @@ __all__ = ["GraphInfo", "read_info", "write_info"]
 
 def write_info(onnx_model: onnx.ModelProto, model: RecurrentModel, form: Form, lowering: Lowering,
                seq_len: int | None) -> GraphInfo:
-    """Record ``model``'s contract and provenance in ``onnx_model`` (replacing any metadata)."""
+    """Record ``model``'s contract and provenance in ``onnx_model`` (replacing any metadata).
+
+    torch's exporter records each node's Python stack trace, with the absolute path of
+    every file on it; that is dropped, so a graph holds no path of the machine it was
+    built on and the same model gives the same bytes from any checkout.
+    """
     from rnnexport import __version__
+
+    _drop_stack_traces(onnx_model)
 
     info = GraphInfo(
         version=__version__,
@@ -35,6 +43,18 @@ def write_info(onnx_model: onnx.ModelProto, model: RecurrentModel, form: Form, l
         onnx_model.metadata_props.add(key=key, value=value)
     onnx_model.doc_string = f"rnnexport {form.value} graph ({lowering.value}) of {model.description}"
     return info
+
+
+#: The node metadata key under which torch.onnx records where in Python a node came from.
+STACK_TRACE = "pkg.torch.onnx.stack_trace"
+
+
+def _drop_stack_traces(onnx_model: onnx.ModelProto) -> None:
+    for node in walk(onnx_model.graph):
+        kept = [p for p in node.metadata_props if p.key != STACK_TRACE]
+        if len(kept) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
 
 
 def read_info(onnx_model: onnx.ModelProto) -> GraphInfo | None:

@@ -1,9 +1,11 @@
 """``rnnexport.package``: a verified bundle an edge app embeds.
 
 A bundle folder holds ``model.onnx`` (and ``step/model.onnx``), ``manifest.json``,
-test vectors in ONNX's layout and the variants that passed their checks. It is
-built in a temporary folder and moved into place, so an interrupted run leaves
-no half bundle.
+test vectors in ONNX's layout and, beside each graph, the variants that passed their
+checks. Before it ships, every graph and variant runs its test vectors on onnxruntime's
+CPU provider and onnx's ReferenceEvaluator, and the manifest records what each gave.
+It is built in a temporary folder and moved into place, so an interrupted run (or a
+requested variant that cannot be made) leaves no half bundle.
 """
 
 from __future__ import annotations
@@ -17,23 +19,42 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from rnnexport.bundle import MANIFEST, Manifest, VariantEntry, VectorEntry, write_zip
+from rnnexport.bundle import MANIFEST, EngineCheck, GraphEntry, Manifest, VariantEntry, write_zip
 from rnnexport.bundle.inspect import graph_entry
-from rnnexport.bundle.vectors import write_set
 from rnnexport.contract import Form, GraphInfo
 from rnnexport.errors import BundleError, ContractError, describe
 from rnnexport.export.metadata import read_info
-from rnnexport.io import temp_folder
+from rnnexport.io import atomic_write, temp_folder
 from rnnexport.model import RecurrentModel
-from rnnexport.ort import start_session
 from rnnexport.packaging.manifest import build_manifest, write_manifest
-from rnnexport.packaging.variants import VARIANTS, make_variant
-from rnnexport.verification.inputs import random_inputs, random_state
+from rnnexport.packaging.proof import Proof, prove
+from rnnexport.packaging.text import is_char_model, text_agreement, text_notes
+from rnnexport.packaging.variants import VARIANTS, left_out, make_variant
+from rnnexport.packaging.vectors import make_vectors
 
-__all__ = ["VARIANTS", "PackageResult", "package"]
+__all__ = ["VARIANTS", "PackageResult", "VariantPlan", "package"]
 
-VECTOR_BATCH = 2
-SINGLE_T, STREAM_T = 8, (5, 4)
+
+@dataclasses.dataclass(frozen=True)
+class VariantPlan:
+    """Which variants to make for every graph, and which of them may be left out.
+
+    A required variant that cannot be made (or fails its checks) fails the whole
+    command and nothing is written; an optional one is left out with the reason.
+    """
+
+    names: tuple[str, ...] = VARIANTS
+    optional: frozenset[str] = frozenset(VARIANTS)
+
+    @classmethod
+    def of(cls, variants: Sequence[str] | None, optional: Sequence[str] | None = None) -> VariantPlan:
+        """``variants`` None: every variant, each optional; named ones are required unless ``optional`` says so."""
+        names = tuple(dict.fromkeys(VARIANTS if variants is None else variants))
+        unknown = [v for v in (*names, *(optional or ())) if v not in VARIANTS]
+        if unknown:
+            raise BundleError(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+        allowed = frozenset(VARIANTS if variants is None and optional is None else optional or ())
+        return cls(names, allowed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,24 +68,34 @@ class PackageResult:
     expected_from: str
 
     def lines(self) -> list[str]:
-        """A summary for people: graphs, vectors, variants, files."""
+        """A summary for people: graphs and where they were proved, vectors, variants, files."""
         manifest = self.manifest
         lines = [f"packaged {manifest.description} -> {self.folder}"]
         for name, graph in manifest.graphs.items():
             lines.append(f"  graph     {name}: {graph.file} ({graph.lowering}, operators {', '.join(graph.operators)})")
+            lines.append(f"            checked on {_checked(graph.checked_on)}")
         lines.append(f"  vectors   {len(manifest.test_vectors)} test sets, expected outputs from {self.expected_from}")
         for variant in self.variants:
+            what = f"{variant.name} of {variant.of}"
             if variant.ok:
                 worst = max(f["max_abs"] for f in variant.figures.values())
-                lines.append(f"  variant   {variant.name}: {', '.join(variant.files)} ({variant.size_bytes / 1e3:.0f} kB, "
-                             f"max abs error {worst:.2g} vs float32)")
+                lines.append(f"  variant   {what}: {', '.join(variant.files)} ({variant.size_bytes / 1e3:.0f} kB, "
+                             f"max abs error {worst:.2g} vs float32; checked on {_checked(variant.checked_on)})")
+                if variant.agreement:
+                    lines.append(f"            {text_notes(variant.agreement)}")
             else:
-                lines.append(f"  variant   {variant.name}: left out: {variant.reason}")
+                lines.append(f"  variant   {what}: left out: {variant.reason}")
         total = sum(f.size or 0 for f in manifest.files)
         lines.append(f"  files     {len(manifest.files)} files, {total / 1e6:.2f} MB, SHA-256 in manifest.json")
         if self.archive:
             lines.append(f"  archive   {self.archive}")
         return lines
+
+
+def _checked(checks: Sequence[EngineCheck]) -> str:
+    ran = [f"{c.engine} (max abs {c.max_abs:.2g})" for c in checks if c.status == "passed" and c.max_abs is not None]
+    skipped = [c.engine for c in checks if c.status == "unavailable"]
+    return ", ".join(ran) + (f"; not on {', '.join(skipped)} (see the manifest)" if skipped else "")
 
 
 def _load_graph(path: Path, form: Form | None = None) -> tuple[onnx.ModelProto, GraphInfo]:
@@ -99,64 +130,6 @@ def _check_weights_finite(model: onnx.ModelProto, path: Path) -> None:
                 if not np.isfinite(array).all():
                     raise BundleError(f"{path} has NaN or Inf in its weights ({tensor.name}); it cannot be "
                                       "packaged: convert it again from finite weights")
-
-
-class _Expect:
-    """Expected outputs: PyTorch when the source is known, else the CPU execution provider."""
-
-    def __init__(self, path: Path, info: GraphInfo, source: RecurrentModel | None) -> None:
-        self.source = source
-        self.info = info
-        self.session = None if source else start_session(path, "cpu", name=str(path)).session
-
-    @property
-    def name(self) -> str:
-        return "pytorch" if self.source else "onnxruntime-cpu"
-
-    def __call__(self, x: np.ndarray, state: list[np.ndarray]) -> list[np.ndarray]:
-        if self.source is not None:
-            run = self.source.run_step if self.info.form is Form.STEP else self.source.run_sequence
-            return [np.ascontiguousarray(a) for a in run(x, state)]
-        names = [s.name for s in self.info.io.outputs(self.info.form)]
-        assert self.session is not None
-        return self.session.run(names, self.info.io.feeds(x, state))
-
-
-def _vectors(root: Path, prefix: str, graph: str, path: Path, info: GraphInfo,
-             source: RecurrentModel | None, vocabulary: int | None) -> tuple[list[VectorEntry], str]:
-    io, form = info.io, info.form
-    expect = _Expect(path, info, source)
-    rng = np.random.default_rng(2024)
-    in_names = [s.name for s in io.inputs(form)]
-    out_names = [s.name for s in io.outputs(form)]
-    fixed = info.seq_len
-
-    def x_for(t: int | None) -> np.ndarray:
-        return random_inputs(io, form, VECTOR_BATCH, None if form is Form.STEP else (fixed or t), rng,
-                             vocabulary=vocabulary)
-
-    entries = []
-    state: list[np.ndarray] | None = random_state(io, VECTOR_BATCH, rng, 0.5)
-    x = x_for(SINGLE_T)
-    sets: list[tuple[str, int | None, np.ndarray, list[np.ndarray] | None]] = [("single", None, x, state)]
-    state = [s.copy() for s in io.state.zeros(VECTOR_BATCH)]
-    call: int | None  # a stream call's number, None for the single set
-    for call, t in enumerate(STREAM_T):
-        sets.append(("stream", call, x_for(t), state))
-        state = None  # filled from the previous call's outputs below
-    previous: list[np.ndarray] | None = None
-    for index, (kind, call, x, state) in enumerate(sets):
-        if kind == "stream" and call is not None and call > 0:  # a stream call is numbered
-            assert previous is not None  # call 0 ran before
-            state = previous[1:]
-        assert state is not None  # single and call 0 carry a state, later calls take the previous one
-        outputs = expect(x, state)
-        previous = outputs
-        folder = f"{prefix}test_data_set_{index}"
-        write_set(root / folder, list(zip(in_names, [x, *state])), list(zip(out_names, outputs)))
-        entries.append(VectorEntry(folder, graph, kind, 0 if kind == "stream" else None, call, VECTOR_BATCH,
-                                   None if form is Form.STEP else int(x.shape[io.time_axis]), expect.name))
-    return entries, expect.name
 
 
 def _vocabulary(source: RecurrentModel | None) -> int | None:
@@ -230,9 +203,10 @@ def package(
     out_dir: str | os.PathLike,
     source: RecurrentModel | None = None,
     step_path: str | os.PathLike | None = None,
-    variants: Sequence[str] = VARIANTS,
+    variants: Sequence[str] | None = None,
     archive: bool = False,
     force: bool = False,
+    optional: Sequence[str] | None = None,
 ) -> PackageResult:
     """Bundle a converted graph for embedding.
 
@@ -242,21 +216,28 @@ def package(
         source: the model it was converted from; when given, the test vectors'
             expected outputs come from PyTorch, else from the CPU execution provider.
         step_path: a step graph of the same model to include.
-        variants: any of ``ort``, ``int8``, ``fp16``; each is verified against the
-            float32 graph and left out, with the reason recorded, when it fails.
+        variants: any of ``ort``, ``int8``, ``fp16``, made for every graph and verified
+            against it. None (the default): all three, each left out with the reason
+            recorded when it cannot be made. Named ones are required.
         archive: also write ``<out_dir>.zip``, byte-for-byte reproducible.
         force: replace an existing ``out_dir``.
+        optional: named variants that may be left out (with the reason) rather than fail.
+
+    Raises:
+        BundleError: bad inputs, a graph whose test vectors fail on an engine, or a
+            required variant that cannot be made; nothing is written then.
     """
     model_path, out_dir = Path(model_path), Path(out_dir).absolute()
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise BundleError(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    plan = VariantPlan.of(variants, optional)
     inputs = [model_path, *([Path(step_path)] if step_path else [])]
     _check_target(out_dir, "bundle folder", force, inputs)
     if archive:
         _check_target(out_dir.with_name(out_dir.name + ".zip"), "bundle archive", force, inputs)
     model, info = _load_graph(model_path)
     step = _load_graph(Path(step_path), Form.STEP) if step_path else None
+    if step is not None and info.form is Form.STEP:
+        raise BundleError(f"{model_path} is a step graph too; give the sequence graph as MODEL and the step "
+                          "graph with --step")
     if step is not None and (step[1].io != info.io or step[1].params_sha256 != info.params_sha256):
         raise BundleError(f"{step_path} is not a step graph of the same model as {model_path}")
     if source is not None:
@@ -264,9 +245,10 @@ def package(
     parent = out_dir.parent if str(out_dir.parent) else Path(".")
     if not parent.is_dir():
         raise BundleError(f"cannot create {out_dir}: folder {parent} does not exist")
+    graphs = [(model_path, model, info), *([(Path(step_path), *step)] if step is not None and step_path else [])]
     tmp = temp_folder(out_dir)
     try:
-        result = _build(tmp, model_path, model, info, step, step_path, source, variants)
+        result = _build(tmp, graphs, source, plan)
         _move_into_place(tmp, out_dir, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -279,21 +261,67 @@ def package(
     return PackageResult(out_dir, zip_path, manifest, tuple(variant_results), expected)
 
 
-def _build(tmp: Path, model_path: Path, model, info, step, step_path, source, variants):
-    shutil.copyfile(model_path, tmp / "model.onnx")
-    graphs = {"sequence" if info.form is Form.SEQUENCE else "step": graph_entry("model.onnx", model, info)}
-    main_graph = next(iter(graphs))
+def _build(tmp: Path, given: list[tuple[Path, onnx.ModelProto, GraphInfo]], source: RecurrentModel | None,
+           plan: VariantPlan) -> tuple[Manifest, list[VariantEntry], str]:
     vocabulary = _vocabulary(source)
-    vectors, expected = _vectors(tmp, "", main_graph, tmp / "model.onnx", info, source, vocabulary)
-    if step is not None:
-        (tmp / "step").mkdir()
-        shutil.copyfile(step_path, tmp / "step" / "model.onnx")
-        graphs["step"] = graph_entry("step/model.onnx", step[0], step[1])
-        more, _ = _vectors(tmp, "step/", "step", tmp / "step" / "model.onnx", step[1], source, vocabulary)
-        vectors += more
-    results = [make_variant(v, main_graph, tmp / "model.onnx", tmp, info.io, info.form, info.seq_len,
-                            info.cell_family) for v in dict.fromkeys(variants)]
-    manifest = build_manifest(tmp, info, graphs, results, vectors)
+    graphs: dict[str, GraphEntry] = {}
+    placed: dict[str, tuple[Path, GraphInfo]] = {}
+    vectors, expected = [], ""
+    for index, (path, model, info) in enumerate(given):
+        key, prefix = info.form.value, "step/" if index else ""  # MODEL at the top, --step's graph in step/
+        target = tmp / prefix / "model.onnx"
+        target.parent.mkdir(exist_ok=True)
+        atomic_write(target, path.read_bytes(), "bundle graph", BundleError)
+        graphs[key] = graph_entry(f"{prefix}model.onnx", model, info)
+        placed[key] = (target, info)
+        made, expected = make_vectors(tmp, prefix, key, target, info, source, vocabulary)
+        vectors += made
+    variants = [make_variant(name, key, path, tmp, info.io, info.form, info.seq_len, info.cell_family)
+                for key, (path, info) in placed.items() for name in plan.names]
+    _require(plan, variants)
+    info = given[0][2]
+    write_manifest(tmp, build_manifest(tmp, info, graphs, variants, vectors))
+    proof = prove(tmp, build_manifest(tmp, info, graphs, variants, vectors))
+    for key in graphs:
+        failed = proof.failures(key)
+        if failed:
+            raise BundleError(f"the {key} graph fails its test vectors on {failed[0].engine} ({failed[0].reason}); "
+                              "run rnnexport verify on it to see where it differs")
+        graphs[key] = dataclasses.replace(graphs[key], checked_on=proof.of(key))
+    variants = [_proved(v, proof, tmp) for v in variants]
+    _require(plan, variants)
+    prompt = (source.card or {}).get("prompt") if source is not None else None
+    variants = [_with_text(v, placed, tmp, prompt) for v in variants]
+    manifest = build_manifest(tmp, info, graphs, variants, vectors)
     write_manifest(tmp, manifest)
     assert (tmp / MANIFEST).is_file()
-    return manifest, results, expected
+    return manifest, variants, expected
+
+
+def _proved(variant: VariantEntry, proof: Proof, root: Path) -> VariantEntry:
+    """``variant`` with where it was checked, or left out if an engine that can run it disagrees."""
+    if not variant.ok:
+        return variant
+    failed = proof.failures(variant.of, variant.name)
+    if failed:
+        return left_out(variant, root, f"fails its test vectors on {failed[0].engine}: {failed[0].reason}")
+    return dataclasses.replace(variant, checked_on=proof.of(variant.of, variant.name))
+
+
+def _with_text(variant: VariantEntry, placed: dict[str, tuple[Path, GraphInfo]], root: Path,
+               prompt: str | None) -> VariantEntry:
+    """A lossy variant of a char model, with what it changes in the generated text."""
+    path, info = placed[variant.of]
+    if not variant.ok or variant.name == "ort" or not is_char_model(info.io) or info.seq_len is not None:
+        return variant
+    agreement = text_agreement(path, root / variant.files[0], info.io, prompt)
+    return dataclasses.replace(variant, agreement=agreement, notes=f"{variant.notes}; {text_notes(agreement)}")
+
+
+def _require(plan: VariantPlan, variants: Sequence[VariantEntry]) -> None:
+    """Fail (one line, nothing written) when a variant that was asked for by name was left out."""
+    for variant in variants:
+        if not variant.ok and variant.name not in plan.optional:
+            raise BundleError(f"variant {variant.name} of the {variant.of} graph was asked for but cannot be made: "
+                              f"{variant.reason}; leave it out of --variants, or let it be dropped with "
+                              f"--variants-optional {variant.name}")

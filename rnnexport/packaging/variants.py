@@ -7,7 +7,8 @@
   not speed up CPU inference (the computation stays float32).
 
 A variant that cannot be made, saves too little, or misses its tolerance is left
-out with the reason, never shipped silently.
+out with the reason, never shipped silently. Each graph of a bundle (sequence and
+step) gets its own variants, beside it in ``variants/``.
 """
 
 from __future__ import annotations
@@ -23,17 +24,18 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from rnnexport.bundle import VariantEntry
+from rnnexport.bundle import VARIANT_NAMES, VariantEntry
 from rnnexport.contract import Form, IOSpec
-from rnnexport.errors import describe
-from rnnexport.graphs import walk_graphs
+from rnnexport.errors import BundleError, describe
+from rnnexport.graphs import walk, walk_graphs
+from rnnexport.io import atomic_write
 from rnnexport.ort import start_session
 from rnnexport.verification.compare import Tolerance, compare
 from rnnexport.verification.inputs import random_inputs, random_state
 
-__all__ = ["TOLERANCES", "VARIANTS", "make_variant"]
+__all__ = ["TOLERANCES", "VARIANTS", "left_out", "make_variant", "onnxruntime_only"]
 
-VARIANTS = ("ort", "int8", "fp16")
+VARIANTS = VARIANT_NAMES
 #: (atol, range_atol, rtol) each variant must meet against the float32 graph: every element
 #: has ``|a - b| <= atol + range_atol * max|b| + rtol * |b|``, where ``max|b|`` is the output's
 #: largest magnitude in that case (quantization error scales with it).
@@ -67,7 +69,7 @@ def _fp16(source: Path, target: Path) -> str:
     model = onnx.load(source)
     converted = _fp16_graph(model.graph)
     onnx.checker.check_model(model)
-    onnx.save(model, target)
+    atomic_write(target, model.SerializeToString(), "fp16 variant", BundleError)
     return f"{converted} weights stored as float16 and cast to float32 at load; saves size, not compute time"
 
 
@@ -79,10 +81,14 @@ def _int8(source: Path, target: Path, family: str | None) -> str:
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_dynamic logs advice on the root logger
-    try:
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
-    finally:
-        root.setLevel(level)
+    # onnxruntime writes the file itself: into a work folder inside the bundle's temporary folder
+    with tempfile.TemporaryDirectory(dir=target.parent.parent, prefix=".int8-") as tmp:
+        work = Path(tmp) / target.name
+        try:
+            quantize_dynamic(str(source), str(work), weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            root.setLevel(level)
+        atomic_write(target, work.read_bytes(), "int8 variant", BundleError)
     ratio = target.stat().st_size / source.stat().st_size
     original = onnx.load(source)
     floats = sum(np.prod(t.dims) for t in original.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
@@ -126,11 +132,12 @@ def _ort(source: Path, target: Path, config: Path) -> str:
         if proc.returncode != 0 or not produced.exists():
             lines = (proc.stderr or proc.stdout).strip().splitlines()
             raise _Skip(f"onnxruntime's ORT-format converter failed: {lines[-1] if lines else proc.returncode}")
-        shutil.copyfile(produced, target)
+        atomic_write(target, produced.read_bytes(), "ORT-format variant", BundleError)
         ops = [line for line in (Path(tmp) / "out" / "model.required_operators.config").read_text().splitlines()
                if line and not line.startswith("#")]
-    config.write_text(f"# operators {target.name} needs; build onnxruntime with --include_ops_by_config "
-                      f"{config.name}\n" + "\n".join(ops) + "\n")
+    text = (f"# operators {target.name} needs; build onnxruntime with --include_ops_by_config {config.name}\n"
+            + "\n".join(ops) + "\n")
+    atomic_write(config, text.encode(), "required-operators config", BundleError)
     return "ORT format for onnxruntime mobile/minimal builds; use with the required-operators config"
 
 
@@ -167,11 +174,18 @@ def check(reference: Path, candidate: Path, io: IOSpec, form: Form, seq_len: int
     return figures
 
 
-def make_variant(name: str, graph: str, source: Path, folder: Path, io: IOSpec, form: Form,
+def onnxruntime_only(path: Path) -> bool:
+    """Whether only onnxruntime runs the variant file: the ORT format, or operators of its own domains."""
+    if path.suffix == ".ort":
+        return True
+    return any(node.domain not in ("", "ai.onnx") for node in walk(onnx.load(path).graph))
+
+
+def make_variant(name: str, graph: str, source: Path, root: Path, io: IOSpec, form: Form,
                  seq_len: int | None, family: str | None) -> VariantEntry:
-    """Make variant ``name`` of the graph file ``source`` into ``folder/variants``; verify it."""
+    """Make variant ``name`` of the bundle graph ``source`` (inside ``root``) beside it in ``variants/``; check it."""
     stem = source.stem
-    out = folder / "variants"
+    out = source.parent / "variants"
     out.mkdir(exist_ok=True)
     tolerance = TOLERANCES[name]
     target = out / {"ort": f"{stem}.ort", "int8": f"{stem}.int8.onnx", "fp16": f"{stem}.fp16.onnx"}[name]
@@ -191,10 +205,11 @@ def make_variant(name: str, graph: str, source: Path, folder: Path, io: IOSpec, 
     if not all(f["passed"] for f in figures.values()):
         worst = max(f["max_abs"] for f in figures.values())
         return _left_out(name, graph, files, f"misses its tolerance (max abs error {worst:.3g}; {tolerance.describe()})",
-                         figures=figures, tolerance=tolerance)
-    rel = tuple(p.relative_to(folder).as_posix() for p in files)
+                         figures=figures, tolerance=_triple(tolerance))
+    rel = tuple(p.relative_to(root).as_posix() for p in files)
     return VariantEntry(name, graph, True, files=rel, size_bytes=target.stat().st_size,
-                        tolerance=_triple(tolerance), figures=figures, notes=notes)
+                        tolerance=_triple(tolerance), figures=figures, notes=notes,
+                        engines=("onnxruntime",) if onnxruntime_only(target) else ())
 
 
 def _triple(tol: Tolerance) -> tuple[float, float, float]:
@@ -202,12 +217,19 @@ def _triple(tol: Tolerance) -> tuple[float, float, float]:
     return (tol.atol, tol.range_atol, tol.rtol)
 
 
+def left_out(entry: VariantEntry, root: Path, reason: str) -> VariantEntry:
+    """``entry`` (made) taken out of the bundle ``root`` after all: its files deleted, the reason kept."""
+    return _left_out(entry.name, entry.of, [root / f for f in entry.files], reason, dict(entry.figures),
+                     entry.tolerance)
+
+
 def _left_out(name: str, graph: str, files: list[Path], reason: str,
-              figures: dict[str, dict[str, Any]] | None = None, tolerance: Tolerance | None = None) -> VariantEntry:
+              figures: dict[str, dict[str, Any]] | None = None,
+              tolerance: tuple[float, float, float] | None = None) -> VariantEntry:
     for path in files:
         path.unlink(missing_ok=True)
     out = files[0].parent
     if out.exists() and not any(out.iterdir()):
         out.rmdir()
     return VariantEntry(name, graph, False, reason=reason, figures=figures or {},
-                        tolerance=_triple(tolerance) if tolerance else (0.0, 0.0, 0.0))
+                        tolerance=tolerance or (0.0, 0.0, 0.0))
