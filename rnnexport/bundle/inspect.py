@@ -139,15 +139,31 @@ def _bundle_lines(found: Inspection) -> list[str]:
              f"  parameters SHA-256 {data['model'].get('params_sha256', '?')}"]
     state = data["state"]
     lines.append(f"  state {', '.join(state['names'])}: shapes {state['shapes']}, initial {state['initial']}")
+    io = data["io"]
+    vocabulary = io.get("vocabulary")
+    lines.append(f"  x encoding {io.get('x_encoding', 'real')}"
+                 + (f", vocabulary of {len(vocabulary)}: {''.join(vocabulary)!r:.80}" if vocabulary else ""))
     for name, graph in data["graphs"].items():
         lines += ["  " + line for line in _graph_lines(name, graph)]
+        if graph.get("checked_on"):
+            lines.append(f"    checked on {_checked(graph['checked_on'])}")
     for variant in data["variants"]:
+        what = f"{variant['name']} of {variant.get('of') or 'the graph'}"
         if variant["status"] == "ok":
             figures = ", ".join(f"{k} {v['max_abs']:.2g}" for k, v in variant["figures"].items())
-            lines.append(f"  variant {variant['name']}: {', '.join(variant['files'])} "
-                         f"({variant['size_bytes']:,} bytes); max abs error vs float32: {figures}")
+            only = f"; runs on {', '.join(variant['engines'])} only" if variant.get("engines") else ""
+            lines.append(f"  variant {what}: {', '.join(variant['files'])} "
+                         f"({variant['size_bytes']:,} bytes); max abs error vs float32: {figures}{only}")
+            if variant.get("checked_on"):
+                lines.append(f"    checked on {_checked(variant['checked_on'])}")
         else:
-            lines.append(f"  variant {variant['name']}: left out: {variant['reason']}")
+            lines.append(f"  variant {what}: left out: {variant['reason']}")
     lines.append("  test vectors: " + ", ".join(f"{t['dir']} ({t['kind']})" for t in data["test_vectors"]))
     lines.append(f"  {len(data['files'])} files, {data['total_bytes']:,} bytes")
     return lines
+
+
+def _checked(checks: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{c['engine']} {c['status']}" + (f" (max abs {c['max_abs']:.2g}, {c['sets']} sets)"
+                                                      if c.get("max_abs") is not None else "")
+                     for c in checks)

@@ -91,6 +91,6 @@ def text_notes(agreement: dict[str, Any]) -> str:
     """The figures as a sentence for the variant's notes."""
     chars, same = agreement["text_chars"], agreement["greedy_same_chars"]
     greedy = ("identical for all" if same == chars else f"identical for the first {same} of") + f" {chars} characters"
-    return (f"changes the text: greedy next-character choice agrees with float32 at "
+    return (f"text against float32: greedy next-character choice agrees at "
             f"{agreement['next_char_agreement']:.1%} of {chars} characters of text sampled from the float32 graph; "
             f"greedy text from the prompt {agreement['prompt']!r} is {greedy}")
