@@ -47,7 +47,15 @@ def __getattr__(name: str) -> Any:
                 raise
             raise AttributeError(f"module 'rnnexport' has no attribute {name!r}") from None
     module, attr = _LAZY[name]
-    value = getattr(importlib.import_module(module), attr)
+    try:
+        value = getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as e:  # an optional package: say which extra brings it
+        from rnnexport.errors import missing_extra
+
+        missing = missing_extra(e, f"rnnexport.{name}")
+        if missing is None:
+            raise
+        raise missing from e
     globals()[name] = value
     return value
 

@@ -578,21 +578,13 @@ def _import_root(target: str) -> Iterator[None]:
 
 
 def _module_name(path: Path) -> str:
-    """The file's own name as Python would import it, unless another module holds that name.
+    """A module name for the user's file: its own name under a prefix no installed package uses.
 
-    The name shows in a traced graph's node metadata, so it must not change from run to run.
+    The prefix keeps ``models.py`` or ``json.py`` from shadowing a real module; the name
+    shows in a traced graph's node metadata, so it depends on nothing but the file name.
     """
-    stem = path.stem
-    loaded = sys.modules.get(stem)
-    if stem.isidentifier() and (loaded is None or _same_file(getattr(loaded, "__file__", None), path)):
-        return stem
-    import hashlib
-
-    return f"rnnexport_user_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
-
-
-def _same_file(name: str | None, path: Path) -> bool:
-    return name is not None and Path(name).resolve() == path.resolve()
+    stem = "".join(c if c.isalnum() or c == "_" else "_" for c in path.stem)
+    return f"rnnexport_user_{stem}"
 
 
 def _resolve_factory(target: str) -> Callable:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -162,3 +163,68 @@ def test_native_for_a_cell_it_cannot_express_is_one_line(tmp_path):
 def test_python_dash_m_and_console_script_agree():
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0 and "rnnexport" in result.output
+
+
+def console(args, cwd):
+    """The installed console script (not ``python -m``, which puts the working folder on sys.path itself)."""
+    script = Path(sys.executable).with_name("rnnexport")
+    proc = subprocess.run([str(script), *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+GRU = "import torch\n\ndef make_model():\n    return torch.nn.GRU(4, 6)\n"
+
+
+def test_module_factory_imports_from_the_working_folder(tmp_path):
+    (tmp_path / "mypackage").mkdir()
+    (tmp_path / "mypackage" / "__init__.py").write_text("")
+    (tmp_path / "mypackage" / "models.py").write_text(GRU)
+    code, out, err = console(["convert", "mypackage.models:make_model"], cwd=tmp_path)
+    assert code == 0, err
+    assert (tmp_path / "make_model.onnx").is_file()
+
+
+def test_file_factory_imports_its_siblings_and_is_named_after_the_file(tmp_path):
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    (project / "layers.py").write_text(GRU)
+    (project / "my_models.py").write_text("from layers import make_model\n")
+    code, out, err = console(["convert", f"{project / 'my_models.py'}:make_model"], cwd=elsewhere)
+    assert code == 0, err
+    assert [p.name for p in elsewhere.iterdir()] == ["my_models.onnx"]
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--seq-len", "5"], "--lowering auto writes a graph that takes any T"),
+    (["--seq-len", "5", "--lowering", "scan"], "--lowering scan writes a graph that takes any T"),
+    (["--seq-len", "5", "--lowering", "unrolled", "--form", "step"], "a step graph is one step"),
+])
+def test_seq_len_without_an_unrolled_sequence_is_an_error(tmp_path, args, fragment):
+    code, out, err = run(["convert", "rnn", "--hidden-size", "4", *args, "-o", str(tmp_path / "m.onnx")])
+    assert_one_line_error(code, out, err, "--seq-len", fragment)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["convert", "lstm", "--bogus"], "No such option '--bogus'"),
+    (["convert"], "Missing argument 'SOURCE'"),
+    (["convert", "lstm", "--form", "sideways"], "Invalid value for '--form'"),
+    (["package", "missing.onnx", "-o", "b"], "'missing.onnx' does not exist"),
+    (["frobnicate"], "No such command 'frobnicate'"),
+])
+def test_usage_errors_are_one_line_like_the_tools_own(tmp_path, args, fragment):
+    code, out, err = console(args, cwd=tmp_path)
+    assert_one_line_error(code, out, err, fragment, "--help")
+
+
+def test_weights_are_recorded_as_a_relative_path(tmp_path):
+    path = _weights(tmp_path, lambda w: None)
+    code, out, err = run(["convert", "lstm", "--weights", str(path), "-o", "m.onnx"], cwd=tmp_path)
+    assert code == 0, err
+    props = {p.key: p.value for p in onnx.load(tmp_path / "m.onnx").metadata_props}
+    assert json.loads(props["rnnexport.origin"])["weights"] == "w.safetensors"
+    assert str(tmp_path) not in props["rnnexport.origin"]
+    code, out, err = run(["verify", "m.onnx", "--seq-lens", "1,3", "--batch-sizes", "1", "-q"], cwd=tmp_path)
+    assert code == 0, out + err  # the source is rebuilt from the recorded (relative) weights

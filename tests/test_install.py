@@ -1,0 +1,185 @@
+"""Installs: the wheel's contents and metadata, a base install that needs no torch, and missing extras in one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import urllib.request
+import zipfile
+from email.parser import Parser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+EXPORT = ("torch", "onnxscript", "safetensors")
+#: Blocks imports as if the packages were not installed (raises ModuleNotFoundError, as a missing one does).
+BLOCKER = """
+import importlib.abc, os, sys
+_BLOCKED = tuple(filter(None, os.environ.get("RNNEXPORT_TEST_BLOCK", "").split(",")))
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in _BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+if _BLOCKED:
+    sys.meta_path.insert(0, _Block())
+"""
+
+
+def test_every_package_folder_is_listed():
+    listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "rnnexport").rglob("__init__.py")}
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
+    mapped = PYPROJECT["tool"]["setuptools"]["package-dir"]
+    assert all((ROOT / folder).is_dir() for folder in mapped.values())
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """``pip wheel .`` of a copy of the source tree (setuptools builds in the tree it is given)."""
+    import shutil
+
+    tree, out = tmp_path_factory.mktemp("tree"), tmp_path_factory.mktemp("wheel")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, tree / name)
+    for name in ("rnnexport", "models", "docs"):
+        shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__", "node_modules"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                    str(tree)], check=True, capture_output=True, timeout=600)
+    return next(out.glob("rnnexport-*.whl"))
+
+
+def test_wheel_ships_models_license_types_and_schema(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    models = sorted(p.parent.name for p in (ROOT / "models").glob("*/card.json"))
+    for model in models:
+        assert {f"rnnexport/models/{model}/card.json", f"rnnexport/models/{model}/weights.safetensors"} <= names
+    assert "rnnexport/py.typed" in names and "rnnexport/schemas/verify-report.schema.json" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert wheel.stat().st_size < 4 * 2**20
+
+
+def test_base_install_needs_neither_torch_nor_an_onnxruntime_flavour(wheel):
+    with zipfile.ZipFile(wheel) as zf:
+        meta = Parser().parsestr(zf.read(next(n for n in zf.namelist() if n.endswith("METADATA"))).decode())
+    requires = meta.get_all("Requires-Dist")
+    base = [r for r in requires if "extra ==" not in r]
+    assert not [r for r in base if r.split()[0].split(">")[0].split("<")[0] in (*EXPORT, "onnxruntime",
+                                                                              "onnxruntime-gpu")], base
+    libraries = [r.split(";")[0] for r in requires if not r.startswith("rnnexport")]  # test names other extras
+    assert all(any(op in r for op in (">=", "<", "~=")) and "==" not in r for r in libraries), libraries
+    assert meta["License-Expression"] == "MIT"
+    extras = set(meta.get_all("Provides-Extra"))
+    assert {"export", "onnxruntime", "onnxruntime-gpu", "test"} <= extras
+
+
+def test_constraints_pin_torch_and_every_library_dependency():
+    pins = {line.split("==")[0].lower(): line.split("==")[1] for line in (ROOT / "constraints.txt").read_text().splitlines()
+            if "==" in line and not line.startswith("#")}
+    assert pins["torch"] == "2.13.0"  # an unpinned torch pulls a multi-GB CUDA build
+    named = [*PYPROJECT["project"]["dependencies"]]
+    for deps in PYPROJECT["project"]["optional-dependencies"].values():
+        named += [d for d in deps if not d.startswith("rnnexport")]
+    for requirement in named:
+        name = requirement.split("[")[0].split(">")[0].split("<")[0].split("=")[0].strip().lower()
+        assert name in pins, f"{name} has no exact pin in constraints.txt"
+
+
+def _pypi_reachable() -> bool:
+    try:
+        urllib.request.urlopen("https://pypi.org/simple/onnxruntime/", timeout=10).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("platform", ["manylinux_2_28_aarch64", "macosx_14_0_arm64"])
+def test_base_install_resolves_on_arm_boards_and_macs(wheel, tmp_path, platform):
+    if not _pypi_reachable():
+        pytest.skip("needs pypi.org to resolve wheels for another platform")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--only-binary=:all:",
+         "--platform", platform, "--python-version", "3.11", "--target", str(tmp_path / "t"),
+         "-c", str(ROOT / "constraints.txt"), f"{wheel}[onnxruntime]"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    would = proc.stdout.rsplit("Would install", 1)[-1]
+    assert "onnxruntime-1." in would and "torch" not in would and "onnxruntime-gpu" not in would
+
+
+def _blocked(tmp_path: Path, blocked: tuple[str, ...], args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    hook = tmp_path / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(BLOCKER)
+    code = textwrap.dedent(f"""
+        import sys
+        sys.argv = ["rnnexport", *{args!r}]
+        try:
+            from rnnexport.cli import main
+            main()
+        finally:
+            loaded = sorted(m for m in sys.modules if m.split(".")[0] in {EXPORT!r})
+            print("LOADED", loaded, file=sys.stderr)
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(ROOT)]),
+           "RNNEXPORT_TEST_BLOCK": ",".join(blocked), "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def bundle(exports, tmp_path_factory) -> Path:
+    from rnnexport.packaging import package
+
+    folder = tmp_path_factory.mktemp("torchless")
+    result = package(exports.export("seed_lstm").path, folder / "b", step_path=exports.export("seed_lstm", form="step").path,
+                     variants=["fp16"], archive=True)
+    np.save(folder / "x.npy", np.zeros((3, 1, 10), np.float32))
+    assert result.archive is not None
+    return result.archive
+
+
+@pytest.mark.parametrize("args", [["--help"], ["inspect", "b.zip"], ["verify", "b.zip"],
+                                  ["run", "b.zip", "--input", "x.npy", "-o", "y.npy"]],
+                         ids=["help", "inspect", "verify-bundle", "run"])
+def test_torch_free_commands_run_without_torch(tmp_path, bundle, args):
+    proc = _blocked(tmp_path, EXPORT, args, cwd=bundle.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "LOADED []" in proc.stderr
+
+
+@pytest.mark.parametrize(("blocked", "args", "says"), [
+    (EXPORT, ["convert", "lstm"], "rnnexport convert needs torch, which is not installed: pip install 'rnnexport[export]'"),
+    (EXPORT, ["package", "b.zip", "-o", "c"], "pip install 'rnnexport[export]'"),
+    (("onnxruntime",), ["run", "b.zip", "--input", "x.npy"],
+     "rnnexport run needs onnxruntime, which is not installed: pip install 'rnnexport[onnxruntime]'"),
+], ids=["convert", "package", "run-without-onnxruntime"])
+def test_a_missing_extra_is_one_line_naming_it(tmp_path, bundle, blocked, args, says):
+    proc = _blocked(tmp_path, blocked, args, cwd=bundle.parent)
+    lines = [line for line in proc.stderr.splitlines() if not line.startswith("LOADED")]
+    assert proc.returncode == 2 and lines == [f"error: {lines[0][7:]}"] and says in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_help_without_onnxruntime_names_the_extra(tmp_path, bundle):
+    proc = _blocked(tmp_path, (*EXPORT, "onnxruntime"), ["--help"], cwd=bundle.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert "run      (needs pip install 'rnnexport[onnxruntime]')" in proc.stdout
+
+
+def test_the_library_names_the_missing_extra_too(tmp_path):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(BLOCKER)
+    code = ("import rnnexport\ntry:\n    rnnexport.convert\nexcept ImportError as e:\n"
+            "    print(type(e).__name__, e)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(ROOT)]), "RNNEXPORT_TEST_BLOCK": "torch"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "MissingExtraError rnnexport.convert needs torch" in proc.stdout, proc.stdout + proc.stderr
+    assert "pip install 'rnnexport[export]'" in proc.stdout
