@@ -3,6 +3,7 @@
 verify with --engines cpu,reference,openvino,tract,node,wasm,browser, every engine really
 running (none may be missing): the seed cells in every lowering and form, a 2-layer nn.LSTM
 scan graph, a relu batch-first nn.RNN in every form it converts to, an LSTM with proj_size,
+bidirectional scans (all but the ReferenceEvaluator, which runs Scan forwards only),
 and the trained models. Engines come from the ``engines`` extra, the npm lockfile in
 rnnexport/backends/js and Debian's chromium (README, "Set up and run").
 """
@@ -73,7 +74,10 @@ def _module(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     return {"lstm2": lambda: torch.nn.LSTM(5, 8, num_layers=2),
             "relu_bf": lambda: torch.nn.RNN(5, 8, nonlinearity="relu", batch_first=True),
-            "proj": lambda: torch.nn.LSTM(5, 8, proj_size=3)}[name]()
+            "proj": lambda: torch.nn.LSTM(5, 8, proj_size=3),
+            "bi_proj_bf": lambda: torch.nn.LSTM(5, 6, num_layers=2, bidirectional=True, proj_size=3,
+                                                batch_first=True),
+            "bi_relu": lambda: torch.nn.RNN(5, 6, nonlinearity="relu", bidirectional=True)}[name]()
 
 
 @pytest.mark.parametrize(("name", "form", "lowering"), [
@@ -86,6 +90,20 @@ def test_torch_modules_run_on_every_engine(tmp_path, name, form, lowering):
     result = rnnexport.convert(module, tmp_path / "m.onnx", form=form, lowering=lowering,
                                seq_len=4 if lowering == "unrolled" else None)
     _check(rnnexport.verify(result.path, module, **GRID))
+
+
+@pytest.mark.parametrize("name", ["bi_proj_bf", "bi_relu"])
+def test_bidirectional_scans_run_on_every_engine_but_the_reference(tmp_path, name):
+    """The backward half's Scan runs in reverse: every engine runs it but onnx's ReferenceEvaluator."""
+    module = _module(name)
+    result = rnnexport.convert(module, tmp_path / "m.onnx")
+    assert result.lowering.value == "scan"
+    report = rnnexport.verify(result.path, module, **{**GRID, "allow_missing": True})
+    assert report.passed, [(c.contract.value, c.engine, c.case, c.output) for c in report.failures[:5]]
+    assert [e.name for e in report.missing] == ["onnx-reference"]
+    assert "forward direction" in report.missing[0].reason
+    engines = {c.engine for c in report.checks if c.contract is Contract.PYTORCH}
+    assert {"onnxruntime:cpu", "openvino", "tract", "node", "wasm", "browser"} <= engines
 
 
 @pytest.mark.parametrize("name", ["rnn-charlm", "lstm-charlm", "gru-charlm", "lstm-forecaster"])

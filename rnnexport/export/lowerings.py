@@ -14,6 +14,7 @@ import onnx
 
 from rnnexport.contract import Form, Lowering
 from rnnexport.errors import ConvertError, describe
+from rnnexport.export.bidirectional import bidirectional_rnn, bidirectional_scan
 from rnnexport.export.native import build_native
 from rnnexport.export.scan import wrap_in_scan
 from rnnexport.export.trace import trace
@@ -68,6 +69,14 @@ def _native(model: RecurrentModel, form: Form, seq_len: int | None, progress):
 def _scan(model: RecurrentModel, form: Form, seq_len: int | None, progress):
     if form is Form.STEP:
         return NotApplicable("scan lowers sequences; for a step graph use native or unrolled (one traced step)")
+    rnn = bidirectional_rnn(model)
+    if rnn is not None:  # a forward and a reverse Scan per layer
+        def half_step(half: RecurrentModel) -> onnx.ModelProto | str:
+            step = trace_step(half, progress)
+            return step.reason if isinstance(step, NotApplicable) else step
+
+        result = bidirectional_scan(model, rnn, half_step)
+        return NotApplicable(result) if isinstance(result, str) else result
     if model.scan_reason:
         return NotApplicable(model.scan_reason)
     step = trace_step(model, progress)
@@ -100,7 +109,8 @@ RNN_PREFERS_SCAN = ("onnxruntime's RNN operator runs 1.3-4x slower than the scan
 
 
 def _auto_order(model: RecurrentModel, form: Form) -> tuple[tuple[Lowering, ...], list[Attempt]]:
-    if form is Form.SEQUENCE and model.family == "rnn" and not model.scan_reason:
+    scannable = not model.scan_reason or bidirectional_rnn(model) is not None
+    if form is Form.SEQUENCE and model.family == "rnn" and scannable:
         return (Lowering.SCAN, Lowering.NATIVE), [Attempt(Lowering.NATIVE, RNN_PREFERS_SCAN)]
     return AUTO_ORDER[form], []
 

@@ -65,8 +65,12 @@ def _rewire(graph: onnx.GraphProto, output: str) -> str:
     return inner
 
 
-def carry_nan(model: onnx.ModelProto, io: IOSpec, form: Form) -> None:
-    """Add the NaN guard to ``model``'s outputs, in place (a unidirectional graph of ``io`` in ``form``)."""
+def carry_nan(model: onnx.ModelProto, io: IOSpec, form: Form, reverse: bool = False) -> None:
+    """Add the NaN guard to ``model``'s outputs, in place (a unidirectional graph of ``io`` in ``form``).
+
+    ``reverse``: the graph runs from the last step to the first (a bidirectional layer's
+    backward half), so a NaN input reaches the steps before it.
+    """
     graph = model.graph
     n = _Nodes(graph)
     sequence = Form(form) is Form.SEQUENCE
@@ -76,7 +80,8 @@ def carry_nan(model: onnx.ModelProto, io: IOSpec, form: Form) -> None:
     if io.x_dtype.startswith("float"):
         per_step = _reduce(n, _nan_only(n, graph.input[0].name), list(range(len(lead), x_rank)))
         if sequence:
-            per_step = n.op("CumSum", [per_step, n.const(np.asarray(io.time_axis, np.int64))])
+            per_step = n.op("CumSum", [per_step, n.const(np.asarray(io.time_axis, np.int64))],
+                            **({"reverse": 1} if reverse else {}))
     per_stream = None  # (B,): NaN where any initial state of the stream held NaN
     for index, name in enumerate(io.state.names):
         rank = len(io.state.shape(index))

@@ -36,7 +36,7 @@ from rnnexport.export.stacking import Stacking
 from rnnexport.graphs import attribute, walk, walk_graphs
 from rnnexport.model import RecurrentModel
 
-__all__ = ["ScanOptions", "wrap_in_scan"]
+__all__ = ["ScanOptions", "prefix_names", "wrap_in_scan"]
 
 _PREFIX = "step/"
 
@@ -62,7 +62,7 @@ class ScanOptions:
         return cls(simplify=False, hoist=False, fuse_gates=False, head=False, carry=False)
 
 
-def _rename_graph(graph: onnx.GraphProto, prefix: str) -> None:
+def prefix_names(graph: onnx.GraphProto, prefix: str) -> None:
     """Prefix every value and node name in ``graph`` and its subgraphs, in place."""
     def rename(name: str) -> str:
         return prefix + name if name else name
@@ -148,8 +148,14 @@ def _prefixed(values: list[tuple[onnx.ValueInfoProto, str, int]]) -> list[onnx.V
     return [_copy(value, _PREFIX + value.name) for value, _, _ in values]
 
 
-def _scan_node(parts: _Parts) -> onnx.NodeProto:
-    """The Scan node over the (renamed) step graph; its weights stay in ``parts.work``."""
+def _scan_node(parts: _Parts, reverse: bool) -> onnx.NodeProto:
+    """The Scan node over the (renamed) step graph; its weights stay in ``parts.work``.
+
+    ``reverse`` runs it from the last step to the first: every scan input is read and every
+    scan output written backwards, so the outputs keep the inputs' time order. (Scan's own
+    directions, not a reversing Slice around it: tract cannot infer the shape of a Slice with
+    step -1 over a dynamic axis; onnx's ReferenceEvaluator runs Scan forwards only.)
+    """
     body = parts.work.graph
     by_name = {v.name: v for v in [*body.input, *body.output]}
     made = producers(body)
@@ -160,7 +166,11 @@ def _scan_node(parts: _Parts) -> onnx.NodeProto:
         [_copy(by_name[_PREFIX + s.body_in]) for s in parts.states] + _prefixed(parts.scan_inputs),
         outputs,
         value_info=[v for v in body.value_info if v.name in made])
-    return helper.make_node(
+    directions: dict[str, list[int]] = {}
+    if reverse:
+        directions = {"scan_input_directions": [1] * len(parts.scan_inputs),
+                      "scan_output_directions": [1] * len(parts.scan_outputs)}
+    node = helper.make_node(
         "Scan",
         [s.outer_in for s in parts.states] + [name for _, name, _ in parts.scan_inputs],
         [s.outer_out for s in parts.states] + [name for _, name, _ in parts.scan_outputs],
@@ -170,6 +180,8 @@ def _scan_node(parts: _Parts) -> onnx.NodeProto:
         scan_input_axes=[axis for _, _, axis in parts.scan_inputs],
         scan_output_axes=[axis for _, _, axis in parts.scan_outputs],
     )
+    node.attribute.extend(helper.make_attribute(key, value) for key, value in directions.items())
+    return node
 
 
 def _own_outputs(nodes: list[onnx.NodeProto], outputs: list[onnx.ValueInfoProto]
@@ -247,23 +259,25 @@ def _weights_into_body(graph: onnx.GraphProto) -> None:
     _drop_unused_initializers(body)
 
 
-def wrap_in_scan(model: RecurrentModel, step: onnx.ModelProto, options: ScanOptions | None = None) -> onnx.ModelProto:
+def wrap_in_scan(model: RecurrentModel, step: onnx.ModelProto, options: ScanOptions | None = None,
+                 reverse: bool = False) -> onnx.ModelProto:
     """A sequence graph that runs ``step`` (a step-form graph of ``model``) along time.
 
     Args:
         model: the model ``step`` was traced from (for its I/O contract).
         step: its traced step graph (left unchanged).
         options: which rewrites to apply; all by default.
+        reverse: run from the last step to the first (a bidirectional layer's backward half).
     """
     io = model.io
     parts, before, after = _time_first(_plan(model, step, options or ScanOptions()))
     body = parts.work.graph
     weights = {t.name for t in body.initializer}
-    _rename_graph(body, _PREFIX)
+    prefix_names(body, _PREFIX)
     for node in parts.g.nodes:
         node.input[:] = [_PREFIX + i if i in weights else i for i in node.input]
     graph = helper.make_graph(
-        [*parts.g.nodes, *before, _scan_node(parts), *after],
+        [*parts.g.nodes, *before, _scan_node(parts, reverse), *after],
         "rnnexport_scan",
         [value_info(s) for s in io.inputs(Form.SEQUENCE)],
         [value_info(s) for s in io.outputs(Form.SEQUENCE)],

@@ -1,0 +1,128 @@
+"""The bidirectional scan: each layer a forward Scan and a reverse Scan over the same input.
+
+A bidirectional layer needs the whole sequence before its first output, so it has no step
+form; as a sequence it is two one-direction layers over the same input, the second run
+from the last step to the first (ONNX ``Scan``'s ``scan_input_directions`` and
+``scan_output_directions``), their outputs concatenated along the features. A stack of
+layers is a chain of them. Each half is the scan lowering of a one-layer unidirectional
+torch.nn module holding that half's weights, so it gets every rewrite the scan lowering
+has; the native operators cannot carry ``proj_size`` or a Relu RNN everywhere, this can.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import onnx
+import torch
+from onnx import helper
+
+from rnnexport.contract import Form, Layout
+from rnnexport.export.nan import carry_nan
+from rnnexport.export.onnxutil import GraphBuilder, finish_model, value_info
+from rnnexport.export.rewrites.graph import toposort
+from rnnexport.export.scan import prefix_names, wrap_in_scan
+from rnnexport.model import RecurrentModel
+
+__all__ = ["bidirectional_rnn", "bidirectional_scan", "direction_halves"]
+
+_MODULES = {"RNN_TANH": torch.nn.RNN, "RNN_RELU": torch.nn.RNN, "LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
+
+
+def bidirectional_rnn(model: RecurrentModel) -> torch.nn.RNNBase | None:
+    """The bare bidirectional torch.nn RNN/LSTM/GRU ``model`` was made from, else None."""
+    inner = getattr(model.sequence_module, "module", None)  # sources.TorchSequence
+    if isinstance(inner, torch.nn.RNNBase) and inner.bidirectional:
+        return inner
+    return None
+
+
+def _half(rnn: torch.nn.RNNBase, layer: int, direction: int) -> torch.nn.RNNBase:
+    """One direction of one layer of ``rnn`` as a one-layer, unidirectional, time-major module."""
+    proj = getattr(rnn, "proj_size", 0)
+    width = (proj or rnn.hidden_size) * 2
+    extra: dict[str, object] = {}
+    if rnn.mode.startswith("RNN_"):
+        extra["nonlinearity"] = "relu" if rnn.mode == "RNN_RELU" else "tanh"
+    if proj:
+        extra["proj_size"] = proj
+    half = _MODULES[rnn.mode](rnn.input_size if layer == 0 else width, rnn.hidden_size, num_layers=1,
+                              bias=rnn.bias, batch_first=False, **extra)
+    suffix = f"_l{layer}" + ("_reverse" if direction else "")
+    with torch.no_grad():
+        for name in half._flat_weights_names:  # weight_ih_l0, ..., weight_hr_l0
+            getattr(half, name).copy_(getattr(rnn, name[: -len("_l0")] + suffix))
+    return half.eval()
+
+
+def direction_halves(rnn: torch.nn.RNNBase) -> list[tuple[RecurrentModel, RecurrentModel]]:
+    """Per layer of ``rnn``, its forward and backward halves as models of their own."""
+    from rnnexport.sources import from_module
+
+    return [(from_module(_half(rnn, layer, 0)), from_module(_half(rnn, layer, 1)))
+            for layer in range(rnn.num_layers)]
+
+
+def _merge(graph: onnx.GraphProto, part: onnx.ModelProto, prefix: str) -> None:
+    """Add ``part``'s nodes, weights and value types to ``graph``, every name under ``prefix``."""
+    prefix_names(part.graph, prefix)
+    graph.node.extend(part.graph.node)
+    graph.initializer.extend(part.graph.initializer)
+    graph.value_info.extend(part.graph.value_info)
+
+
+def bidirectional_scan(
+    model: RecurrentModel, rnn: torch.nn.RNNBase,
+    trace_step: Callable[[RecurrentModel], onnx.ModelProto | str],
+) -> onnx.ModelProto | str:
+    """The sequence graph of ``model`` (a bare bidirectional ``rnn``), or why it cannot be made.
+
+    Args:
+        trace_step: traces one step of a half (its step graph), or says why it cannot.
+    """
+    io = model.io
+    inputs, outputs = io.inputs(Form.SEQUENCE), io.outputs(Form.SEQUENCE)
+    g = GraphBuilder()
+    x = inputs[0].name
+    if io.layout is Layout.BATCH_MAJOR:
+        x = g.one("Transpose", [x], "bidi/x_time_major", perm=[1, 0, 2])
+    finals: list[list[str]] = [[] for _ in io.state.names]  # per state name, per layer and direction
+    parts: list[tuple[onnx.ModelProto, str]] = []
+    opsets: dict[str, int] = {}
+    functions: dict[tuple[str, str], onnx.FunctionProto] = {}
+    for layer, halves in enumerate(direction_halves(rnn)):
+        ys = []
+        for direction, half in enumerate(halves):
+            step = trace_step(half)
+            if isinstance(step, str):
+                return f"layer {layer}'s {'backward' if direction else 'forward'} half: {step}"
+            graph = wrap_in_scan(half, step, reverse=bool(direction))
+            carry_nan(graph, half.io, Form.SEQUENCE, reverse=bool(direction))
+            prefix = f"l{layer}{'b' if direction else 'f'}/"
+            index = g.ints("bidi/index", [layer * 2 + direction])
+            g.one("Identity", [x], prefix + half.io.inputs(Form.SEQUENCE)[0].name)
+            for k, name in enumerate(io.state.names):
+                end = g.ints("bidi/end", [layer * 2 + direction + 1])
+                g.one("Slice", [name, index, end], prefix + name)
+                finals[k].append(prefix + half.io.state.output_names[k])
+            ys.append(prefix + half.io.outputs(Form.SEQUENCE)[0].name)
+            parts.append((graph, prefix))
+            opsets.update({o.domain: o.version for o in graph.opset_import})
+            functions.update({(f.domain, f.name): f for f in graph.functions})
+        x = g.one("Concat", ys, f"bidi/l{layer}_y", axis=-1)
+    y = outputs[0].name
+    if io.layout is Layout.BATCH_MAJOR:
+        g.one("Transpose", [x], y, perm=[1, 0, 2])
+    else:
+        g.one("Identity", [x], y)
+    for k, out in enumerate(io.state.output_names):
+        g.one("Concat", finals[k], out, axis=0)
+    graph = helper.make_graph(g.nodes, "rnnexport_bidirectional_scan",
+                              [value_info(s) for s in inputs], [value_info(s) for s in outputs],
+                              initializer=g.initializers)
+    for part, prefix in parts:
+        _merge(graph, part, prefix)
+    toposort(graph)
+    result = finish_model(graph, opset=opsets.pop("", 20), extra_opsets=opsets)
+    result.functions.extend(functions.values())
+    return result
