@@ -25,6 +25,9 @@ from rnnexport.errors import ContractError
 __all__ = [
     "BATCH",
     "MAX_DIM",
+    "MAX_NAME",
+    "MAX_STATE_DEPTH",
+    "MAX_STATE_TENSORS",
     "META_PREFIX",
     "TIME",
     "X_NAME",
@@ -55,6 +58,10 @@ META_PREFIX = "rnnexport."
 MAX_DIM = 1 << 24
 #: The most elements one stream's state tensor may hold.
 MAX_STATE_ELEMENTS = 1 << 28
+#: The longest tensor name (or state structure key) a contract may hold.
+MAX_NAME = 128
+#: The most state tensors a contract may name, and how deep their structure may nest.
+MAX_STATE_TENSORS, MAX_STATE_DEPTH = 64, 8
 
 _DTYPES = ("float32", "float16", "float64", "int64", "int32")
 _ENCODINGS = ("real", "one-hot", "token-ids")
@@ -86,6 +93,10 @@ class Layout(str, enum.Enum):
 
 
 Dim = int | str
+
+#: How a model's state nests, leaves named: a state name, a tuple of structures, or a dict
+#: of them by str key. JSON has it as nested lists and objects of names.
+Structure = str | tuple[Any, ...] | dict[str, Any]
 
 
 # --- validation of untrusted JSON -------------------------------------------------------------
@@ -122,7 +133,7 @@ def _choice(value: Any, allowed: Sequence[str], what: str) -> str:
 
 
 def _name(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > 128:
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME:
         raise ContractError(f"malformed {what}: a tensor name must be a non-empty string, got {value!r:.80}")
     return value
 
@@ -174,12 +185,93 @@ class StateSpec:
 
     Seed cells hold ``(B, H)`` tensors (``batch_axis=0``, ``dims=((H,), ...)``);
     torch.nn modules hold ``(layers * directions, B, H)`` (``batch_axis=1``).
+
+    ``structure`` is how a module with nested state holds it (e.g. ``(("s0_0", "s0_1"), "s1")``
+    for ``((h1, c1), h2)``, or ``{"enc": ..., "dec": ...}``): every name exactly once, at most
+    :data:`MAX_STATE_DEPTH` containers deep. None means flat: one tensor, or a tuple in name
+    order (:attr:`tree`). :meth:`nest` and :meth:`flatten` convert between the two views.
+    ``nested_axes`` is where each tensor has its batch axis in the nested view, when the
+    module's tensors do not share one (the graph has them all at ``batch_axis``); None: at
+    ``batch_axis``.
     """
 
     names: tuple[str, ...]
     dims: tuple[tuple[int, ...], ...]
     batch_axis: int
     dtype: str = "float32"
+    structure: Structure | None = dataclasses.field(default=None, hash=False)
+    nested_axes: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.structure is not None:  # normalised: lists become tuples
+            object.__setattr__(self, "structure", _parse_structure(self.structure, self.names))
+        if self.nested_axes is not None:
+            axes = self.nested_axes
+            if not isinstance(axes, (list, tuple)) or len(axes) != len(self.names) or not all(
+                    isinstance(a, int) and not isinstance(a, bool) and 0 <= a <= len(d)
+                    for a, d in zip(axes, self.dims)):
+                raise ContractError(f"malformed state contract: nested_axes must be one axis per state tensor "
+                                    f"within its rank, got {axes!r:.80}")
+            object.__setattr__(self, "nested_axes", tuple(axes))
+
+    @property
+    def tree(self) -> Structure:
+        """The structure, or for a flat state its one name or the tuple of its names."""
+        if self.structure is not None:
+            return self.structure
+        return self.names[0] if len(self.names) == 1 else self.names
+
+    def nest(self, values: Sequence[Any]) -> Any:
+        """``values`` (one per name, in name order) arranged as :attr:`tree`: tuples and dicts.
+
+        Raises:
+            ContractError: not one value per state name.
+        """
+        if len(values) != len(self.names):
+            raise ContractError(f"state: expected {len(self.names)} values ({', '.join(self.names)}), "
+                                f"got {len(values)}")
+        if self.nested_axes is not None:
+            values = [np.ascontiguousarray(np.moveaxis(v, self.batch_axis, a)) for v, a in zip(values, self.nested_axes)]
+        by_name = dict(zip(self.names, values))
+
+        def build(node: Structure) -> Any:
+            if isinstance(node, str):
+                return by_name[node]
+            if isinstance(node, dict):
+                return {key: build(child) for key, child in node.items()}
+            return tuple(build(child) for child in node)
+
+        return build(self.tree)
+
+    def flatten(self, nested: Any, what: str = "state") -> list[Any]:
+        """The leaves of ``nested`` (shaped as :attr:`tree`; lists stand for tuples) in name order.
+
+        Raises:
+            ContractError: ``nested`` is not shaped as the structure (one line, with the path).
+        """
+        found: dict[str, Any] = {}
+
+        def walk(node: Structure, value: Any, path: str) -> None:
+            if isinstance(node, str):
+                found[node] = value
+            elif isinstance(node, dict):
+                if not isinstance(value, Mapping) or set(value.keys()) != set(node):
+                    raise ContractError(f"{what}{path}: expected a dict with keys {', '.join(node)}, "
+                                        f"got {_describe_value(value)}")
+                for key, child in node.items():
+                    walk(child, value[key], f"{path}[{key!r}]")
+            elif not isinstance(value, (tuple, list)) or len(value) != len(node):
+                raise ContractError(f"{what}{path}: expected a tuple of {len(node)}, got {_describe_value(value)}")
+            else:
+                for index, (child, item) in enumerate(zip(node, value)):
+                    walk(child, item, f"{path}[{index}]")
+
+        walk(self.tree, nested, "")
+        values = [found[name] for name in self.names]
+        if self.nested_axes is not None:  # arrays only: anything else fails the caller's array check
+            values = [np.moveaxis(v, a, self.batch_axis) if isinstance(v, np.ndarray) and v.ndim > a else v
+                      for v, a in zip(values, self.nested_axes)]
+        return values
 
     def shape(self, index: int, batch: Dim = BATCH) -> tuple[Dim, ...]:
         """State tensor ``index``'s shape with ``batch`` (a number, or ``"B"``) at the batch axis."""
@@ -216,6 +308,8 @@ class StateSpec:
             "batch_axis": self.batch_axis,
             "dtype": self.dtype,
             "initial": "zeros",
+            **({"structure": _structure_json(self.structure)} if self.structure is not None else {}),
+            **({"nested_axes": list(self.nested_axes)} if self.nested_axes is not None else {}),
         }
 
     @classmethod
@@ -228,9 +322,12 @@ class StateSpec:
         what = "state contract"
         data = _object(data, what)
         names = _field(data, "names", what)
-        if not isinstance(names, list) or not 1 <= len(names) <= 8:
-            raise ContractError(f"malformed {what}: names must be a list of 1 to 8 names, got {names!r:.80}")
+        if not isinstance(names, list) or not 1 <= len(names) <= MAX_STATE_TENSORS:
+            raise ContractError(f"malformed {what}: names must be a list of 1 to {MAX_STATE_TENSORS} names, "
+                                f"got {names!r:.80}")
         names = tuple(_name(n, what) for n in names)
+        if len(set(names)) != len(names):
+            raise ContractError(f"malformed {what}: names must differ, got {list(names)!r:.80}")
         shapes = _field(data, "shapes", what)
         if not isinstance(shapes, list) or len(shapes) != len(names):
             raise ContractError(f"malformed {what}: expected one shape per name ({len(names)})")
@@ -247,12 +344,85 @@ class StateSpec:
                 raise ContractError(f"malformed {what}: a state of shape {shape} is over "
                                     f"{MAX_STATE_ELEMENTS} elements per stream")
             dims.append(rest)
-        spec = cls(names, tuple(dims), axis, _choice(data.get("dtype", "float32"), _DTYPES, f"{what} dtype"))
+        spec = cls(names, tuple(dims), axis, _choice(data.get("dtype", "float32"), _DTYPES, f"{what} dtype"),
+                   _json_structure(data.get("structure"), what), _json_axes(data.get("nested_axes"), what))
         outputs = data.get("output_names")
         if outputs is not None and list(outputs) != list(spec.output_names):
             raise ContractError(f"malformed {what}: output_names {outputs!r:.80} are not "
                                 f"{list(spec.output_names)}")
         return spec
+
+
+def _json_structure(value: Any, what: str) -> Any:
+    """The structure as JSON gives it; None (flat) when absent. Checked in ``StateSpec.__post_init__``."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, dict)):
+        raise ContractError(f"malformed {what}: structure must be a list or an object of names, got {value!r:.80}")
+    return value
+
+
+def _json_axes(value: Any, what: str) -> tuple[int, ...] | None:
+    """``nested_axes`` as JSON gives it; None when absent. Checked in ``StateSpec.__post_init__``."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_STATE_TENSORS:
+        raise ContractError(f"malformed {what}: nested_axes must be a list of axes, got {value!r:.80}")
+    return tuple(value)
+
+
+def _parse_structure(value: Any, names: tuple[str, ...]) -> Structure:
+    """``value`` (JSON lists and objects, or tuples and dicts) as a structure over ``names``.
+
+    Raises:
+        ContractError: a container that is empty or of another type, a leaf that is not one of
+            ``names`` or comes twice, a name left out, or nesting deeper than ``MAX_STATE_DEPTH``.
+    """
+    what = "malformed state contract: structure"
+    known, seen = set(names), set()
+
+    def walk(node: Any, depth: int) -> Structure:
+        if isinstance(node, str):
+            if node not in known:
+                raise ContractError(f"{what} names {node!r:.80}, which is not a state name ({', '.join(names)})")
+            if node in seen:
+                raise ContractError(f"{what} names {node!r:.80} twice")
+            seen.add(node)
+            return node
+        if depth >= MAX_STATE_DEPTH:
+            raise ContractError(f"{what} nests deeper than {MAX_STATE_DEPTH} levels")
+        if isinstance(node, (list, tuple)) and node:
+            return tuple(walk(child, depth + 1) for child in node)
+        if isinstance(node, Mapping) and node:
+            bad = [k for k in node if not isinstance(k, str) or not k or len(k) > MAX_NAME]
+            if bad:
+                raise ContractError(f"{what} has key {bad[0]!r:.80}; keys are non-empty strings")
+            return {key: walk(child, depth + 1) for key, child in node.items()}
+        raise ContractError(f"{what} holds {node!r:.80}; expected non-empty lists and objects of state names")
+
+    if not isinstance(value, (list, tuple, Mapping)):
+        raise ContractError(f"{what} must be a list or an object of names, got {value!r:.80}")
+    parsed = walk(value, 0)
+    missing = [n for n in names if n not in seen]
+    if missing:
+        raise ContractError(f"{what} leaves out state {missing[0]!r}")
+    return parsed
+
+
+def _structure_json(node: Structure) -> Any:
+    if isinstance(node, str):
+        return node
+    if isinstance(node, dict):
+        return {key: _structure_json(child) for key, child in node.items()}
+    return [_structure_json(child) for child in node]
+
+
+def _describe_value(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    if isinstance(value, Mapping):
+        return f"a dict with keys {', '.join(map(str, value.keys())) or 'none'}"
+    return f"a {type(value).__name__}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Sources: a built-in seed cell (``rnn``, ``lstm``, ``gru``) with generated or loaded
 weights; a trained example model from ``models/`` (by name or folder); a torch.nn
-RNN/LSTM/GRU or a module built around one (:func:`from_module`); a user's loop in
+RNN/LSTM/GRU, a module built around one, or any causal module with its own (nested)
+state (:func:`from_module`, the last via :mod:`rnnexport.loops`); a user's loop in
 the seed's convention (:func:`from_cell`); or ``file.py:factory`` /
 ``package.module:factory`` naming a function that returns either.
 """
@@ -29,6 +30,7 @@ from rnnexport.contract import IOSpec, Layout, StateSpec
 from rnnexport.errors import SourceError, WeightsError, describe
 from rnnexport.explicit import explicit_copy
 from rnnexport.export.plan import NativeLayer, NativePlan
+from rnnexport.loops import BIDIRECTIONAL_SCAN_REASON, from_loop_module
 from rnnexport.model import RecurrentModel, SourceKind
 
 __all__ = [
@@ -406,20 +408,24 @@ def _input_features(module: torch.nn.Module, rnn: torch.nn.RNNBase) -> tuple[tup
 
 
 def from_module(module: torch.nn.Module, input_size: int | None = None) -> RecurrentModel:
-    """A torch.nn.RNN/LSTM/GRU, or a module built around exactly one of them.
+    """A torch.nn.RNN/LSTM/GRU, a module built around one, or any causal module with its own state.
 
-    A wrapping module must have torch's convention ``forward(x, state) -> (y, state)``
-    with ``state`` a tensor ``h`` (``(h, c)`` for an LSTM) shaped like the inner
-    layer's. Its input is token ids when an ``nn.Embedding`` comes first, else
-    vectors of ``input_size`` (default: the first Linear's or the recurrent layer's).
+    A module built around exactly one torch.nn RNN/LSTM/GRU with torch's convention
+    ``forward(x, state) -> (y, state)``, ``state`` a tensor ``h`` (``(h, c)`` for an
+    LSTM) shaped like the inner layer's, keeps the state names ``h`` (and ``c``).
+    Any other module with ``forward(x, state) -> (y, state)`` (cell loops, stacked
+    layers, nested state as tuples, lists and dicts of tensors) is read by
+    :func:`rnnexport.loops.from_loop_module`: its ``initial_state(batch)`` method, or
+    the state ``forward(x)`` returns, gives the structure (docs/modules.md).
+    The input is token ids when an ``nn.Embedding`` comes first, else vectors of
+    ``input_size`` (default: the first Linear's or the recurrent layer's).
     """
     if not isinstance(module, torch.nn.Module):
         raise SourceError(f"expected a torch.nn.Module, got {type(module).__name__}")
     module = module.eval()
     rnns = [m for m in module.modules() if isinstance(m, torch.nn.RNNBase)]
     if len(rnns) != 1:
-        raise SourceError(f"{type(module).__name__} holds {len(rnns)} torch.nn RNN/LSTM/GRU layers; "
-                          "rnnexport needs exactly one (stack layers with num_layers)")
+        return from_loop_module(module, input_size)
     rnn = rnns[0]
     kind = _FAMILY[rnn.mode]
     directions = 2 if rnn.bidirectional else 1
@@ -439,14 +445,17 @@ def from_module(module: torch.nn.Module, input_size: int | None = None) -> Recur
     layout = Layout.BATCH_MAJOR if rnn.batch_first else Layout.TIME_MAJOR
     sequence = TorchSequence(module, kind is CellKind.LSTM)
     state = StateSpec(names, dims, 1)
-    y_features = _probe_output(sequence, x_features, x_dtype, state, layout)
+    try:
+        y_features = _probe_output(sequence, x_features, x_dtype, state, layout)
+    except SourceError as e:  # not torch's convention: the module may carry a state of its own
+        if bare:
+            raise
+        return from_loop_module(module, input_size, layer_error=e)
     io = IOSpec(x_features, x_dtype, y_features, state, layout,
                 x_encoding="token-ids" if x_dtype == "int64" else "real")
     plan, reason = _torch_plan(rnn) if bare else (None, "native covers bare torch.nn RNN/LSTM/GRU modules; "
                                                  f"{type(module).__name__} has other layers around its {rnn.mode}")
-    scan_reason = None
-    if directions == 2:
-        scan_reason = "a bidirectional layer needs the whole sequence before its first output, so it cannot be scanned step by step"
+    scan_reason = BIDIRECTIONAL_SCAN_REASON if directions == 2 else None
     name = type(rnn).__name__
     config = f"{rnn.num_layers} layer{'s' if rnn.num_layers > 1 else ''}, hidden {hidden}"
     config += ", bidirectional" if directions == 2 else ""
@@ -483,6 +492,11 @@ def _probe_output(sequence, x_features, x_dtype, state: StateSpec, layout: Layou
     except Exception as e:  # noqa: BLE001 - the user's forward failing is a user error
         raise SourceError(f"the module's forward(x, state) failed on an example x of shape {tuple(x.shape)}: "
                           f"{describe(e)}; it must take (x, state) and return (y, state)") from e
+    if not isinstance(y, torch.Tensor) or len(state_out) != len(state.names) \
+            or not all(isinstance(s, torch.Tensor) for s in state_out):
+        kinds = ", ".join(type(s).__name__ for s in state_out)
+        raise SourceError(f"the module returned y as a {type(y).__name__} and a state of {kinds}, "
+                          f"expected a tensor y and state tensors {', '.join(state.names)}")
     for i, s in enumerate(state_out):
         if tuple(s.shape) != state.shape(i, batch):
             raise SourceError(f"the module returned state {state.names[i]} of shape {tuple(s.shape)}, "

@@ -252,6 +252,24 @@ class StatefulSession:
         for tensor, value in zip(self._state.inputs, checked):
             tensor.write(value)
 
+    def nested_state(self) -> Any:
+        """The current state (copies) as the model holds it: the contract's ``structure``, with
+        arrays for tensors, tuples for lists and dicts for dicts (e.g. ``((h1, c1), h2)``).
+
+        A flat state is its one array, or a tuple in the order of the state names.
+        """
+        return self.contract.state.nest([t.read() for t in self._state.inputs])
+
+    def set_nested_state(self, value: Any) -> None:
+        """Set the state from a value shaped as :meth:`nested_state` gives it (lists stand for tuples).
+
+        Raises:
+            RuntimeContractError: ``value`` is not shaped as the structure, or an array has the
+                wrong shape or dtype (or, with ``check_finite``, holds NaN or Inf).
+        """
+        spec = self.contract.state
+        self.state = dict(zip(spec.names, spec.flatten(value)))
+
     def reset(self, streams: int | Iterable[int] | None = None) -> None:
         """Zero the state of every stream, or only of ``streams`` (indices along the batch axis)."""
         spec = self.contract.state

@@ -127,6 +127,8 @@ def _check_contract(path: Path, graph: IOSpec, source: IOSpec) -> None:
         "layout": (graph.layout.value, source.layout.value),
         "state names": (graph.state.names, source.state.names),
         "state batch axis": (graph.state.batch_axis, source.state.batch_axis),
+        "state structure": ((graph.state.structure, graph.state.nested_axes),
+                            (source.state.structure, source.state.nested_axes)),
         "x dtype": (graph.x_dtype, source.x_dtype),
     }
     for recorded_out, given_out in zip(graph.outputs(Form.SEQUENCE), source.outputs(Form.SEQUENCE)):
