@@ -13,11 +13,11 @@
 
 Make the graphs first (either a bundle folder/zip or a model .onnx will do)::
 
-    rnnexport convert lstm-charlm --form step -o /tmp/charlm/step.onnx
-    python scripts/stream_demo.py /tmp/charlm/step.onnx
+    rnnexport convert lstm-charlm --form step -o /tmp/charlm-step.onnx
+    python scripts/stream_demo.py /tmp/charlm-step.onnx
     rnnexport convert lstm-forecaster -o /tmp/forecaster.onnx
-    python scripts/stream_demo.py /tmp/charlm/step.onnx --signal /tmp/forecaster.onnx
-    python scripts/stream_demo.py /tmp/charlm/step.onnx --streams 16
+    python scripts/stream_demo.py /tmp/charlm-step.onnx --signal /tmp/forecaster.onnx
+    python scripts/stream_demo.py /tmp/charlm-step.onnx --streams 16
 """
 
 from __future__ import annotations

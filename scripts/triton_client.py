@@ -9,10 +9,10 @@ float32 rounding (onnxruntime's RNN kernel rounds a batch of 1 differently).
 
 Not run in CI: it needs a server (docs/serving.md)::
 
-    rnnexport triton lstm-charlm -o models/
-    docker run --rm -p 8001:8001 -v $PWD/models:/models nvcr.io/nvidia/tritonserver:24.10-py3 \\
+    rnnexport triton lstm-charlm -o /tmp/triton-models
+    docker run --rm -p 8001:8001 -v /tmp/triton-models:/models nvcr.io/nvidia/tritonserver:24.10-py3 \\
         tritonserver --model-repository=/models
-    python scripts/triton_client.py models/lstm-charlm --streams 100 --steps 50
+    python scripts/triton_client.py /tmp/triton-models/lstm-charlm --streams 100 --steps 50
 
 Needs tritonclient with gRPC: pip install tritonclient==2.73.0 grpcio==1.85.3
 """

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -98,8 +99,9 @@ def run_page(chromium: str, bundle: Path, query: str, vocabulary: Path | None = 
 
 
 def test_the_page_generates_what_python_generates(chromium, bundle):
-    card = json.loads(CARD.read_text())
-    result = run_page(chromium, bundle, f"?length={LENGTH}")
+    card = json.loads(CARD.read_text())  # the bundle's manifest records the vocabulary: no --vocabulary
+    result = run_page(chromium, bundle, f"?length={LENGTH}&prompt={urllib.parse.quote(card['prompt'])}",
+                      vocabulary=None)
     assert "error" not in result, result["error"]
     assert result["prompt"] == card["prompt"] and result["steps"] == len(card["prompt"]) + LENGTH
     assert result["text"] == greedy_in_python(bundle, card["vocabulary"], card["prompt"], LENGTH)
@@ -114,11 +116,13 @@ def test_the_page_reports_a_tampered_graph_in_one_line(chromium, bundle, tmp_pat
     assert result == {"error": "checksum mismatch: step/model.onnx does not match the manifest"}
 
 
-def test_the_page_reads_the_vocabulary_from_the_manifest_when_it_has_one(chromium, bundle, tmp_path):
+def test_the_page_reads_a_served_vocabulary_when_the_manifest_has_none(chromium, bundle, tmp_path):
     card = json.loads(CARD.read_text())
     copy = Path(shutil.copytree(bundle, tmp_path / "bundle"))
     manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["model"]["vocabulary"] = card["vocabulary"]  # the manifest is not among its own checksums
+    assert manifest["io"]["vocabulary"] == list(card["vocabulary"])
+    del manifest["io"]["vocabulary"]  # the manifest is not among its own checksums
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    result = run_page(chromium, copy, "?length=40&prompt=the%20gate%20", vocabulary=None)
-    assert result["text"] == greedy_in_python(bundle, card["vocabulary"], "the gate ", 40)
+    result = run_page(chromium, copy, "?length=40")  # --vocabulary CARD: its vocabulary and prompt
+    assert result["prompt"] == card["prompt"]
+    assert result["text"] == greedy_in_python(bundle, card["vocabulary"], card["prompt"], 40)

@@ -6,7 +6,7 @@
 //   /ort/                onnxruntime-web's dist files
 //   /bundle/manifest.json and the graph it names (its SHA-256 checked against the manifest)
 //   /vocabulary.json     {"vocabulary": "...", "prompt": "..."} (a model card will do), read only
-//                        when the manifest records no model.vocabulary
+//                        when the manifest records no io.vocabulary
 // and posts {text, ...} (or {error}) to /result when done.
 import * as ort from "/ort/ort.wasm.min.mjs";
 
@@ -37,10 +37,11 @@ async function loadGraph(manifest) {
   return { graph, bytes };
 }
 
-// The characters of the one-hot input, in order: the manifest's, else vocabulary.json's.
+// The characters of the one-hot input, in order: the manifest's (io.vocabulary, a list of
+// strings), else vocabulary.json's (for a bundle of a model without one).
 async function loadVocabulary(manifest, size) {
-  let source = manifest.model;
-  if (!source?.vocabulary) {
+  let source = manifest.io?.vocabulary ? { vocabulary: manifest.io.vocabulary } : null;
+  if (!source) {
     const response = await fetch("/vocabulary.json");
     if (!response.ok) throw new Error("the manifest records no vocabulary, and /vocabulary.json is missing (serve.py --vocabulary FILE)");
     source = await response.json();
