@@ -41,7 +41,7 @@ from rnnexport.errors import SourceError, describe
 from rnnexport.explicit import explicit_copy
 from rnnexport.model import RecurrentModel, SourceKind
 
-__all__ = ["BIDIRECTIONAL_SCAN_REASON", "NestedSequence", "from_loop_module", "state_name"]
+__all__ = ["BIDIRECTIONAL_SCAN_REASON", "NestedSequence", "from_loop_module", "input_features", "state_name"]
 
 #: Why a model holding a bidirectional torch.nn layer has no scan lowering.
 BIDIRECTIONAL_SCAN_REASON = ("a bidirectional layer needs the whole sequence before its first output, "
@@ -192,7 +192,7 @@ def _recurrent_layers(module: torch.nn.Module) -> list[torch.nn.RNNBase]:
     return [m for m in module.modules() if isinstance(m, torch.nn.RNNBase)]
 
 
-def _input_features(module: torch.nn.Module, input_size: int | None, owner: str) -> tuple[tuple[int, ...], str]:
+def input_features(module: torch.nn.Module, input_size: int | None, owner: str) -> tuple[tuple[int, ...], str]:
     """``x``'s features and dtype: token ids after an Embedding, else the first layer's input size."""
     if input_size is not None:
         return (input_size,), "float32"
@@ -326,7 +326,7 @@ def from_loop_module(module: torch.nn.Module, input_size: int | None = None,
 
     owner = type(module).__name__
     module = module.eval()
-    x_features, x_dtype = _input_features(module, input_size, owner)
+    x_features, x_dtype = input_features(module, input_size, owner)
     layout = _layout(module, owner)
     state, tree, axes = _state_spec(module, x_features, x_dtype, layout, owner, layer_error)
     sequence = NestedSequence(module, tree, axes)

@@ -30,7 +30,7 @@ from rnnexport.contract import IOSpec, Layout, StateSpec
 from rnnexport.errors import SourceError, WeightsError, describe
 from rnnexport.explicit import explicit_copy
 from rnnexport.export.plan import NativeLayer, NativePlan
-from rnnexport.loops import BIDIRECTIONAL_SCAN_REASON, from_loop_module
+from rnnexport.loops import BIDIRECTIONAL_SCAN_REASON, from_loop_module, input_features
 from rnnexport.model import RecurrentModel, SourceKind
 
 __all__ = [
@@ -396,17 +396,6 @@ def _torch_plan(rnn: torch.nn.RNNBase) -> tuple[NativePlan | None, str]:
     return NativePlan(layers=tuple(layers)), ""
 
 
-def _input_features(module: torch.nn.Module, rnn: torch.nn.RNNBase) -> tuple[tuple[int, ...], str]:
-    for child in module.modules():
-        if isinstance(child, torch.nn.Embedding):
-            return (), "int64"
-        if isinstance(child, torch.nn.Linear):
-            return (child.in_features,), "float32"
-        if child is rnn:
-            return (rnn.input_size,), "float32"
-    return (rnn.input_size,), "float32"
-
-
 def from_module(module: torch.nn.Module, input_size: int | None = None) -> RecurrentModel:
     """A torch.nn.RNN/LSTM/GRU, a module built around one, or any causal module with its own state.
 
@@ -435,13 +424,7 @@ def from_module(module: torch.nn.Module, input_size: int | None = None) -> Recur
     names = cells.STATE_NAMES[kind]
     dims = ((stacked, proj or hidden), (stacked, hidden))[: len(names)]
     bare = module is rnn
-    x_features: tuple[int, ...]
-    if bare:
-        x_features, x_dtype = (rnn.input_size,), "float32"
-    else:
-        x_features, x_dtype = _input_features(module, rnn)
-    if input_size is not None:
-        x_features, x_dtype = (input_size,), "float32"
+    x_features, x_dtype = input_features(module, input_size, type(module).__name__)
     layout = Layout.BATCH_MAJOR if rnn.batch_first else Layout.TIME_MAJOR
     sequence = TorchSequence(module, kind is CellKind.LSTM)
     state = StateSpec(names, dims, 1)
