@@ -54,6 +54,7 @@ from onnx import helper
 
 import rnnexport
 from rnnexport import cells
+from rnnexport.io import atomic_write
 from rnnexport.testing import feeds, random_inputs, random_state
 
 try:
@@ -641,9 +642,7 @@ results = {
 }
 json_path = Path(args.json)
 json_path.parent.mkdir(parents=True, exist_ok=True)
-tmp = json_path.with_name(json_path.name + ".tmp")
-tmp.write_text(json.dumps(results, indent=1) + "\n")
-tmp.replace(json_path)
+atomic_write(json_path, (json.dumps(results, indent=1) + "\n").encode(), "figures")
 print(f"\nwrote {json_path}")
 
 # --- the plot: speed-up over eager PyTorch per lowering, per grid point -------------------------
@@ -656,6 +655,12 @@ try:
 except ImportError:
     print("matplotlib is not installed (pip install 'rnnexport[plot]'): no plot drawn")
 else:
+    def save_plot(fig, path: Path) -> None:
+        """Write the figure atomically (in the format its suffix names, else PNG): a reader never sees half."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: fig.savefig(f, dpi=110, format=path.suffix.lower().lstrip(".") or "png"), "plot")
+        print(f"wrote {path}")
+
     points = [(T, B) for T in cfg["times"] for B in cfg["batches"]]
     fig, axes = plt.subplots(len(CELLS), 1, figsize=(11, 2.6 * len(CELLS)), sharex=True)
     bars = ["torch.nn", "native", "scan", "unrolled"]
@@ -686,10 +691,7 @@ else:
     axes[0].set_title(f"Speed-up over the eager PyTorch seed loop (CPU, {args.threads} thread, hidden {hidden})")
     axes[-1].set_xticks(range(len(points)), [f"T={T}\nB={B}" for T, B in points])
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    plot_path = Path(args.plot)
-    plot_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(plot_path, dpi=110)
-    print(f"wrote {plot_path}")
+    save_plot(fig, Path(args.plot))
 
     # throughput vs streams: one panel per model
     fig, axes = plt.subplots(1, len(multi_models), figsize=(3.3 * len(multi_models), 3.4), sharey=True,
@@ -711,8 +713,5 @@ else:
     fig.legend(handles, labels, ncol=4, fontsize=9, loc="lower center", frameon=False)
     fig.suptitle(f"Many streams at once (CPU, {args.threads} thread)", fontsize=11)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    streams_path = Path(args.plot_streams)
-    streams_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(streams_path, dpi=110)
-    print(f"wrote {streams_path}")
+    save_plot(fig, Path(args.plot_streams))
 shutil.rmtree(work, ignore_errors=True)

@@ -17,6 +17,10 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 EXPORT = ("torch", "onnxscript", "safetensors")
+#: What the base install lacks: the export extra and every onnxruntime flavour (it has click, numpy, onnx).
+BASE = (*EXPORT, "onnxruntime")
+ORT_HINT = ("pip install 'rnnexport[onnxruntime]' (the CPU package) or 'rnnexport[onnxruntime-gpu]' "
+            "(CUDA and TensorRT), never both")
 #: Blocks imports as if the packages were not installed (raises ModuleNotFoundError, as a missing one does).
 BLOCKER = """
 import importlib.abc, os, sys
@@ -61,6 +65,9 @@ def test_wheel_ships_models_license_types_and_schema(wheel):
         assert {f"rnnexport/models/{model}/card.json", f"rnnexport/models/{model}/weights.safetensors"} <= names
     assert "rnnexport/py.typed" in names and "rnnexport/schemas/verify-report.schema.json" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    js = {f"rnnexport/backends/js/{p.name}" for p in (ROOT / "rnnexport/backends/js").iterdir() if p.is_file()}
+    assert "rnnexport/backends/js/engine.js" in js and js <= names, sorted(js - names)  # verify --engines node, browser
+    assert not [n for n in names if "node_modules" in n]
     assert wheel.stat().st_size < 4 * 2**20
 
 
@@ -181,7 +188,9 @@ def test_torch_free_commands_run_without_torch(tmp_path, bundle, args):
     (EXPORT, ["package", "b.zip", "-o", "c"], "pip install 'rnnexport[export]'"),
     (("onnxruntime",), ["run", "b.zip", "--input", "x.npy"],
      "rnnexport run needs onnxruntime, which is not installed: pip install 'rnnexport[onnxruntime]'"),
-], ids=["convert", "package", "run-without-onnxruntime"])
+    (BASE, ["run", "b.zip", "--input", "x.npy"], f"rnnexport run needs onnxruntime, which is not installed: {ORT_HINT}"),
+    (BASE, ["verify", "b.zip"], f"rnnexport verify needs onnxruntime, which is not installed: {ORT_HINT}"),
+], ids=["convert", "package", "run-without-onnxruntime", "base-run", "base-verify-bundle"])
 def test_a_missing_extra_is_one_line_naming_it(tmp_path, bundle, blocked, args, says):
     proc = _blocked(tmp_path, blocked, args, cwd=bundle.parent)
     lines = [line for line in proc.stderr.splitlines() if not line.startswith("LOADED")]
@@ -189,10 +198,22 @@ def test_a_missing_extra_is_one_line_naming_it(tmp_path, bundle, blocked, args, 
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("args", [["--help"], ["verify", "--help"], ["run", "--help"], ["inspect", "--help"],
+                                  ["inspect", "b.zip"]],
+                         ids=["help", "verify-help", "run-help", "inspect-help", "inspect"])
+def test_the_base_install_gives_help_and_inspects(tmp_path, bundle, args):
+    """Neither torch nor onnxruntime: every command's help, and inspect (which reads the zip with onnx alone)."""
+    proc = _blocked(tmp_path, BASE, args, cwd=bundle.parent)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert ("Usage: rnnexport" in proc.stdout) if "--help" in args else ("b.zip" in proc.stdout), proc.stdout
+
+
 def test_help_without_onnxruntime_names_the_extra(tmp_path, bundle):
-    proc = _blocked(tmp_path, (*EXPORT, "onnxruntime"), ["--help"], cwd=bundle.parent)
+    proc = _blocked(tmp_path, BASE, ["--help"], cwd=bundle.parent)
     assert proc.returncode == 0, proc.stderr
     assert "run      (needs pip install 'rnnexport[onnxruntime]')" in proc.stdout
+    assert "verify   (needs pip install 'rnnexport[onnxruntime]')" in proc.stdout
+    assert "inspect  Show the I/O contract" in proc.stdout
 
 
 def test_the_library_names_the_missing_extra_too(tmp_path):

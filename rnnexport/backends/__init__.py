@@ -4,35 +4,59 @@
 - :class:`OrtRunner`: onnxruntime on one execution provider (``cpu``, ``cuda``,
   ``tensorrt``); a provider that does not start raises :class:`EngineUnavailable`.
 - :class:`ReferenceRunner`: onnx's ``ReferenceEvaluator``, an independent engine.
+
+Names are imported on first use, so that ``rnnexport.backends.base`` (what a report
+and the bundle reader need) loads with neither onnxruntime nor torch installed.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from rnnexport.backends.base import (
-    EngineUnavailable,
-    GraphTensor,
-    Runner,
-    Unavailable,
-    check_feeds,
-    graph_tensors,
-)
-from rnnexport.backends.onnxrt import (
-    PROVIDERS,
-    EngineFailure,
-    OrtRunner,
-    available_providers,
-    resolve_provider,
-)
-from rnnexport.backends.reference import ReferenceRunner, reference_limitations
+if TYPE_CHECKING:
+    from rnnexport.backends.base import (
+        EngineFailure,
+        EngineUnavailable,
+        GraphTensor,
+        Runner,
+        Unavailable,
+        check_feeds,
+        graph_tensors,
+    )
+    from rnnexport.backends.onnxrt import (
+        PROVIDERS,
+        OrtRunner,
+        available_providers,
+        resolve_provider,
+    )
+    from rnnexport.backends.reference import ReferenceRunner, reference_limitations
+    from rnnexport.backends.torch_runner import TorchRunner
+
+#: Public name -> the module that defines it (onnxrt needs onnxruntime, torch_runner needs torch).
+_LAZY = {
+    "EngineFailure": "rnnexport.backends.base",
+    "EngineUnavailable": "rnnexport.backends.base",
+    "GraphTensor": "rnnexport.backends.base",
+    "Runner": "rnnexport.backends.base",
+    "Unavailable": "rnnexport.backends.base",
+    "check_feeds": "rnnexport.backends.base",
+    "graph_tensors": "rnnexport.backends.base",
+    "PROVIDERS": "rnnexport.backends.onnxrt",
+    "OrtRunner": "rnnexport.backends.onnxrt",
+    "available_providers": "rnnexport.backends.onnxrt",
+    "resolve_provider": "rnnexport.backends.onnxrt",
+    "ReferenceRunner": "rnnexport.backends.reference",
+    "reference_limitations": "rnnexport.backends.reference",
+    "TorchRunner": "rnnexport.backends.torch_runner",
+}
 
 __all__ = [
-    "PROVIDERS",
     "EngineFailure",
     "EngineUnavailable",
     "GraphTensor",
     "OrtRunner",
+    "PROVIDERS",
     "ReferenceRunner",
     "Runner",
     "TorchRunner",
@@ -46,9 +70,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """``TorchRunner`` is imported on first use: the other runners need no PyTorch."""
-    if name == "TorchRunner":
-        from rnnexport.backends.torch_runner import TorchRunner
+    """Imports the module that defines ``name`` on first use."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'rnnexport.backends' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
 
-        return TorchRunner
-    raise AttributeError(f"module 'rnnexport.backends' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

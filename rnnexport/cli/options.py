@@ -10,7 +10,19 @@ import click
 if TYPE_CHECKING:
     from rnnexport.sources import SourceSpec
 
-__all__ = ["source_options", "source_spec"]
+__all__ = ["ONNXRUNTIME_MISSING", "source_options", "source_spec"]
+
+
+def _onnxruntime_missing() -> str | None:
+    from rnnexport.errors import missing_extra
+
+    missing = missing_extra(ModuleNotFoundError(name="onnxruntime"))
+    return f"(needs pip install 'rnnexport[{missing.extra}]')" if missing else None
+
+
+#: The command list's line for a command that imports onnxruntime when it runs, when it is not
+#: installed (None when it is): ``--help`` works either way.
+ONNXRUNTIME_MISSING = _onnxruntime_missing()
 
 SOURCE_HELP = (
     "SOURCE is a built-in seed cell (rnn, lstm, gru), a trained model in models/ "

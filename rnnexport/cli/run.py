@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
+from rnnexport.cli.options import ONNXRUNTIME_MISSING
 from rnnexport.errors import RnnexportError
-from rnnexport.runtime.files import RunSummary, run_files, run_stream_files
+
+if TYPE_CHECKING:
+    from rnnexport.runtime.files import RunSummary
 
 __all__ = ["run_command", "summary"]
 
@@ -22,7 +27,7 @@ def summary(result: RunSummary) -> list[str]:
     return lines
 
 
-@click.command("run")
+@click.command("run", short_help=ONNXRUNTIME_MISSING)
 @click.argument("bundle", type=click.Path())
 @click.option("-i", "--input", "x_paths", type=click.Path(dir_okay=False), required=True, multiple=True,
               help="x as .npy: one step (B, ...) or a chunk (T, B, ...) in the graph's layout. Repeat it to "
@@ -45,6 +50,11 @@ def run_command(bundle, x_paths, state_in, state_out, outputs, providers, allow_
     The state starts from zeros or --state-in and is written to --state-out, so
     a stream can be resumed by a later call, in another process.
     """
+    from rnnexport.runtime.files import (  # onnxruntime: not needed for --help
+        run_files,
+        run_stream_files,
+    )
+
     if len(x_paths) > 1:
         if state_in or state_out:
             raise RnnexportError("--state-in/--state-out take one stream; with several --input, each stream "

@@ -9,15 +9,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from rnnexport.cli.options import SOURCE_HELP, source_options, source_spec
+from rnnexport.cli.options import ONNXRUNTIME_MISSING, SOURCE_HELP, source_options, source_spec
 from rnnexport.errors import VerifyError
-from rnnexport.verification.render import (
-    check_writable,
-    plot,
-    render_text,
-    require_matplotlib,
-    write_json,
-)
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
@@ -76,6 +69,7 @@ _GRAPH_ONLY = {"step_model": "--step", "batch_sizes": "--batch-sizes", "seq_lens
 def _verify_bundle(path: str, options: object, json_path: str | None, quiet: bool) -> int:
     """Checksums (when the bundle is opened), then every test vector set and variant; the exit status."""
     from rnnexport.verification.bundle import BundleOptions, verify_bundle
+    from rnnexport.verification.render import check_writable, render_text, write_json
 
     assert isinstance(options, BundleOptions)
     if json_path:
@@ -87,7 +81,8 @@ def _verify_bundle(path: str, options: object, json_path: str | None, quiet: boo
     return 0 if report.passed else 1
 
 
-@click.command("verify", epilog=SOURCE_HELP + " Without SOURCE, it is rebuilt from the graph's metadata "
+@click.command("verify", short_help=ONNXRUNTIME_MISSING,
+               epilog=SOURCE_HELP + " Without SOURCE, it is rebuilt from the graph's metadata "
                "(built-in cells and trained models). Exit status: 0 all checks pass, 1 a parity failure "
                "(or no engine ran), 2 bad usage or input.")
 @click.argument("model", metavar="MODEL|DIR|ZIP")
@@ -153,6 +148,13 @@ def verify_command(model, source, step_model, engines, providers, allow_missing,
         options = BundleOptions(names, allow_missing, atol, rtol, threads=threads)
         sys.exit(_verify_bundle(model, options, json_path, quiet))
     from rnnexport.verification import VerifyOptions, verify
+    from rnnexport.verification.render import (
+        check_writable,
+        plot,
+        render_text,
+        require_matplotlib,
+        write_json,
+    )
 
     if source is None and any(v not in (None, 0) for v in source_kw.values()):
         raise VerifyError("--input-size/--hidden-size/--output-size/--weights/--seed describe a SOURCE; give it, "
