@@ -11,8 +11,9 @@ and the bundle reader need) loads with neither onnxruntime nor torch installed.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from rnnexport.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from rnnexport.backends.base import (
@@ -69,14 +70,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Imports the module that defines ``name`` on first use."""
-    if name not in _LAZY:
-        raise AttributeError(f"module 'rnnexport.backends' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -12,8 +12,7 @@ Names are imported lazily, so ``import rnnexport.serving`` loads nothing heavy.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from rnnexport.lazy import lazy_exports
 
 _LAZY: dict[str, str] = {
     "CheckReport": "rnnexport.serving.checks",
@@ -40,13 +39,4 @@ _LAZY: dict[str, str] = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'rnnexport.serving' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

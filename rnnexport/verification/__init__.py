@@ -16,8 +16,7 @@ it into a text table, JSON or a plot.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from rnnexport.lazy import lazy_exports
 
 #: Public names, imported on first use: ``rnnexport.verification.compare`` and ``.inputs``
 #: stay importable without torch (bundle verification and the runtime's users need no PyTorch).
@@ -42,13 +41,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'rnnexport.verification' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

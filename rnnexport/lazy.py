@@ -1,0 +1,34 @@
+"""Package attributes imported on first use: ``rnnexport.backends``, ``.serving``, ``.verification``.
+
+A package lists ``name -> defining module`` and binds the two module hooks::
+
+    __getattr__, __dir__ = lazy_exports(__name__, {"verify": "rnnexport.verification.run"})
+
+so importing the package loads nothing heavy (torch, onnxruntime) until a name is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["lazy_exports"]
+
+
+def lazy_exports(package: str, table: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """The module ``__getattr__`` and ``__dir__`` of ``package`` for the names in ``table``."""
+    namespace = sys.modules[package].__dict__
+
+    def __getattr__(name: str) -> Any:  # noqa: N807 - the module hook's own name
+        if name not in table:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(table[name]), name)
+        namespace[name] = value
+        return value
+
+    def __dir__() -> list[str]:  # noqa: N807
+        return sorted(set(namespace) | set(table))
+
+    return __getattr__, __dir__
