@@ -17,19 +17,19 @@ __version__ = "0.1.0"
 
 _LAZY: dict[str, tuple[str, str]] = {
     "ConvertResult": ("rnnexport.export.convert", "ConvertResult"),
-    "Form": ("rnnexport.contract", "Form"),
-    "GraphInfo": ("rnnexport.contract", "GraphInfo"),
-    "IOSpec": ("rnnexport.contract", "IOSpec"),
-    "Lowering": ("rnnexport.contract", "Lowering"),
-    "RecurrentModel": ("rnnexport.model", "RecurrentModel"),
-    "RnnexportError": ("rnnexport.errors", "RnnexportError"),
-    "SourceSpec": ("rnnexport.sources", "SourceSpec"),
-    "StateSpec": ("rnnexport.contract", "StateSpec"),
-    "TensorSpec": ("rnnexport.contract", "TensorSpec"),
-    "builtin": ("rnnexport.sources", "builtin"),
+    "Form": ("rnnexport.core.contract", "Form"),
+    "GraphInfo": ("rnnexport.core.contract", "GraphInfo"),
+    "IOSpec": ("rnnexport.core.contract", "IOSpec"),
+    "Lowering": ("rnnexport.core.contract", "Lowering"),
+    "RecurrentModel": ("rnnexport.source.model", "RecurrentModel"),
+    "RnnexportError": ("rnnexport.core.errors", "RnnexportError"),
+    "SourceSpec": ("rnnexport.source.sources", "SourceSpec"),
+    "StateSpec": ("rnnexport.core.contract", "StateSpec"),
+    "TensorSpec": ("rnnexport.core.contract", "TensorSpec"),
+    "builtin": ("rnnexport.source.sources", "builtin"),
     "convert": ("rnnexport.export.convert", "convert"),
-    "from_cell": ("rnnexport.sources", "from_cell"),
-    "from_module": ("rnnexport.sources", "from_module"),
+    "from_cell": ("rnnexport.source.sources", "from_cell"),
+    "from_module": ("rnnexport.source.sources", "from_module"),
     "load": ("rnnexport.runtime", "load"),
     "package": ("rnnexport.packaging", "package"),
     "verify": ("rnnexport.verification", "verify"),
@@ -40,7 +40,7 @@ __all__ = ["__version__", *sorted(_LAZY)]
 
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
-        try:  # a submodule, e.g. rnnexport.cells
+        try:  # a submodule, e.g. rnnexport.source.cells
             return importlib.import_module(f"rnnexport.{name}")
         except ModuleNotFoundError as e:
             if e.name != f"rnnexport.{name}":
@@ -50,7 +50,7 @@ def __getattr__(name: str) -> Any:
     try:
         value = getattr(importlib.import_module(module), attr)
     except ModuleNotFoundError as e:  # an optional package: say which extra brings it
-        from rnnexport.errors import missing_extra
+        from rnnexport.core.errors import missing_extra
 
         missing = missing_extra(e, f"rnnexport.{name}")
         if missing is None:

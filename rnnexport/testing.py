@@ -1,7 +1,7 @@
 """Helpers for testing exported graphs, public because users want them too.
 
-Inputs come from :mod:`rnnexport.verification.inputs` and comparisons go through
-the one comparator, :func:`rnnexport.verification.compare.compare`, with the same
+Inputs come from :mod:`rnnexport.core.inputs` and comparisons go through
+the one comparator, :func:`rnnexport.core.compare.compare`, with the same
 tolerance rule the product's checks use. Production code never imports this module.
 """
 
@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rnnexport.contract import IOSpec
-from rnnexport.verification.compare import Tolerance, compare, max_errors, tolerance_for
-from rnnexport.verification.inputs import random_inputs, random_state
+from rnnexport.core.compare import Tolerance, compare, max_errors, tolerance_for
+from rnnexport.core.contract import IOSpec
+from rnnexport.core.inputs import random_inputs, random_state
 
 __all__ = ["assert_close", "feeds", "max_errors", "random_inputs", "random_state"]
 

@@ -4,7 +4,7 @@ For each seed cell (rnn, lstm, gru; input 28, hidden --hidden) with the same ran
 weights everywhere, in one process:
 
 1. Sequence throughput over a grid of T x B: the eager PyTorch seed loop
-   (``rnnexport.cells``), the equivalent torch.nn module (nn.RNN/LSTM/GRU + Linear
+   (``rnnexport.source.cells``), the equivalent torch.nn module (nn.RNN/LSTM/GRU + Linear
    head) on the same weights, and each rnnexport lowering under onnxruntime's CPU
    provider (native, scan; unrolled at one T). Medians of interleaved rounds after
    a warm-up.
@@ -53,8 +53,8 @@ import torch
 from onnx import helper
 
 import rnnexport
-from rnnexport import cells
-from rnnexport.io import atomic_write
+from rnnexport.source import cells
+from rnnexport.core.io import atomic_write
 from rnnexport.testing import feeds, random_inputs, random_state
 
 try:

@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rnnexport import cells  # noqa: E402
-from rnnexport.zoo import Forecaster  # noqa: E402
+from rnnexport.source.zoo import Forecaster  # noqa: E402
 
 # ----------------------------------------------------------------------------- config
 
@@ -483,7 +483,7 @@ def train_charlm(kind: str) -> tuple[dict[str, torch.Tensor], dict]:
             "batch_size": batch_size,
             "num_steps": num_steps,
             "bptt": "truncated, sequential partitioning, state carried across minibatches",
-            "init": "rnnexport.cells.init_params (weights N(0, 0.01), biases 0)",
+            "init": "rnnexport.source.cells.init_params (weights N(0, 0.01), biases 0)",
             "metric": {
                 "name": "perplexity",
                 "value": round(ppl, 4),
@@ -524,7 +524,7 @@ def generate_signal(num_series: int, seed: int) -> torch.Tensor:
 
 
 def train_forecaster() -> tuple[dict[str, torch.Tensor], dict]:
-    """Train :class:`rnnexport.zoo.Forecaster` on the synthetic signal."""
+    """Train :class:`rnnexport.source.zoo.Forecaster` on the synthetic signal."""
     torch.manual_seed(SEED)
     kwargs = {
         "input_size": 1,
@@ -581,7 +581,7 @@ def train_forecaster() -> tuple[dict[str, torch.Tensor], dict]:
         "output_size": 1,
         "input": "real",
         "vocabulary": None,
-        "factory": "rnnexport.zoo:Forecaster",
+        "factory": "rnnexport.source.zoo:Forecaster",
         "factory_kwargs": kwargs,
         "weights": "weights.safetensors",
         "training": {

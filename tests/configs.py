@@ -11,8 +11,8 @@ from collections.abc import Callable
 import torch
 
 import rnnexport
-from rnnexport import cells
-from rnnexport.model import RecurrentModel
+from rnnexport.source import cells
+from rnnexport.source.model import RecurrentModel
 
 
 def seed_params(kind: str, i: int = 10, h: int = 16, q: int = 7, seed: int = 0) -> list[torch.Tensor]:
@@ -123,6 +123,6 @@ VOCABULARY = {"wrapped_token_lm": 20}
 
 
 def build(name: str) -> RecurrentModel:
-    from rnnexport.sources import load_source
+    from rnnexport.source.sources import load_source
 
     return load_source(CONFIGS[name]())

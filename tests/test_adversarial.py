@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from rnnexport.bundle import open_bundle
 from rnnexport.cli import main
-from rnnexport.errors import BundleError, ContractError, RnnexportError
+from rnnexport.core.errors import BundleError, ContractError, RnnexportError
 from rnnexport.runtime import StatefulSession
 from tests.test_runtime_bundle import make_bundle
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import rnnexport
-from rnnexport.errors import RuntimeContractError
+from rnnexport.core.errors import RuntimeContractError
 from rnnexport.runtime import StatefulSession, StreamBatcher
 
 SOURCES = ("seed_lstm", "nn_gru_2layer", "gru_charlm")

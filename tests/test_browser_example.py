@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import rnnexport
-from rnnexport.backends.js import JS_DIR, JS_INSTALL, chromium_binary
+from rnnexport.engines.js import JS_DIR, JS_INSTALL, chromium_binary
 from rnnexport.runtime import StatefulSession
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import rnnexport
-from rnnexport.errors import ConvertError
+from rnnexport.core.errors import ConvertError
 
 
 class _Centred(torch.nn.Module):

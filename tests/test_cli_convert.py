@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from rnnexport import cells
+from rnnexport.source import cells
 from rnnexport.cli import main
 from rnnexport.cli.convert import convert_command
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rnnexport.contract import Form, Lowering
-from rnnexport.errors import ConvertError
+from rnnexport.core.contract import Form, Lowering
+from rnnexport.core.errors import ConvertError
 from rnnexport.testing import assert_close, feeds, random_inputs, random_state
 from tests.configs import AUTO, BIDIRECTIONAL, CONFIGS, LOWERINGS, VOCABULARY
 

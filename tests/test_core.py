@@ -1,8 +1,7 @@
-"""The torch-free core: every module imports without torch, and each concept has one definition."""
+"""The torch-free core: every module imports without torch (the import contract is in test_architecture)."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import textwrap
@@ -12,14 +11,14 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rnnexport"
 
-#: Core modules that need neither torch nor onnx (the runtime builds on these alone).
-BARE = ["rnnexport.errors", "rnnexport.contract", "rnnexport.io", "rnnexport.ort", "rnnexport.bundle",
-        "rnnexport.bundle.manifest", "rnnexport.bundle.reader", "rnnexport.bundle.archive",
+#: Modules that need neither torch nor onnx (the runtime builds on these alone).
+BARE = ["rnnexport.core.errors", "rnnexport.core.contract", "rnnexport.core.io", "rnnexport.core.ort",
+        "rnnexport.bundle", "rnnexport.bundle.manifest", "rnnexport.bundle.reader", "rnnexport.bundle.archive",
         "rnnexport.runtime", "rnnexport.runtime.engine", "rnnexport.runtime.session", "rnnexport.runtime.files"]
-#: Core modules that read ONNX files (onnx allowed, torch not).
-WITH_ONNX = ["rnnexport.graphs", "rnnexport.bundle.inspect", "rnnexport.bundle.vectors",
-             "rnnexport.verification.compare", "rnnexport.verification.inputs", "rnnexport.verification.bundle",
-             "rnnexport.backends.onnxrt", "rnnexport.backends.reference"]
+#: Modules that read ONNX files (onnx allowed, torch not).
+WITH_ONNX = ["rnnexport.core", "rnnexport.core.graphs", "rnnexport.core.compare", "rnnexport.core.inputs",
+             "rnnexport.bundle.inspect", "rnnexport.bundle.vectors", "rnnexport.verification.bundle",
+             "rnnexport.engines.onnxrt", "rnnexport.engines.reference"]
 
 
 def _import_blocking(modules: list[str], blocked: tuple[str, ...]) -> subprocess.CompletedProcess:
@@ -49,37 +48,11 @@ def test_core_imports_without_torch(modules, blocked):
     assert not [m for m in loaded if m.split(".")[0] in blocked]
 
 
-def _definitions(pattern: str) -> list[str]:
-    found = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if re.search(pattern, line):
-                found.append(f"{path.relative_to(PACKAGE.parent)}:{number}")
-    return found
-
-
-@pytest.mark.parametrize("concept, pattern", [
-    ("the manifest schema", r"^\s*SCHEMA\s*=\s*\""),
-    ("the manifest file name", r"^\s*MANIFEST\s*=\s*\""),
-    ("the metadata prefix", r"\"rnnexport\.\"\s*$"),
-    ("the batch symbol", r"^\s*BATCH\s*=\s*\""),
-    ("the state contract", r"^class (StateSpec|StateContract)\b"),
-    ("the I/O contract", r"^class (IOSpec|IOContract)\b"),
-    ("the provider alias table", r"\"trt\"\s*:"),
-    ("the atomic writer", r"^def (atomic_write|atomic_save|_atomic)\b"),
-    ("the tolerance type", r"^class Tolerance\b"),
-    ("the subgraph walker", r"HasField\(\"g\"\)"),
-])
-def test_one_home_per_concept(concept, pattern):
-    found = _definitions(pattern)
-    assert len(found) == 1, f"{concept} is defined {len(found)} times: {found}"
-
-
 def test_atomic_writer_honours_the_umask_and_leaves_no_temp(tmp_path):
     import os
     import stat
 
-    from rnnexport.io import atomic_write, remove_stale, temp_folder
+    from rnnexport.core.io import atomic_write, remove_stale, temp_folder
 
     old = os.umask(0o022)
     try:

@@ -66,7 +66,7 @@ def _skip_reason(block: str) -> str | None:
             return reason
     if "--engines" in text and re.search(r"\b(node|wasm|browser)\b", text) and \
             (not JS_ENGINES.is_dir() or shutil.which("chromium") is None):
-        return "needs the JavaScript engines (npm ci in rnnexport/backends/js) and Chromium"
+        return "needs the JavaScript engines (npm ci in rnnexport/engines/js) and Chromium"
     return None
 
 

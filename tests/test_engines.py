@@ -5,7 +5,7 @@ running (none may be missing): the seed cells in every lowering and form, a 2-la
 scan graph, a relu batch-first nn.RNN in every form it converts to, an LSTM with proj_size,
 bidirectional scans (all but the ReferenceEvaluator, which runs Scan forwards only),
 and the trained models. Engines come from the ``engines`` extra, the npm lockfile in
-rnnexport/backends/js and Debian's chromium (README, "Set up and run").
+rnnexport/engines/js and Debian's chromium (README, "Set up and run").
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import rnnexport
-from rnnexport.backends.js import JS_INSTALL, chromium_binary
-from rnnexport.backends.registry import ENGINES
+from rnnexport.engines.js import JS_INSTALL, chromium_binary
+from rnnexport.engines.registry import ENGINES
 from rnnexport.cli import main
 from rnnexport.verification import Contract
 
@@ -33,7 +33,7 @@ SEED_FORMS = [(cell, form, lowering) for cell in ("rnn", "lstm", "gru")
 def _missing() -> str | None:
     import importlib.util
 
-    from rnnexport.backends.js import _modules
+    from rnnexport.engines.js import _modules
 
     for package in ("openvino", "tract"):
         if importlib.util.find_spec(package) is None:

@@ -1,6 +1,6 @@
 """Gate orders against onnx's own reference operators, the oracle for ONNX's conventions.
 
-The native graphs are built from rnnexport.gates; running them under
+The native graphs are built from rnnexport.source.gates; running them under
 onnx.reference.ReferenceEvaluator (an implementation independent of
 onnxruntime) must give what the seed's loops and torch.nn compute.
 """
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from onnx.reference import ReferenceEvaluator
 
-from rnnexport import gates
-from rnnexport.cells import CellKind
-from rnnexport.contract import Form
+from rnnexport.source import gates
+from rnnexport.source.cells import CellKind
+from rnnexport.core.contract import Form
 from rnnexport.export.convert import to_onnx
 from rnnexport.testing import assert_close, feeds, random_inputs, random_state
 

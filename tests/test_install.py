@@ -65,8 +65,8 @@ def test_wheel_ships_models_license_types_and_schema(wheel):
         assert {f"rnnexport/models/{model}/card.json", f"rnnexport/models/{model}/weights.safetensors"} <= names
     assert "rnnexport/py.typed" in names and "rnnexport/schemas/verify-report.schema.json" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
-    js = {f"rnnexport/backends/js/{p.name}" for p in (ROOT / "rnnexport/backends/js").iterdir() if p.is_file()}
-    assert "rnnexport/backends/js/engine.js" in js and js <= names, sorted(js - names)  # verify --engines node, browser
+    js = {f"rnnexport/engines/js/{p.name}" for p in (ROOT / "rnnexport/engines/js").iterdir() if p.is_file()}
+    assert "rnnexport/engines/js/engine.js" in js and js <= names, sorted(js - names)  # verify --engines node, browser
     assert not [n for n in names if "node_modules" in n]
     assert wheel.stat().st_size < 4 * 2**20
 
@@ -76,7 +76,7 @@ def test_convert_of_a_shipped_model_works_from_the_wheel(wheel, tmp_path):
     installed, work = tmp_path / "site", tmp_path / "elsewhere"
     work.mkdir()
     zipfile.ZipFile(wheel).extractall(installed)
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import rnnexport, rnnexport.sources as s; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import rnnexport, rnnexport.source.sources as s; "
             "assert rnnexport.__file__.startswith(sys.argv[1]), rnnexport.__file__; "
             "print(s.models_dir()); from rnnexport.cli import main; main(['convert', 'lstm-charlm', '-o', 'lm.onnx'])")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RNNEXPORT_MODELS")}
@@ -91,7 +91,7 @@ def test_convert_of_a_shipped_model_works_from_the_wheel(wheel, tmp_path):
 def rnnexport_info(path: Path):
     import onnx
 
-    from rnnexport.contract import GraphInfo
+    from rnnexport.core.contract import GraphInfo
 
     info = GraphInfo.from_props({p.key: p.value for p in onnx.load(str(path)).metadata_props})
     assert info is not None

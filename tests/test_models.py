@@ -18,7 +18,7 @@ import onnxruntime as ort
 import pytest
 
 import rnnexport
-from rnnexport.sources import load_source, models_dir
+from rnnexport.source.sources import load_source, models_dir
 from rnnexport.testing import feeds
 from rnnexport.verification import Contract
 

@@ -14,7 +14,7 @@ from onnx.reference import ReferenceEvaluator
 
 from rnnexport.bundle import ZipLimits, open_bundle
 from rnnexport.bundle.vectors import read_set, write_set
-from rnnexport.errors import BundleError
+from rnnexport.core.errors import BundleError
 from rnnexport.packaging import package
 from rnnexport.verification.bundle import verify_bundle
 

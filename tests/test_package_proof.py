@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from rnnexport.bundle import open_bundle
-from rnnexport.errors import BundleError
+from rnnexport.core.errors import BundleError
 from rnnexport.export.convert import convert
 from rnnexport.packaging import package
-from rnnexport.sources import load_source
+from rnnexport.source.sources import load_source
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAR_MODEL = "lstm-charlm"
@@ -144,8 +144,8 @@ def test_trained_model_graph_records_its_name_not_its_card_path(tmp_path):
 
 
 def test_a_vocabulary_must_fit_the_one_hot_input():
-    from rnnexport.contract import IOSpec
-    from rnnexport.errors import ContractError
+    from rnnexport.core.contract import IOSpec
+    from rnnexport.core.errors import ContractError
 
     io = load_source(CHAR_MODEL).io
     assert IOSpec.from_json(io.to_json()) == io and len(io.vocabulary or ()) == 32

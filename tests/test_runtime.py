@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from rnnexport.contract import Form
+from rnnexport.core.contract import Form
 from rnnexport.runtime import StatefulSession
 from rnnexport.testing import assert_close, feeds, random_inputs, random_state
 

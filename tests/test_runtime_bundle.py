@@ -18,7 +18,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from rnnexport.contract import Form
+from rnnexport.core.contract import Form
 from rnnexport.runtime import BundleError, RuntimeContractError, StatefulSession, open_bundle
 from rnnexport.testing import assert_close, random_inputs, random_state
 

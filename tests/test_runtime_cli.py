@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from rnnexport.cli import main
-from rnnexport.contract import Form
+from rnnexport.core.contract import Form
 from rnnexport.testing import assert_close, random_inputs, random_state
 from tests.test_runtime_bundle import make_bundle
 

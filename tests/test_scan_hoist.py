@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import rnnexport
-from rnnexport.contract import Form
+from rnnexport.core.contract import Form
 from rnnexport.export.lowerings import trace_step
 from rnnexport.export.scan import ScanOptions, wrap_in_scan
 from rnnexport.testing import feeds, random_inputs, random_state

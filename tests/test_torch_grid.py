@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import rnnexport
-from rnnexport.errors import ConvertError
+from rnnexport.core.errors import ConvertError
 from rnnexport.verification.report import Contract
 
 FAMILIES = ("rnn_tanh", "rnn_relu", "lstm", "lstm_proj", "gru")

@@ -20,9 +20,9 @@ from click.testing import CliRunner
 
 import rnnexport
 from rnnexport.cli import main
-from rnnexport.contract import Form, GraphInfo
-from rnnexport.errors import ContractError, ConvertError
-from rnnexport.ort import start_session
+from rnnexport.core.contract import Form, GraphInfo
+from rnnexport.core.errors import ContractError, ConvertError
+from rnnexport.core.ort import start_session
 from rnnexport.runtime import StatefulSession
 from rnnexport.serving import (
     TritonOptions,
@@ -34,7 +34,7 @@ from rnnexport.serving import (
     render_config,
 )
 from rnnexport.testing import random_inputs
-from rnnexport.verification.compare import compare, tolerance_for
+from rnnexport.core.compare import compare, tolerance_for
 from tests.test_runtime_cli import assert_one_line_error
 
 pytest.importorskip("tritonclient.grpc", reason="needs tritonclient (pip install tritonclient grpcio)")

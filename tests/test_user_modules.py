@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 import rnnexport
-from rnnexport.contract import MAX_STATE_DEPTH, GraphInfo, StateSpec
-from rnnexport.errors import ContractError, ConvertError, SourceError
+from rnnexport.core.contract import MAX_STATE_DEPTH, GraphInfo, StateSpec
+from rnnexport.core.errors import ContractError, ConvertError, SourceError
 from rnnexport.runtime import StatefulSession
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rnnexport.backends import (
+from rnnexport.engines import (
     EngineUnavailable,
     OrtRunner,
     ReferenceRunner,
@@ -13,8 +13,8 @@ from rnnexport.backends import (
     reference_limitations,
     resolve_provider,
 )
-from rnnexport.contract import Form
-from rnnexport.errors import ProviderError, VerifyError
+from rnnexport.core.contract import Form
+from rnnexport.core.errors import ProviderError, VerifyError
 from rnnexport.testing import feeds, random_inputs, random_state
 from rnnexport.verification import verify
 

@@ -16,7 +16,7 @@ from onnx import numpy_helper
 
 from rnnexport.cli import main
 from rnnexport.export.convert import convert
-from rnnexport.sources import SourceSpec
+from rnnexport.source.sources import SourceSpec
 from rnnexport.verification import verify
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -303,7 +303,7 @@ def test_help_documents_every_option():
 def test_public_api_is_callable_and_options_are_checked(small):
     import rnnexport
     import rnnexport.verification.render  # noqa: F401 - importing a submodule must not hide the function
-    from rnnexport.errors import VerifyError
+    from rnnexport.core.errors import VerifyError
     from rnnexport.verification import VerifyOptions
 
     assert "verify" in rnnexport.__all__ and callable(rnnexport.verify)

@@ -12,8 +12,8 @@ import zipfile
 from pathlib import Path
 from typing import IO
 
-from rnnexport.errors import BundleError
-from rnnexport.io import atomic_write
+from rnnexport.core.errors import BundleError
+from rnnexport.core.io import atomic_write
 
 __all__ = ["write_zip"]
 

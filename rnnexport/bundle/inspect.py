@@ -1,7 +1,7 @@
 """What a graph, bundle folder, bundle zip or ONNX test folder holds: data, and its text rendering.
 
 Reads through the one bundle reader and parses graph metadata with
-:class:`~rnnexport.contract.GraphInfo`; needs onnx (for graph files), not torch.
+:class:`~rnnexport.core.contract.GraphInfo`; needs onnx (for graph files), not torch.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import onnx
 
 from rnnexport.bundle.manifest import GraphEntry
 from rnnexport.bundle.reader import GraphSource, open_bundle
-from rnnexport.contract import GraphInfo
-from rnnexport.errors import BundleError, ContractError, describe
-from rnnexport.graphs import operators
+from rnnexport.core.contract import GraphInfo
+from rnnexport.core.errors import BundleError
+from rnnexport.core.graphs import operators
+from rnnexport.core.onnxfile import load_with_info
 
 __all__ = ["Inspection", "graph_entry", "inspect"]
 
@@ -52,21 +53,8 @@ class Inspection:
         return _bundle_lines(self) if self.kind == "bundle" else _graph_summary(self)
 
 
-def _load(source: GraphSource) -> onnx.ModelProto:
-    try:
-        if isinstance(source.model, bytes):
-            return onnx.load_from_string(source.model)
-        return onnx.load(source.model)
-    except Exception as e:  # noqa: BLE001 - any parse failure means "not an ONNX file"
-        raise BundleError(f"{source.name} is not a readable ONNX model ({describe(e)})") from e
-
-
 def _graph(source: GraphSource, size: int) -> dict[str, Any]:
-    model = _load(source)
-    try:
-        info = GraphInfo.from_props({p.key: p.value for p in model.metadata_props})
-    except ContractError as e:
-        raise BundleError(f"{source.name} has malformed rnnexport metadata: {e}") from e
+    model, info = load_with_info(source.model, source.name, BundleError, None)
     data: dict[str, Any] = {"size_bytes": size}
     if info is None:
         data.update(contract=None, operators=sorted(operators(model.graph)),

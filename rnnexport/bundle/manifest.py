@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
-from rnnexport.contract import MAX_DIM, Form, IOSpec
-from rnnexport.errors import BundleError, ContractError
+from rnnexport.core.contract import MAX_DIM, Form, IOSpec
+from rnnexport.core.errors import BundleError, ContractError
 
 __all__ = [
     "MANIFEST",

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Protocol
 
 from rnnexport.bundle.manifest import MANIFEST, Manifest, VectorEntry, safe_path
-from rnnexport.contract import Form, IOSpec
-from rnnexport.errors import BundleError
+from rnnexport.core.contract import Form, IOSpec
+from rnnexport.core.errors import BundleError
 
 __all__ = ["DEFAULT_LIMITS", "Bundle", "GraphSource", "ZipLimits", "open_bundle"]
 

@@ -16,8 +16,8 @@ import onnx
 from onnx import numpy_helper
 
 from rnnexport.bundle.reader import Bundle
-from rnnexport.errors import BundleError
-from rnnexport.io import atomic_write
+from rnnexport.core.errors import BundleError
+from rnnexport.core.io import atomic_write
 
 __all__ = ["MAX_TENSORS", "read_set", "write_set"]
 

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import click
 
 from rnnexport import __version__
-from rnnexport.errors import MissingExtraError, RnnexportError, missing_extra
+from rnnexport.core.errors import MissingExtraError, RnnexportError, missing_extra
 
 __all__ = ["main"]
 

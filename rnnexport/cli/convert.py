@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from rnnexport.cli.options import SOURCE_HELP, source_options, source_spec
-from rnnexport.contract import Form, Lowering, TensorSpec
+from rnnexport.core.contract import Form, Lowering, TensorSpec
 
 if TYPE_CHECKING:
     from rnnexport.export.convert import ConvertResult

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from rnnexport.sources import SourceSpec
+    from rnnexport.source.sources import SourceSpec
 
 __all__ = ["ONNXRUNTIME_MISSING", "source_options", "source_spec"]
 
 
 def _onnxruntime_missing() -> str | None:
-    from rnnexport.errors import missing_extra
+    from rnnexport.core.errors import missing_extra
 
     missing = missing_extra(ModuleNotFoundError(name="onnxruntime"))
     return f"(needs pip install 'rnnexport[{missing.extra}]')" if missing else None
@@ -53,6 +53,6 @@ def source_options(fn: Callable) -> Callable:
 
 def source_spec(source: str, input_size, hidden_size, output_size, weights, param_seed) -> SourceSpec:
     """The source the options name (imports the torch side only now, when a source is given)."""
-    from rnnexport.sources import SourceSpec
+    from rnnexport.source.sources import SourceSpec
 
     return SourceSpec(source, input_size, hidden_size, output_size, weights, param_seed)

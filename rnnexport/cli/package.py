@@ -51,7 +51,7 @@ def package_command(model, source, out_dir, step_path, variant_list, optional_li
     onnx's ReferenceEvaluator before it is written; the manifest records the figures.
     """
     from rnnexport.packaging import package
-    from rnnexport.sources import load_source
+    from rnnexport.source.sources import load_source
 
     variants = _names(variant_list, "--variants", "none")
     optional = _names(optional_list, "--variants-optional", "all")

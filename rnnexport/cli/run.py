@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from rnnexport.cli.options import ONNXRUNTIME_MISSING
-from rnnexport.errors import RnnexportError
+from rnnexport.core.errors import RnnexportError
 
 if TYPE_CHECKING:
     from rnnexport.runtime.files import RunSummary

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from rnnexport.cli.options import ONNXRUNTIME_MISSING, SOURCE_HELP, source_options, source_spec
-from rnnexport.errors import VerifyError
+from rnnexport.core.errors import VerifyError
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar

@@ -17,12 +17,13 @@ import onnx
 import torch
 from onnx import helper
 
-from rnnexport.contract import Form, Layout
+from rnnexport.core.contract import Form, Layout
+from rnnexport.core.onnxfile import value_info
 from rnnexport.export.nan import carry_nan
-from rnnexport.export.onnxutil import GraphBuilder, finish_model, value_info
+from rnnexport.export.onnxutil import GraphBuilder, finish_model
 from rnnexport.export.rewrites.graph import toposort
 from rnnexport.export.scan import prefix_names, wrap_in_scan
-from rnnexport.model import RecurrentModel
+from rnnexport.source.model import RecurrentModel
 
 __all__ = ["bidirectional_rnn", "bidirectional_scan", "direction_halves"]
 
@@ -57,7 +58,7 @@ def _half(rnn: torch.nn.RNNBase, layer: int, direction: int) -> torch.nn.RNNBase
 
 def direction_halves(rnn: torch.nn.RNNBase) -> list[tuple[RecurrentModel, RecurrentModel]]:
     """Per layer of ``rnn``, its forward and backward halves as models of their own."""
-    from rnnexport.sources import from_module
+    from rnnexport.source.sources import from_module
 
     return [(from_module(_half(rnn, layer, 0)), from_module(_half(rnn, layer, 1)))
             for layer in range(rnn.num_layers)]

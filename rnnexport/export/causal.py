@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnnexport.contract import Form
-from rnnexport.errors import ConvertError
-from rnnexport.model import RecurrentModel
-from rnnexport.verification.compare import compare, tolerance_for
-from rnnexport.verification.inputs import random_inputs, random_state
+from rnnexport.core.compare import compare, tolerance_for
+from rnnexport.core.contract import Form
+from rnnexport.core.errors import ConvertError
+from rnnexport.core.inputs import random_inputs, random_state
+from rnnexport.source.model import RecurrentModel
 
 __all__ = ["check_causal"]
 
@@ -28,11 +28,9 @@ def check_causal(model: RecurrentModel) -> None:
     Raises:
         ConvertError: naming the difference and why the model cannot be streamed.
     """
-    from rnnexport.verification.cases import vocabulary_size
-
     io = model.io
     rng = np.random.default_rng(1234)
-    x = random_inputs(io, Form.SEQUENCE, 2, STEPS, rng, vocabulary=vocabulary_size(model))
+    x = random_inputs(io, Form.SEQUENCE, 2, STEPS, rng, vocabulary=model.vocabulary_size())
     state = random_state(io, 2, rng, 0.5)
     whole = model.run_sequence(x, state)
     head = model.run_sequence(np.take(x, range(CUT), axis=io.time_axis), state)

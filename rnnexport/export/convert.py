@@ -11,17 +11,18 @@ import onnx
 import torch
 from onnx import helper
 
-from rnnexport.contract import Form, GraphInfo, Lowering, TensorSpec
-from rnnexport.errors import ConvertError
+from rnnexport.core.contract import Form, GraphInfo, Lowering, TensorSpec
+from rnnexport.core.errors import ConvertError
+from rnnexport.core.graphs import walk
+from rnnexport.core.io import atomic_write, check_writable
+from rnnexport.core.onnxfile import value_info
 from rnnexport.export.causal import check_causal
 from rnnexport.export.lowerings import Attempt, lower
 from rnnexport.export.metadata import write_info
 from rnnexport.export.nan import carry_nan
-from rnnexport.export.onnxutil import check_model, value_info
-from rnnexport.graphs import walk
-from rnnexport.io import atomic_write, check_writable
-from rnnexport.model import RecurrentModel
-from rnnexport.sources import SourceSpec, load_source, models_dir, source_files
+from rnnexport.export.onnxutil import check_model
+from rnnexport.source.model import RecurrentModel
+from rnnexport.source.sources import SourceSpec, load_source, models_dir, source_files
 
 __all__ = ["ConvertResult", "convert", "to_onnx"]
 

@@ -18,12 +18,12 @@ import dataclasses
 import onnx
 from onnx import helper
 
+from rnnexport.core.graphs import subgraphs
 from rnnexport.export.hoist import copy_outside
 from rnnexport.export.rewrites.graph import Types, batch_axis, constants, producers
 from rnnexport.export.rewrites.rowwise import rowwise
 from rnnexport.export.rewrites.views import VIEW_OPS
 from rnnexport.export.stacking import Stacking
-from rnnexport.graphs import subgraphs
 
 __all__ = ["Tail", "hoist_head"]
 

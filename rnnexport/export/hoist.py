@@ -19,12 +19,12 @@ import dataclasses
 
 import onnx
 
+from rnnexport.core.graphs import subgraphs, walk
 from rnnexport.export.onnxutil import GraphBuilder
 from rnnexport.export.rewrites.algebra import fuse_matmuls, lift_biases
 from rnnexport.export.rewrites.graph import Types, batch_axis, constants, consumers
 from rnnexport.export.rewrites.rowwise import rowwise
 from rnnexport.export.stacking import Stacking
-from rnnexport.graphs import subgraphs, walk
 
 __all__ = ["Hoisted", "copy_outside", "hoist_inputs", "input_only", "prepare_hoist"]
 

@@ -12,13 +12,13 @@ from collections.abc import Callable
 
 import onnx
 
-from rnnexport.contract import Form, Lowering
-from rnnexport.errors import ConvertError, describe
+from rnnexport.core.contract import Form, Lowering
+from rnnexport.core.errors import ConvertError, describe
 from rnnexport.export.bidirectional import bidirectional_rnn, bidirectional_scan
 from rnnexport.export.native import build_native
 from rnnexport.export.scan import wrap_in_scan
 from rnnexport.export.trace import trace
-from rnnexport.model import RecurrentModel
+from rnnexport.source.model import RecurrentModel
 
 __all__ = ["Attempt", "NotApplicable", "lower", "trace_step"]
 

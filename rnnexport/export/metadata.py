@@ -1,17 +1,19 @@
-"""Writing the contract and provenance into a graph's ``metadata_props``, and reading them back.
+"""The contract and provenance of a converted model, written into its graph's ``metadata_props``.
 
-The keys and their parsing live in :class:`rnnexport.contract.GraphInfo`.
+The keys and their parsing live in :class:`rnnexport.core.contract.GraphInfo`; reading and
+writing them in :mod:`rnnexport.core.onnxfile`.
 """
 
 from __future__ import annotations
 
 import onnx
 
-from rnnexport.contract import Form, GraphInfo, Lowering
-from rnnexport.graphs import walk
-from rnnexport.model import RecurrentModel
+from rnnexport.core.contract import Form, GraphInfo, Lowering
+from rnnexport.core.graphs import walk
+from rnnexport.core.onnxfile import write_info as write_props
+from rnnexport.source.model import RecurrentModel
 
-__all__ = ["GraphInfo", "read_info", "write_info"]
+__all__ = ["write_info"]
 
 
 def write_info(onnx_model: onnx.ModelProto, model: RecurrentModel, form: Form, lowering: Lowering,
@@ -39,8 +41,7 @@ def write_info(onnx_model: onnx.ModelProto, model: RecurrentModel, form: Form, l
         description=model.description,
     )
     del onnx_model.metadata_props[:]
-    for key, value in info.to_props().items():
-        onnx_model.metadata_props.add(key=key, value=value)
+    write_props(onnx_model, info)
     onnx_model.doc_string = f"rnnexport {form.value} graph ({lowering.value}) of {model.description}"
     return info
 
@@ -56,11 +57,3 @@ def _drop_stack_traces(onnx_model: onnx.ModelProto) -> None:
             del node.metadata_props[:]
             node.metadata_props.extend(kept)
 
-
-def read_info(onnx_model: onnx.ModelProto) -> GraphInfo | None:
-    """The recorded info, or None for a graph rnnexport did not write.
-
-    Raises:
-        ContractError: rnnexport metadata that is present but malformed.
-    """
-    return GraphInfo.from_props({p.key: p.value for p in onnx_model.metadata_props})

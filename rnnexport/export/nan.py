@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from rnnexport.contract import Form, IOSpec
+from rnnexport.core.contract import Form, IOSpec
 
 __all__ = ["carry_nan"]
 

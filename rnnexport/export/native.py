@@ -1,6 +1,6 @@
 """The native lowering: ONNX RNN/LSTM/GRU operators built straight from the parameters.
 
-No tracing: the graph is written node by node from a :class:`~rnnexport.export.plan.NativePlan`,
+No tracing: the graph is written node by node from a :class:`~rnnexport.source.plan.NativePlan`,
 which makes it exact about the contract (any T, any B) and fast to export.
 
 A step graph is built lean (:func:`_build_step`): at B=1 each small node costs
@@ -15,10 +15,11 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from rnnexport.contract import X_NAME, Y_NAME, Form, Layout, TensorSpec
-from rnnexport.export.onnxutil import GraphBuilder, finish_model, value_info
-from rnnexport.export.plan import NativeLayer
-from rnnexport.model import RecurrentModel
+from rnnexport.core.contract import X_NAME, Y_NAME, Form, Layout, TensorSpec
+from rnnexport.core.onnxfile import value_info
+from rnnexport.export.onnxutil import GraphBuilder, finish_model
+from rnnexport.source.model import RecurrentModel
+from rnnexport.source.plan import NativeLayer
 
 __all__ = ["build_native"]
 

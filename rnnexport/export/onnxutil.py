@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
-from rnnexport.contract import TensorSpec
-
-__all__ = ["IR_VERSION", "OPSET", "GraphBuilder", "finish_model", "value_info"]
+__all__ = ["IR_VERSION", "OPSET", "GraphBuilder", "finish_model"]
 
 #: onnxruntime 1.31 loads models up to IR version 13; onnx 1.23 writes 14 by default.
 IR_VERSION = 10
 OPSET = 20
-
-DTYPES = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64, "float16": TensorProto.FLOAT16}
-
-
-def value_info(spec: TensorSpec) -> onnx.ValueInfoProto:
-    """A typed graph input/output from a contract tensor spec."""
-    return helper.make_tensor_value_info(spec.name, DTYPES[spec.dtype], list(spec.shape))
-
 
 class GraphBuilder:
     """Collects nodes and initializers with unique names."""

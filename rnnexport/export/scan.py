@@ -24,17 +24,18 @@ import dataclasses
 import onnx
 from onnx import helper
 
-from rnnexport.contract import Form
+from rnnexport.core.contract import Form
+from rnnexport.core.graphs import attribute, walk, walk_graphs
+from rnnexport.core.onnxfile import value_dims, value_info
 from rnnexport.export.carry import State, carry_state
 from rnnexport.export.head import hoist_head
 from rnnexport.export.hoist import hoist_inputs, prepare_hoist
-from rnnexport.export.onnxutil import GraphBuilder, finish_model, value_info
+from rnnexport.export.onnxutil import GraphBuilder, finish_model
 from rnnexport.export.rewrites.graph import infer_types, producers, remove_dead, toposort
 from rnnexport.export.rewrites.splits import fuse_split_gates
 from rnnexport.export.rewrites.views import drop_identity_views
 from rnnexport.export.stacking import Stacking
-from rnnexport.graphs import attribute, walk, walk_graphs
-from rnnexport.model import RecurrentModel
+from rnnexport.source.model import RecurrentModel
 
 __all__ = ["ScanOptions", "prefix_names", "wrap_in_scan"]
 
@@ -206,8 +207,8 @@ def _own_outputs(nodes: list[onnx.NodeProto], outputs: list[onnx.ValueInfoProto]
 
 
 def _rank(value: onnx.ValueInfoProto) -> int | None:
-    tensor = value.type.tensor_type
-    return len(tensor.shape.dim) if tensor.HasField("shape") else None
+    dims = value_dims(value)
+    return None if dims is None else len(dims)
 
 
 def _time_first(parts: _Parts) -> tuple[_Parts, list[onnx.NodeProto], list[onnx.NodeProto]]:

@@ -16,15 +16,15 @@ import functools
 import numpy as np
 import onnx
 
+from rnnexport.core.onnxfile import value_dims
 from rnnexport.export.onnxutil import GraphBuilder
-from rnnexport.export.rewrites.graph import dims
 
 __all__ = ["Stacking"]
 
 
 def _shape(value: onnx.ValueInfoProto) -> list[int | str | None]:
     """The dims of a step value; stacked values have a batch axis, so their rank is known."""
-    shape = dims(value)
+    shape = value_dims(value)
     if shape is None:
         raise ValueError(f"{value.name!r} has no known rank")
     return shape

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import onnx
 import torch
 
-from rnnexport.contract import IOSpec, TensorSpec
+from rnnexport.core.contract import IOSpec, TensorSpec
 
 __all__ = ["example_inputs", "trace"]
 

@@ -21,16 +21,16 @@ import onnx
 
 from rnnexport.bundle import MANIFEST, EngineCheck, GraphEntry, Manifest, VariantEntry, write_zip
 from rnnexport.bundle.inspect import graph_entry
-from rnnexport.contract import Form, GraphInfo
-from rnnexport.errors import BundleError, ContractError, describe
-from rnnexport.export.metadata import read_info
-from rnnexport.io import atomic_write, temp_folder
-from rnnexport.model import RecurrentModel
+from rnnexport.core.contract import Form, GraphInfo
+from rnnexport.core.errors import BundleError
+from rnnexport.core.io import atomic_write, temp_folder
+from rnnexport.core.onnxfile import load_with_info
 from rnnexport.packaging.manifest import build_manifest, write_manifest
 from rnnexport.packaging.proof import Proof, prove
 from rnnexport.packaging.text import is_char_model, text_agreement, text_notes
 from rnnexport.packaging.variants import VARIANTS, left_out, make_variant
 from rnnexport.packaging.vectors import make_vectors
+from rnnexport.source.model import RecurrentModel
 
 __all__ = ["VARIANTS", "PackageResult", "VariantPlan", "package"]
 
@@ -99,17 +99,8 @@ def _checked(checks: Sequence[EngineCheck]) -> str:
 
 
 def _load_graph(path: Path, form: Form | None = None) -> tuple[onnx.ModelProto, GraphInfo]:
-    try:
-        model = onnx.load(path)
-    except Exception as e:  # noqa: BLE001 - any parse failure means "not an ONNX file"
-        raise BundleError(f"{path} is not a readable ONNX model ({describe(e)})") from e
-    try:
-        info = read_info(model)
-    except ContractError as e:
-        raise BundleError(f"{path} has malformed rnnexport metadata: {e}; convert it again") from e
-    if info is None:
-        raise BundleError(f"{path} has no rnnexport I/O contract in its metadata; convert it with "
-                          "`rnnexport convert` first")
+    model, info = load_with_info(path, str(path), BundleError, "convert it with `rnnexport convert` first")
+    assert info is not None  # a graph without metadata was refused
     _check_weights_finite(model, path)
     if form is not None and info.form is not form:
         raise BundleError(f"{path} is a {info.form.value} graph; --step needs a step graph "
@@ -121,7 +112,7 @@ def _check_weights_finite(model: onnx.ModelProto, path: Path) -> None:
     """A graph with NaN or Inf among its weights would ship test vectors that bless its output."""
     from onnx import numpy_helper
 
-    from rnnexport.graphs import walk_graphs
+    from rnnexport.core.graphs import walk_graphs
 
     for graph in walk_graphs(model.graph):
         for tensor in graph.initializer:
@@ -130,12 +121,6 @@ def _check_weights_finite(model: onnx.ModelProto, path: Path) -> None:
                 if not np.isfinite(array).all():
                     raise BundleError(f"{path} has NaN or Inf in its weights ({tensor.name}); it cannot be "
                                       "packaged: convert it again from finite weights")
-
-
-def _vocabulary(source: RecurrentModel | None) -> int | None:
-    card = getattr(source, "card", None) or {}
-    return (len(card["vocabulary"]) if card.get("vocabulary") and source is not None and source.io.x_dtype == "int64"
-            else None)
 
 
 def _check_source(source: RecurrentModel, info: GraphInfo, path: Path) -> None:
@@ -263,7 +248,7 @@ def package(
 
 def _build(tmp: Path, given: list[tuple[Path, onnx.ModelProto, GraphInfo]], source: RecurrentModel | None,
            plan: VariantPlan) -> tuple[Manifest, list[VariantEntry], str]:
-    vocabulary = _vocabulary(source)
+    vocabulary = source.vocabulary_size() if source is not None and source.io.x_dtype == "int64" else None
     graphs: dict[str, GraphEntry] = {}
     placed: dict[str, tuple[Path, GraphInfo]] = {}
     vectors, expected = [], ""

@@ -10,9 +10,9 @@ import onnx
 import onnxruntime as ort
 
 from rnnexport.bundle import MANIFEST, FileEntry, GraphEntry, Manifest, VariantEntry, VectorEntry
-from rnnexport.contract import GraphInfo
-from rnnexport.errors import BundleError
-from rnnexport.io import atomic_write
+from rnnexport.core.contract import GraphInfo
+from rnnexport.core.errors import BundleError
+from rnnexport.core.io import atomic_write
 
 __all__ = ["build_manifest", "sha256_file", "write_manifest"]
 

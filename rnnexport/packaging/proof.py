@@ -2,7 +2,7 @@
 
 The bundle, complete but for this record, is checked exactly as ``rnnexport verify
 BUNDLE`` checks it (:func:`rnnexport.verification.bundle.verify_bundle`: the runners
-of :mod:`rnnexport.backends.registry`, the one comparator, each set's recorded
+of :mod:`rnnexport.engines.registry`, the one comparator, each set's recorded
 tolerance, each variant's own). Its checks are summed up per graph, variant and
 engine into :class:`~rnnexport.bundle.EngineCheck` records for the manifest.
 """

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from rnnexport.contract import IOSpec
+from rnnexport.core.contract import IOSpec
 from rnnexport.runtime import StatefulSession
 
 __all__ = ["TEXT_CHARS", "text_agreement", "text_notes"]

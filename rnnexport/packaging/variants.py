@@ -25,13 +25,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from rnnexport.bundle import VARIANT_NAMES, VariantEntry
-from rnnexport.contract import Form, IOSpec
-from rnnexport.errors import BundleError, describe
-from rnnexport.graphs import walk, walk_graphs
-from rnnexport.io import atomic_write
-from rnnexport.ort import start_session
-from rnnexport.verification.compare import Tolerance, compare
-from rnnexport.verification.inputs import random_inputs, random_state
+from rnnexport.core.compare import Tolerance, compare
+from rnnexport.core.contract import Form, IOSpec
+from rnnexport.core.errors import BundleError, describe
+from rnnexport.core.graphs import walk, walk_graphs
+from rnnexport.core.inputs import random_inputs, random_state
+from rnnexport.core.io import atomic_write
+from rnnexport.core.ort import start_session
 
 __all__ = ["TOLERANCES", "VARIANTS", "left_out", "make_variant", "onnxruntime_only"]
 

@@ -16,11 +16,11 @@ import numpy as np
 
 from rnnexport.bundle import VectorEntry
 from rnnexport.bundle.vectors import write_set
-from rnnexport.contract import Form, GraphInfo
-from rnnexport.model import RecurrentModel
-from rnnexport.ort import start_session
-from rnnexport.verification.compare import tolerance_for
-from rnnexport.verification.inputs import random_inputs, random_state
+from rnnexport.core.compare import tolerance_for
+from rnnexport.core.contract import Form, GraphInfo
+from rnnexport.core.inputs import random_inputs, random_state
+from rnnexport.core.ort import start_session
+from rnnexport.source.model import RecurrentModel
 
 __all__ = ["STREAM_T", "VECTOR_BATCH", "make_vectors"]
 

@@ -1,7 +1,7 @@
 """The torch-free runtime: load a bundle or an exported graph and stream through it.
 
-Imports only the torch-free core (:mod:`rnnexport.contract`, :mod:`rnnexport.bundle`,
-:mod:`rnnexport.ort`, :mod:`rnnexport.io`), onnxruntime, numpy and the standard
+Imports only the torch-free core (:mod:`rnnexport.core.contract`, :mod:`rnnexport.bundle`,
+:mod:`rnnexport.core.ort`, :mod:`rnnexport.io`), onnxruntime, numpy and the standard
 library, so an app can embed it without PyTorch or onnx::
 
     from rnnexport.runtime import StatefulSession
@@ -18,8 +18,8 @@ input this tick in one call. See docs/embedding.md for the state-handling rules.
 from __future__ import annotations
 
 from rnnexport.bundle import SCHEMA, Bundle, GraphSource, Manifest, VectorEntry, open_bundle
-from rnnexport.contract import IOSpec, StateSpec
-from rnnexport.errors import (
+from rnnexport.core.contract import IOSpec, StateSpec
+from rnnexport.core.errors import (
     BundleError,
     ContractError,
     ProviderError,

@@ -35,9 +35,9 @@ import numpy as np
 import onnxruntime as ort
 
 from rnnexport.bundle import open_bundle
-from rnnexport.contract import Dim, Form, IOSpec, StateSpec, check_array
-from rnnexport.errors import RuntimeContractError
-from rnnexport.ort import ProviderRequest
+from rnnexport.core.contract import Dim, Form, IOSpec, StateSpec, check_array
+from rnnexport.core.errors import RuntimeContractError
+from rnnexport.core.ort import ProviderRequest
 from rnnexport.runtime.engine import Engine, Graph, LoadOptions, open_engine
 from rnnexport.runtime.session import checked_state, refuse_nonfinite
 

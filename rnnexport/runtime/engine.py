@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import onnxruntime as ort
 
 from rnnexport.bundle import Bundle, GraphSource, open_bundle
-from rnnexport.contract import Form, GraphInfo, IOSpec
-from rnnexport.errors import BundleError, ContractError
-from rnnexport.ort import Device, ProviderRequest, resolve_providers, start_session
+from rnnexport.core.contract import Form, GraphInfo, IOSpec
+from rnnexport.core.errors import BundleError, ContractError
+from rnnexport.core.ort import Device, ProviderRequest, resolve_providers, start_session
 
 __all__ = ["Engine", "Graph", "LoadOptions", "open_engine"]
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from rnnexport.contract import Form, show_shape
-from rnnexport.errors import RuntimeContractError, describe
-from rnnexport.io import atomic_write
-from rnnexport.ort import ProviderRequest
+from rnnexport.core.contract import Form, show_shape
+from rnnexport.core.errors import RuntimeContractError, describe
+from rnnexport.core.io import atomic_write
+from rnnexport.core.ort import ProviderRequest
 from rnnexport.runtime.session import StatefulSession
 
 STEP, SEQUENCE = Form.STEP, Form.SEQUENCE

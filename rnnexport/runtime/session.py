@@ -17,9 +17,9 @@ import numpy as np
 import onnxruntime as ort
 
 from rnnexport.bundle import Bundle
-from rnnexport.contract import TIME, Dim, Form, IOSpec, StateSpec, check_array
-from rnnexport.errors import RuntimeContractError
-from rnnexport.ort import Device, ProviderRequest
+from rnnexport.core.contract import TIME, Dim, Form, IOSpec, StateSpec, check_array
+from rnnexport.core.errors import RuntimeContractError
+from rnnexport.core.ort import Device, ProviderRequest
 from rnnexport.runtime.engine import Engine, Graph, LoadOptions, open_engine
 
 STEP, SEQUENCE = Form.STEP, Form.SEQUENCE

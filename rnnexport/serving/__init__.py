@@ -12,7 +12,7 @@ Names are imported lazily, so ``import rnnexport.serving`` loads nothing heavy.
 
 from __future__ import annotations
 
-from rnnexport.lazy import lazy_exports
+from rnnexport.core.lazy import lazy_exports
 
 _LAZY: dict[str, str] = {
     "CheckReport": "rnnexport.serving.checks",

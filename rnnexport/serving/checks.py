@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from onnx import helper
 
-from rnnexport.contract import Dim, GraphInfo
-from rnnexport.errors import ContractError, RnnexportError, describe
+from rnnexport.core.contract import Dim
+from rnnexport.core.errors import ContractError, RnnexportError, describe
+from rnnexport.core.onnxfile import load_model, read_info, value_dtype
 from rnnexport.serving.config import TRITON_DTYPES, parse_config, schema, sort_pairing_problems
 from rnnexport.serving.form import declared_shape
 
@@ -79,9 +79,7 @@ class _Tensor:
 def _tensors(values: Any) -> dict[str, _Tensor]:
     found = {}
     for value in values:
-        elem = value.type.tensor_type.elem_type
-        dtype = helper.tensor_dtype_to_np_dtype(elem).name if elem else None
-        found[value.name] = _Tensor(dtype, declared_shape(value))
+        found[value.name] = _Tensor(value_dtype(value), declared_shape(value))
     return found
 
 
@@ -229,7 +227,7 @@ def _initial_state(pb: Any, config: Any) -> list[Problem]:
 def _contract(config: Any, model: onnx.ModelProto) -> list[Problem]:
     """The rnnexport contract in the graph's metadata, when there is one: state pairs and batch axis."""
     try:
-        info = GraphInfo.from_props({p.key: p.value for p in model.metadata_props})
+        info = read_info(model)
     except ContractError as e:
         return [Problem("contract", f"the graph's rnnexport metadata is malformed: {e}")]
     if info is None:
@@ -309,7 +307,7 @@ def check_model_folder(folder: str | os.PathLike) -> CheckReport:
         missing = path or folder / "1" / "model.onnx"
         return CheckReport(folder, (*problems, Problem("names", f"{missing} does not exist")))
     try:
-        model = onnx.load(path)
-    except Exception as e:  # noqa: BLE001 - any parse failure means "not an ONNX file"
-        return CheckReport(folder, (*problems, Problem("names", f"{path} is not an ONNX model ({describe(e)})")))
+        model = load_model(path, str(path))
+    except RnnexportError as e:
+        return CheckReport(folder, (*problems, Problem("names", str(e))))
     return CheckReport(folder, (*problems, *check_config(config, model)))

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from rnnexport.contract import IOSpec, TensorSpec
-from rnnexport.errors import ConvertError
+from rnnexport.core.contract import IOSpec, TensorSpec
+from rnnexport.core.errors import ConvertError
 
 __all__ = [
     "INSTALL_HINT",

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from rnnexport.errors import ContractError, describe
-from rnnexport.ort import ProviderRequest, start_session
+from rnnexport.core.errors import ContractError, describe
+from rnnexport.core.ort import ProviderRequest, start_session
 from rnnexport.serving.checks import model_file, read_config
 from rnnexport.serving.config import TRITON_DTYPES, schema, triton_pairing
 

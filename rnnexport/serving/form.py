@@ -19,10 +19,11 @@ from collections.abc import Iterable
 import onnx
 from onnx import helper
 
-from rnnexport.contract import META_PREFIX, Dim, Form, GraphInfo, TensorSpec
-from rnnexport.errors import ConvertError
-from rnnexport.export.onnxutil import check_model, value_info
-from rnnexport.graphs import walk, walk_graphs
+from rnnexport.core.contract import Dim, Form, GraphInfo, TensorSpec
+from rnnexport.core.errors import ConvertError
+from rnnexport.core.graphs import walk, walk_graphs
+from rnnexport.core.onnxfile import value_dims, value_info, write_info
+from rnnexport.export.onnxutil import check_model
 
 __all__ = ["ServingForm", "batch_first", "declared_shape"]
 
@@ -46,10 +47,8 @@ class ServingForm:
 
 def declared_shape(value: onnx.ValueInfoProto) -> tuple[Dim, ...] | None:
     """A graph input's or output's declared shape (a symbolic size by name, ``"?"`` if unnamed); None if unknown."""
-    tensor = value.type.tensor_type
-    if not tensor.HasField("shape"):
-        return None
-    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim)
+    dims = value_dims(value)
+    return None if dims is None else tuple("?" if d is None else d for d in dims)
 
 
 def _check_declared(graph: onnx.GraphProto, info: GraphInfo, where: str) -> None:
@@ -142,14 +141,6 @@ def _declare(field: Iterable[onnx.ValueInfoProto], specs: list[TensorSpec]) -> N
             value.CopyFrom(value_info(by_name[value.name]))
 
 
-def _write_info(model: onnx.ModelProto, info: GraphInfo) -> None:
-    props = info.to_props()
-    kept = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith(META_PREFIX)]
-    del model.metadata_props[:]
-    for key, value in [*kept, *props.items()]:
-        model.metadata_props.add(key=key, value=value)
-
-
 def batch_first(model: onnx.ModelProto, info: GraphInfo, where: str = "the step graph") -> ServingForm:
     """The serving form of step graph ``model``: every input and output with the batch axis first.
 
@@ -173,7 +164,7 @@ def batch_first(model: onnx.ModelProto, info: GraphInfo, where: str = "the step 
     transposed = _wrap(served.graph, info, where)
     state = dataclasses.replace(info.io.state, batch_axis=0)
     served_info = dataclasses.replace(info, io=dataclasses.replace(info.io, state=state))
-    _write_info(served, served_info)
+    write_info(served, served_info)
     served.doc_string = (model.doc_string + "; " if model.doc_string else "") + \
         "served batch-first: a Transpose after each state input and before each state output"
     check_model(served)

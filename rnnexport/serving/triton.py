@@ -23,9 +23,10 @@ from typing import Any
 import onnx
 
 from rnnexport.bundle import MANIFEST, GraphSource, open_bundle
-from rnnexport.contract import GraphInfo, IOSpec
-from rnnexport.errors import ContractError, ConvertError, OutputError, describe
-from rnnexport.io import atomic_write, temp_folder
+from rnnexport.core.contract import GraphInfo, IOSpec
+from rnnexport.core.errors import ConvertError, OutputError
+from rnnexport.core.io import atomic_write, temp_folder
+from rnnexport.core.onnxfile import load_with_info
 from rnnexport.serving.checks import CONFIG, CheckReport, check_config
 from rnnexport.serving.config import (
     Strategy,
@@ -38,7 +39,7 @@ from rnnexport.serving.config import (
     sort_pairing_problems,
 )
 from rnnexport.serving.form import ServingForm, batch_first
-from rnnexport.sources import SourceSpec
+from rnnexport.source.sources import SourceSpec
 
 __all__ = ["StepGraph", "TritonResult", "load_step_graph", "triton_repository"]
 
@@ -112,17 +113,9 @@ def _is_graph_path(path: Path) -> bool:
 
 
 def _load(graph: GraphSource, where: str) -> tuple[onnx.ModelProto, GraphInfo]:
-    try:
-        model = onnx.load(graph.model) if isinstance(graph.model, str) else onnx.load_from_string(graph.model)
-    except Exception as e:  # noqa: BLE001 - any parse failure means "not an ONNX file"
-        raise ConvertError(f"{where} is not a readable ONNX model ({describe(e)})") from e
-    try:
-        info = GraphInfo.from_props({p.key: p.value for p in model.metadata_props})
-    except ContractError as e:
-        raise ConvertError(f"{where} has malformed rnnexport metadata: {e}; convert it again") from e
-    if info is None:
-        raise ConvertError(f"{where} has no rnnexport I/O contract in its metadata; convert it with "
-                           "rnnexport convert SOURCE --form step, or give the SOURCE itself")
+    model, info = load_with_info(graph.model, where, ConvertError,
+                                 "convert it with rnnexport convert SOURCE --form step, or give the SOURCE itself")
+    assert info is not None  # a graph without metadata was refused
     return model, info
 
 

@@ -16,14 +16,14 @@ it into a text table, JSON or a plot.
 
 from __future__ import annotations
 
-from rnnexport.lazy import lazy_exports
+from rnnexport.core.lazy import lazy_exports
 
-#: Public names, imported on first use: ``rnnexport.verification.compare`` and ``.inputs``
+#: Public names, imported on first use: ``rnnexport.core.compare`` and ``.inputs``
 #: stay importable without torch (bundle verification and the runtime's users need no PyTorch).
 _LAZY = {
     "CONTRACT_TITLES": "rnnexport.verification.report",
     "DEFAULT_CHUNK_SIZES": "rnnexport.verification.run",
-    "DEFAULT_TOLERANCES": "rnnexport.verification.compare",
+    "DEFAULT_TOLERANCES": "rnnexport.core.compare",
     "Case": "rnnexport.verification.cases",
     "Check": "rnnexport.verification.report",
     "Contract": "rnnexport.verification.report",
@@ -32,7 +32,7 @@ _LAZY = {
     "Note": "rnnexport.verification.report",
     "Report": "rnnexport.verification.report",
     "StateKind": "rnnexport.verification.cases",
-    "Tolerance": "rnnexport.verification.compare",
+    "Tolerance": "rnnexport.core.compare",
     "VerifyOptions": "rnnexport.verification.run",
     "verify": "rnnexport.verification.run",
     "verify_bundle": "rnnexport.verification.bundle",

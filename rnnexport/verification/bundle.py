@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnexport.backends.base import EngineFailure, EngineUnavailable, Runner, Unavailable
-from rnnexport.backends.registry import EngineSpec, engine_spec, make_runner
 from rnnexport.bundle import Bundle, GraphSource, VariantEntry, VectorEntry, open_bundle
 from rnnexport.bundle.vectors import read_set
-from rnnexport.errors import VerifyError
-from rnnexport.ort import CPU, available_providers, start_session
+from rnnexport.core.compare import Tolerance, compare, tolerance_for
+from rnnexport.core.errors import VerifyError
+from rnnexport.core.ort import CPU, available_providers, start_session
+from rnnexport.engines.base import EngineFailure, EngineUnavailable, Runner, Unavailable
+from rnnexport.engines.registry import EngineSpec, engine_spec, make_runner
 from rnnexport.runtime.engine import LoadOptions, open_engine
-from rnnexport.verification.compare import Tolerance, compare, tolerance_for
 from rnnexport.verification.contracts import finite
 from rnnexport.verification.report import Check, Contract, EngineStatus, Note, Report
 

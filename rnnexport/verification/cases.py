@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rnnexport.contract import Form, IOSpec
-from rnnexport.verification.inputs import random_inputs, random_state
+from rnnexport.core.contract import Form, IOSpec
+from rnnexport.core.inputs import random_inputs, random_state
 
 if TYPE_CHECKING:
-    from rnnexport.model import RecurrentModel
+    pass
 
 __all__ = [
     "DEFAULT_BATCH_SIZES",
@@ -30,7 +30,6 @@ __all__ = [
     "grid",
     "input_kinds",
     "materialize",
-    "vocabulary_size",
 ]
 
 DEFAULT_BATCH_SIZES = (1, 4, 16)
@@ -84,19 +83,6 @@ class Case:
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "batch": self.batch, "time": self.time, "inputs": self.inputs.value,
                 "state": self.state.value, "seed": self.seed}
-
-
-def vocabulary_size(model: RecurrentModel) -> int | None:
-    """The vocabulary of a token model: the card's ``vocabulary``, else the first nn.Embedding's size."""
-    import torch
-
-    card = model.card or {}
-    if card.get("vocabulary"):
-        return len(card["vocabulary"])
-    for module in model.sequence_module.modules():
-        if isinstance(module, torch.nn.Embedding):
-            return int(module.num_embeddings)
-    return None
 
 
 def input_kinds(io: IOSpec, vocabulary: int | None) -> tuple[InputKind, ...]:

@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from rnnexport.backends.base import GraphTensor, Runner
-from rnnexport.contract import BATCH, TIME, Form, IOSpec
+from rnnexport.core.compare import Tolerance, compare, count_nonfinite
+from rnnexport.core.contract import BATCH, TIME, Form, IOSpec
+from rnnexport.engines.base import GraphTensor, Runner
 from rnnexport.verification.cases import Case
-from rnnexport.verification.compare import Tolerance, compare, count_nonfinite
 from rnnexport.verification.report import Check, Contract
 
 __all__ = ["against", "chunked", "declared_shapes", "finite", "prepare", "stream", "time_axes"]

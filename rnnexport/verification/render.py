@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnexport import io
-from rnnexport.errors import VerifyError
+from rnnexport.core import io
+from rnnexport.core.errors import VerifyError
 from rnnexport.verification.report import CONTRACT_TITLES, Check, Contract, Report
 
 __all__ = ["check_writable", "plot", "render_text", "require_matplotlib", "summary_line", "write_json"]

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from rnnexport.backends.base import Unavailable
+from rnnexport.core.compare import Figures, Tolerance
+from rnnexport.engines.base import Unavailable
 from rnnexport.verification.cases import Case
-from rnnexport.verification.compare import Figures, Tolerance
 
 __all__ = ["CONTRACT_TITLES", "FORMAT", "NOTES", "Check", "Contract", "EngineStatus", "Note", "Report", "json_float"]
 
@@ -145,7 +145,7 @@ class EngineStatus:
     """An engine the run asked for or found: whether it ran, and why not."""
 
     name: str
-    kind: str  # "pytorch" or an engine kind of rnnexport.backends.registry (onnxruntime, reference, openvino, ...)
+    kind: str  # "pytorch" or an engine kind of rnnexport.engines.registry (onnxruntime, reference, openvino, ...)
     provider: str | None
     requested: bool
     available: bool

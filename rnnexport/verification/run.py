@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnexport.backends.base import EngineFailure, EngineUnavailable, Runner, Unavailable
-from rnnexport.backends.registry import EngineSpec, engine_spec, make_runner
-from rnnexport.backends.torch_runner import TorchRunner
-from rnnexport.contract import Form
-from rnnexport.errors import VerifyError
-from rnnexport.ort import CPU as ORT_CPU
-from rnnexport.ort import available_providers
+from rnnexport.core.compare import Tolerance, graph_precision, tolerance_for
+from rnnexport.core.contract import Form
+from rnnexport.core.errors import VerifyError
+from rnnexport.core.ort import CPU as ORT_CPU
+from rnnexport.core.ort import available_providers
+from rnnexport.engines.base import EngineFailure, EngineUnavailable, Runner, Unavailable
+from rnnexport.engines.registry import EngineSpec, engine_spec, make_runner
+from rnnexport.engines.torch_runner import TorchRunner
 from rnnexport.verification import contracts
 from rnnexport.verification.cases import (
     DEFAULT_BATCH_SIZES,
@@ -25,9 +26,7 @@ from rnnexport.verification.cases import (
     StateKind,
     grid,
     materialize,
-    vocabulary_size,
 )
-from rnnexport.verification.compare import Tolerance, graph_precision, tolerance_for
 from rnnexport.verification.report import Check, Contract, EngineStatus, Note, Report
 from rnnexport.verification.target import SourceLike, Target, load_target
 
@@ -48,7 +47,7 @@ class VerifyOptions:
     """What to verify, on which engines, over which grid.
 
     Attributes:
-        engines: engines to run, by :data:`rnnexport.backends.registry.ENGINES` names (``cpu``,
+        engines: engines to run, by :data:`rnnexport.engines.registry.ENGINES` names (``cpu``,
             ``cuda``, ``tensorrt``, ``reference``, ``openvino``, ``tract``, ``node``, ``wasm``,
             ``browser``; onnxruntime's CPU provider runs too, as contract 6's baseline). Each one
             named must start, unless ``allow_missing``. None: see ``providers``.
@@ -417,7 +416,7 @@ def verify(
         notes.append(Note("bidirectional"))
     if target.form is Form.STEP:
         notes.append(Note("step_graph"))
-    vocabulary = vocabulary_size(target.model)
+    vocabulary = target.model.vocabulary_size()
     cases = grid(target.io, opts.batch_sizes, seq_lens, opts.seed, vocabulary)
     unavailable: list[Unavailable] = []
     statuses: list[EngineStatus] = []

@@ -15,12 +15,12 @@ from pathlib import Path
 import onnx
 import torch
 
-from rnnexport.backends.base import GraphTensor, graph_tensors
-from rnnexport.contract import Form, IOSpec, Lowering
-from rnnexport.errors import RnnexportError, VerifyError, describe
-from rnnexport.export.metadata import GraphInfo, read_info
-from rnnexport.model import RecurrentModel
-from rnnexport.sources import SourceSpec, builtin, load_source, models_dir
+from rnnexport.core.contract import Form, GraphInfo, IOSpec, Lowering
+from rnnexport.core.errors import RnnexportError, VerifyError
+from rnnexport.core.onnxfile import load_with_info
+from rnnexport.engines.base import GraphTensor, graph_tensors
+from rnnexport.source.model import RecurrentModel
+from rnnexport.source.sources import SourceSpec, builtin, load_source, models_dir
 
 __all__ = ["Target", "load_graph", "load_target"]
 
@@ -64,20 +64,7 @@ class Target:
 
 def load_graph(path: str | os.PathLike) -> tuple[onnx.ModelProto, GraphInfo | None]:
     """The ONNX model at ``path`` and its rnnexport metadata (None when it has none)."""
-    path = Path(path)
-    if not path.is_file():
-        raise VerifyError(f"{path} does not exist or is not a file; give the .onnx file to verify")
-    try:
-        proto = onnx.load(str(path))
-    except Exception as e:  # noqa: BLE001 - any parse failure means the file is not a model
-        raise VerifyError(f"{path} is not an ONNX model ({describe(e)})") from e
-    if not proto.graph.node and not proto.graph.output:
-        raise VerifyError(f"{path} is not an ONNX model (it holds no graph)")
-    try:
-        info = read_info(proto)
-    except (KeyError, ValueError, TypeError) as e:
-        raise VerifyError(f"{path} has unreadable rnnexport metadata ({describe(e)}); convert it again") from e
-    return proto, info
+    return load_with_info(Path(path), str(path), VerifyError, None)
 
 
 def _check_names(path: Path, kind: str, want: list[str], declared: tuple[GraphTensor, ...]) -> None:
@@ -166,7 +153,7 @@ def _trained_model(path: Path, name: object, how: str) -> Path:
     """The folder of a trained model of the models folder named in a graph's metadata.
 
     A graph is data: a name that is a path, a ``file.py:factory`` or anything but a
-    folder of :func:`rnnexport.sources.models_dir` is refused, never imported.
+    folder of :func:`rnnexport.source.sources.models_dir` is refused, never imported.
     """
     folder = models_dir() / name if isinstance(name, str) and _MODEL_NAME.fullmatch(name) else None
     if folder is None or not (folder / "card.json").is_file():

@@ -104,7 +104,7 @@ def main() -> int:
     args = parser.parse_args()
     for what, folder in (("bundle", args.bundle), ("onnxruntime-web dist", args.dist)):
         if not folder.is_dir():
-            hint = " (cd rnnexport/backends/js && ONNXRUNTIME_NODE_INSTALL=skip npm ci)" if folder == DIST else ""
+            hint = " (cd rnnexport/engines/js && ONNXRUNTIME_NODE_INSTALL=skip npm ci)" if folder == DIST else ""
             sys.exit(f"error: {what} folder {folder} does not exist{hint}")
     if args.vocabulary is not None and not args.vocabulary.is_file():
         sys.exit(f"error: vocabulary file {args.vocabulary} does not exist")

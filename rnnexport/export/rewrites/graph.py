@@ -2,7 +2,7 @@
 
 The rewrites edit a traced step graph in place. Every query here is recomputed
 from the graph when asked, so a rewrite never works from a stale index. Which
-subgraphs a node holds is :func:`rnnexport.graphs.subgraphs`' business.
+subgraphs a node holds is :func:`rnnexport.core.graphs.subgraphs`' business.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from rnnexport.contract import (
+from rnnexport.core.contract import (
     BATCH,  # the symbolic batch of traced step graphs (see export/trace.py)
 )
-from rnnexport.graphs import attribute, subgraphs
+from rnnexport.core.graphs import attribute, subgraphs
+from rnnexport.core.onnxfile import value_dims
 
 __all__ = [
     "BATCH",
@@ -23,7 +24,6 @@ __all__ = [
     "constant_value",
     "constants",
     "consumers",
-    "dims",
     "infer_types",
     "producers",
     "remove_dead",
@@ -87,17 +87,9 @@ def infer_types(model: onnx.ModelProto) -> Types:
     return {v.name: v for v in [*graph.value_info, *graph.input, *graph.output]}
 
 
-def dims(value: onnx.ValueInfoProto | None) -> list[int | str | None] | None:
-    """The dims of a tensor value (int, symbol, or None when unknown); None when the rank is unknown."""
-    if value is None or not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in value.type.tensor_type.shape.dim]
-
-
 def batch_axis(value: onnx.ValueInfoProto | None) -> int | None:
     """The one axis of ``value`` whose size is the batch, when exactly one is and the rest are known."""
-    shape = dims(value)
+    shape = value_dims(value)
     if shape is None or any(d is None or (isinstance(d, str) and d != BATCH) for d in shape):
         return None
     axes = [i for i, d in enumerate(shape) if d == BATCH]
@@ -108,7 +100,7 @@ def same_shape(a: onnx.ValueInfoProto | None, b: onnx.ValueInfoProto | None) -> 
     """Whether two values certainly have one shape: every dim static or the batch, and equal."""
     if a is None or b is None:
         return False
-    da, db = dims(a), dims(b)
+    da, db = value_dims(a), value_dims(b)
     certain = da is not None and all(isinstance(d, int) or d == BATCH for d in da)
     return certain and da == db and a.type.tensor_type.elem_type == b.type.tensor_type.elem_type
 

@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterable
 
 import onnx
 
-from rnnexport.export.rewrites.graph import Types, batch_axis, constant_value, dims
+from rnnexport.core.graphs import attribute, subgraphs
+from rnnexport.core.onnxfile import value_dims
+from rnnexport.export.rewrites.graph import Types, batch_axis, constant_value
 from rnnexport.export.rewrites.views import VIEW_OPS
-from rnnexport.graphs import attribute, subgraphs
 
 __all__ = ["rowwise"]
 
@@ -56,7 +57,7 @@ class _View:
         return axis
 
     def rank(self, name: str) -> int:
-        shape = dims(self.types.get(name))
+        shape = value_dims(self.types.get(name))
         return -1 if shape is None else len(shape)
 
     def batched(self, node: onnx.NodeProto) -> list[str]:
@@ -149,7 +150,7 @@ def _reshape(view: _View, node: onnx.NodeProto, batched: list[str], out_axis: in
 
 
 def _blocks(view: _View, name: str) -> tuple[int, int] | None:
-    shape, axis = dims(view.types.get(name)), view.known_axis(name)
+    shape, axis = value_dims(view.types.get(name)), view.known_axis(name)
     if shape is None:
         return None  # not reached: a value with a batch axis has a known shape
     rest = shape[:axis] + shape[axis + 1:]

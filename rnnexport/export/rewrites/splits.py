@@ -24,18 +24,18 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from rnnexport.core.graphs import attribute, subgraphs
+from rnnexport.core.onnxfile import value_dims
 from rnnexport.export.onnxutil import GraphBuilder
 from rnnexport.export.rewrites.graph import (
     Types,
     constant_value,
     constants,
     consumers,
-    dims,
     infer_types,
     rename_value,
     toposort,
 )
-from rnnexport.graphs import attribute, subgraphs
 
 __all__ = ["fuse_split_gates"]
 
@@ -100,7 +100,7 @@ def _rewrite_once(model: onnx.ModelProto, g: GraphBuilder) -> bool:
 def _split_info(graph: onnx.GraphProto, node: onnx.NodeProto, types: Types) -> _Split | None:
     if node.op_type != "Split" or node.domain or attribute(node, "split") is not None:
         return None
-    shape = dims(types.get(node.input[0]))
+    shape = value_dims(types.get(node.input[0]))
     axis = attribute(node, "axis", 0)
     if shape is None or not -len(shape) <= axis < len(shape):
         return None

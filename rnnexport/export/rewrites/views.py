@@ -16,17 +16,17 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from rnnexport.core.graphs import attribute
+from rnnexport.core.onnxfile import value_dims
 from rnnexport.export.rewrites.graph import (
     Types,
     constant_value,
-    dims,
     infer_types,
     producers,
     remove_dead,
     rename_value,
     same_shape,
 )
-from rnnexport.graphs import attribute
 
 __all__ = ["VIEW_OPS", "drop_identity_views", "is_view"]
 
@@ -46,7 +46,7 @@ def _whole_slice(graph: onnx.GraphProto, node: onnx.NodeProto, types: Types) -> 
 def _unit_gather(graph: onnx.GraphProto, node: onnx.NodeProto, types: Types) -> bool:
     """``Gather`` of a constant scalar index 0 or -1 along an axis of size 1: a squeeze."""
     index = constant_value(graph, node.input[1])
-    shape = dims(types.get(node.input[0]))
+    shape = value_dims(types.get(node.input[0]))
     axis = attribute(node, "axis", 0)
     if index is None or index.shape != () or int(index) not in (0, -1) or shape is None:
         return False

@@ -1,4 +1,4 @@
-"""onnxruntime on one execution provider, through the one adapter :mod:`rnnexport.ort`.
+"""onnxruntime on one execution provider, through the one adapter :mod:`rnnexport.core.ort`.
 
 ``OrtRunner(path, "cuda")`` asks for the CUDA provider alone. A provider that is
 not in this build, or that did not start (the session fell back to CPU), makes
@@ -14,21 +14,21 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from rnnexport.backends.base import (
-    EngineFailure,
-    EngineUnavailable,
-    GraphTensor,
-    Runner,
-    check_feeds,
-)
-from rnnexport.errors import ProviderError, describe
-from rnnexport.ort import (
+from rnnexport.core.errors import ProviderError, describe
+from rnnexport.core.ort import (
     ALIASES,
     LoadError,
     available_providers,
     full_name,
     short_name,
     start_session,
+)
+from rnnexport.engines.base import (
+    EngineFailure,
+    EngineUnavailable,
+    GraphTensor,
+    Runner,
+    check_feeds,
 )
 
 __all__ = ["PROVIDERS", "EngineFailure", "OrtRunner", "available_providers", "resolve_provider"]

@@ -4,7 +4,7 @@ and onnxruntime-web in headless Chromium.
 Node and wasm run ``engine.js`` in one long-lived ``node`` process per graph, fed one JSON line
 per call. The browser engine serves a page, the graph and onnxruntime-web's files on
 127.0.0.1 and drives headless Chromium, which fetches each call and posts the outputs back.
-The npm packages come from ``rnnexport/backends/js/package-lock.json``
+The npm packages come from ``rnnexport/engines/js/package-lock.json``
 (``ONNXRUNTIME_NODE_INSTALL=skip npm ci`` in that folder); Chromium is Debian's ``chromium``.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from rnnexport.backends.base import (
+from rnnexport.engines.base import (
     EngineFailure,
     EngineUnavailable,
     Runner,

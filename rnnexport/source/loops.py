@@ -1,4 +1,4 @@
-"""Causal modules that carry their own state, turned into a :class:`~rnnexport.model.RecurrentModel`.
+"""Causal modules that carry their own state, turned into a :class:`~rnnexport.source.model.RecurrentModel`.
 
 :func:`rnnexport.from_module` sends here every module that is not a torch.nn RNN/LSTM/GRU
 or a module wrapped around one in torch's state convention: an ``nn.LSTMCell`` or
@@ -15,7 +15,7 @@ tuples, lists and dicts (str keys) of tensors, and is read in three steps:
    a tuple or list, the key for a dict entry, joined with ``_`` below the top
    (``((h1, c1), h2)`` gives ``s0_0``, ``s0_1``, ``s1``).
 
-The structure is recorded in the contract (:attr:`rnnexport.contract.StateSpec.structure`),
+The structure is recorded in the contract (:attr:`rnnexport.core.contract.StateSpec.structure`),
 so the runtime gives the state back nested (``StatefulSession.nested_state()``).
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from rnnexport.contract import (
+from rnnexport.core.contract import (
     MAX_NAME,
     MAX_STATE_DEPTH,
     MAX_STATE_TENSORS,
@@ -37,9 +37,10 @@ from rnnexport.contract import (
     Layout,
     StateSpec,
 )
-from rnnexport.errors import SourceError, describe
-from rnnexport.explicit import explicit_copy
-from rnnexport.model import RecurrentModel, SourceKind
+from rnnexport.core.errors import SourceError, describe
+from rnnexport.source.explicit import explicit_copy
+from rnnexport.source.model import RecurrentModel, SourceKind
+from rnnexport.source.probe import PROBE_BATCHES, example_x, probe_output
 
 __all__ = ["BIDIRECTIONAL_SCAN_REASON", "NestedSequence", "from_loop_module", "input_features", "state_name"]
 
@@ -48,8 +49,6 @@ BIDIRECTIONAL_SCAN_REASON = ("a bidirectional layer needs the whole sequence bef
                              "so it cannot be scanned step by step")
 
 #: The two batch sizes whose state shapes reveal each tensor's batch axis.
-PROBE_BATCHES = (3, 5)
-PROBE_TIME = 2
 
 #: A dict key that can be part of a state name.
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -219,12 +218,6 @@ def _layout(module: torch.nn.Module, owner: str) -> Layout:
     return Layout.BATCH_MAJOR if flag else Layout.TIME_MAJOR
 
 
-def _example_x(x_features: tuple[int, ...], x_dtype: str, layout: Layout, batch: int) -> torch.Tensor:
-    lead = (PROBE_TIME, batch) if layout is Layout.TIME_MAJOR else (batch, PROBE_TIME)
-    dtype = torch.int64 if x_dtype == "int64" else torch.float32
-    return torch.zeros((*lead, *x_features), dtype=dtype)
-
-
 def _no_state(owner: str, module: torch.nn.Module, problem: str) -> SourceError:
     count = len(_recurrent_layers(module))
     return SourceError(f"{owner} holds {count} torch.nn RNN/LSTM/GRU layers, so rnnexport reads its state from "
@@ -282,7 +275,7 @@ def _state_spec(module: torch.nn.Module, x_features: tuple[int, ...], x_dtype: s
     trees, leaves = [], []
     paths: list[Path] = []
     for batch in PROBE_BATCHES:
-        x = _example_x(x_features, x_dtype, layout, batch)
+        x = example_x(x_features, x_dtype, layout, batch)
         found: list[torch.Tensor] = []
         paths = []
         trees.append(_read_tree(_example_state(module, x, batch, owner, layer_error), found, paths))
@@ -322,7 +315,6 @@ def from_loop_module(module: torch.nn.Module, input_size: int | None = None,
         SourceError: no state structure could be found, or it holds something other
             than float32 tensors with one batch axis each.
     """
-    from rnnexport.sources import _probe_output  # the one probe of a module against its contract
 
     owner = type(module).__name__
     module = module.eval()
@@ -330,7 +322,7 @@ def from_loop_module(module: torch.nn.Module, input_size: int | None = None,
     layout = _layout(module, owner)
     state, tree, axes = _state_spec(module, x_features, x_dtype, layout, owner, layer_error)
     sequence = NestedSequence(module, tree, axes)
-    y_features = _probe_output(sequence, x_features, x_dtype, state, layout)
+    y_features = probe_output(sequence, x_features, x_dtype, state, layout)
     io = IOSpec(x_features, x_dtype, y_features, state, layout,
                 x_encoding="token-ids" if x_dtype == "int64" else "real")
     bidirectional = any(rnn.bidirectional for rnn in _recurrent_layers(module))

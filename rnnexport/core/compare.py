@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from rnnexport.graphs import walk
+from rnnexport.core.graphs import walk
 
 __all__ = [
     "DEFAULT_TOLERANCES",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnnexport.cells import CellKind
+from rnnexport.source.cells import CellKind
 
 __all__ = [
     "GATES",

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from rnnexport.errors import VerifyError
+from rnnexport.core.errors import VerifyError
+from rnnexport.core.onnxfile import value_dims, value_dtype
 
 __all__ = ["EngineFailure", "EngineUnavailable", "GraphTensor", "Runner", "Unavailable", "check_feeds", "graph_tensors",
            "standard_graph"]
@@ -73,15 +74,11 @@ class GraphTensor:
 
 
 def _tensor(value: onnx.ValueInfoProto) -> GraphTensor:
-    kind = value.type.WhichOneof("value")
-    if kind != "tensor_type":
-        return GraphTensor(value.name, kind or "unknown", None)
-    tensor = value.type.tensor_type
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
-    if not tensor.HasField("shape"):
-        return GraphTensor(value.name, dtype, None)
-    dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
-    return GraphTensor(value.name, dtype, dims)
+    dtype = value_dtype(value)
+    if dtype is None:
+        return GraphTensor(value.name, value.type.WhichOneof("value") or "unknown", None)
+    dims = value_dims(value)
+    return GraphTensor(value.name, dtype, None if dims is None else tuple(dims))
 
 
 def standard_graph(model: str | os.PathLike | bytes, engine: str, allow_foreign: bool = False) -> onnx.ModelProto:
@@ -92,7 +89,7 @@ def standard_graph(model: str | os.PathLike | bytes, engine: str, allow_foreign:
             (onnxruntime's ``com.microsoft`` ones, e.g. the int8 variant's
             DynamicQuantizeLSTM), unless ``allow_foreign``.
     """
-    from rnnexport.graphs import walk
+    from rnnexport.core.graphs import walk
 
     proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(os.fspath(model))
     foreign = sorted({f"{n.domain}::{n.op_type}" for n in walk(proto.graph) if n.domain not in ("", "ai.onnx")})

@@ -7,7 +7,7 @@ its ``metadata_props`` (keys under :data:`META_PREFIX`).
 
 Torch-free: standard library and numpy only. JSON read from a graph or a manifest
 is data: every field is type-checked and every size bounded before use, and a
-malformed contract raises :class:`~rnnexport.errors.ContractError` with one line.
+malformed contract raises :class:`~rnnexport.core.errors.ContractError` with one line.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from rnnexport.errors import ContractError
+from rnnexport.core.errors import ContractError
 
 __all__ = [
     "BATCH",

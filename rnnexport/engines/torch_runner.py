@@ -1,4 +1,4 @@
-"""The PyTorch reference as a runner: a :class:`~rnnexport.model.RecurrentModel` on numpy feeds."""
+"""The PyTorch reference as a runner: a :class:`~rnnexport.source.model.RecurrentModel` on numpy feeds."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from rnnexport.backends.base import Runner
-from rnnexport.contract import Form
-from rnnexport.errors import VerifyError, describe
-from rnnexport.model import RecurrentModel
+from rnnexport.core.contract import Form
+from rnnexport.core.errors import VerifyError, describe
+from rnnexport.engines.base import Runner
+from rnnexport.source.model import RecurrentModel
 
 __all__ = ["TorchRunner"]
 

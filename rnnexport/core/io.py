@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from rnnexport.errors import OutputError, RnnexportError
+from rnnexport.core.errors import OutputError, RnnexportError
 
 __all__ = ["atomic_write", "check_writable", "file_mode", "folder_mode", "remove_stale", "temp_folder"]
 

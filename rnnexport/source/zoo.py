@@ -2,15 +2,19 @@
 
 Each class here is a plain ``torch.nn.Module`` named by a model card's ``factory``
 (``"rnnexport.zoo:<Class>"``) and built with the card's ``factory_kwargs``; its
-weights are the module's ``state_dict()`` saved with safetensors. This module
-imports only torch, so loading a card never pulls in the exporter.
+weights are the module's ``state_dict()`` saved with safetensors. A card is data: its
+factory is looked up in :data:`FACTORIES`, never imported. This module imports only
+torch, so loading a card never pulls in the exporter.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["Forecaster"]
+__all__ = ["CARD_PREFIX", "FACTORIES", "Forecaster"]
+
+#: How a card names a class of this module.
+CARD_PREFIX = "rnnexport.zoo:"
 
 
 class Forecaster(torch.nn.Module):
@@ -73,3 +77,7 @@ class Forecaster(torch.nn.Module):
         """
         hidden, (h, c) = self.lstm(x, (state[0], state[1]))
         return self.head(hidden), (h, c)
+
+
+#: The classes a model card may name (``CARD_PREFIX + name``).
+FACTORIES: dict[str, type[torch.nn.Module]] = {"Forecaster": Forecaster}

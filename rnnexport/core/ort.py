@@ -4,7 +4,7 @@ onnxruntime quietly falls back to the CPU provider when the one asked for cannot
 start (and onnxruntime-gpu lists CUDA and TensorRT as available even on machines
 without a GPU). :func:`start_session` checks ``session.get_providers()`` after
 creating the session: a session on which a requested provider is not active fell
-back, and it raises :class:`~rnnexport.errors.ProviderError` with the reason
+back, and it raises :class:`~rnnexport.core.errors.ProviderError` with the reason
 onnxruntime logged, instead of running on the wrong device. It changes no global
 onnxruntime setting. Torch-free.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from rnnexport.errors import BundleError, ProviderError, describe
+from rnnexport.core.errors import BundleError, ProviderError, describe
 
 __all__ = [
     "ALIASES",

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from rnnexport.backends.base import (
+from rnnexport.core.errors import describe
+from rnnexport.engines.base import (
     EngineFailure,
     EngineUnavailable,
     Runner,
@@ -20,8 +21,7 @@ from rnnexport.backends.base import (
     graph_tensors,
     standard_graph,
 )
-from rnnexport.backends.openvino import INSTALL_HINT
-from rnnexport.errors import describe
+from rnnexport.engines.openvino import INSTALL_HINT
 
 __all__ = ["TractRunner"]
 

@@ -5,7 +5,7 @@
   ``tensorrt``); a provider that does not start raises :class:`EngineUnavailable`.
 - :class:`ReferenceRunner`: onnx's ``ReferenceEvaluator``, an independent engine.
 
-Names are imported on first use, so that ``rnnexport.backends.base`` (what a report
+Names are imported on first use, so that ``rnnexport.engines.base`` (what a report
 and the bundle reader need) loads with neither onnxruntime nor torch installed.
 """
 
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rnnexport.lazy import lazy_exports
+from rnnexport.core.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from rnnexport.backends.base import (
+    from rnnexport.engines.base import (
         EngineFailure,
         EngineUnavailable,
         GraphTensor,
@@ -25,31 +25,31 @@ if TYPE_CHECKING:
         check_feeds,
         graph_tensors,
     )
-    from rnnexport.backends.onnxrt import (
+    from rnnexport.engines.onnxrt import (
         PROVIDERS,
         OrtRunner,
         available_providers,
         resolve_provider,
     )
-    from rnnexport.backends.reference import ReferenceRunner, reference_limitations
-    from rnnexport.backends.torch_runner import TorchRunner
+    from rnnexport.engines.reference import ReferenceRunner, reference_limitations
+    from rnnexport.engines.torch_runner import TorchRunner
 
 #: Public name -> the module that defines it (onnxrt needs onnxruntime, torch_runner needs torch).
 _LAZY = {
-    "EngineFailure": "rnnexport.backends.base",
-    "EngineUnavailable": "rnnexport.backends.base",
-    "GraphTensor": "rnnexport.backends.base",
-    "Runner": "rnnexport.backends.base",
-    "Unavailable": "rnnexport.backends.base",
-    "check_feeds": "rnnexport.backends.base",
-    "graph_tensors": "rnnexport.backends.base",
-    "PROVIDERS": "rnnexport.backends.onnxrt",
-    "OrtRunner": "rnnexport.backends.onnxrt",
-    "available_providers": "rnnexport.backends.onnxrt",
-    "resolve_provider": "rnnexport.backends.onnxrt",
-    "ReferenceRunner": "rnnexport.backends.reference",
-    "reference_limitations": "rnnexport.backends.reference",
-    "TorchRunner": "rnnexport.backends.torch_runner",
+    "EngineFailure": "rnnexport.engines.base",
+    "EngineUnavailable": "rnnexport.engines.base",
+    "GraphTensor": "rnnexport.engines.base",
+    "Runner": "rnnexport.engines.base",
+    "Unavailable": "rnnexport.engines.base",
+    "check_feeds": "rnnexport.engines.base",
+    "graph_tensors": "rnnexport.engines.base",
+    "PROVIDERS": "rnnexport.engines.onnxrt",
+    "OrtRunner": "rnnexport.engines.onnxrt",
+    "available_providers": "rnnexport.engines.onnxrt",
+    "resolve_provider": "rnnexport.engines.onnxrt",
+    "ReferenceRunner": "rnnexport.engines.reference",
+    "reference_limitations": "rnnexport.engines.reference",
+    "TorchRunner": "rnnexport.engines.torch_runner",
 }
 
 __all__ = [

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from rnnexport.backends.base import (
+from rnnexport.core.errors import describe
+from rnnexport.core.graphs import attributes, walk
+from rnnexport.engines.base import (
     EngineUnavailable,
     Runner,
     check_feeds,
     graph_tensors,
 )
-from rnnexport.errors import describe
-from rnnexport.graphs import attributes, walk
 
 if TYPE_CHECKING:
     from onnx.reference import ReferenceEvaluator

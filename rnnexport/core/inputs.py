@@ -10,7 +10,7 @@ from typing import cast
 
 import numpy as np
 
-from rnnexport.contract import Form, IOSpec
+from rnnexport.core.contract import Form, IOSpec
 
 __all__ = ["random_inputs", "random_state"]
 

@@ -1,4 +1,4 @@
-"""Package attributes imported on first use: ``rnnexport.backends``, ``.serving``, ``.verification``.
+"""Package attributes imported on first use: ``rnnexport.engines``, ``.serving``, ``.verification``.
 
 A package lists ``name -> defining module`` and binds the two module hooks::
 

@@ -1,7 +1,7 @@
 """The internal model every source becomes: a PyTorch reference, its I/O contract and parameters.
 
-The contract itself (:class:`~rnnexport.contract.IOSpec` and friends) lives in the
-torch-free :mod:`rnnexport.contract`; this module holds what needs torch.
+The contract itself (:class:`~rnnexport.core.contract.IOSpec` and friends) lives in the
+torch-free :mod:`rnnexport.core.contract`; this module holds what needs torch.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from rnnexport.contract import IOSpec
+from rnnexport.core.contract import IOSpec
 
 if TYPE_CHECKING:
-    from rnnexport.export.plan import NativePlan
+    from rnnexport.source.plan import NativePlan
 
 __all__ = ["RecurrentModel", "SourceKind"]
 
@@ -84,6 +84,15 @@ class RecurrentModel:
         """One step of ``trace_module``: what the step and scan lowerings trace."""
         assert self.trace_module is not None  # set in __post_init__
         return _OneStep(self.trace_module, self.io.time_axis)
+
+    def vocabulary_size(self) -> int | None:
+        """The vocabulary of a token model: the card's ``vocabulary``, else the first nn.Embedding's size."""
+        if self.card and self.card.get("vocabulary"):
+            return len(self.card["vocabulary"])
+        for module in self.sequence_module.modules():
+            if isinstance(module, torch.nn.Embedding):
+                return int(module.num_embeddings)
+        return None
 
     def params_sha256(self) -> str:
         """SHA-256 over every parameter's name, dtype, shape and bytes, in order."""

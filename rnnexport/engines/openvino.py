@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from rnnexport.backends.base import (
+from rnnexport.core.errors import describe
+from rnnexport.engines.base import (
     EngineFailure,
     EngineUnavailable,
     Runner,
@@ -21,7 +22,6 @@ from rnnexport.backends.base import (
     graph_tensors,
     standard_graph,
 )
-from rnnexport.errors import describe
 
 __all__ = ["INSTALL_HINT", "OpenVinoRunner"]
 

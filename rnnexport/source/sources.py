@@ -1,9 +1,9 @@
-"""What a user points at, turned into a :class:`~rnnexport.model.RecurrentModel`.
+"""What a user points at, turned into a :class:`~rnnexport.source.model.RecurrentModel`.
 
 Sources: a built-in seed cell (``rnn``, ``lstm``, ``gru``) with generated or loaded
 weights; a trained example model from ``models/`` (by name or folder); a torch.nn
 RNN/LSTM/GRU, a module built around one, or any causal module with its own (nested)
-state (:func:`from_module`, the last via :mod:`rnnexport.loops`); a user's loop in
+state (:func:`from_module`, the last via :mod:`rnnexport.source.loops`); a user's loop in
 the seed's convention (:func:`from_cell`); or ``file.py:factory`` /
 ``package.module:factory`` naming a function that returns either.
 """
@@ -19,19 +19,20 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 
-from rnnexport import cells, gates
-from rnnexport.cells import CellKind
-from rnnexport.contract import IOSpec, Layout, StateSpec
-from rnnexport.errors import SourceError, WeightsError, describe
-from rnnexport.explicit import explicit_copy
-from rnnexport.export.plan import NativeLayer, NativePlan
-from rnnexport.loops import BIDIRECTIONAL_SCAN_REASON, from_loop_module, input_features
-from rnnexport.model import RecurrentModel, SourceKind
+from rnnexport.core.contract import IOSpec, Layout, StateSpec
+from rnnexport.core.errors import SourceError, WeightsError, describe
+from rnnexport.source import cells, gates, zoo
+from rnnexport.source.cells import CellKind
+from rnnexport.source.explicit import explicit_copy
+from rnnexport.source.loops import BIDIRECTIONAL_SCAN_REASON, from_loop_module, input_features
+from rnnexport.source.model import RecurrentModel, SourceKind
+from rnnexport.source.plan import NativeLayer, NativePlan
+from rnnexport.source.probe import probe_output
 
 __all__ = [
     "SourceSpec",
@@ -196,7 +197,7 @@ def builtin(
     origin: dict[str, Any] | None = None,
     params: Sequence[torch.Tensor] | None = None,
 ) -> RecurrentModel:
-    """A seed cell with weights from ``weights``, ``params`` or :func:`rnnexport.cells.init_params`.
+    """A seed cell with weights from ``weights``, ``params`` or :func:`rnnexport.source.cells.init_params`.
 
     Args:
         kind: ``"rnn"``, ``"lstm"`` or ``"gru"``.
@@ -404,7 +405,7 @@ def from_module(module: torch.nn.Module, input_size: int | None = None) -> Recur
     LSTM) shaped like the inner layer's, keeps the state names ``h`` (and ``c``).
     Any other module with ``forward(x, state) -> (y, state)`` (cell loops, stacked
     layers, nested state as tuples, lists and dicts of tensors) is read by
-    :func:`rnnexport.loops.from_loop_module`: its ``initial_state(batch)`` method, or
+    :func:`rnnexport.source.loops.from_loop_module`: its ``initial_state(batch)`` method, or
     the state ``forward(x)`` returns, gives the structure (docs/modules.md).
     The input is token ids when an ``nn.Embedding`` comes first, else vectors of
     ``input_size`` (default: the first Linear's or the recurrent layer's).
@@ -429,7 +430,7 @@ def from_module(module: torch.nn.Module, input_size: int | None = None) -> Recur
     sequence = TorchSequence(module, kind is CellKind.LSTM)
     state = StateSpec(names, dims, 1)
     try:
-        y_features = _probe_output(sequence, x_features, x_dtype, state, layout)
+        y_features = probe_output(sequence, x_features, x_dtype, state, layout)
     except SourceError as e:  # not torch's convention: the module may carry a state of its own
         if bare:
             raise
@@ -460,33 +461,6 @@ def from_module(module: torch.nn.Module, input_size: int | None = None) -> Recur
     )
 
 
-def _probe_output(sequence, x_features, x_dtype, state: StateSpec, layout: Layout) -> tuple[int, ...]:
-    batch, time = 3, 2
-    lead = (time, batch) if layout is Layout.TIME_MAJOR else (batch, time)
-    if x_dtype == "int64":
-        x = torch.zeros((*lead, *x_features), dtype=torch.int64)
-    else:
-        x = torch.zeros((*lead, *x_features))
-    # an int batch makes every dim an int; StateSpec.shape is typed for the symbolic "B" too
-    states = [torch.zeros(cast("tuple[int, ...]", state.shape(i, batch))) for i in range(len(state.names))]
-    try:
-        with torch.no_grad():
-            y, *state_out = sequence(x, *states)
-    except Exception as e:  # noqa: BLE001 - the user's forward failing is a user error
-        raise SourceError(f"the module's forward(x, state) failed on an example x of shape {tuple(x.shape)}: "
-                          f"{describe(e)}; it must take (x, state) and return (y, state)") from e
-    if not isinstance(y, torch.Tensor) or len(state_out) != len(state.names) \
-            or not all(isinstance(s, torch.Tensor) for s in state_out):
-        kinds = ", ".join(type(s).__name__ for s in state_out)
-        raise SourceError(f"the module returned y as a {type(y).__name__} and a state of {kinds}, "
-                          f"expected a tensor y and state tensors {', '.join(state.names)}")
-    for i, s in enumerate(state_out):
-        if tuple(s.shape) != state.shape(i, batch):
-            raise SourceError(f"the module returned state {state.names[i]} of shape {tuple(s.shape)}, "
-                              f"expected {state.shape(i, batch)}")
-    return tuple(y.shape[2:])
-
-
 # --------------------------------------------------------------------------- resolving names
 
 
@@ -503,7 +477,7 @@ def models_dir() -> Path:
     given = os.environ.get(MODELS_ENV)
     if given:
         return Path(given)
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # rnnexport/
     shipped = package / "models"
     return shipped if shipped.is_dir() else package.parent / "models"
 
@@ -542,8 +516,8 @@ def _from_card(path: Path) -> RecurrentModel:
                                      vocabulary=tuple(vocabulary) if isinstance(vocabulary, str) else None)
             model = dataclasses.replace(model, io=io)
     else:
-        factory = _resolve_factory(card["factory"])
-        module = _call_factory(card["factory"], factory, card.get("factory_kwargs", {}))
+        module = _call_factory(card["factory"], _card_factory(path, card["factory"]),
+                               card.get("factory_kwargs", {}))
         state = load_weights(weights)
         try:
             module.load_state_dict(state)
@@ -582,6 +556,15 @@ def _module_name(path: Path) -> str:
     """
     stem = "".join(c if c.isalnum() or c == "_" else "_" for c in path.stem)
     return f"rnnexport_user_{stem}"
+
+
+def _card_factory(path: Path, name: object) -> Callable[..., torch.nn.Module]:
+    """The zoo class a card names: looked up in a table, never imported (a card is data)."""
+    known = {zoo.CARD_PREFIX + key: cls for key, cls in zoo.FACTORIES.items()}
+    if not isinstance(name, str) or name not in known:
+        raise SourceError(f"{path} names factory {name!r}, which is not one of rnnexport's model classes "
+                          f"({', '.join(sorted(known))}); convert your own module as file.py:factory instead")
+    return known[name]
 
 
 def _resolve_factory(target: str) -> Callable:

@@ -3,7 +3,7 @@
 ``cpu``, ``cuda``, ``tensorrt`` (or any full onnxruntime provider name) are onnxruntime's
 execution providers; ``reference`` is onnx's ReferenceEvaluator; ``openvino`` and ``tract``
 come from the ``engines`` extra; ``node``, ``wasm`` and ``browser`` are onnxruntime's
-JavaScript builds (npm packages from ``rnnexport/backends/js``, Chromium from Debian).
+JavaScript builds (npm packages from ``rnnexport/engines/js``, Chromium from Debian).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from rnnexport.backends.base import EngineUnavailable, Runner
-from rnnexport.errors import ProviderError, VerifyError
-from rnnexport.ort import ALIASES, full_name, short_name
+from rnnexport.core.errors import ProviderError, VerifyError
+from rnnexport.core.ort import ALIASES, full_name, short_name
+from rnnexport.engines.base import EngineUnavailable, Runner
 
 __all__ = ["ENGINES", "SLOW", "EngineSpec", "engine_spec", "is_ort_format", "make_runner"]
 
@@ -95,7 +95,7 @@ def make_runner(spec: EngineSpec, model: str | os.PathLike | bytes | onnx.ModelP
     if spec.kind != "onnxruntime" and is_ort_format(model):
         return _Refused(spec.name, "the ORT format is onnxruntime's own: only onnxruntime reads it")
     if spec.kind == "reference":
-        from rnnexport.backends.reference import ReferenceRunner
+        from rnnexport.engines.reference import ReferenceRunner
 
         if isinstance(model, bytes):
             model = onnx.load_from_string(model)
@@ -103,17 +103,17 @@ def make_runner(spec: EngineSpec, model: str | os.PathLike | bytes | onnx.ModelP
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     if spec.kind == "onnxruntime":
-        from rnnexport.backends.onnxrt import OrtRunner
+        from rnnexport.engines.onnxrt import OrtRunner
 
         return OrtRunner(model, spec.provider or "cpu", threads)
     if spec.kind == "openvino":
-        from rnnexport.backends.openvino import OpenVinoRunner
+        from rnnexport.engines.openvino import OpenVinoRunner
 
         return OpenVinoRunner(model)
     if spec.kind == "tract":
-        from rnnexport.backends.tract import TractRunner
+        from rnnexport.engines.tract import TractRunner
 
         return TractRunner(model)
-    from rnnexport.backends.js import BrowserRunner, NodeRunner
+    from rnnexport.engines.js import BrowserRunner, NodeRunner
 
     return BrowserRunner(model) if spec.kind == "browser" else NodeRunner(model, spec.kind)
