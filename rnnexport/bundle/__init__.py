@@ -19,7 +19,14 @@ from rnnexport.bundle.manifest import (
     VectorEntry,
     safe_path,
 )
-from rnnexport.bundle.reader import DEFAULT_LIMITS, Bundle, GraphSource, ZipLimits, open_bundle
+from rnnexport.bundle.reader import (
+    DEFAULT_LIMITS,
+    Bundle,
+    GraphSource,
+    ZipLimits,
+    is_bundle,
+    open_bundle,
+)
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -35,6 +42,7 @@ __all__ = [
     "VariantEntry",
     "VectorEntry",
     "ZipLimits",
+    "is_bundle",
     "open_bundle",
     "safe_path",
     "write_zip",

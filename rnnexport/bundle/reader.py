@@ -21,11 +21,11 @@ import zlib
 from pathlib import Path
 from typing import Protocol
 
-from rnnexport.bundle.manifest import MANIFEST, Manifest, VectorEntry, safe_path
+from rnnexport.bundle.manifest import MANIFEST, SCHEMA, Manifest, VectorEntry, safe_path
 from rnnexport.core.contract import Form, IOSpec
 from rnnexport.core.errors import BundleError
 
-__all__ = ["DEFAULT_LIMITS", "Bundle", "GraphSource", "ZipLimits", "open_bundle"]
+__all__ = ["DEFAULT_LIMITS", "Bundle", "GraphSource", "ZipLimits", "is_bundle", "open_bundle"]
 
 #: The graph file of a plain ONNX test folder.
 TEST_FOLDER_MODEL = "model.onnx"
@@ -288,6 +288,19 @@ def _test_folder(path: Path) -> Bundle:
     vectors = tuple(VectorEntry(name, TEST_FOLDER_MODEL) for _, name in sets)
     graph = GraphSource(None, TEST_FOLDER_MODEL, reader.model(TEST_FOLDER_MODEL))
     return Bundle(path, "test-folder", None, {TEST_FOLDER_MODEL: graph}, vectors, reader)
+
+
+def is_bundle(path: Path) -> bool:
+    """Whether ``path`` is a bundle folder or zip (its manifest names the bundle schema), read within the limits.
+
+    Only the manifest's schema is looked at: a damaged old bundle is still one that ``--force`` may replace.
+    """
+    try:
+        reader: _Reader = _FolderReader(path) if path.is_dir() else _ZipReader(path, DEFAULT_LIMITS)
+        data = json.loads(reader.read(MANIFEST, DEFAULT_LIMITS.max_manifest_bytes))
+    except (BundleError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and str(data.get("schema", "")).startswith(SCHEMA.split("/")[0] + "/")
 
 
 def open_bundle(path: str | os.PathLike, limits: ZipLimits = DEFAULT_LIMITS) -> Bundle:

@@ -4,7 +4,13 @@ A file is written to a unique temporary file beside its target, flushed and
 fsynced, given the permissions a plain ``open()`` would give it under the
 process umask, and renamed over the target. An interrupted write leaves the
 target as it was (and at worst a ``.NAME.*.tmp`` file, which
-:func:`remove_stale` clears). Torch-free (standard library only).
+:func:`remove_stale` clears). A folder is built beside its target and swapped in
+whole (:func:`temp_folder`, :func:`swap_in`).
+
+The output-path policy lives here too, for every command that writes: no output is one of
+the command's inputs, holds one or lies inside one, no two outputs of a call are the same
+path (:func:`refuse_overwrite`), and ``--force`` replaces only what the command itself
+makes (:func:`check_replaceable`). Torch-free (standard library only).
 """
 
 from __future__ import annotations
@@ -13,13 +19,14 @@ import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
 from rnnexport.core.errors import OutputError, RnnexportError
 
-__all__ = ["atomic_write", "check_writable", "file_mode", "folder_mode", "remove_stale", "temp_folder"]
+__all__ = ["atomic_write", "check_replaceable", "check_writable", "file_mode", "folder_mode", "refuse_overwrite",
+           "remove_stale", "swap_in", "temp_folder"]
 
 Writer = Callable[[IO[bytes]], None]
 _TEMP = re.compile(r"^\..+\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.(tmp|probe|tmpdir)$")
@@ -75,6 +82,62 @@ def check_writable(path: str | os.PathLike, what: str = "output",
     os.close(fd)
     os.unlink(probe)
     return path
+
+
+def refuse_overwrite(outputs: Iterable[tuple[str, str | os.PathLike[str]]],
+                     inputs: Iterable[tuple[str, str | os.PathLike[str]]],
+                     error: type[RnnexportError] = OutputError) -> None:
+    """Refuse outputs that would write over the command's own inputs or over each other.
+
+    Args:
+        outputs: ``(what, path)`` for every path the call writes (``what`` names it in messages:
+            ``"output path"``, ``"--json"``, ...).
+        inputs: ``(what, path)`` for every file or folder the call reads that exists.
+
+    Raises:
+        ``error``: an output is an input, holds one (a folder), or lies inside an input folder;
+            or two outputs are the same path.
+    """
+    seen: dict[Path, str] = {}
+    given = [(what, Path(path), Path(path).resolve()) for what, path in inputs if Path(path).exists()]
+    for what, path in outputs:
+        target = Path(path).resolve()
+        if target in seen:
+            raise error(f"{what} {path} is also {seen[target]}: each output needs its own path")
+        seen[target] = f"{what} {path}"
+        for source_what, source, resolved in given:
+            if target == resolved or resolved in target.parents or target in resolved.parents:
+                raise error(f"{what} {path} would overwrite {source}, {source_what} of this command; "
+                            "choose another path")
+
+
+def check_replaceable(path: Path, force: bool, is_ours: Callable[[Path], bool], kind: str,
+                      error: type[RnnexportError] = OutputError) -> None:
+    """Allow writing ``path`` when it is new, or with ``force`` when it holds ``kind`` (what the command makes).
+
+    Raises:
+        ``error``: ``path`` exists without ``force``, or is a link or something other than ``kind``.
+    """
+    if not path.exists() and not path.is_symlink():
+        return
+    if not force:
+        raise error(f"{path} already exists; remove it or pass --force to replace it")
+    if path.is_symlink() or not is_ours(path):
+        raise error(f"{path} exists and is not {kind}: --force replaces only {kind}; remove it yourself or "
+                    "choose another path")
+
+
+def swap_in(built: Path, target: Path) -> None:
+    """Move the finished folder ``built`` to ``target``, replacing an old one there in one rename."""
+    if not target.exists():
+        os.replace(built, target)
+        return
+    import shutil
+
+    old = temp_folder(target)
+    os.replace(target, old / target.name)
+    os.replace(built, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | Writer, what: str = "output",

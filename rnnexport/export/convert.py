@@ -14,7 +14,7 @@ from onnx import helper
 from rnnexport.core.contract import Form, GraphInfo, Lowering, TensorSpec
 from rnnexport.core.errors import ConvertError
 from rnnexport.core.graphs import walk
-from rnnexport.core.io import atomic_write, check_writable
+from rnnexport.core.io import atomic_write, check_writable, refuse_overwrite
 from rnnexport.core.onnxfile import value_info
 from rnnexport.export.causal import check_causal
 from rnnexport.export.lowerings import Attempt, lower
@@ -119,12 +119,9 @@ def to_onnx(
 
 def _spare_inputs(path: Path, inputs: list[Path]) -> None:
     """Refuse an output path that is one of the inputs (or inside an input folder, or the models folder)."""
-    target = path.resolve()
-    for given in [*inputs, models_dir()]:
-        source = given.resolve()
-        if target == source or source in target.parents:
-            what = "the models folder" if given == models_dir() else f"{given}, an input of this conversion"
-            raise ConvertError(f"output path {path} would overwrite {what}; choose another output path")
+    refuse_overwrite([("output path", path)],
+                     [*(("an input of this conversion", given) for given in inputs), ("the models folder", models_dir())],
+                     ConvertError)
 
 
 def convert(

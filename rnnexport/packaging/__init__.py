@@ -19,11 +19,25 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from rnnexport.bundle import MANIFEST, EngineCheck, GraphEntry, Manifest, VariantEntry, write_zip
+from rnnexport.bundle import (
+    MANIFEST,
+    EngineCheck,
+    GraphEntry,
+    Manifest,
+    VariantEntry,
+    is_bundle,
+    write_zip,
+)
 from rnnexport.bundle.inspect import graph_entry
 from rnnexport.core.contract import Form, GraphInfo
 from rnnexport.core.errors import BundleError
-from rnnexport.core.io import atomic_write, temp_folder
+from rnnexport.core.io import (
+    atomic_write,
+    check_replaceable,
+    refuse_overwrite,
+    swap_in,
+    temp_folder,
+)
 from rnnexport.core.onnxfile import load_with_info
 from rnnexport.packaging.manifest import build_manifest, write_manifest
 from rnnexport.packaging.proof import Proof, prove
@@ -131,56 +145,13 @@ def _check_source(source: RecurrentModel, info: GraphInfo, path: Path) -> None:
                           "SOURCE and weights it was converted from")
 
 
-def _is_bundle(path: Path) -> bool:
-    """Whether ``path`` is a bundle folder or zip that ``--force`` may replace (it has a bundle manifest)."""
-    import json
-    import zipfile
-
-    try:
-        if path.is_dir():
-            text = (path / MANIFEST).read_text()
-        elif path.is_file() and zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                info = archive.getinfo(MANIFEST)
-                if info.file_size > 16 * 2**20:
-                    return False
-                text = archive.read(info).decode()
-        else:
-            return False
-        data = json.loads(text)
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return False
-    return isinstance(data, dict) and str(data.get("schema", "")).startswith("rnnexport.bundle/")
-
-
 def _check_target(path: Path, what: str, force: bool, inputs: list[Path]) -> None:
     """Refuse to write over an input of this command, or over anything but an earlier bundle."""
+    refuse_overwrite([(what, path)], [("an input", given) for given in inputs], BundleError)
     target = path.resolve()
-    for given in inputs:
-        source = given.resolve()
-        if source == target or target in source.parents:
-            raise BundleError(f"{what} {path} would overwrite {given}, an input of this command; choose another path")
     if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
         raise BundleError(f"{what} {path} is the current folder or holds it; choose a new folder for the bundle")
-    if not path.exists() and not path.is_symlink():
-        return
-    if not force:
-        raise BundleError(f"{path} already exists; remove it or pass --force to replace it")
-    if path.is_symlink() or not _is_bundle(path):
-        raise BundleError(f"{path} exists and is not an rnnexport bundle: --force replaces only a bundle; "
-                          "remove it yourself or choose another path")
-
-
-def _move_into_place(tmp: Path, folder: Path, force: bool) -> None:
-    if folder.exists():
-        if not force:
-            raise BundleError(f"{folder} already exists; remove it or pass --force to replace it")
-        old = temp_folder(folder)
-        os.replace(folder, old / folder.name)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, folder)
+    check_replaceable(path, force, is_bundle, "an rnnexport bundle", BundleError)
 
 
 def package(
@@ -234,7 +205,8 @@ def package(
     tmp = temp_folder(out_dir)
     try:
         result = _build(tmp, graphs, source, plan)
-        _move_into_place(tmp, out_dir, force)
+        check_replaceable(out_dir, force, is_bundle, "an rnnexport bundle", BundleError)
+        swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -25,7 +25,13 @@ import onnx
 from rnnexport.bundle import MANIFEST, GraphSource, open_bundle
 from rnnexport.core.contract import GraphInfo, IOSpec
 from rnnexport.core.errors import ConvertError, OutputError
-from rnnexport.core.io import atomic_write, temp_folder
+from rnnexport.core.io import (
+    atomic_write,
+    check_replaceable,
+    refuse_overwrite,
+    swap_in,
+    temp_folder,
+)
 from rnnexport.core.onnxfile import load_with_info
 from rnnexport.serving.checks import CONFIG, CheckReport, check_config
 from rnnexport.serving.config import (
@@ -187,32 +193,14 @@ def _target(repository: Path, name: str, force: bool) -> Path:
     if not parent.is_dir():
         raise OutputError(f"cannot create model repository {repository}: folder {parent} does not exist")
     target = repository / name
-    if target.exists() or target.is_symlink():
-        if not force:
-            raise OutputError(f"{target} already exists; remove it or pass --force to replace it")
-        if target.is_symlink() or not (target / CONFIG).is_file():
-            raise OutputError(f"{target} exists and is not a Triton model folder (no {CONFIG}): --force replaces "
-                              "only one; remove it yourself or choose another --name")
+    check_replaceable(target, force, lambda path: (path / CONFIG).is_file(), f"a Triton model folder (with {CONFIG})")
     return target
 
 
 def _spare_inputs(source: Any, target: Path) -> None:
     name = source.name if isinstance(source, SourceSpec) else source
-    if isinstance(name, (str, os.PathLike)) and Path(name).exists():
-        given = Path(name).resolve()
-        if given == target.resolve() or target.resolve() in given.parents:
-            raise OutputError(f"{target} holds {name}, an input of this command; choose another --name or folder")
-
-
-def _swap_in(built: Path, target: Path) -> None:
-    """Move the finished folder ``built`` to ``target``, replacing an old one (checked by :func:`_target`)."""
-    if not target.exists():
-        os.replace(built, target)
-        return
-    old = temp_folder(target)
-    os.replace(target, old / target.name)
-    os.replace(built, target)
-    shutil.rmtree(old, ignore_errors=True)
+    if isinstance(name, (str, os.PathLike)):
+        refuse_overwrite([("model folder", target)], [("an input", name)])
 
 
 def _write(target: Path, config_text: str, model: onnx.ModelProto) -> None:
@@ -225,7 +213,7 @@ def _write(target: Path, config_text: str, model: onnx.ModelProto) -> None:
         atomic_write(built / CONFIG, config_text.encode(), "Triton configuration")
         (built / VERSION).mkdir()
         atomic_write(built / VERSION / MODEL_FILE, model.SerializeToString(), "served graph")
-        _swap_in(built, target)
+        swap_in(built, target)
     except BaseException:
         shutil.rmtree(built, ignore_errors=True)
         raise
