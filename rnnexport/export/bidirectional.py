@@ -24,11 +24,9 @@ from rnnexport.export.onnxutil import GraphBuilder, finish_model
 from rnnexport.export.rewrites.graph import toposort
 from rnnexport.export.scan import prefix_names, wrap_in_scan
 from rnnexport.source.model import RecurrentModel
+from rnnexport.source.torchnn import MODULES, weight_suffix
 
 __all__ = ["bidirectional_rnn", "bidirectional_scan", "direction_halves"]
-
-_MODULES = {"RNN_TANH": torch.nn.RNN, "RNN_RELU": torch.nn.RNN, "LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
-
 
 def bidirectional_rnn(model: RecurrentModel) -> torch.nn.RNNBase | None:
     """The bare bidirectional torch.nn RNN/LSTM/GRU ``model`` was made from, else None."""
@@ -47,9 +45,9 @@ def _half(rnn: torch.nn.RNNBase, layer: int, direction: int) -> torch.nn.RNNBase
         extra["nonlinearity"] = "relu" if rnn.mode == "RNN_RELU" else "tanh"
     if proj:
         extra["proj_size"] = proj
-    half = _MODULES[rnn.mode](rnn.input_size if layer == 0 else width, rnn.hidden_size, num_layers=1,
+    half = MODULES[rnn.mode](rnn.input_size if layer == 0 else width, rnn.hidden_size, num_layers=1,
                               bias=rnn.bias, batch_first=False, **extra)
-    suffix = f"_l{layer}" + ("_reverse" if direction else "")
+    suffix = weight_suffix(layer, direction)
     with torch.no_grad():
         for name in half._flat_weights_names:  # weight_ih_l0, ..., weight_hr_l0
             getattr(half, name).copy_(getattr(rnn, name[: -len("_l0")] + suffix))

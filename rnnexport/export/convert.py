@@ -81,10 +81,6 @@ def _name_producers(graph: onnx.GraphProto) -> None:
         names.add(name)
 
 
-def _bidirectional(model: RecurrentModel) -> bool:
-    return any(isinstance(m, torch.nn.RNNBase) and m.bidirectional for m in model.sequence_module.modules())
-
-
 def count_nodes(graph: onnx.GraphProto) -> int:
     """Nodes in ``graph`` and every subgraph (a Scan body counts once)."""
     return sum(1 for _ in walk(graph))
@@ -104,12 +100,12 @@ def to_onnx(
                                "drop --seq-len")
         raise ConvertError(f"--seq-len sets T of an unrolled sequence graph; --lowering {lowering.value} writes a "
                            "graph that takes any T: drop --seq-len, or add --lowering unrolled")
-    if not (_bidirectional(model) and form is Form.SEQUENCE):  # a bidirectional sequence reads all of it
+    if not (model.bidirectional() and form is Form.SEQUENCE):  # a bidirectional sequence reads all of it
         check_causal(model)
     with torch.no_grad():
         onnx_model, used, attempts = lower(model, form, lowering, seq_len, progress)
     fixed = (seq_len or 35) if used is Lowering.UNROLLED and form is Form.SEQUENCE else None
-    if used is not Lowering.NATIVE and not _bidirectional(model):  # native carries NaN per layer itself
+    if used is not Lowering.NATIVE and not model.bidirectional():  # native carries NaN per layer itself
         carry_nan(onnx_model, model.io, form)
     _declare(onnx_model, model.io.inputs(form, fixed), model.io.outputs(form, fixed))
     info = write_info(onnx_model, model, form, used, fixed)

@@ -13,6 +13,8 @@ import copy
 
 import torch
 
+from rnnexport.source.torchnn import directions, weight_suffix
+
 __all__ = ["ExplicitRecurrent", "explicit_copy"]
 
 
@@ -23,7 +25,7 @@ class ExplicitRecurrent(torch.nn.Module):
         super().__init__()
         self.mode = module.mode  # "RNN_TANH", "RNN_RELU", "LSTM", "GRU"
         self.num_layers = module.num_layers
-        self.directions = 2 if module.bidirectional else 1
+        self.directions = directions(module)
         self.batch_first = module.batch_first
         self.hidden_size = module.hidden_size
         self.proj_size = getattr(module, "proj_size", 0)
@@ -32,8 +34,7 @@ class ExplicitRecurrent(torch.nn.Module):
             self.register_buffer(name, getattr(module, name).detach().clone())
 
     def _weight(self, kind: str, layer: int, direction: int) -> torch.Tensor | None:
-        suffix = f"_l{layer}" + ("_reverse" if direction else "")
-        return getattr(self, kind + suffix, None)
+        return getattr(self, kind + weight_suffix(layer, direction), None)
 
     def _required(self, kind: str, layer: int, direction: int) -> torch.Tensor:
         """A weight every layer of this module has (``weight_ih``, ``bias_hh`` when ``bias``, ...)."""

@@ -41,6 +41,7 @@ from rnnexport.core.errors import SourceError, describe
 from rnnexport.source.explicit import explicit_copy
 from rnnexport.source.model import RecurrentModel, SourceKind
 from rnnexport.source.probe import PROBE_BATCHES, example_x, probe_output
+from rnnexport.source.torchnn import is_bidirectional, recurrent_layers
 
 __all__ = ["BIDIRECTIONAL_SCAN_REASON", "NestedSequence", "from_loop_module", "input_features", "state_name"]
 
@@ -187,10 +188,6 @@ class NestedSequence(torch.nn.Module):
 # --------------------------------------------------------------------------- reading the module
 
 
-def _recurrent_layers(module: torch.nn.Module) -> list[torch.nn.RNNBase]:
-    return [m for m in module.modules() if isinstance(m, torch.nn.RNNBase)]
-
-
 def input_features(module: torch.nn.Module, input_size: int | None, owner: str) -> tuple[tuple[int, ...], str]:
     """``x``'s features and dtype: token ids after an Embedding, else the first layer's input size."""
     if input_size is not None:
@@ -210,7 +207,7 @@ def _layout(module: torch.nn.Module, owner: str) -> Layout:
     """Batch-major when the module's ``batch_first`` says so, else when its torch.nn RNN layers are."""
     flag = getattr(module, "batch_first", None)
     if not isinstance(flag, bool):
-        flags = {rnn.batch_first for rnn in _recurrent_layers(module)}
+        flags = {rnn.batch_first for rnn in recurrent_layers(module)}
         if len(flags) > 1:
             raise SourceError(f"{owner} holds batch_first and time-major torch.nn RNN layers; give it a bool "
                               "attribute batch_first saying how its x is laid out")
@@ -219,7 +216,7 @@ def _layout(module: torch.nn.Module, owner: str) -> Layout:
 
 
 def _no_state(owner: str, module: torch.nn.Module, problem: str) -> SourceError:
-    count = len(_recurrent_layers(module))
+    count = len(recurrent_layers(module))
     return SourceError(f"{owner} holds {count} torch.nn RNN/LSTM/GRU layers, so rnnexport reads its state from "
                        f"the module, but {problem}; give it forward(x, state) -> (y, state) and a method "
                        "initial_state(batch) returning the zero state (or let forward take state=None)")
@@ -325,7 +322,7 @@ def from_loop_module(module: torch.nn.Module, input_size: int | None = None,
     y_features = probe_output(sequence, x_features, x_dtype, state, layout)
     io = IOSpec(x_features, x_dtype, y_features, state, layout,
                 x_encoding="token-ids" if x_dtype == "int64" else "real")
-    bidirectional = any(rnn.bidirectional for rnn in _recurrent_layers(module))
+    bidirectional = is_bidirectional(module)
     return RecurrentModel(
         kind=SourceKind.MODULE,
         family=None,

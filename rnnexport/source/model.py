@@ -85,6 +85,10 @@ class RecurrentModel:
         assert self.trace_module is not None  # set in __post_init__
         return _OneStep(self.trace_module, self.io.time_axis)
 
+    def bidirectional(self) -> bool:
+        """Whether the model holds a torch.nn layer that reads the sequence in both directions."""
+        return any(isinstance(m, torch.nn.RNNBase) and m.bidirectional for m in self.sequence_module.modules())
+
     def vocabulary_size(self) -> int | None:
         """The vocabulary of a token model: the card's ``vocabulary``, else the first nn.Embedding's size."""
         if self.card and self.card.get("vocabulary"):

@@ -21,18 +21,18 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from rnnexport.core.contract import IOSpec, Layout, StateSpec
 from rnnexport.core.errors import SourceError, WeightsError, describe
-from rnnexport.source import cells, gates, zoo
+from rnnexport.source import cells, gates, torchnn, zoo
 from rnnexport.source.cells import CellKind
 from rnnexport.source.explicit import explicit_copy
 from rnnexport.source.loops import BIDIRECTIONAL_SCAN_REASON, from_loop_module, input_features
 from rnnexport.source.model import RecurrentModel, SourceKind
 from rnnexport.source.plan import NativeLayer, NativePlan
 from rnnexport.source.probe import probe_output
+from rnnexport.source.torchnn import FAMILY, TorchSequence, native_plan
 
 __all__ = [
     "SourceSpec",
@@ -349,54 +349,6 @@ def from_cell(
 # --------------------------------------------------------------------------- torch.nn modules
 
 
-_FAMILY = {"RNN_TANH": CellKind.RNN, "RNN_RELU": CellKind.RNN, "LSTM": CellKind.LSTM, "GRU": CellKind.GRU}
-
-
-class TorchSequence(torch.nn.Module):
-    """A module with torch's ``forward(x, state) -> (y, state)`` as ``forward(x, *state)``."""
-
-    def __init__(self, module: torch.nn.Module, is_lstm: bool) -> None:
-        super().__init__()
-        self.module = module
-        self.is_lstm = is_lstm
-
-    def forward(self, x: torch.Tensor, *state: torch.Tensor):
-        y, state_out = self.module(x, tuple(state) if self.is_lstm else state[0])
-        return (y, *state_out) if self.is_lstm else (y, state_out)
-
-
-def _torch_plan(rnn: torch.nn.RNNBase) -> tuple[NativePlan | None, str]:
-    if getattr(rnn, "proj_size", 0):
-        return None, "the ONNX LSTM operator has no projection (proj_size), so it cannot carry the projected state"
-    if rnn.mode == "RNN_RELU":
-        return None, ("the ONNX RNN operator's Relu activation does not run the same everywhere (tract computes "
-                      "tanh instead, onnx's ReferenceEvaluator refuses it), so a relu RNN is scanned or traced")
-    kind = _FAMILY[rnn.mode]
-    directions = 2 if rnn.bidirectional else 1
-    layers = []
-    for layer in range(rnn.num_layers):
-        Ws, Rs, Bs = [], [], []
-        for d in range(directions):
-            suffix = f"_l{layer}" + ("_reverse" if d else "")
-            def get(name: str, suffix: str = suffix):
-                return getattr(rnn, name + suffix).detach().float().numpy()
-            Ws.append(gates.torch_to_onnx_gates(kind, get("weight_ih")))
-            Rs.append(gates.torch_to_onnx_gates(kind, get("weight_hh")))
-            if rnn.bias:
-                Bs.append(np.concatenate([gates.torch_to_onnx_gates(kind, get("bias_ih")),
-                                          gates.torch_to_onnx_gates(kind, get("bias_hh"))]))
-        layers.append(NativeLayer(
-            op=gates.ONNX_OP[kind],
-            W=np.stack(Ws),
-            R=np.stack(Rs),
-            B=np.stack(Bs) if Bs else None,
-            hidden_size=rnn.hidden_size,
-            activations=("Tanh",) * directions if kind is CellKind.RNN else None,
-            linear_before_reset=1 if kind is CellKind.GRU else None,
-        ))
-    return NativePlan(layers=tuple(layers)), ""
-
-
 def from_module(module: torch.nn.Module, input_size: int | None = None) -> RecurrentModel:
     """A torch.nn.RNN/LSTM/GRU, a module built around one, or any causal module with its own state.
 
@@ -417,8 +369,8 @@ def from_module(module: torch.nn.Module, input_size: int | None = None) -> Recur
     if len(rnns) != 1:
         return from_loop_module(module, input_size)
     rnn = rnns[0]
-    kind = _FAMILY[rnn.mode]
-    directions = 2 if rnn.bidirectional else 1
+    kind = FAMILY[rnn.mode]
+    directions = torchnn.directions(rnn)
     hidden = rnn.hidden_size
     proj = getattr(rnn, "proj_size", 0)
     stacked = rnn.num_layers * directions
@@ -437,7 +389,7 @@ def from_module(module: torch.nn.Module, input_size: int | None = None) -> Recur
         return from_loop_module(module, input_size, layer_error=e)
     io = IOSpec(x_features, x_dtype, y_features, state, layout,
                 x_encoding="token-ids" if x_dtype == "int64" else "real")
-    plan, reason = _torch_plan(rnn) if bare else (None, "native covers bare torch.nn RNN/LSTM/GRU modules; "
+    plan, reason = native_plan(rnn) if bare else (None, "native covers bare torch.nn RNN/LSTM/GRU modules; "
                                                  f"{type(module).__name__} has other layers around its {rnn.mode}")
     scan_reason = BIDIRECTIONAL_SCAN_REASON if directions == 2 else None
     name = type(rnn).__name__
