@@ -29,15 +29,15 @@ import threading
 import time
 from collections.abc import Hashable, Mapping
 from concurrent.futures import Future
-from typing import cast
 
 import numpy as np
 import onnxruntime as ort
 
 from rnnexport.bundle import open_bundle
-from rnnexport.core.contract import Dim, Form, IOSpec, StateSpec, check_array
+from rnnexport.core.contract import Form, IOSpec, StateSpec, check_array
 from rnnexport.core.errors import RuntimeContractError
 from rnnexport.core.ort import ProviderRequest
+from rnnexport.runtime.buffers import bind_state, concrete
 from rnnexport.runtime.engine import Engine, Graph, LoadOptions, open_engine
 from rnnexport.runtime.session import checked_state, refuse_nonfinite
 
@@ -48,11 +48,6 @@ StreamId = Hashable
 
 DEFAULT_MAX_BATCH = 64
 DEFAULT_MAX_WAIT = 0.002  # seconds
-
-
-def _ints(shape: tuple[Dim, ...]) -> tuple[int, ...]:
-    """A contract shape built with int batch and time sizes, typed as such."""
-    return cast("tuple[int, ...]", shape)
 
 
 def _step_graph(engine: Engine) -> Graph:
@@ -139,8 +134,8 @@ class _Buffers:
     def __init__(self, graph: Graph, contract: IOSpec, max_batch: int) -> None:
         self.graph, self.contract = graph, contract
         spec = contract.state
-        self.x = np.zeros(_ints(contract.x_shape(Form.STEP, max_batch)), contract.x_dtype)
-        self.y = np.zeros(_ints(contract.y_shape(Form.STEP, max_batch)), contract.y_dtype)
+        self.x = np.zeros(concrete(contract.x_shape(Form.STEP, max_batch)), contract.x_dtype)
+        self.y = np.zeros(concrete(contract.y_shape(Form.STEP, max_batch)), contract.y_dtype)
         self.states = tuple([np.zeros(max_batch * int(np.prod(d)), spec.dtype) for d in spec.dims] for _ in range(2))
         self.views: dict[int, _Views] = {}
 
@@ -152,20 +147,18 @@ class _Buffers:
 
     def _make(self, n: int) -> _Views:
         c, graph, spec = self.contract, self.graph, self.contract.state
-        shapes = [_ints(spec.shape(i, n)) for i in range(len(spec.names))]
+        shapes = [concrete(spec.shape(i, n)) for i in range(len(spec.names))]
         sets = tuple([b[:int(np.prod(s))].reshape(s) for b, s in zip(flat, shapes)] for flat in self.states)
         # a sequence graph's (1, n, ...) or (n, 1, ...) is the same memory as the step's (n, ...)
-        x = self.x[:n].reshape(_ints(c.x_shape(graph.form, n, 1)))
-        y = self.y[:n].reshape(_ints(c.y_shape(graph.form, n, 1)))
+        x = self.x[:n].reshape(concrete(c.x_shape(graph.form, n, 1)))
+        y = self.y[:n].reshape(concrete(c.y_shape(graph.form, n, 1)))
         bindings = []
         for reads in (0, 1):
             binding = graph.session.io_binding()
-            bound = [(graph.x_name, x, True), (graph.y_name, y, False)]
-            bound += [(name, v, True) for name, v in zip(spec.names, sets[reads])]
-            bound += [(name, v, False) for name, v in zip(spec.output_names, sets[1 - reads])]
-            for name, array, is_input in bound:
-                value = ort.OrtValue.ortvalue_from_numpy(array)  # host memory, no copy
-                (binding.bind_ortvalue_input if is_input else binding.bind_ortvalue_output)(name, value)
+            binding.bind_ortvalue_input(graph.x_name, ort.OrtValue.ortvalue_from_numpy(x))  # host memory, no copy
+            binding.bind_ortvalue_output(graph.y_name, ort.OrtValue.ortvalue_from_numpy(y))
+            bind_state(binding, spec, [ort.OrtValue.ortvalue_from_numpy(v) for v in sets[reads]],
+                       [ort.OrtValue.ortvalue_from_numpy(v) for v in sets[1 - reads]])
             bindings.append(binding)
         return _Views(self.x[:n], self.y[:n], (sets[0], sets[1]), (bindings[0], bindings[1]))
 

@@ -11,26 +11,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from rnnexport.bundle import Bundle
-from rnnexport.core.contract import TIME, Dim, Form, IOSpec, StateSpec, check_array
+from rnnexport.core.contract import TIME, Form, IOSpec, StateSpec, check_array
 from rnnexport.core.errors import RuntimeContractError
 from rnnexport.core.ort import Device, ProviderRequest
+from rnnexport.runtime.buffers import Buffer, bind_state, concrete
 from rnnexport.runtime.engine import Engine, Graph, LoadOptions, open_engine
 
 STEP, SEQUENCE = Form.STEP, Form.SEQUENCE
 
 __all__ = ["StatefulSession", "load"]
-
-
-def _concrete(shape: tuple[Dim, ...]) -> tuple[int, ...]:
-    """A contract shape built with an int batch and time: every dim is an int (the contract's
-    shapes are typed for the symbolic "B"/"T" too; a step shape ignores time)."""
-    return cast("tuple[int, ...]", shape)
 
 
 def refuse_nonfinite(name: str, value: np.ndarray) -> np.ndarray:
@@ -66,58 +61,26 @@ def checked_state(spec: StateSpec, values: object, batch: int, finite: bool, wha
     return [refuse_nonfinite(f"{what} {n}", v) if finite else v for n, v in zip(spec.names, checked)]
 
 
-class _Tensor:
-    """A fixed buffer and the OrtValue over it: host memory on CPU, device memory otherwise."""
-
-    def __init__(self, shape: tuple[int, ...], dtype: str, device: Device, zero: bool = True) -> None:
-        self.host: np.ndarray | None
-        if device.type == "cpu":
-            self.host = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
-            self.value = ort.OrtValue.ortvalue_from_numpy(self.host)
-        else:
-            self.host = None
-            self.value = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.dtype(dtype), device.type, device.id)
-            if zero:
-                self.value.update_inplace(np.zeros(shape, dtype))
-
-    def read(self) -> np.ndarray:
-        """A host copy."""
-        return self.host.copy() if self.host is not None else self.value.numpy()
-
-    def take(self) -> np.ndarray:
-        """The host array itself on CPU (for buffers used once), a copy from a device."""
-        return self.host if self.host is not None else self.value.numpy()
-
-    def write(self, array: np.ndarray) -> None:
-        if self.host is not None:
-            np.copyto(self.host, array if array.shape == self.host.shape else array.reshape(self.host.shape))
-        else:
-            self.value.update_inplace(np.ascontiguousarray(array).reshape(self.value.shape()))
-
-
 class _State:
     """Two sets of state buffers: ``current`` holds the state, the other receives the next one."""
 
     def __init__(self, contract: IOSpec, batch: int, device: Device) -> None:
         spec = contract.state
         self.spec = spec
-        self.sets = tuple([_Tensor(_concrete(spec.shape(i, batch)), spec.dtype, device) for i in range(len(spec.names))]
+        self.sets = tuple([Buffer(concrete(spec.shape(i, batch)), spec.dtype, device) for i in range(len(spec.names))]
                           for _ in range(2))
         self.current = 0
 
     @property
-    def inputs(self) -> list[_Tensor]:
+    def inputs(self) -> list[Buffer]:
         return self.sets[self.current]
 
     @property
-    def outputs(self) -> list[_Tensor]:
+    def outputs(self) -> list[Buffer]:
         return self.sets[1 - self.current]
 
     def bind(self, binding: ort.IOBinding, reads: int) -> None:
-        for name, tensor in zip(self.spec.names, self.sets[reads]):
-            binding.bind_ortvalue_input(name, tensor.value)
-        for name, tensor in zip(self.spec.output_names, self.sets[1 - reads]):
-            binding.bind_ortvalue_output(name, tensor.value)
+        bind_state(binding, self.spec, [t.value for t in self.sets[reads]], [t.value for t in self.sets[1 - reads]])
 
 
 class _StepPlan:
@@ -126,8 +89,8 @@ class _StepPlan:
     def __init__(self, graph: Graph, contract: IOSpec, state: _State, batch: int, device: Device) -> None:
         form, time = (STEP, TIME) if graph.form == STEP else (SEQUENCE, 1)
         self.graph, self.state = graph, state
-        self.x = _Tensor(_concrete(contract.x_shape(form, batch, time)), contract.x_dtype, device)
-        self.y = _Tensor(_concrete(contract.y_shape(form, batch, time)), contract.y_dtype, device)
+        self.x = Buffer(concrete(contract.x_shape(form, batch, time)), contract.x_dtype, device)
+        self.y = Buffer(concrete(contract.y_shape(form, batch, time)), contract.y_dtype, device)
         self.bindings = []
         for reads in (0, 1):
             binding = graph.session.io_binding()
@@ -136,7 +99,7 @@ class _StepPlan:
             state.bind(binding, reads)
             self.bindings.append(binding)
 
-    def __call__(self, x: np.ndarray) -> _Tensor:
+    def __call__(self, x: np.ndarray) -> Buffer:
         self.x.write(x)
         self.graph.session.run_with_iobinding(self.bindings[self.state.current])
         self.state.current ^= 1
@@ -275,7 +238,7 @@ class StatefulSession:
         spec = self.contract.state
         if streams is None:
             for i, tensor in enumerate(self._state.inputs):
-                tensor.write(np.zeros(_concrete(spec.shape(i, self._batch)), spec.dtype))
+                tensor.write(np.zeros(concrete(spec.shape(i, self._batch)), spec.dtype))
             return
         if isinstance(streams, (int, np.integer)) and not isinstance(streams, (bool, np.bool_)):
             indices = [streams]
@@ -338,7 +301,7 @@ class StatefulSession:
 
     def _run_sequence(self, graph: Graph, xs: np.ndarray) -> np.ndarray:
         c = self.contract
-        y = _Tensor(_concrete(c.y_shape(SEQUENCE, self._batch, xs.shape[c.time_axis])), c.y_dtype,
+        y = Buffer(concrete(c.y_shape(SEQUENCE, self._batch, xs.shape[c.time_axis])), c.y_dtype,
                     self._engine.device, zero=False)
         binding = graph.session.io_binding()
         binding.bind_cpu_input(graph.x_name, np.ascontiguousarray(xs))
@@ -351,7 +314,7 @@ class StatefulSession:
     def _run_steps(self, xs: np.ndarray) -> np.ndarray:
         c = self.contract
         steps = xs.shape[c.time_axis]
-        ys = np.empty(_concrete(c.y_shape(SEQUENCE, self._batch, steps)), c.y_dtype)
+        ys = np.empty(concrete(c.y_shape(SEQUENCE, self._batch, steps)), c.y_dtype)
         plan = self._plan_for_step()
         for t in range(steps):
             x_t = xs[t] if c.time_axis == 0 else xs[:, t]

@@ -1,0 +1,63 @@
+"""The buffers a graph call binds: fixed arrays (or device memory) and the state's two directions.
+
+:class:`~rnnexport.runtime.session.StatefulSession` and :class:`~rnnexport.runtime.batcher.StreamBatcher`
+keep two sets of state buffers: a call reads one set and writes the other, then they swap, so the
+state never makes a host round trip and no call allocates. :func:`bind_state` binds one direction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import cast
+
+import numpy as np
+import onnxruntime as ort
+
+from rnnexport.core.contract import Dim, StateSpec
+from rnnexport.core.ort import Device
+
+__all__ = ["Buffer", "bind_state", "concrete"]
+
+
+def concrete(shape: tuple[Dim, ...]) -> tuple[int, ...]:
+    """A contract shape built with an int batch and time: every dim is an int (the contract's
+    shapes are typed for the symbolic "B"/"T" too; a step shape ignores time)."""
+    return cast("tuple[int, ...]", shape)
+
+
+class Buffer:
+    """A fixed buffer and the OrtValue over it: host memory on CPU, device memory otherwise."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: str, device: Device, zero: bool = True) -> None:
+        self.host: np.ndarray | None
+        if device.type == "cpu":
+            self.host = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+            self.value = ort.OrtValue.ortvalue_from_numpy(self.host)
+        else:
+            self.host = None
+            self.value = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.dtype(dtype), device.type, device.id)
+            if zero:
+                self.value.update_inplace(np.zeros(shape, dtype))
+
+    def read(self) -> np.ndarray:
+        """A host copy."""
+        return self.host.copy() if self.host is not None else self.value.numpy()
+
+    def take(self) -> np.ndarray:
+        """The host array itself on CPU (for buffers used once), a copy from a device."""
+        return self.host if self.host is not None else self.value.numpy()
+
+    def write(self, array: np.ndarray) -> None:
+        if self.host is not None:
+            np.copyto(self.host, array if array.shape == self.host.shape else array.reshape(self.host.shape))
+        else:
+            self.value.update_inplace(np.ascontiguousarray(array).reshape(self.value.shape()))
+
+
+def bind_state(binding: ort.IOBinding, spec: StateSpec, reads: Sequence[ort.OrtValue],
+               writes: Sequence[ort.OrtValue]) -> None:
+    """Bind one direction of a call: the state inputs to ``reads``, the state outputs to ``writes``."""
+    for name, value in zip(spec.names, reads, strict=True):
+        binding.bind_ortvalue_input(name, value)
+    for name, value in zip(spec.output_names, writes, strict=True):
+        binding.bind_ortvalue_output(name, value)
