@@ -14,6 +14,7 @@ other non-finite difference fails.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,13 +26,17 @@ __all__ = [
     "DEFAULT_TOLERANCES",
     "QUANTIZED_OPS",
     "REL_FLOOR",
+    "ROUNDING_FACTOR",
+    "VARIANT_TOLERANCES",
     "Figures",
     "Tolerance",
     "compare",
     "count_nonfinite",
     "graph_precision",
     "max_errors",
+    "rounding_error",
     "tolerance_for",
+    "with_rounding",
 ]
 
 #: Relative errors are taken against ``max(|want|, REL_FLOOR)``.
@@ -43,6 +48,11 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
     "float16": (1e-2, 1e-2),
     "int8": (5e-2, 1e-1),
 }
+
+#: How many times the reference's own float32 rounding error (against a float64 run of it) a check
+#: against PyTorch allows on top of ``atol``: two float32 implementations of a recurrence drift
+#: apart along time by rounding alone, and a long sequence would otherwise fail on that drift.
+ROUNDING_FACTOR = 3
 
 QUANTIZED_OPS = frozenset({
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul",
@@ -72,6 +82,27 @@ class Tolerance:
         """``|got - want| <= 1e-05 + 0.0001 * |want|``."""
         scale = f" + {self.range_atol:g} * max|want|" if self.range_atol else ""
         return f"|got - want| <= {self.atol:g}{scale} + {self.rtol:g} * |want|"
+
+
+#: What each bundle variant must meet against the float32 graph it was made from: its precision's
+#: defaults, and for the quantized and float16 variants an allowance that scales with the output's
+#: largest magnitude (quantization error does).
+VARIANT_TOLERANCES = {
+    "ort": Tolerance("float32", *DEFAULT_TOLERANCES["float32"]),
+    "int8": Tolerance("int8", *DEFAULT_TOLERANCES["int8"], range_atol=5e-2),
+    "fp16": Tolerance("float16", *DEFAULT_TOLERANCES["float16"], range_atol=1e-2),
+}
+
+
+def with_rounding(tol: Tolerance, error: float | None) -> Tolerance:
+    """``tol`` with ``ROUNDING_FACTOR`` times the reference's own rounding ``error`` added to ``atol``."""
+    return tol if error is None else dataclasses.replace(tol, atol=tol.atol + ROUNDING_FACTOR * error)
+
+
+def rounding_error(outputs: Sequence[np.ndarray], exact: Sequence[np.ndarray]) -> float:
+    """The largest ``|output - exact|`` over the float32 ``outputs`` and their float64 ``exact`` run."""
+    return max((float(np.abs(o.astype(np.float64) - e).max(initial=0.0)) for o, e in zip(outputs, exact,
+                                                                                       strict=True)), default=0.0)
 
 
 def graph_precision(model: onnx.ModelProto) -> str:

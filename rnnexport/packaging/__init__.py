@@ -21,6 +21,7 @@ import onnx
 
 from rnnexport.bundle import (
     MANIFEST,
+    VARIANT_NAMES,
     EngineCheck,
     GraphEntry,
     Manifest,
@@ -42,11 +43,11 @@ from rnnexport.core.onnxfile import load_with_info
 from rnnexport.packaging.manifest import build_manifest, write_manifest
 from rnnexport.packaging.proof import Proof, prove
 from rnnexport.packaging.text import is_char_model, text_agreement, text_notes
-from rnnexport.packaging.variants import VARIANTS, left_out, make_variant
+from rnnexport.packaging.variants import left_out, make_variant
 from rnnexport.packaging.vectors import make_vectors
 from rnnexport.source.model import RecurrentModel
 
-__all__ = ["VARIANTS", "PackageResult", "VariantPlan", "package"]
+__all__ = ["PackageResult", "VariantPlan", "package"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,17 +58,17 @@ class VariantPlan:
     command and nothing is written; an optional one is left out with the reason.
     """
 
-    names: tuple[str, ...] = VARIANTS
-    optional: frozenset[str] = frozenset(VARIANTS)
+    names: tuple[str, ...] = VARIANT_NAMES
+    optional: frozenset[str] = frozenset(VARIANT_NAMES)
 
     @classmethod
     def of(cls, variants: Sequence[str] | None, optional: Sequence[str] | None = None) -> VariantPlan:
         """``variants`` None: every variant, each optional; named ones are required unless ``optional`` says so."""
-        names = tuple(dict.fromkeys(VARIANTS if variants is None else variants))
-        unknown = [v for v in (*names, *(optional or ())) if v not in VARIANTS]
+        names = tuple(dict.fromkeys(VARIANT_NAMES if variants is None else variants))
+        unknown = [v for v in (*names, *(optional or ())) if v not in VARIANT_NAMES]
         if unknown:
-            raise BundleError(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
-        allowed = frozenset(VARIANTS if variants is None and optional is None else optional or ())
+            raise BundleError(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANT_NAMES)}")
+        allowed = frozenset(VARIANT_NAMES if variants is None and optional is None else optional or ())
         return cls(names, allowed)
 
 

@@ -24,8 +24,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from rnnexport.bundle import VARIANT_NAMES, VariantEntry
-from rnnexport.core.compare import Tolerance, compare
+from rnnexport.bundle import VariantEntry
+from rnnexport.core.compare import VARIANT_TOLERANCES, Tolerance, compare
 from rnnexport.core.contract import Form, IOSpec
 from rnnexport.core.errors import BundleError, describe
 from rnnexport.core.graphs import walk, walk_graphs
@@ -33,14 +33,8 @@ from rnnexport.core.inputs import random_inputs, random_state
 from rnnexport.core.io import atomic_write
 from rnnexport.core.ort import start_session
 
-__all__ = ["TOLERANCES", "VARIANTS", "left_out", "make_variant", "onnxruntime_only"]
+__all__ = ["left_out", "make_variant", "onnxruntime_only"]
 
-VARIANTS = VARIANT_NAMES
-#: (atol, range_atol, rtol) each variant must meet against the float32 graph: every element
-#: has ``|a - b| <= atol + range_atol * max|b| + rtol * |b|``, where ``max|b|`` is the output's
-#: largest magnitude in that case (quantization error scales with it).
-TOLERANCES = {"ort": Tolerance("float32", 1e-5, 1e-4), "int8": Tolerance("int8", 5e-2, 1e-1, range_atol=5e-2),
-              "fp16": Tolerance("float16", 1e-2, 1e-2, range_atol=1e-2)}
 #: At least this fraction of the float32 weights must become int8 for the variant to be worth shipping.
 INT8_MIN_QUANTIZED = 0.5
 
@@ -187,7 +181,7 @@ def make_variant(name: str, graph: str, source: Path, root: Path, io: IOSpec, fo
     stem = source.stem
     out = source.parent / "variants"
     out.mkdir(exist_ok=True)
-    tolerance = TOLERANCES[name]
+    tolerance = VARIANT_TOLERANCES[name]
     target = out / {"ort": f"{stem}.ort", "int8": f"{stem}.int8.onnx", "fp16": f"{stem}.fp16.onnx"}[name]
     files = [target] + ([out / f"{stem}.required_operators.config"] if name == "ort" else [])
     try:

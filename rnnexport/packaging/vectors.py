@@ -16,7 +16,7 @@ import numpy as np
 
 from rnnexport.bundle import VectorEntry
 from rnnexport.bundle.vectors import write_set
-from rnnexport.core.compare import tolerance_for
+from rnnexport.core.compare import rounding_error, tolerance_for, with_rounding
 from rnnexport.core.contract import Form, GraphInfo
 from rnnexport.core.inputs import random_inputs, random_state
 from rnnexport.core.ort import start_session
@@ -26,8 +26,6 @@ __all__ = ["STREAM_T", "VECTOR_BATCH", "make_vectors"]
 
 VECTOR_BATCH = 2
 SINGLE_T, STREAM_T = 8, (5, 4)
-#: How many times the reference's own rounding error a set allows on top of the default atol.
-ROUNDING_FACTOR = 3
 
 
 class _Expect:
@@ -61,14 +59,12 @@ class _Expect:
             return None
         if step:
             exact = [exact[0].squeeze(time_axis), *exact[1:]]
-        return max(float(np.abs(o.astype(np.float64) - e).max(initial=0.0)) for o, e in zip(outputs, exact))
+        return rounding_error(outputs, exact)
 
 
 def _tolerance(error: float | None) -> dict[str, float]:
-    default = tolerance_for("float32")
-    if error is None:
-        return {"atol": default.atol, "rtol": default.rtol}
-    return {"atol": default.atol + ROUNDING_FACTOR * error, "rtol": default.rtol, "float32_error": error}
+    tol = with_rounding(tolerance_for("float32"), error)
+    return {"atol": tol.atol, "rtol": tol.rtol, **({} if error is None else {"float32_error": error})}
 
 
 def make_vectors(root: Path, prefix: str, graph: str, path: Path, info: GraphInfo,
