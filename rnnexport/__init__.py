@@ -10,55 +10,31 @@ numpy only) never pulls in torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from rnnexport.core.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-_LAZY: dict[str, tuple[str, str]] = {
-    "ConvertResult": ("rnnexport.export.convert", "ConvertResult"),
-    "Form": ("rnnexport.core.contract", "Form"),
-    "GraphInfo": ("rnnexport.core.contract", "GraphInfo"),
-    "IOSpec": ("rnnexport.core.contract", "IOSpec"),
-    "Lowering": ("rnnexport.core.contract", "Lowering"),
-    "RecurrentModel": ("rnnexport.source.model", "RecurrentModel"),
-    "RnnexportError": ("rnnexport.core.errors", "RnnexportError"),
-    "SourceSpec": ("rnnexport.source.sources", "SourceSpec"),
-    "StateSpec": ("rnnexport.core.contract", "StateSpec"),
-    "TensorSpec": ("rnnexport.core.contract", "TensorSpec"),
-    "builtin": ("rnnexport.source.sources", "builtin"),
-    "convert": ("rnnexport.export.convert", "convert"),
-    "from_cell": ("rnnexport.source.sources", "from_cell"),
-    "from_module": ("rnnexport.source.sources", "from_module"),
-    "load": ("rnnexport.runtime", "load"),
-    "package": ("rnnexport.packaging", "package"),
-    "verify": ("rnnexport.verification", "verify"),
+#: Public names, each imported from its module on first use.
+_LAZY = {
+    "ConvertResult": "rnnexport.export.convert",
+    "Form": "rnnexport.core.contract",
+    "GraphInfo": "rnnexport.core.contract",
+    "IOSpec": "rnnexport.core.contract",
+    "Lowering": "rnnexport.core.contract",
+    "RecurrentModel": "rnnexport.source.model",
+    "RnnexportError": "rnnexport.core.errors",
+    "SourceSpec": "rnnexport.source.sources",
+    "StateSpec": "rnnexport.core.contract",
+    "TensorSpec": "rnnexport.core.contract",
+    "builtin": "rnnexport.source.sources",
+    "convert": "rnnexport.export.convert",
+    "from_cell": "rnnexport.source.sources",
+    "from_module": "rnnexport.source.sources",
+    "load": "rnnexport.runtime",
+    "package": "rnnexport.packaging",
+    "verify": "rnnexport.verification",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        try:  # a submodule, e.g. rnnexport.source.cells
-            return importlib.import_module(f"rnnexport.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"rnnexport.{name}":
-                raise
-            raise AttributeError(f"module 'rnnexport' has no attribute {name!r}") from None
-    module, attr = _LAZY[name]
-    try:
-        value = getattr(importlib.import_module(module), attr)
-    except ModuleNotFoundError as e:  # an optional package: say which extra brings it
-        from rnnexport.core.errors import missing_extra
-
-        missing = missing_extra(e, f"rnnexport.{name}")
-        if missing is None:
-            raise
-        raise missing from e
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -14,9 +14,9 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from rnnexport.source import cells
 from rnnexport.cli import main
 from rnnexport.cli.convert import convert_command
+from rnnexport.source import cells
 
 
 def run(args, cwd=None):

@@ -14,11 +14,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "rnnexport"
 #: Modules that need neither torch nor onnx (the runtime builds on these alone).
 BARE = ["rnnexport.core.errors", "rnnexport.core.contract", "rnnexport.core.io", "rnnexport.core.ort",
         "rnnexport.bundle", "rnnexport.bundle.manifest", "rnnexport.bundle.reader", "rnnexport.bundle.archive",
-        "rnnexport.runtime", "rnnexport.runtime.engine", "rnnexport.runtime.session", "rnnexport.runtime.files"]
+        "rnnexport.runtime", "rnnexport.runtime.engine", "rnnexport.runtime.session", "rnnexport.runtime.files",
+        "rnnexport.runtime.batcher", "rnnexport.runtime.buffers"]
 #: Modules that read ONNX files (onnx allowed, torch not).
 WITH_ONNX = ["rnnexport.core", "rnnexport.core.graphs", "rnnexport.core.compare", "rnnexport.core.inputs",
              "rnnexport.bundle.inspect", "rnnexport.bundle.vectors", "rnnexport.verification.bundle",
-             "rnnexport.engines.onnxrt", "rnnexport.engines.reference"]
+             "rnnexport.engines.onnxrt", "rnnexport.engines.reference", "rnnexport.serving.checks",
+             "rnnexport.serving.emulator", "rnnexport.serving.form"]
 
 
 def _import_blocking(modules: list[str], blocked: tuple[str, ...]) -> subprocess.CompletedProcess:

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 import rnnexport
+from rnnexport.cli import main
 from rnnexport.engines.js import JS_INSTALL, chromium_binary
 from rnnexport.engines.registry import ENGINES
-from rnnexport.cli import main
 from rnnexport.verification import Contract
 
 pytestmark = pytest.mark.slow

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from onnx.reference import ReferenceEvaluator
 
-from rnnexport.source import gates
-from rnnexport.source.cells import CellKind
 from rnnexport.core.contract import Form
 from rnnexport.export.convert import to_onnx
+from rnnexport.source import gates
+from rnnexport.source.cells import CellKind
 from rnnexport.testing import assert_close, feeds, random_inputs, random_state
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rnnexport.core.contract import Form
+from rnnexport.core.errors import ProviderError, VerifyError
 from rnnexport.engines import (
     EngineUnavailable,
     OrtRunner,
@@ -13,8 +15,6 @@ from rnnexport.engines import (
     reference_limitations,
     resolve_provider,
 )
-from rnnexport.core.contract import Form
-from rnnexport.core.errors import ProviderError, VerifyError
 from rnnexport.testing import feeds, random_inputs, random_state
 from rnnexport.verification import verify
 
