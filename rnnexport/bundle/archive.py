@@ -20,7 +20,7 @@ __all__ = ["write_zip"]
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
-def write_zip(folder: str | os.PathLike, archive: str | os.PathLike) -> int:
+def write_zip(folder: str | os.PathLike[str], archive: str | os.PathLike[str]) -> int:
     """Zip every file under ``folder`` into ``archive``, reproducibly and atomically.
 
     Returns:

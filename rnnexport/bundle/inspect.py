@@ -66,7 +66,7 @@ def _graph(source: GraphSource, size: int) -> dict[str, Any]:
     return data
 
 
-def inspect(path: str | os.PathLike) -> Inspection:
+def inspect(path: str | os.PathLike[str]) -> Inspection:
     """A summary of a ``.onnx`` graph, a bundle folder or zip, or an ONNX test folder.
 
     Raises:

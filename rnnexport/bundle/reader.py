@@ -303,7 +303,7 @@ def is_bundle(path: Path) -> bool:
     return isinstance(data, dict) and str(data.get("schema", "")).startswith(SCHEMA.split("/")[0] + "/")
 
 
-def open_bundle(path: str | os.PathLike, limits: ZipLimits = DEFAULT_LIMITS) -> Bundle:
+def open_bundle(path: str | os.PathLike[str], limits: ZipLimits = DEFAULT_LIMITS) -> Bundle:
     """Open and check a bundle folder, a .zip of one, a bare ``.onnx`` model, or an ONNX test folder.
 
     Raises:

@@ -59,7 +59,7 @@ def _prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}."
 
 
-def check_writable(path: str | os.PathLike, what: str = "output",
+def check_writable(path: str | os.PathLike[str], what: str = "output",
                    error: type[RnnexportError] = OutputError) -> Path:
     """``path`` as a Path, after checking early (before slow work) that it can be written.
 
@@ -140,7 +140,7 @@ def swap_in(built: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | Writer, what: str = "output",
+def atomic_write(path: str | os.PathLike[str], data: bytes | Writer, what: str = "output",
                  error: type[RnnexportError] = OutputError) -> int:
     """Write ``data`` (bytes, or a function that writes to a binary file) to ``path`` atomically.
 

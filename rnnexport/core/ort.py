@@ -179,7 +179,7 @@ def _reason(log: str) -> str:
     return "no reason given by onnxruntime"
 
 
-def start_session(model: str | os.PathLike | bytes, providers: ProviderRequest | Sequence[ProviderRequest] | None,
+def start_session(model: str | os.PathLike[str] | bytes, providers: ProviderRequest | Sequence[ProviderRequest] | None,
                   options: ort.SessionOptions | None = None, name: str = "the model") -> Started:
     """An onnxruntime session on exactly the requested providers, or the reason it cannot be had.
 

@@ -122,7 +122,7 @@ def _spare_inputs(path: Path, inputs: list[Path]) -> None:
 
 def convert(
     source: SourceSpec | str | torch.nn.Module | RecurrentModel,
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     form: Form | str = Form.SEQUENCE,
     lowering: Lowering | str = Lowering.AUTO,
     seq_len: int | None = None,

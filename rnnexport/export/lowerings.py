@@ -58,7 +58,8 @@ def trace_step(model: RecurrentModel, progress: Callable[[str], None] = _silent)
         return NotApplicable(f"torch.onnx could not trace one step: {describe(e)}")
 
 
-def _native(model: RecurrentModel, form: Form, seq_len: int | None, progress):
+def _native(model: RecurrentModel, form: Form, seq_len: int | None,
+            progress: Callable[[str], None]) -> onnx.ModelProto | NotApplicable:
     if model.native is None:
         return NotApplicable(model.native_reason or "not a recognised RNN/LSTM/GRU cell")
     if form is Form.STEP and model.native.layers[0].directions == 2:
@@ -66,7 +67,8 @@ def _native(model: RecurrentModel, form: Form, seq_len: int | None, progress):
     return build_native(model, form)
 
 
-def _scan(model: RecurrentModel, form: Form, seq_len: int | None, progress):
+def _scan(model: RecurrentModel, form: Form, seq_len: int | None,
+          progress: Callable[[str], None]) -> onnx.ModelProto | NotApplicable:
     if form is Form.STEP:
         return NotApplicable("scan lowers sequences; for a step graph use native or unrolled (one traced step)")
     rnn = bidirectional_rnn(model)
@@ -83,7 +85,8 @@ def _scan(model: RecurrentModel, form: Form, seq_len: int | None, progress):
     return step if isinstance(step, NotApplicable) else wrap_in_scan(model, step)
 
 
-def _unrolled(model: RecurrentModel, form: Form, seq_len: int | None, progress):
+def _unrolled(model: RecurrentModel, form: Form, seq_len: int | None,
+              progress: Callable[[str], None]) -> onnx.ModelProto | NotApplicable:
     if form is Form.STEP:
         if model.scan_reason:
             return NotApplicable(model.scan_reason)

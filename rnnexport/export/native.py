@@ -49,7 +49,8 @@ def _op_node(g: GraphBuilder, layer: NativeLayer, index: int, x: str, h: str, c:
     return g.op(layer.op, inputs, outputs, **attrs)
 
 
-def _layer_node(g: GraphBuilder, layer: NativeLayer, index: int, x: str, h: str, c: str | None):
+def _layer_node(g: GraphBuilder, layer: NativeLayer, index: int, x: str, h: str,
+                c: str | None) -> tuple[str, str, str | None]:
     """One ONNX recurrent node; returns ``(Y (T, D, B, H), Y_h, Y_c or None)``."""
     outputs = _op_node(g, layer, index, x, h, c, 3 if layer.op == "LSTM" else 2)
     return outputs[0], outputs[1], outputs[2] if layer.op == "LSTM" else None
@@ -63,7 +64,7 @@ def _merge_directions(g: GraphBuilder, y: str, directions: int) -> str:
     return g.one("Reshape", [y, g.ints("shape", [0, 0, -1])])
 
 
-def _state_slices(g: GraphBuilder, model: RecurrentModel, name: str, layers: int, directions: int):
+def _state_slices(g: GraphBuilder, model: RecurrentModel, name: str, layers: int, directions: int) -> list[str]:
     """Per-layer ``(D, B, H)`` views of a state input."""
     if model.io.state.batch_axis == 0:  # seed cells: (B, H)
         return [g.one("Unsqueeze", [name, g.ints("axis0", [0])])]
@@ -227,9 +228,10 @@ def build_native(model: RecurrentModel, form: Form) -> onnx.ModelProto:
     if io.layout is Layout.BATCH_MAJOR:
         x = g.one("Transpose", [x], perm=[1, 0, 2])
     h_parts = _state_slices(g, model, state_names[0], len(plan.layers), directions)
-    c_parts = (_state_slices(g, model, state_names[1], len(plan.layers), directions)
-               if len(state_names) == 2 else [None] * len(plan.layers))
-    h_out, c_out = [], []
+    c_parts: list[str | None] = (list(_state_slices(g, model, state_names[1], len(plan.layers), directions))
+                                 if len(state_names) == 2 else [None] * len(plan.layers))
+    h_out: list[str] = []
+    c_out: list[str] = []
     for index, layer in enumerate(plan.layers):
         y, y_h, y_c = _layer_node(g, layer, index, x, h_parts[index], c_parts[index])
         if layer.op in _MASKS_NAN and io.x_dtype == "float32":
@@ -238,7 +240,8 @@ def build_native(model: RecurrentModel, form: Form) -> onnx.ModelProto:
             y_c = g.one("Add", [y_c, final]) if y_c is not None else None
         x = _merge_directions(g, y, layer.directions)
         h_out.append(y_h)
-        c_out.append(y_c)
+        if y_c is not None:
+            c_out.append(y_c)
     if plan.head is not None:
         W_hq, b_q = plan.head
         x = g.one("Add", [g.one("MatMul", [x, g.const("W_hq", W_hq)]), g.const("b_q", b_q)])

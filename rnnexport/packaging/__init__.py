@@ -156,10 +156,10 @@ def _check_target(path: Path, what: str, force: bool, inputs: list[Path]) -> Non
 
 
 def package(
-    model_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
+    model_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
     source: RecurrentModel | None = None,
-    step_path: str | os.PathLike | None = None,
+    step_path: str | os.PathLike[str] | None = None,
     variants: Sequence[str] | None = None,
     archive: bool = False,
     force: bool = False,

@@ -306,7 +306,7 @@ class StreamBatcher:
     @classmethod
     def load(
         cls,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         providers: ProviderRequest | list[ProviderRequest] | None = None,
         *,
         max_batch: int = DEFAULT_MAX_BATCH,

@@ -108,7 +108,7 @@ def _load(source: GraphSource, bundle: Bundle, requested: list[ProviderRequest],
     return graph, contract, started.device, info.description if info is not None else ""
 
 
-def open_engine(path: str | os.PathLike | Bundle, options: LoadOptions) -> Engine:
+def open_engine(path: str | os.PathLike[str] | Bundle, options: LoadOptions) -> Engine:
     """Open, check and load a bundle or model, or an already opened one (see :meth:`StatefulSession.load`)."""
     if options.form is not None and options.form not in FORMS:
         raise ContractError(f"form must be one of {', '.join(FORMS)}, got {options.form!r}")

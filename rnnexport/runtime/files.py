@@ -39,12 +39,12 @@ class RunSummary:
     state_out: Path | None
 
 
-def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+def save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
     """Write ``array`` as ``.npy``, atomically (a temporary file, then a rename)."""
     atomic_write(path, lambda f: np.save(f, array, allow_pickle=False), "output")
 
 
-def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+def save_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> None:
     """Write named arrays as ``.npz``, atomically."""
     # numpy stub: **kwds could land on allow_pickle: bool; the keys here are state names
     atomic_write(path, lambda f: np.savez(f, **arrays), "state")  # type: ignore[arg-type]
@@ -70,11 +70,11 @@ def _batch_of(session: StatefulSession, x: np.ndarray) -> tuple[str, int]:
 
 
 def run_files(
-    model: str | os.PathLike,
-    x_path: str | os.PathLike,
-    state_in: str | os.PathLike | None = None,
-    state_out: str | os.PathLike | None = None,
-    y_path: str | os.PathLike | None = None,
+    model: str | os.PathLike[str],
+    x_path: str | os.PathLike[str],
+    state_in: str | os.PathLike[str] | None = None,
+    state_out: str | os.PathLike[str] | None = None,
+    y_path: str | os.PathLike[str] | None = None,
     providers: ProviderRequest | list[ProviderRequest] | None = None,
     check_finite: bool = True,
 ) -> RunSummary:
@@ -128,9 +128,9 @@ class StreamsSummary:
 
 
 def run_stream_files(
-    model: str | os.PathLike,
-    x_paths: list[str | os.PathLike],
-    y_paths: list[str | os.PathLike],
+    model: str | os.PathLike[str],
+    x_paths: list[str | os.PathLike[str]],
+    y_paths: list[str | os.PathLike[str]],
     providers: ProviderRequest | list[ProviderRequest] | None = None,
     check_finite: bool = True,
 ) -> StreamsSummary:

@@ -129,7 +129,7 @@ class StatefulSession:
     @classmethod
     def load(
         cls,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         providers: ProviderRequest | list[ProviderRequest] | None = None,
         *,
         batch: int = 1,

@@ -288,7 +288,7 @@ def read_config(folder: str | os.PathLike[str]) -> Any:
     return parse_config(text)
 
 
-def check_model_folder(folder: str | os.PathLike) -> CheckReport:
+def check_model_folder(folder: str | os.PathLike[str]) -> CheckReport:
     """Check a Triton model folder (``REPOSITORY/NAME``): ``config.pbtxt`` against its newest graph.
 
     Returns:

@@ -59,7 +59,8 @@ STATE_NAMES: dict[CellKind, tuple[str, ...]] = {
 }
 
 
-def rnn(inputs: torch.Tensor, state: Sequence[torch.Tensor], params: Sequence[torch.Tensor]):
+def rnn(inputs: torch.Tensor, state: Sequence[torch.Tensor],
+        params: Sequence[torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """The seed's plain RNN: ``H = tanh(X W_xh + H W_hh + b_h)``, ``Y = H W_hq + b_q``."""
     W_xh, W_hh, b_h, W_hq, b_q = params
     (H,) = state
@@ -71,7 +72,8 @@ def rnn(inputs: torch.Tensor, state: Sequence[torch.Tensor], params: Sequence[to
     return torch.cat(outputs, dim=0), (H,)
 
 
-def lstm(inputs: torch.Tensor, state: Sequence[torch.Tensor], params: Sequence[torch.Tensor]):
+def lstm(inputs: torch.Tensor, state: Sequence[torch.Tensor],
+         params: Sequence[torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """The seed's LSTM with input, forget and output gates and a candidate cell."""
     [W_xi, W_hi, b_i, W_xf, W_hf, b_f, W_xo, W_ho, b_o, W_xc, W_hc, b_c, W_hq, b_q] = params
     (H, C) = state
@@ -88,7 +90,8 @@ def lstm(inputs: torch.Tensor, state: Sequence[torch.Tensor], params: Sequence[t
     return torch.cat(outputs, dim=0), (H, C)
 
 
-def gru(inputs: torch.Tensor, state: Sequence[torch.Tensor], params: Sequence[torch.Tensor]):
+def gru(inputs: torch.Tensor, state: Sequence[torch.Tensor],
+        params: Sequence[torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """The seed's GRU; the reset gate applies to H *before* the matmul with W_hh."""
     W_xz, W_hz, b_z, W_xr, W_hr, b_r, W_xh, W_hh, b_h, W_hq, b_q = params
     (H,) = state

@@ -10,6 +10,7 @@ module while tracing; the module itself stays the reference it is checked agains
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 
@@ -70,13 +71,19 @@ class ExplicitRecurrent(torch.nn.Module):
         pre = gi + gh
         return (torch.relu(pre) if self.mode == "RNN_RELU" else torch.tanh(pre)), c
 
-    def forward(self, x: torch.Tensor, hx=None):
+    def forward(self, x: torch.Tensor,
+                hx: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, Any]:
         if self.batch_first:
             x = x.transpose(0, 1)
         is_lstm = self.mode == "LSTM"
         h0: torch.Tensor
         c0: torch.Tensor | None
-        h0, c0 = (hx if is_lstm else (hx, None)) if hx is not None else self._zeros(x)
+        if hx is None:
+            h0, c0 = self._zeros(x)
+        elif isinstance(hx, tuple):
+            h0, c0 = hx
+        else:
+            h0, c0 = hx, None
         h_n: list[torch.Tensor] = []
         c_n: list[torch.Tensor] = []
         for layer in range(self.num_layers):

@@ -171,7 +171,7 @@ class NestedSequence(torch.nn.Module):
         self.tree = tree
         self.axes = axes
 
-    def forward(self, x: torch.Tensor, *flat: torch.Tensor):
+    def forward(self, x: torch.Tensor, *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.axes is not None:
             flat = tuple(t.movedim(0, axis) for t, axis in zip(flat, self.axes))
         result = self.user(x, _build(self.tree, flat))

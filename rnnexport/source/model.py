@@ -144,6 +144,6 @@ class _OneStep(torch.nn.Module):
         self.sequence = sequence
         self.time_axis = time_axis
 
-    def forward(self, x: torch.Tensor, *state: torch.Tensor):
+    def forward(self, x: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         y, *state_out = self.sequence(x.unsqueeze(self.time_axis), *state)
         return (y.squeeze(self.time_axis), *state_out)

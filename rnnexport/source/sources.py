@@ -47,6 +47,8 @@ __all__ = [
 DEFAULT_INPUT_SIZE = 28
 DEFAULT_HIDDEN_SIZE = 256
 CARD_FORMAT = "rnnexport.card/1"
+#: A loop in the seed's convention: ``fn(inputs, state, params) -> (outputs, state)``.
+CellFn = Callable[[torch.Tensor, tuple[torch.Tensor, ...], list[torch.Tensor]], tuple[torch.Tensor, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,14 +69,14 @@ class SourceSpec:
 class SeedSequence(torch.nn.Module):
     """A seed-convention loop as ``forward(x, *state) -> (y (T, B, Q), *state_out)``."""
 
-    def __init__(self, fn: Callable, params: Sequence[tuple[str, torch.Tensor]]) -> None:
+    def __init__(self, fn: CellFn, params: Sequence[tuple[str, torch.Tensor]]) -> None:
         super().__init__()
         self.fn = fn
         self.names = [name for name, _ in params]
         for index, (_, tensor) in enumerate(params):
             self.register_buffer(f"p{index}", tensor.detach().clone().float())
 
-    def forward(self, x: torch.Tensor, *state: torch.Tensor):
+    def forward(self, x: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         params = [getattr(self, f"p{i}") for i in range(len(self.names))]
         outputs, state_out = self.fn(x, tuple(state), params)
         return (outputs.reshape(x.shape[0], x.shape[1], -1), *state_out)
@@ -97,7 +99,7 @@ def _seed_plan(kind: CellKind, named: dict[str, torch.Tensor]) -> NativePlan:
 
 def _seed_model(
     kind: CellKind,
-    fn: Callable,
+    fn: CellFn,
     named: list[tuple[str, torch.Tensor]],
     source_kind: SourceKind,
     origin: dict[str, Any],
@@ -123,7 +125,7 @@ def _seed_model(
     )
 
 
-def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Tensors from a ``.safetensors`` file or a torch file (loaded with ``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
@@ -141,7 +143,8 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     raise WeightsError(f"weights file {path} holds a {type(loaded).__name__}, not a dict of named tensors")
 
 
-def _check_weights(kind: CellKind, weights: dict[str, torch.Tensor], shapes, label: str) -> None:
+def _check_weights(kind: CellKind, weights: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]],
+                   label: str) -> None:
     missing = [n for n in shapes if n not in weights]
     extra = [n for n in weights if n not in shapes]
     if missing:
@@ -157,7 +160,8 @@ def _check_weights(kind: CellKind, weights: dict[str, torch.Tensor], shapes, lab
                                f"needs {shape}; check --input-size/--hidden-size/--output-size")
 
 
-def _sizes_from_weights(kind: CellKind, weights: dict[str, torch.Tensor], spec: SourceSpec):
+def _sizes_from_weights(kind: CellKind, weights: dict[str, torch.Tensor],
+                        spec: SourceSpec) -> tuple[int | None, int | None, int | None]:
     first, recurrent = cells.PARAM_NAMES[kind][:2]
     def dim(name: str, axis: int, given: int | None) -> int | None:
         if given is not None or name not in weights or weights[name].dim() != 2:
@@ -192,7 +196,7 @@ def builtin(
     input_size: int | None = None,
     hidden_size: int | None = None,
     output_size: int | None = None,
-    weights: str | os.PathLike | None = None,
+    weights: str | os.PathLike[str] | None = None,
     seed: int = 0,
     origin: dict[str, Any] | None = None,
     params: Sequence[torch.Tensor] | None = None,
@@ -241,7 +245,7 @@ def builtin(
     return _seed_model(kind, cells.CELL_FUNCTIONS[kind], named, SourceKind.BUILTIN, origin, text)
 
 
-def _portable(path: str | os.PathLike) -> str:
+def _portable(path: str | os.PathLike[str]) -> str:
     """``path`` relative to the working folder (as ``verify`` run there finds it), never absolute.
 
     A graph records where its weights came from; an absolute path would make the same
@@ -256,7 +260,8 @@ def _portable(path: str | os.PathLike) -> str:
 # --------------------------------------------------------------------------- user cells
 
 
-def _recognise_cell(fn: Callable, named: list[tuple[str, torch.Tensor]], state) -> CellKind | None:
+def _recognise_cell(fn: CellFn, named: list[tuple[str, torch.Tensor]],
+                    state: Sequence[torch.Tensor]) -> CellKind | None:
     """The seed cell that ``fn`` computes, found by running both on a probe input."""
     shapes = [tuple(t.shape) for _, t in named]
     for kind in CellKind:
@@ -282,7 +287,7 @@ def _recognise_cell(fn: Callable, named: list[tuple[str, torch.Tensor]], state) 
 
 
 def from_cell(
-    fn: Callable,
+    fn: CellFn,
     params: Sequence[torch.Tensor] | dict[str, torch.Tensor],
     init_state: Sequence[torch.Tensor],
     state_names: Sequence[str] | None = None,
@@ -519,7 +524,7 @@ def _card_factory(path: Path, name: object) -> Callable[..., torch.nn.Module]:
     return known[name]
 
 
-def _resolve_factory(target: str) -> Callable:
+def _resolve_factory(target: str) -> Callable[..., Any]:
     where, _, attr = target.rpartition(":")
     if not where or not attr:
         raise SourceError(f"{target!r} is not file.py:factory or package.module:factory")
@@ -548,7 +553,7 @@ def _resolve_factory(target: str) -> Callable:
     return factory
 
 
-def _call_factory(target: str, factory: Callable, kwargs: dict[str, Any] | None = None):
+def _call_factory(target: str, factory: Callable[..., Any], kwargs: dict[str, Any] | None = None) -> Any:
     try:
         return factory(**(kwargs or {}))
     except SystemExit as e:

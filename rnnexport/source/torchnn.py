@@ -73,7 +73,7 @@ def native_plan(rnn: torch.nn.RNNBase) -> tuple[NativePlan | None, str]:
         Ws, Rs, Bs = [], [], []
         for d in range(count):
             suffix = weight_suffix(layer, d)
-            def get(name: str, suffix: str = suffix):
+            def get(name: str, suffix: str = suffix) -> np.ndarray:
                 return getattr(rnn, name + suffix).detach().float().numpy()
             Ws.append(gates.torch_to_onnx_gates(kind, get("weight_ih")))
             Rs.append(gates.torch_to_onnx_gates(kind, get("weight_hh")))
