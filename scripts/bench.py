@@ -53,8 +53,8 @@ import torch
 from onnx import helper
 
 import rnnexport
-from rnnexport.source import cells
 from rnnexport.core.io import atomic_write
+from rnnexport.source import cells
 from rnnexport.testing import feeds, random_inputs, random_state
 
 try:

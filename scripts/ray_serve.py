@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from rnnexport.core.compare import compare, tolerance_for
 from rnnexport.core.contract import Form
 from rnnexport.runtime import StatefulSession
 from rnnexport.testing import random_inputs
-from rnnexport.core.compare import compare, tolerance_for
 
 # --- configuration -------------------------------------------------------------------------------
 MAX_BATCH_SIZE = 64

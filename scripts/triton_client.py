@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnexport.core.compare import compare, tolerance_for
 from rnnexport.core.contract import Form
 from rnnexport.runtime import StatefulSession
 from rnnexport.serving import read_config
 from rnnexport.serving.checks import model_file
 from rnnexport.testing import random_inputs
-from rnnexport.core.compare import compare, tolerance_for
 
 # --- configuration -------------------------------------------------------------------------------
 URL = "localhost:8001"  # Triton's gRPC port
