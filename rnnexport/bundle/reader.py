@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
 import stat
@@ -23,6 +22,7 @@ from typing import Protocol
 
 from rnnexport.bundle.manifest import MANIFEST, SCHEMA, Manifest, VectorEntry, safe_path
 from rnnexport.core.contract import Form, IOSpec
+from rnnexport.core.data import load_json
 from rnnexport.core.errors import BundleError
 
 __all__ = ["DEFAULT_LIMITS", "Bundle", "GraphSource", "ZipLimits", "is_bundle", "open_bundle"]
@@ -271,10 +271,7 @@ def _check_vectors(reader: _Reader, manifest: Manifest, listed: set[str]) -> Non
 
 def _from_manifest(path: Path, kind: str, reader: _Reader) -> Bundle:
     data = reader.read(MANIFEST, DEFAULT_LIMITS.max_manifest_bytes)
-    try:
-        parsed = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise BundleError(f"{MANIFEST} of {path} is not JSON: {e}") from e
+    parsed = load_json(data, f"{MANIFEST} of {path}", BundleError)
     manifest = Manifest.from_json(parsed, str(path))
     listed = _check_files(reader, manifest)
     graphs = _graphs(reader, manifest, listed)
@@ -297,8 +294,8 @@ def is_bundle(path: Path) -> bool:
     """
     try:
         reader: _Reader = _FolderReader(path) if path.is_dir() else _ZipReader(path, DEFAULT_LIMITS)
-        data = json.loads(reader.read(MANIFEST, DEFAULT_LIMITS.max_manifest_bytes))
-    except (BundleError, ValueError, RecursionError):
+        data = load_json(reader.read(MANIFEST, DEFAULT_LIMITS.max_manifest_bytes), MANIFEST, BundleError)
+    except BundleError:
         return False
     return isinstance(data, dict) and str(data.get("schema", "")).startswith(SCHEMA.split("/")[0] + "/")
 

@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from rnnexport.core.data import load_json
 from rnnexport.core.errors import ContractError
 
 __all__ = [
@@ -140,10 +141,7 @@ def _name(value: Any, what: str) -> str:
 
 def _object(data: Any, what: str) -> Mapping[str, Any]:
     if isinstance(data, (str, bytes)):
-        try:
-            data = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ContractError(f"malformed {what}: not JSON ({e})") from e
+        data = load_json(data, what)
     if not isinstance(data, Mapping):
         raise ContractError(f"malformed {what}: expected a JSON object")
     return data

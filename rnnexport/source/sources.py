@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import importlib
 import importlib.util
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from rnnexport.core.contract import IOSpec, Layout, StateSpec
+from rnnexport.core.data import MAX_JSON_BYTES, load_json
 from rnnexport.core.errors import SourceError, WeightsError, describe
 from rnnexport.source import cells, gates, torchnn, zoo
 from rnnexport.source.cells import CellKind
@@ -452,10 +452,12 @@ def _card_path(name: str) -> Path | None:
 
 def load_card(path: Path) -> dict[str, Any]:
     try:
-        card = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise SourceError(f"model card {path} is over {MAX_JSON_BYTES} bytes; it is not a model card")
+        card = load_json(path.read_bytes(), f"model card {path}", SourceError)
+    except OSError as e:
         raise SourceError(f"cannot read model card {path}: {e}") from e
-    if card.get("format") != CARD_FORMAT:
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise SourceError(f"{path} is not a model card of format {CARD_FORMAT}")
     return card
 
