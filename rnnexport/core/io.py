@@ -86,13 +86,16 @@ def check_writable(path: str | os.PathLike[str], what: str = "output",
 
 def refuse_overwrite(outputs: Iterable[tuple[str, str | os.PathLike[str]]],
                      inputs: Iterable[tuple[str, str | os.PathLike[str]]],
-                     error: type[RnnexportError] = OutputError) -> None:
+                     error: type[RnnexportError] = OutputError,
+                     allowed: tuple[str, str | os.PathLike[str]] | None = None) -> None:
     """Refuse outputs that would write over the command's own inputs or over each other.
 
     Args:
         outputs: ``(what, path)`` for every path the call writes (``what`` names it in messages:
             ``"output path"``, ``"--json"``, ...).
         inputs: ``(what, path)`` for every file or folder the call reads that exists.
+        allowed: ``(what, path)``: the output ``what`` may replace the input file ``path`` (a state
+            file updated in place: read first, then written atomically).
 
     Raises:
         ``error``: an output is an input, holds one (a folder), or lies inside an input folder;
@@ -106,6 +109,8 @@ def refuse_overwrite(outputs: Iterable[tuple[str, str | os.PathLike[str]]],
             raise error(f"{what} {path} is also {seen[target]}: each output needs its own path")
         seen[target] = f"{what} {path}"
         for source_what, source, resolved in given:
+            if allowed is not None and allowed[0] == what and Path(allowed[1]).resolve() == target == resolved:
+                continue
             if target == resolved or resolved in target.parents or target in resolved.parents:
                 raise error(f"{what} {path} would overwrite {source}, {source_what} of this command; "
                             "choose another path")

@@ -14,8 +14,9 @@ import numpy as np
 
 from rnnexport.core.contract import Form, show_shape
 from rnnexport.core.errors import RuntimeContractError, describe
-from rnnexport.core.io import atomic_write
+from rnnexport.core.io import atomic_write, check_writable, refuse_overwrite
 from rnnexport.core.ort import ProviderRequest
+from rnnexport.runtime.buffers import concrete
 from rnnexport.runtime.session import StatefulSession
 
 STEP, SEQUENCE = Form.STEP, Form.SEQUENCE
@@ -57,6 +58,23 @@ def _load_array(path: Path, what: str) -> Any:
         raise RuntimeContractError(f"cannot read {what} {path}: {describe(e)}") from e
 
 
+Named = tuple[str, "str | os.PathLike[str] | None"]
+
+
+def _check_outputs(outputs: list[Named], inputs: list[Named],
+                   updates: tuple[str, str | os.PathLike[str]] | None = None) -> None:
+    """Before any work: no output writes over an input or another output, and every one can be written.
+
+    ``updates`` is the one output allowed to replace an input (``--state-out`` the file given to
+    ``--state-in``: the saved state moves on, written atomically after it was read).
+    """
+    given = [(what, path) for what, path in outputs if path is not None]
+    sources = [(what, path) for what, path in inputs if path is not None]
+    refuse_overwrite(given, sources, RuntimeContractError, allowed=updates)
+    for what, path in given:
+        check_writable(path, what, RuntimeContractError)
+
+
 def _batch_of(session: StatefulSession, x: np.ndarray) -> tuple[str, int]:
     c = session.contract
     step_rank = 1 + len(c.x_features)
@@ -87,6 +105,9 @@ def run_files(
     Raises:
         RnnexportError: for an unreadable file, a bad bundle, or inputs off the contract.
     """
+    _check_outputs([("-o", y_path), ("--state-out", state_out)],
+                   [("the model", model), ("the input", x_path), ("the saved state", state_in)],
+                   updates=("--state-out", state_in) if state_out is not None and state_in is not None else None)
     x = _load_array(Path(x_path), "input")
     if not isinstance(x, np.ndarray):
         raise RuntimeContractError(f"input {x_path} is not a single .npy array")
@@ -137,8 +158,9 @@ def run_stream_files(
     """Run several streams at once, one per ``x.npy``, through a :class:`StreamBatcher`.
 
     Each ``x`` is one stream's chunk ``(T, 1, ...)`` (``(1, T, ...)`` for batch-major graphs),
-    of any T; at every tick, the streams that still have a step run in one call, and each
-    ``y`` is written (atomically) as that stream's chunk. Streams start from zeros.
+    of any T (0 included: that stream's ``y`` is empty); at every tick, the streams that still
+    have a step run in one call, and each ``y`` is written (atomically) as that stream's chunk,
+    after all of them have run. Streams start from zeros.
 
     Raises:
         RnnexportError: an unreadable file, one ``-o`` per input missing, inputs off the contract.
@@ -147,6 +169,8 @@ def run_stream_files(
 
     if len(y_paths) not in (0, len(x_paths)):
         raise RuntimeContractError(f"give one -o per --input ({len(x_paths)}), or none; got {len(y_paths)}")
+    _check_outputs([("-o", path) for path in y_paths],
+                   [("the model", model), *(("an input", path) for path in x_paths)])
     batcher = StreamBatcher.load(model, providers, max_batch=max(1, len(x_paths)), check_finite=check_finite)
     c = batcher.contract
     chunks = []
@@ -160,7 +184,7 @@ def run_stream_files(
         streams = [batcher.join() for _ in chunks]
         ys: list[list[np.ndarray]] = [[] for _ in chunks]
         calls = 0
-        for t in range(max(len(chunk) for chunk in chunks)):
+        for t in range(max((len(chunk) for chunk in chunks), default=0)):
             live = {s: chunk[t] for s, chunk in zip(streams, chunks) if t < len(chunk)}
             out = batcher.step(live)
             calls += 1
@@ -168,8 +192,9 @@ def run_stream_files(
                 if stream in out:
                     ys[index].append(out[stream])
         written = []
-        for ys_i, path in zip(ys, y_paths):
-            save_npy(path, np.moveaxis(np.stack(ys_i), 0, c.time_axis))
+        empty = np.zeros((0, *concrete(c.y_shape(STEP, 1))), c.y_dtype)  # (T=0, 1, ...)
+        for ys_i, path in zip(ys, y_paths, strict=False):
+            save_npy(path, np.moveaxis(np.stack(ys_i) if ys_i else empty, 0, c.time_axis))
             written.append(Path(path))
         return StreamsSummary(Path(model), batcher.providers, tuple(len(chunk) for chunk in chunks), calls,
                               tuple(written))
