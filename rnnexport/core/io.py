@@ -192,11 +192,18 @@ def _fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
-def temp_folder(target: Path) -> Path:
-    """A new, uniquely named folder beside ``target`` to build it in (made with the umask's mode)."""
+def temp_folder(target: Path, error: type[RnnexportError] = OutputError) -> Path:
+    """A new, uniquely named folder beside ``target`` to build it in (made with the umask's mode).
+
+    Raises:
+        ``error``: the folder cannot be made there (missing or read-only parent).
+    """
     folder = target.parent if str(target.parent) else Path(".")
     remove_stale(folder)
-    tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmpdir", dir=folder))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmpdir", dir=folder))
+    except OSError as e:
+        raise error(f"cannot create {target}: {e.strerror}; choose a writable folder") from e
     os.chmod(tmp, folder_mode())
     return tmp
 

@@ -203,7 +203,7 @@ def package(
     if not parent.is_dir():
         raise BundleError(f"cannot create {out_dir}: folder {parent} does not exist")
     graphs = [(model_path, model, info), *([(Path(step_path), *step)] if step is not None and step_path else [])]
-    tmp = temp_folder(out_dir)
+    tmp = temp_folder(out_dir, BundleError)
     try:
         result = _build(tmp, graphs, source, plan)
         check_replaceable(out_dir, force, is_bundle, "an rnnexport bundle", BundleError)
