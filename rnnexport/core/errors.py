@@ -15,6 +15,7 @@ __all__ = [
     "OutputError",
     "ProviderError",
     "RnnexportError",
+    "RunError",
     "RuntimeContractError",
     "SourceError",
     "VerifyError",
@@ -60,6 +61,10 @@ ContractError = RuntimeContractError
 
 class ProviderError(RnnexportError):
     """An execution provider that was asked for is not available or did not start."""
+
+
+class RunError(RnnexportError):
+    """Running a graph failed inside the engine (out of memory, an operator's own error): not a bug of the caller's."""
 
 
 class OutputError(RnnexportError):

@@ -24,6 +24,7 @@ from rnnexport.core.errors import (
     ContractError,
     ProviderError,
     RnnexportError,
+    RunError,
     RuntimeContractError,
 )
 from rnnexport.runtime.batcher import BatcherStats, StreamBatcher
@@ -47,6 +48,7 @@ __all__ = [
     "Manifest",
     "ProviderError",
     "RnnexportError",
+    "RunError",
     "RunSummary",
     "RuntimeContractError",
     "StateContract",

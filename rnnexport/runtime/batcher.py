@@ -27,7 +27,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import Future
 
 import numpy as np
@@ -35,9 +35,9 @@ import onnxruntime as ort
 
 from rnnexport.bundle import open_bundle
 from rnnexport.core.contract import Form, IOSpec, StateSpec, check_array
-from rnnexport.core.errors import RuntimeContractError
+from rnnexport.core.errors import RnnexportError, RuntimeContractError
 from rnnexport.core.ort import ProviderRequest
-from rnnexport.runtime.buffers import bind_state, concrete
+from rnnexport.runtime.buffers import bind_state, concrete, run_bound
 from rnnexport.runtime.engine import Engine, Graph, LoadOptions, open_engine
 from rnnexport.runtime.session import checked_state, refuse_nonfinite
 
@@ -48,6 +48,13 @@ StreamId = Hashable
 
 DEFAULT_MAX_BATCH = 64
 DEFAULT_MAX_WAIT = 0.002  # seconds
+#: The most streams one batcher holds unless told otherwise (each costs its state, e.g. 2 KB for H=256).
+DEFAULT_MAX_STREAMS = 4096
+#: Bounds on the sizes a caller may ask for: a larger max_batch would allocate buffers of that many rows.
+MAX_BATCH_LIMIT = 1 << 16
+MAX_STREAMS_LIMIT = 1 << 24
+#: How many evicted stream ids :attr:`StreamBatcher.evicted` remembers.
+EVICTED_KEPT = 1024
 
 
 def _step_graph(engine: Engine) -> Graph:
@@ -210,6 +217,11 @@ class _Queue:
             self.counts[request.stream] += 1
             self.cond.notify()
 
+    def has(self, stream: StreamId) -> bool:
+        """Whether ``stream`` has a step waiting."""
+        with self.cond:
+            return stream in self.counts
+
     def drop(self, stream: StreamId) -> list[_Request]:
         """Take a stream's pending steps out of the queue (it left)."""
         with self.cond:
@@ -268,6 +280,25 @@ class _Queue:
             self.batcher._run_requests([r for r in batch if r.future.set_running_or_notify_cancel()])
 
 
+def _check_int(what: str, value: object, limit: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+        raise RuntimeContractError(f"{what} must be an int from 1 to {limit}, got {value!r:.80}")
+
+
+def _check_id(stream: object, what: str) -> None:
+    try:
+        hash(stream)
+    except TypeError:
+        raise RuntimeContractError(f"{what}: a stream id must be hashable (an int or a str), got "
+                                   f"{type(stream).__name__}") from None
+
+
+def _fail(requests: Iterable[_Request], message: str) -> None:
+    for request in requests:
+        if request.future.set_running_or_notify_cancel():
+            request.future.set_exception(RuntimeContractError(message))
+
+
 class StreamBatcher:
     """Independent streams that join and leave at any time, advanced together through one graph.
 
@@ -280,13 +311,26 @@ class StreamBatcher:
     """
 
     def __init__(self, engine: Engine, *, max_batch: int = DEFAULT_MAX_BATCH,
-                 max_wait: float = DEFAULT_MAX_WAIT, check_finite: bool = False) -> None:
-        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
-            raise RuntimeContractError(f"max_batch must be a positive int, got {max_batch!r}")
+                 max_wait: float = DEFAULT_MAX_WAIT, check_finite: bool = False,
+                 max_streams: int = DEFAULT_MAX_STREAMS, idle_timeout: float | None = None,
+                 on_evict: Callable[[StreamId], None] | None = None) -> None:
+        _check_int("max_batch", max_batch, MAX_BATCH_LIMIT)
+        _check_int("max_streams", max_streams, MAX_STREAMS_LIMIT)
         if not isinstance(max_wait, (int, float)) or isinstance(max_wait, bool) or not 0 <= max_wait <= 60:
             raise RuntimeContractError(f"max_wait must be seconds from 0 to 60, got {max_wait!r}")
+        if idle_timeout is not None and (not isinstance(idle_timeout, (int, float)) or isinstance(idle_timeout, bool)
+                                         or not 0 < idle_timeout <= 7 * 86400):
+            raise RuntimeContractError(f"idle_timeout must be seconds above 0 (at most a week) or None, "
+                                       f"got {idle_timeout!r}")
+        if on_evict is not None and not callable(on_evict):
+            raise RuntimeContractError(f"on_evict must be a function of the stream id, got {on_evict!r:.80}")
         self._engine = engine
         self.max_batch, self.max_wait = max_batch, float(max_wait)
+        self.max_streams = max_streams
+        self.idle_timeout = None if idle_timeout is None else float(idle_timeout)
+        self._on_evict = on_evict
+        self._last_used: dict[StreamId, float] = {}  # stream -> when it last joined, stepped or changed
+        self._evicted: collections.deque[StreamId] = collections.deque(maxlen=EVICTED_KEPT)
         self._check_finite = bool(check_finite)
         self._graph = _step_graph(engine)
         contract = engine.contract
@@ -314,6 +358,9 @@ class StreamBatcher:
         threads: int | None = None,
         session_options: ort.SessionOptions | None = None,
         check_finite: bool = False,
+        max_streams: int = DEFAULT_MAX_STREAMS,
+        idle_timeout: float | None = None,
+        on_evict: Callable[[StreamId], None] | None = None,
     ) -> StreamBatcher:
         """Load a bundle, a .zip of one, or a model ``.onnx`` (its step graph) with no streams yet.
 
@@ -326,6 +373,12 @@ class StreamBatcher:
             threads: onnxruntime intra-op threads.
             session_options: onnxruntime session options to start from.
             check_finite: refuse an ``x`` or a state holding NaN or Inf with one line.
+            max_streams: the most streams joined at once; one more :meth:`join` is refused.
+            idle_timeout: seconds after which a stream that has not stepped (nor joined, nor had
+                its state set or reset) is evicted, as if it had left; None keeps streams until
+                they leave. Checked whenever a stream joins or steps.
+            on_evict: called with each evicted stream's id (outside the batcher's lock); the last
+                ones are also listed in :attr:`evicted`.
 
         Raises:
             BundleError, ProviderError, RuntimeContractError: as :meth:`StatefulSession.load`;
@@ -334,7 +387,8 @@ class StreamBatcher:
         bundle = open_bundle(path)
         form = "step" if any(s.form is Form.STEP for s in bundle.graphs.values()) else None
         engine = open_engine(bundle, LoadOptions(providers, form, threads, session_options))
-        return cls(engine, max_batch=max_batch, max_wait=max_wait, check_finite=check_finite)
+        return cls(engine, max_batch=max_batch, max_wait=max_wait, check_finite=check_finite,
+                   max_streams=max_streams, idle_timeout=idle_timeout, on_evict=on_evict)
 
     # --- what it is ----------------------------------------------------------------------------
 
@@ -351,6 +405,12 @@ class StreamBatcher:
         """The streams that have joined and not left, in joining order."""
         with self._lock:
             return tuple(self._streams)
+
+    @property
+    def evicted(self) -> tuple[StreamId, ...]:
+        """The streams evicted for idling, oldest first (the last ``EVICTED_KEPT``)."""
+        with self._lock:
+            return tuple(self._evicted)
 
     @property
     def stats(self) -> BatcherStats:
@@ -379,34 +439,54 @@ class StreamBatcher:
         """Add a stream, from the zero state or ``state`` (``{"h": (1, H), ...}``); returns its id.
 
         Raises:
-            RuntimeContractError: the id is already in use, or a malformed state.
+            RuntimeContractError: the id is already in use or not hashable, a malformed state, or
+                ``max_streams`` streams have joined already.
         """
+        self.evict_idle()
         with self._lock:
             if stream is None:
                 stream = next(i for i in self._ids if i not in self._streams)
-            elif stream in self._streams:
-                raise RuntimeContractError(f"join: stream {stream!r} has already joined; leave() it first "
-                                           f"or pick another id")
+            else:
+                _check_id(stream, "join")
+                if stream in self._streams:
+                    raise RuntimeContractError(f"join: stream {stream!r:.80} has already joined; leave() it first "
+                                               f"or pick another id")
+            if len(self._streams) >= self.max_streams:
+                raise RuntimeContractError(f"join: this batcher holds its limit of {self.max_streams} streams; "
+                                           "leave() one first, or make the batcher with a larger max_streams")
             values = None if state is None else self._checked_state(stream, state)
             slot = self._pool.take()
             if values is not None:
                 self._pool.write(slot, values)
             self._streams[stream] = slot
             self._joined[stream] = next(self._joins)
+            self._last_used[stream] = time.monotonic()
             return stream
 
     def leave(self, stream: StreamId) -> None:
         """Remove a stream; its pending :meth:`submit` steps fail with RuntimeContractError."""
         with self._lock:
             slot = self._slot(stream, "leave")
-            self._write_back()
-            self._pool.give(slot)
-            del self._streams[stream], self._joined[stream]
-            dropped = self._queue.drop(stream)
-        for request in dropped:
-            if request.future.set_running_or_notify_cancel():
-                request.future.set_exception(RuntimeContractError(
-                    f"stream {stream!r} left before this step ran"))
+            dropped = self._remove(stream, slot)
+        _fail(dropped, f"stream {stream!r:.80} left before this step ran")
+
+    def evict_idle(self) -> tuple[StreamId, ...]:
+        """Evict the streams idle for longer than ``idle_timeout`` (none without one); returns them.
+
+        An evicted stream is gone as if it had left: its id may join again, from zeros.
+        """
+        if self.idle_timeout is None:
+            return ()
+        deadline = time.monotonic() - self.idle_timeout
+        with self._lock:
+            idle = [s for s, used in self._last_used.items() if used < deadline and not self._queue.has(s)]
+            dropped = [r for s in idle for r in self._remove(s, self._streams[s])]
+            self._evicted.extend(idle)
+        _fail(dropped, "the stream was evicted for idling before this step ran")
+        for stream in idle:
+            if self._on_evict is not None:
+                self._on_evict(stream)
+        return tuple(idle)
 
     def reset(self, stream: StreamId) -> None:
         """Zero one stream's state."""
@@ -414,6 +494,7 @@ class StreamBatcher:
             slot = self._slot(stream, "reset")
             self._write_back()
             self._pool.write(slot, None)
+            self._touch((stream,))
 
     def get_state(self, stream: StreamId) -> dict[str, np.ndarray]:
         """One stream's state by name (copies, each with a batch of 1): save it to resume."""
@@ -430,6 +511,7 @@ class StreamBatcher:
             values = self._checked_state(stream, state)
             self._write_back()
             self._pool.write(slot, values)
+            self._touch((stream,))
 
     # --- steps ---------------------------------------------------------------------------------
 
@@ -441,13 +523,15 @@ class StreamBatcher:
         """
         if not isinstance(inputs, Mapping):
             raise RuntimeContractError(f"step: expected a mapping of stream id to x, got {type(inputs).__name__}")
+        self.evict_idle()
         with self._lock:
             slots, xs = self._checked_inputs(inputs)
             ys: list[np.ndarray] = []
             for start in range(0, len(slots), self.max_batch):
                 end = start + self.max_batch
                 ys.extend(self._run(slots[start:end], xs[start:end]))
-        return dict(zip(inputs, ys))
+            self._touch(inputs)
+        return dict(zip(inputs, ys, strict=True))
 
     def submit(self, stream: StreamId, x: np.ndarray) -> Future[np.ndarray]:
         """Queue one step of ``stream``; the Future gives its ``y_t`` once a grouped call ran it.
@@ -467,6 +551,19 @@ class StreamBatcher:
         self._queue.close()
 
     # --- internals -----------------------------------------------------------------------------
+
+    def _remove(self, stream: StreamId, slot: int) -> list[_Request]:
+        """Take ``stream`` out (under the lock); its pending requests, to fail outside it."""
+        self._write_back()
+        self._pool.give(slot)
+        del self._streams[stream], self._joined[stream], self._last_used[stream]
+        return self._queue.drop(stream)
+
+    def _touch(self, streams: Iterable[StreamId]) -> None:
+        now = time.monotonic()
+        for stream in streams:
+            if stream in self._last_used:
+                self._last_used[stream] = now
 
     def _slot(self, stream: StreamId, what: str) -> int:
         try:
@@ -515,7 +612,7 @@ class StreamBatcher:
             self._write_back()
             reads = 0
             self._pool.gather(self._index(slots), views.states[0])
-        self._graph.session.run_with_iobinding(views.bindings[reads])
+        run_bound(self._graph.session, views.bindings[reads], f"a step of {n} streams")
         self._resident = _Resident(slots, views, 1 - reads)
         self._calls += 1
         self._steps += n
@@ -541,9 +638,10 @@ class StreamBatcher:
                     r.future.set_exception(RuntimeContractError(f"stream {r.stream!r} left before this step ran"))
             try:
                 ys = self._run([self._streams[r.stream] for r in live], [r.x for r in live])
-            except Exception as e:  # noqa: BLE001 - handed to every waiting caller, not lost in the worker
+            except RnnexportError as e:
                 for r in live:
                     r.future.set_exception(e)
                 return
+            self._touch(r.stream for r in live)
         for r, y in zip(live, ys):
             r.future.set_result(y)

@@ -14,9 +14,10 @@ import numpy as np
 import onnxruntime as ort
 
 from rnnexport.core.contract import Dim, StateSpec
+from rnnexport.core.errors import RunError, describe
 from rnnexport.core.ort import Device
 
-__all__ = ["Buffer", "bind_state", "concrete"]
+__all__ = ["Buffer", "bind_state", "concrete", "run_bound"]
 
 
 def concrete(shape: tuple[Dim, ...]) -> tuple[int, ...]:
@@ -61,3 +62,15 @@ def bind_state(binding: ort.IOBinding, spec: StateSpec, reads: Sequence[ort.OrtV
         binding.bind_ortvalue_input(name, value)
     for name, value in zip(spec.output_names, writes, strict=True):
         binding.bind_ortvalue_output(name, value)
+
+
+def run_bound(session: ort.InferenceSession, binding: ort.IOBinding, what: str) -> None:
+    """One call on bound buffers; onnxruntime's own failures (out of memory, an operator's error) as one line.
+
+    Raises:
+        RunError: naming ``what`` ran and onnxruntime's reason.
+    """
+    try:
+        session.run_with_iobinding(binding)
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises Fail, RuntimeException, ... for a graph's failure
+        raise RunError(f"{what} failed in onnxruntime: {describe(e)}") from e

@@ -34,6 +34,12 @@ class LoadOptions:
     threads: int | None = None
     session_options: ort.SessionOptions | None = None
 
+    def __post_init__(self) -> None:
+        threads = self.threads
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                    or not 1 <= threads <= 1024):
+            raise ContractError(f"threads must be an int from 1 to 1024 or None, got {threads!r:.40}")
+
 
 @dataclasses.dataclass(frozen=True)
 class Graph:

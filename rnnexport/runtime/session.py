@@ -20,7 +20,7 @@ from rnnexport.bundle import Bundle
 from rnnexport.core.contract import TIME, Form, IOSpec, StateSpec, check_array
 from rnnexport.core.errors import RuntimeContractError
 from rnnexport.core.ort import Device, ProviderRequest
-from rnnexport.runtime.buffers import Buffer, bind_state, concrete
+from rnnexport.runtime.buffers import Buffer, bind_state, concrete, run_bound
 from rnnexport.runtime.engine import Engine, Graph, LoadOptions, open_engine
 
 STEP, SEQUENCE = Form.STEP, Form.SEQUENCE
@@ -101,7 +101,7 @@ class _StepPlan:
 
     def __call__(self, x: np.ndarray) -> Buffer:
         self.x.write(x)
-        self.graph.session.run_with_iobinding(self.bindings[self.state.current])
+        run_bound(self.graph.session, self.bindings[self.state.current], "a step")
         self.state.current ^= 1
         return self.y
 
@@ -307,7 +307,7 @@ class StatefulSession:
         binding.bind_cpu_input(graph.x_name, np.ascontiguousarray(xs))
         binding.bind_ortvalue_output(graph.y_name, y.value)
         self._state.bind(binding, self._state.current)
-        graph.session.run_with_iobinding(binding)
+        run_bound(graph.session, binding, f"a chunk of {xs.shape[c.time_axis]} steps")
         self._state.current ^= 1
         return y.take()
 

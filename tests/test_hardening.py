@@ -1,0 +1,190 @@
+"""Second hardening round: no command writes over its inputs, bounded runs, a batcher with limits.
+
+Each case: one ``error:`` line (or one typed error in the API), the documented exit code, every
+input byte-identical afterwards, nothing half-written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from rnnexport.cli import main
+from rnnexport.core.contract import Form, GraphInfo, IOSpec, Layout, Lowering, StateSpec
+from rnnexport.core.onnxfile import write_info
+from rnnexport.core.errors import RunError, RuntimeContractError
+from rnnexport.runtime import StatefulSession, StreamBatcher
+
+
+def invoke(*args: object) -> tuple[int, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.stderr
+
+
+def one_line(err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture()
+def workdir(exports, tmp_path) -> Path:
+    """A model, two inputs (one empty) and a saved state, in a folder of their own."""
+    path = exports.export("seed_lstm").path
+    (tmp_path / "m.onnx").write_bytes(Path(path).read_bytes())
+    features = StatefulSession.load(tmp_path / "m.onnx").contract.x_features
+    np.save(tmp_path / "a.npy", np.ones((3, 1, *features), np.float32))
+    np.save(tmp_path / "empty.npy", np.ones((0, 1, *features), np.float32))
+    code, err = invoke("run", tmp_path / "m.onnx", "-i", tmp_path / "a.npy", "--state-out", tmp_path / "s.npz")
+    assert code == 0, err
+    return tmp_path
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["-i", "a.npy", "-o", "m.onnx"], "would overwrite"),
+    (["-i", "a.npy", "-o", "a.npy"], "would overwrite"),
+    (["-i", "a.npy", "--state-in", "s.npz", "-o", "s.npz"], "would overwrite"),
+    (["-i", "a.npy", "-o", "y.npy", "--state-out", "y.npy"], "each output needs its own path"),
+    (["-i", "a.npy", "-i", "a.npy", "-o", "y.npy", "-o", "y.npy"], "each output needs its own path"),
+    (["-i", "a.npy", "-i", "a.npy", "-o", "y.npy", "-o", "a.npy"], "would overwrite"),
+], ids=["model", "input", "saved-state", "y-is-state", "duplicate-y", "y-is-input"])
+def test_run_never_writes_over_its_inputs_or_itself(workdir, args, says):
+    before = digests(workdir)
+    code, err = invoke("run", workdir / "m.onnx", *[workdir / a if a.endswith((".npy", ".npz", ".onnx")) else a
+                                                   for a in args])
+    assert code == 2
+    one_line(err, says)
+    assert digests(workdir) == before
+
+
+def test_run_updates_a_saved_state_in_place(workdir):
+    """--state-in and --state-out may name one file: the state moves on (read first, written atomically)."""
+    old = dict(np.load(workdir / "s.npz"))
+    code, err = invoke("run", workdir / "m.onnx", "-i", workdir / "a.npy", "--state-in", workdir / "s.npz",
+                       "--state-out", workdir / "s.npz")
+    assert code == 0, err
+    new = dict(np.load(workdir / "s.npz"))
+    assert new.keys() == old.keys() and any(not np.array_equal(new[k], old[k]) for k in old)
+
+
+def test_an_empty_stream_among_several_gives_an_empty_y(workdir):
+    code, err = invoke("run", workdir / "m.onnx", "-i", workdir / "a.npy", "-i", workdir / "empty.npy",
+                       "-o", workdir / "y1.npy", "-o", workdir / "y2.npy")
+    assert code == 0, err
+    y1, y2 = np.load(workdir / "y1.npy"), np.load(workdir / "y2.npy")
+    assert y1.shape[0] == 3 and y2.shape == (0, *y1.shape[1:])
+    code, err = invoke("run", workdir / "m.onnx", "-i", workdir / "empty.npy", "-o", workdir / "y3.npy")
+    assert code == 2 and not (workdir / "y3.npy").exists()
+    one_line(err, "x: expected")
+
+
+def test_package_into_a_folder_that_cannot_be_made_is_one_line(exports, tmp_path):
+    code, err = invoke("package", exports.export("seed_lstm").path, "-o", "/proc/rnnexport-bundle",
+                       "--variants", "none")
+    assert code == 2
+    one_line(err, "cannot create /proc/rnnexport-bundle")
+
+
+def _huge_allocation_graph(path: Path) -> Path:
+    """A graph whose y needs 160 GB: ConstantOfShape([200000, 200000]) added to x."""
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [200_000, 200_000])
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["big"]),
+             helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+             helper.make_node("Add", ["x", "total"], ["y"]), helper.make_node("Identity", ["h"], ["h_out"])]
+    graph = helper.make_graph(nodes, "huge", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4]),
+                                              helper.make_tensor_value_info("h", TensorProto.FLOAT, ["B", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 4]),
+                               helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["B", 4])], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
+    io = IOSpec((4,), "float32", (4,), StateSpec(("h",), ((4,),), 0), Layout.TIME_MAJOR)
+    write_info(model, GraphInfo(version="test", form=Form.STEP, lowering=Lowering.UNROLLED, io=io, source_kind="test",
+                                cell_family=None, params_sha256="", seq_len=None, origin={}, description="huge"))
+    onnx.save(model, path)
+    return path
+
+
+def test_an_allocation_the_machine_cannot_make_is_one_line(tmp_path):
+    path = _huge_allocation_graph(tmp_path / "huge.onnx")
+    session = StatefulSession.load(path)
+    with pytest.raises(RunError, match="failed in onnxruntime"):
+        session.step(np.ones((1, 4), np.float32))
+    np.save(tmp_path / "x.npy", np.ones((1, 4), np.float32))
+    code, err = invoke("run", path, "-i", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    assert code == 2 and not (tmp_path / "y.npy").exists()
+    one_line(err, "failed in onnxruntime")
+
+
+@pytest.mark.parametrize(("kwargs", "says"), [
+    ({"threads": "two"}, "threads must be an int"),
+    ({"threads": 0}, "threads must be an int"),
+])
+def test_session_arguments_are_checked(exports, kwargs, says):
+    with pytest.raises(RuntimeContractError, match=says):
+        StatefulSession.load(exports.export("seed_gru", form="step").path, **kwargs)
+
+
+@pytest.fixture()
+def step_graph(exports) -> str:
+    return str(exports.export("seed_gru", form="step").path)
+
+
+@pytest.mark.parametrize(("kwargs", "says"), [
+    ({"max_batch": 10**9}, "max_batch must be an int from 1 to"),
+    ({"max_streams": 0}, "max_streams must be an int from 1 to"),
+    ({"idle_timeout": -1}, "idle_timeout must be seconds above 0"),
+    ({"on_evict": 3}, "on_evict must be a function"),
+])
+def test_batcher_arguments_are_checked(step_graph, kwargs, says):
+    with pytest.raises(RuntimeContractError, match=says):
+        StreamBatcher.load(step_graph, **kwargs)
+
+
+def test_batcher_refuses_a_join_past_max_streams_and_an_unhashable_id(step_graph):
+    with StreamBatcher.load(step_graph, max_streams=3) as batcher:
+        streams = [batcher.join() for _ in range(3)]
+        with pytest.raises(RuntimeContractError, match="its limit of 3 streams"):
+            batcher.join()
+        with pytest.raises(RuntimeContractError, match="hashable"):
+            batcher.join([1])
+        batcher.leave(streams[0])
+        assert batcher.join("again") == "again" and len(batcher) == 3
+
+
+def test_batcher_evicts_idle_streams(step_graph):
+    gone: list[object] = []
+    with StreamBatcher.load(step_graph, idle_timeout=0.2, on_evict=gone.append) as batcher:
+        x = np.ones(batcher.contract.x_shape("step", 1), np.float32)
+        idle, busy = batcher.join("idle"), batcher.join("busy")
+        deadline = time.monotonic() + 10
+        while "idle" in batcher and time.monotonic() < deadline:
+            batcher.step({busy: x})  # keeps "busy" fresh; each step also evicts what idles
+            time.sleep(0.05)
+        assert gone == ["idle"] and batcher.evicted == ("idle",)
+        assert busy in batcher and idle not in batcher
+        with pytest.raises(RuntimeContractError, match="no stream 'idle'"):
+            batcher.step({idle: x})
+
+
+def test_a_failed_batcher_step_is_an_rnnexport_error(tmp_path):
+    path = _huge_allocation_graph(tmp_path / "huge.onnx")
+    with StreamBatcher.load(path) as batcher:
+        stream = batcher.join()
+        x = np.ones((1, 4), np.float32)
+        with pytest.raises(RunError):
+            batcher.step({stream: x})
+        with pytest.raises(RunError):
+            batcher.submit(stream, x).result(timeout=60)
+    assert os.path.exists(path)
