@@ -19,8 +19,8 @@ from onnx import TensorProto, helper
 
 from rnnexport.cli import main
 from rnnexport.core.contract import Form, GraphInfo, IOSpec, Layout, Lowering, StateSpec
-from rnnexport.core.onnxfile import write_info
 from rnnexport.core.errors import RunError, RuntimeContractError
+from rnnexport.core.onnxfile import write_info
 from rnnexport.runtime import StatefulSession, StreamBatcher
 
 
