@@ -7,7 +7,9 @@ input byte-identical afterwards, nothing half-written.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -188,3 +190,52 @@ def test_a_failed_batcher_step_is_an_rnnexport_error(tmp_path):
         with pytest.raises(RunError):
             batcher.submit(stream, x).result(timeout=60)
     assert os.path.exists(path)
+
+
+@pytest.fixture(scope="module")
+def lstm_bundle(exports, tmp_path_factory) -> Path:
+    from tests.test_runtime_bundle import make_bundle
+
+    return make_bundle(exports, "seed_lstm", tmp_path_factory.mktemp("hard") / "bundle")
+
+
+def _relisted(bundle: Path, target: Path, change) -> Path:
+    """A copy of ``bundle`` where ``change(folder)`` edits files, then the manifest re-lists their checksums."""
+    shutil.copytree(bundle, target)
+    change(target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        data = (target / entry["path"]).read_bytes()
+        entry["sha256"], entry["size"] = hashlib.sha256(data).hexdigest(), len(data)
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+def test_a_graph_reading_an_unlisted_external_data_file_does_not_run(lstm_bundle, tmp_path):
+    """Only what the manifest lists (and checks) runs: a listed graph whose weights sit in an unlisted file fails."""
+    def externalize(folder: Path) -> None:
+        model = onnx.load(folder / "model.onnx")
+        onnx.save(model, folder / "model.onnx", save_as_external_data=True, location="weights.bin",
+                  size_threshold=0)
+
+    bundle = _relisted(lstm_bundle, tmp_path / "external", externalize)
+    assert (bundle / "weights.bin").is_file()
+    x = tmp_path / "x.npy"
+    features = StatefulSession.load(lstm_bundle).contract.x_features
+    np.save(x, np.ones((2, 1, *features), np.float32))
+    for args in (["run", bundle, "-i", x, "-o", tmp_path / "y.npy"], ["verify", bundle, "--engines", "cpu"]):
+        code, err = invoke(*args)
+        assert code in (1, 2) and not (tmp_path / "y.npy").exists(), err
+        assert "error:" in err or "FAIL" in err, err
+
+
+@pytest.mark.parametrize("value", [-1.0, float("inf"), "1e-3"])
+def test_a_tampered_variant_tolerance_is_refused(lstm_bundle, tmp_path, value):
+    shutil.copytree(lstm_bundle, tmp_path / "b")
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    manifest.setdefault("variants", []).append({"name": "fp16", "of": "sequence", "status": "ok", "files": [],
+                                                "tolerance": {"atol": value, "rtol": 0.1}, "figures": {"y": {}}})
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    code, err = invoke("verify", tmp_path / "b", "--engines", "cpu")
+    assert code == 2
+    one_line(err, "variant tolerance atol")

@@ -303,10 +303,9 @@ class VariantEntry:
         if status not in ("ok", "skipped"):
             raise BundleError(f"manifest: variant status {status!r:.40} is neither ok nor skipped")
         files = [safe_path(f, "manifest variant") for f in _list(data, "files")]
-        tol = data.get("tolerance") or {}
-        if not isinstance(tol, Mapping) or not all(isinstance(tol.get(k, 0.0), (int, float))
-                                                    for k in ("atol", "range_atol", "rtol")):
-            raise BundleError("manifest: a variant has a malformed tolerance")
+        tol = _object(data.get("tolerance") or {}, "variant tolerance")
+        for key in ("atol", "range_atol", "rtol"):
+            _number(tol.get(key), f"variant tolerance {key}")
         figures = data.get("figures") or {}
         if not isinstance(figures, Mapping):
             raise BundleError("manifest: a variant has malformed figures")

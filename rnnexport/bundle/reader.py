@@ -107,8 +107,10 @@ class _FolderReader:
         except OSError as e:
             raise BundleError(f"bundle {self.where} lacks {name}: {e.strerror}") from e
 
-    def model(self, name: str) -> str:
-        return str(self._path(name))  # by path, so external data files resolve
+    def model(self, name: str) -> bytes:
+        # the bytes, not the path: what runs is what the checksum covered, and a graph cannot reach
+        # a file beside it that the manifest does not list (bundles hold self-contained graphs)
+        return self.read(name, DEFAULT_LIMITS.max_member_bytes)
 
     def names(self) -> list[str]:
         return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
