@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from rnnexport.core.contract import IOSpec
+from rnnexport.source.torchnn import is_bidirectional
 
 if TYPE_CHECKING:
     from rnnexport.source.plan import NativePlan
@@ -87,7 +88,7 @@ class RecurrentModel:
 
     def bidirectional(self) -> bool:
         """Whether the model holds a torch.nn layer that reads the sequence in both directions."""
-        return any(isinstance(m, torch.nn.RNNBase) and m.bidirectional for m in self.sequence_module.modules())
+        return is_bidirectional(self.sequence_module)
 
     def vocabulary_size(self) -> int | None:
         """The vocabulary of a token model: the card's ``vocabulary``, else the first nn.Embedding's size."""
