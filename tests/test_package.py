@@ -106,6 +106,26 @@ def test_int8_variant_has_no_gemm_that_saturates_on_avx2(bundles, graph):
         np.testing.assert_allclose(dequantized, want, atol=float(s.max()) / 2 + 1e-7)
 
 
+def test_integer_gemm_weights_other_than_uint8_constants_are_found():
+    """The guard that leaves an int8 variant out rather than ship a kernel that saturates on AVX2."""
+    from onnx import helper, numpy_helper
+
+    from rnnexport.packaging.variants import _signed_weights
+
+    def graph(weight: np.ndarray | None) -> onnx.ModelProto:
+        inits = [numpy_helper.from_array(weight, "B")] if weight is not None else []
+        inputs = [helper.make_tensor_value_info("A", onnx.TensorProto.UINT8, [2, 4])]
+        if weight is None:  # weights computed at run time
+            inputs.append(helper.make_tensor_value_info("B", onnx.TensorProto.UINT8, [4, 3]))
+        node = helper.make_node("MatMulInteger", ["A", "B"], ["Y"], name="head")
+        out = helper.make_tensor_value_info("Y", onnx.TensorProto.INT32, [2, 3])
+        return helper.make_model(helper.make_graph([node], "g", inputs, [out], inits))
+
+    assert _signed_weights(graph(np.ones((4, 3), np.uint8))) == []
+    assert _signed_weights(graph(np.ones((4, 3), np.int8))) == ["MatMulInteger 'head'"]
+    assert _signed_weights(graph(None)) == ["MatMulInteger 'head'"]
+
+
 def test_manifest_cpu_record_round_trips_and_is_bounded(bundles):
     data = bundles["seed_lstm"].manifest.to_json()
     assert Manifest.from_json(json.loads(json.dumps(data))) == bundles["seed_lstm"].manifest
