@@ -9,11 +9,13 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from onnx.reference import ReferenceEvaluator
 
-from rnnexport.bundle import ZipLimits, open_bundle
+from rnnexport.bundle import Manifest, ZipLimits, open_bundle
 from rnnexport.bundle.vectors import read_set, write_set
+from rnnexport.core.cpu import this_cpu
 from rnnexport.core.errors import BundleError
 from rnnexport.packaging import package
 from rnnexport.verification.bundle import verify_bundle
@@ -52,10 +54,12 @@ def test_bundle_has_contract_checksums_vectors_and_variants(bundles, exports, na
     assert {t["expected_from"] for t in manifest["test_vectors"]} == {"pytorch"}
     made = {v["name"] for v in manifest["variants"] if v["status"] == "ok"}
     assert made == EXPECTED_VARIANTS[name]
+    here = {"machine": this_cpu().machine, "features": list(this_cpu().features)}
     for variant in manifest["variants"]:
         if variant["status"] == "ok":
             assert all(f["passed"] for f in variant["figures"].values())
             assert all((result.folder / f).is_file() for f in variant["files"])
+            assert variant["cpu"] == here  # where its figures and checks ran
         else:
             assert variant["name"] == "int8" and "no int8 GRU kernel" in variant["reason"]
 
@@ -67,6 +71,78 @@ def test_bundle_and_its_zip_verify(bundles, name):
         assert report.passed, report.to_json()
         assert report.kind == "bundle" and {c.contract.value for c in report.checks} == {"test_vectors", "finite"}
         assert {c.case for c in report.checks} >= {"test_data_set_1", "test_data_set_2", "step/test_data_set_0"}
+
+
+#: onnxruntime's integer GEMMs and their weight inputs (DynamicQuantizeLSTM: W and R).
+INTEGER_GEMMS = {"DynamicQuantizeLSTM": (1, 2), "MatMulInteger": (1,), "DynamicQuantizeMatMul": (1,),
+                 "MatMulIntegerToFloat": (1,)}
+
+
+@pytest.mark.parametrize("graph", ["model.onnx", "step/model.onnx"])
+def test_int8_variant_has_no_gemm_that_saturates_on_avx2(bundles, graph):
+    """What makes the int8 variant right on every CPU, checked on any CPU.
+
+    onnxruntime multiplies uint8 activations by int8 weights, on x86 CPUs without VNNI,
+    in saturating int16 pair sums; uint8 x uint8 cannot saturate. So every integer GEMM of
+    the variant must take uint8 weights, and the LSTM's must be the float weights quantized.
+    """
+    folder = bundles["seed_lstm"].folder
+    variant = onnx.load(folder / Path(graph).parent / "variants" / "model.int8.onnx")
+    weights = {t.name: t for t in variant.graph.initializer}
+    gemms = [n for n in variant.graph.node if n.op_type in INTEGER_GEMMS]
+    assert {n.op_type for n in gemms} >= {"DynamicQuantizeLSTM", "MatMulInteger"}
+    for node in gemms:
+        for index in INTEGER_GEMMS[node.op_type]:
+            assert weights[node.input[index]].data_type == onnx.TensorProto.UINT8, (node.op_type, index)
+    lstm = next(n for n in gemms if n.op_type == "DynamicQuantizeLSTM")
+    float_lstm = next(n for n in onnx.load(folder / graph).graph.node if n.op_type == "LSTM")
+    floats = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(folder / graph).graph.initializer}
+    for w, scale, zero, original in ((1, 8, 9, 1), (2, 10, 11, 2)):  # the com.microsoft schema's inputs
+        q, s, z = (onnx.numpy_helper.to_array(weights[lstm.input[i]]) for i in (w, scale, zero))
+        assert (z == 128).all()
+        # DynamicQuantizeLSTM keeps W as (directions, input, 4 * hidden): the float one transposed
+        dequantized = np.swapaxes((q.astype(np.float32) - z[:, None, :]) * s[:, None, :], 1, 2)
+        want = floats[float_lstm.input[original]]
+        np.testing.assert_allclose(dequantized, want, atol=float(s.max()) / 2 + 1e-7)
+
+
+def test_integer_gemm_weights_other_than_uint8_constants_are_found():
+    """The guard that leaves an int8 variant out rather than ship a kernel that saturates on AVX2."""
+    from onnx import helper, numpy_helper
+
+    from rnnexport.packaging.variants import _signed_weights
+
+    def graph(weight: np.ndarray | None) -> onnx.ModelProto:
+        inits = [numpy_helper.from_array(weight, "B")] if weight is not None else []
+        inputs = [helper.make_tensor_value_info("A", onnx.TensorProto.UINT8, [2, 4])]
+        if weight is None:  # weights computed at run time
+            inputs.append(helper.make_tensor_value_info("B", onnx.TensorProto.UINT8, [4, 3]))
+        node = helper.make_node("MatMulInteger", ["A", "B"], ["Y"], name="head")
+        out = helper.make_tensor_value_info("Y", onnx.TensorProto.INT32, [2, 3])
+        return helper.make_model(helper.make_graph([node], "g", inputs, [out], inits))
+
+    assert _signed_weights(graph(np.ones((4, 3), np.uint8))) == []
+    assert _signed_weights(graph(np.ones((4, 3), np.int8))) == ["MatMulInteger 'head'"]
+    assert _signed_weights(graph(None)) == ["MatMulInteger 'head'"]
+
+
+def test_manifest_cpu_record_round_trips_and_is_bounded(bundles):
+    data = bundles["seed_lstm"].manifest.to_json()
+    assert Manifest.from_json(json.loads(json.dumps(data))) == bundles["seed_lstm"].manifest
+    old = json.loads(json.dumps(data))
+    for variant in old["variants"]:
+        variant.pop("cpu", None)
+    assert all(v.cpu is None for v in Manifest.from_json(old).variants)  # written before CPUs were recorded
+    made = next(i for i, v in enumerate(data["variants"]) if v["status"] == "ok")
+    for cpu, problem in [({"machine": "x" * 33, "features": []}, "cpu machine"),
+                         ({"machine": "x86_64", "features": ["avx2"] * 33}, "cpu features"),
+                         ({"machine": "x86_64", "features": ["avx 2"]}, "cpu features"),
+                         ({"machine": "x86_64", "features": "avx2"}, "features must be a list"),
+                         ("x86_64", "malformed variant cpu")]:
+        bad = json.loads(json.dumps(data))
+        bad["variants"][made]["cpu"] = cpu
+        with pytest.raises(BundleError, match=problem):
+            Manifest.from_json(bad)
 
 
 def test_stream_pair_continues_from_the_first_calls_state(bundles):

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 
 from rnnexport.bundle import open_bundle
+from rnnexport.core.cpu import this_cpu
 from rnnexport.core.errors import BundleError
 from rnnexport.export.convert import convert
 from rnnexport.packaging import package
 from rnnexport.source.sources import load_source
+from tests.int8check import int8_misses
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAR_MODEL = "lstm-charlm"
@@ -101,6 +103,50 @@ def test_int8_notes_state_what_it_changes_in_the_text(checkouts):
     assert agreement["text_chars"] == 400 and 0.5 < agreement["next_char_agreement"] <= 1
     assert 0 <= agreement["greedy_same_chars"] <= 400
     assert f"{agreement['next_char_agreement']:.1%}" in int8["notes"] and "greedy" in int8["notes"]
+
+
+def test_int8_variant_meets_its_tolerance_on_this_cpu(checkouts):
+    """The int8 graphs against float32 on the CPU this test runs on, whichever its instruction set.
+
+    onnxruntime picks its int8 kernels by the CPU's features (AVX2, AVX-512, VNNI, NEON dot
+    product...); on an AVX2-only CPU, int8 weights used to saturate (max abs error 2.4).
+    """
+    folder = checkouts[0] / "lm-bundle"
+    here = this_cpu()
+    recorded = {v["of"]: v.get("cpu") for v in json.loads((folder / "manifest.json").read_text())["variants"]
+                if v["name"] == "int8"}
+    assert recorded == {g: {"machine": here.machine, "features": list(here.features)} for g in ("sequence", "step")}
+    assert int8_misses(folder) == {"sequence": {}, "step": {}}, here.describe()
+
+
+@pytest.mark.slow
+def test_int8_variant_meets_its_tolerance_on_an_emulated_avx2_cpu(checkouts, tmp_path):
+    """The same check on a Haswell (AVX2, no AVX-512, no VNNI) emulated by qemu's user mode.
+
+    Int8 weights, as rnnexport once quantized them, must fail there: else the emulated CPU
+    does not run the saturating kernel and this test proves nothing. Under the emulator
+    /proc/cpuinfo is still the host's, so the features a bundle would record there are the
+    host's too; on a real AVX2 machine they are its own.
+    """
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None or this_cpu().machine != "x86_64":
+        pytest.skip("needs qemu-x86_64 on PATH (Debian: apt-get install qemu-user) on an x86-64 host")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = checkouts[0] / "lm-bundle"
+    signed = {}
+    for graph, path in (("sequence", "model.onnx"), ("step", "step/model.onnx")):
+        signed[graph] = str(tmp_path / f"{graph}.int8.onnx")
+        quantize_dynamic(str(folder / path), signed[graph], weight_type=QuantType.QInt8, per_channel=True)
+    script = ("import json, sys; from tests.int8check import int8_misses; from pathlib import Path; "
+              "f = Path(sys.argv[1]); print(json.dumps([int8_misses(f), int8_misses(f, json.loads(sys.argv[2]))]))")
+    proc = subprocess.run([qemu, "-cpu", "Haswell", sys.executable, "-c", script, str(folder), json.dumps(signed)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ours, theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(theirs.values()), f"int8 weights did not saturate under emulation: {theirs}"
+    assert ours == {"sequence": {}, "step": {}}
 
 
 def test_a_requested_variant_that_cannot_be_made_fails_and_writes_nothing(exports, tmp_path):

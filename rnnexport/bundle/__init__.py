@@ -19,6 +19,7 @@ from rnnexport.bundle.manifest import (
     VectorEntry,
     safe_path,
 )
+from rnnexport.bundle.proven import cpu_difference
 from rnnexport.bundle.reader import (
     DEFAULT_LIMITS,
     Bundle,
@@ -42,6 +43,7 @@ __all__ = [
     "VariantEntry",
     "VectorEntry",
     "ZipLimits",
+    "cpu_difference",
     "is_bundle",
     "open_bundle",
     "safe_path",

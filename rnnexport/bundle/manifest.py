@@ -15,6 +15,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from rnnexport.core.contract import MAX_DIM, Form, IOSpec
+from rnnexport.core.cpu import Cpu
 from rnnexport.core.errors import BundleError, ContractError
 
 __all__ = [
@@ -38,6 +39,7 @@ MAX_ENTRIES = 4096
 #: The variants a bundle may hold, in the order they are made.
 VARIANT_NAMES = ("ort", "int8", "fp16")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CPU_WORD = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _CHECK_STATUS = ("passed", "failed", "unavailable")
 
 
@@ -275,6 +277,9 @@ class VariantEntry:
     checked_on: tuple[EngineCheck, ...] = ()
     #: For char models: how far its greedy text agrees with the float32 graph's (see docs/bundle.md).
     agreement: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: The CPU its figures and checks came from (onnxruntime picks int8 kernels by its features);
+    #: None in manifests written before it was recorded, and for a variant that was never run.
+    cpu: Cpu | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"name": self.name, "of": self.of, "status": "ok" if self.ok else "skipped"}
@@ -294,6 +299,8 @@ class VariantEntry:
             data["checked_on"] = [c.to_json() for c in self.checked_on]
         if self.agreement:
             data["agreement"] = dict(self.agreement)
+        if self.cpu is not None:
+            data["cpu"] = {"machine": self.cpu.machine, "features": list(self.cpu.features)}
         return data
 
     @classmethod
@@ -316,7 +323,7 @@ class VariantEntry:
                    {str(k): dict(v) for k, v in figures.items() if isinstance(v, Mapping)},
                    _str(data.get("notes"), "notes"),
                    tuple(_str(e, "variant engines", optional=False, limit=64) for e in _list(data, "engines")),
-                   _checks(data), _agreement(data.get("agreement")))
+                   _checks(data), _agreement(data.get("agreement")), _cpu(data.get("cpu")))
 
 
 def _agreement(value: Any) -> dict[str, Any]:
@@ -327,6 +334,18 @@ def _agreement(value: Any) -> dict[str, Any]:
                                   for v in value.values()):
         raise BundleError("manifest: a variant's agreement must map at most 16 names to numbers or strings")
     return {str(k): v if not isinstance(v, str) else v[:4096] for k, v in value.items()}
+
+
+def _cpu(value: Any) -> Cpu | None:
+    if value is None:
+        return None
+    value = _object(value, "variant cpu")
+    machine, features = value.get("machine"), _list(value, "features")
+    if not isinstance(machine, str) or not _CPU_WORD.match(machine):
+        raise BundleError(f"manifest: a variant's cpu machine {machine!r:.40} must be a name of 1 to 32 characters")
+    if len(features) > 32 or not all(isinstance(f, str) and _CPU_WORD.match(f) for f in features):
+        raise BundleError("manifest: a variant's cpu features must list at most 32 names of 1 to 32 characters")
+    return Cpu(machine, tuple(features))
 
 
 @dataclasses.dataclass(frozen=True)
