@@ -1,15 +1,14 @@
-"""The scan lowering's rewrites cut per-step work without changing results.
+"""The scan lowering's passes cut per-step work without changing results.
 
 Each rewrite is checked where it must fire (a seed cell and a module built
 around a torch.nn layer): with it the Scan body (then the whole graph) is
 smaller than without it, and the results equal those of the plain traced body.
 Where a rewrite's condition does not hold (a step that mixes batch rows) it
 must not fire, and the graph must still compute what PyTorch computes.
+Each pass on its own, on hand-built graphs, is tests/test_passes.py.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import numpy as np
 import onnx
@@ -20,7 +19,13 @@ import torch
 import rnnexport
 from rnnexport.core.contract import Form
 from rnnexport.export.lowerings import trace_step
-from rnnexport.export.scan import ScanOptions, wrap_in_scan
+from rnnexport.export.passes.algebra import fuse_matmuls, lift_biases
+from rnnexport.export.passes.carry import carry_states
+from rnnexport.export.passes.head import hoist_head
+from rnnexport.export.passes.hoist import hoist_inputs
+from rnnexport.export.passes.splits import fuse_split_gates
+from rnnexport.export.passes.views import VIEW_OPS, drop_identity_views
+from rnnexport.export.scan import SCAN_PASSES, wrap_in_scan
 from rnnexport.testing import feeds, random_inputs, random_state
 from tests.configs import VOCABULARY
 
@@ -35,6 +40,16 @@ FIRES = {
     "carry": ("wrapped_token_lm", "wrapped_batch_first_gru"),
 }
 CASES = [(rewrite, name) for rewrite, names in FIRES.items() for name in names]
+#: The passes behind each rewrite (hoisting lifts biases and fuses matmuls first).
+PASSES = {
+    "simplify": (drop_identity_views,),
+    "hoist": (lift_biases, fuse_matmuls, hoist_inputs),
+    "fuse_gates": (fuse_split_gates,),
+    "head": (hoist_head,),
+    "carry": (carry_states,),
+}
+#: The traced step as the body: no rewrite, dead nodes dropped, weights in the body.
+PLAIN = SCAN_PASSES.without(*(p for passes in PASSES.values() for p in passes))
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +81,18 @@ def _work(graph: onnx.GraphProto) -> int:
     return sum(n.op_type != "Identity" for n in graph.node)
 
 
-def _ops(graph: onnx.GraphProto, op: str) -> int:
-    return sum(n.op_type == op for n in graph.node)
+def _ops(graph: onnx.GraphProto, *ops: str) -> int:
+    return sum(n.op_type in ops for n in graph.node)
+
+
+def _all_ops(model_proto: onnx.ModelProto, *ops: str) -> int:
+    """Nodes of these ops in the outer graph and the body."""
+    return _ops(model_proto.graph, *ops) + _ops(_body(model_proto), *ops)
+
+
+#: What a traced view chain is made of (Slice and Gather where they only re-shape).
+_VIEWS = (*VIEW_OPS, "Slice", "Gather")
+_ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Sigmoid", "Tanh", "Relu")
 
 
 def _run(model, proto: onnx.ModelProto, batch: int, time: int, name: str | None = None) -> list[np.ndarray]:
@@ -84,13 +109,24 @@ def _assert_same_results(model, got: onnx.ModelProto, want: onnx.ModelProto, nam
             np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
 
 
-#: What each rewrite must visibly have done (beyond making the graph smaller).
+def _matmuls(graph: onnx.GraphProto) -> int:
+    return _ops(graph, "MatMul", "Gemm")
+
+
+def _done_hoist(with_it: onnx.ModelProto, without: onnx.ModelProto) -> bool:
+    """Input matmuls (``x_t @ W_x``) left the body for the outer graph."""
+    return (_matmuls(_body(with_it)) < _matmuls(_body(without))
+            and _matmuls(with_it.graph) > _matmuls(without.graph))
+
+
+#: What each rewrite must visibly have done (beyond making the graph smaller): ``(with_it, without) -> bool``.
 DONE = {
-    "simplify": lambda m: True,
-    "hoist": lambda m: "x" not in _scan(m.graph).input,
-    "fuse_gates": lambda m: True,
-    "head": lambda m: "y" not in _scan(m.graph).output,
-    "carry": lambda m: not {"h", "c"} & set(_scan(m.graph).input),
+    "simplify": lambda w, wo: _all_ops(w, *_VIEWS) < _all_ops(wo, *_VIEWS),
+    "hoist": _done_hoist,
+    "fuse_gates": lambda w, wo: _ops(_body(w), *_ELEMENTWISE) < _ops(_body(wo), *_ELEMENTWISE),
+    "head": lambda w, wo: (_matmuls(_body(w)) < _matmuls(_body(wo))
+                           and not any(o == "y" or o.startswith("y__") for o in _scan(w.graph).output)),
+    "carry": lambda w, wo: not {"h", "c"} & set(_scan(w.graph).input) and "h" in _scan(wo.graph).input,
 }
 
 
@@ -98,17 +134,17 @@ DONE = {
 def test_rewrite_fires_and_keeps_results(exports, steps, rewrite, name):
     model, step = exports.model(name), steps(name)
     with_it = wrap_in_scan(model, step)
-    without = wrap_in_scan(model, step, dataclasses.replace(ScanOptions(), **{rewrite: False}))
+    without = wrap_in_scan(model, step, SCAN_PASSES.without(*PASSES[rewrite]))
     assert _cost(with_it) < _cost(without), (rewrite, _cost(with_it), _cost(without))
-    assert DONE[rewrite](with_it) or rewrite == "hoist" and name == "user_leaky_cell"
+    assert DONE[rewrite](with_it, without), rewrite
     onnx.checker.check_model(with_it, full_check=True)
-    _assert_same_results(model, with_it, wrap_in_scan(model, step, ScanOptions.plain()), name)
+    _assert_same_results(model, with_it, wrap_in_scan(model, step, PLAIN), name)
 
 
 def test_gate_activations_run_once_per_step(exports, steps):
     """The seed LSTM's three sigmoid gates become one Sigmoid over the fused gate pre-activations."""
     model = exports.model("seed_lstm")
-    plain = wrap_in_scan(model, steps("seed_lstm"), dataclasses.replace(ScanOptions(), fuse_gates=False))
+    plain = wrap_in_scan(model, steps("seed_lstm"), SCAN_PASSES.without(fuse_split_gates))
     fused = wrap_in_scan(model, steps("seed_lstm"))
     assert (_ops(_body(plain), "Sigmoid"), _ops(_body(fused), "Sigmoid")) == (3, 1)
     assert _ops(_body(fused), "Add") < _ops(_body(plain), "Add")
@@ -117,7 +153,7 @@ def test_gate_activations_run_once_per_step(exports, steps):
 @pytest.mark.parametrize("name", ["seed_rnn", "seed_lstm", "seed_gru", "wrapped_token_lm"])
 def test_body_is_at_most_half_the_traced_step(exports, steps, name):
     model, step = exports.model(name), steps(name)
-    plain, rewritten = wrap_in_scan(model, step, ScanOptions.plain()), wrap_in_scan(model, step)
+    plain, rewritten = wrap_in_scan(model, step, PLAIN), wrap_in_scan(model, step)
     # Identity nodes cost nothing (onnxruntime removes them); they give body outputs their own value
     assert 2 * _work(_body(rewritten)) <= _work(_body(plain)) + 2, (_cost(rewritten), _cost(plain))
 

@@ -1,13 +1,17 @@
-"""Rewrites of a traced step graph that cut the work a Scan body does per step.
+"""Every graph rewrite of the exporter, as a pass: ``pass_(model) -> PassResult(model, modified)``.
 
-Each is a generic graph transformation that keeps results equal and applies only
-where its conditions can be established from the graph and its inferred shapes.
+Each keeps results equal and applies only where its conditions can be established from
+the graph and its inferred shapes. The protocol is :mod:`~rnnexport.export.passes.base`;
+the primitives they share (who reads a value, renaming, cleanup, inferred types) are
+:mod:`~rnnexport.export.passes.graph`, new nodes and fresh names come from
+:class:`rnnexport.export.onnxutil.GraphBuilder`. The lowerings list which passes they run
+(:data:`rnnexport.export.scan.SCAN_PASSES`).
+
+On a traced step (``onnx.ModelProto``): ``views.drop_identity_views``,
+``algebra.lift_biases``, ``algebra.fuse_matmuls``, ``splits.fuse_split_gates``,
+``graph.remove_dead_nodes``. On the scan lowering's :class:`~rnnexport.export.passes.loop.Loop`:
+``hoist.hoist_inputs``, ``carry.carry_states``, ``head.hoist_head``. On a finished graph:
+``weights.weights_into_bodies``, ``nan.CarryNan``. Submodules are imported where they are used.
 """
 
 from __future__ import annotations
-
-from rnnexport.export.rewrites.rowwise import rowwise
-from rnnexport.export.rewrites.splits import fuse_split_gates
-from rnnexport.export.rewrites.views import drop_identity_views
-
-__all__ = ["drop_identity_views", "fuse_split_gates", "rowwise"]

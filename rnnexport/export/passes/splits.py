@@ -1,7 +1,7 @@
 """Moving elementwise work across ``Split``: one wide op instead of one per gate.
 
 A traced gated cell computes each gate apart: ``x @ W_x`` and ``h @ W_h`` are
-split into gates (after :func:`~rnnexport.export.rewrites.algebra.fuse_matmuls`),
+split into gates (after :func:`~rnnexport.export.passes.algebra.fuse_matmuls`),
 then every gate gets its own bias Add, its own ``x + h`` Add and its own
 activation. Each is a node per step. Three exact identities undo that, for a
 ``Split`` of ``P`` into ``p_1 .. p_n`` along one axis:
@@ -22,29 +22,31 @@ import dataclasses
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from rnnexport.core.graphs import attribute, subgraphs
 from rnnexport.core.onnxfile import value_dims
 from rnnexport.export.onnxutil import GraphBuilder
-from rnnexport.export.rewrites.graph import (
+from rnnexport.export.passes.base import PassResult, fixpoint
+from rnnexport.export.passes.graph import (
     Types,
     constant_value,
     constants,
-    consumers,
     infer_types,
-    rename_value,
+    readers,
+    replace_uses,
     toposort,
 )
 
-__all__ = ["fuse_split_gates"]
+__all__ = ["fuse_one_split", "fuse_split_gates"]
 
 _UNARY = frozenset({"Sigmoid", "Tanh", "Relu", "Exp", "Neg", "Abs", "Sqrt", "Softsign", "Softplus", "Erf",
                     "Elu", "Selu", "LeakyRelu", "HardSigmoid", "Reciprocal", "Log"})
 _BINARY = frozenset({"Add", "Sub", "Mul", "Div"})
 _COMMUTATIVE = frozenset({"Add", "Mul"})
 _MIN_UNARY_RUN = 3  # a run costs a Split; below 3 outputs it saves no node
-_MAX_REWRITES = 256
+
+#: A unary reader's op and attributes: readers with equal keys compute the same function.
+_UnaryKey = tuple[str, tuple[bytes, ...]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,31 +72,24 @@ class _Context:
         return readers[0] if list(readers[0].input).count(name) == 1 else None
 
 
-def fuse_split_gates(model: onnx.ModelProto, g: GraphBuilder) -> int:
-    """Apply the three identities until none applies, in place; the number of rewrites.
-
-    New constants go to ``model.graph.initializer`` (through ``g``).
-    """
-    count = 0
-    while count < _MAX_REWRITES and _rewrite_once(model, g):
-        model.graph.initializer.extend(g.initializers)
-        g.initializers.clear()
-        toposort(model.graph)
-        count += 1
-    return count
-
-
-def _rewrite_once(model: onnx.ModelProto, g: GraphBuilder) -> bool:
+def fuse_one_split(model: onnx.ModelProto) -> PassResult[onnx.ModelProto]:
+    """Apply one of the three identities to one Split, in place (new constants join the graph)."""
     graph = model.graph
     types = infer_types(model)
     splits = [s for s in (_split_info(graph, n, types) for n in graph.node) if s is not None]
-    ctx = _Context(graph, consumers(graph), frozenset(o.name for o in graph.output),
-                   frozenset(constants(graph)), g)
+    ctx = _Context(graph, readers(graph.node), frozenset(o.name for o in graph.output),
+                   frozenset(constants(graph)), GraphBuilder.beside(graph))
     for split in splits:
         if (_drop_single(ctx, split) or _sink_constants(ctx, split) or _sink_unary(ctx, split)
                 or _sink_pairs(ctx, split, splits)):
-            return True
-    return False
+            ctx.g.flush_into(graph)
+            toposort(graph)
+            return PassResult(model, True)
+    return PassResult(model, False)
+
+
+#: The pass: the three identities applied until none applies.
+fuse_split_gates = fixpoint(fuse_one_split)
 
 
 def _split_info(graph: onnx.GraphProto, node: onnx.NodeProto, types: Types) -> _Split | None:
@@ -143,8 +138,8 @@ def _run_value(ctx: _Context, split: _Split, start: int, length: int) -> str:
 
 
 def _add_split(ctx: _Context, source: str, sizes: tuple[int, ...], axis: int, outputs: list[str]) -> None:
-    ctx.graph.node.append(helper.make_node("Split", [source, ctx.g.ints("rw/split", list(sizes))], outputs,
-                                           name=ctx.g.fresh("rw/Split"), axis=axis))
+    ctx.graph.node.append(ctx.g.make("Split", [source, ctx.g.ints("rw/split", list(sizes))], outputs,
+                                     name_hint="rw/Split", axis=axis))
 
 
 def _replace_readers(ctx: _Context, readers: list[onnx.NodeProto]) -> list[str]:
@@ -155,7 +150,7 @@ def _replace_readers(ctx: _Context, readers: list[onnx.NodeProto]) -> list[str]:
     return names
 
 
-def _unary_key(reader: onnx.NodeProto | None, value: str) -> tuple | None:
+def _unary_key(reader: onnx.NodeProto | None, value: str) -> _UnaryKey | None:
     if reader is None or reader.op_type not in _UNARY or list(reader.input) != [value] or len(reader.output) != 1:
         return None
     return reader.op_type, tuple(a.SerializeToString() for a in reader.attribute)
@@ -172,13 +167,14 @@ def _sink_unary(ctx: _Context, split: _Split) -> bool:
     sizes = split.sizes[start:start + length]
     source = _run_value(ctx, split, start, length)
     activated = ctx.g.fresh("rw/" + run[0].op_type.lower())
-    ctx.graph.node.append(helper.make_node(run[0].op_type, [source], [activated], name=ctx.g.fresh("rw/unary")))
-    ctx.graph.node[-1].attribute.extend(run[0].attribute)
+    node = ctx.g.make(run[0].op_type, [source], [activated], name_hint="rw/unary")
+    node.attribute.extend(run[0].attribute)
+    ctx.graph.node.append(node)
     _add_split(ctx, activated, sizes, split.axis, _replace_readers(ctx, run))
     return True
 
 
-def _longest_run(keys: list) -> tuple[int, int]:
+def _longest_run(keys: list[_UnaryKey | None]) -> tuple[int, int]:
     """Start and length of the longest run of equal, non-None keys."""
     best, start = (0, 0), 0
     for i in range(1, len(keys) + 1):
@@ -209,7 +205,7 @@ def _sink_constants(ctx: _Context, split: _Split) -> bool:
     result = ctx.g.fresh("rw/" + op.lower())
     inputs = [split.node.input[0], joined_name] if op in _COMMUTATIVE or sides[0] == 0 else \
         [joined_name, split.node.input[0]]
-    ctx.graph.node.append(helper.make_node(op, inputs, [result], name=ctx.g.fresh("rw/binary")))
+    ctx.graph.node.append(ctx.g.make(op, inputs, [result], name_hint="rw/binary"))
     split.node.input[0] = result
     split.node.output[:] = _replace_readers(ctx, readers)
     return True
@@ -260,7 +256,7 @@ def _pair_at(ctx: _Context, split: _Split, i: int, where: dict[str, tuple[_Split
 def _sink_pairs(ctx: _Context, split: _Split, splits: list[_Split]) -> bool:
     """``op(p_i, q_j)`` for a run of outputs of two splits cut alike -> ``Split(op(P_run, Q_run))``."""
     where = {o: (s, j) for s in splits if s.node is not split.node for j, o in enumerate(s.node.output)}
-    groups: dict[tuple, list[_Pair]] = {}
+    groups: dict[tuple[int, str, int], list[_Pair]] = {}
     for i in range(len(split.sizes)):
         pair = _pair_at(ctx, split, i, where)
         if pair is not None:
@@ -293,7 +289,7 @@ def _fuse_pair_run(ctx: _Context, split: _Split, run: list[_Pair]) -> None:
     theirs = _run_value(ctx, first.other, first.j, len(run))
     result = ctx.g.fresh("rw/" + op.lower())
     inputs = [mine, theirs] if first.side == 0 else [theirs, mine]
-    ctx.graph.node.append(helper.make_node(op, inputs, [result], name=ctx.g.fresh("rw/binary")))
+    ctx.graph.node.append(ctx.g.make(op, inputs, [result], name_hint="rw/binary"))
     _add_split(ctx, result, sizes, split.axis, _replace_readers(ctx, [p.reader for p in run]))
 
 
@@ -301,6 +297,6 @@ def _drop_single(ctx: _Context, split: _Split) -> bool:
     """A Split into one output is the identity."""
     if len(split.sizes) != 1 or split.node.output[0] in ctx.outputs:
         return False
-    rename_value(ctx.graph, split.node.output[0], split.node.input[0])
+    replace_uses(ctx.graph, split.node.output[0], split.node.input[0])
     ctx.graph.node.remove(split.node)
     return True
