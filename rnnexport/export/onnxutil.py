@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -85,6 +85,23 @@ class GraphBuilder:
 
     def one(self, op_type: str, inputs: list[str], output: str | None = None, **attrs: Any) -> str:
         return self.op(op_type, inputs, [output] if output else 1, **attrs)[0]
+
+    def copy(self, node: onnx.NodeProto, prefix: str, renamed: Mapping[str, str]) -> onnx.NodeProto:
+        """Collect a copy of ``node`` named ``prefix + node.name`` (a fresh name if that is taken or empty).
+
+        The copy reads and writes ``renamed[v]`` for each of its values ``v`` listed there.
+        """
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        name = prefix + node.name
+        if not node.name or name in self._taken:
+            name = self.fresh(prefix + node.op_type)
+        self._taken.add(name)
+        copy.name = name
+        copy.input[:] = [renamed.get(i, i) for i in node.input]
+        copy.output[:] = [renamed.get(o, o) for o in node.output]
+        self.nodes.append(copy)
+        return copy
 
     def flush_into(self, graph: onnx.GraphProto) -> None:
         """Append the collected nodes and constants to ``graph`` and forget them."""

@@ -60,5 +60,4 @@ def fixpoint(once: Pass[M]) -> Pass[M]:
             model, modified = result.model, True
         return PassResult(model, modified)
 
-    run.__name__ = run.__qualname__ = f"fixpoint({getattr(once, '__name__', type(once).__name__)})"
     return run

@@ -18,7 +18,7 @@ import onnx
 
 from rnnexport.export.onnxutil import GraphBuilder
 from rnnexport.export.passes.base import PassResult
-from rnnexport.export.passes.graph import Types, copy_node, producers, readers, same_shape
+from rnnexport.export.passes.graph import Types, producers, readers, same_shape
 from rnnexport.export.passes.loop import Loop, State
 from rnnexport.export.passes.views import is_view
 
@@ -62,8 +62,8 @@ def carry_state(step: onnx.ModelProto, state: State, types: Types, g: GraphBuild
             or not same_shape(types.get(inner_in), types.get(inner_out))):
         return state
     outer_in, outer_out = g.fresh("scan/carried"), g.fresh("scan/final")
-    g.nodes.append(copy_node(first, "carry/" + first.name, {inner_in: outer_in}))
-    g.nodes.append(copy_node(last, "carry/" + last.name, {inner_out: outer_out}))
+    g.copy(first, "carry/", {inner_in: outer_in})
+    g.copy(last, "carry/", {inner_out: outer_out})
     _retype(graph.input, name, types[inner_in])
     _retype(graph.output, output, types[inner_out])
     graph.node.remove(first)

@@ -9,7 +9,7 @@ nodes come from :class:`rnnexport.export.onnxutil.GraphBuilder`.
   subgraph reads a value from the enclosing scope reads it too), :func:`read_names`;
 - renaming: :func:`replace_uses` (readers read another value), :func:`rename_output`
   (a node writes another name), :func:`rename_values` (a node's values by a table),
-  :func:`copy_node`, :func:`prefix_names` (a whole graph);
+  :func:`prefix_names` (a whole graph); a renamed copy is ``GraphBuilder.copy``;
 - cleanup: :func:`remove_dead` (and its pass, :func:`remove_dead_nodes`),
   :func:`drop_unused_initializers`, :func:`toposort`;
 - constants and inferred types: :func:`constants`, :func:`constant_value`,
@@ -37,7 +37,6 @@ __all__ = [
     "batch_axis",
     "constant_value",
     "constants",
-    "copy_node",
     "drop_unused_initializers",
     "free_names",
     "infer_types",
@@ -134,15 +133,6 @@ def _rename_io(node: onnx.NodeProto, rename: Callable[[str], str]) -> None:
 def rename_values(node: onnx.NodeProto, renamed: Mapping[str, str]) -> None:
     """Make ``node`` read and write ``renamed[v]`` for each of its values ``v`` listed there."""
     _rename_io(node, lambda value: renamed.get(value, value))
-
-
-def copy_node(node: onnx.NodeProto, name: str, renamed: Mapping[str, str]) -> onnx.NodeProto:
-    """A copy of ``node`` called ``name``, reading and writing ``renamed[v]`` for each value ``v`` listed there."""
-    copy = onnx.NodeProto()
-    copy.CopyFrom(node)
-    copy.name = name
-    rename_values(copy, renamed)
-    return copy
 
 
 # --- cleanup ---------------------------------------------------------------------------------------

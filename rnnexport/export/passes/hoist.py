@@ -21,7 +21,7 @@ import onnx
 from rnnexport.core.graphs import subgraphs
 from rnnexport.export.onnxutil import GraphBuilder
 from rnnexport.export.passes.base import PassResult
-from rnnexport.export.passes.graph import batch_axis, constants, copy_node, readers
+from rnnexport.export.passes.graph import batch_axis, constants, readers
 from rnnexport.export.passes.loop import Loop, ScanValue
 from rnnexport.export.passes.rowwise import rowwise
 
@@ -86,5 +86,5 @@ def copy_outside(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], rename: di
     rename = dict(rename)
     for node in [*needed, *nodes]:
         rename.update({out: prefix + out for out in node.output if out})
-        g.nodes.append(copy_node(node, prefix + node.name, rename))
+        g.copy(node, prefix, rename)
     return rename

@@ -88,8 +88,9 @@ def fuse_one_split(model: onnx.ModelProto) -> PassResult[onnx.ModelProto]:
     return PassResult(model, False)
 
 
-#: The pass: the three identities applied until none applies.
-fuse_split_gates = fixpoint(fuse_one_split)
+def fuse_split_gates(model: onnx.ModelProto) -> PassResult[onnx.ModelProto]:
+    """Apply the three identities until none applies, in place."""
+    return fixpoint(fuse_one_split)(model)
 
 
 def _split_info(graph: onnx.GraphProto, node: onnx.NodeProto, types: Types) -> _Split | None:

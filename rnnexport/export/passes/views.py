@@ -98,8 +98,9 @@ def drop_one_view_chain(model: onnx.ModelProto) -> PassResult[onnx.ModelProto]:
     return PassResult(model, False)
 
 
-#: The pass: every view chain that ends in its starting shape bypassed.
-drop_identity_views = fixpoint(drop_one_view_chain)
+def drop_identity_views(model: onnx.ModelProto) -> PassResult[onnx.ModelProto]:
+    """Bypass every view chain that ends in its starting shape, in place."""
+    return fixpoint(drop_one_view_chain)(model)
 
 
 def _take_name(graph: onnx.GraphProto, producer: onnx.NodeProto, start: str, output: str) -> None:
