@@ -33,6 +33,7 @@ from rnnexport.export.passes.algebra import fuse_matmuls, lift_biases
 from rnnexport.export.passes.base import Pass, run_passes
 from rnnexport.export.passes.carry import carry_states
 from rnnexport.export.passes.graph import (
+    copy_value,
     drop_unused_initializers,
     prefix_names,
     producers,
@@ -78,14 +79,6 @@ SCAN_PASSES = ScanPasses(
 )
 
 
-def _copy(value: onnx.ValueInfoProto, name: str | None = None) -> onnx.ValueInfoProto:
-    copy = onnx.ValueInfoProto()
-    copy.CopyFrom(value)
-    if name is not None:
-        copy.name = name
-    return copy
-
-
 def _plan(io: IOSpec, step: onnx.ModelProto, passes: ScanPasses) -> Loop:
     """The loop around a copy of ``step`` once every step and loop pass has run."""
     work = onnx.ModelProto()
@@ -97,7 +90,7 @@ def _plan(io: IOSpec, step: onnx.ModelProto, passes: ScanPasses) -> Loop:
 
 
 def _prefixed(values: list[ScanValue]) -> list[onnx.ValueInfoProto]:
-    return [_copy(value.body, _PREFIX + value.body.name) for value in values]
+    return [copy_value(value.body, _PREFIX + value.body.name) for value in values]
 
 
 def _scan_node(loop: Loop, reverse: bool) -> onnx.NodeProto:
@@ -112,10 +105,10 @@ def _scan_node(loop: Loop, reverse: bool) -> onnx.NodeProto:
     by_name = {v.name: v for v in [*body.input, *body.output]}
     made = producers(body)
     outputs, nodes = _own_outputs(
-        list(body.node), [_copy(by_name[_PREFIX + s.body_out]) for s in loop.states] + _prefixed(loop.scan_outputs))
+        list(body.node), [copy_value(by_name[_PREFIX + s.body_out]) for s in loop.states] + _prefixed(loop.scan_outputs))
     body_graph = helper.make_graph(
         nodes, "step",
-        [_copy(by_name[_PREFIX + s.body_in]) for s in loop.states] + _prefixed(loop.scan_inputs),
+        [copy_value(by_name[_PREFIX + s.body_in]) for s in loop.states] + _prefixed(loop.scan_inputs),
         outputs,
         value_info=[v for v in body.value_info if v.name in made])
     directions: dict[str, list[int]] = {}
@@ -148,7 +141,7 @@ def _own_outputs(nodes: list[onnx.NodeProto], outputs: list[onnx.ValueInfoProto]
     extra: list[onnx.NodeProto] = []
     for value in outputs:
         if value.name in read or value.name in {v.name for v in fixed}:
-            own = _copy(value, f"{value.name}__out{len(extra)}")
+            own = copy_value(value, f"{value.name}__out{len(extra)}")
             extra.append(helper.make_node("Identity", [value.name], [own.name], name=f"{own.name}_identity"))
             value = own
         fixed.append(value)

@@ -9,7 +9,8 @@ nodes come from :class:`rnnexport.export.onnxutil.GraphBuilder`.
   subgraph reads a value from the enclosing scope reads it too), :func:`read_names`;
 - renaming: :func:`replace_uses` (readers read another value), :func:`rename_output`
   (a node writes another name), :func:`rename_values` (a node's values by a table),
-  :func:`prefix_names` (a whole graph); a renamed copy is ``GraphBuilder.copy``;
+  :func:`prefix_names` (a whole graph), :func:`copy_value`; a renamed node copy is
+  ``GraphBuilder.copy``;
 - cleanup: :func:`remove_dead` (and its pass, :func:`remove_dead_nodes`),
   :func:`drop_unused_initializers`, :func:`toposort`;
 - constants and inferred types: :func:`constants`, :func:`constant_value`,
@@ -37,6 +38,7 @@ __all__ = [
     "batch_axis",
     "constant_value",
     "constants",
+    "copy_value",
     "drop_unused_initializers",
     "free_names",
     "infer_types",
@@ -103,6 +105,15 @@ def _replace(graph: onnx.GraphProto, old: str, new: str, outputs: bool) -> None:
     for out in graph.output if outputs else []:
         if out.name == old:
             out.name = new
+
+
+def copy_value(value: onnx.ValueInfoProto, name: str | None = None) -> onnx.ValueInfoProto:
+    """A copy of a value's name and type, renamed ``name`` if given (the original stays where it is)."""
+    copy = onnx.ValueInfoProto()
+    copy.CopyFrom(value)
+    if name is not None:
+        copy.name = name
+    return copy
 
 
 def rename_output(node: onnx.NodeProto, old: str, new: str) -> None:

@@ -17,7 +17,7 @@ import onnx
 
 from rnnexport.core.graphs import subgraphs
 from rnnexport.export.passes.base import PassResult
-from rnnexport.export.passes.graph import batch_axis, constants, producers
+from rnnexport.export.passes.graph import batch_axis, constants, copy_value, producers
 from rnnexport.export.passes.hoist import copy_outside
 from rnnexport.export.passes.loop import Loop, ScanValue
 from rnnexport.export.passes.rowwise import rowwise
@@ -80,7 +80,7 @@ def hoist_head(loop: Loop) -> PassResult[Loop]:
     for cut in emitted:
         axis = axes[cut]
         stacked = stack.g.fresh("scan/stacked")
-        scan_outputs.append(ScanValue(_typed(types[cut], _emittable(loop.step, cut, stack)), stacked,
+        scan_outputs.append(ScanValue(copy_value(types[cut], _emittable(loop.step, cut, stack)), stacked,
                                       stack.scan_axis(axis)))
         rename[cut] = stack.output_rows(stacked, types[cut], axis)
     moved = copy_outside(graph, nodes, rename, stack.g, _POST)
@@ -123,10 +123,3 @@ def _emittable(step: onnx.ModelProto, value: str, stack: Stacking) -> str:
     copy = stack.g.fresh("rw/emitted")
     graph.node.append(stack.g.make("Identity", [value], [copy], name_hint=copy))
     return copy
-
-
-def _typed(value: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:
-    typed = onnx.ValueInfoProto()
-    typed.CopyFrom(value)
-    typed.name = name
-    return typed

@@ -14,7 +14,7 @@ import onnx
 
 from rnnexport.core.contract import Form, IOSpec
 from rnnexport.export.onnxutil import GraphBuilder
-from rnnexport.export.passes.graph import Types, infer_types
+from rnnexport.export.passes.graph import Types, copy_value, infer_types
 from rnnexport.export.passes.stacking import Stacking
 
 __all__ = ["Loop", "ScanValue", "State"]
@@ -47,12 +47,6 @@ class ScanValue:
     body: onnx.ValueInfoProto
     outer: str
     axis: int
-
-
-def _copy(value: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
-    copy = onnx.ValueInfoProto()
-    copy.CopyFrom(value)
-    return copy
 
 
 @dataclasses.dataclass
@@ -90,17 +84,12 @@ class Loop:
             step=step, types=infer_types(step),
             stack=Stacking(GraphBuilder(s.name for s in [*inputs, *outputs]), x, io.x_features, io.time_axis),
             x=x, y=y,
-            states=[State.plain(s.name, o.name) for s, o in zip(inputs[1:], outputs[1:])],
-            scan_inputs=[ScanValue(_copy(by_name[x]), x, io.time_axis)],
-            scan_outputs=[ScanValue(_copy(by_name[y]), y, io.time_axis)],
+            states=[State.plain(s.name, o.name) for s, o in zip(inputs[1:], outputs[1:], strict=True)],
+            scan_inputs=[ScanValue(copy_value(by_name[x]), x, io.time_axis)],
+            scan_outputs=[ScanValue(copy_value(by_name[y]), y, io.time_axis)],
         )
 
     @property
     def outer(self) -> GraphBuilder:
         """The builder of everything that runs outside the loop."""
         return self.stack.g
-
-    @property
-    def reads_x(self) -> bool:
-        """Whether the body still reads ``x_t`` (a Scan input)."""
-        return any(v.outer == self.x for v in self.scan_inputs)

@@ -59,7 +59,7 @@ class CarryNan:
         if per_output is None:
             return PassResult(model, False)
         made = producers(graph)
-        for output, guard in zip([graph.output[0].name, *io.state.output_names], per_output):
+        for output, guard in zip([graph.output[0].name, *io.state.output_names], per_output, strict=True):
             inner = g.fresh(f"{output}__{_PREFIX}")
             rename_output(made[output], output, inner)
             replace_uses(graph, output, inner)

@@ -66,10 +66,10 @@ class _Context:
 
     def sole_reader(self, name: str) -> onnx.NodeProto | None:
         """The one node reading ``name`` (once), when ``name`` is not also a graph output."""
-        readers = self.users.get(name, [])
-        if len(readers) != 1 or name in self.outputs or subgraphs(readers[0]) or readers[0].domain:
+        users = self.users.get(name, [])
+        if len(users) != 1 or name in self.outputs or subgraphs(users[0]) or users[0].domain:
             return None
-        return readers[0] if list(readers[0].input).count(name) == 1 else None
+        return users[0] if list(users[0].input).count(name) == 1 else None
 
 
 def fuse_one_split(model: onnx.ModelProto) -> PassResult[onnx.ModelProto]:
@@ -143,10 +143,10 @@ def _add_split(ctx: _Context, source: str, sizes: tuple[int, ...], axis: int, ou
                                      name_hint="rw/Split", axis=axis))
 
 
-def _replace_readers(ctx: _Context, readers: list[onnx.NodeProto]) -> list[str]:
-    """Remove ``readers`` from the graph; their first outputs, for the node that replaces them."""
-    names = [r.output[0] for r in readers]
-    for reader in readers:
+def _replace_readers(ctx: _Context, nodes: list[onnx.NodeProto]) -> list[str]:
+    """Remove ``nodes`` from the graph; their first outputs, for the node that replaces them."""
+    names = [r.output[0] for r in nodes]
+    for reader in nodes:
         ctx.graph.node.remove(reader)
     return names
 
@@ -159,12 +159,12 @@ def _unary_key(reader: onnx.NodeProto | None, value: str) -> _UnaryKey | None:
 
 def _sink_unary(ctx: _Context, split: _Split) -> bool:
     """``f(p_i)`` for all (or a run of >= 3) outputs -> ``Split(f(P_run))``."""
-    readers = [ctx.sole_reader(o) for o in split.node.output]
-    keys = [_unary_key(r, o) for r, o in zip(readers, split.node.output)]
+    sole = [ctx.sole_reader(o) for o in split.node.output]
+    keys = [_unary_key(r, o) for r, o in zip(sole, split.node.output, strict=True)]
     start, length = _longest_run(keys)
     if length < len(keys) and length < _MIN_UNARY_RUN:
         return False
-    run = [r for r in readers[start:start + length] if r is not None]  # all of them: their keys are set
+    run = [r for r in sole[start:start + length] if r is not None]  # all of them: their keys are set
     sizes = split.sizes[start:start + length]
     source = _run_value(ctx, split, start, length)
     activated = ctx.g.fresh("rw/" + run[0].op_type.lower())
@@ -189,14 +189,14 @@ def _longest_run(keys: list[_UnaryKey | None]) -> tuple[int, int]:
 def _sink_constants(ctx: _Context, split: _Split) -> bool:
     """``op(p_i, c_i)`` for every output, ``c_i`` constant -> ``Split(op(P, concat(c_i)))``."""
     found = [ctx.sole_reader(o) for o in split.node.output]
-    readers = [r for r in found if r is not None]
-    if len(readers) != len(found) or any(r.op_type not in _BINARY or len(r.input) != 2 for r in readers):
+    nodes = [r for r in found if r is not None]
+    if len(nodes) != len(found) or any(r.op_type not in _BINARY or len(r.input) != 2 for r in nodes):
         return False
-    if len({r.op_type for r in readers}) != 1:
+    if len({r.op_type for r in nodes}) != 1:
         return False
-    op = readers[0].op_type
-    sides = [list(r.input).index(o) for r, o in zip(readers, split.node.output)]
-    others = [r.input[1 - k] for r, k in zip(readers, sides)]
+    op = nodes[0].op_type
+    sides = [list(r.input).index(o) for r, o in zip(nodes, split.node.output, strict=True)]
+    others = [r.input[1 - k] for r, k in zip(nodes, sides, strict=True)]
     if any(o not in ctx.constants for o in others) or (op not in _COMMUTATIVE and len(set(sides)) != 1):
         return False
     joined = _join_constants([constant_value(ctx.graph, o) for o in others], split.sizes, split.axis)
@@ -208,7 +208,7 @@ def _sink_constants(ctx: _Context, split: _Split) -> bool:
         [joined_name, split.node.input[0]]
     ctx.graph.node.append(ctx.g.make(op, inputs, [result], name_hint="rw/binary"))
     split.node.input[0] = result
-    split.node.output[:] = _replace_readers(ctx, readers)
+    split.node.output[:] = _replace_readers(ctx, nodes)
     return True
 
 
@@ -220,7 +220,7 @@ def _join_constants(values: list[np.ndarray | None], sizes: tuple[int, ...], axi
     rank = max(max(v.ndim for v in arrays), -axis)
     at = rank + axis
     parts = []
-    for value, size in zip(arrays, sizes):
+    for value, size in zip(arrays, sizes, strict=True):
         value = value.reshape((1,) * (rank - value.ndim) + value.shape)
         if value.shape[at] not in (1, size):
             return None
