@@ -430,6 +430,16 @@ def test_weights_into_bodies_moves_only_what_the_loop_alone_reads() -> None:
     _assert_same_outputs(before, after, time=4)
 
 
+def test_weights_into_bodies_leaves_a_weight_the_outer_graph_reads_too() -> None:
+    before = wrap_in_scan(_io(), _rnn_step(), ScanPasses())
+    before.graph.node.append(helper.make_node("Neg", ["step/U"], ["u_neg"]))
+    before.graph.output.append(_value("u_neg", 3, 3))
+    after, modified = _apply(weights_into_bodies, before)
+    inner, outer = {t.name for t in _body(after).initializer}, {t.name for t in after.graph.initializer}
+    assert modified and "step/U" in outer and "step/U" not in inner and "step/W" in inner
+    _assert_same_outputs(before, after, time=4)
+
+
 def _step_cell() -> tuple[onnx.ModelProto, IOSpec]:
     """``h_out = tanh(nan_to_0(x @ W) + nan_to_0(h) @ U)``, ``y = h_out``: a cell whose engine swallows NaN.
 
