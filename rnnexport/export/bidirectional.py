@@ -19,10 +19,10 @@ from onnx import helper
 
 from rnnexport.core.contract import Form, Layout
 from rnnexport.core.onnxfile import value_info
-from rnnexport.export.nan import carry_nan
 from rnnexport.export.onnxutil import GraphBuilder, finish_model
-from rnnexport.export.rewrites.graph import toposort
-from rnnexport.export.scan import prefix_names, wrap_in_scan
+from rnnexport.export.passes.graph import prefix_names, toposort
+from rnnexport.export.passes.nan import carry_nan
+from rnnexport.export.scan import wrap_in_scan
 from rnnexport.source.model import RecurrentModel
 from rnnexport.source.torchnn import MODULES, weight_suffix
 

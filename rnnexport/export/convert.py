@@ -19,8 +19,8 @@ from rnnexport.core.onnxfile import value_info
 from rnnexport.export.causal import check_causal
 from rnnexport.export.lowerings import Attempt, lower
 from rnnexport.export.metadata import write_info
-from rnnexport.export.nan import carry_nan
 from rnnexport.export.onnxutil import check_model
+from rnnexport.export.passes.nan import carry_nan
 from rnnexport.source.model import RecurrentModel
 from rnnexport.source.sources import SourceSpec, load_source, models_dir, source_files
 

@@ -20,8 +20,8 @@ import onnx
 
 from rnnexport.core.graphs import attribute, subgraphs
 from rnnexport.core.onnxfile import value_dims
-from rnnexport.export.rewrites.graph import Types, batch_axis, constant_value
-from rnnexport.export.rewrites.views import VIEW_OPS
+from rnnexport.export.passes.graph import Types, batch_axis, constant_value
+from rnnexport.export.passes.views import VIEW_OPS
 
 __all__ = ["rowwise"]
 

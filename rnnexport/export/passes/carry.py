@@ -12,31 +12,25 @@ results are equal bit for bit.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 
 import onnx
 
 from rnnexport.export.onnxutil import GraphBuilder
-from rnnexport.export.rewrites.graph import Types, consumers, producers, same_shape
-from rnnexport.export.rewrites.views import is_view
+from rnnexport.export.passes.base import PassResult
+from rnnexport.export.passes.graph import Types, producers, readers, same_shape
+from rnnexport.export.passes.loop import Loop, State
+from rnnexport.export.passes.views import is_view
 
-__all__ = ["State", "carry_state"]
+__all__ = ["carry_states"]
 
 
-@dataclasses.dataclass(frozen=True)
-class State:
-    """One loop-carried state: its names in the body and outside (un-renamed step names)."""
-
-    body_in: str
-    outer_in: str
-    body_out: str
-    outer_out: str
-
-    @classmethod
-    def plain(cls, name: str, output: str) -> State:
-        """A state carried as the contract has it."""
-        return cls(name, name, output, output)
+def carry_states(loop: Loop) -> PassResult[Loop]:
+    """Carry each state still carried as the contract has it in its inner shape, where that is sound."""
+    states = [carry_state(loop.step, s, loop.types, loop.outer) if s.plain_now else s for s in loop.states]
+    modified = states != loop.states
+    loop.states = states
+    return PassResult(loop, modified)
 
 
 def _outer_view(graph: onnx.GraphProto, node: onnx.NodeProto) -> bool:
@@ -45,45 +39,37 @@ def _outer_view(graph: onnx.GraphProto, node: onnx.NodeProto) -> bool:
     return not node.domain and all(i in weights for i in node.input[1:] if i)
 
 
-def carry_state(step: onnx.ModelProto, name: str, output: str, types: Types, g: GraphBuilder) -> State:
-    """Carry the state ``name`` (step output ``output``) in its inner shape where that is sound.
+def carry_state(step: onnx.ModelProto, state: State, types: Types, g: GraphBuilder) -> State:
+    """Carry ``state`` (carried as the contract has it) in its inner shape where that is sound.
 
     Edits ``step`` (its nodes, inputs and outputs) and adds the outer views to ``g``.
 
     Returns:
-        How the loop carries the state (plain when nothing changed).
+        How the loop carries the state (``state`` when nothing changed).
     """
     graph = step.graph
-    readers, made = consumers(graph).get(name, []), producers(graph)
+    name, output = state.body_in, state.body_out
+    found, made = readers(graph.node).get(name, []), producers(graph)
     last = made.get(output)
-    if len(readers) != 1 or last is None:
-        return State.plain(name, output)
-    first = readers[0]
+    if len(found) != 1 or last is None:
+        return state
+    first = found[0]
     inner_in, inner_out = first.output[0], last.input[0]
     boundary = {v.name for v in [*graph.input, *graph.output]}
     if (not is_view(graph, first, types) or not is_view(graph, last, types) or first.input[0] != name
             or not _outer_view(graph, first) or not _outer_view(graph, last)
             or inner_out in boundary or inner_in in boundary
             or not same_shape(types.get(inner_in), types.get(inner_out))):
-        return State.plain(name, output)
+        return state
     outer_in, outer_out = g.fresh("scan/carried"), g.fresh("scan/final")
-    g.nodes.append(_moved(first, name, outer_in, "carry/"))
-    g.nodes.append(_moved(last, outer_out, output, "carry/"))
+    g.copy(first, "carry/", {inner_in: outer_in})
+    g.copy(last, "carry/", {inner_out: outer_out})
     _retype(graph.input, name, types[inner_in])
     _retype(graph.output, output, types[inner_out])
     graph.node.remove(first)
-    if not consumers(graph).get(output):
+    if not readers(graph.node).get(output):
         graph.node.remove(last)
     return State(inner_in, outer_in, inner_out, outer_out)
-
-
-def _moved(node: onnx.NodeProto, source: str, result: str, prefix: str) -> onnx.NodeProto:
-    copy = onnx.NodeProto()
-    copy.CopyFrom(node)
-    copy.name = prefix + node.name
-    copy.input[0] = source
-    copy.output[0] = result
-    return copy
 
 
 def _retype(values: Iterable[onnx.ValueInfoProto], name: str, value: onnx.ValueInfoProto) -> None:

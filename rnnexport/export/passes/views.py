@@ -18,17 +18,19 @@ import onnx
 
 from rnnexport.core.graphs import attribute
 from rnnexport.core.onnxfile import value_dims
-from rnnexport.export.rewrites.graph import (
+from rnnexport.export.passes.base import PassResult, fixpoint
+from rnnexport.export.passes.graph import (
     Types,
     constant_value,
     infer_types,
     producers,
     remove_dead,
-    rename_value,
+    rename_output,
+    replace_uses,
     same_shape,
 )
 
-__all__ = ["VIEW_OPS", "drop_identity_views", "is_view"]
+__all__ = ["VIEW_OPS", "drop_identity_views", "drop_one_view_chain", "is_view"]
 
 #: Default-domain ops that only re-shape their first input, whatever the shapes:
 #: they keep every element, in order. The one definition of a view op; ``Slice``
@@ -74,16 +76,8 @@ def _chain_start(name: str, views: dict[str, onnx.NodeProto], types: Types) -> s
     return start
 
 
-def drop_identity_views(model: onnx.ModelProto) -> int:
-    """Bypass view chains that end in their starting shape, in place; the number bypassed."""
-    count = 0
-    while _bypass_one(model):
-        remove_dead(model.graph)
-        count += 1
-    return count
-
-
-def _bypass_one(model: onnx.ModelProto) -> bool:
+def drop_one_view_chain(model: onnx.ModelProto) -> PassResult[onnx.ModelProto]:
+    """Bypass one view chain that ends in its starting shape, in place, and drop what it leaves dead."""
     graph = model.graph
     types = infer_types(model)
     views = {n.output[0]: n for n in graph.node if is_view(graph, n, types)}
@@ -94,17 +88,23 @@ def _bypass_one(model: onnx.ModelProto) -> bool:
         if start is None:
             continue
         if name not in boundary:
-            rename_value(graph, name, start)
-            return True
-        if start not in boundary and start in made:
+            replace_uses(graph, name, start)
+        elif start not in boundary and start in made:
             _take_name(graph, made[start], start, name)  # the chain ends in a graph output
-            return True
-    return False
+        else:
+            continue
+        remove_dead(graph)
+        return PassResult(model, True)
+    return PassResult(model, False)
+
+
+def drop_identity_views(model: onnx.ModelProto) -> PassResult[onnx.ModelProto]:
+    """Bypass every view chain that ends in its starting shape, in place."""
+    return fixpoint(drop_one_view_chain)(model)
 
 
 def _take_name(graph: onnx.GraphProto, producer: onnx.NodeProto, start: str, output: str) -> None:
     """Let ``producer`` write the graph output ``output`` in place of its value ``start``."""
-    old = producers(graph)[output]
-    old.output[:] = [f"{output}__dropped" if o == output else o for o in old.output]
-    producer.output[:] = [output if o == start else o for o in producer.output]
-    rename_value(graph, start, output)
+    rename_output(producers(graph)[output], output, f"{output}__dropped")
+    rename_output(producer, start, output)
+    replace_uses(graph, start, output)

@@ -1,7 +1,7 @@
 """Moving elementwise work across ``Split``: one wide op instead of one per gate.
 
 A traced gated cell computes each gate apart: ``x @ W_x`` and ``h @ W_h`` are
-split into gates (after :func:`~rnnexport.export.rewrites.algebra.fuse_matmuls`),
+split into gates (after :func:`~rnnexport.export.passes.algebra.fuse_matmuls`),
 then every gate gets its own bias Add, its own ``x + h`` Add and its own
 activation. Each is a node per step. Three exact identities undo that, for a
 ``Split`` of ``P`` into ``p_1 .. p_n`` along one axis:
@@ -22,29 +22,31 @@ import dataclasses
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from rnnexport.core.graphs import attribute, subgraphs
 from rnnexport.core.onnxfile import value_dims
 from rnnexport.export.onnxutil import GraphBuilder
-from rnnexport.export.rewrites.graph import (
+from rnnexport.export.passes.base import PassResult, fixpoint
+from rnnexport.export.passes.graph import (
     Types,
     constant_value,
     constants,
-    consumers,
     infer_types,
-    rename_value,
+    readers,
+    replace_uses,
     toposort,
 )
 
-__all__ = ["fuse_split_gates"]
+__all__ = ["fuse_one_split", "fuse_split_gates"]
 
 _UNARY = frozenset({"Sigmoid", "Tanh", "Relu", "Exp", "Neg", "Abs", "Sqrt", "Softsign", "Softplus", "Erf",
                     "Elu", "Selu", "LeakyRelu", "HardSigmoid", "Reciprocal", "Log"})
 _BINARY = frozenset({"Add", "Sub", "Mul", "Div"})
 _COMMUTATIVE = frozenset({"Add", "Mul"})
 _MIN_UNARY_RUN = 3  # a run costs a Split; below 3 outputs it saves no node
-_MAX_REWRITES = 256
+
+#: A unary reader's op and attributes: readers with equal keys compute the same function.
+_UnaryKey = tuple[str, tuple[bytes, ...]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,37 +66,31 @@ class _Context:
 
     def sole_reader(self, name: str) -> onnx.NodeProto | None:
         """The one node reading ``name`` (once), when ``name`` is not also a graph output."""
-        readers = self.users.get(name, [])
-        if len(readers) != 1 or name in self.outputs or subgraphs(readers[0]) or readers[0].domain:
+        users = self.users.get(name, [])
+        if len(users) != 1 or name in self.outputs or subgraphs(users[0]) or users[0].domain:
             return None
-        return readers[0] if list(readers[0].input).count(name) == 1 else None
+        return users[0] if list(users[0].input).count(name) == 1 else None
 
 
-def fuse_split_gates(model: onnx.ModelProto, g: GraphBuilder) -> int:
-    """Apply the three identities until none applies, in place; the number of rewrites.
-
-    New constants go to ``model.graph.initializer`` (through ``g``).
-    """
-    count = 0
-    while count < _MAX_REWRITES and _rewrite_once(model, g):
-        model.graph.initializer.extend(g.initializers)
-        g.initializers.clear()
-        toposort(model.graph)
-        count += 1
-    return count
-
-
-def _rewrite_once(model: onnx.ModelProto, g: GraphBuilder) -> bool:
+def fuse_one_split(model: onnx.ModelProto) -> PassResult[onnx.ModelProto]:
+    """Apply one of the three identities to one Split, in place (new constants join the graph)."""
     graph = model.graph
     types = infer_types(model)
     splits = [s for s in (_split_info(graph, n, types) for n in graph.node) if s is not None]
-    ctx = _Context(graph, consumers(graph), frozenset(o.name for o in graph.output),
-                   frozenset(constants(graph)), g)
+    ctx = _Context(graph, readers(graph.node), frozenset(o.name for o in graph.output),
+                   frozenset(constants(graph)), GraphBuilder.beside(graph))
     for split in splits:
         if (_drop_single(ctx, split) or _sink_constants(ctx, split) or _sink_unary(ctx, split)
                 or _sink_pairs(ctx, split, splits)):
-            return True
-    return False
+            ctx.g.flush_into(graph)
+            toposort(graph)
+            return PassResult(model, True)
+    return PassResult(model, False)
+
+
+def fuse_split_gates(model: onnx.ModelProto) -> PassResult[onnx.ModelProto]:
+    """Apply the three identities until none applies, in place."""
+    return fixpoint(fuse_one_split)(model)
 
 
 def _split_info(graph: onnx.GraphProto, node: onnx.NodeProto, types: Types) -> _Split | None:
@@ -143,19 +139,19 @@ def _run_value(ctx: _Context, split: _Split, start: int, length: int) -> str:
 
 
 def _add_split(ctx: _Context, source: str, sizes: tuple[int, ...], axis: int, outputs: list[str]) -> None:
-    ctx.graph.node.append(helper.make_node("Split", [source, ctx.g.ints("rw/split", list(sizes))], outputs,
-                                           name=ctx.g.fresh("rw/Split"), axis=axis))
+    ctx.graph.node.append(ctx.g.make("Split", [source, ctx.g.ints("rw/split", list(sizes))], outputs,
+                                     name_hint="rw/Split", axis=axis))
 
 
-def _replace_readers(ctx: _Context, readers: list[onnx.NodeProto]) -> list[str]:
-    """Remove ``readers`` from the graph; their first outputs, for the node that replaces them."""
-    names = [r.output[0] for r in readers]
-    for reader in readers:
+def _replace_readers(ctx: _Context, nodes: list[onnx.NodeProto]) -> list[str]:
+    """Remove ``nodes`` from the graph; their first outputs, for the node that replaces them."""
+    names = [r.output[0] for r in nodes]
+    for reader in nodes:
         ctx.graph.node.remove(reader)
     return names
 
 
-def _unary_key(reader: onnx.NodeProto | None, value: str) -> tuple | None:
+def _unary_key(reader: onnx.NodeProto | None, value: str) -> _UnaryKey | None:
     if reader is None or reader.op_type not in _UNARY or list(reader.input) != [value] or len(reader.output) != 1:
         return None
     return reader.op_type, tuple(a.SerializeToString() for a in reader.attribute)
@@ -163,22 +159,23 @@ def _unary_key(reader: onnx.NodeProto | None, value: str) -> tuple | None:
 
 def _sink_unary(ctx: _Context, split: _Split) -> bool:
     """``f(p_i)`` for all (or a run of >= 3) outputs -> ``Split(f(P_run))``."""
-    readers = [ctx.sole_reader(o) for o in split.node.output]
-    keys = [_unary_key(r, o) for r, o in zip(readers, split.node.output)]
+    sole = [ctx.sole_reader(o) for o in split.node.output]
+    keys = [_unary_key(r, o) for r, o in zip(sole, split.node.output, strict=True)]
     start, length = _longest_run(keys)
     if length < len(keys) and length < _MIN_UNARY_RUN:
         return False
-    run = [r for r in readers[start:start + length] if r is not None]  # all of them: their keys are set
+    run = [r for r in sole[start:start + length] if r is not None]  # all of them: their keys are set
     sizes = split.sizes[start:start + length]
     source = _run_value(ctx, split, start, length)
     activated = ctx.g.fresh("rw/" + run[0].op_type.lower())
-    ctx.graph.node.append(helper.make_node(run[0].op_type, [source], [activated], name=ctx.g.fresh("rw/unary")))
-    ctx.graph.node[-1].attribute.extend(run[0].attribute)
+    node = ctx.g.make(run[0].op_type, [source], [activated], name_hint="rw/unary")
+    node.attribute.extend(run[0].attribute)
+    ctx.graph.node.append(node)
     _add_split(ctx, activated, sizes, split.axis, _replace_readers(ctx, run))
     return True
 
 
-def _longest_run(keys: list) -> tuple[int, int]:
+def _longest_run(keys: list[_UnaryKey | None]) -> tuple[int, int]:
     """Start and length of the longest run of equal, non-None keys."""
     best, start = (0, 0), 0
     for i in range(1, len(keys) + 1):
@@ -192,14 +189,14 @@ def _longest_run(keys: list) -> tuple[int, int]:
 def _sink_constants(ctx: _Context, split: _Split) -> bool:
     """``op(p_i, c_i)`` for every output, ``c_i`` constant -> ``Split(op(P, concat(c_i)))``."""
     found = [ctx.sole_reader(o) for o in split.node.output]
-    readers = [r for r in found if r is not None]
-    if len(readers) != len(found) or any(r.op_type not in _BINARY or len(r.input) != 2 for r in readers):
+    nodes = [r for r in found if r is not None]
+    if len(nodes) != len(found) or any(r.op_type not in _BINARY or len(r.input) != 2 for r in nodes):
         return False
-    if len({r.op_type for r in readers}) != 1:
+    if len({r.op_type for r in nodes}) != 1:
         return False
-    op = readers[0].op_type
-    sides = [list(r.input).index(o) for r, o in zip(readers, split.node.output)]
-    others = [r.input[1 - k] for r, k in zip(readers, sides)]
+    op = nodes[0].op_type
+    sides = [list(r.input).index(o) for r, o in zip(nodes, split.node.output, strict=True)]
+    others = [r.input[1 - k] for r, k in zip(nodes, sides, strict=True)]
     if any(o not in ctx.constants for o in others) or (op not in _COMMUTATIVE and len(set(sides)) != 1):
         return False
     joined = _join_constants([constant_value(ctx.graph, o) for o in others], split.sizes, split.axis)
@@ -209,9 +206,9 @@ def _sink_constants(ctx: _Context, split: _Split) -> bool:
     result = ctx.g.fresh("rw/" + op.lower())
     inputs = [split.node.input[0], joined_name] if op in _COMMUTATIVE or sides[0] == 0 else \
         [joined_name, split.node.input[0]]
-    ctx.graph.node.append(helper.make_node(op, inputs, [result], name=ctx.g.fresh("rw/binary")))
+    ctx.graph.node.append(ctx.g.make(op, inputs, [result], name_hint="rw/binary"))
     split.node.input[0] = result
-    split.node.output[:] = _replace_readers(ctx, readers)
+    split.node.output[:] = _replace_readers(ctx, nodes)
     return True
 
 
@@ -223,7 +220,7 @@ def _join_constants(values: list[np.ndarray | None], sizes: tuple[int, ...], axi
     rank = max(max(v.ndim for v in arrays), -axis)
     at = rank + axis
     parts = []
-    for value, size in zip(arrays, sizes):
+    for value, size in zip(arrays, sizes, strict=True):
         value = value.reshape((1,) * (rank - value.ndim) + value.shape)
         if value.shape[at] not in (1, size):
             return None
@@ -260,7 +257,7 @@ def _pair_at(ctx: _Context, split: _Split, i: int, where: dict[str, tuple[_Split
 def _sink_pairs(ctx: _Context, split: _Split, splits: list[_Split]) -> bool:
     """``op(p_i, q_j)`` for a run of outputs of two splits cut alike -> ``Split(op(P_run, Q_run))``."""
     where = {o: (s, j) for s in splits if s.node is not split.node for j, o in enumerate(s.node.output)}
-    groups: dict[tuple, list[_Pair]] = {}
+    groups: dict[tuple[int, str, int], list[_Pair]] = {}
     for i in range(len(split.sizes)):
         pair = _pair_at(ctx, split, i, where)
         if pair is not None:
@@ -293,7 +290,7 @@ def _fuse_pair_run(ctx: _Context, split: _Split, run: list[_Pair]) -> None:
     theirs = _run_value(ctx, first.other, first.j, len(run))
     result = ctx.g.fresh("rw/" + op.lower())
     inputs = [mine, theirs] if first.side == 0 else [theirs, mine]
-    ctx.graph.node.append(helper.make_node(op, inputs, [result], name=ctx.g.fresh("rw/binary")))
+    ctx.graph.node.append(ctx.g.make(op, inputs, [result], name_hint="rw/binary"))
     _add_split(ctx, result, sizes, split.axis, _replace_readers(ctx, [p.reader for p in run]))
 
 
@@ -301,6 +298,6 @@ def _drop_single(ctx: _Context, split: _Split) -> bool:
     """A Split into one output is the identity."""
     if len(split.sizes) != 1 or split.node.output[0] in ctx.outputs:
         return False
-    rename_value(ctx.graph, split.node.output[0], split.node.input[0])
+    replace_uses(ctx.graph, split.node.output[0], split.node.input[0])
     ctx.graph.node.remove(split.node)
     return True

@@ -1,6 +1,6 @@
 """Moving the output head of a Scan body after the loop.
 
-The mirror image of :mod:`rnnexport.export.hoist`: the nodes that compute ``y_t``
+The mirror image of :mod:`rnnexport.export.passes.hoist`: the nodes that compute ``y_t``
 and nothing the state needs (``h_t @ W_hq + b_q``, a Linear head, squeezes)
 run once on every step's rows after the Scan instead of once per step. The body
 emits the values that tail reads (``h_t`` for a seed cell) as extra scan outputs;
@@ -13,28 +13,20 @@ known batch axis; otherwise the body keeps its head.
 
 from __future__ import annotations
 
-import dataclasses
-
 import onnx
-from onnx import helper
 
 from rnnexport.core.graphs import subgraphs
-from rnnexport.export.hoist import copy_outside
-from rnnexport.export.rewrites.graph import Types, batch_axis, constants, producers
-from rnnexport.export.rewrites.rowwise import rowwise
-from rnnexport.export.rewrites.views import VIEW_OPS
-from rnnexport.export.stacking import Stacking
+from rnnexport.export.passes.base import PassResult
+from rnnexport.export.passes.graph import batch_axis, constants, copy_value, producers
+from rnnexport.export.passes.hoist import copy_outside
+from rnnexport.export.passes.loop import Loop, ScanValue
+from rnnexport.export.passes.rowwise import rowwise
+from rnnexport.export.passes.stacking import Stacking
+from rnnexport.export.passes.views import VIEW_OPS
 
-__all__ = ["Tail", "hoist_head"]
+__all__ = ["hoist_head"]
 
 _POST = "post/"
-
-
-@dataclasses.dataclass(frozen=True)
-class Tail:
-    """The body's new scan outputs: ``(type of the body value, outer name, scan output axis)``."""
-
-    scan_outputs: list[tuple[onnx.ValueInfoProto, str, int]]
 
 
 def _ancestors(made: dict[str, onnx.NodeProto], names: list[str]) -> set[int]:
@@ -62,25 +54,19 @@ def _tail(graph: onnx.GraphProto, y: str, state: list[str]) -> list[onnx.NodePro
     return [n for n in tail if n.op_type != "Constant"]
 
 
-def hoist_head(step: onnx.ModelProto, y: str, state: list[str], types: Types, stack: Stacking,
-               rows: dict[str, str]) -> Tail | None:
-    """Move the nodes only ``y`` needs out of the (un-renamed) step graph ``step``, into ``stack.g``.
+def hoist_head(loop: Loop) -> PassResult[Loop]:
+    """Move the nodes only ``y`` needs out of the body, to run once on every step's rows after the loop.
 
-    Args:
-        step: the step graph left after hoisting; edited in place when the head moves.
-        y: the step graph's data output; the moved head writes ``y`` in sequence layout.
-        state: the step graph's state outputs.
-        types: inferred types of the step graph's values.
-        stack: builds the outer reshapes.
-        rows: step values whose rows the outer graph already has (hoisted values, ``x``).
-
-    Returns:
-        The new scan outputs, or None (``step`` untouched) when the head cannot move.
+    The values the moved head reads become scan outputs in place of ``y`` (unless the
+    outer graph already has their rows: hoisted values, ``x``); the moved head writes
+    ``y`` in sequence layout. Nothing changes when the head could mix batch rows or a
+    value it reads has no known batch axis.
     """
-    graph = step.graph
-    tail = _tail(graph, y, state)
-    if not tail or batch_axis(types.get(y)) != 0:
-        return None
+    graph, types, stack = loop.step.graph, loop.types, loop.stack
+    tail = _tail(graph, loop.y, [s.body_out for s in loop.states])
+    if not tail or batch_axis(types.get(loop.y)) != 0:
+        return PassResult(loop, False)
+    rows = {**loop.rows, loop.x: stack.flat_x}
     constant = constants(graph)
     nodes = _with_views(graph, tail, constant, rows)
     made_here = {o for n in nodes for o in n.output}
@@ -89,20 +75,22 @@ def hoist_head(step: onnx.ModelProto, y: str, state: list[str], types: Types, st
     found = {c: batch_axis(types.get(c)) for c in emitted}
     axes = {c: a for c, a in found.items() if a is not None}
     if len(axes) != len(found) or not rowwise(graph, nodes, types, constant):
-        return None
+        return PassResult(loop, False)
     rename, scan_outputs = dict(rows), []
     for cut in emitted:
         axis = axes[cut]
         stacked = stack.g.fresh("scan/stacked")
-        scan_outputs.append((_typed(types[cut], _emittable(step, cut, stack)), stacked, stack.scan_axis(axis)))
+        scan_outputs.append(ScanValue(copy_value(types[cut], _emittable(loop.step, cut, stack)), stacked,
+                                      stack.scan_axis(axis)))
         rename[cut] = stack.output_rows(stacked, types[cut], axis)
     moved = copy_outside(graph, nodes, rename, stack.g, _POST)
-    stack.fold(moved[y], types[y], 0, output=y)
+    stack.fold(moved[loop.y], types[loop.y], 0, output=loop.y)
     for node in tail:
         graph.node.remove(node)
-    graph.output.remove(next(o for o in graph.output if o.name == y))
-    graph.output.extend(value for value, _, _ in scan_outputs)
-    return Tail(scan_outputs)
+    graph.output.remove(next(o for o in graph.output if o.name == loop.y))
+    graph.output.extend(value.body for value in scan_outputs)
+    loop.scan_outputs = scan_outputs
+    return PassResult(loop, True)
 
 
 def _with_views(graph: onnx.GraphProto, tail: list[onnx.NodeProto], constant: set[str],
@@ -133,12 +121,5 @@ def _emittable(step: onnx.ModelProto, value: str, stack: Stacking) -> str:
     if value not in {v.name for v in [*graph.input, *graph.output]}:
         return value
     copy = stack.g.fresh("rw/emitted")
-    graph.node.append(helper.make_node("Identity", [value], [copy], name=copy))
+    graph.node.append(stack.g.make("Identity", [value], [copy], name_hint=copy))
     return copy
-
-
-def _typed(value: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:
-    typed = onnx.ValueInfoProto()
-    typed.CopyFrom(value)
-    typed.name = name
-    return typed

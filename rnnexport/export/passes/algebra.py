@@ -1,17 +1,20 @@
 """Re-associating bias additions and fusing matmuls that share a left input.
 
-Both prepare a traced step for hoisting: a gate's bias joins ``x @ W_x`` on the
-input side, and one wide matmul replaces one matmul per gate.
+Both prepare a traced step for hoisting (:mod:`rnnexport.export.passes.hoist`): a
+gate's bias joins ``x @ W_x`` on the input side, and one wide matmul replaces one
+matmul per gate. The step's data input ``x`` is its first graph input.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from rnnexport.export.onnxutil import GraphBuilder
-from rnnexport.export.rewrites.graph import consumers, producers
+from rnnexport.export.passes.base import PassResult
+from rnnexport.export.passes.graph import constants, producers, readers
+from rnnexport.export.passes.hoist import input_only
 
 __all__ = ["fuse_matmuls", "lift_biases"]
 
@@ -24,15 +27,19 @@ def _regroup(terms: list[str], derived: set[str], constant: set[str]) -> tuple[s
     return (d[0], b[0], s[0]) if len(d) == len(b) == len(s) == 1 else None
 
 
-def lift_biases(graph: onnx.GraphProto, derived: set[str], constant: set[str]) -> None:
+def lift_biases(model: onnx.ModelProto) -> PassResult[onnx.ModelProto]:
     """``(d + s) + b`` and ``d + (s + b)`` -> ``(d + b) + s``, in place.
 
     ``d`` comes from ``x`` alone, ``b`` is constant and ``s`` is neither. Moves a
     gate's bias to the input side, so it is hoisted with ``x @ W_x``. Re-associating
     float additions changes results by at most an ulp or two.
     """
-    made, users = producers(graph), consumers(graph)
+    graph = model.graph
+    constant = constants(graph)
+    _, derived = input_only(graph, graph.input[0].name, constant)
+    made, users = producers(graph), readers(graph.node)
     outputs = {o.name for o in graph.output}
+    modified = False
     for node in graph.node:
         if node.op_type != "Add" or node.domain or len(node.input) != 2:
             continue
@@ -47,15 +54,21 @@ def lift_biases(graph: onnx.GraphProto, derived: set[str], constant: set[str]) -
                 inner.input[:] = terms[:2]
                 node.input[:] = [inner_name, terms[2]]
                 derived.add(inner_name)
+                modified = True
                 break
+    return PassResult(model, modified)
 
 
-def fuse_matmuls(graph: onnx.GraphProto, weights: dict[str, onnx.TensorProto], g: GraphBuilder) -> None:
+def fuse_matmuls(model: onnx.ModelProto) -> PassResult[onnx.ModelProto]:
     """MatMuls of one left input by several constant ``(K, N_i)`` weights -> one MatMul and a Split."""
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
     groups: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         if node.op_type == "MatMul" and node.input[1] in weights and len(weights[node.input[1]].dims) == 2:
             groups.setdefault(node.input[0], []).append(node)
+    g = GraphBuilder.beside(graph)
+    modified = False
     for left, nodes in groups.items():
         if len(nodes) < 2 or len({weights[n.input[1]].dims[0] for n in nodes}) != 1:
             continue
@@ -66,9 +79,12 @@ def fuse_matmuls(graph: onnx.GraphProto, weights: dict[str, onnx.TensorProto], g
         first.input[:] = [left, fused]
         split_outputs = [n.output[0] for n in nodes]
         first.output[:] = [product]
-        split = helper.make_node("Split", [product, g.ints("rw/split", [a.shape[1] for a in arrays])],
-                                 split_outputs, name=g.fresh("rw/fused_split"), axis=-1)
+        split = g.make("Split", [product, g.ints("rw/split", [a.shape[1] for a in arrays])], split_outputs,
+                       name_hint="rw/fused_split", axis=-1)
         index = list(graph.node).index(first)
         for node in nodes[1:]:
             graph.node.remove(node)
         graph.node.insert(index + 1, split)
+        modified = True
+    g.flush_into(graph)
+    return PassResult(model, modified)
