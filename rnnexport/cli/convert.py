@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from rnnexport.cli.options import SOURCE_HELP, json_option, quiet_option, source_options, source_spec, verbose_option
+from rnnexport.cli.options import (
+    SOURCE_HELP,
+    json_option,
+    quiet_option,
+    source_options,
+    source_spec,
+    verbose_option,
+)
 from rnnexport.cli.output import check_outputs, document, emit
 from rnnexport.core.contract import Form, Lowering, TensorSpec
 from rnnexport.core.errors import ConvertError

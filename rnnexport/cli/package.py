@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from rnnexport.bundle.manifest import VARIANT_NAMES
-from rnnexport.cli.options import SOURCE_HELP, json_option, quiet_option, source_options, source_spec, verbose_option
+from rnnexport.cli.options import (
+    SOURCE_HELP,
+    json_option,
+    quiet_option,
+    source_options,
+    source_spec,
+    verbose_option,
+)
 from rnnexport.cli.output import check_outputs, document, emit
 
 if TYPE_CHECKING:

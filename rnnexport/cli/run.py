@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -42,7 +43,7 @@ def to_json(result: RunSummary) -> dict[str, Any]:
 
 def streams_json(result: StreamsSummary) -> dict[str, Any]:
     """The ``--json`` document of several streams run at once (same schema)."""
-    ys = list(result.y_paths) or [None] * len(result.steps)
+    ys: list[Path | None] = [*result.y_paths] or [None] * len(result.steps)
     return document("run-result", {
         "model": str(result.model), "forms": ["step"], "providers": list(result.providers),
         "streams": [{"call": "step", "steps": steps, "batch": 1, "y_shape": None, "y": str(y) if y else None}
