@@ -67,7 +67,8 @@ def test_wheel_ships_models_license_types_and_schema(wheel):
     models = sorted(p.parent.name for p in (ROOT / "models").glob("*/card.json"))
     for model in models:
         assert {f"rnnexport/models/{model}/card.json", f"rnnexport/models/{model}/weights.safetensors"} <= names
-    assert "rnnexport/py.typed" in names and "rnnexport/schemas/verify-report.schema.json" in names
+    schemas = {f"rnnexport/schemas/{p.name}" for p in (ROOT / "docs").glob("*.schema.json")}
+    assert "rnnexport/py.typed" in names and len(schemas) >= 6 and schemas <= names, sorted(schemas - names)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     js = {f"rnnexport/engines/js/{p.name}" for p in (ROOT / "rnnexport/engines/js").iterdir() if p.is_file()}
     assert "rnnexport/engines/js/engine.js" in js and js <= names, sorted(js - names)  # verify --engines node, browser
