@@ -22,10 +22,12 @@ graph's inputs and outputs, onnxruntime's cost of one call from Python.
 4. Export: wall time, node count and file size of each lowering.
 5. The same sequence figures on CUDA when a GPU is present.
 
-Then each performance target with PASS/MISS and its figure. Writes JSON and two plots
-(docs/ by default; with --quick a temporary folder, so quick figures never replace them).
+Then each performance target with PASS/MISS and its figure. Writes bench-results.json,
+bench-speedup.png and bench-streams.png into --out (default out/bench in the working folder;
+with --quick a new temporary folder per run), never into the checkout unless asked:
+``--out docs`` replaces the figures the README and docs/performance.md show.
 
-    python scripts/bench.py [--quick] [--hidden 256] [--threads 1] [--json PATH] [--plot PATH]
+    python scripts/bench.py [--quick] [--hidden 256] [--threads 1] [--out DIR] [--json PATH] [--plot PATH]
                             [--plot-streams PATH]
 """
 
@@ -63,7 +65,6 @@ except ImportError:  # the torch-free runtime is optional here: its rows then sa
     StatefulSession = StreamBatcher = None
 
 # --- configuration -------------------------------------------------------------------------------
-ROOT = Path(__file__).resolve().parent.parent
 CELLS = ("rnn", "lstm", "gru")
 INPUT_SIZE = 28
 WEIGHT_SCALE = 0.1  # weights and biases ~ N(0, 0.1^2): gates neither saturated nor linear
@@ -109,13 +110,20 @@ parser.add_argument("--threads", type=int, default=1, help="intra-op threads of 
 parser.add_argument("--unrolled-500", default="rnn", metavar="CELLS",
                     help="cells whose unrolled graph is also exported at the largest export T: comma list, "
                          "'all' or 'none' (default rnn; the lstm's takes ~10 minutes)")
-parser.add_argument("--json", default=None, help="where to write the figures (default docs/bench-results.json; "
-                    "with --quick a temporary folder)")
-parser.add_argument("--plot", default=None, help="where to draw the speed-ups (default docs/bench-speedup.png)")
+parser.add_argument("--out", default=None, metavar="DIR",
+                    help="folder for the figures and plots (default out/bench; --quick: a new temporary folder); "
+                         "--out docs replaces the published ones")
+parser.add_argument("--json", default=None, help="where to write the figures (default OUT/bench-results.json)")
+parser.add_argument("--plot", default=None, help="where to draw the speed-ups (default OUT/bench-speedup.png)")
 parser.add_argument("--plot-streams", default=None,
-                    help="where to draw throughput vs streams (default docs/bench-streams.png)")
+                    help="where to draw throughput vs streams (default OUT/bench-streams.png)")
 args = parser.parse_args()
-out_dir = Path(tempfile.gettempdir()) / "rnnexport-bench-quick" if args.quick else ROOT / "docs"
+if args.out:
+    out_dir = Path(args.out)
+elif args.quick:  # a folder of its own: concurrent quick runs never share one
+    out_dir = Path(tempfile.mkdtemp(prefix="rnnexport-bench-quick-"))
+else:
+    out_dir = Path("out") / "bench"
 args.json = args.json or str(out_dir / "bench-results.json")
 args.plot = args.plot or str(out_dir / "bench-speedup.png")
 args.plot_streams = args.plot_streams or str(out_dir / "bench-streams.png")

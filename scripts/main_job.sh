@@ -10,8 +10,8 @@ mkdir -p "$OUT"
 step() { printf '\n== %s\n' "$*"; }
 
 step "convert $MODEL: sequence graph (any T) and step graph"
-"$BIN/rnnexport" convert "$MODEL" -o "$OUT/$MODEL.onnx"
-"$BIN/rnnexport" convert "$MODEL" --form step -o "$OUT/$MODEL.step.onnx"
+"$BIN/rnnexport" convert "$MODEL" -o "$OUT/$MODEL.onnx" --force
+"$BIN/rnnexport" convert "$MODEL" --form step -o "$OUT/$MODEL.step.onnx" --force
 
 step "verify against PyTorch on every provider that starts here (source rebuilt from the graph's metadata)"
 "$BIN/rnnexport" verify "$OUT/$MODEL.onnx" --step "$OUT/$MODEL.step.onnx" --json "$OUT/$MODEL.verify.json"

@@ -24,11 +24,13 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
 from rnnexport.core.compare import compare, tolerance_for
 from rnnexport.core.contract import Form
+from rnnexport.core.errors import RnnexportError
 from rnnexport.runtime import StatefulSession
 from rnnexport.serving import read_config
 from rnnexport.serving.checks import model_file
@@ -51,13 +53,36 @@ args = parser.parse_args()
 
 try:
     import tritonclient.grpc as grpcclient
-    from tritonclient.utils import np_to_triton_dtype
+    from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 except (ImportError, RuntimeError):
     sys.exit("scripts/triton_client.py needs tritonclient with gRPC: pip install tritonclient==2.73.0 grpcio==1.85.3")
 
+
+def fail(message: str) -> NoReturn:
+    """End with one line and exit status 2, as rnnexport's commands do for what the user can fix."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(2)
+
+
+def first_line(error: Exception) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
 # --- the inputs and the local run ----------------------------------------------------------------
-config = read_config(args.folder)
-model = model_file(args.folder, config)
+try:
+    config = read_config(args.folder)
+    model = model_file(args.folder, config)
+except RnnexportError as e:
+    fail(str(e))
+try:
+    with grpcclient.InferenceServerClient(args.url) as probe:
+        ready = probe.is_server_live() and probe.is_model_ready(config.name)
+except InferenceServerException as e:
+    fail(f"no Triton server answers at {args.url} ({first_line(e)}): start one as docs/serving.md shows, "
+         "or pass --url HOST:PORT")
+if not ready:
+    fail(f"the Triton server at {args.url} has no model {config.name!r} ready: serve the repository that holds "
+         f"{args.folder}")
 local = StatefulSession.load(model, batch=args.streams)
 io = local.contract
 rng = np.random.default_rng(args.seed)
@@ -86,8 +111,11 @@ def stream(index: int) -> np.ndarray:
 
 
 started = time.perf_counter()
-with ThreadPoolExecutor(max_workers=args.streams) as pool:
-    got = np.stack(list(pool.map(stream, range(args.streams))))
+try:
+    with ThreadPoolExecutor(max_workers=args.streams) as pool:
+        got = np.stack(list(pool.map(stream, range(args.streams))))
+except InferenceServerException as e:
+    fail(f"the Triton server at {args.url} failed a request: {first_line(e)}")
 seconds = time.perf_counter() - started
 print(f"served {args.streams * args.steps} requests in {seconds:.2f} s "
       f"({args.streams * args.steps / seconds:.0f} steps/s)")

@@ -281,14 +281,14 @@ def test_convert_never_writes_over_its_own_weights(tmp_path):
     mine = tmp_path / "w.safetensors"
     shutil.copyfile(weights, mine)
     before = mine.read_bytes()
-    assert_refused(invoke("convert", "gru", "--weights", mine, "-o", mine), "would overwrite", "input")
+    assert_refused(invoke("convert", "gru", "--weights", mine, "-o", mine, "--force"), "would overwrite", "input")
     assert mine.read_bytes() == before
 
 
 def test_convert_never_writes_into_the_models_folder(tmp_path):
     target = ROOT / "models" / "lstm-charlm" / "weights.safetensors"
     before = target.read_bytes()
-    assert_refused(invoke("convert", "gru", "-o", target), "models folder")
+    assert_refused(invoke("convert", "gru", "-o", target, "--force"), "models folder")
     assert target.read_bytes() == before
 
 

@@ -1,4 +1,4 @@
-"""``scripts/bench.py --quick`` runs end to end and writes complete figures.
+"""``scripts/bench.py --quick`` runs end to end and writes complete figures, outside the checkout.
 
 No timing assertions: the machine's speed is not the test's business. What is:
 every grid point, engine, export and target has its row with numbers, the
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,16 +28,23 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
-    json_path, plot_path = out / "bench.json", out / "bench.png"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--json", str(json_path),
-         "--plot", str(plot_path)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )
+def bench():
+    """One ``--quick`` run as documented: its files go to a new temporary folder, none into the checkout."""
+    published = {p.name: p.read_bytes() for p in (ROOT / "docs").glob("bench-*")}
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, f"bench.py --quick failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    return json.loads(json_path.read_text()), plot_path, proc.stdout
+    wrote = [Path(line.removeprefix("wrote ")) for line in proc.stdout.splitlines() if line.startswith("wrote ")]
+    folder = wrote[0].parent
+    try:
+        assert folder.parent == Path(tempfile.gettempdir()) and folder.name.startswith("rnnexport-bench-quick-")
+        assert all(p.parent == folder for p in wrote), wrote
+        assert {p.name: p.read_bytes() for p in (ROOT / "docs").glob("bench-*")} == published
+        plot = folder / "bench-speedup.png"
+        yield (json.loads((folder / "bench-results.json").read_text()),
+               plot.read_bytes() if plot.exists() else None, proc.stdout)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def positive(value) -> bool:
@@ -128,10 +137,10 @@ def test_every_target_has_a_figure_and_a_verdict(bench):
 
 
 def test_plot_written_when_matplotlib_is_there(bench):
-    _, plot_path, stdout = bench
+    _, plot, stdout = bench
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         assert "no plot drawn" in stdout
         return
-    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot is not None and plot[:8] == b"\x89PNG\r\n\x1a\n"

@@ -144,6 +144,41 @@ def test_unwritable_output_path_is_one_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain-file"]
 
 
+def test_an_existing_output_is_replaced_only_with_force(tmp_path):
+    """As package and triton do: without --force, one line and the file untouched; with it, replaced."""
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"keep")
+    code, out, err = run(["convert", "rnn", "--hidden-size", "4", "-o", str(target)])
+    assert_one_line_error(code, out, err, f"{target} already exists", "--force")
+    assert target.read_bytes() == b"keep"
+    code, out, err = run(["convert", "rnn", "--hidden-size", "4", "-o", str(target), "--force"])
+    assert code == 0, err
+    onnx.checker.check_model(onnx.load(target), full_check=True)
+
+
+def test_a_hugging_face_folder_is_told_what_rnnexport_reads(tmp_path):
+    folder = tmp_path / "hf-model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "lstm"}')
+    save_file({"w": torch.zeros(2)}, folder / "model.safetensors")
+    code, out, err = run(["convert", str(folder), "-o", str(tmp_path / "m.onnx")])
+    assert_one_line_error(code, out, err, "Hugging Face model folder", "card.json and weights.safetensors",
+                          "file.py:factory")
+    code, out, err = run(["convert", str(tmp_path), "-o", str(tmp_path / "m.onnx")])
+    assert_one_line_error(code, out, err, "holds no card.json")
+
+
+def test_shell_completion_as_documented():
+    """``_RNNEXPORT_COMPLETE=bash_source`` (README, --help) prints the script; completion names options."""
+    env = {**os.environ, "_RNNEXPORT_COMPLETE": "bash_source"}
+    script = Path(sys.executable).with_name("rnnexport")
+    source = subprocess.run([str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert source.returncode == 0 and "complete -o nosort -F _rnnexport_completion rnnexport" in source.stdout
+    env.update(_RNNEXPORT_COMPLETE="bash_complete", COMP_WORDS="rnnexport convert --fo", COMP_CWORD="2")
+    words = subprocess.run([str(script)], capture_output=True, text=True, env=env, timeout=60).stdout.split()
+    assert words == ["plain,--form", "plain,--force"]
+
+
 def test_native_for_a_cell_it_cannot_express_is_one_line(tmp_path):
     path = tmp_path / "cell.py"
     path.write_text(

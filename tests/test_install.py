@@ -1,4 +1,6 @@
-"""Installs: the wheel's contents and metadata, a base install that needs no torch, and missing extras in one line."""
+"""Installs: the wheel's contents and metadata, ranges that hold the tested versions, the wheel installed with
+the resolver's newest allowed versions, a base install that needs no torch and no onnx, a runtime that needs
+only onnxruntime and numpy, and missing extras in one line."""
 
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 EXPORT = ("torch", "onnxscript", "safetensors")
-#: What the base install lacks: the export extra and every onnxruntime flavour (it has click, numpy, onnx).
-BASE = (*EXPORT, "onnxruntime")
+#: What the base install lacks: the export extra, every onnxruntime flavour and onnx (it has click and numpy).
+BASE = (*EXPORT, "onnxruntime", "onnx")
+#: What the runtime extra lacks: onnxruntime and numpy are all rnnexport.runtime imports (click: the CLI's).
+RUNTIME = (*EXPORT, "onnx")
 ORT_HINT = ("pip install 'rnnexport[onnxruntime]' (the CPU package) or 'rnnexport[onnxruntime-gpu]' "
             "(CUDA and TensorRT), never both")
 #: Blocks imports as if the packages were not installed (raises ModuleNotFoundError, as a missing one does).
@@ -63,7 +67,8 @@ def test_wheel_ships_models_license_types_and_schema(wheel):
     models = sorted(p.parent.name for p in (ROOT / "models").glob("*/card.json"))
     for model in models:
         assert {f"rnnexport/models/{model}/card.json", f"rnnexport/models/{model}/weights.safetensors"} <= names
-    assert "rnnexport/py.typed" in names and "rnnexport/schemas/verify-report.schema.json" in names
+    schemas = {f"rnnexport/schemas/{p.name}" for p in (ROOT / "docs").glob("*.schema.json")}
+    assert "rnnexport/py.typed" in names and len(schemas) >= 6 and schemas <= names, sorted(schemas - names)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     js = {f"rnnexport/engines/js/{p.name}" for p in (ROOT / "rnnexport/engines/js").iterdir() if p.is_file()}
     assert "rnnexport/engines/js/engine.js" in js and js <= names, sorted(js - names)  # verify --engines node, browser
@@ -112,16 +117,39 @@ def test_base_install_needs_neither_torch_nor_an_onnxruntime_flavour(wheel):
     assert {"export", "onnxruntime", "onnxruntime-gpu", "test"} <= extras
 
 
-def test_constraints_pin_torch_and_every_library_dependency():
-    pins = {line.split("==")[0].lower(): line.split("==")[1] for line in (ROOT / "constraints.txt").read_text().splitlines()
-            if "==" in line and not line.startswith("#")}
-    assert pins["torch"] == "2.13.0"  # an unpinned torch pulls a multi-GB CUDA build
+def _pins() -> dict[str, str]:
+    return {line.split("==")[0].lower().replace("_", "-"): line.split("==")[1].strip()
+            for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line and not line.startswith("#")}
+
+
+def _requirements() -> list[str]:
     named = [*PYPROJECT["project"]["dependencies"]]
     for deps in PYPROJECT["project"]["optional-dependencies"].values():
         named += [d for d in deps if not d.startswith("rnnexport")]
-    for requirement in named:
-        name = requirement.split("[")[0].split(">")[0].split("<")[0].split("=")[0].strip().lower()
+    return named
+
+
+def test_constraints_pin_torch_and_every_library_dependency():
+    pins = _pins()
+    assert pins["torch"] == "2.13.0"  # an unpinned torch pulls a multi-GB CUDA build
+    for requirement in _requirements():
+        name = requirement.split("[")[0].split(">")[0].split("<")[0].split("=")[0].strip().lower().replace("_", "-")
         assert name in pins, f"{name} has no exact pin in constraints.txt"
+
+
+def test_every_range_is_the_tested_minor_release():
+    """Each range holds its pin and no other minor release: the newest allowed is the tested one up to patches."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    pins = _pins()
+    for text in _requirements():
+        requirement = Requirement(text)
+        pin = Version(pins[requirement.name.lower().replace("_", "-")])
+        major, minor = pin.release[:2]
+        assert requirement.specifier == f">={major}.{minor},<{major}.{minor + 1}", \
+            f"{text}: expected >={major}.{minor},<{major}.{minor + 1} around the tested {pin}"
+        assert requirement.specifier.contains(pin)
 
 
 #: What pip prints when it cannot reach the package index at all (not a resolution failure).
@@ -141,6 +169,44 @@ def test_base_install_resolves_on_arm_boards_and_macs(wheel, tmp_path, platform)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     would = proc.stdout.rsplit("Would install", 1)[-1]
     assert "onnxruntime-1." in would and "torch" not in would and "onnxruntime-gpu" not in would
+
+
+@pytest.fixture(scope="module")
+def edge(wheel, tmp_path_factory) -> Path:
+    """A fresh virtual environment with ``wheel[onnxruntime]`` as pip resolves it today (no constraints)."""
+    venv = tmp_path_factory.mktemp("edge") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
+                           "--only-binary=:all:", f"{wheel}[onnxruntime]"], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0 and any(sign in proc.stdout + proc.stderr for sign in _OFFLINE):
+        pytest.skip("the package index is not reachable, so the newest allowed versions cannot be installed")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return venv
+
+
+@pytest.mark.slow
+def test_the_wheel_with_the_newest_allowed_versions_runs_the_edge_commands(edge, bundle):
+    """pip's own pick within the ranges: the tested minor releases, and run, inspect, verify BUNDLE work."""
+    python, script = edge / "bin" / "python", edge / "bin" / "rnnexport"
+    listed = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "list", "--format", "json"],
+                            capture_output=True, text=True, check=True, timeout=300).stdout
+    import json
+
+    installed = {p["name"].lower().replace("_", "-"): p["version"] for p in json.loads(listed)}
+    assert not {"torch", "onnxruntime-gpu"} & set(installed), installed
+    pins = _pins()
+    for name in ("onnxruntime", "onnx", "numpy", "click", "ml-dtypes"):
+        assert installed[name].split(".")[:2] == pins[name].split(".")[:2], (name, installed[name], pins[name])
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RNNEXPORT_MODELS")}
+    for args, says in ((["run", "b.zip", "-i", "x.npy", "-o", "edge-y.npy"], "ran 3 steps x 1 stream(s)"),
+                       (["inspect", "b.zip"], "bundle rnnexport.bundle/1"), (["verify", "b.zip"], "PASS")):
+        proc = subprocess.run([str(script), *args], capture_output=True, text=True, cwd=bundle.parent, env=env,
+                              timeout=300)
+        assert proc.returncode == 0 and says in proc.stdout, (args, proc.stdout[-2000:], proc.stderr[-2000:])
+    where = subprocess.run([str(python), "-c", "import rnnexport; print(rnnexport.__file__)"], capture_output=True,
+                           text=True, env=env, cwd=bundle.parent, check=True).stdout
+    assert where.startswith(str(edge)), where  # the wheel's package, not this checkout
 
 
 def _blocked(tmp_path: Path, blocked: tuple[str, ...], args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -189,8 +255,9 @@ def test_torch_free_commands_run_without_torch(tmp_path, bundle, args):
     (("onnxruntime",), ["run", "b.zip", "--input", "x.npy"],
      "rnnexport run needs onnxruntime, which is not installed: pip install 'rnnexport[onnxruntime]'"),
     (BASE, ["run", "b.zip", "--input", "x.npy"], f"rnnexport run needs onnxruntime, which is not installed: {ORT_HINT}"),
-    (BASE, ["verify", "b.zip"], f"rnnexport verify needs onnxruntime, which is not installed: {ORT_HINT}"),
-], ids=["convert", "package", "run-without-onnxruntime", "base-run", "base-verify-bundle"])
+    (BASE, ["verify", "b.zip"], "rnnexport verify needs onnx"),  # onnx or onnxruntime: both extras bring both
+    (BASE, ["verify", "b.zip"], f", which is not installed: {ORT_HINT}"),
+], ids=["convert", "package", "run-without-onnxruntime", "base-run", "base-verify-bundle", "base-verify-hint"])
 def test_a_missing_extra_is_one_line_naming_it(tmp_path, bundle, blocked, args, says):
     proc = _blocked(tmp_path, blocked, args, cwd=bundle.parent)
     lines = [line for line in proc.stderr.splitlines() if not line.startswith("LOADED")]
@@ -199,13 +266,22 @@ def test_a_missing_extra_is_one_line_naming_it(tmp_path, bundle, blocked, args, 
 
 
 @pytest.mark.parametrize("args", [["--help"], ["verify", "--help"], ["run", "--help"], ["inspect", "--help"],
-                                  ["inspect", "b.zip"]],
-                         ids=["help", "verify-help", "run-help", "inspect-help", "inspect"])
-def test_the_base_install_gives_help_and_inspects(tmp_path, bundle, args):
-    """Neither torch nor onnxruntime: every command's help, and inspect (which reads the zip with onnx alone)."""
+                                  ["convert", "--help"], ["package", "--help"], ["triton", "--help"]])
+def test_the_base_install_gives_every_help(tmp_path, bundle, args):
+    """Neither torch, onnx nor onnxruntime: every command's help."""
     proc = _blocked(tmp_path, BASE, args, cwd=bundle.parent)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert ("Usage: rnnexport" in proc.stdout) if "--help" in args else ("b.zip" in proc.stdout), proc.stdout
+    assert "Usage: rnnexport" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize(("blocked", "args"), [(BASE, ["inspect", "b.zip"]), (RUNTIME, ["inspect", "b.zip"]),
+                                               (RUNTIME, ["verify", "b.zip"])],
+                         ids=["base-inspect", "runtime-inspect", "runtime-verify"])
+def test_commands_that_read_graphs_name_the_extra_that_brings_onnx(tmp_path, bundle, blocked, args):
+    proc = _blocked(tmp_path, blocked, args, cwd=bundle.parent)
+    lines = [line for line in proc.stderr.splitlines() if not line.startswith("LOADED")]
+    says = f"error: rnnexport {args[0]} needs onnx, which is not installed: {ORT_HINT}"
+    assert proc.returncode == 2 and lines == [says], proc.stderr
 
 
 def test_help_without_onnxruntime_names_the_extra(tmp_path, bundle):
@@ -213,7 +289,33 @@ def test_help_without_onnxruntime_names_the_extra(tmp_path, bundle):
     assert proc.returncode == 0, proc.stderr
     assert "run      (needs pip install 'rnnexport[onnxruntime]')" in proc.stdout
     assert "verify   (needs pip install 'rnnexport[onnxruntime]')" in proc.stdout
-    assert "inspect  Show the I/O contract" in proc.stdout
+    assert "inspect  (needs pip install 'rnnexport[onnxruntime]')" in proc.stdout
+    proc = _blocked(tmp_path, EXPORT, ["--help"], cwd=bundle.parent)
+    assert "inspect  Show the I/O contract" in proc.stdout, proc.stdout
+
+
+def test_help_imports_no_onnx(tmp_path):
+    """The command list is built without onnx (nor onnxruntime, torch): --help stays fast."""
+    code = ("import sys; from rnnexport.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime', 'torch', 'ml_dtypes')),"
+            " file=sys.stderr)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stderr.strip() == "[]", proc.stderr
+
+
+def test_the_runtime_and_run_need_only_onnxruntime_and_numpy(tmp_path, bundle):
+    """What rnnexport[runtime] installs is enough: onnx, torch (and click, for the library) blocked."""
+    proc = _blocked(tmp_path, RUNTIME, ["run", "b.zip", "--input", "x.npy", "-o", "y.npy"], cwd=bundle.parent)
+    assert proc.returncode == 0 and "LOADED []" in proc.stderr, proc.stderr[-3000:]
+    hook = tmp_path / "hook"
+    code = ("import numpy as np; from rnnexport.runtime import StatefulSession\n"
+            "s = StatefulSession.load('b.zip'); y = s.run(np.load('x.npy')); print(y.shape)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(ROOT)]),
+           "RNNEXPORT_TEST_BLOCK": ",".join((*RUNTIME, "click"))}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=bundle.parent, env=env,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("(3, 1, "), proc.stderr[-3000:]  # (T, B, Q)
 
 
 def test_the_library_names_the_missing_extra_too(tmp_path):

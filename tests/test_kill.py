@@ -56,11 +56,12 @@ def test_convert_killed_leaves_nothing_or_a_whole_graph(tmp_path):
     out.mkdir()
     target = out / "m.onnx"
     for moment in MOMENTS:
-        _kill_at(moment, "convert", "lstm", "--lowering", "scan", "--hidden-size", "32", "-o", target, cwd=tmp_path)
+        _kill_at(moment, "convert", "lstm", "--lowering", "scan", "--hidden-size", "32", "-o", target, "--force",
+                 cwd=tmp_path)
         if target.exists():
             onnx.checker.check_model(onnx.load(target))  # complete, never half written
     done = subprocess.run([sys.executable, "-m", "rnnexport", "convert", "lstm", "--lowering", "scan",
-                           "--hidden-size", "32", "-o", target], cwd=tmp_path, capture_output=True, text=True)
+                           "--hidden-size", "32", "-o", target, "--force"], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     onnx.checker.check_model(onnx.load(target))
     assert _debris(out) == []

@@ -4,22 +4,30 @@ Each command parses its options, calls one library function and prints its
 result's summary. User-facing errors, usage errors and a missing optional
 package become one line ``error: ...`` on stderr and exit 2, with no traceback.
 Commands import the library when they run, so ``rnnexport --help``, ``run``,
-``inspect`` and ``verify BUNDLE`` never load torch.
+``inspect`` and ``verify BUNDLE`` never load torch, and ``--help`` loads no onnx.
+
+Logs and warnings go to stderr as one line each (``warning: ...``), through
+:mod:`logging`: rnnexport's own warnings always, other libraries' warnings (a numpy
+RuntimeWarning inside onnx's ReferenceEvaluator, say) and notes with ``-v``, debug
+logs with ``-vv``, errors only with ``-q``.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
+import warnings
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
 
 import click
 
 from rnnexport import __version__
 from rnnexport.core.errors import MissingExtraError, RnnexportError, missing_extra
 
-__all__ = ["main"]
+__all__ = ["configure_logging", "main"]
 
 COMMANDS = {
     "convert": ("rnnexport.cli.convert", "convert_command"),
@@ -29,6 +37,43 @@ COMMANDS = {
     "run": ("rnnexport.cli.run", "run_command"),
     "triton": ("rnnexport.cli.triton", "triton_command"),
 }
+
+
+_PACKAGE = str(Path(__file__).resolve().parent.parent)
+#: -q, the default, -v, -vv: the level of rnnexport's loggers and of every other library's.
+_LEVELS = {-1: (logging.ERROR, logging.ERROR), 0: (logging.WARNING, logging.ERROR),
+           1: (logging.INFO, logging.WARNING), 2: (logging.DEBUG, logging.INFO)}
+
+
+class _OneLine(logging.Handler):
+    """A log record as one line on stderr: ``warning: message``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = " ".join(record.getMessage().split())
+        except Exception:  # noqa: BLE001 - a malformed record must not end the command
+            self.handleError(record)
+            return
+        click.echo(f"{record.levelname.lower()}: {message}", err=True)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """A Python warning as a log record: rnnexport's on the ``rnnexport`` logger, others' on ``py.warnings``."""
+    ours = str(Path(filename).resolve()).startswith(_PACKAGE)
+    logger = logging.getLogger("rnnexport" if ours else "py.warnings")
+    logger.warning("%s: %s (%s:%d)", category.__name__, message, filename, lineno)
+
+
+def configure_logging(verbosity: int = 0) -> None:
+    """Route logs and warnings to stderr, one line each, at ``verbosity`` (-1 quiet ... 2 debug)."""
+    ours, others = _LEVELS[max(-1, min(2, verbosity))]
+    root = logging.getLogger()
+    if not any(isinstance(h, _OneLine) for h in root.handlers):
+        root.addHandler(_OneLine())
+    root.setLevel(others)
+    logging.getLogger("rnnexport").setLevel(ours)
+    warnings.showwarning = _show_warning
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -105,4 +150,13 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="rnnexport")
 def main() -> None:
-    """Export recurrent PyTorch networks to ONNX with explicit state, verify and package them."""
+    """Export recurrent PyTorch networks to ONNX with explicit state, verify and package them.
+
+    Shell completion of commands, options and files: add to ~/.bashrc
+
+    \b
+        eval "$(_RNNEXPORT_COMPLETE=bash_source rnnexport)"
+
+    (zsh: zsh_source in ~/.zshrc; fish: fish_source in ~/.config/fish/completions/rnnexport.fish).
+    """
+    configure_logging()

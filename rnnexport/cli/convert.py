@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from rnnexport.cli.options import SOURCE_HELP, source_options, source_spec
+from rnnexport.cli.options import (
+    SOURCE_HELP,
+    json_option,
+    quiet_option,
+    source_options,
+    source_spec,
+    verbose_option,
+)
+from rnnexport.cli.output import check_outputs, document, emit
 from rnnexport.core.contract import Form, Lowering, TensorSpec
+from rnnexport.core.errors import ConvertError
+from rnnexport.core.io import check_replaceable, check_writable
 
 if TYPE_CHECKING:
     from rnnexport.export.convert import ConvertResult
 
-__all__ = ["convert_command", "default_output", "format_spec"]
+__all__ = ["convert_command", "default_output", "format_spec", "to_json"]
 
 
 def format_spec(spec: TensorSpec) -> str:
@@ -48,6 +58,24 @@ def summary(result: ConvertResult) -> list[str]:
     return lines
 
 
+def to_json(result: ConvertResult) -> dict[str, Any]:
+    """The ``--json`` document (schema docs/convert-result.schema.json)."""
+    return document("convert-result", {
+        "path": str(result.path),
+        "description": result.description,
+        "form": result.form.value,
+        "lowering": result.lowering.value,
+        "seq_len": result.seq_len,
+        "attempts": [{"lowering": a.lowering.value, "chosen": a.ok, "reason": a.reason or None}
+                     for a in result.attempts],
+        "inputs": [s.to_json() for s in result.inputs],
+        "outputs": [s.to_json() for s in result.outputs],
+        "nodes": result.nodes,
+        "size_bytes": result.size_bytes,
+        "params_sha256": result.info.params_sha256,
+    })
+
+
 @click.command("convert", epilog=SOURCE_HELP)
 @click.argument("source")
 @click.option("-o", "--output", type=click.Path(), default=None,
@@ -63,17 +91,25 @@ def summary(result: ConvertResult) -> list[str]:
 @click.option("--seq-len", type=click.IntRange(min=1), default=None,
               help="Fixed T of an unrolled sequence graph (default 35); only with --lowering unrolled.")
 @source_options
-@click.option("-q", "--quiet", is_flag=True, help="Print only the output path.")
-def convert_command(source, output, form, lowering, seq_len, quiet, **source_kw) -> None:
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+@json_option("convert-result.schema.json")
+@quiet_option("Print only the output path.")
+@verbose_option
+def convert_command(source: str, output: str | None, form: str, lowering: str, seq_len: int | None, force: bool,
+                    json_path: str | None, quiet: bool, **source_kw: Any) -> None:
     """Convert a recurrent model SOURCE to an ONNX graph with explicit state.
 
     State goes in and comes out: inputs x, h (and c for LSTMs); outputs y, h_out
-    (and c_out). The graph is checked with onnx.checker and written atomically.
+    (and c_out). The graph is checked with onnx.checker and written atomically;
+    an existing output is replaced only with --force.
     """
     from rnnexport.export.convert import convert
 
     spec = source_spec(source, **source_kw)
     path = Path(output) if output else default_output(source, form)
+    check_writable(path, "output", ConvertError)
+    check_replaceable(path, force, Path.is_file, "a file", ConvertError)
+    check_outputs(json_path, [("output path", path)])
     progress = None if quiet else (lambda line: click.echo(f"{line}...", err=True))
     result = convert(spec, path, form=form, lowering=lowering, seq_len=seq_len, progress=progress)
-    click.echo(str(result.path) if quiet else "\n".join(summary(result)))
+    emit([str(result.path)] if quiet else summary(result), to_json(result), json_path)

@@ -1,28 +1,66 @@
-"""Options shared by commands that take a model source."""
+"""Options shared by commands: a model source's, ``--json`` and ``-v``/``-q``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 if TYPE_CHECKING:
     from rnnexport.source.sources import SourceSpec
 
-__all__ = ["ONNXRUNTIME_MISSING", "source_options", "source_spec"]
+__all__ = ["ONNXRUNTIME_MISSING", "ONNX_MISSING", "json_option", "quiet_option", "source_options", "source_spec",
+           "verbose_option"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _onnxruntime_missing() -> str | None:
+def _missing(module: str) -> str | None:
     from rnnexport.core.errors import missing_extra
 
-    missing = missing_extra(ModuleNotFoundError(name="onnxruntime"))
+    missing = missing_extra(ModuleNotFoundError(name=module))
     return f"(needs pip install 'rnnexport[{missing.extra}]')" if missing else None
 
 
 #: The command list's line for a command that imports onnxruntime when it runs, when it is not
 #: installed (None when it is): ``--help`` works either way.
-ONNXRUNTIME_MISSING = _onnxruntime_missing()
+ONNXRUNTIME_MISSING = _missing("onnxruntime")
+#: The same for a command that reads graphs with onnx.
+ONNX_MISSING = _missing("onnx")
+
+
+def json_option(schema: str, bare: bool = False) -> Callable[[F], F]:
+    """``--json PATH``: the command's result as JSON (``-``: stdout), described by ``schema`` (a file name).
+
+    With ``bare``, ``--json`` given last with no PATH means stdout too.
+    """
+    return click.option("--json", "json_path", default=None, metavar="PATH", is_flag=False,
+                        flag_value="-" if bare else None,
+                        help=f"Also write the result as JSON to PATH; - writes it to stdout, and the summary to "
+                             f"stderr{' (so does --json given last with no PATH)' if bare else ''}. Schema: "
+                             f"rnnexport/schemas/{schema}.")
+
+
+def _verbosity(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Set the log level from -v and -q as each is parsed (the later one sees both)."""
+    from rnnexport.cli import configure_logging
+
+    ctx.meta[f"rnnexport.{param.name}"] = value
+    quiet, verbose = ctx.meta.get("rnnexport.quiet"), ctx.meta.get("rnnexport.verbose")
+    configure_logging(-1 if quiet else int(verbose or 0))
+    return value
+
+
+def verbose_option(fn: F) -> F:
+    """``-v``/``--verbose`` (repeatable); sets the log level, passes nothing to the command."""
+    return click.option("-v", "--verbose", count=True, expose_value=False, callback=_verbosity,
+                        help="Say more on stderr: -v adds notes and other libraries' warnings, -vv debug logs.")(fn)
+
+
+def quiet_option(help_text: str) -> Callable[[F], F]:
+    """``-q``/``--quiet`` (passed as ``quiet``): prints less, as ``help_text`` says, and logs errors only."""
+    return click.option("-q", "--quiet", is_flag=True, callback=_verbosity, help=help_text)
 
 SOURCE_HELP = (
     "SOURCE is a built-in seed cell (rnn, lstm, gru), a trained model in models/ "
@@ -31,7 +69,7 @@ SOURCE_HELP = (
 )
 
 
-def source_options(fn: Callable) -> Callable:
+def source_options(fn: F) -> F:
     """The size, weights and seed options of a built-in cell."""
     options = [
         click.option("--input-size", type=click.IntRange(min=1), default=None,
@@ -51,7 +89,8 @@ def source_options(fn: Callable) -> Callable:
     return fn
 
 
-def source_spec(source: str, input_size, hidden_size, output_size, weights, param_seed) -> SourceSpec:
+def source_spec(source: str, input_size: int | None, hidden_size: int | None, output_size: int | None,
+                weights: str | None, param_seed: int) -> SourceSpec:
     """The source the options name (imports the torch side only now, when a source is given)."""
     from rnnexport.source.sources import SourceSpec
 

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import click
 
 from rnnexport.bundle.manifest import VARIANT_NAMES
-from rnnexport.cli.options import SOURCE_HELP, source_options, source_spec
+from rnnexport.cli.options import (
+    SOURCE_HELP,
+    json_option,
+    quiet_option,
+    source_options,
+    source_spec,
+    verbose_option,
+)
+from rnnexport.cli.output import check_outputs, document, emit
 
-__all__ = ["package_command"]
+if TYPE_CHECKING:
+    from rnnexport.packaging import PackageResult
+
+__all__ = ["package_command", "to_json"]
 
 
 def _names(value: str | None, option: str, keyword: str) -> list[str] | None:
@@ -22,6 +35,24 @@ def _names(value: str | None, option: str, keyword: str) -> list[str] | None:
         raise click.BadParameter(f"unknown variant {unknown[0] if unknown else value!r}; choose from "
                                  f"{', '.join(VARIANT_NAMES)} or {keyword}", param_hint=option)
     return names
+
+
+def to_json(result: PackageResult) -> dict[str, Any]:
+    """The ``--json`` document (schema docs/package-result.schema.json); the bundle's manifest.json has the rest."""
+    manifest = result.manifest
+    return document("package-result", {
+        "folder": str(result.folder),
+        "archive": str(result.archive) if result.archive else None,
+        "description": manifest.description,
+        "expected_from": result.expected_from,
+        "graphs": {name: {"file": g.file, "form": g.form.value, "lowering": g.lowering,
+                          "operators": list(g.operators), "checked_on": [c.to_json() for c in g.checked_on]}
+                   for name, g in manifest.graphs.items()},
+        "test_sets": len(manifest.test_vectors),
+        "variants": [v.to_json() for v in result.variants],
+        "files": len(manifest.files),
+        "total_bytes": sum(f.size or 0 for f in manifest.files),
+    })
 
 
 @click.command("package", epilog=SOURCE_HELP)
@@ -39,10 +70,14 @@ def _names(value: str | None, option: str, keyword: str) -> list[str] | None:
 @click.option("--variants-optional", "optional_list", default=None, metavar="LIST",
               help="Variants named in --variants that may be left out with the reason instead of failing; or all.")
 @click.option("--zip", "archive", is_flag=True, help="Also write DIR.zip (same inputs, same bytes).")
-@click.option("--force", is_flag=True, help="Replace DIR if it exists.")
+@click.option("--force", is_flag=True, help="Replace the --output folder (and its .zip) if it is a bundle.")
 @source_options
-def package_command(model, source, out_dir, step_path, variant_list, optional_list, archive, force,
-                    **source_kw) -> None:
+@json_option("package-result.schema.json")
+@quiet_option("Print only the bundle folder (and the .zip with --zip).")
+@verbose_option
+def package_command(model: str, source: str | None, out_dir: str, step_path: str | None, variant_list: str | None,
+                    optional_list: str | None, archive: bool, force: bool, json_path: str | None, quiet: bool,
+                    **source_kw: Any) -> None:
     """Bundle MODEL.onnx for embedding: manifest, checksums, test vectors and variants.
 
     With SOURCE (as for convert), the test vectors' expected outputs come from
@@ -55,7 +90,10 @@ def package_command(model, source, out_dir, step_path, variant_list, optional_li
 
     variants = _names(variant_list, "--variants", "none")
     optional = _names(optional_list, "--variants-optional", "all")
+    check_outputs(json_path, [("--output", out_dir), ("--output zip", f"{out_dir.rstrip('/')}.zip")],
+                  [("MODEL", model), ("--step", step_path or model)])
     loaded = load_source(source_spec(source, **source_kw)) if source else None
     result = package(model, out_dir, source=loaded, step_path=step_path, variants=variants, optional=optional,
                      archive=archive, force=force)
-    click.echo("\n".join(result.lines()))
+    paths = [str(result.folder), *([str(result.archive)] if result.archive else [])]
+    emit(paths if quiet else result.lines(), to_json(result), json_path)

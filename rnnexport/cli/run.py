@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from rnnexport.cli.options import ONNXRUNTIME_MISSING
+from rnnexport.cli.options import ONNXRUNTIME_MISSING, json_option, quiet_option, verbose_option
+from rnnexport.cli.output import check_outputs, document, emit
 from rnnexport.core.errors import RnnexportError
 
 if TYPE_CHECKING:
-    from rnnexport.runtime.files import RunSummary
+    from rnnexport.runtime.files import RunSummary, StreamsSummary
 
-__all__ = ["run_command", "summary"]
+__all__ = ["run_command", "streams_json", "summary", "to_json"]
 
 
 def summary(result: RunSummary) -> list[str]:
@@ -25,6 +27,29 @@ def summary(result: RunSummary) -> list[str]:
     if result.state_out:
         lines.append(f"  state out  {result.state_out}")
     return lines
+
+
+def to_json(result: RunSummary) -> dict[str, Any]:
+    """The ``--json`` document of one stream (schema docs/run-result.schema.json)."""
+    return document("run-result", {
+        "model": str(result.model), "forms": list(result.forms), "providers": list(result.providers),
+        "streams": [{"call": result.call, "steps": result.steps, "batch": result.batch,
+                     "y_shape": list(result.y_shape), "y": str(result.y_path) if result.y_path else None}],
+        "calls": 1,
+        "state_in": str(result.state_in) if result.state_in else None,
+        "state_out": str(result.state_out) if result.state_out else None,
+    })
+
+
+def streams_json(result: StreamsSummary) -> dict[str, Any]:
+    """The ``--json`` document of several streams run at once (same schema)."""
+    ys: list[Path | None] = [*result.y_paths] or [None] * len(result.steps)
+    return document("run-result", {
+        "model": str(result.model), "forms": ["step"], "providers": list(result.providers),
+        "streams": [{"call": "step", "steps": steps, "batch": 1, "y_shape": None, "y": str(y) if y else None}
+                    for steps, y in zip(result.steps, ys)],
+        "calls": result.calls, "state_in": None, "state_out": None,
+    })
 
 
 @click.command("run", short_help=ONNXRUNTIME_MISSING)
@@ -44,7 +69,12 @@ def summary(result: RunSummary) -> list[str]:
 @click.option("--allow-nonfinite", is_flag=True,
               help="Feed x and the state even when they hold NaN or Inf (by default such input is refused, "
                    "since not every lowering propagates NaN as PyTorch does).")
-def run_command(bundle, x_paths, state_in, state_out, outputs, providers, allow_nonfinite) -> None:
+@json_option("run-result.schema.json")
+@quiet_option("Print nothing but errors (and the JSON asked for).")
+@verbose_option
+def run_command(bundle: str, x_paths: tuple[str, ...], state_in: str | None, state_out: str | None,
+                outputs: tuple[str, ...], providers: tuple[str, ...], allow_nonfinite: bool, json_path: str | None,
+                quiet: bool) -> None:
     """Stream x through BUNDLE (a bundle folder, a .zip of one, or a model .onnx).
 
     The state starts from zeros or --state-in and is written to --state-out, so
@@ -55,20 +85,22 @@ def run_command(bundle, x_paths, state_in, state_out, outputs, providers, allow_
         run_stream_files,
     )
 
+    written = [("-o", path) for path in outputs] + ([("--state-out", state_out)] if state_out else [])
+    check_outputs(json_path, written, [("BUNDLE", bundle), *(("--input", x) for x in x_paths),
+                                       *([("--state-in", state_in)] if state_in else [])])
     if len(x_paths) > 1:
         if state_in or state_out:
             raise RnnexportError("--state-in/--state-out take one stream; with several --input, each stream "
                                  "starts from zeros")
         streams = run_stream_files(bundle, list(x_paths), list(outputs), providers=list(providers) or None,
                                    check_finite=not allow_nonfinite)
-        click.echo(f"ran {len(streams.steps)} streams ({', '.join(map(str, streams.steps))} steps) through "
-                   f"{streams.model} in {streams.calls} calls on {streams.providers[0]}")
-        for path in streams.y_paths:
-            click.echo(f"  y -> {path}")
+        lines = [f"ran {len(streams.steps)} streams ({', '.join(map(str, streams.steps))} steps) through "
+                 f"{streams.model} in {streams.calls} calls on {streams.providers[0]}"]
+        emit(lines + [f"  y -> {path}" for path in streams.y_paths], streams_json(streams), json_path, quiet)
         return
     if len(outputs) > 1:
         raise RnnexportError("give one -o for one --input")
     result = run_files(bundle, x_paths[0], state_in=state_in, state_out=state_out,
                        y_path=outputs[0] if outputs else None, providers=list(providers) or None,
                        check_finite=not allow_nonfinite)
-    click.echo("\n".join(summary(result)))
+    emit(summary(result), to_json(result), json_path, quiet)

@@ -79,10 +79,11 @@ class MissingExtraError(RnnexportError, ImportError):
         self.extra = extra
 
 
-#: Which install extra brings each optional top-level module (the base install has click, numpy, onnx).
+#: Which install extra brings each optional top-level module (the base install has click and numpy; onnx
+#: comes with either onnxruntime extra and with export).
 EXTRAS = {
     "torch": "export", "onnxscript": "export", "safetensors": "export",
-    "onnxruntime": "onnxruntime", "matplotlib": "plot", "tritonclient": "triton", "grpc": "triton",
+    "onnxruntime": "onnxruntime", "onnx": "onnxruntime", "matplotlib": "plot", "tritonclient": "triton", "grpc": "triton",
     "openvino": "engines", "tract": "engines",
 }
 _ONNXRUNTIME = ("pip install 'rnnexport[onnxruntime]' (the CPU package) or 'rnnexport[onnxruntime-gpu]' "

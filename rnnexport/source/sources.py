@@ -604,6 +604,19 @@ def load_source(spec: SourceSpec | str | torch.nn.Module | RecurrentModel) -> Re
         raise SourceError(f"{name}() returned {type(result).__name__}; it must return a torch.nn.Module "
                           "or rnnexport.from_cell(...)")
     known = ", ".join(k.value for k in CellKind)
+    if Path(name).is_dir():
+        raise SourceError(_not_a_model_folder(Path(name)))
     raise SourceError(f"unknown model {name!r}: give one of {known}, a model in {models_dir()}, "
                       "a model folder, or file.py:factory")
+
+
+def _not_a_model_folder(folder: Path) -> str:
+    """Why ``folder`` is not a model folder, and what rnnexport reads instead."""
+    reads = ("rnnexport reads a model folder with card.json and weights.safetensors (docs/models.md), a seed "
+             "cell's weights with --weights, or file.py:factory that builds your torch.nn module and loads "
+             "its weights")
+    if (folder / "config.json").is_file():
+        return (f"{folder} looks like a Hugging Face model folder (config.json), which rnnexport cannot build a "
+                f"model from: {reads}")
+    return f"folder {folder} holds no card.json: {reads}"
 

@@ -1,17 +1,19 @@
-"""Serve the browser example: the page, onnxruntime-web's files and a bundle folder, on 127.0.0.1.
+"""Serve the browser example: the page, onnxruntime-web's files and a bundle (folder or .zip), on 127.0.0.1.
 
 Make a bundle of the trained char model, serve it, and open the printed address::
 
     rnnexport convert lstm-charlm -o /tmp/charlm.onnx
     rnnexport convert lstm-charlm --form step -o /tmp/charlm-step.onnx
-    rnnexport package /tmp/charlm.onnx -o /tmp/charlm --step /tmp/charlm-step.onnx
-    python scripts/browser/serve.py /tmp/charlm --vocabulary models/lstm-charlm/card.json
+    rnnexport package /tmp/charlm.onnx lstm-charlm -o /tmp/charlm --step /tmp/charlm-step.onnx --zip
+    python scripts/browser/serve.py /tmp/charlm.zip
 
 Paths: ``/`` the page, ``/ort/NAME`` onnxruntime-web's ``dist`` files, ``/bundle/PATH`` the
-bundle folder's files, ``/vocabulary.json`` the ``--vocabulary`` file. Every answer carries
-COOP/COEP headers (cross-origin isolation, which onnxruntime-web's threaded wasm needs). When
-the page posts its result to ``/result``, the server prints it as one ``result: {...}`` line.
-Standard library only.
+bundle's files, ``/vocabulary.json`` the ``--vocabulary`` file. A folder is served as it is
+(the page checks each graph's SHA-256 itself); a ``.zip`` is opened with rnnexport's bundle
+reader (its size limits and checksums) and served from memory. Every answer carries COOP/COEP
+headers (cross-origin isolation, which onnxruntime-web's threaded wasm needs). When the page
+posts its result to ``/result``, the server prints it as one ``result: {...}`` line. Standard
+library only for a folder; a ``.zip`` also needs rnnexport installed.
 """
 
 from __future__ import annotations
@@ -26,14 +28,14 @@ from pathlib import Path
 
 # --- configuration -------------------------------------------------------------------------------
 HERE = Path(__file__).resolve().parent
-DIST = HERE.parent.parent / "rnnexport" / "backends" / "js" / "node_modules" / "onnxruntime-web" / "dist"
+DIST = HERE.parent.parent / "rnnexport" / "engines" / "js" / "node_modules" / "onnxruntime-web" / "dist"
 PAGE = {"/": "index.html", "/index.html": "index.html", "/charlm.js": "charlm.js"}
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".mjs": "text/javascript",
          ".wasm": "application/wasm", ".json": "application/json", ".onnx": "application/octet-stream"}
 MAX_RESULT = 1 << 20  # bytes of a posted result
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("bundle", type=Path, help="a bundle folder (rnnexport package -o DIR)")
+parser.add_argument("bundle", type=Path, help="a bundle folder or its .zip (rnnexport package -o DIR [--zip])")
 parser.add_argument("--vocabulary", type=Path, default=None,
                     help='JSON with "vocabulary" (and "prompt"), e.g. a model card; for bundles whose '
                          "manifest records none")
@@ -48,8 +50,31 @@ def inside(root: Path, relative: str) -> Path | None:
     return path if path.is_file() and root in path.parents else None
 
 
+class ZipBundle:
+    """The files of a bundle zip, read through rnnexport's one bundle reader (limits, checksums)."""
+
+    def __init__(self, path: Path) -> None:
+        from rnnexport.bundle.reader import open_bundle
+        from rnnexport.core.errors import BundleError
+
+        self.error = BundleError
+        try:
+            self.bundle = open_bundle(path)
+        except BundleError as e:
+            sys.exit(f"error: {' '.join(str(e).split())}")
+        if self.bundle.kind != "zip":
+            sys.exit(f"error: {path} is not a bundle folder or a .zip of one")
+
+    def read(self, name: str) -> bytes | None:
+        try:
+            return self.bundle.read(name)
+        except self.error:
+            return None
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     bundle: Path
+    archive: ZipBundle | None
     dist: Path
     vocabulary: Path | None
     once: bool
@@ -79,11 +104,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return None
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        file = self.resolve(urllib.parse.unquote(urllib.parse.urlsplit(self.path).path))
+        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+        kind = TYPES.get(Path(path).suffix, "application/octet-stream")
+        if self.archive is not None and path.startswith("/bundle/"):
+            body = self.archive.read(path[len("/bundle/"):])
+            if body is None:
+                self.send(404, b"not found\n", "text/plain")
+            else:
+                self.send(200, body, kind)
+            return
+        file = self.resolve(path)
         if file is None or not file.is_file():
             self.send(404, b"not found\n", "text/plain")
         else:
-            self.send(200, file.read_bytes(), TYPES.get(file.suffix, "application/octet-stream"))
+            self.send(200, file.read_bytes(), kind)
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         if self.path != "/result":
@@ -102,12 +136,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 def main() -> int:
     args = parser.parse_args()
-    for what, folder in (("bundle", args.bundle), ("onnxruntime-web dist", args.dist)):
-        if not folder.is_dir():
-            hint = " (cd rnnexport/engines/js && ONNXRUNTIME_NODE_INSTALL=skip npm ci)" if folder == DIST else ""
-            sys.exit(f"error: {what} folder {folder} does not exist{hint}")
+    if not args.bundle.exists():
+        sys.exit(f"error: bundle {args.bundle} does not exist: give a bundle folder or its .zip "
+                 "(rnnexport package MODEL.onnx -o DIR [--zip])")
+    if not args.dist.is_dir():
+        hint = " (cd rnnexport/engines/js && ONNXRUNTIME_NODE_INSTALL=skip npm ci)" if args.dist == DIST else ""
+        sys.exit(f"error: onnxruntime-web dist folder {args.dist} does not exist{hint}")
     if args.vocabulary is not None and not args.vocabulary.is_file():
         sys.exit(f"error: vocabulary file {args.vocabulary} does not exist")
+    Handler.archive = None if args.bundle.is_dir() else ZipBundle(args.bundle)
     Handler.bundle, Handler.dist = args.bundle.resolve(), args.dist.resolve()
     Handler.vocabulary, Handler.once = args.vocabulary and args.vocabulary.resolve(), args.once
     server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
