@@ -6,6 +6,7 @@ input byte-identical afterwards, nothing half-written.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ from onnx import TensorProto, helper
 from rnnexport.cli import main
 from rnnexport.core.contract import Form, GraphInfo, IOSpec, Layout, Lowering, StateSpec
 from rnnexport.core.errors import RunError, RuntimeContractError
-from rnnexport.core.onnxfile import write_info
+from rnnexport.core.onnxfile import read_info, write_info
 from rnnexport.runtime import StatefulSession, StreamBatcher
 
 
@@ -239,3 +240,28 @@ def test_a_tampered_variant_tolerance_is_refused(lstm_bundle, tmp_path, value):
     code, err = invoke("verify", tmp_path / "b", "--engines", "cpu")
     assert code == 2
     one_line(err, "variant tolerance atol")
+
+
+def _lying_metadata(graph: Path, target: Path) -> Path:
+    """``graph`` with its metadata claiming x has 16 features more than the graph takes."""
+    model = onnx.load(graph)
+    info = read_info(model)
+    assert info is not None
+    more = (info.io.x_features[0] + 16,)
+    write_info(model, dataclasses.replace(info, io=dataclasses.replace(info.io, x_features=more)))
+    onnx.save(model, target)
+    return target
+
+
+def test_metadata_that_disagrees_with_the_graph_is_refused_with_both_shapes(exports, tmp_path):
+    path = _lying_metadata(exports.export("seed_lstm", form="step").path, tmp_path / "lying.onnx")
+    features = onnx.load(path).graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    with pytest.raises(RuntimeContractError, match=rf"metadata does not describe its graph: x has shape \(B, {features}\) "
+                                                   rf"in the graph, \(B, {features + 16}\) in its metadata"):
+        StatefulSession.load(path)
+    with pytest.raises(RuntimeContractError, match="does not describe its graph"):
+        StreamBatcher.load(path)
+    np.save(tmp_path / "x.npy", np.ones((1, features + 16), np.float32))
+    code, err = invoke("run", path, "-i", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    assert code == 2 and not (tmp_path / "y.npy").exists()
+    one_line(err, "does not describe its graph")

@@ -24,6 +24,7 @@ from rnnexport.core.data import load_json
 from rnnexport.core.errors import ContractError
 
 __all__ = [
+    "Declared",
     "BATCH",
     "MAX_DIM",
     "MAX_NAME",
@@ -480,6 +481,23 @@ class IOSpec:
         time = TIME if seq_len is None else seq_len
         return [TensorSpec(Y_NAME, self.y_shape(form, BATCH, time), self.y_dtype), *self.state.outputs()]
 
+    def disagreement(self, form: Form | str, inputs: Sequence[Declared], outputs: Sequence[Declared]) -> str | None:
+        """How a graph's own declared inputs and outputs differ from this contract, or None.
+
+        ``inputs``/``outputs`` are ``(name, dtype, shape)`` as the graph declares them (a shape
+        None when unknown; a dim an int, a symbol, or None). Ranks, dtypes and every size that
+        both give as a number must agree: metadata that claims another shape than the graph has
+        would otherwise end in an engine's own error at the first call.
+        """
+        for declared, specs in ((inputs, self.inputs(form)), (outputs, self.outputs(form))):
+            for (name, dtype, shape), spec in zip(declared, specs, strict=False):
+                if name != spec.name:
+                    continue  # names are checked where they are bound
+                problem = _differs(spec, dtype, shape)
+                if problem:
+                    return problem
+        return None
+
     def feeds(self, x: np.ndarray, state: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """The input dict of one graph call: ``{"x": x, "h": ..., "c": ...}``."""
         return {X_NAME: x, **dict(zip(self.state.names, state))}
@@ -599,6 +617,22 @@ class GraphInfo:
 
 
 # --- checking arrays against the contract ------------------------------------------------------
+
+#: A tensor as a graph declares it: name, dtype (numpy's name, or None if unknown), shape (None if unknown).
+Declared = tuple[str, "str | None", "Sequence[int | str | None] | None"]
+
+
+def _differs(spec: TensorSpec, dtype: str | None, shape: Sequence[int | str | None] | None) -> str | None:
+    if dtype is not None and dtype != spec.dtype:
+        return f"{spec.name} is {dtype} in the graph, {spec.dtype} in its metadata"
+    if shape is None:
+        return None
+    fixed = [(d, w) for d, w in zip(shape, spec.shape, strict=False) if isinstance(d, int) and isinstance(w, int)]
+    if len(shape) != len(spec.shape) or any(d != w for d, w in fixed):
+        return (f"{spec.name} has shape {show_shape(['?' if d is None else d for d in shape])} in the graph, "
+                f"{show_shape(spec.shape)} in its metadata")
+    return None
+
 
 def show_shape(shape: Sequence[Any]) -> str:
     """``(T, B, 32)``: a shape as the error messages write it."""

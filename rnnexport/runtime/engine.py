@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import onnxruntime as ort
 
 from rnnexport.bundle import Bundle, GraphSource, open_bundle
-from rnnexport.core.contract import Form, GraphInfo, IOSpec
+from rnnexport.core.contract import Declared, Form, GraphInfo, IOSpec
 from rnnexport.core.errors import BundleError, ContractError
 from rnnexport.core.ort import Device, ProviderRequest, resolve_providers, start_session
 
@@ -84,6 +84,15 @@ def _check_names(session: ort.InferenceSession, contract: IOSpec, name: str) -> 
     return inputs[0], outputs[0]
 
 
+#: onnxruntime's type names of the dtypes a contract can hold.
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+
+def _declared(args: Sequence[ort.NodeArg]) -> list[Declared]:
+    return [(a.name, _ORT_TYPES.get(a.type, a.type), a.shape) for a in args]
+
+
 def _seq_len(session: ort.InferenceSession, contract: IOSpec, form: Form) -> int | None:
     if form is not Form.SEQUENCE:
         return None
@@ -110,6 +119,9 @@ def _load(source: GraphSource, bundle: Bundle, requested: list[ProviderRequest],
     if info is not None and info.io != contract:
         raise BundleError(f"{source.name}'s metadata contract differs from the manifest's io")
     x_name, y_name = _check_names(session, contract, source.name)
+    problem = contract.disagreement(form, _declared(session.get_inputs()), _declared(session.get_outputs()))
+    if problem:
+        raise ContractError(f"{source.name}'s metadata does not describe its graph: {problem}; convert it again")
     graph = Graph(session, form, source.name, x_name, y_name, _seq_len(session, contract, form))
     return graph, contract, started.device, info.description if info is not None else ""
 
