@@ -44,7 +44,7 @@ from rnnexport.serving.config import (
     schema,
     sort_pairing_problems,
 )
-from rnnexport.serving.form import ServingForm, batch_first
+from rnnexport.serving.form import ServingForm, batch_first, expose_state
 from rnnexport.source.sources import SourceSpec
 
 __all__ = ["StepGraph", "TritonResult", "load_step_graph", "triton_repository"]
@@ -77,6 +77,7 @@ class TritonResult:
     transposed: tuple[str, ...]
     options: TritonOptions
     report: CheckReport
+    exposed: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -93,8 +94,10 @@ class TritonResult:
         for spec, output in zip(state.inputs(), state.output_names):
             lines.append(f"  state     {spec.describe()} -> {output}: implicit (kept in the server), zeros at "
                          "sequence start")
-        outputs = self.io.outputs("step")[: None if o.expose_state else 1]
-        lines.append(f"  output    {', '.join(s.describe() for s in outputs)}")
+        lines.append(f"  output    {self.io.outputs('step')[0].describe()}")
+        for output, copy in zip(state.output_names, self.exposed):
+            lines.append(f"  output    {copy}: a copy of {output} for clients to read (the state itself cannot "
+                         "be returned: docs/serving.md)")
         batching = f"{o.strategy.value} strategy, max_batch_size {o.max_batch_size}"
         if o.strategy is Strategy.OLDEST:
             sizes = ", ".join(map(str, preferred_batch_sizes(o.max_batch_size)))
@@ -269,8 +272,10 @@ def triton_repository(source: Any, repository: str | os.PathLike[str], options: 
     target = _target(repository, name, force)
     _spare_inputs(source, target)
     served = batch_first(step.model, step.info, step.origin)
+    if options.expose_state:
+        served = expose_state(served, step.origin)
     _, text = _configure(served, name, options, step.origin)
     _write(target, text, served.model)
     report = CheckReport(target, ())
     return TritonResult(target, target / CONFIG, target / VERSION / MODEL_FILE, step.origin, served.info.io,
-                        served.transposed, options, report)
+                        served.transposed, options, report, served.exposed)
