@@ -63,6 +63,29 @@ def sort_breaking():
     torch.manual_seed(0)
     return rnnexport.from_cell(cell, [torch.randn(8, 8)], (torch.zeros(2, 8), torch.zeros(2, 8)),
                                state_names=("a", "a_b"))
+
+
+class Stack(torch.nn.Module):  # GRU cells stacked 11 deep: a list state of 11 tensors, named s0 ... s10
+
+    def __init__(self):
+        super().__init__()
+        self.cells = torch.nn.ModuleList([torch.nn.GRUCell(4 if k == 0 else 6, 6) for k in range(11)])
+
+    def initial_state(self, batch):
+        return [torch.zeros(batch, 6) for _ in self.cells]
+
+    def forward(self, x, state):
+        state, ys = list(state), []
+        for x_t in x:
+            for k, cell in enumerate(self.cells):
+                state[k] = x_t = cell(x_t, state[k])
+            ys.append(x_t)
+        return torch.stack(ys), state
+
+
+def eleven():
+    torch.manual_seed(0)
+    return Stack().eval()
 """
 
 
@@ -87,6 +110,8 @@ def sources(tmp_path_factory):
     factory = f"{root / 'factories.py'}:lstm2"
     made[NN_LSTM] = (rnnexport.convert(factory, root / "lstm2.step.onnx", form="step").path, factory)
     made["sort-breaking"] = (None, f"{root / 'factories.py'}:sort_breaking")
+    eleven = f"{root / 'factories.py'}:eleven"
+    made["eleven"] = (rnnexport.convert(eleven, root / "eleven.step.onnx", form="step").path, eleven)  # s0 ... s10
     return made
 
 
@@ -210,7 +235,7 @@ def test_options_reach_the_config(sources, tmp_path):
     assert [o.name for o in config.output] == ["y", "h_state", "c_state"]  # copies: not h_out, c_out themselves
     assert [(s.input_name, s.output_name) for s in config.sequence_batching.state] == [("h", "h_out"),
                                                                                         ("c", "c_out")]
-    assert "h_state: a copy of h_out" in output
+    assert "h_state, c_state: copies of h_out, c_out" in output
     assert check_model_folder(tmp_path / "models" / "lstm").passed
 
 
@@ -231,8 +256,25 @@ def test_existing_folder_is_replaced_only_with_force(repository, sources, tmp_pa
 def test_refuses_sort_breaking_state_names(sources, tmp_path):
     code, output = triton(sources["sort-breaking"][1], "-o", tmp_path / "models")
     assert code == 2
-    assert_one_line_error(output, "a_b", "issue #8586", "state_names")
+    assert_one_line_error(output, "a_b", "issue #8586", "no name is the start of another", "state_names",
+                          "state dict")
     assert not (tmp_path / "models").exists() or not list((tmp_path / "models").iterdir())
+
+
+def test_a_list_state_of_eleven_tensors_is_renamed_to_sort_alike(sources, tmp_path):
+    """s0 ... s10: s1 sorts before s10 but s1_out after s10_out, so Triton would feed s1_out to s10;
+    served as s00 ... s10, the pairing holds and every stream batches exactly."""
+    step_path = sources["eleven"][0]
+    code, output = triton(step_path, "-o", tmp_path / "models", "--name", "eleven", "--max-batch-size", "8")
+    assert code == 0, output
+    assert "renamed   s0 -> s00, s1 -> s01" in output
+    folder = tmp_path / "models" / "eleven"
+    config = read_config(folder)
+    assert [s.input_name for s in config.sequence_batching.state] == [f"s{k:02d}" for k in range(11)]
+    assert check_model_folder(folder).passed
+    session = StatefulSession.load(folder / "1" / "model.onnx")  # the renamed contract, structure included
+    assert session.contract.state.names[10] == "s10" and len(session.nested_state()) == 11
+    assert batches_exactly(folder, step_path, count=12, seed=2)
 
 
 def test_refuses_a_sequence_graph_and_a_bundle_without_step_graph(sources, tmp_path):

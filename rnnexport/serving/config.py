@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from rnnexport.core.contract import IOSpec, StateSpec, TensorSpec
+from rnnexport.core.contract import OUT_SUFFIX, IOSpec, StateSpec, TensorSpec
 from rnnexport.core.errors import ConvertError
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "render_config",
     "schema",
     "sort_pairing_problems",
+    "sortable_names",
     "triton_pairing",
 ]
 
@@ -178,6 +180,23 @@ def exposed_names(state: StateSpec) -> tuple[str, ...]:
     Copies, not the state outputs themselves: see the module's docstring.
     """
     return tuple(name + EXPOSED_SUFFIX for name in state.names)
+
+
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def sortable_names(names: Sequence[str]) -> tuple[str, ...] | None:
+    """``names`` with every run of digits zero-padded to one width, if that makes them sort alike; else None.
+
+    A list state of 11 or more tensors is named ``s0`` ... ``s10``: ``s1`` sorts before
+    ``s10`` but ``s10_out`` before ``s1_out``, which breaks Triton's pairing. Padded
+    (``s00`` ... ``s10``), no name is the start of another and the two lists sort alike.
+    """
+    width = max((len(run) for name in names for run in _DIGITS.findall(name)), default=0)
+    padded = tuple(_DIGITS.sub(lambda run: run.group().zfill(width), name) for name in names)
+    if len(set(padded)) != len(padded) or sort_pairing_problems([(n, n + OUT_SUFFIX) for n in padded]):
+        return None
+    return padded
 
 
 def _dims(spec: TensorSpec) -> list[int]:
