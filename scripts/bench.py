@@ -598,7 +598,8 @@ for name in multi_models:
               + f" {rates[1] / rates[0]:5.2f}x {rates[1] / rates[2]:5.2f}x")
 exact = {r["model"]: r["bit_equal_to_sessions"] for r in multi_rows if "bit_equal_to_sessions" in r}
 print("batcher y bit-equal to one session per stream: " + ", ".join(f"{k} {v}" for k, v in exact.items())
-      + "  (the RNN operator's kernel rounds a batch of one differently: docs/embedding.md)")
+      + "  (plain-RNN step graphs are Gemm + Tanh: the RNN operator's kernel rounds a batch of one "
+      + "differently, docs/embedding.md)")
 for t in multi_targets:
     verdict = "----" if t["pass"] is None else "PASS" if t["pass"] else "MISS"
     figure = "runtime not available" if t["figure"] is None else f"{t['figure']:.2f} x"

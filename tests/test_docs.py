@@ -38,6 +38,7 @@ SKIPS = [
     (r"\bdocker\b", "needs docker and a running Triton server"),
     (r"--engines \S*cuda|--kind gpu", "needs a GPU (the device check runs it where one is lent)"),
     (r"\bnpm (ci|install)\b", "installs npm packages (tests/test_node_example.py runs the Node example)"),
+    (r"ray_serve\.py", "needs Ray Serve, about 690 MB (pip install \"ray[serve]==2.60.0\")"),
     (r"serve\.py", "starts a web server and waits for a browser (tests/test_browser_example.py drives it)"),
     (r"scripts/train\.py", "retrains the models into models/ (minutes)"),
     (r"scripts/bench\.py --threads", "runs the full benchmark (minutes; tests/test_bench.py runs --quick)"),

@@ -24,6 +24,7 @@ from rnnexport.core.errors import ContractError, ConvertError
 from rnnexport.core.ort import start_session
 from rnnexport.runtime import StatefulSession
 from rnnexport.serving import (
+    EmulatedRun,
     TritonOptions,
     batch_first,
     check_model_folder,
@@ -32,6 +33,7 @@ from rnnexport.serving import (
     read_config,
     render_config,
 )
+from rnnexport.serving.config import EXPOSED_SUFFIX
 from rnnexport.testing import random_inputs
 from tests.test_runtime_cli import assert_one_line_error
 
@@ -61,6 +63,29 @@ def sort_breaking():
     torch.manual_seed(0)
     return rnnexport.from_cell(cell, [torch.randn(8, 8)], (torch.zeros(2, 8), torch.zeros(2, 8)),
                                state_names=("a", "a_b"))
+
+
+class Stack(torch.nn.Module):  # GRU cells stacked 11 deep: a list state of 11 tensors, named s0 ... s10
+
+    def __init__(self):
+        super().__init__()
+        self.cells = torch.nn.ModuleList([torch.nn.GRUCell(4 if k == 0 else 6, 6) for k in range(11)])
+
+    def initial_state(self, batch):
+        return [torch.zeros(batch, 6) for _ in self.cells]
+
+    def forward(self, x, state):
+        state, ys = list(state), []
+        for x_t in x:
+            for k, cell in enumerate(self.cells):
+                state[k] = x_t = cell(x_t, state[k])
+            ys.append(x_t)
+        return torch.stack(ys), state
+
+
+def eleven():
+    torch.manual_seed(0)
+    return Stack().eval()
 """
 
 
@@ -85,6 +110,8 @@ def sources(tmp_path_factory):
     factory = f"{root / 'factories.py'}:lstm2"
     made[NN_LSTM] = (rnnexport.convert(factory, root / "lstm2.step.onnx", form="step").path, factory)
     made["sort-breaking"] = (None, f"{root / 'factories.py'}:sort_breaking")
+    eleven = f"{root / 'factories.py'}:eleven"
+    made["eleven"] = (rnnexport.convert(eleven, root / "eleven.step.onnx", form="step").path, eleven)  # s0 ... s10
     return made
 
 
@@ -119,8 +146,13 @@ def alone(step_path, xs: np.ndarray) -> dict[str, np.ndarray]:
     return {name: np.stack(values) for name, values in got.items()}
 
 
+def reference_name(name: str) -> str:
+    """The step graph's output that a served output matches: itself, or the state output an exposed copy copies."""
+    return name.removesuffix(EXPOSED_SUFFIX) + "_out" if name.endswith(EXPOSED_SUFFIX) else name
+
+
 def served_and_alone(folder, step_path, count: int = 24, seed: int = 0):
-    """Each stream's outputs from the emulated server beside what it gets alone; None if the model refused a batch."""
+    """Each stream's outputs from the emulated server beside what it gets alone; None if a request failed."""
     session = start_session(step_path, "cpu").session
     info = GraphInfo.from_props(session.get_modelmeta().custom_metadata_map)
     assert info is not None
@@ -130,7 +162,10 @@ def served_and_alone(folder, step_path, count: int = 24, seed: int = 0):
     except ContractError:
         return None  # as the server would fail at run time
     assert max(run.batch_sizes) > 1, run.batch_sizes  # streams were batched together
-    return [(served[name], alone(step_path, x)[name]) for x, served in zip(xs, run.outputs) for name in served]
+    if run.errors:
+        return None
+    return [(served[name], alone(step_path, x)[reference_name(name)])
+            for x, served in zip(xs, run.outputs) for name in served]
 
 
 def batches_exactly(folder, step_path, count: int = 24, seed: int = 0) -> bool:
@@ -197,7 +232,10 @@ def test_options_reach_the_config(sources, tmp_path):
     assert config.max_batch_size == 8 and config.sequence_batching.max_sequence_idle_microseconds == 2_500_000
     assert config.sequence_batching.WhichOneof("strategy_choice") == "direct"
     assert [(g.count, g.kind) for g in config.instance_group] == [(3, 1)]  # KIND_GPU
-    assert [o.name for o in config.output] == ["y", "h_out", "c_out"]
+    assert [o.name for o in config.output] == ["y", "h_state", "c_state"]  # copies: not h_out, c_out themselves
+    assert [(s.input_name, s.output_name) for s in config.sequence_batching.state] == [("h", "h_out"),
+                                                                                        ("c", "c_out")]
+    assert "h_state, c_state: copies of h_out, c_out" in output
     assert check_model_folder(tmp_path / "models" / "lstm").passed
 
 
@@ -218,8 +256,25 @@ def test_existing_folder_is_replaced_only_with_force(repository, sources, tmp_pa
 def test_refuses_sort_breaking_state_names(sources, tmp_path):
     code, output = triton(sources["sort-breaking"][1], "-o", tmp_path / "models")
     assert code == 2
-    assert_one_line_error(output, "a_b", "issue #8586", "state_names")
+    assert_one_line_error(output, "a_b", "issue #8586", "no name is the start of another", "state_names",
+                          "state dict")
     assert not (tmp_path / "models").exists() or not list((tmp_path / "models").iterdir())
+
+
+def test_a_list_state_of_eleven_tensors_is_renamed_to_sort_alike(sources, tmp_path):
+    """s0 ... s10: s1 sorts before s10 but s1_out after s10_out, so Triton would feed s1_out to s10;
+    served as s00 ... s10, the pairing holds and every stream batches exactly."""
+    step_path = sources["eleven"][0]
+    code, output = triton(step_path, "-o", tmp_path / "models", "--name", "eleven", "--max-batch-size", "8")
+    assert code == 0, output
+    assert "renamed   s0 -> s00, s1 -> s01" in output
+    folder = tmp_path / "models" / "eleven"
+    config = read_config(folder)
+    assert [s.input_name for s in config.sequence_batching.state] == [f"s{k:02d}" for k in range(11)]
+    assert check_model_folder(folder).passed
+    session = StatefulSession.load(folder / "1" / "model.onnx")  # the renamed contract, structure included
+    assert session.contract.state.names[10] == "s10" and len(session.nested_state()) == 11
+    assert batches_exactly(folder, step_path, count=12, seed=2)
 
 
 def test_refuses_a_sequence_graph_and_a_bundle_without_step_graph(sources, tmp_path):
@@ -312,19 +367,28 @@ def test_typos_and_mismatched_dims_are_rejected(repository, tmp_path):
 
 # --- behaviour: batched as Triton batches, exactly as each stream alone ------------------------
 
-RNN_ROUNDING = pytest.mark.xfail(strict=True, reason="onnxruntime's RNN kernel rounds a batch of 1 differently "
-                                 "from larger batches (up to ~2e-6), so a plain RNN served in varying batches "
-                                 "matches a lone run within float32 rounding, not bit for bit")
-
-
-@pytest.mark.parametrize("name", [n if n != "rnn-charlm" else pytest.param(n, marks=RNN_ROUNDING)
-                                  for n in (*TRAINED, NN_LSTM)])
+@pytest.mark.parametrize("name", [*TRAINED, NN_LSTM])
 def test_served_model_batches_streams_exactly(repository, sources, name):
     assert batches_exactly(repository / name, sources[name][0])
 
 
-def test_plain_rnn_batches_within_float32_rounding(repository, sources):
-    assert batches_within_rounding(repository / "rnn-charlm", sources["rnn-charlm"][0])
+@pytest.mark.parametrize("count", [1, 8, 100])
+def test_plain_rnn_served_for_500_one_hot_steps_equals_each_stream_alone(repository, sources, count):
+    """On Triton 24.10, rnn-charlm streams served in batches were 2.9e-4 from the same stream alone after 50
+    one-hot steps and 8e-3 by step 200 (onnxruntime's RNN operator summed a batch of one in another order).
+    Served as Gemm + Tanh, every stream equals its lone run bit for bit, with batches of every size."""
+    step_path = sources["rnn-charlm"][0]
+    session = StatefulSession.load(step_path, threads=1)
+    eye = np.eye(session.contract.x_features[0], dtype=np.float32)
+    chars = np.random.default_rng(count).integers(len(eye), size=(count, 500))
+    run = emulate_sequence_batcher(repository / "rnn-charlm", [eye[c] for c in chars], seed=count)
+    assert not run.errors
+    if count > 1:
+        assert max(run.batch_sizes) > 1 and min(run.batch_sizes) == 1, run.batch_sizes
+    for row, served in zip(chars, run.outputs):
+        alone = session.new_stream()
+        want = np.concatenate([alone.step(eye[c][None]) for c in row])
+        assert np.array_equal(served["y"], want), f"max |diff| {np.abs(served['y'] - want).max():.3g}"
 
 
 def test_state_outputs_batch_exactly_with_a_small_max_batch(sources, tmp_path):
@@ -332,4 +396,56 @@ def test_state_outputs_batch_exactly_with_a_small_max_batch(sources, tmp_path):
                           "--expose-state")
     assert code == 0, output
     assert batches_exactly(tmp_path / "models" / "small", sources[NN_LSTM][0], count=16, seed=5)
+
+
+def listing_the_state_outputs(folder, max_batch_size: int) -> None:
+    """Rewrite ``folder``'s config as --expose-state once wrote it: h_out and c_out listed as outputs themselves."""
+    config = read_config(folder)
+    config.max_batch_size = max_batch_size
+    config.sequence_batching.oldest.ClearField("preferred_batch_size")
+    for entry in config.output[1:]:
+        entry.name = reference_name(entry.name)
+    (folder / "config.pbtxt").write_text(render_config(config))
+
+
+def test_state_outputs_listed_as_outputs_fail_as_on_the_server(sources, tmp_path):
+    """Triton 24.10 answered such a config with "failed to split the output state tensor 'c_out' in responses:
+    expected batch size of at least 2 in model output, got 1" for every request but the first of a call,
+    kept those sequences' old state, and so answered later steps wrongly. The emulator does the same."""
+    code, output = triton(sources["lstm-charlm"][1], "-o", tmp_path / "models", "--name", "old", "--expose-state")
+    assert code == 0, output
+    folder = tmp_path / "models" / "old"
+    listing_the_state_outputs(folder, 8)
+    report = check_model_folder(folder)
+    assert report.failed == {"state-output"}, report.lines()
+    assert "state output c_out is also listed as an output" in " ".join(report.lines())
+    xs = streams(read_info_io(sources["lstm-charlm"][0]), 16, np.random.default_rng(3))
+    run = emulate_sequence_batcher(folder, xs, seed=3)
+    calls_of_two_or_more = sum(size - 1 for size in run.batch_sizes)
+    assert len(run.errors) == calls_of_two_or_more > 0  # all but the first request of each call
+    assert run.errors[0].endswith("failed to split the output state tensor 'c_out' in responses: expected batch "
+                                  "size of at least 2 in model output, got 1")
+    wrong_after_a_failure(run, xs, sources["lstm-charlm"][0])
+    listing_the_state_outputs(folder, 1)  # one request per call: nothing to split wrongly
+    assert check_model_folder(folder).passed
+    one_by_one = emulate_sequence_batcher(folder, xs[:4], seed=3)
+    assert not one_by_one.errors and max(one_by_one.batch_sizes) == 1
+    for x, served in zip(xs[:4], one_by_one.outputs):
+        assert all(np.array_equal(served[n], alone(sources["lstm-charlm"][0], x)[reference_name(n)]) for n in served)
+
+
+def read_info_io(step_path):
+    info = GraphInfo.from_props({p.key: p.value for p in onnx.load(step_path).metadata_props})
+    assert info is not None
+    return info.io
+
+
+def wrong_after_a_failure(run: EmulatedRun, xs, step_path) -> None:
+    """A failed step answers nothing (NaN here) and keeps the old state, so the sequence's later answers are wrong."""
+    failed = [(int(line.split()[1]), int(line.split()[3].rstrip(":"))) for line in run.errors]
+    index, step = next((i, t) for i, t in failed if t + 1 < len(xs[i]))
+    want = alone(step_path, xs[index])["y"]
+    got = run.outputs[index]["y"]
+    assert np.isnan(got[step]).all()
+    assert not np.array_equal(got[step + 1:], want[step + 1:])
 

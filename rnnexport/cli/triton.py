@@ -60,7 +60,7 @@ def to_json(result: TritonResult) -> dict[str, Any]:
               help="Model instances.")
 @click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
               help="Run the instances on CPU or GPU.")
-@click.option("--expose-state", is_flag=True, help="Also return the state outputs (h_out, ...) to clients.")
+@click.option("--expose-state", is_flag=True, help="Also return a copy of the new state (h_state, ...) to clients.")
 @click.option("--force", is_flag=True, help="Replace REPOSITORY/NAME if it is a Triton model folder.")
 @source_options
 @json_option("triton-result.schema.json")

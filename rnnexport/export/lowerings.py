@@ -106,9 +106,11 @@ AUTO_ORDER = {Form.SEQUENCE: (Lowering.NATIVE, Lowering.SCAN), Form.STEP: (Lower
 
 #: Why auto passes over the native RNN operator for plain-RNN sequences (docs/performance.md):
 #: onnxruntime's CPU kernel applies tanh one element at a time, while a scanned step runs as
-#: one fused, vectorised Gemm + Tanh.
+#: one fused, vectorised Gemm + Tanh; and its unpacked weights make a batch of one sum in
+#: another order than a larger batch (docs/embedding.md), which the scanned Gemm does not.
 RNN_PREFERS_SCAN = ("onnxruntime's RNN operator runs 1.3-4x slower than the scanned "
-                    "Gemm+Tanh step for T>1 (it applies tanh element by element)")
+                    "Gemm+Tanh step for T>1 (it applies tanh element by element), and a stream's "
+                    "result depends on the batch it runs in")
 
 
 def _auto_order(model: RecurrentModel, form: Form) -> tuple[tuple[Lowering, ...], list[Attempt]]:

@@ -4,7 +4,9 @@ No tracing: the graph is written node by node from a :class:`~rnnexport.source.p
 which makes it exact about the contract (any T, any B) and fast to export.
 
 A step graph is built lean (:func:`_build_step`): at B=1 each small node costs
-onnxruntime 1-2 us, as much as the recurrent matmul itself.
+onnxruntime 1-2 us, as much as the recurrent matmul itself. A plain-RNN step graph
+is a Gemm per layer instead of the RNN operator (:func:`_build_rnn_step`), so that a
+row's result does not depend on the batch it runs in.
 """
 
 from __future__ import annotations
@@ -183,6 +185,61 @@ def _step_outputs(g: GraphBuilder, model: RecurrentModel, h_out: list[str], c_ou
     return g.one("Squeeze", [h_out[-1], g.ints("axis0", [0])], y)
 
 
+def _rnn_step_layer(g: GraphBuilder, layer: NativeLayer, index: int, x: str, h: str, guarded: bool,
+                    output: str | None) -> str:
+    """One plain-RNN layer of a step graph on ``(B, features)`` values: ``tanh([x, h] [W, R]^T + b)``.
+
+    Not the RNN operator: onnxruntime's RNN kernel hands MLAS its unpacked ``W`` and ``R``,
+    and MLAS sends a batch of one row to its M=1 kernel, which sums in another order than
+    the blocked kernel a larger batch gets, so a stream's result would depend on the batch
+    it shares. Gemm pre-packs constant weights: one kernel, one summation order, any B.
+    ``x`` and ``h`` are concatenated so one Gemm does both products, and the NaN guard
+    (the activation can turn NaN into a finite value, as the operator's did) reads that
+    same concatenation.
+    """
+    if layer.activations not in (None, ("Tanh",)):
+        raise AssertionError(f"plain-RNN step layer with activations {layer.activations}")  # plans write Tanh only
+    size = layer.hidden_size
+    xh = g.one("Concat", [x, h], axis=1)
+    inputs = [xh, g.const(f"WR{index}", np.concatenate([layer.W[0], layer.R[0]], axis=1))]
+    if layer.B is not None:
+        inputs.append(g.const(f"B{index}", layer.B[0, :size] + layer.B[0, size:]))
+    pre = g.one("Gemm", inputs, transB=1)
+    if not guarded:
+        return g.one("Tanh", [pre], output)
+    guard = g.one("ReduceSum", [_nan_only(g, xh), g.ints("axes", [1])], keepdims=1)  # (B, 1): NaN or 0
+    return g.one("Add", [g.one("Tanh", [pre]), guard], output)
+
+
+def _build_rnn_step(model: RecurrentModel, g: GraphBuilder) -> None:
+    """A plain-RNN step graph of Gemm and Tanh nodes (:func:`_rnn_step_layer`), batch-invariant on CPU.
+
+    A seed cell's ``(B, H)`` state is read and written as it is; a module's
+    ``(layers, B, H)`` state is read with a Gather per layer and written with an
+    Unsqueeze per layer and a Concat.
+    """
+    plan, io = model.native, model.io
+    assert plan is not None
+    guarded = io.x_dtype == "float32"
+    h_name, h_out_name = io.state.names[0], io.state.output_names[0]
+    seed = io.state.batch_axis == 0
+    x, outputs = X_NAME, []
+    for index, layer in enumerate(plan.layers):
+        h = h_name if seed else g.one("Gather", [h_name, g.scalar("layer", np.array(index, np.int64))], axis=0)
+        x = _rnn_step_layer(g, layer, index, x, h, guarded, h_out_name if seed else None)
+        outputs.append(x)
+    if not seed and len(outputs) == 1:
+        g.one("Unsqueeze", [outputs[0], g.ints("axis0", [0])], h_out_name)
+    elif not seed:
+        layers = [g.one("Unsqueeze", [o, g.ints("axis0", [0])]) for o in outputs]
+        g.one("Concat", layers, h_out_name, axis=0)
+    if plan.head is not None:
+        W_hq, b_q = plan.head
+        g.one("Gemm", [x, g.const("W_hq", W_hq), g.const("b_q", b_q)], Y_NAME)
+    else:
+        g.one("Identity", [x], Y_NAME)
+
+
 def _build_step(model: RecurrentModel, g: GraphBuilder) -> None:
     """The nodes of a step graph: a reshape only where the contract's layout is not the op's.
 
@@ -220,7 +277,8 @@ def build_native(model: RecurrentModel, form: Form) -> onnx.ModelProto:
     inputs, outputs = io.inputs(form), io.outputs(form)
     g = GraphBuilder()
     if form is Form.STEP:
-        _build_step(model, g)
+        plain = all(layer.op == "RNN" for layer in plan.layers)
+        (_build_rnn_step if plain else _build_step)(model, g)
         return _finish(g, inputs, outputs)
     state_names = io.state.names
     directions = plan.layers[0].directions

@@ -14,9 +14,10 @@ threads: a worker groups the pending steps into one call, waiting at most
 Each stream gets what it would get alone: on onnxruntime's CPU provider a row of
 the LSTM and GRU operators and of Gemm and MatMul on constant weights does not
 depend on the batch it runs in (their weights are pre-packed), so the results equal
-a one-stream :class:`StatefulSession` bit for bit. The RNN operator is the
-exception: its kernel passes unpacked weights to MLAS, whose sgemm sends a single
-row (B=1) to a dedicated M=1 kernel that sums in another order (docs/embedding.md).
+a one-stream :class:`StatefulSession` bit for bit. The RNN operator would be the
+exception (its kernel passes unpacked weights to MLAS, whose sgemm sums a single row
+in another order than a batch), so plain-RNN step graphs are written with Gemm and
+Tanh instead (docs/embedding.md).
 """
 
 from __future__ import annotations

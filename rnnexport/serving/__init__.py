@@ -2,7 +2,8 @@
 
 - :func:`triton_repository` (``rnnexport triton``) writes ``REPOSITORY/NAME/config.pbtxt``
   and ``REPOSITORY/NAME/1/model.onnx`` for Triton's sequence batcher.
-- :func:`batch_first` is the serving form: every tensor with the batch axis first.
+- :func:`batch_first` is the serving form: every tensor with the batch axis first;
+  :func:`expose_state` adds copies of the new state as outputs (``--expose-state``).
 - :func:`check_model_folder` / :func:`check_config` check a configuration against its
   graph offline; :func:`emulate_sequence_batcher` runs a folder as the batcher would.
 
@@ -28,6 +29,7 @@ _LAZY: dict[str, str] = {
     "check_config": "rnnexport.serving.checks",
     "check_model_folder": "rnnexport.serving.checks",
     "emulate_sequence_batcher": "rnnexport.serving.emulator",
+    "expose_state": "rnnexport.serving.form",
     "load_step_graph": "rnnexport.serving.triton",
     "model_config": "rnnexport.serving.config",
     "parse_config": "rnnexport.serving.config",

@@ -4,9 +4,10 @@ What a Triton server with the ONNX Runtime backend and the sequence batcher need
 checked offline (no server): the configuration parses into Triton's own
 ``ModelConfig``; every name, dtype and dim agrees with the graph; every tensor has
 the batch axis first; the graph's inputs are the config's inputs, control inputs
-and state entries; the state pairs survive Triton's sorted-name pairing (server
-issue #8586); each state starts from a fixed-size initial state. Every problem is
-reported, not just the first.
+and state entries; no state output is also listed as an output (the backend then
+fails all but one request of each batch); the state pairs survive Triton's
+sorted-name pairing (server issue #8586); each state starts from a fixed-size
+initial state. Every problem is reported, not just the first.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ import onnx
 from rnnexport.core.contract import Dim
 from rnnexport.core.errors import ContractError, RnnexportError, describe
 from rnnexport.core.onnxfile import load_model, read_info, value_dtype
-from rnnexport.serving.config import TRITON_DTYPES, parse_config, schema, sort_pairing_problems
+from rnnexport.serving.config import (
+    EXPOSED_SUFFIX,
+    TRITON_DTYPES,
+    parse_config,
+    schema,
+    sort_pairing_problems,
+)
 from rnnexport.serving.form import declared_shape
 
 __all__ = ["CHECKS", "CONFIG", "CheckReport", "Problem", "check_config", "check_model_folder", "model_file",
@@ -30,8 +37,8 @@ __all__ = ["CHECKS", "CONFIG", "CheckReport", "Problem", "check_config", "check_
 
 CONFIG = "config.pbtxt"
 #: Every check, in the order they run.
-CHECKS = ("parse", "settings", "names", "input-count", "batch-first", "dims", "state", "sort-pairing",
-          "initial-state", "contract")
+CHECKS = ("parse", "settings", "names", "input-count", "batch-first", "dims", "state", "state-output",
+          "sort-pairing", "initial-state", "contract")
 _MAX_CONFIG_BYTES = 1 << 20
 _VERSION = re.compile(r"^[0-9]{1,18}$")
 
@@ -188,6 +195,24 @@ def _states(pb: Any, config: Any, inputs: dict[str, _Tensor], outputs: dict[str,
     return problems
 
 
+def _state_outputs(config: Any) -> list[Problem]:
+    """A state output also listed in ``output``: the ONNX Runtime backend splits it wrongly once a call has 2+ requests.
+
+    The backend reads each output tensor once, with one shape vector: returning it to
+    the requests overwrites the batch size there with each request's own (1), and the
+    state split that follows then sees a batch of 1 and fails every other request of
+    the call ("failed to split the output state tensor"), which also keeps its old state.
+    """
+    if config.max_batch_size < 2:
+        return []  # one request per call: the split never runs out
+    outputs = {e.name for e in config.output}
+    return [Problem("state-output", f"state output {e.output_name} is also listed as an output: Triton's ONNX Runtime "
+                                    "backend then fails every request but the first of a batch (\"failed to split the "
+                                    "output state tensor\") and keeps their old state; list a copy instead "
+                                    f"(rnnexport triton --expose-state serves {e.input_name}{EXPOSED_SUFFIX})")
+            for e in config.sequence_batching.state if e.output_name in outputs]
+
+
 def _sort_pairing(config: Any) -> list[Problem]:
     pairs = [(e.input_name, e.output_name) for e in config.sequence_batching.state]
     return [Problem("sort-pairing", line) for line in sort_pairing_problems(pairs)]
@@ -257,6 +282,7 @@ def check_config(config: Any, model: onnx.ModelProto) -> list[Problem]:
         *_batch_first(inputs, outputs),
         *_io_dims(pb, config, inputs, outputs),
         *_states(pb, config, inputs, outputs),
+        *_state_outputs(config),
         *_sort_pairing(config),
         *_initial_state(pb, config),
         *_contract(config, model),

@@ -7,31 +7,41 @@ reads ``config.pbtxt`` back the same way (unknown fields and typos are errors).
 Each sequence keeps its state inside the server (implicit state): one ``state``
 entry per state tensor, batch axis first and left out of ``dims``, starting from
 zeros because rnnexport graphs take no START control input.
+
+A state output is never also listed as an ``output``: Triton's ONNX Runtime backend
+splits a tensor named in both with the batch size the output's split left behind (one
+request's), so every request but the first of a batch fails ("failed to split the
+output state tensor") and keeps its old state. Clients read the state from copies
+(``h_state``, see :func:`exposed_names`) instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from rnnexport.core.contract import IOSpec, TensorSpec
+from rnnexport.core.contract import OUT_SUFFIX, IOSpec, StateSpec, TensorSpec
 from rnnexport.core.errors import ConvertError
 
 __all__ = [
+    "EXPOSED_SUFFIX",
     "INSTALL_HINT",
     "TRITON_DTYPES",
     "InstanceKind",
     "Strategy",
     "TritonOptions",
+    "exposed_names",
     "model_config",
     "parse_config",
     "preferred_batch_sizes",
     "render_config",
     "schema",
     "sort_pairing_problems",
+    "sortable_names",
     "triton_pairing",
 ]
 
@@ -46,6 +56,9 @@ TRITON_DTYPES = {
     "int64": "TYPE_INT64",
     "int32": "TYPE_INT32",
 }
+
+#: A state tensor's copy that ``--expose-state`` lists as an output: ``h`` -> ``h_state``.
+EXPOSED_SUFFIX = "_state"
 
 #: The most sequences one instance may hold as candidates (Oldest strategy), and the largest batch.
 MAX_SEQUENCES = 1 << 20
@@ -80,7 +93,8 @@ class TritonOptions:
         strategy: ``oldest`` or ``direct``.
         instances: model instances (``instance_group.count``).
         kind: ``cpu`` or ``gpu`` instances.
-        expose_state: also list the state outputs (``h_out``, ...) as outputs a client can read.
+        expose_state: also output a copy of the new state (``h_state``, ...) that a client can read
+            (the served graph needs those copies: :func:`rnnexport.serving.form.expose_state`).
         max_sequences: Oldest strategy: sequences one instance holds at once
             (``max_candidate_sequences``); more wait in a backlog. None: 16 x max_batch_size.
     """
@@ -160,6 +174,31 @@ def sort_pairing_problems(pairs: Sequence[tuple[str, str]]) -> list[str]:
     return problems
 
 
+def exposed_names(state: StateSpec) -> tuple[str, ...]:
+    """The outputs that carry a copy of each new state tensor: ``h_state``, ``c_state``, ...
+
+    Copies, not the state outputs themselves: see the module's docstring.
+    """
+    return tuple(name + EXPOSED_SUFFIX for name in state.names)
+
+
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def sortable_names(names: Sequence[str]) -> tuple[str, ...] | None:
+    """``names`` with every run of digits zero-padded to one width, if that makes them sort alike; else None.
+
+    A list state of 11 or more tensors is named ``s0`` ... ``s10``: ``s1`` sorts before
+    ``s10`` but ``s10_out`` before ``s1_out``, which breaks Triton's pairing. Padded
+    (``s00`` ... ``s10``), no name is the start of another and the two lists sort alike.
+    """
+    width = max((len(run) for name in names for run in _DIGITS.findall(name)), default=0)
+    padded = tuple(_DIGITS.sub(lambda run: run.group().zfill(width), name) for name in names)
+    if len(set(padded)) != len(padded) or sort_pairing_problems([(n, n + OUT_SUFFIX) for n in padded]):
+        return None
+    return padded
+
+
 def _dims(spec: TensorSpec) -> list[int]:
     """A tensor's dims without the batch axis (the first), a symbolic size as -1."""
     return [d if isinstance(d, int) else -1 for d in spec.shape[1:]]
@@ -201,6 +240,9 @@ def _add_strategy(batching: Any, options: TritonOptions) -> None:
 def model_config(io: IOSpec, name: str, options: TritonOptions) -> Any:
     """The ``ModelConfig`` message serving a batch-first step graph of contract ``io``.
 
+    With ``options.expose_state`` the outputs are ``y`` and the state copies
+    (:func:`exposed_names`), which the served graph must have.
+
     Raises:
         ConvertError: a state that is not batch-first, or a dtype Triton cannot take.
     """
@@ -211,8 +253,10 @@ def model_config(io: IOSpec, name: str, options: TritonOptions) -> Any:
     options = options.checked()
     config = pb.ModelConfig(name=name, backend="onnxruntime", max_batch_size=options.max_batch_size)
     _add_tensor(pb, config.input, io.inputs("step")[0])
-    for spec in io.outputs("step")[: None if options.expose_state else 1]:
-        _add_tensor(pb, config.output, spec)
+    _add_tensor(pb, config.output, io.outputs("step")[0])
+    if options.expose_state:
+        for spec, name in zip(io.state.outputs(), exposed_names(io.state)):
+            _add_tensor(pb, config.output, dataclasses.replace(spec, name=name))
     batching = config.sequence_batching
     batching.max_sequence_idle_microseconds = round(options.idle_timeout_s * 1e6)
     _add_strategy(batching, options)

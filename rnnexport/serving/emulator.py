@@ -8,8 +8,11 @@ state is gathered by its id before the call and scattered back after it, output
 states paired with input states as Triton pairs them (by rank of the two sorted
 name lists, server issue #8586); a sequence starts from its initial state (random
 values where the config gives none, as uninitialised memory would) and its state
-is dropped at its end. Compare its outputs with each sequence run alone to see
-whether a configuration batches exactly. Torch-free (onnxruntime and numpy).
+is dropped at its end. Each call's outputs are split among its requests as the
+ONNX Runtime backend splits them (:meth:`_Server.split`), including how it fails a
+state output that is also listed as an output. Compare its outputs with each
+sequence run alone to see whether a configuration batches exactly. Torch-free
+(onnxruntime and numpy).
 """
 
 from __future__ import annotations
@@ -37,16 +40,22 @@ class EmulatedRun:
     """What the emulated server returned.
 
     Attributes:
-        outputs: per sequence, each config output by name, stacked over its steps ``(T, ...)``.
+        outputs: per sequence, each config output by name, stacked over its steps ``(T, ...)``;
+            NaN (or 0 for integers) at a step whose request failed.
         batch_sizes: how many requests each call stacked, in call order.
+        errors: one line per failed request, ``sequence I step T: <the server's message>``, in
+            call order. The server answers such a request with that error, keeps the
+            sequence's state as the failed step left it, and the sequence goes on.
     """
 
     outputs: tuple[dict[str, np.ndarray], ...]
     batch_sizes: tuple[int, ...]
+    errors: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
 class _Sequence:
+    index: int
     xs: np.ndarray
     start: int
     done: int = 0
@@ -83,8 +92,12 @@ class _Server:
             return np.zeros(list(entry.initial_state[0].dims), dtype)
         return rng.standard_normal(list(entry.dims)).astype(dtype)  # what uninitialised memory might hold
 
-    def call(self, batch: list[_Sequence]) -> None:
-        """One model call: stack the requests on axis 0, run, scatter outputs and state back by sequence."""
+    def call(self, batch: list[_Sequence]) -> list[str]:
+        """One model call: stack the requests on axis 0, run, split outputs and state back per request.
+
+        Returns:
+            One line per request that failed, as the server would answer it.
+        """
         feeds = {self.input: np.stack([s.xs[s.done] for s in batch])}
         for entry in self.states:
             name = entry.input_name
@@ -94,13 +107,49 @@ class _Server:
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise ContractError(f"the model refused a batch of {len(batch)} as Triton would send it: "
                                 f"{describe(e)}") from e
+        failed: dict[int, str] = {}
+        for name in sorted(values):  # the backend keeps its outputs in a std::map: by name
+            rows = values[name].shape[0]
+            if name in self.outputs:
+                rows = self.split(name, "output tensor", rows, len(batch), failed)
+            if name in self.feeds:
+                self.split(name, "output state tensor", rows, len(batch), failed)
+                for row, sequence in enumerate(batch):
+                    if row not in failed:  # the backend updates a state tensor by tensor
+                        sequence.state[self.feeds[name]] = values[name][row]
+        errors = []
         for row, sequence in enumerate(batch):
-            sequence.state = {self.feeds[out]: values[out][row] for out in self.feeds}
             for name in self.outputs:
-                sequence.outputs.setdefault(name, []).append(values[name][row])
+                value = values[name][row]
+                if row in failed:  # an error response carries no outputs
+                    value = np.full_like(value, np.nan if value.dtype.kind == "f" else 0)
+                sequence.outputs.setdefault(name, []).append(value)
+            if row in failed:
+                errors.append(f"sequence {sequence.index} step {sequence.done}: {failed[row]}")
             sequence.done += 1
             if sequence.done == len(sequence.xs):
                 sequence.state = {}  # sequence_end: Triton frees the state
+        return errors
+
+    @staticmethod
+    def split(name: str, what: str, rows: int, requests: int, failed: dict[int, str]) -> int:
+        """Split one tensor of ``rows`` rows among ``requests`` one-row requests as the backend does.
+
+        The ONNX Runtime backend reads a tensor's shape once and hands the same shape
+        vector first to the output split, then to the state split. Each split checks
+        every request against the batch size it found there, and sets that size to the
+        request's own (1) as it goes: so a state output that is also an output is
+        state-split against a batch of 1, and every request after the first fails.
+        A request that failed is marked in ``failed`` and skipped by later tensors.
+
+        Returns:
+            The batch size the split leaves in the shape vector.
+        """
+        for row in range(requests):
+            if row + 1 > rows and row not in failed:
+                failed[row] = (f"failed to split the {what} '{name}' in responses: expected batch size of at "
+                               f"least {row + 1} in model output, got {rows}")
+        return 1 if requests else rows
 
 
 def emulate_sequence_batcher(
@@ -120,7 +169,8 @@ def emulate_sequence_batcher(
         providers: onnxruntime execution providers (default CPU).
 
     Returns:
-        An :class:`EmulatedRun`: each sequence's outputs and the size of every call.
+        An :class:`EmulatedRun`: each sequence's outputs, the size of every call, and the
+        requests the server would have failed.
 
     Raises:
         ContractError: a config with other than one input, an arrival outside (0, 1], or a
@@ -131,16 +181,17 @@ def emulate_sequence_batcher(
     rng = np.random.default_rng(seed)
     server = _Server(Path(folder), providers, rng)
     longest = max((len(xs) for xs in sequences), default=0)
-    pending = [_Sequence(np.asarray(xs), int(rng.integers(0, max(1, longest)))) for xs in sequences]
+    pending = [_Sequence(i, np.asarray(xs), int(rng.integers(0, max(1, longest)))) for i, xs in enumerate(sequences)]
     sizes: list[int] = []
+    errors: list[str] = []
     tick = 0
     while any(s.done < len(s.xs) for s in pending):
         ready = [s for s in pending if s.start <= tick and s.done < len(s.xs) and rng.random() < arrival]
         order = [ready[i] for i in rng.permutation(len(ready))]
         for first in range(0, len(order), server.max_batch):
             batch = order[first:first + server.max_batch]
-            server.call(batch)
+            errors += server.call(batch)
             sizes.append(len(batch))
         tick += 1
     outputs = tuple({name: np.stack(values) for name, values in s.outputs.items()} for s in pending)
-    return EmulatedRun(outputs, tuple(sizes))
+    return EmulatedRun(outputs, tuple(sizes), tuple(errors))

@@ -8,7 +8,8 @@ layer count, run and mix streams. :func:`batch_first` wraps such a graph with a
 Transpose after each state input and before each state output, so every served
 tensor has the batch axis first, and records the new contract in the graph's
 metadata. A graph whose state is batch-first already is served as it is.
-Torch-free (onnx only).
+:func:`expose_state` adds the outputs ``--expose-state`` serves: a copy of each
+new state tensor (``h_state = Identity(h_out)``). Torch-free (onnx only).
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from collections.abc import Iterable
 import onnx
 from onnx import helper
 
-from rnnexport.core.contract import Dim, Form, GraphInfo, TensorSpec
+from rnnexport.core.contract import OUT_SUFFIX, Dim, Form, GraphInfo, Structure, TensorSpec
 from rnnexport.core.errors import ConvertError
 from rnnexport.core.graphs import walk, walk_graphs
 from rnnexport.core.onnxfile import value_dims, value_info, write_info
 from rnnexport.export.onnxutil import check_model
+from rnnexport.serving.config import exposed_names
 
-__all__ = ["ServingForm", "batch_first", "declared_shape"]
+__all__ = ["ServingForm", "batch_first", "declared_shape", "expose_state", "rename_state"]
 
 _STEP_LAYOUT = "_step_layout"
 
@@ -38,11 +40,15 @@ class ServingForm:
         model: the graph, every input and output batch-first, checked by onnx.checker.
         info: its contract (state ``batch_axis`` 0), also written into its metadata.
         transposed: the state names wrapped with Transpose nodes (empty when none needed).
+        exposed: the outputs that copy the new state (:func:`expose_state`; empty when none).
+        renamed: ``(old, new)`` per state tensor renamed (:func:`rename_state`; empty when none).
     """
 
     model: onnx.ModelProto
     info: GraphInfo
     transposed: tuple[str, ...]
+    exposed: tuple[str, ...] = ()
+    renamed: tuple[tuple[str, str], ...] = ()
 
 
 def declared_shape(value: onnx.ValueInfoProto) -> tuple[Dim, ...] | None:
@@ -141,7 +147,7 @@ def _declare(field: Iterable[onnx.ValueInfoProto], specs: list[TensorSpec]) -> N
             value.CopyFrom(value_info(by_name[value.name]))
 
 
-def batch_first(model: onnx.ModelProto, info: GraphInfo, where: str = "the step graph") -> ServingForm:
+def batch_first(model: onnx.ModelProto, info: GraphInfo, where: str = "the graph") -> ServingForm:
     """The serving form of step graph ``model``: every input and output with the batch axis first.
 
     Args:
@@ -154,8 +160,9 @@ def batch_first(model: onnx.ModelProto, info: GraphInfo, where: str = "the step 
             contract, or a state name that a subgraph redeclares.
     """
     if info.form is not Form.STEP:
-        raise ConvertError(f"{where} is a {info.form.value} graph; a sequence batcher sends one step per request: "
-                           "give a step graph (rnnexport convert SOURCE --form step) or the SOURCE itself")
+        raise ConvertError(f"{where} is a {info.form.value} graph, not a step graph; a sequence batcher sends one "
+                           "step per request: give a step graph (rnnexport convert SOURCE --form step) or the "
+                           "SOURCE itself")
     _check_declared(model.graph, info, where)
     served = onnx.ModelProto()
     served.CopyFrom(model)
@@ -169,3 +176,91 @@ def batch_first(model: onnx.ModelProto, info: GraphInfo, where: str = "the step 
         "served batch-first: a Transpose after each state input and before each state output"
     check_model(served)
     return ServingForm(served, served_info, transposed)
+
+
+def expose_state(form: ServingForm, where: str = "the graph") -> ServingForm:
+    """``form`` with one more output per state tensor: its new value, copied (``h_state = Identity(h_out)``).
+
+    Triton's ONNX Runtime backend cannot return a state output itself to clients
+    (rnnexport.serving.config explains why); it returns these copies. They follow the
+    contract's outputs, batch-first like them; the contract itself is unchanged, so
+    ``rnnexport.runtime``, which wants exactly the contract's outputs, does not load
+    the result.
+
+    Raises:
+        ConvertError: a copy's name (``h_state``) is a graph input, output or initializer already.
+    """
+    served = onnx.ModelProto()
+    served.CopyFrom(form.model)
+    graph = served.graph
+    state = form.info.io.state
+    names = exposed_names(state)
+    taken = {v.name for v in (*graph.input, *graph.output)} | {t.name for t in graph.initializer}
+    for name in names:
+        if name in taken:
+            raise ConvertError(f"{where}: --expose-state would name a state copy {name!r}, which the graph uses "
+                               "for an input or output already: rename the state, or serve it without --expose-state")
+    used = _names(graph)
+    for name in names:
+        if name in used:  # an inner value of that name: it gets another one
+            _rename(graph, name, _fresh(used, name), where)
+    for output, name, spec in zip(state.output_names, names, state.outputs()):
+        graph.node.append(helper.make_node("Identity", [output], [name], name=_fresh(used, f"expose_{output}")))
+        graph.output.append(value_info(dataclasses.replace(spec, name=name)))
+    served.doc_string = (served.doc_string + "; " if served.doc_string else "") + \
+        f"state copied to outputs {', '.join(names)} (rnnexport triton --expose-state)"
+    check_model(served)
+    return dataclasses.replace(form, model=served, exposed=names)
+
+
+def _renamed_structure(node: Structure, names: dict[str, str]) -> Structure:
+    if isinstance(node, str):
+        return names[node]
+    if isinstance(node, dict):
+        return {key: _renamed_structure(child, names) for key, child in node.items()}
+    return tuple(_renamed_structure(child, names) for child in node)
+
+
+def _rename_value(graph: onnx.GraphProto, old: str, new: str, where: str) -> None:
+    """Rename a graph input or output ``old`` to ``new``: its declaration and every node that reads or writes it."""
+    _rename(graph, old, new, where)
+    for value in (*graph.input, *graph.output):
+        if value.name == old:
+            value.name = new
+
+
+def rename_state(form: ServingForm, names: tuple[str, ...], where: str = "the graph") -> ServingForm:
+    """``form`` with its state tensors named ``names`` (and ``<name>_out``), in the contract's order.
+
+    The contract in the graph's metadata is renamed with them (its nested ``structure``
+    too), so ``rnnexport.runtime`` still loads the graph.
+
+    Raises:
+        ConvertError: a subgraph declares a value of a state's name (see :func:`batch_first`).
+    """
+    state = form.info.io.state
+    if len(names) != len(state.names):
+        raise ValueError(f"{len(names)} names for {len(state.names)} state tensors")
+    served = onnx.ModelProto()
+    served.CopyFrom(form.model)
+    graph = served.graph
+    used = _names(graph) | set(names) | {n + OUT_SUFFIX for n in names}
+    pairs = [(old, new) for old, new in zip(state.names, names) if old != new]
+    moves = [(old, new) for o, n in pairs for old, new in ((o, n), (o + OUT_SUFFIX, n + OUT_SUFFIX))]
+    parked = [(_fresh(used, f"{old}_renamed"), new) for old, new in moves]
+    for (old, _), (temp, _) in zip(moves, parked):  # through unused names: no rename can meet another
+        _rename_value(graph, old, temp, where)
+    inner = _names(graph) - {temp for temp, _ in parked}
+    for temp, new in parked:
+        if new in inner:  # an inner value has the name: it gets another one
+            _rename(graph, new, _fresh(used, new), where)
+        _rename_value(graph, temp, new, where)
+    mapping = dict(zip(state.names, names))
+    structure = None if state.structure is None else _renamed_structure(state.structure, mapping)
+    renamed_state = dataclasses.replace(state, names=names, structure=structure)
+    info = dataclasses.replace(form.info, io=dataclasses.replace(form.info.io, state=renamed_state))
+    write_info(served, info)
+    served.doc_string = (served.doc_string + "; " if served.doc_string else "") + \
+        "state renamed " + ", ".join(f"{old} -> {new}" for old, new in pairs)
+    check_model(served)
+    return dataclasses.replace(form, model=served, info=info, renamed=tuple(pairs))

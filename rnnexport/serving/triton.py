@@ -17,6 +17,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,9 @@ from rnnexport.serving.config import (
     render_config,
     schema,
     sort_pairing_problems,
+    sortable_names,
 )
-from rnnexport.serving.form import ServingForm, batch_first
+from rnnexport.serving.form import ServingForm, batch_first, expose_state, rename_state
 from rnnexport.source.sources import SourceSpec
 
 __all__ = ["StepGraph", "TritonResult", "load_step_graph", "triton_repository"]
@@ -77,6 +79,8 @@ class TritonResult:
     transposed: tuple[str, ...]
     options: TritonOptions
     report: CheckReport
+    exposed: tuple[str, ...] = ()
+    renamed: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -93,8 +97,13 @@ class TritonResult:
         for spec, output in zip(state.inputs(), state.output_names):
             lines.append(f"  state     {spec.describe()} -> {output}: implicit (kept in the server), zeros at "
                          "sequence start")
-        outputs = self.io.outputs("step")[: None if o.expose_state else 1]
-        lines.append(f"  output    {', '.join(s.describe() for s in outputs)}")
+        if self.renamed:
+            lines.append(f"  renamed   {_few([f'{old} -> {new}' for old, new in self.renamed])}: Triton pairs states "
+                         "by sorted names, so numbers are zero-padded (the served contract has the new names)")
+        lines.append(f"  output    {self.io.outputs('step')[0].describe()}")
+        if self.exposed:
+            lines.append(f"  output    {_few(self.exposed)}: copies of {_few(state.output_names)} for clients to "
+                         "read (a state output itself cannot be returned: docs/serving.md)")
         batching = f"{o.strategy.value} strategy, max_batch_size {o.max_batch_size}"
         if o.strategy is Strategy.OLDEST:
             sizes = ", ".join(map(str, preferred_batch_sizes(o.max_batch_size)))
@@ -107,6 +116,11 @@ class TritonResult:
                   f"  serve     tritonserver --model-repository {self.folder.parent} (Triton >= 24.04 for opset 20, "
                   "IR 10)"]
         return lines
+
+
+def _few(items: Sequence[str]) -> str:
+    """At most four of ``items``, comma-separated, then ``...``."""
+    return ", ".join(items[:4]) + (", ..." if len(items) > 4 else "")
 
 
 # --- the step graph ----------------------------------------------------------------------------
@@ -129,7 +143,7 @@ def _from_path(path: Path) -> StepGraph:
     bundle = open_bundle(path)
     if bundle.kind == "model":
         model, info = _load(bundle.graphs[path.name], str(path))
-        return StepGraph(model, info, f"step graph {path}", path.stem)
+        return StepGraph(model, info, f"graph {path}", path.stem)
     if bundle.kind == "test-folder" or "step" not in bundle.graphs:
         raise ConvertError(f"{path} holds no step graph: package it with --step STEP.onnx (rnnexport convert "
                            "SOURCE --form step), or give the step graph or the SOURCE itself")
@@ -226,13 +240,25 @@ def _header(origin: str) -> str:
             "Implicit state, batch axis first, zero initial state: see docs/serving.md. Triton >= 24.04.")
 
 
-def _configure(served: ServingForm, name: str, options: TritonOptions, origin: str) -> tuple[Any, str]:
-    """The config message and its text, which parses back to it and fits the served graph."""
+def _sortable(served: ServingForm, origin: str) -> ServingForm:
+    """``served``, its state renamed if Triton's sorted pairing would break its names (numbers zero-padded).
+
+    Raises:
+        ConvertError: names that padding does not fix (``a``, ``a_b``): the user renames them.
+    """
     state = served.info.io.state
     broken = sort_pairing_problems(list(zip(state.names, state.output_names)))
-    if broken:
-        raise ConvertError(f"{origin}: {broken[0]}; rename the state (e.g. rnnexport.from_cell(..., "
-                           "state_names=...)) so the names and their _out names sort alike")
+    if not broken:
+        return served
+    names = sortable_names(state.names)
+    if names is None:
+        raise ConvertError(f"{origin}: {broken[0]}; rename the state so that no name is the start of another "
+                           "(rnnexport.from_cell(..., state_names=...), or the keys of the module's state dict)")
+    return rename_state(served, names, origin)
+
+
+def _configure(served: ServingForm, name: str, options: TritonOptions, origin: str) -> tuple[Any, str]:
+    """The config message and its text, which parses back to it and fits the served graph."""
     config = model_config(served.info.io, name, options)
     text = render_config(config, _header(origin))
     problems = check_config(parse_config(text), served.model)
@@ -268,9 +294,11 @@ def triton_repository(source: Any, repository: str | os.PathLike[str], options: 
     name = _model_name(step, options.name)
     target = _target(repository, name, force)
     _spare_inputs(source, target)
-    served = batch_first(step.model, step.info, step.origin)
+    served = _sortable(batch_first(step.model, step.info, step.origin), step.origin)
+    if options.expose_state:
+        served = expose_state(served, step.origin)
     _, text = _configure(served, name, options, step.origin)
     _write(target, text, served.model)
     report = CheckReport(target, ())
     return TritonResult(target, target / CONFIG, target / VERSION / MODEL_FILE, step.origin, served.info.io,
-                        served.transposed, options, report)
+                        served.transposed, options, report, served.exposed, served.renamed)
