@@ -1,0 +1,87 @@
+"""``verify``: the one entry point, for a graph against its PyTorch source or for a bundle."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rnnexport.core.errors import VerifyError
+from rnnexport.verification.bundle import verify_bundle
+from rnnexport.verification.options import Progress, VerifyOptions
+from rnnexport.verification.report import Report
+
+if TYPE_CHECKING:
+    from rnnexport.verification.target import SourceLike
+
+__all__ = ["is_bundle", "verify"]
+
+
+def is_bundle(target: str | os.PathLike[str]) -> bool:
+    """Whether ``target`` names a bundle (a folder or ``.zip``) or an ONNX test folder, not a graph file."""
+    return Path(target).is_dir() or os.fspath(target).endswith(".zip")
+
+
+def _options(options: VerifyOptions | None, kwargs: dict[str, Any]) -> VerifyOptions:
+    if options is not None and kwargs:
+        raise TypeError("give either options= or keyword options, not both")
+    if options is not None:
+        return options
+    known = {f.name for f in dataclasses.fields(VerifyOptions)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(f"verify() got unknown option {unknown[0]!r}; options are {', '.join(sorted(known))}")
+    return VerifyOptions(**kwargs)
+
+
+def verify(
+    target: str | os.PathLike[str],
+    source: SourceLike | None = None,
+    *,
+    options: VerifyOptions | None = None,
+    progress: Progress | None = None,
+    **kwargs: Any,
+) -> Report:
+    """Check that a graph computes what its PyTorch source computes, or re-check a bundle.
+
+    Every engine is started before the first case; a requested one that cannot start ends
+    the run there (a report that fails, with the reason), unless ``allow_missing``.
+
+    Args:
+        target: an ``.onnx`` graph (sequence or step form), checked against ``source`` on the
+            case grid (six contracts); or a bundle folder or ``.zip`` (``rnnexport package``)
+            or an ONNX test folder, whose test sets run with no PyTorch, after every file's
+            SHA-256 is checked.
+        source: a graph's PyTorch reference: anything :func:`rnnexport.convert` takes
+            (``"lstm"``, a :class:`~rnnexport.SourceSpec`, a model name, ``"file.py:factory"``,
+            a torch.nn module, a :class:`~rnnexport.RecurrentModel`). None: rebuilt from
+            the graph's metadata, when it records a built-in cell or a trained model.
+        options: a :class:`~rnnexport.verification.options.VerifyOptions`; or give its fields
+            as keyword arguments.
+        progress: called with a :class:`~rnnexport.verification.options.Tick` after each
+            case (graph) or engine (bundle).
+
+    Returns:
+        A :class:`~rnnexport.verification.report.Report`: every check with its figures, and
+        the engines that could not run, with reasons. ``report.passed`` says all passed.
+
+    Raises:
+        VerifyError: the file is not an ONNX model or lacks the I/O contract, the source
+            does not match the graph (shapes, parameter hash) or cannot be rebuilt, or an
+            option is invalid (an unknown engine name, a bad grid, a graph's option given
+            for a bundle).
+        BundleError: the bundle is unreadable, unsafe, tampered with or malformed.
+    """
+    opts = _options(options, kwargs)
+    if not is_bundle(target):
+        # the PyTorch side, imported only for a graph: a bundle's verification needs no torch
+        from rnnexport.verification.graph import verify_graph
+
+        return verify_graph(target, source, opts, progress)
+    refused = [*(["SOURCE"] if source is not None else []), *opts.graph_only()]
+    if refused:
+        raise VerifyError(f"a bundle carries its own graphs, test sets and expected outputs: {', '.join(refused)} "
+                          "does not apply to DIR or ZIP (it takes --engines, --allow-missing, "
+                          "--no-reference-evaluator, --atol, --rtol, --threads, --json, --quiet)")
+    return verify_bundle(target, opts, progress)
