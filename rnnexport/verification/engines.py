@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
-import warnings
 from collections.abc import Mapping
 from types import TracebackType
 
@@ -22,11 +20,7 @@ from rnnexport.engines.registry import EngineSpec, GraphModel, engine_spec, list
 from rnnexport.verification.options import VerifyOptions
 from rnnexport.verification.report import EngineStatus, Note
 
-__all__ = ["LOG", "Engine", "Lineup", "Planned", "plan"]
-
-#: Where the warnings the engines and the PyTorch reference raise during a run go (numpy's
-#: overflow in the ReferenceEvaluator's sigmoid on saturating inputs, ...), once each, at INFO.
-LOG = logging.getLogger("rnnexport.verification")
+__all__ = ["Engine", "Lineup", "Planned", "plan"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +75,7 @@ class Lineup:
 
     Use it with ``with``. ``engines`` are the ones that started; ``statuses`` says for each
     planned engine whether it started and why not; ``stopped`` is true when a requested engine
-    did not start and ``allow_missing`` is off: then the run must end before any case. Python
-    warnings raised inside the block go to :data:`LOG`, not to the user's terminal.
+    did not start and ``allow_missing`` is off: then the run must end before any case.
     """
 
     def __init__(self, planned: list[Planned], models: Mapping[str, GraphModel], threads: int | None,
@@ -99,9 +92,6 @@ class Lineup:
 
     def __enter__(self) -> Lineup:
         with self._stack as stack:
-            caught = stack.enter_context(warnings.catch_warnings(record=True))
-            warnings.simplefilter("default")
-            stack.callback(_log, caught)
             for item in self.planned:
                 self._start(stack, item)
             self._stack = stack.pop_all()
@@ -143,8 +133,3 @@ class Lineup:
         """Every planned engine's status, with the seconds each started one spent running."""
         seconds = {e.name: e.seconds for e in self.engines}
         return tuple(dataclasses.replace(s, seconds=seconds.get(s.name, 0.0)) for s in self.statuses)
-
-
-def _log(caught: list[warnings.WarningMessage]) -> None:
-    for text in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught):
-        LOG.info("during verify: %s", text)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,12 +19,28 @@ from rnnexport.verification.report import Report
 if TYPE_CHECKING:
     from rnnexport.verification.target import SourceLike
 
-__all__ = ["is_bundle", "verify"]
+__all__ = ["LOG", "is_bundle", "verify"]
+
+#: Where the Python warnings raised while verify runs go, once each, at INFO: numpy's overflow
+#: in the ReferenceEvaluator's float32 sigmoid, PyTorch's notes on its kernels, ...
+LOG = logging.getLogger("rnnexport.verification")
 
 
 def is_bundle(target: str | os.PathLike[str]) -> bool:
     """Whether ``target`` names a bundle (a folder or ``.zip``) or an ONNX test folder, not a graph file."""
     return Path(target).is_dir() or os.fspath(target).endswith(".zip")
+
+
+@contextlib.contextmanager
+def _logged_warnings() -> Iterator[None]:
+    """Python warnings raised inside the block go to :data:`LOG`, not to the user's terminal."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            yield
+        finally:
+            for text in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught):
+                LOG.info("during verify: %s", text)
 
 
 def _options(options: VerifyOptions | None, kwargs: dict[str, Any]) -> VerifyOptions:
@@ -46,7 +66,8 @@ def verify(
     """Check that a graph computes what its PyTorch source computes, or re-check a bundle.
 
     Every engine is started before the first case; a requested one that cannot start ends
-    the run there (a report that fails, with the reason), unless ``allow_missing``.
+    the run there (a report that fails, with the reason), unless ``allow_missing``. Python
+    warnings raised meanwhile go to the ``rnnexport.verification`` logger (:data:`LOG`).
 
     Args:
         target: an ``.onnx`` graph (sequence or step form), checked against ``source`` on the
@@ -74,11 +95,18 @@ def verify(
         BundleError: the bundle is unreadable, unsafe, tampered with or malformed.
     """
     opts = _options(options, kwargs)
-    if not is_bundle(target):
-        # the PyTorch side, imported only for a graph: a bundle's verification needs no torch
-        from rnnexport.verification.graph import verify_graph
+    with _logged_warnings():
+        if not is_bundle(target):
+            # the PyTorch side, imported only for a graph: a bundle's verification needs no torch
+            from rnnexport.verification.graph import verify_graph
 
-        return verify_graph(target, source, opts, progress)
+            return verify_graph(target, source, opts, progress)
+        return _bundle(target, source, opts, progress)
+
+
+def _bundle(target: str | os.PathLike[str], source: SourceLike | None, opts: VerifyOptions,
+            progress: Progress | None) -> Report:
+    """A bundle's verification, once nothing only a graph takes was given."""
     refused = [*(["SOURCE"] if source is not None else []), *opts.graph_only()]
     if refused:
         raise VerifyError(f"a bundle carries its own graphs, test sets and expected outputs: {', '.join(refused)} "
