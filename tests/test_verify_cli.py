@@ -108,7 +108,7 @@ def test_exit_1_on_a_parity_failure_with_figures_in_json(nudged, tmp_path):
 def test_exit_2_for_a_file_that_is_not_onnx(tmp_path):
     (tmp_path / "notes.onnx").write_text("this is not a model")
     code, out, err = run(["verify", str(tmp_path / "notes.onnx")])
-    assert_one_line_error(code, err, "is not a readable ONNX model")
+    assert_one_line_error(code, err, "is not an ONNX model")
 
 
 def test_non_finite_figures_are_strict_json(small, tmp_path):

@@ -99,7 +99,7 @@ def _options(given: dict[str, Any]) -> VerifyOptions:
 
 def _source(model: str, source: str | None, given: dict[str, Any]) -> SourceSpec | str | None:
     """The SOURCE with its options; as given for a bundle, which refuses it without importing torch."""
-    from rnnexport.verification.run import is_bundle
+    from rnnexport.verification.run import is_bundle_path
 
     sizes = {name: given[name] for name in _SOURCE_OPTIONS}
     if source is None:
@@ -107,15 +107,15 @@ def _source(model: str, source: str | None, given: dict[str, Any]) -> SourceSpec
             raise VerifyError("--input-size/--hidden-size/--output-size/--weights/--seed describe a SOURCE; give it, "
                               "e.g. rnnexport verify MODEL.onnx lstm --hidden-size 256")
         return None
-    return source if is_bundle(model) else source_spec(source, **sizes)
+    return source if is_bundle_path(model) else source_spec(source, **sizes)
 
 
 def _check_outputs(model: str, json_path: str | None, plot_path: str | None) -> None:
     """Fail before a long run when an output cannot be written."""
     from rnnexport.verification.render import check_writable, require_matplotlib
-    from rnnexport.verification.run import is_bundle
+    from rnnexport.verification.run import is_bundle_path
 
-    if plot_path and is_bundle(model):
+    if plot_path and is_bundle_path(model):
         raise VerifyError("--plot does not apply to DIR or ZIP: a bundle's test sets have no error-vs-time curves")
     if plot_path:
         require_matplotlib(plot_path)

@@ -104,19 +104,16 @@ def _label(key: str) -> str:
 
 
 def _variant_sources(bundle: Bundle) -> list[tuple[VariantEntry, GraphSource]]:
-    """Each made variant's graph file, as the reader hands it out (path or bytes)."""
+    """Each made variant's graph file."""
     if bundle.manifest is None:
         return []
     found = []
     for variant in bundle.manifest.variants:
         if variant.ok and variant.files and variant.of in bundle.graphs:
             main = variant.files[0]
-            found.append((variant, GraphSource(bundle.graphs[variant.of].form, main, _model(bundle, main))))
+            # the checked bytes, as the reader hands out every graph: what runs is what the checksum covered
+            found.append((variant, GraphSource(bundle.graphs[variant.of].form, main, bundle.read(main))))
     return found
-
-
-def _model(bundle: Bundle, name: str) -> str | bytes:
-    return str(bundle.path / name) if bundle.kind == "folder" else bundle.read(name)
 
 
 def _open(path: str | os.PathLike[str]) -> Bundle:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rnnexport.core.compare import Tolerance, graph_precision, tolerance_for
+from rnnexport.core.compare import Tolerance, graph_precision, tolerance_for, with_rounding
 from rnnexport.core.contract import Form
 from rnnexport.core.errors import VerifyError
 from rnnexport.core.ort import CPU, available_providers
@@ -113,7 +112,7 @@ class _CaseRun:
             self._step(case, engines, x, state)
 
     def _pytorch_tolerance(self, feeds: Outputs, want: Outputs, case: Case) -> Tolerance | None:
-        """Contract 1's tolerance: ``atol`` plus three times PyTorch's own float32 rounding error.
+        """Contract 1's tolerance: ``atol`` plus ``ROUNDING_FACTOR`` (3) times PyTorch's own float32 rounding error.
 
         Two float32 implementations of a recurrence drift apart along time by rounding
         alone. A float64 run of the same PyTorch model measures how far the float32
@@ -134,7 +133,7 @@ class _CaseRun:
         if noise > ILL_CONDITIONED * max(scale, 1.0):
             self.ill_conditioned[case.id] = noise
             return None  # rounding alone decides the result: no float32 graph can be judged here
-        return dataclasses.replace(self.tol, atol=self.tol.atol + 3 * noise)
+        return with_rounding(self.tol, noise)
 
     def _takes(self, engine: Engine, case: Case) -> bool:
         if engine.spec.slow and case.elements > self.options.reference_max_elements:

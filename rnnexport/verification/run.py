@@ -19,14 +19,14 @@ from rnnexport.verification.report import Report
 if TYPE_CHECKING:
     from rnnexport.verification.target import SourceLike
 
-__all__ = ["LOG", "is_bundle", "verify"]
+__all__ = ["LOG", "is_bundle_path", "verify"]
 
 #: Where the Python warnings raised while verify runs go, once each, at INFO: numpy's overflow
 #: in the ReferenceEvaluator's float32 sigmoid, PyTorch's notes on its kernels, ...
 LOG = logging.getLogger("rnnexport.verification")
 
 
-def is_bundle(target: str | os.PathLike[str]) -> bool:
+def is_bundle_path(target: str | os.PathLike[str]) -> bool:
     """Whether ``target`` names a bundle (a folder or ``.zip``) or an ONNX test folder, not a graph file."""
     return Path(target).is_dir() or os.fspath(target).endswith(".zip")
 
@@ -96,7 +96,7 @@ def verify(
     """
     opts = _options(options, kwargs)
     with _logged_warnings():
-        if not is_bundle(target):
+        if not is_bundle_path(target):
             # the PyTorch side, imported only for a graph: a bundle's verification needs no torch
             from rnnexport.verification.graph import verify_graph
 

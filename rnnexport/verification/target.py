@@ -51,8 +51,7 @@ class Target:
     @property
     def bidirectional(self) -> bool:
         """Whether a layer reads the sequence backwards: then chunks cannot carry its state."""
-        modules = self.model.sequence_module.modules()
-        if any(isinstance(m, torch.nn.RNNBase) and m.bidirectional for m in modules):
+        if self.model.bidirectional():
             return True
         for node in self.proto.graph.node:
             if node.op_type in ("RNN", "LSTM", "GRU"):
