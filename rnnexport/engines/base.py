@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from rnnexport.core.errors import VerifyError
+from rnnexport.core.graphs import walk
 from rnnexport.core.onnxfile import value_dims, value_dtype
 
 __all__ = ["EngineFailure", "EngineKind", "EngineUnavailable", "GraphTensor", "Runner", "Unavailable", "check_feeds",
@@ -97,7 +98,8 @@ def _tensor(value: onnx.ValueInfoProto) -> GraphTensor:
     return GraphTensor(value.name, dtype, None if dims is None else tuple(dims))
 
 
-def standard_graph(model: str | os.PathLike[str] | bytes, engine: str, allow_foreign: bool = False) -> onnx.ModelProto:
+def standard_graph(model: str | os.PathLike[str] | bytes | onnx.ModelProto, engine: str,
+                   allow_foreign: bool = False) -> onnx.ModelProto:
     """The ONNX model an engine other than onnxruntime runs, or why it cannot.
 
     Raises:
@@ -105,9 +107,10 @@ def standard_graph(model: str | os.PathLike[str] | bytes, engine: str, allow_for
             (onnxruntime's ``com.microsoft`` ones, e.g. the int8 variant's
             DynamicQuantizeLSTM), unless ``allow_foreign``.
     """
-    from rnnexport.core.graphs import walk
-
-    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(os.fspath(model))
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+    else:
+        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(os.fspath(model))
     foreign = sorted({f"{n.domain}::{n.op_type}" for n in walk(proto.graph) if n.domain not in ("", "ai.onnx")})
     if foreign and not allow_foreign:
         raise EngineUnavailable(engine, f"{', '.join(foreign)} is an onnxruntime-only operator")

@@ -23,6 +23,7 @@ from rnnexport.engines.base import (
     EngineUnavailable,
     Runner,
     graph_tensors,
+    standard_graph,
 )
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class ReferenceRunner(Runner):
     def _activate(self) -> None:
         from onnx.reference import ReferenceEvaluator
 
-        proto = self.model if isinstance(self.model, onnx.ModelProto) else onnx.load(os.fspath(self.model))
+        proto = standard_graph(self.model, self.name)  # onnxruntime's own operators (int8) are not ONNX's
         limits = reference_limitations(proto)
         if limits:
             raise EngineUnavailable(self.name, f"the ReferenceEvaluator cannot run this graph: {limits[0]}")

@@ -97,8 +97,8 @@ def _unavailable(report: Report) -> list[str]:
         if key in seen or (item.case is None and item.engine in unasked):
             continue
         seen.add(key)
-        count = sum(1 for u in report.unavailable if (u.engine, u.reason) == key and u.case)
-        scope = f" ({count} cases)" if item.case else ""
+        cases = sorted({u.case for u in report.unavailable if (u.engine, u.reason) == key and u.case})
+        scope = "" if not item.case else (f" ({len(cases)} cases)" if item.variant is None else f" ({', '.join(cases)})")
         lines.append(f"unavailable  {item.engine}{scope}: {item.reason}")
     return lines
 
