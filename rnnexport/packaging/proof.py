@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from rnnexport.bundle import EngineCheck, Manifest
+from rnnexport.bundle import CheckStatus, EngineCheck, Manifest
 from rnnexport.verification.options import VerifyOptions
 from rnnexport.verification.report import Check, Contract, Report
 from rnnexport.verification.run import verify
@@ -38,7 +38,7 @@ class Proof:
         return self.checks.get((graph, variant), ())
 
     def failures(self, graph: str, variant: str | None = None) -> list[EngineCheck]:
-        return [c for c in self.of(graph, variant) if c.status == "failed"]
+        return [c for c in self.of(graph, variant) if c.status is CheckStatus.FAILED]
 
 
 def _key(check: Check, graph_of: dict[str, str]) -> Key | None:
@@ -55,8 +55,8 @@ def _summary(engine: str, checks: Sequence[Check]) -> EngineCheck:
     worst = max(figures, default=None)
     if failed is not None:
         reason = f"{failed.case} {failed.output}: {failed.detail or 'out of tolerance'}"
-        return EngineCheck(engine, "failed", worst, sets, reason)
-    return EngineCheck(engine, "passed", worst, sets)
+        return EngineCheck(engine, CheckStatus.FAILED, worst, sets, reason)
+    return EngineCheck(engine, CheckStatus.PASSED, worst, sets)
 
 
 def _unavailable(report: Report, keys: list[Key], done: set[tuple[Key, str]]) -> dict[Key, list[EngineCheck]]:
@@ -65,7 +65,7 @@ def _unavailable(report: Report, keys: list[Key], done: set[tuple[Key, str]]) ->
     def add(key: Key, engine: str, reason: str) -> None:
         if (key, engine) not in done:
             done.add((key, engine))
-            found.setdefault(key, []).append(EngineCheck(engine, "unavailable", reason=reason))
+            found.setdefault(key, []).append(EngineCheck(engine, CheckStatus.UNAVAILABLE, reason=reason))
 
     for status in report.engines:
         if not status.available:
