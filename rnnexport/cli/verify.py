@@ -9,12 +9,13 @@ import click
 
 from rnnexport.cli.options import ONNXRUNTIME_MISSING, SOURCE_HELP, source_options, source_spec
 from rnnexport.core.errors import VerifyError
+from rnnexport.verification.options import Grid, VerifyOptions, describe
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
 
     from rnnexport.source.sources import SourceSpec
-    from rnnexport.verification.options import Tick, VerifyOptions
+    from rnnexport.verification.options import Tick
     from rnnexport.verification.report import Report
 
 __all__ = ["verify_command"]
@@ -80,8 +81,6 @@ class _Progress:
 
 def _options(given: dict[str, Any]) -> VerifyOptions:
     """The library's options from the command line's (lists parsed, sizes checked)."""
-    from rnnexport.verification.options import VerifyOptions
-
     return VerifyOptions(
         engines=_names(given["engines"]),
         allow_missing=given["allow_missing"],
@@ -144,9 +143,9 @@ def _render(report: Report, json_path: str | None, plot_path: str | None, quiet:
 @click.argument("source", required=False)
 @click.option("--step", "step_model", default=None, metavar="STEP.onnx",
               help="A step graph of the same model: stream it and compare with MODEL (contract 3).")
-@click.option("--grid", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
-              help="The case grid: quick proves every contract in seconds (batch 1, 3 x T 7, 256); full is the "
-                   "release check (batch 1, 4, 16 x T 1, 2, 17, 256, 2048), minutes per graph.")
+@click.option("--grid", type=click.Choice([g.value for g in Grid]), default=Grid.QUICK.value, show_default=True,
+              help=f"The case grid: quick proves every contract in seconds ({describe(Grid.QUICK)}); full is the "
+                   f"release check ({describe(Grid.FULL)}), minutes per graph.")
 @click.option("--engines", default=None, metavar="LIST",
               help="Engines, comma-separated: cpu, cuda, tensorrt (onnxruntime's providers), reference, openvino, "
                    "tract, node, wasm, browser. All start before the first case; one named that cannot start "

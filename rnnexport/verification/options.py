@@ -1,6 +1,6 @@
 """What one verification runs: :class:`VerifyOptions`, the case grids, and the progress it reports.
 
-Torch-free: a bundle's verification reads these options too.
+Torch-free, and light (no numpy, no onnx): the command line's help reads the grids from here.
 """
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import operator
 from collections.abc import Callable
-
-import numpy as np
+from typing import SupportsIndex
 
 from rnnexport.core.errors import VerifyError
 
-__all__ = ["GRIDS", "MAX_CASE_STEPS", "Grid", "GridSpec", "Progress", "Tick", "VerifyOptions"]
+__all__ = ["GRIDS", "MAX_CASE_STEPS", "Grid", "GridSpec", "Progress", "Tick", "VerifyOptions", "describe"]
 
 #: The most batch x time steps one case may have (the full grid's largest is 16 x 2048).
 MAX_CASE_STEPS = 1 << 21
@@ -115,8 +115,7 @@ class VerifyOptions:
     def _check_sizes(self) -> None:
         for field in ("batch_sizes", "seq_lens", "chunk_sizes"):
             values = getattr(self, field)
-            if values is not None and (not values or any(not isinstance(v, (int, np.integer)) or v < 1
-                                                         for v in values)):
+            if values is not None and (not values or not all(_positive(v) for v in values)):
                 raise VerifyError(f"{field.replace('_', '-')} must be positive integers, got {list(values)}")
         sizes = self.sizes
         largest = max(sizes.batch_sizes) * max(sizes.seq_lens)
@@ -136,6 +135,19 @@ class VerifyOptions:
         """The options given here that only a graph takes (a bundle carries its own test sets)."""
         default = VerifyOptions()
         return [flag for field, flag in _GRAPH_ONLY.items() if getattr(self, field) != getattr(default, field)]
+
+
+def _positive(value: object) -> bool:
+    """Whether ``value`` is an integer (Python's or numpy's) of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
+        return False
+    return operator.index(value) >= 1
+
+
+def describe(grid: Grid) -> str:
+    """``batch 1, 3 x T 7, 256``: a grid's sizes in words."""
+    sizes = GRIDS[grid]
+    return f"batch {', '.join(map(str, sizes.batch_sizes))} x T {', '.join(map(str, sizes.seq_lens))}"
 
 
 @dataclasses.dataclass(frozen=True)
