@@ -259,6 +259,7 @@ def _no_metadata(small: Path, tmp_path: Path) -> Path:
     (["SMALL", "--hidden-size", "8"], ["describe a SOURCE; give it"]),
     (["SMALL", "--step", "SMALL"], ["is a sequence graph; give a graph converted with --form step"]),
     (["SMALL", "--json", "NODIR/r.json"], ["folder", "does not exist"]),
+    (["SMALL", "--json", "SMALL"], ["would overwrite", "MODEL of this command"]),
     (["BARE"], ["has no rnnexport metadata", "pass the SOURCE"]),
     (["SMALL", "tcn"], ["unknown model 'tcn'"]),
 ])

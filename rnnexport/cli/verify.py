@@ -7,7 +7,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from rnnexport.cli.options import ONNXRUNTIME_MISSING, SOURCE_HELP, source_options, source_spec
+from rnnexport.cli.options import (
+    ONNXRUNTIME_MISSING,
+    SOURCE_HELP,
+    json_option,
+    quiet_option,
+    source_options,
+    source_spec,
+    verbose_option,
+)
+from rnnexport.cli.output import STDOUT, check_outputs
 from rnnexport.core.errors import VerifyError
 from rnnexport.verification.options import Grid, VerifyOptions, describe
 
@@ -109,25 +118,25 @@ def _source(model: str, source: str | None, given: dict[str, Any]) -> SourceSpec
     return source if is_bundle_path(model) else source_spec(source, **sizes)
 
 
-def _check_outputs(model: str, json_path: str | None, plot_path: str | None) -> None:
-    """Fail before a long run when an output cannot be written."""
-    from rnnexport.verification.render import check_writable, require_matplotlib
+def _check_outputs(model: str, given: dict[str, Any], json_path: str | None, plot_path: str | None) -> None:
+    """Fail before a long run when an output cannot be written or would write over an input."""
+    from rnnexport.verification.render import require_matplotlib
     from rnnexport.verification.run import is_bundle_path
 
     if plot_path and is_bundle_path(model):
         raise VerifyError("--plot does not apply to DIR or ZIP: a bundle's test sets have no error-vs-time curves")
     if plot_path:
         require_matplotlib(plot_path)
-    if json_path and json_path != "-":
-        check_writable(json_path, "report")
+    inputs = [("MODEL", model), *([("--step", given["step_model"])] if given["step_model"] else [])]
+    check_outputs(json_path, [("--plot", plot_path)] if plot_path else [], inputs)
 
 
 def _render(report: Report, json_path: str | None, plot_path: str | None, quiet: bool) -> None:
     """The text report (on stderr when the JSON goes to stdout), the JSON file and the plot."""
     from rnnexport.verification.render import json_text, plot, render_text, write_json
 
-    click.echo(render_text(report, quiet=quiet), err=json_path == "-")
-    if json_path == "-":
+    click.echo(render_text(report, quiet=quiet), err=json_path == STDOUT)
+    if json_path == STDOUT:
         click.echo(json_text(report), nl=False)
     elif json_path:
         write_json(report, json_path)
@@ -165,14 +174,14 @@ def _render(report: Report, json_path: str | None, plot_path: str | None, quiet:
               help="Absolute tolerance (default by dtype: float32 1e-5, float16 1e-2, int8 5e-2).")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None,
               help="Relative tolerance (default by dtype: float32 1e-4, float16 1e-2, int8 1e-1).")
-@click.option("--json", "json_path", default=None, metavar="FILE",
-              help="Write the full report as JSON to FILE; - writes it to stdout (the table then goes to stderr).")
 @click.option("--plot", "plot_path", default=None, metavar="FILE.png",
               help="Plot error vs time step per engine (needs pip install 'rnnexport[plot]').")
 @source_options
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Threads for PyTorch's reference and onnxruntime (more mostly wait for each other on small cases).")
-@click.option("-q", "--quiet", is_flag=True, help="Print only the PASS/FAIL line.")
+@json_option("verify-report.schema.json")
+@quiet_option("Print only the PASS/FAIL line, and no progress.")
+@verbose_option
 def verify_command(model: str, source: str | None, json_path: str | None, plot_path: str | None, quiet: bool,
                    **given: Any) -> None:
     """Verify that ONNX graph MODEL computes what its PyTorch SOURCE computes.
@@ -189,7 +198,7 @@ def verify_command(model: str, source: str | None, json_path: str | None, plot_p
     from rnnexport.verification.run import verify
 
     options, spec = _options(given), _source(model, source, given)
-    _check_outputs(model, json_path, plot_path)
+    _check_outputs(model, given, json_path, plot_path)
     progress = _Progress(enabled=not quiet)
     try:
         report = verify(model, spec, options=options, progress=progress)
