@@ -54,7 +54,7 @@ for label, source, has_step in MODELS:
     stem = os.path.join(WORK, label.replace(" ", "_").replace(".", ""))
     rnnexport.convert(source, stem + ".onnx")
     step = rnnexport.convert(source, stem + ".step.onnx", form="step").path if has_step else None
-    report = rnnexport.verify(stem + ".onnx", source, providers=PROVIDERS, batch_sizes=BATCH_SIZES,
+    report = rnnexport.verify(stem + ".onnx", source, engines=(*PROVIDERS, "reference"), batch_sizes=BATCH_SIZES,
                               seq_lens=SEQ_LENS, step_model=step and str(step), allow_missing=True)
     for (contract, engine), (worst, count, failed) in report.worst().items():
         figure = "-" if worst.max_abs is None else f"{worst.max_abs:.2e}"

@@ -57,7 +57,7 @@ def test_a_non_causal_module_is_refused_with_the_reason(tmp_path, module, form):
 def test_a_causal_wrapper_converts_and_streams(tmp_path):
     torch.manual_seed(0)
     result = rnnexport.convert(_Residual(), tmp_path / "m.onnx")
-    report = rnnexport.verify(result.path, _Residual_seeded(), batch_sizes=(2,), seq_lens=(5,), providers=("cpu",))
+    report = rnnexport.verify(result.path, _Residual_seeded(), batch_sizes=(2,), seq_lens=(5,), engines=("cpu", "reference"))
     assert report.passed, report.failures[:3]
 
 

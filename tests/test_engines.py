@@ -55,7 +55,7 @@ def engines_installed():
 
 
 def _check(report) -> None:
-    ran = {e.kind for e in report.engines if e.available}
+    ran = {e.kind.value for e in report.engines if e.available}
     assert ran >= {"onnxruntime", "reference", "openvino", "tract", "node", "wasm", "browser"}, report.engines
     assert not report.missing, [(e.name, e.reason) for e in report.missing]
     assert report.passed, [(c.contract.value, c.engine, c.case, c.output, c.detail) for c in report.failures[:5]]
@@ -127,6 +127,7 @@ def test_a_requested_engine_that_cannot_start_fails_verify(tmp_path, monkeypatch
     run = CliRunner().invoke(main, ["verify", str(result.path), "--engines", "cpu,node", "--batch-sizes", "1",
                                     "--seq-lens", "2"])
     assert run.exit_code == 1 and "requested engine(s) did not start" in run.stdout and "npm ci" in run.stdout
+    assert "no checks ran" in run.stdout  # it stopped before the first case
     allowed = CliRunner().invoke(main, ["verify", str(result.path), "--engines", "cpu,node", "--allow-missing",
                                         "--batch-sizes", "1", "--seq-lens", "2"])
     assert allowed.exit_code == 0, allowed.stdout
@@ -137,7 +138,7 @@ def test_bundle_of_a_trained_model_verifies_on_every_engine_with_its_variants(tm
     step = rnnexport.convert("lstm-charlm", tmp_path / "lm.step.onnx", form="step")
     made = rnnexport.package(graph.path, tmp_path / "bundle", step_path=step.path, archive=True)
     assert {v.name for v in made.variants if v.ok} >= {"ort", "int8", "fp16"}
-    report = rnnexport.verification.verify_bundle(made.archive, ALL)
+    report = rnnexport.verify(made.archive, engines=ALL)
     assert report.passed and not report.missing, report.failures[:3]
     checked = {(c.engine, c.variant) for c in report.checks}
     assert ("onnxruntime:cpu", "variant int8") in checked and ("onnxruntime:cpu", "variant ort") in checked

@@ -24,7 +24,7 @@ from rnnexport.verification import Contract
 
 MODELS = sorted(p.parent.name for p in models_dir().glob("*/card.json"))
 LOWERINGS = {"module": ("scan", "unrolled")}
-GRID = {"batch_sizes": (1, 3), "seq_lens": (1, 17, 64), "providers": ("cpu",)}
+GRID = {"batch_sizes": (1, 3), "seq_lens": (1, 17, 64), "engines": ("cpu", "reference")}
 LONG = 2048
 
 

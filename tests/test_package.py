@@ -18,7 +18,7 @@ from rnnexport.bundle.vectors import read_set, write_set
 from rnnexport.core.cpu import this_cpu
 from rnnexport.core.errors import BundleError
 from rnnexport.packaging import package
-from rnnexport.verification.bundle import verify_bundle
+from rnnexport.verification import verify
 
 EXPECTED_VARIANTS = {"seed_lstm": {"ort", "int8", "fp16"}, "nn_gru_2layer_nobias": {"ort", "fp16"}}
 
@@ -67,7 +67,7 @@ def test_bundle_has_contract_checksums_vectors_and_variants(bundles, exports, na
 @pytest.mark.parametrize("name", list(EXPECTED_VARIANTS))
 def test_bundle_and_its_zip_verify(bundles, name):
     for path in (bundles[name].folder, bundles[name].archive):
-        report = verify_bundle(path, ["cpu"])
+        report = verify(path, engines=("cpu",))
         assert report.passed, report.to_json()
         assert report.kind == "bundle" and {c.contract.value for c in report.checks} == {"test_vectors", "finite"}
         assert {c.case for c in report.checks} >= {"test_data_set_1", "test_data_set_2", "step/test_data_set_0"}
@@ -179,7 +179,7 @@ def test_flipped_byte_fails_the_checksum(bundles, tmp_path):
     data[len(data) // 2] ^= 0x01
     (copy / "model.onnx").write_bytes(bytes(data))
     with pytest.raises(BundleError, match="model.onnx does not match its SHA-256"):
-        verify_bundle(copy)
+        verify(copy)
     code, out, err = _verify_cli(copy)
     assert code == 2 and "model.onnx does not match its SHA-256" in err and "Traceback" not in err
 
@@ -281,5 +281,5 @@ def test_onnx_projects_own_operator_cases_verify(tmp_path):
             names_in = [i.name for i in case.model.graph.input]
             names_out = [o.name for o in case.model.graph.output]
             write_set(folder / f"test_data_set_{index}", list(zip(names_in, inputs)), list(zip(names_out, outputs)))
-        report = verify_bundle(folder)
+        report = verify(folder)
         assert report.passed, report.to_json()

@@ -234,7 +234,7 @@ def test_state_tensors_on_different_batch_axes_come_batch_first():
 def test_converts_verifies_and_records_the_structure(converted, name, form):
     result = converted(name, form)
     assert result.lowering.value == ("scan" if form == "sequence" else "unrolled")
-    report = rnnexport.verify(result.path, _module(name), batch_sizes=(2,), seq_lens=(1, 7), providers=("cpu",))
+    report = rnnexport.verify(result.path, _module(name), batch_sizes=(2,), seq_lens=(1, 7), engines=("cpu", "reference"))
     assert report.passed, report.failures[:3]
     assert any(c.contract.value == "graph_vs_pytorch" for c in report.checks)
     props = {p.key: p.value for p in onnx.load(str(result.path)).metadata_props}

@@ -1,20 +1,26 @@
-"""The runners: lifecycle, feeds checked against the graph, providers resolved loudly."""
+"""The runners: lifecycle, feeds checked against the graph, engines named and started loudly, before any case."""
 
 from __future__ import annotations
 
+import logging
+import sys
+import warnings
+
 import numpy as np
 import pytest
+import torch
 
 from rnnexport.core.contract import Form
-from rnnexport.core.errors import ProviderError, VerifyError
+from rnnexport.core.errors import VerifyError
 from rnnexport.engines import (
     EngineUnavailable,
     OrtRunner,
     ReferenceRunner,
     TorchRunner,
     reference_limitations,
-    resolve_provider,
 )
+from rnnexport.engines.registry import ENGINES, engine_spec, running
+from rnnexport.export.convert import convert
 from rnnexport.testing import feeds, random_inputs, random_state
 from rnnexport.verification import verify
 
@@ -75,12 +81,27 @@ def test_feeds_are_checked_against_the_graph_inputs(lstm, edit, fragment):
         assert fragment in str(info.value)
 
 
-def test_provider_names_resolve_and_unknown_ones_list_the_valid(lstm):
-    assert resolve_provider("cpu") == "CPUExecutionProvider"
-    assert resolve_provider("CUDA") == "CUDAExecutionProvider"
-    assert resolve_provider("tensorrt") == "TensorrtExecutionProvider"
-    with pytest.raises(ProviderError, match="unknown execution provider 'gpu'; valid names: cpu, cuda, tensorrt"):
-        resolve_provider("gpu")
+def test_engine_names_are_rnnexports_own_and_unknown_ones_list_the_valid():
+    assert engine_spec("cpu").provider == "CPUExecutionProvider"
+    assert engine_spec("CUDA").provider == "CUDAExecutionProvider"
+    assert engine_spec("TensorrtExecutionProvider").name == "onnxruntime:tensorrt"
+    assert engine_spec("reference").name == "onnx-reference" and engine_spec("tract").kind.value == "tract"
+    for name in ("gpu", "AzureExecutionProvider", "DnnlExecutionProvider"):  # onnxruntime may list them: no engine
+        with pytest.raises(VerifyError, match=f"unknown engine '{name}'; engines are {', '.join(ENGINES)}"):
+            engine_spec(name)
+
+
+def test_running_starts_every_model_and_stops_them_after(lstm):
+    _, result = lstm
+    with running(engine_spec("cpu"), {"graph": result.path, "again": result.path}) as runners:
+        assert not isinstance(runners, EngineUnavailable)
+        started = list(runners.values())
+        assert [r.is_active for r in started] == [True, True]
+    assert not any(r.is_active for r in started)
+    ort_format = b"\0\0\0\0ORTM"  # what only onnxruntime reads
+    with running(engine_spec("reference"), {"graph": result.path, "variant": ort_format}) as failed:
+        assert isinstance(failed, EngineUnavailable)
+        assert failed.reason.startswith("variant: the ORT format is onnxruntime's own")
 
 
 @pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
@@ -94,17 +115,45 @@ def test_a_provider_that_falls_back_is_unavailable_not_cpu(lstm, provider):
         assert "did not start" in e.reason or "not in this onnxruntime build" in e.reason
         assert not runner.is_active and runner.session is None
     else:
-        assert runner.session.get_providers()[0] == resolve_provider(provider)
+        assert runner.session.get_providers()[0] == engine_spec(provider).provider
         runner.deactivate()
         pytest.skip(f"{provider} starts here: nothing falls back")
-    report = verify(result.path, model, providers=("cpu", provider), batch_sizes=(1,), seq_lens=(3,))
+    report = verify(result.path, model, engines=("cpu", provider), batch_sizes=(1,), seq_lens=(3,))
     status = {e.name: e for e in report.engines}[f"onnxruntime:{provider}"]
     assert status.requested and not status.available and status.reason
-    assert not [c for c in report.checks if c.engine == status.name]
-    assert not report.passed and report.missing == (status,)  # asked for by name: a failure
-    allowed = verify(result.path, model, providers=("cpu", provider), batch_sizes=(1,), seq_lens=(3,),
+    assert not report.checks  # asked for by name: verify stopped before the first case
+    assert not report.passed and report.missing == (status,)
+    assert any(n.kind == "stopped" for n in report.notes)
+    allowed = verify(result.path, model, engines=("cpu", provider), batch_sizes=(1,), seq_lens=(3,),
                      allow_missing=True)
     assert allowed.passed and allowed.missing == report.missing
+    assert not [c for c in allowed.checks if c.engine == status.name]
+
+
+def test_a_missing_python_engine_stops_verify_before_any_case(lstm, monkeypatch):
+    model, result = lstm
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if the engines extra were not installed
+    report = verify(result.path, model, engines=("cpu", "openvino"), batch_sizes=(1,), seq_lens=(3,))
+    assert not report.passed and not report.checks
+    assert [e.name for e in report.missing] == ["openvino"]
+    assert "pip install 'rnnexport[engines]'" in report.missing[0].reason
+    allowed = verify(result.path, model, engines=("cpu", "openvino"), batch_sizes=(1,), seq_lens=(3,),
+                     allow_missing=True)
+    assert allowed.passed and {c.engine for c in allowed.checks} == {"pytorch", "onnxruntime:cpu"}
+
+
+def test_engine_warnings_are_logged_not_shown(tmp_path, caplog):
+    """The ReferenceEvaluator's GRU sigmoid overflows in float32 on large pre-activations (a RuntimeWarning)."""
+    torch.manual_seed(0)
+    module = torch.nn.GRU(4, 6)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.mul_(100)
+    path = convert(module, tmp_path / "loud.onnx", lowering="native").path
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="rnnexport.verification"):
+        warnings.simplefilter("error")  # any warning that leaks out of verify fails the test
+        verify(path, module, engines=("reference",), batch_sizes=(2,), seq_lens=(5,))
+    assert "RuntimeWarning: overflow" in caplog.text
 
 
 def test_reference_limitations_name_the_operator(exports):
@@ -133,7 +182,7 @@ def test_cuda_provider_agrees_with_cpu(lstm):
     ok, reason = cuda_starts(result.path)
     if not ok:
         pytest.skip(f"no CUDA execution provider session can start here: {reason}")
-    report = verify(result.path, model, providers=("cpu", "cuda"), batch_sizes=(1, 4), seq_lens=(1, 17, 256))
+    report = verify(result.path, model, engines=("cpu", "cuda"), batch_sizes=(1, 4), seq_lens=(1, 17, 256))
     cuda = [c for c in report.checks if c.engine == "onnxruntime:cuda"]
     assert cuda and {c.contract.value for c in cuda} >= {"graph_vs_pytorch", "ep_vs_cpu"}
     assert report.passed, report.failures[:3]

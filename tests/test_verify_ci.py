@@ -1,7 +1,10 @@
-"""verify as CI runs it: progress lines in a log, --threads, bundle mode refusing what does not apply."""
+"""verify as CI runs it: progress lines in a log, weighted by each case's size, --threads, bundle mode
+refusing what does not apply, a requested engine that cannot start."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import subprocess
 import sys
 
@@ -10,6 +13,7 @@ from click.testing import CliRunner
 
 import rnnexport
 from rnnexport.cli import main
+from rnnexport.verification import Tick
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +30,25 @@ def test_progress_is_printed_line_by_line_when_not_on_a_terminal(small):
                            "--seq-lens", "1,3", "--threads", "1"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("verifying: ")]
-    assert len(lines) >= 5 and lines[-1].startswith("verifying: 18/18 cases"), proc.stderr  # 16 + 2 NaN cases
+    assert len(lines) >= 5 and lines[-1].startswith("verifying: 18/18 (100% of the work)"), proc.stderr  # 16 + 2 NaN
+    assert "s left" in lines[0]
+
+
+def test_progress_is_weighted_by_batch_times_steps(small):
+    graph, _ = small
+    ticks: list[Tick] = []
+    report = rnnexport.verify(graph, "gru", engines=("cpu",), batch_sizes=(1, 4), seq_lens=(1, 32),
+                              progress=ticks.append)
+    assert [t.done for t in ticks] == list(range(1, len(report.cases) + 1))
+    weights = [c.batch * c.time for c in report.cases]
+    assert [t.cost_done for t in ticks] == list(itertools.accumulate(weights))
+    assert ticks[-1].cost_total == sum(weights) and ticks[-1].fraction == 1.0 and ticks[-1].eta == 0.0
+    first = ticks[0]  # B1-T1: one of 4 + 4*32 + ... steps, far less than one case in ten
+    assert first.fraction < 1 / len(report.cases) and first.eta > 0
 
 
 @pytest.mark.parametrize("option", [["--batch-sizes", "2"], ["--seq-lens", "5"], ["--case-seed", "3"],
-                                    ["--plot", "x.png"], ["--no-reference-evaluator"], ["--step", "s.onnx"]])
+                                    ["--plot", "x.png"], ["--grid", "full"], ["--step", "s.onnx"], ["gru"]])
 def test_bundle_mode_refuses_options_that_do_not_apply(small, option):
     _, bundle = small
     result = CliRunner().invoke(main, ["verify", str(bundle), *option])
@@ -42,8 +60,6 @@ def test_bundle_mode_honours_tolerances_threads_and_rechecks_variants(small, tmp
     result = CliRunner().invoke(main, ["verify", str(bundle), "--engines", "cpu", "--threads", "1",
                                        "--json", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
-    import json
-
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["format"] == "rnnexport.verify-report/1" and data["kind"] == "bundle"
     assert any(c["variant"] == "variant fp16" for c in data["checks"])
@@ -53,7 +69,20 @@ def test_bundle_mode_honours_tolerances_threads_and_rechecks_variants(small, tmp
 
 def test_requested_provider_that_cannot_start_fails_the_bundle_check(small):
     _, bundle = small
-    result = CliRunner().invoke(main, ["verify", str(bundle), "--engines", "cpu,cuda"])
-    assert result.exit_code == 1 and "requested engine(s) did not start" in result.output
+    result = CliRunner().invoke(main, ["verify", str(bundle), "--engines", "cpu,cuda", "--json", "-"])
+    if result.exit_code == 0:
+        pytest.skip("CUDA starts here")
+    assert result.exit_code == 1 and "requested engine(s) did not start" in result.stderr
+    data = json.loads(result.stdout)
+    assert data["checks"] == [] and any(n["kind"] == "stopped" for n in data["notes"])  # before any test set
     allowed = CliRunner().invoke(main, ["verify", str(bundle), "--engines", "cpu,cuda", "--allow-missing"])
     assert allowed.exit_code == 0, allowed.output
+
+
+def test_bundle_default_engines_include_the_reference_evaluator_unless_left_out(small, tmp_path):
+    _, bundle = small
+    report = rnnexport.verify(bundle)
+    assert {"onnxruntime:cpu", "onnx-reference"} <= {c.engine for c in report.checks} and report.passed
+    assert report.grid is None and report.kind.value == "bundle"
+    without = rnnexport.verify(bundle, reference_evaluator=False)
+    assert "onnx-reference" not in {e.name for e in without.engines}

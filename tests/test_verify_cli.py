@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import onnx
 import pytest
@@ -20,60 +21,15 @@ from rnnexport.source.sources import SourceSpec
 from rnnexport.verification import verify
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The schema the wheel ships as rnnexport/schemas/verify-report.schema.json.
 SCHEMA = json.loads((ROOT / "docs" / "verify-report.schema.json").read_text())
-SMALL = ["--batch-sizes", "1,2", "--seq-lens", "1,3", "--providers", "cpu"]
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+SMALL = ["--batch-sizes", "1,2", "--seq-lens", "1,3", "--engines", "cpu,reference"]
 
 
-# --------------------------------------------------------------------------- a validator for the schema's subset
-
-KEYWORDS = {"$schema", "$id", "$defs", "$ref", "title", "description", "type", "properties", "required",
-            "additionalProperties", "items", "enum", "const", "anyOf", "minimum"}
-TYPES = {
-    "object": lambda v: isinstance(v, dict),
-    "array": lambda v: isinstance(v, list),
-    "string": lambda v: isinstance(v, str),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "boolean": lambda v: isinstance(v, bool),
-    "null": lambda v: v is None,
-}
-
-
-def validate(instance, schema, root=None, where="$") -> list[str]:
-    """Errors of ``instance`` against the JSON Schema subset the report schema uses (empty: valid)."""
-    root = root if root is not None else schema
-    unknown = set(schema) - KEYWORDS
-    assert not unknown, f"the schema uses keywords this validator does not check: {unknown}"
-    if "$ref" in schema:
-        target = root
-        for part in schema["$ref"].removeprefix("#/").split("/"):
-            target = target[part]
-        return validate(instance, target, root, where)
-    errors = []
-    if "anyOf" in schema and all(validate(instance, s, root, where) for s in schema["anyOf"]):
-        errors.append(f"{where}: {instance!r} matches none of anyOf")
-    if "const" in schema and instance != schema["const"]:
-        errors.append(f"{where}: {instance!r} != {schema['const']!r}")
-    if "enum" in schema and instance not in schema["enum"]:
-        errors.append(f"{where}: {instance!r} not in {schema['enum']}")
-    if "type" in schema:
-        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        if not any(TYPES[t](instance) for t in types):
-            return [*errors, f"{where}: {instance!r} is not {'/'.join(types)}"]
-    if "minimum" in schema and TYPES["number"](instance) and instance < schema["minimum"]:
-        errors.append(f"{where}: {instance} < {schema['minimum']}")
-    if isinstance(instance, dict):
-        errors += [f"{where}: lacks {k!r}" for k in schema.get("required", []) if k not in instance]
-        properties = schema.get("properties", {})
-        if schema.get("additionalProperties") is False:
-            errors += [f"{where}: undocumented key {k!r}" for k in instance if k not in properties]
-        for key, sub in properties.items():
-            if key in instance:
-                errors += validate(instance[key], sub, root, f"{where}.{key}")
-    if isinstance(instance, list) and "items" in schema:
-        for i, item in enumerate(instance):
-            errors += validate(item, schema["items"], root, f"{where}[{i}]")
-    return errors
+def validate(instance: object) -> list[str]:
+    """Errors of ``instance`` against the shipped report schema, by jsonschema (empty: valid)."""
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in VALIDATOR.iter_errors(instance)]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -130,7 +86,7 @@ def test_exit_0_when_all_pass_with_schema_valid_json(small, tmp_path):
     assert out.strip().splitlines()[-1].startswith("PASS")
     assert "1 graph == PyTorch" in out and "onnxruntime:cpu" in out and "seed 0" in out
     data = json.loads((tmp_path / "r.json").read_text())
-    assert validate(data, SCHEMA) == []
+    assert validate(data) == []
     assert data["passed"] and data["form"] == "sequence" and data["tolerance"]["atol"] == 1e-5
     assert {c["id"] for c in data["contracts"]} >= {"graph_vs_pytorch", "chunked_vs_whole", "declared_shapes"}
     assert len(data["cases"]) == 2 * 2 * 2 * 2 + 2 and all(c["seed"] >= 0 for c in data["cases"])  # + NaN in x, in state
@@ -138,11 +94,12 @@ def test_exit_0_when_all_pass_with_schema_valid_json(small, tmp_path):
 
 def test_exit_1_on_a_parity_failure_with_figures_in_json(nudged, tmp_path):
     code, out, err = run(["verify", str(nudged), "lstm", "--input-size", "5", "--hidden-size", "8", "--seed", "3",
-                          *SMALL, "--json", str(tmp_path / "r.json"), "--no-reference-evaluator"])
+                          "--batch-sizes", "1,2", "--seq-lens", "1,3", "--engines", "cpu", "--json",
+                          str(tmp_path / "r.json")])
     assert code == 1, err
     assert out.strip().splitlines()[-1].startswith("FAIL") and "1 graph == PyTorch" in out
     data = json.loads((tmp_path / "r.json").read_text())
-    assert validate(data, SCHEMA) == [] and not data["passed"]
+    assert validate(data) == [] and not data["passed"]
     failed = [c for c in data["checks"] if not c["passed"]]
     assert failed and all(c["contract"] == "graph_vs_pytorch" for c in failed)
     assert all(isinstance(c["max_abs"], float) and c["max_abs"] > 1e-5 for c in failed)
@@ -167,21 +124,71 @@ def test_non_finite_figures_are_strict_json(small, tmp_path):
         raise AssertionError(f"non-strict JSON literal {constant}")
 
     data = json.loads((tmp_path / "r.json").read_text(), parse_constant=forbidden)
-    assert validate(data, SCHEMA) == []
+    assert validate(data) == []
     assert any(c["contract"] == "finite" and not c["passed"] for c in data["checks"])
     assert any(c["max_abs"] == "inf" for c in data["checks"] if c["contract"] == "graph_vs_pytorch")
 
 
 def test_the_validator_rejects_what_the_schema_forbids(small):
-    data = verify(small, batch_sizes=(1,), seq_lens=(2,), providers=("cpu",)).to_json()
-    assert validate(data, SCHEMA) == []
+    data = verify(small, batch_sizes=(1,), seq_lens=(2,), engines=("cpu",)).to_json()
+    assert validate(data) == []
     broken = json.loads(json.dumps(data))
     broken["checks"][0]["max_abs"] = "big"
     broken["cases"][0]["batch"] = 0
     broken["surprise"] = 1
     del broken["seed"]
-    errors = validate(broken, SCHEMA)
+    errors = validate(broken)
     assert len(errors) == 4, errors
+
+
+def test_json_dash_writes_the_report_to_stdout_and_the_table_to_stderr(small, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = invoke(["verify", str(small), *SMALL, "--json", "-"])
+    assert code == 0, err
+    data = json.loads(out)  # stdout is the JSON report and nothing else
+    assert validate(data) == [] and data["passed"] and data["grid"] == "quick"
+    assert err.strip().splitlines()[-1].startswith("PASS") and "1 graph == PyTorch" in err
+    assert list(tmp_path.iterdir()) == []  # no file named "-"
+
+
+def test_the_default_grid_is_quick_and_full_is_the_release_grid(small, tmp_path):
+    code, out, err = invoke(["verify", str(small), "--engines", "cpu", "--json", str(tmp_path / "quick.json")])
+    assert code == 0, err
+    quick = json.loads((tmp_path / "quick.json").read_text())
+    grid = {(c["batch"], c["time"]) for c in quick["cases"] if c["state"] != "nan" and c["inputs"] != "nan"}
+    assert quick["grid"] == "quick" and grid == {(1, 7), (1, 256), (3, 7), (3, 256)}
+    assert {c["state"] for c in quick["cases"]} == {"zero", "random", "nan"}
+    assert {c["contract"] for c in quick["checks"]} >= {"graph_vs_pytorch", "chunked_vs_whole"}
+    assert "quick grid; --grid full for every size" in out
+    code, out, err = invoke(["verify", str(small), "--engines", "cpu", "--grid", "full", "--seq-lens", "3",
+                             "--json", str(tmp_path / "full.json")])  # full's batch sizes, at one short length
+    assert code == 0, err
+    full = json.loads((tmp_path / "full.json").read_text())
+    assert full["grid"] == "full" and {c["batch"] for c in full["cases"]} == {1, 4, 16}
+
+
+def test_unasked_providers_that_cannot_start_print_no_library_errors(small):
+    import onnxruntime as ort
+
+    from rnnexport.core.errors import ProviderError
+    from rnnexport.core.ort import start_session
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime lists no CUDA provider")
+    try:
+        start_session(small, "cuda")
+        pytest.skip("CUDA starts here")
+    except ProviderError:
+        pass
+    code, out, err = invoke(["verify", str(small), "--batch-sizes", "1", "--seq-lens", "2"])
+    assert code == 0, out + err
+    assert "onnxruntime:cuda" in out and "were not asked for" in out
+    assert ".so" not in out + err and "cannot open shared object" not in out + err
+    data = verify(small, batch_sizes=(1,), seq_lens=(2,)).to_json()  # the JSON keeps the reason
+    cuda = next(e for e in data["engines"] if e["name"] == "onnxruntime:cuda")
+    assert not cuda["requested"] and not cuda["available"] and "did not start" in cuda["reason"]
+    code, out, err = invoke(["verify", str(small), "--engines", "cuda", "--batch-sizes", "1", "--seq-lens", "2"])
+    assert code == 1 and "did not start" in out and "no checks ran" in out  # asked for: the reason, no case run
 
 
 def test_every_report_field_is_documented():
@@ -242,12 +249,17 @@ def _no_metadata(small: Path, tmp_path: Path) -> Path:
     (["SMALL", "gru", "--input-size", "5", "--hidden-size", "8"], ["SOURCE does not match"]),
     (["SMALL", "lstm", "--input-size", "5", "--hidden-size", "8", "--seed", "4"],
      ["parameter sha256", "do not match"]),
-    (["SMALL", "--providers", "cpu,rocmx"], ["unknown engine 'rocmx'", "cpu, cuda, tensorrt, reference, openvino"]),
+    (["SMALL", "--engines", "cpu,rocmx"], ["unknown engine 'rocmx'", "cpu, cuda, tensorrt, reference, openvino"]),
+    (["SMALL", "--engines", "AzureExecutionProvider"], ["unknown engine 'AzureExecutionProvider'"]),
+    (["SMALL", "--providers", "cpu"], ["No such option '--providers'"]),
+    (["SMALL", "--grid", "medium"], ["'medium' is not one of 'quick', 'full'"]),
+    (["SMALL", "--engines", "cpu", "--no-reference-evaluator"], ["with --engines, leave reference out"]),
     (["SMALL", "--batch-sizes", "0,2"], ["--batch-sizes takes comma-separated positive integers"]),
     (["SMALL", "--seq-lens", "a"], ["--seq-lens takes"]),
     (["SMALL", "--hidden-size", "8"], ["describe a SOURCE; give it"]),
     (["SMALL", "--step", "SMALL"], ["is a sequence graph; give a graph converted with --form step"]),
     (["SMALL", "--json", "NODIR/r.json"], ["folder", "does not exist"]),
+    (["SMALL", "--json", "SMALL"], ["would overwrite", "MODEL of this command"]),
     (["BARE"], ["has no rnnexport metadata", "pass the SOURCE"]),
     (["SMALL", "tcn"], ["unknown model 'tcn'"]),
 ])
@@ -279,7 +291,7 @@ def test_module_graph_needs_its_source_and_then_verifies(tmp_path):
 
 def test_trained_model_is_rebuilt_from_metadata_with_one_hot_cases(tmp_path):
     convert("lstm-charlm", tmp_path / "charlm.onnx")
-    report = verify(tmp_path / "charlm.onnx", batch_sizes=(2,), seq_lens=(3,), providers=("cpu",))
+    report = verify(tmp_path / "charlm.onnx", batch_sizes=(2,), seq_lens=(3,), engines=("cpu",))
     assert report.passed, report.failures[:3]
     assert "lstm-charlm" in report.source
     assert {c.inputs.value for c in report.cases if not c.nonfinite} == {"normal", "saturating", "one-hot"}
@@ -295,8 +307,8 @@ def test_help_documents_every_option():
             if opt.startswith("--"):
                 assert opt in out, opt
     docs = (ROOT / "docs" / "verify.md").read_text()
-    for opt in ("--providers", "--batch-sizes", "--seq-lens", "--case-seed", "--json", "--plot", "--quiet",
-                "--step", "--atol", "--rtol", "--no-reference-evaluator"):
+    for opt in ("--engines", "--grid", "--allow-missing", "--batch-sizes", "--seq-lens", "--case-seed", "--json",
+                "--plot", "--quiet", "--step", "--atol", "--rtol", "--no-reference-evaluator", "--threads"):
         assert opt in docs, opt
 
 
@@ -307,7 +319,7 @@ def test_public_api_is_callable_and_options_are_checked(small):
     from rnnexport.verification import VerifyOptions
 
     assert "verify" in rnnexport.__all__ and callable(rnnexport.verify)
-    options = VerifyOptions(batch_sizes=[2], seq_lens=[3], providers=["cpu"], reference_evaluator=False)
+    options = VerifyOptions(batch_sizes=[2], seq_lens=[3], engines=["cpu"])
     assert options.batch_sizes == (2,)
     report = rnnexport.verify(small, options=options)
     assert report.passed and {c.engine for c in report.checks} == {"pytorch", "onnxruntime:cpu"}
@@ -315,6 +327,7 @@ def test_public_api_is_callable_and_options_are_checked(small):
         verify(small, batch=2)
     with pytest.raises(TypeError, match="not both"):
         verify(small, options=options, seed=1)
-    for bad in ({"seq_lens": ()}, {"batch_sizes": (0,)}, {"providers": ()}, {"atol": -1.0}):
+    for bad in ({"seq_lens": ()}, {"batch_sizes": (0,)}, {"engines": ()}, {"atol": -1.0}, {"grid": "medium"},
+                {"threads": 0}, {"batch_sizes": (16,), "seq_lens": (1 << 20,)}):
         with pytest.raises(VerifyError):
             VerifyOptions(**bad)

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rnnexport.verification import Contract, verify
 
-GRID = {"batch_sizes": (1, 3), "seq_lens": (1, 5), "providers": ("cpu",)}
+GRID = {"batch_sizes": (1, 3), "seq_lens": (1, 5), "engines": ("cpu", "reference")}
 
 
 def _save(proto: onnx.ModelProto, path) -> str:

@@ -8,6 +8,7 @@ inside the bundle before anything else reads it. Torch-free (standard library).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import re
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ __all__ = [
     "MAX_ENTRIES",
     "SCHEMA",
     "VARIANT_NAMES",
+    "CheckStatus",
     "EngineCheck",
     "FileEntry",
     "GraphEntry",
@@ -40,7 +42,17 @@ MAX_ENTRIES = 4096
 VARIANT_NAMES = ("ort", "int8", "fp16")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CPU_WORD = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
-_CHECK_STATUS = ("passed", "failed", "unavailable")
+
+
+class CheckStatus(str, enum.Enum):
+    """What one engine gave on a graph's (or variant's) test vectors when the bundle was made."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    UNAVAILABLE = "unavailable"  # the engine could not run that graph there
+
+
+_CHECK_STATUS = tuple(s.value for s in CheckStatus)
 
 
 def safe_path(name: Any, what: str = "manifest") -> str:
@@ -105,14 +117,14 @@ class EngineCheck:
     """
 
     engine: str
-    status: str
+    status: CheckStatus
     max_abs: float | None = None
     sets: int = 0
     reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"engine": self.engine, "status": self.status}
-        if self.status != "unavailable":
+        data: dict[str, Any] = {"engine": self.engine, "status": self.status.value}
+        if self.status is not CheckStatus.UNAVAILABLE:
             data.update(max_abs=self.max_abs, sets=self.sets)
         if self.reason:
             data["reason"] = self.reason
@@ -124,7 +136,7 @@ class EngineCheck:
         status = data.get("status")
         if status not in _CHECK_STATUS:
             raise BundleError(f"manifest: checked_on status {status!r:.40} is not one of {', '.join(_CHECK_STATUS)}")
-        return cls(_str(data.get("engine"), "checked_on engine", optional=False, limit=64), status,
+        return cls(_str(data.get("engine"), "checked_on engine", optional=False, limit=64), CheckStatus(status),
                    _number(data.get("max_abs"), "checked_on max_abs"),
                    _int(data.get("sets"), "checked_on sets", 0, MAX_ENTRIES) or 0, _str(data.get("reason"), "reason"))
 

@@ -1,21 +1,38 @@
-"""``rnnexport verify``."""
+"""``rnnexport verify``: parse the options, call :func:`rnnexport.verification.run.verify`, render the report."""
 
 from __future__ import annotations
 
 import sys
-import time
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from rnnexport.cli.options import ONNXRUNTIME_MISSING, SOURCE_HELP, source_options, source_spec
+from rnnexport.cli.options import (
+    ONNXRUNTIME_MISSING,
+    SOURCE_HELP,
+    json_option,
+    quiet_option,
+    source_options,
+    source_spec,
+    verbose_option,
+)
+from rnnexport.cli.output import STDOUT, check_outputs
 from rnnexport.core.errors import VerifyError
+from rnnexport.verification.options import Grid, VerifyOptions, describe
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
 
+    from rnnexport.source.sources import SourceSpec
+    from rnnexport.verification.options import Tick
+    from rnnexport.verification.report import Report
+
 __all__ = ["verify_command"]
+
+#: The options of a built-in SOURCE (rnnexport.cli.options.source_options).
+_SOURCE_OPTIONS = ("input_size", "hidden_size", "output_size", "weights", "param_seed")
+#: Lines a log gets while cases run (one per tenth of the grid's weight).
+_LOG_LINES = 10
 
 
 def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
@@ -30,29 +47,39 @@ def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
     return values
 
 
-class _Bar:
-    """Progress on stderr: a bar on a terminal, else a line at every tenth of the cases (CI logs)."""
+def _names(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+class _Progress:
+    """Progress on stderr, weighted by each case's batch x time steps: a bar with an ETA on a
+    terminal, else a line at every tenth of the weight (CI logs)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.tty = sys.stderr.isatty()
         self.bar: ProgressBar[int] | None = None
-        self.started = time.perf_counter()
+        self.logged = 0
 
-    def __call__(self, done: int, total: int, label: str) -> None:
+    def __call__(self, tick: Tick) -> None:
         if not self.enabled:
             return
-        if not self.tty:
-            if done == total or done % max(1, total // 10) == 0:
-                click.echo(f"verifying: {done}/{total} cases, {time.perf_counter() - self.started:.0f} s "
-                           f"(last {label})", err=True)
-            return
+        if self.tty:
+            self._bar(tick)
+        elif tick.done == tick.total or int(tick.fraction * _LOG_LINES) > self.logged:
+            self.logged = int(tick.fraction * _LOG_LINES)
+            left = "" if tick.done == tick.total else f", about {tick.eta:.0f} s left"
+            click.echo(f"verifying: {tick.done}/{tick.total} ({tick.fraction:.0%} of the work), "
+                       f"{tick.seconds:.0f} s{left} (last {tick.label})", err=True)
+
+    def _bar(self, tick: Tick) -> None:
         if self.bar is None:
-            self.bar = click.progressbar(length=total, label="verifying", file=sys.stderr, show_pos=True)
+            self.bar = click.progressbar(length=tick.cost_total, label="verifying", file=sys.stderr,
+                                         show_percent=True, show_eta=True)
             self.bar.__enter__()
         # click types current_item as the item type, int for a length-only bar; any value is accepted
-        self.bar.update(1, label)  # type: ignore[arg-type]
-        if done == total:
+        self.bar.update(tick.cost_done - self.bar.pos, tick.label)  # type: ignore[arg-type]
+        if tick.done == tick.total:
             self.close()
 
     def close(self) -> None:
@@ -61,63 +88,102 @@ class _Bar:
             self.bar = None
 
 
-#: Options that shape the case grid or the PyTorch side: a bundle carries its own test sets.
-_GRAPH_ONLY = {"step_model": "--step", "batch_sizes": "--batch-sizes", "seq_lens": "--seq-lens",
-               "case_seed": "--case-seed", "plot_path": "--plot", "reference_evaluator": "--no-reference-evaluator"}
+def _options(given: dict[str, Any]) -> VerifyOptions:
+    """The library's options from the command line's (lists parsed, sizes checked)."""
+    return VerifyOptions(
+        engines=_names(given["engines"]),
+        allow_missing=given["allow_missing"],
+        reference_evaluator=given["reference_evaluator"],
+        grid=given["grid"],
+        batch_sizes=_ints(given["batch_sizes"], "--batch-sizes"),
+        seq_lens=_ints(given["seq_lens"], "--seq-lens"),
+        seed=given["case_seed"],
+        atol=given["atol"],
+        rtol=given["rtol"],
+        step_model=given["step_model"],
+        threads=given["threads"],
+    )
 
 
-def _verify_bundle(path: str, options: object, json_path: str | None, quiet: bool) -> int:
-    """Checksums (when the bundle is opened), then every test vector set and variant; the exit status."""
-    from rnnexport.verification.bundle import BundleOptions, verify_bundle
-    from rnnexport.verification.render import check_writable, render_text, write_json
+def _source(model: str, source: str | None, given: dict[str, Any]) -> SourceSpec | str | None:
+    """The SOURCE with its options; as given for a bundle, which refuses it without importing torch."""
+    from rnnexport.verification.run import is_bundle_path
 
-    assert isinstance(options, BundleOptions)
-    if json_path:
-        check_writable(json_path, "report")
-    report = verify_bundle(path, options=options)
-    click.echo(render_text(report, quiet=quiet))
-    if json_path:
+    sizes = {name: given[name] for name in _SOURCE_OPTIONS}
+    if source is None:
+        if any(v not in (None, 0) for v in sizes.values()):
+            raise VerifyError("--input-size/--hidden-size/--output-size/--weights/--seed describe a SOURCE; give it, "
+                              "e.g. rnnexport verify MODEL.onnx lstm --hidden-size 256")
+        return None
+    return source if is_bundle_path(model) else source_spec(source, **sizes)
+
+
+def _check_outputs(model: str, given: dict[str, Any], json_path: str | None, plot_path: str | None) -> None:
+    """Fail before a long run when an output cannot be written or would write over an input."""
+    from rnnexport.verification.render import require_matplotlib
+    from rnnexport.verification.run import is_bundle_path
+
+    if plot_path and is_bundle_path(model):
+        raise VerifyError("--plot does not apply to DIR or ZIP: a bundle's test sets have no error-vs-time curves")
+    if plot_path:
+        require_matplotlib(plot_path)
+    inputs = [("MODEL", model), *([("--step", given["step_model"])] if given["step_model"] else [])]
+    check_outputs(json_path, [("--plot", plot_path)] if plot_path else [], inputs)
+
+
+def _render(report: Report, json_path: str | None, plot_path: str | None, quiet: bool) -> None:
+    """The text report (on stderr when the JSON goes to stdout), the JSON file and the plot."""
+    from rnnexport.verification.render import json_text, plot, render_text, write_json
+
+    click.echo(render_text(report, quiet=quiet), err=json_path == STDOUT)
+    if json_path == STDOUT:
+        click.echo(json_text(report), nl=False)
+    elif json_path:
         write_json(report, json_path)
-    return 0 if report.passed else 1
+    if plot_path:
+        plot(report, plot_path)
 
 
 @click.command("verify", short_help=ONNXRUNTIME_MISSING,
                epilog=SOURCE_HELP + " Without SOURCE, it is rebuilt from the graph's metadata "
-               "(built-in cells and trained models). Exit status: 0 all checks pass, 1 a parity failure "
-               "(or no engine ran), 2 bad usage or input.")
+               "(built-in cells and trained models). Exit status: 0 all checks pass, 1 a parity failure, "
+               "a requested engine that did not start, or no engine ran, 2 bad usage or input.")
 @click.argument("model", metavar="MODEL|DIR|ZIP")
 @click.argument("source", required=False)
 @click.option("--step", "step_model", default=None, metavar="STEP.onnx",
               help="A step graph of the same model: stream it and compare with MODEL (contract 3).")
+@click.option("--grid", type=click.Choice([g.value for g in Grid]), default=Grid.QUICK.value, show_default=True,
+              help=f"The case grid: quick proves every contract in seconds ({describe(Grid.QUICK)}); full is the "
+                   f"release check ({describe(Grid.FULL)}), minutes per graph.")
 @click.option("--engines", default=None, metavar="LIST",
               help="Engines, comma-separated: cpu, cuda, tensorrt (onnxruntime's providers), reference, openvino, "
-                   "tract, node, wasm, browser. Each one named must start (else exit 1, unless --allow-missing). "
-                   "Default: every onnxruntime provider this build lists, and the ReferenceEvaluator; those that "
-                   "do not start are reported unavailable.")
-@click.option("--providers", default=None, metavar="LIST",
-              help="The older spelling of --engines, for onnxruntime providers (the ReferenceEvaluator runs too).")
+                   "tract, node, wasm, browser. All start before the first case; one named that cannot start "
+                   "ends verify there (exit 1, unless --allow-missing). Default: cpu, the cuda and tensorrt "
+                   "providers this onnxruntime lists, and the ReferenceEvaluator; those that do not start "
+                   "are noted, not failed.")
 @click.option("--allow-missing", is_flag=True,
               help="A requested engine that cannot start is reported, not a failure.")
 @click.option("--reference-evaluator/--no-reference-evaluator", default=True, show_default=True,
-              help="Also run onnx's ReferenceEvaluator (on cases with T*B <= 512).")
-@click.option("--batch-sizes", default=None, metavar="LIST", help="Batch sizes of the grid (default 1,4,16).")
+              help="Include onnx's ReferenceEvaluator in the default engines (it takes cases with T*B <= 512).")
+@click.option("--batch-sizes", default=None, metavar="LIST", help="Batch sizes, in place of the grid's.")
 @click.option("--seq-lens", default=None, metavar="LIST",
-              help="Sequence lengths of the grid (default 1,2,17,256,2048; unrolled graphs: their fixed T).")
+              help="Sequence lengths, in place of the grid's (unrolled graphs: their fixed T).")
 @click.option("--case-seed", type=int, default=0, show_default=True,
               help="Seed of the generated inputs and initial states (--seed seeds built-in weights).")
 @click.option("--atol", type=click.FloatRange(min=0), default=None,
               help="Absolute tolerance (default by dtype: float32 1e-5, float16 1e-2, int8 5e-2).")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None,
               help="Relative tolerance (default by dtype: float32 1e-4, float16 1e-2, int8 1e-1).")
-@click.option("--json", "json_path", default=None, metavar="FILE", help="Write the full report as JSON.")
 @click.option("--plot", "plot_path", default=None, metavar="FILE.png",
               help="Plot error vs time step per engine (needs pip install 'rnnexport[plot]').")
 @source_options
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Threads for PyTorch's reference and onnxruntime (default: theirs; 1 leaves cores to other jobs).")
-@click.option("-q", "--quiet", is_flag=True, help="Print only the PASS/FAIL line.")
-def verify_command(model, source, step_model, engines, providers, allow_missing, reference_evaluator, batch_sizes,
-                   seq_lens, case_seed, atol, rtol, json_path, plot_path, threads, quiet, **source_kw) -> None:
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Threads for PyTorch's reference and onnxruntime (more mostly wait for each other on small cases).")
+@json_option("verify-report.schema.json")
+@quiet_option("Print only the PASS/FAIL line, and no progress.")
+@verbose_option
+def verify_command(model: str, source: str | None, json_path: str | None, plot_path: str | None, quiet: bool,
+                   **given: Any) -> None:
     """Verify that ONNX graph MODEL computes what its PyTorch SOURCE computes.
 
     MODEL may also be a bundle folder or zip (rnnexport package), or an ONNX test
@@ -129,62 +195,14 @@ def verify_command(model, source, step_model, engines, providers, allow_missing,
     calls with carried state == one call; step graph streamed == sequence; declared
     == actual output shapes; no NaN/Inf; every execution provider == the CPU one.
     """
-    if Path(model).is_dir() or model.endswith(".zip"):
-        from rnnexport.verification.bundle import BundleOptions
+    from rnnexport.verification.run import verify
 
-        given = {"step_model": step_model, "batch_sizes": batch_sizes, "seq_lens": seq_lens,
-                 "case_seed": case_seed or None, "plot_path": plot_path,
-                 "reference_evaluator": None if reference_evaluator else False}
-        refused = [_GRAPH_ONLY[k] for k, v in given.items() if v is not None]
-        if source is not None or refused or any(v not in (None, 0) for v in source_kw.values()):
-            what = ", ".join(refused) or "SOURCE and its options"
-            raise VerifyError(f"a bundle carries its own graphs, test sets and expected outputs: {what} does not "
-                              "apply to DIR or ZIP (it takes --engines, --allow-missing, --atol, --rtol, --threads, "
-                              "--json, --quiet)")
-        if engines and providers:
-            raise VerifyError("give --engines or --providers (its older spelling), not both")
-        listed = engines or providers
-        names = tuple(p.strip() for p in listed.split(",") if p.strip()) if listed else None
-        options = BundleOptions(names, allow_missing, atol, rtol, threads=threads)
-        sys.exit(_verify_bundle(model, options, json_path, quiet))
-    from rnnexport.verification import VerifyOptions, verify
-    from rnnexport.verification.render import (
-        check_writable,
-        plot,
-        render_text,
-        require_matplotlib,
-        write_json,
-    )
-
-    if source is None and any(v not in (None, 0) for v in source_kw.values()):
-        raise VerifyError("--input-size/--hidden-size/--output-size/--weights/--seed describe a SOURCE; give it, "
-                          "e.g. rnnexport verify MODEL.onnx lstm --hidden-size 256")
-    options = VerifyOptions(
-        providers=tuple(p for p in providers.split(",") if p.strip()) if providers is not None else None,
-        engines=tuple(p for p in engines.split(",") if p.strip()) if engines is not None else None,
-        allow_missing=allow_missing,
-        reference_evaluator=reference_evaluator,
-        batch_sizes=_ints(batch_sizes, "--batch-sizes") or VerifyOptions.batch_sizes,
-        seq_lens=_ints(seq_lens, "--seq-lens") or VerifyOptions.seq_lens,
-        seed=case_seed,
-        atol=atol,
-        rtol=rtol,
-        step_model=step_model,
-        threads=threads,
-    )
-    if plot_path:
-        require_matplotlib(plot_path)
-    if json_path:
-        check_writable(json_path, "report")
-    spec = source_spec(source, **source_kw) if source is not None else None
-    bar = _Bar(enabled=not quiet)
+    options, spec = _options(given), _source(model, source, given)
+    _check_outputs(model, given, json_path, plot_path)
+    progress = _Progress(enabled=not quiet)
     try:
-        report = verify(model, spec, options=options, progress=bar)
+        report = verify(model, spec, options=options, progress=progress)
     finally:
-        bar.close()
-    click.echo(render_text(report, quiet=quiet))
-    if json_path:
-        write_json(report, json_path)
-    if plot_path:
-        plot(report, plot_path)
+        progress.close()
+    _render(report, json_path, plot_path, quiet)
     sys.exit(0 if report.passed else 1)

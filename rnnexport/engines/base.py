@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import enum
 import functools
 import os
 from collections.abc import Mapping, Sequence
@@ -20,10 +21,24 @@ import numpy as np
 import onnx
 
 from rnnexport.core.errors import VerifyError
+from rnnexport.core.graphs import walk
 from rnnexport.core.onnxfile import value_dims, value_dtype
 
-__all__ = ["EngineFailure", "EngineUnavailable", "GraphTensor", "Runner", "Unavailable", "check_feeds", "graph_tensors",
-           "standard_graph"]
+__all__ = ["EngineFailure", "EngineKind", "EngineUnavailable", "GraphTensor", "Runner", "Unavailable", "check_feeds",
+           "graph_tensors", "standard_graph"]
+
+
+class EngineKind(str, enum.Enum):
+    """What runs a graph (or, for ``PYTORCH``, the reference); the value is what reports write."""
+
+    PYTORCH = "pytorch"
+    ONNXRUNTIME = "onnxruntime"
+    REFERENCE = "reference"
+    OPENVINO = "openvino"
+    TRACT = "tract"
+    NODE = "node"
+    WASM = "wasm"
+    BROWSER = "browser"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +48,8 @@ class Unavailable:
     engine: str
     reason: str
     case: str | None = None
+    #: A bundle's variant (``int8``, ...) the engine could not run; not part of the JSON report.
+    variant: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"engine": self.engine, "reason": self.reason, "case": self.case}
@@ -81,7 +98,8 @@ def _tensor(value: onnx.ValueInfoProto) -> GraphTensor:
     return GraphTensor(value.name, dtype, None if dims is None else tuple(dims))
 
 
-def standard_graph(model: str | os.PathLike | bytes, engine: str, allow_foreign: bool = False) -> onnx.ModelProto:
+def standard_graph(model: str | os.PathLike[str] | bytes | onnx.ModelProto, engine: str,
+                   allow_foreign: bool = False) -> onnx.ModelProto:
     """The ONNX model an engine other than onnxruntime runs, or why it cannot.
 
     Raises:
@@ -89,9 +107,10 @@ def standard_graph(model: str | os.PathLike | bytes, engine: str, allow_foreign:
             (onnxruntime's ``com.microsoft`` ones, e.g. the int8 variant's
             DynamicQuantizeLSTM), unless ``allow_foreign``.
     """
-    from rnnexport.core.graphs import walk
-
-    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(os.fspath(model))
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+    else:
+        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(os.fspath(model))
     foreign = sorted({f"{n.domain}::{n.op_type}" for n in walk(proto.graph) if n.domain not in ("", "ai.onnx")})
     if foreign and not allow_foreign:
         raise EngineUnavailable(engine, f"{', '.join(foreign)} is an onnxruntime-only operator")
@@ -135,7 +154,11 @@ def check_feeds(engine: str, declared: Sequence[GraphTensor], feeds: Mapping[str
 
 
 class Runner(abc.ABC):
-    """One engine behind ``activate() / infer(feeds) -> dict / deactivate()``; also a context manager."""
+    """One engine behind ``activate() / infer(feeds) -> dict / deactivate()``; also a context manager.
+
+    Subclasses implement ``_activate``, ``_infer`` and ``_deactivate``; :meth:`infer` checks the
+    feeds against the declared ``inputs`` once, for every engine, before ``_infer`` runs.
+    """
 
     #: Short engine name used in reports, e.g. ``"onnxruntime:cpu"``.
     name: str = "runner"
@@ -161,9 +184,17 @@ class Runner(abc.ABC):
             self.is_active = False
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run once; outputs by name, in the graph's output order."""
+        """Run once; outputs by name, in the graph's output order.
+
+        Raises:
+            VerifyError: ``feeds`` do not fit the graph's declared inputs (:func:`check_feeds`).
+            EngineFailure: the engine raised on valid feeds.
+            EngineUnavailable: the engine cannot run this input.
+        """
         if not self.is_active:
             raise RuntimeError(f"{self.name} is not active; call activate() first")
+        if self.inputs:
+            check_feeds(self.name, self.inputs, feeds)
         return self._infer(feeds)
 
     @abc.abstractmethod

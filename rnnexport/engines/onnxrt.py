@@ -15,35 +15,21 @@ import numpy as np
 import onnxruntime as ort
 
 from rnnexport.core.errors import ProviderError, describe
-from rnnexport.core.ort import (
-    ALIASES,
-    LoadError,
-    available_providers,
-    full_name,
-    short_name,
-    start_session,
-)
+from rnnexport.core.ort import LoadError, full_name, short_name, start_session
 from rnnexport.engines.base import (
     EngineFailure,
     EngineUnavailable,
     GraphTensor,
     Runner,
-    check_feeds,
 )
 
-__all__ = ["PROVIDERS", "EngineFailure", "OrtRunner", "available_providers", "resolve_provider"]
-
-#: Short provider names accepted on the command line (the adapter's alias table).
-PROVIDERS = ALIASES
+__all__ = ["OrtRunner"]
 
 _ORT_TYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
     "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
     "tensor(uint8)": "uint8", "tensor(bool)": "bool",
 }
-
-#: ``full_name`` under the name verify has always used.
-resolve_provider = full_name
 
 
 class OrtRunner(Runner):
@@ -54,7 +40,7 @@ class OrtRunner(Runner):
         provider: ``cpu``, ``cuda``, ``tensorrt`` or a full provider name.
     """
 
-    def __init__(self, model: str | os.PathLike | bytes, provider: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, model: str | os.PathLike[str] | bytes, provider: str = "cpu", threads: int | None = None) -> None:
         super().__init__()
         self.threads = threads
         self.model = model if isinstance(model, bytes) else os.fspath(model)
@@ -82,7 +68,6 @@ class OrtRunner(Runner):
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self.session is not None  # activate() ran: Runner.infer checks
-        check_feeds(self.name, self.inputs, feeds)
         names = [t.name for t in self.outputs]
         try:
             results = self.session.run(names, dict(feeds))

@@ -1,32 +1,42 @@
-"""The engines verify can run, by the names ``--engines`` takes: the one table of them.
+"""The engines verify can run, by the names ``--engines`` takes: the one table of them, and their lifecycle.
 
-``cpu``, ``cuda``, ``tensorrt`` (or any full onnxruntime provider name) are onnxruntime's
-execution providers; ``reference`` is onnx's ReferenceEvaluator; ``openvino`` and ``tract``
-come from the ``engines`` extra; ``node``, ``wasm`` and ``browser`` are onnxruntime's
-JavaScript builds (npm packages from ``rnnexport/engines/js``, Chromium from Debian).
+``cpu``, ``cuda``, ``tensorrt`` are onnxruntime's execution providers (their full onnxruntime
+names are accepted too); ``reference`` is onnx's ReferenceEvaluator; ``openvino`` and ``tract``
+come from the ``engines`` extra; ``node``, ``wasm`` and ``browser`` are onnxruntime's JavaScript
+builds (npm packages from ``rnnexport/engines/js``, Chromium from Debian). Only these: a provider
+that this onnxruntime build happens to list (``AzureExecutionProvider``, ...) is no engine.
+
+:func:`running` is the one place an engine is started, and stopped again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import onnx
 
-from rnnexport.core.errors import ProviderError, VerifyError
-from rnnexport.core.ort import ALIASES, full_name, short_name
-from rnnexport.engines.base import EngineUnavailable, Runner
+from rnnexport.core.errors import VerifyError
+from rnnexport.core.ort import ALIASES, available_providers, short_name
+from rnnexport.engines.base import EngineKind, EngineUnavailable, Runner
 
-__all__ = ["ENGINES", "SLOW", "EngineSpec", "engine_spec", "is_ort_format", "make_runner"]
+__all__ = ["ENGINES", "ONNXRUNTIME_ENGINES", "SLOW", "EngineSpec", "GraphModel", "engine_spec", "is_ort_format",
+           "listed_engines", "make_runner", "running"]
 
+#: onnxruntime's execution providers that rnnexport runs, by short name.
+ONNXRUNTIME_ENGINES = ("cpu", "cuda", "tensorrt")
 #: Every engine name, in the order reports list them.
-ENGINES = ("cpu", "cuda", "tensorrt", "reference", "openvino", "tract", "node", "wasm", "browser")
+ENGINES = (*ONNXRUNTIME_ENGINES, "reference", "openvino", "tract", "node", "wasm", "browser")
 #: Engines whose every call is slow (pure numpy, or a round trip to another process or a page):
 #: they take only the cases up to ``VerifyOptions.reference_max_elements`` batch x time steps.
-SLOW = frozenset({"reference", "node", "wasm", "browser"})
-_OTHERS = frozenset(ENGINES) - set(ALIASES)
+SLOW = frozenset({EngineKind.REFERENCE, EngineKind.NODE, EngineKind.WASM, EngineKind.BROWSER})
+_OTHERS = {name: EngineKind(name) for name in ENGINES if name not in ONNXRUNTIME_ENGINES}
+
+#: What a runner runs: a graph file, its bytes, or (for the reference) a ModelProto.
+GraphModel = str | os.PathLike[str] | bytes | onnx.ModelProto
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +44,7 @@ class EngineSpec:
     """One engine to run: its report name, kind, and onnxruntime provider (for kind ``onnxruntime``)."""
 
     name: str
-    kind: str
+    kind: EngineKind
     provider: str | None = None
 
     @property
@@ -43,23 +53,28 @@ class EngineSpec:
 
 
 def engine_spec(name: str) -> EngineSpec:
-    """The engine a name stands for.
+    """The engine a name stands for: one of :data:`ENGINES`, or the full name of one of onnxruntime's.
 
     Raises:
-        VerifyError: a name that is neither an engine nor an onnxruntime provider.
+        VerifyError: any other name, listing the valid ones.
     """
-    key = name.strip().lower()
-    if key in _OTHERS:
-        return EngineSpec("onnx-reference" if key == "reference" else key, key)
-    try:
-        provider = full_name(name.strip())
-    except ProviderError as e:
-        raise VerifyError(f"unknown engine {name.strip()!r}; engines are {', '.join(ENGINES)} (or a full "
-                          f"onnxruntime provider name)") from e
-    return EngineSpec(f"onnxruntime:{short_name(provider)}", "onnxruntime", provider)
+    key = name.strip()
+    if key.lower() in _OTHERS:
+        kind = _OTHERS[key.lower()]
+        return EngineSpec("onnx-reference" if kind is EngineKind.REFERENCE else kind.value, kind)
+    provider = ALIASES.get(key.lower(), key)
+    if provider not in ALIASES.values():
+        raise VerifyError(f"unknown engine {key!r}; engines are {', '.join(ENGINES)}")
+    return EngineSpec(f"onnxruntime:{short_name(provider)}", EngineKind.ONNXRUNTIME, provider)
 
 
-def is_ort_format(model: str | os.PathLike | bytes | onnx.ModelProto) -> bool:
+def listed_engines() -> tuple[str, ...]:
+    """The onnxruntime engines this onnxruntime build lists (listed is not the same as able to start)."""
+    listed = available_providers()
+    return tuple(name for name in ONNXRUNTIME_ENGINES if ALIASES[name] in listed)
+
+
+def is_ort_format(model: GraphModel) -> bool:
     """Whether ``model`` is in onnxruntime's ORT format (a flatbuffer tagged ``ORTM``), not ONNX."""
     if isinstance(model, onnx.ModelProto):
         return False
@@ -86,34 +101,64 @@ class _Refused(Runner):
         raise EngineUnavailable(self.name, self.reason)
 
 
-def make_runner(spec: EngineSpec, model: str | os.PathLike | bytes | onnx.ModelProto,
-                threads: int | None = None) -> Runner:
-    """A runner of ``spec`` over a graph file, its bytes, or (for the reference) a ModelProto.
+def make_runner(spec: EngineSpec, model: GraphModel, threads: int | None = None) -> Runner:
+    """A runner of ``spec`` over a graph file, its bytes, or a ModelProto (not started).
 
     ``threads`` sets onnxruntime's intra-op threads; the other engines run on one thread.
     """
-    if spec.kind != "onnxruntime" and is_ort_format(model):
+    if spec.kind is not EngineKind.ONNXRUNTIME and is_ort_format(model):
         return _Refused(spec.name, "the ORT format is onnxruntime's own: only onnxruntime reads it")
-    if spec.kind == "reference":
+    if spec.kind is EngineKind.REFERENCE:
         from rnnexport.engines.reference import ReferenceRunner
 
-        if isinstance(model, bytes):
-            model = onnx.load_from_string(model)
-        return ReferenceRunner(model)
+        return ReferenceRunner(onnx.load_from_string(model) if isinstance(model, bytes) else model)
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
-    if spec.kind == "onnxruntime":
+    if spec.kind is EngineKind.ONNXRUNTIME:
         from rnnexport.engines.onnxrt import OrtRunner
 
         return OrtRunner(model, spec.provider or "cpu", threads)
-    if spec.kind == "openvino":
+    if spec.kind is EngineKind.OPENVINO:
         from rnnexport.engines.openvino import OpenVinoRunner
 
         return OpenVinoRunner(model)
-    if spec.kind == "tract":
+    if spec.kind is EngineKind.TRACT:
         from rnnexport.engines.tract import TractRunner
 
         return TractRunner(model)
     from rnnexport.engines.js import BrowserRunner, NodeRunner
 
-    return BrowserRunner(model) if spec.kind == "browser" else NodeRunner(model, spec.kind)
+    return BrowserRunner(model) if spec.kind is EngineKind.BROWSER else NodeRunner(model, spec.kind.value)
+
+
+@contextlib.contextmanager
+def running(spec: EngineSpec, models: Mapping[str, GraphModel],
+            threads: int | None = None) -> Iterator[dict[str, Runner] | EngineUnavailable]:
+    """``spec`` started on every model (by label), then stopped: the one home of an engine's lifecycle.
+
+    Yields the started runners by label, or, when the engine cannot start on one of the models,
+    the :class:`EngineUnavailable` that says why (naming the model when there are several); the
+    runners already started are stopped first. Every runner is stopped when the block ends.
+
+    Example::
+
+        with running(spec, {"graph": path}) as runners:
+            if isinstance(runners, EngineUnavailable):
+                ...  # record runners.reason
+            else:
+                outputs = runners["graph"].infer(feeds)
+    """
+    with contextlib.ExitStack() as stack:
+        runners: dict[str, Runner] = {}
+        failed: EngineUnavailable | None = None
+        for label, model in models.items():
+            try:
+                runners[label] = stack.enter_context(make_runner(spec, model, threads))
+            except EngineUnavailable as e:
+                failed = e if len(models) == 1 else EngineUnavailable(e.engine, f"{label}: {e.reason}")
+                break
+        if failed is not None:
+            stack.close()
+            yield failed
+        else:
+            yield runners

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from rnnexport.core.compare import rounding_error
 from rnnexport.core.contract import Form
 from rnnexport.core.errors import VerifyError, describe
 from rnnexport.engines.base import Runner
@@ -36,8 +37,7 @@ class TorchRunner(Runner):
         exact = self.model.run_sequence_float64(x, state)
         if exact is None:
             return None
-        names = [s.name for s in io.outputs(Form.SEQUENCE)]
-        return max(float(np.abs(want[n].astype(np.float64) - e).max(initial=0.0)) for n, e in zip(names, exact))
+        return rounding_error([want[s.name] for s in io.outputs(Form.SEQUENCE)], exact)
 
     def _activate(self) -> None:
         return None

@@ -17,7 +17,6 @@ from rnnexport.engines.base import (
     EngineFailure,
     EngineUnavailable,
     Runner,
-    check_feeds,
     graph_tensors,
     standard_graph,
 )
@@ -31,7 +30,7 @@ class TractRunner(Runner):
 
     name = "tract"
 
-    def __init__(self, model: str | os.PathLike | bytes) -> None:
+    def __init__(self, model: str | os.PathLike[str] | bytes) -> None:
         super().__init__()
         self.model = model
         self.runnable: Any = None
@@ -59,7 +58,6 @@ class TractRunner(Runner):
         self.runnable = None
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_feeds(self.name, self.inputs, feeds)
         try:
             results = self.runnable.run([np.ascontiguousarray(feeds[t.name]) for t in self.inputs])
             return {t.name: np.asarray(results[i].to_numpy()) for i, t in enumerate(self.outputs)}

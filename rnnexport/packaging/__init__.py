@@ -22,6 +22,7 @@ import onnx
 from rnnexport.bundle import (
     MANIFEST,
     VARIANT_NAMES,
+    CheckStatus,
     EngineCheck,
     GraphEntry,
     Manifest,
@@ -108,8 +109,8 @@ class PackageResult:
 
 
 def _checked(checks: Sequence[EngineCheck]) -> str:
-    ran = [f"{c.engine} (max abs {c.max_abs:.2g})" for c in checks if c.status == "passed" and c.max_abs is not None]
-    skipped = [c.engine for c in checks if c.status == "unavailable"]
+    ran = [f"{c.engine} (max abs {c.max_abs:.2g})" for c in checks if c.status is CheckStatus.PASSED and c.max_abs is not None]
+    skipped = [c.engine for c in checks if c.status is CheckStatus.UNAVAILABLE]
     return ", ".join(ran) + (f"; not on {', '.join(skipped)} (see the manifest)" if skipped else "")
 
 

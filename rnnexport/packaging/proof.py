@@ -1,10 +1,11 @@
 """Where a bundle was proved: its test vectors run on engines before it is shipped.
 
 The bundle, complete but for this record, is checked exactly as ``rnnexport verify
-BUNDLE`` checks it (:func:`rnnexport.verification.bundle.verify_bundle`: the runners
-of :mod:`rnnexport.engines.registry`, the one comparator, each set's recorded
-tolerance, each variant's own). Its checks are summed up per graph, variant and
-engine into :class:`~rnnexport.bundle.EngineCheck` records for the manifest.
+BUNDLE`` checks it (:func:`rnnexport.verification.run.verify`: the runners of
+:mod:`rnnexport.engines.registry`, the one comparator, each set's recorded tolerance,
+each variant's own). A bundle has no case grid: its proof is its own test sets. Its
+checks are summed up per graph, variant and engine into
+:class:`~rnnexport.bundle.EngineCheck` records for the manifest.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from rnnexport.bundle import EngineCheck, Manifest
-from rnnexport.verification.bundle import verify_bundle
+from rnnexport.bundle import CheckStatus, EngineCheck, Manifest
+from rnnexport.verification.options import VerifyOptions
 from rnnexport.verification.report import Check, Contract, Report
+from rnnexport.verification.run import verify
 
 __all__ = ["PROOF_ENGINES", "Proof", "prove"]
 
 #: The engines every bundle is checked on when it is made: present wherever rnnexport is.
 PROOF_ENGINES = ("cpu", "reference")
-_VARIANT = "variant "
 
 #: What a proof is about: ``(graph, None)`` for a graph, ``(graph, variant name)`` for a variant.
 Key = tuple[str, str | None]
@@ -37,14 +38,14 @@ class Proof:
         return self.checks.get((graph, variant), ())
 
     def failures(self, graph: str, variant: str | None = None) -> list[EngineCheck]:
-        return [c for c in self.of(graph, variant) if c.status == "failed"]
+        return [c for c in self.of(graph, variant) if c.status is CheckStatus.FAILED]
 
 
 def _key(check: Check, graph_of: dict[str, str]) -> Key | None:
     graph = graph_of.get(check.case)
     if graph is None:
         return None
-    return graph, check.variant[len(_VARIANT):] if check.variant.startswith(_VARIANT) else None
+    return graph, check.bundle_variant
 
 
 def _summary(engine: str, checks: Sequence[Check]) -> EngineCheck:
@@ -54,8 +55,8 @@ def _summary(engine: str, checks: Sequence[Check]) -> EngineCheck:
     worst = max(figures, default=None)
     if failed is not None:
         reason = f"{failed.case} {failed.output}: {failed.detail or 'out of tolerance'}"
-        return EngineCheck(engine, "failed", worst, sets, reason)
-    return EngineCheck(engine, "passed", worst, sets)
+        return EngineCheck(engine, CheckStatus.FAILED, worst, sets, reason)
+    return EngineCheck(engine, CheckStatus.PASSED, worst, sets)
 
 
 def _unavailable(report: Report, keys: list[Key], done: set[tuple[Key, str]]) -> dict[Key, list[EngineCheck]]:
@@ -64,7 +65,7 @@ def _unavailable(report: Report, keys: list[Key], done: set[tuple[Key, str]]) ->
     def add(key: Key, engine: str, reason: str) -> None:
         if (key, engine) not in done:
             done.add((key, engine))
-            found.setdefault(key, []).append(EngineCheck(engine, "unavailable", reason=reason))
+            found.setdefault(key, []).append(EngineCheck(engine, CheckStatus.UNAVAILABLE, reason=reason))
 
     for status in report.engines:
         if not status.available:
@@ -72,7 +73,7 @@ def _unavailable(report: Report, keys: list[Key], done: set[tuple[Key, str]]) ->
                 add(key, status.name, status.reason)
     for missing in report.unavailable:
         for key in keys:
-            if missing.case is None or missing.case == f"{_VARIANT}{key[1]}":
+            if missing.case is None or (missing.variant is not None and missing.variant == key[1]):
                 add(key, missing.engine, missing.reason)
     return found
 
@@ -82,7 +83,7 @@ def prove(folder: Path, manifest: Manifest, engines: Sequence[str] = PROOF_ENGIN
 
     An engine that cannot run a graph here is recorded as unavailable with the reason.
     """
-    report = verify_bundle(folder, list(engines), allow_missing=True)
+    report = verify(folder, options=VerifyOptions(engines=tuple(engines), allow_missing=True))
     graph_of = {t.dir: t.graph for t in manifest.test_vectors}
     keys: list[Key] = [(g, None) for g in manifest.graphs] + [(v.of, v.name) for v in manifest.variants if v.ok]
     grouped: dict[tuple[Key, str], list[Check]] = {}

@@ -9,9 +9,9 @@ Six contracts, each reported on its own, per engine, case and output:
 5. no NaN or Inf anywhere;
 6. every execution provider == the CPU execution provider.
 
-:func:`verify` (also ``rnnexport.verify``) returns a :class:`Report` (data);
-``rnnexport.verification.render`` turns
-it into a text table, JSON or a plot.
+:func:`verify` (also ``rnnexport.verify``) is the one entry point: a graph (and its source),
+or a bundle, with one :class:`VerifyOptions`. It returns a :class:`Report` (data);
+``rnnexport.verification.render`` turns it into a text table, JSON or a plot.
 """
 
 from __future__ import annotations
@@ -22,20 +22,22 @@ from rnnexport.core.lazy import lazy_exports
 #: stay importable without torch (bundle verification and the runtime's users need no PyTorch).
 _LAZY = {
     "CONTRACT_TITLES": "rnnexport.verification.report",
-    "DEFAULT_CHUNK_SIZES": "rnnexport.verification.run",
     "DEFAULT_TOLERANCES": "rnnexport.core.compare",
+    "GRIDS": "rnnexport.verification.options",
     "Case": "rnnexport.verification.cases",
     "Check": "rnnexport.verification.report",
     "Contract": "rnnexport.verification.report",
     "EngineStatus": "rnnexport.verification.report",
+    "Grid": "rnnexport.verification.options",
     "InputKind": "rnnexport.verification.cases",
     "Note": "rnnexport.verification.report",
     "Report": "rnnexport.verification.report",
+    "ReportKind": "rnnexport.verification.report",
     "StateKind": "rnnexport.verification.cases",
+    "Tick": "rnnexport.verification.options",
     "Tolerance": "rnnexport.core.compare",
-    "VerifyOptions": "rnnexport.verification.run",
+    "VerifyOptions": "rnnexport.verification.options",
     "verify": "rnnexport.verification.run",
-    "verify_bundle": "rnnexport.verification.bundle",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,67 +1,39 @@
 """Re-checking a bundle with no PyTorch: the one reader checks every checksum, then every test set runs.
 
-Returns the same :class:`~rnnexport.verification.report.Report` as :func:`verify`,
-with one ``test_vectors`` check per test set, engine and output, compared by the
-one comparator, and a ``finite`` check per output. Every variant the manifest lists as
-made is re-checked on the test sets of its graph, with the tolerance it was packaged with.
-The streaming pair runs as a stream: a later call's state inputs are the earlier call's
-state outputs as this engine computed them, not the stored ones.
+Returns the same :class:`~rnnexport.verification.report.Report` as a graph's verification,
+with one ``test_vectors`` check per test set, engine and output, compared by the one
+comparator, and a ``finite`` check per output. Every variant the manifest lists as made is
+re-checked on the test sets of its graph, with the tolerance it was packaged with. The
+streaming pair runs as a stream: a later call's state inputs are the earlier call's state
+outputs as this engine computed them, not the stored ones. Engines are planned and started as
+for a graph (:mod:`rnnexport.verification.engines`), without the CPU baseline of contract 6.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
-from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from rnnexport.bundle import Bundle, GraphSource, VariantEntry, VectorEntry, open_bundle
 from rnnexport.bundle.vectors import read_set
 from rnnexport.core.compare import Tolerance, compare, tolerance_for
-from rnnexport.core.errors import VerifyError
-from rnnexport.core.ort import CPU, available_providers, start_session
+from rnnexport.core.ort import available_providers, start_session
 from rnnexport.engines.base import EngineFailure, EngineUnavailable, Runner, Unavailable
-from rnnexport.engines.registry import EngineSpec, engine_spec, make_runner
+from rnnexport.engines.registry import running
 from rnnexport.runtime.engine import LoadOptions, open_engine
-from rnnexport.verification.contracts import finite
-from rnnexport.verification.report import Check, Contract, EngineStatus, Note, Report
+from rnnexport.verification.contracts import finite, prepare
+from rnnexport.verification.engines import Engine, Lineup, plan
+from rnnexport.verification.options import Progress, Tick, VerifyOptions
+from rnnexport.verification.report import Check, Contract, Note, Report, ReportKind
 
-__all__ = ["BundleOptions", "verify_bundle"]
-
-
-@dataclasses.dataclass(frozen=True)
-class BundleOptions:
-    """How to re-check a bundle.
-
-    Attributes:
-        engines: engine names (``cpu``, ``cuda``, ``tensorrt``, ``reference``, ``openvino``,
-            ``tract``, ``node``, ``wasm``, ``browser``); each named must start unless
-            ``allow_missing``. None: every onnxruntime provider this build lists (those
-            that do not start are reported).
-        allow_missing: let a requested engine that cannot start pass.
-        atol, rtol: override the tolerance of the float32 test sets (default: what each
-            test set records, else 1e-5 and 1e-4).
-        variants: also re-check every variant the manifest lists as made.
-        threads: onnxruntime intra-op threads (None: its default).
-    """
-
-    engines: tuple[str, ...] | None = None
-    allow_missing: bool = False
-    atol: float | None = None
-    rtol: float | None = None
-    variants: bool = True
-    threads: int | None = None
+__all__ = ["verify_bundle"]
 
 
-def _default_engines() -> list[EngineSpec]:
-    listed = available_providers()
-    return [engine_spec(p) for p in [CPU, *(p for p in listed if p != CPU)]]
-
-
-def _vector_tolerance(entry: VectorEntry, options: BundleOptions) -> Tolerance:
-    recorded = getattr(entry, "tolerance", None) or {}
+def _vector_tolerance(entry: VectorEntry, options: VerifyOptions) -> Tolerance:
+    recorded = entry.tolerance or {}
     atol = options.atol if options.atol is not None else recorded.get("atol")
     rtol = options.rtol if options.rtol is not None else recorded.get("rtol")
     return tolerance_for("float32", atol, rtol)
@@ -72,135 +44,104 @@ def _variant_tolerance(variant: VariantEntry) -> Tolerance:
     return Tolerance({"int8": "int8", "fp16": "float16"}.get(variant.name, "float32"), atol, rtol, range_atol)
 
 
-def _run_sets(bundle: Bundle, runner: Runner, graph: str, label: str, tolerance: Tolerance | None,
-              options: BundleOptions, unavailable: list[Unavailable]) -> list[Check]:
-    """Every test set of ``graph`` on ``runner`` (``label``: the variant, or the set's kind)."""
-    checks: list[Check] = []
-    carried: dict[int, list[np.ndarray]] = {}
-    for entry in (e for e in bundle.test_vectors if e.graph == graph):
-        inputs, outputs = read_set(bundle, entry.dir)
-        arrays = [a for _, a in inputs]
-        if entry.kind == "stream" and (entry.call or 0) > 0 and (entry.stream or 0) in carried:
-            arrays = [arrays[0], *carried[entry.stream or 0]]
-        feeds = {t.name: _as(a, t.dtype) for t, a in zip(runner.inputs, arrays)}
-        variant = label or entry.kind
-        try:
-            got = runner.infer(feeds)
-        except EngineFailure as e:
-            checks.append(Check(Contract.VECTORS, runner.name, entry.dir, "*", False, variant, detail=str(e)))
-            continue
-        except EngineUnavailable as e:
-            unavailable.append(e.result(entry.dir))
-            continue
-        values = [np.asarray(v, np.float32) if v.dtype == np.float16 else v for v in got.values()]
-        if entry.kind == "stream":
-            carried[entry.stream or 0] = list(got.values())[1:]
-        checks += finite(runner.name, entry.dir, dict(zip(got, values)), variant)
-        tol = tolerance or _vector_tolerance(entry, options)
-        for (name, want), value in zip(outputs, values):
-            checks.append(Check.of(Contract.VECTORS, runner.name, entry.dir, name, compare(value, want, tol), variant))
-    return checks
+class _Sets:
+    """The test sets of one bundle on one engine at a time: the checks and what could not run."""
+
+    def __init__(self, bundle: Bundle, options: VerifyOptions) -> None:
+        self.bundle, self.options = bundle, options
+        self.checks: list[Check] = []
+        self.unavailable: list[Unavailable] = []
+
+    def engine(self, engine: Engine) -> None:
+        """Every graph's test sets on ``engine``, then every made variant's."""
+        started = time.perf_counter()
+        for key in self.bundle.graphs:
+            self.run(engine.runners[_label(key)], key)
+        if self.options.variants:
+            for variant, source in _variant_sources(self.bundle):
+                self._variant(engine, variant, source)
+        engine.seconds += time.perf_counter() - started
+
+    def _variant(self, engine: Engine, variant: VariantEntry, source: GraphSource) -> None:
+        label = f"variant {variant.name}"
+        with running(engine.spec, {label: source.model}, self.options.threads) as runners:
+            if isinstance(runners, EngineUnavailable):
+                self.unavailable.append(Unavailable(runners.engine, runners.reason, label, variant.name))
+            else:
+                self.run(runners[label], variant.of, variant)
+
+    def run(self, runner: Runner, graph: str, variant: VariantEntry | None = None) -> None:
+        """Every test set of ``graph`` on ``runner`` (a variant's file, when ``variant`` is given)."""
+        carried: dict[int, list[np.ndarray]] = {}
+        for entry in (e for e in self.bundle.test_vectors if e.graph == graph):
+            inputs, outputs = read_set(self.bundle, entry.dir)
+            arrays = [a for _, a in inputs]
+            if entry.kind == "stream" and (entry.call or 0) > 0 and (entry.stream or 0) in carried:
+                arrays = [arrays[0], *carried[entry.stream or 0]]
+            label = f"variant {variant.name}" if variant else entry.kind
+            name = variant.name if variant else None
+            try:
+                got = runner.infer(prepare(runner, {t.name: a for t, a in zip(runner.inputs, arrays)}))
+            except EngineFailure as e:
+                self.checks.append(Check(Contract.VECTORS, runner.name, entry.dir, "*", False, label, detail=str(e),
+                                         bundle_variant=name))
+                continue
+            except EngineUnavailable as e:
+                self.unavailable.append(Unavailable(e.engine, e.reason, entry.dir, name))
+                continue
+            values = [np.asarray(v, np.float32) if v.dtype == np.float16 else v for v in got.values()]
+            if entry.kind == "stream":
+                carried[entry.stream or 0] = list(got.values())[1:]
+            found = finite(runner.name, entry.dir, dict(zip(got, values)), label)
+            tol = _variant_tolerance(variant) if variant else _vector_tolerance(entry, self.options)
+            found += [Check.of(Contract.VECTORS, runner.name, entry.dir, out, compare(value, want, tol), label)
+                      for (out, want), value in zip(outputs, values)]
+            self.checks += [dataclasses.replace(c, bundle_variant=name) for c in found]
 
 
-def _as(array: np.ndarray, dtype: str) -> np.ndarray:
-    """A float feed in the float type the graph declares (a float16 variant's inputs)."""
-    if array.dtype.kind == "f" and dtype in ("float16", "float32") and array.dtype.name != dtype:
-        return array.astype(dtype)
-    return array
+def _label(key: str) -> str:
+    return f"{key} graph"
 
 
 def _variant_sources(bundle: Bundle) -> list[tuple[VariantEntry, GraphSource]]:
-    """Each made variant's graph file, as the reader hands it out (path or bytes)."""
+    """Each made variant's graph file."""
     if bundle.manifest is None:
         return []
     found = []
     for variant in bundle.manifest.variants:
         if variant.ok and variant.files and variant.of in bundle.graphs:
             main = variant.files[0]
-            found.append((variant, GraphSource(bundle.graphs[variant.of].form, main, _model(bundle, main))))
+            # the checked bytes, as the reader hands out every graph: what runs is what the checksum covered
+            found.append((variant, GraphSource(bundle.graphs[variant.of].form, main, bundle.read(main))))
     return found
 
 
-def _model(bundle: Bundle, name: str) -> str | bytes:
-    return str(bundle.path / name) if bundle.kind == "folder" else bundle.read(name)
-
-
-def _engine(spec: EngineSpec, bundle: Bundle, options: BundleOptions, requested: bool,
-            unavailable: list[Unavailable]) -> tuple[list[Check], EngineStatus]:
-    runners = {key: make_runner(spec, source.model, options.threads) for key, source in bundle.graphs.items()}
-    name = next(iter(runners.values())).name
-    try:
-        for runner in runners.values():
-            runner.activate()
-    except EngineUnavailable as e:
-        for runner in runners.values():
-            runner.deactivate()
-        unavailable.append(e.result())
-        return [], EngineStatus(name, spec.kind, spec.provider, requested, False, e.reason)
-    begun = time.perf_counter()
-    checks: list[Check] = []
-    try:
-        for key, runner in runners.items():
-            checks += _run_sets(bundle, runner, key, "", None, options, unavailable)
-    finally:
-        for runner in runners.values():
-            runner.deactivate()
-    if options.variants:
-        checks += _variants(spec, bundle, options, unavailable)
-    detail = next(iter(runners.values())).detail
-    return checks, EngineStatus(name, spec.kind, spec.provider, requested, True,
-                                seconds=time.perf_counter() - begun, detail=detail)
-
-
-def _variants(spec: EngineSpec, bundle: Bundle, options: BundleOptions, unavailable: list[Unavailable]) -> list[Check]:
-    checks: list[Check] = []
-    for variant, source in _variant_sources(bundle):
-        runner = make_runner(spec, source.model, options.threads)
-        label = f"variant {variant.name}"
-        try:
-            runner.activate()
-        except EngineUnavailable as e:
-            unavailable.append(Unavailable(e.engine, e.reason, label))
-            continue
-        try:
-            checks += _run_sets(bundle, runner, variant.of, label, _variant_tolerance(variant), options, unavailable)
-        finally:
-            runner.deactivate()
-    return checks
-
-
-def verify_bundle(path: str | Path, engines: Sequence[str] | None = None, allow_missing: bool = False,
-                  options: BundleOptions | None = None) -> Report:
-    """Open a bundle (folder or zip) or an ONNX test folder, then run every test set on each engine.
-
-    Args:
-        path: the bundle or test folder; its checksums are checked when it is opened.
-        engines, allow_missing: as :class:`BundleOptions` has them (kept for callers of old).
-        options: everything else; its ``engines`` and ``allow_missing`` win when given.
-
-    Raises:
-        BundleError: the bundle is unreadable, unsafe, tampered with or malformed.
-        VerifyError: an unknown engine name or a bad option.
-    """
-    opts = options or BundleOptions(tuple(engines) if engines is not None else None, allow_missing)
-    if opts.threads is not None and opts.threads < 1:
-        raise VerifyError(f"--threads must be at least 1, got {opts.threads}")
-    started = time.perf_counter()
-    wanted = [engine_spec(p) for p in opts.engines] if opts.engines is not None else _default_engines()
+def _open(path: str | os.PathLike[str]) -> Bundle:
+    """The bundle, its checksums checked and each graph loaded as an app loads it (bad input: BundleError)."""
     bundle = open_bundle(path)
-    manifest = bundle.manifest
-    if manifest is not None:
-        open_engine(bundle, LoadOptions())  # each graph loads and its metadata matches the manifest, as an app sees it
+    if bundle.manifest is not None:
+        open_engine(bundle, LoadOptions())  # each graph loads and its metadata matches the manifest
     else:
         for source in bundle.graphs.values():
             start_session(source.model, "cpu", name=f"{source.name} of {path}")  # a damaged graph is bad input
-    checks: list[Check] = []
-    unavailable: list[Unavailable] = []
-    statuses: list[EngineStatus] = []
-    for spec in dict.fromkeys(wanted):
-        found, status = _engine(spec, bundle, opts, opts.engines is not None, unavailable)
-        checks += found
-        statuses.append(status)
+    return bundle
+
+
+def verify_bundle(path: str | os.PathLike[str], options: VerifyOptions, progress: Progress | None = None) -> Report:
+    """A bundle's test sets on every engine: see :func:`rnnexport.verification.run.verify`."""
+    started = time.perf_counter()
+    planned, notes = plan(options, baseline=False)  # validates engine names before any slow work
+    bundle = _open(path)
+    sets = _Sets(bundle, options)
+    models = {_label(key): source.model for key, source in bundle.graphs.items()}
+    with Lineup(planned, models, options.threads, options.allow_missing) as lineup:
+        engines = [] if lineup.stopped else lineup.engines
+        for number, engine in enumerate(engines, 1):
+            sets.engine(engine)
+            if progress is not None:
+                progress(Tick(number, len(engines), number, len(engines), engine.name, time.perf_counter() - started))
+    manifest = bundle.manifest
+    notes += [*lineup.notes(), *([] if manifest else [Note("no_manifest")])]
     first = next(iter(manifest.graphs.values())) if manifest else None
     return Report(
         model=str(path),
@@ -210,16 +151,17 @@ def verify_bundle(path: str | Path, engines: Sequence[str] | None = None, allow_
         lowering=first.lowering if first else "",
         seq_len=None,
         seed=0,
-        tolerance=tolerance_for("float32", opts.atol, opts.rtol),
-        providers_requested=tuple(s.provider or s.kind for s in wanted) if opts.engines is not None else None,
+        tolerance=tolerance_for("float32", options.atol, options.rtol),
+        providers_requested=lineup.requested(),
         providers_available=tuple(available_providers()),
-        engines=tuple(statuses),
+        engines=lineup.final_statuses(),
         cases=(),
-        checks=tuple(checks),
-        unavailable=tuple(unavailable),
-        notes=() if manifest else (Note("no_manifest"),),
+        checks=tuple(sets.checks),
+        unavailable=(*lineup.unavailable, *sets.unavailable),
+        notes=tuple(notes),
         seconds=time.perf_counter() - started,
-        kind="bundle",
+        kind=ReportKind.BUNDLE,
         test_sets=tuple(t.dir for t in bundle.test_vectors),
-        allow_missing=opts.allow_missing,
+        allow_missing=options.allow_missing,
     )
+

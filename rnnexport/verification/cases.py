@@ -10,19 +10,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from rnnexport.core.contract import Form, IOSpec
 from rnnexport.core.inputs import random_inputs, random_state
 
-if TYPE_CHECKING:
-    pass
-
 __all__ = [
-    "DEFAULT_BATCH_SIZES",
-    "DEFAULT_SEQ_LENS",
     "SATURATING_SCALE",
     "Case",
     "InputKind",
@@ -32,8 +27,6 @@ __all__ = [
     "materialize",
 ]
 
-DEFAULT_BATCH_SIZES = (1, 4, 16)
-DEFAULT_SEQ_LENS = (1, 2, 17, 256, 2048)
 #: Saturating inputs are standard normal times this: gates sit at 0 or 1, tanh at +-1.
 SATURATING_SCALE = 10.0
 
@@ -77,7 +70,7 @@ class Case:
 
     @property
     def elements(self) -> int:
-        """``T * B``: the size that decides whether slow engines take the case."""
+        """``T * B``: the size that decides whether slow engines take the case, and its weight in progress."""
         return self.time * self.batch
 
     def to_json(self) -> dict[str, Any]:

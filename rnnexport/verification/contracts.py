@@ -100,7 +100,7 @@ def _state_out(io: IOSpec, out: Outputs) -> list[np.ndarray]:
     return [out[name] for name in io.state.output_names]
 
 
-def chunked(runner: Runner, io: IOSpec, x: np.ndarray, state: Sequence[np.ndarray], chunk: int) -> dict:
+def chunked(runner: Runner, io: IOSpec, x: np.ndarray, state: Sequence[np.ndarray], chunk: int) -> dict[str, np.ndarray]:
     """Contract 2: ``x`` fed in chunks of ``chunk`` steps (the last one ragged), state carried across calls."""
     axis = io.time_axis
     y_name = io.outputs(Form.SEQUENCE)[0].name
@@ -113,7 +113,7 @@ def chunked(runner: Runner, io: IOSpec, x: np.ndarray, state: Sequence[np.ndarra
     return {y_name: np.concatenate(ys, axis=axis), **dict(zip(io.state.output_names, carried))}
 
 
-def stream(runner: Runner, io: IOSpec, x: np.ndarray, state: Sequence[np.ndarray]) -> dict:
+def stream(runner: Runner, io: IOSpec, x: np.ndarray, state: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     """Contract 3: a step graph fed ``x`` one step at a time; ``y`` stacked along the sequence's time axis."""
     axis = io.time_axis
     y_name = io.outputs(Form.STEP)[0].name

@@ -14,9 +14,10 @@ import numpy as np
 
 from rnnexport.core import io
 from rnnexport.core.errors import VerifyError
-from rnnexport.verification.report import CONTRACT_TITLES, Check, Contract, Report
+from rnnexport.verification.options import Grid
+from rnnexport.verification.report import CONTRACT_TITLES, Check, Contract, Report, ReportKind
 
-__all__ = ["check_writable", "plot", "render_text", "require_matplotlib", "summary_line", "write_json"]
+__all__ = ["check_writable", "json_text", "plot", "render_text", "require_matplotlib", "summary_line", "write_json"]
 
 PLOT_HINT = "pip install 'rnnexport[plot]'"
 
@@ -34,18 +35,18 @@ def _drift(check: Check) -> str:
 def summary_line(report: Report) -> str:
     """``PASS ...`` or ``FAIL ...``: one line with the counts and the first failure."""
     engines = sorted({c.engine for c in report.checks if c.engine != "pytorch"})
-    missing = sorted({u.engine for u in report.unavailable if u.case is None})
+    missing = sorted({e.name for e in report.engines if e.requested and not e.available})
     tail = f"; unavailable: {', '.join(missing)}" if missing else ""
-    grid = (f"{len(report.test_sets)} test sets" if report.kind == "bundle" else f"{len(report.cases)} cases")
+    grid = (f"{len(report.test_sets)} test sets" if report.kind is ReportKind.BUNDLE else f"{len(report.cases)} cases")
     what = (f"{len(report.contracts())} contracts x {len(engines)} engines x {grid}, "
             f"{len(report.checks)} checks in {report.seconds:.1f} s{tail}")
-    if not report.ran:
-        return f"FAIL  no graph engine ran ({what})"
-    failures = report.failures
-    if report.missing and not report.allow_missing and not failures:
+    if report.missing and not report.allow_missing:
         gone = report.missing[0]
         return (f"FAIL  {len(report.missing)} requested engine(s) did not start; first: {gone.name}: {gone.reason} "
                 f"(--allow-missing lets them pass) ({what})")
+    if not report.ran:
+        return f"FAIL  no graph engine ran ({what})"
+    failures = report.failures
     if not failures:
         return f"PASS  {what}"
     first = failures[0]
@@ -80,22 +81,30 @@ def render_text(report: Report, quiet: bool = False) -> str:
                      f"{check.output}: {figures}{check.detail}")
     if len(failures) > 10:
         lines.append(f"  ... and {len(failures) - 10} more failures (see --json)")
-    seen = set()
-    for item in report.unavailable:
-        key = (item.engine, item.reason)
-        if key in seen:
-            continue
-        seen.add(key)
-        count = sum(1 for u in report.unavailable if (u.engine, u.reason) == key and u.case)
-        scope = f" ({count} cases)" if item.case else ""
-        lines.append(f"unavailable  {item.engine}{scope}: {item.reason}")
+    lines += _unavailable(report)
     lines += [f"note  {note.text()}" for note in report.notes]
     lines.append(summary_line(report))
     return "\n".join(lines)
 
 
+def _unavailable(report: Report) -> list[str]:
+    """One line per engine (and reason) that could not run; an engine not asked for that did not start
+    at all is left to the ``not_started`` note, without onnxruntime's library errors."""
+    unasked = {e.name for e in report.engines if not e.requested and not e.available}
+    lines, seen = [], set()
+    for item in report.unavailable:
+        key = (item.engine, item.reason)
+        if key in seen or (item.case is None and item.engine in unasked):
+            continue
+        seen.add(key)
+        cases = sorted({u.case for u in report.unavailable if (u.engine, u.reason) == key and u.case})
+        scope = "" if not item.case else (f" ({len(cases)} cases)" if item.variant is None else f" ({', '.join(cases)})")
+        lines.append(f"unavailable  {item.engine}{scope}: {item.reason}")
+    return lines
+
+
 def _header(report: Report) -> list[str]:
-    if report.kind == "bundle":
+    if report.kind is ReportKind.BUNDLE:
         checked = not any(n.kind == "no_manifest" for n in report.notes)
         return ["  checksums  " + ("every file matches its size and SHA-256 in the manifest" if checked else "none"),
                 f"  test sets  {len(report.test_sets)}: {', '.join(report.test_sets)}"]
@@ -104,27 +113,36 @@ def _header(report: Report) -> list[str]:
     inputs = list(dict.fromkeys(c.inputs.value for c in report.cases))
     return [f"  graph      {report.form}" + (f" (fixed T={report.seq_len})" if report.seq_len else "")
             + f", {report.lowering}" + (f"; step graph {report.step_model}" if report.step_model else ""),
-            f"  cases      {len(report.cases)}: batch {', '.join(map(str, batches))} x T "
+            f"  cases      {len(report.cases)}{_grid(report)}: batch {', '.join(map(str, batches))} x T "
             f"{', '.join(map(str, times))} x inputs {', '.join(inputs)} x state zero, random; seed {report.seed}"]
 
 
-def check_writable(path: str | os.PathLike, what: str) -> Path:
+def _grid(report: Report) -> str:
+    if report.grid is Grid.QUICK:
+        return " (quick grid; --grid full for every size)"
+    return f" ({report.grid.value} grid)" if report.grid is not None else ""
+
+
+def check_writable(path: str | os.PathLike[str], what: str) -> Path:
     """Fail early (before a long run) when ``path`` cannot be written: :func:`rnnexport.io.check_writable`."""
     return io.check_writable(path, what, VerifyError)
 
 
-def write_json(report: Report, path: str | os.PathLike) -> Path:
-    """The full report as strict JSON (schema: ``docs/verify-report.schema.json``), written atomically."""
-    text = json.dumps(report.to_json(), indent=1, allow_nan=False) + "\n"
+def json_text(report: Report) -> str:
+    """The full report as strict JSON text (schema: ``docs/verify-report.schema.json``)."""
+    return json.dumps(report.to_json(), indent=1, allow_nan=False) + "\n"
 
-    io.atomic_write(path, text.encode(), "report", VerifyError)
+
+def write_json(report: Report, path: str | os.PathLike[str]) -> Path:
+    """The full report as strict JSON, written atomically to the file ``path``."""
+    io.atomic_write(path, json_text(report).encode(), "report", VerifyError)
     return Path(path)
 
 
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 
 
-def require_matplotlib(path: str | os.PathLike | None = None) -> None:
+def require_matplotlib(path: str | os.PathLike[str] | None = None) -> None:
     """Raise :class:`VerifyError` when matplotlib is missing (with the install hint) or ``path`` cannot be a plot."""
     try:
         import matplotlib  # noqa: F401
@@ -156,7 +174,7 @@ def _curves(report: Report, contract: Contract) -> dict[str, tuple[str, np.ndarr
     return curves
 
 
-def plot(report: Report, path: str | os.PathLike) -> Path:
+def plot(report: Report, path: str | os.PathLike[str]) -> Path:
     """Error vs time step, per engine, for contract 1 (and 3 when it ran), saved as an image."""
     require_matplotlib(path)
     import matplotlib

@@ -10,14 +10,23 @@ from typing import Any
 import numpy as np
 
 from rnnexport.core.compare import Figures, Tolerance
-from rnnexport.engines.base import Unavailable
+from rnnexport.engines.base import EngineKind, Unavailable
 from rnnexport.verification.cases import Case
+from rnnexport.verification.options import Grid
 
-__all__ = ["CONTRACT_TITLES", "FORMAT", "NOTES", "Check", "Contract", "EngineStatus", "Note", "Report", "json_float"]
+__all__ = ["CONTRACT_TITLES", "FORMAT", "NOTES", "Check", "Contract", "EngineStatus", "Note", "Report", "ReportKind",
+           "json_float"]
 
 FORMAT = "rnnexport.verify-report/1"
 #: The most points of an error-vs-time curve written to JSON (steps are binned, max per bin).
 CURVE_POINTS = 64
+
+
+class ReportKind(str, enum.Enum):
+    """What was verified."""
+
+    GRAPH = "graph"  # a graph against its PyTorch source, over a case grid
+    BUNDLE = "bundle"  # a bundle's (or an ONNX test folder's) test vectors against their stored outputs
 
 
 class Contract(str, enum.Enum):
@@ -60,6 +69,9 @@ NOTES = {
                           "that error was at most {worst:.2g} ({worst_case})",
     "reference_skipped": "{engine} skipped {skipped} of {cases} cases with T*B > {max_elements} (slow)",
     "no_manifest": "an ONNX test folder has no manifest: there were no checksums to check",
+    "stopped": "verify stopped before the first case: requested {engines} did not start (the reason is above; "
+               "--allow-missing lets a requested engine that cannot start pass)",
+    "not_started": "{engines} did not start here and were not asked for (name one in --engines to see why)",
 }
 
 
@@ -109,6 +121,8 @@ class Check:
     last_step: float | None = None
     detail: str = ""
     curve: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+    #: Bundle reports: the variant (``int8``, ``fp16``, ...) whose file ran, None for a graph's own file.
+    bundle_variant: str | None = None
 
     @classmethod
     def of(cls, contract: Contract, engine: str, case: str, output: str, figures: Figures,
@@ -145,7 +159,7 @@ class EngineStatus:
     """An engine the run asked for or found: whether it ran, and why not."""
 
     name: str
-    kind: str  # "pytorch" or an engine kind of rnnexport.engines.registry (onnxruntime, reference, openvino, ...)
+    kind: EngineKind
     provider: str | None
     requested: bool
     available: bool
@@ -154,7 +168,7 @@ class EngineStatus:
     detail: str = ""  # how it ran, e.g. OpenVINO's inference precision
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "provider": self.provider, "requested": self.requested,
+        return {"name": self.name, "kind": self.kind.value, "provider": self.provider, "requested": self.requested,
                 "available": self.available, "reason": self.reason, "seconds": round(self.seconds, 4),
                 "detail": self.detail}
 
@@ -182,12 +196,14 @@ class Report:
     unavailable: tuple[Unavailable, ...]
     notes: tuple[Note, ...]
     seconds: float
-    #: ``"graph"`` (a graph against its PyTorch source) or ``"bundle"`` (a bundle's test vectors).
-    kind: str = "graph"
+    #: A graph against its PyTorch source, or a bundle's test vectors.
+    kind: ReportKind = ReportKind.GRAPH
     #: The test sets run, for bundle reports.
     test_sets: tuple[str, ...] = ()
     #: Whether a requested engine that could not start may pass (``--allow-missing``).
     allow_missing: bool = False
+    #: The case grid of a graph report (None for a bundle).
+    grid: Grid | None = None
 
     @property
     def ran(self) -> bool:
@@ -238,7 +254,8 @@ class Report:
                             "failed": sum(not c.passed for c in mine)})
         return {
             "format": FORMAT,
-            "kind": self.kind,
+            "kind": self.kind.value,
+            "grid": None if self.grid is None else self.grid.value,
             "allow_missing": self.allow_missing,
             "passed": self.passed,
             "model": self.model,

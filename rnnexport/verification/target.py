@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from rnnexport.core.contract import Form, GraphInfo, IOSpec, Lowering
+from rnnexport.core.contract import Form, GraphInfo, IOSpec, Lowering, TensorSpec
 from rnnexport.core.errors import RnnexportError, VerifyError
 from rnnexport.core.onnxfile import load_with_info
 from rnnexport.engines.base import GraphTensor, graph_tensors
@@ -51,8 +51,7 @@ class Target:
     @property
     def bidirectional(self) -> bool:
         """Whether a layer reads the sequence backwards: then chunks cannot carry its state."""
-        modules = self.model.sequence_module.modules()
-        if any(isinstance(m, torch.nn.RNNBase) and m.bidirectional for m in modules):
+        if self.model.bidirectional():
             return True
         for node in self.proto.graph.node:
             if node.op_type in ("RNN", "LSTM", "GRU"):
@@ -62,7 +61,7 @@ class Target:
         return False
 
 
-def load_graph(path: str | os.PathLike) -> tuple[onnx.ModelProto, GraphInfo | None]:
+def load_graph(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, GraphInfo | None]:
     """The ONNX model at ``path`` and its rnnexport metadata (None when it has none)."""
     return load_with_info(Path(path), str(path), VerifyError, None)
 
@@ -104,7 +103,7 @@ def _check_inputs(path: Path, io: IOSpec, form: Form, seq_len: int | None,
                               f"SOURCE gives {_spec(spec)}; pass the SOURCE (and sizes) the graph was converted from")
 
 
-def _spec(spec) -> str:
+def _spec(spec: TensorSpec) -> str:
     return f"{spec.name} {spec.dtype}[{', '.join(str(d) for d in spec.shape)}]"
 
 
@@ -173,7 +172,7 @@ def _check_hash(path: Path, info: GraphInfo, model: RecurrentModel, given: bool)
                       f"graph's {info.params_sha256[:12]}; pass the SOURCE and --weights the graph was converted from")
 
 
-def load_target(path: str | os.PathLike, source: SourceLike | None = None) -> Target:
+def load_target(path: str | os.PathLike[str], source: SourceLike | None = None) -> Target:
     """The graph at ``path`` with its reference model, every contract and hash checked.
 
     Raises:
