@@ -265,3 +265,54 @@ def test_metadata_that_disagrees_with_the_graph_is_refused_with_both_shapes(expo
     code, err = invoke("run", path, "-i", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
     assert code == 2 and not (tmp_path / "y.npy").exists()
     one_line(err, "does not describe its graph")
+
+
+@pytest.fixture(scope="module")
+def variant_bundle(exports, tmp_path_factory) -> Path:
+    from rnnexport.packaging import package
+
+    model = exports.model("seed_lstm")
+    out = tmp_path_factory.mktemp("variants") / "bundle"
+    package(exports.export("seed_lstm").path, out, source=model, variants=["fp16", "int8"])
+    return out
+
+
+def _verify_json(bundle: Path, tmp_path: Path) -> tuple[int, dict]:
+    code, err = invoke("verify", bundle, "--engines", "cpu", "--json", tmp_path / "report.json", "-q")
+    return code, json.loads((tmp_path / "report.json").read_text())
+
+
+def test_a_loosened_variant_tolerance_does_not_turn_a_failure_into_a_pass(variant_bundle, tmp_path):
+    """Tripled fp16 weights fail against rnnexport's own variant tolerance, whatever the manifest allows."""
+    def triple_and_loosen(folder: Path) -> None:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        variant = next(v for v in manifest["variants"] if v["name"] == "fp16" and v["status"] == "ok")
+        model = onnx.load(folder / variant["files"][0])
+        for tensor in model.graph.initializer:
+            if tensor.data_type == TensorProto.FLOAT16 and len(tensor.dims) == 2:
+                array = onnx.numpy_helper.to_array(tensor) * 3
+                tensor.CopyFrom(onnx.numpy_helper.from_array(array.astype(np.float16), tensor.name))
+        onnx.save(model, folder / variant["files"][0])
+        variant["tolerance"] = {"atol": 1e6, "range_atol": 1e6, "rtol": 1e6}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    bundle = _relisted(variant_bundle, tmp_path / "loose", triple_and_loosen)
+    code, report = _verify_json(bundle, tmp_path)
+    failed = [c for c in report["checks"] if not c["passed"]]
+    assert code == 1 and failed and all(c.get("variant") == "fp16" or "fp16" in json.dumps(c) for c in failed)
+
+
+def test_a_variant_proven_on_another_cpu_is_rechecked_and_said_so(variant_bundle, tmp_path):
+    def other_cpu(folder: Path) -> None:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        for variant in manifest["variants"]:
+            if variant["status"] == "ok":
+                variant["cpu"] = {"machine": variant["cpu"]["machine"], "features": ["avx2"]}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    bundle = _relisted(variant_bundle, tmp_path / "elsewhere", other_cpu)
+    code, report = _verify_json(bundle, tmp_path)
+    assert code == 0, report
+    notes = " ".join(n if isinstance(n, str) else json.dumps(n) for n in report["notes"])
+    assert "re-checked here on its test sets" in notes and "proven on" in notes
+    assert any(c.get("variant") == "int8" or "int8" in json.dumps(c) for c in report["checks"])

@@ -18,8 +18,9 @@ import time
 import numpy as np
 
 from rnnexport.bundle import Bundle, GraphSource, VariantEntry, VectorEntry, open_bundle
+from rnnexport.bundle.proven import cpu_difference
 from rnnexport.bundle.vectors import read_set
-from rnnexport.core.compare import Tolerance, compare, tolerance_for
+from rnnexport.core.compare import VARIANT_TOLERANCES, Tolerance, compare, tolerance_for
 from rnnexport.core.ort import available_providers, start_session
 from rnnexport.engines.base import EngineFailure, EngineUnavailable, Runner, Unavailable
 from rnnexport.engines.registry import running
@@ -40,8 +41,27 @@ def _vector_tolerance(entry: VectorEntry, options: VerifyOptions) -> Tolerance:
 
 
 def _variant_tolerance(variant: VariantEntry) -> Tolerance:
+    """rnnexport's own tolerance of the variant, or the manifest's where it is stricter: a manifest can
+    tighten a check, never loosen it into a pass."""
     atol, range_atol, rtol = variant.tolerance
-    return Tolerance({"int8": "int8", "fp16": "float16"}.get(variant.name, "float32"), atol, rtol, range_atol)
+    own = VARIANT_TOLERANCES.get(variant.name)
+    if own is None:
+        return Tolerance("float32", atol, rtol, range_atol)
+    stricter = [min(given, limit) if given > 0 else limit
+                for given, limit in ((atol, own.atol), (rtol, own.rtol), (range_atol, own.range_atol))]
+    return dataclasses.replace(own, atol=stricter[0], rtol=stricter[1], range_atol=stricter[2])
+
+
+def _cpu_notes(bundle: Bundle) -> list[Note]:
+    """Where a made variant was proven on another CPU than this one (its kernels may differ here)."""
+    if bundle.manifest is None:
+        return []
+    notes = []
+    for variant in bundle.manifest.variants:
+        difference = cpu_difference(variant.cpu) if variant.ok and variant.cpu is not None else None
+        if difference:
+            notes.append(Note("variant_cpu", {"variant": variant.name, "difference": difference}))
+    return notes
 
 
 class _Sets:
@@ -142,6 +162,8 @@ def verify_bundle(path: str | os.PathLike[str], options: VerifyOptions, progress
                 progress(Tick(number, len(engines), number, len(engines), engine.name, time.perf_counter() - started))
     manifest = bundle.manifest
     notes += [*lineup.notes(), *([] if manifest else [Note("no_manifest")])]
+    if options.variants:
+        notes += _cpu_notes(bundle)
     first = next(iter(manifest.graphs.values())) if manifest else None
     return Report(
         model=str(path),

@@ -72,6 +72,7 @@ NOTES = {
     "stopped": "verify stopped before the first case: requested {engines} did not start (the reason is above; "
                "--allow-missing lets a requested engine that cannot start pass)",
     "not_started": "{engines} did not start here and were not asked for (name one in --engines to see why)",
+    "variant_cpu": "variant {variant} was re-checked here on its test sets, not trusted: {difference}",
 }
 
 
