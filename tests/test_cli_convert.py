@@ -195,9 +195,15 @@ def test_native_for_a_cell_it_cannot_express_is_one_line(tmp_path):
     assert code == 0 and "lowering  scan" in out, err
 
 
-def test_python_dash_m_and_console_script_agree():
-    result = CliRunner().invoke(main, ["--version"])
-    assert result.exit_code == 0 and "rnnexport" in result.output
+def test_python_dash_m_and_console_script_agree(tmp_path):
+    """``python -m rnnexport`` and the installed ``rnnexport`` script are one program: same version, same help."""
+    dash_m = [subprocess.run([sys.executable, "-m", "rnnexport", *args], capture_output=True, text=True, cwd=tmp_path)
+              for args in (["--version"], ["convert", "--help"])]
+    script = [console(args, tmp_path) for args in (["--version"], ["convert", "--help"])]
+    assert [p.returncode for p in dash_m] == [code for code, _, _ in script] == [0, 0]
+    assert [p.stdout.replace("python -m rnnexport", "rnnexport") for p in dash_m] == \
+        [out.replace("python -m rnnexport", "rnnexport") for _, out, _ in script]
+    assert "rnnexport" in dash_m[0].stdout
 
 
 def console(args, cwd):
