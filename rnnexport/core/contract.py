@@ -159,9 +159,18 @@ class TensorSpec:
     dtype: str
 
     def concrete(self, batch: int, time: int | None = None) -> tuple[int, ...]:
-        """The shape with ``B`` and ``T`` replaced by numbers."""
-        sizes: dict[str, int | None] = {BATCH: batch, TIME: time}
-        return tuple(int(sizes[d]) if isinstance(d, str) else d for d in self.shape)  # type: ignore[arg-type]
+        """The shape with ``B`` and ``T`` replaced by numbers.
+
+        Raises:
+            ContractError: the shape has ``T`` and no ``time`` was given, or a symbol other than ``B``/``T``.
+        """
+        sizes = {BATCH: batch, **({TIME: time} if time is not None else {})}
+        dims = []
+        for d in self.shape:
+            if isinstance(d, str) and d not in sizes:
+                raise ContractError(f"{self.name} has the size {d!r} in its shape; give it a number")
+            dims.append(sizes[d] if isinstance(d, str) else d)
+        return tuple(dims)
 
     def describe(self) -> str:
         """``x float32[T, B, 28]``."""
