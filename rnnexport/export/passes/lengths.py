@@ -28,7 +28,13 @@ from rnnexport.core.contract import BATCH, IOSpec
 from rnnexport.core.graphs import attribute
 from rnnexport.core.onnxfile import value_dims
 from rnnexport.export.onnxutil import GraphBuilder
-from rnnexport.export.passes.graph import batch_axis, producers, rename_output, replace_uses, toposort
+from rnnexport.export.passes.graph import (
+    batch_axis,
+    producers,
+    rename_output,
+    replace_uses,
+    toposort,
+)
 
 __all__ = ["mask_scan_states", "mask_sequence", "valid_steps"]
 
