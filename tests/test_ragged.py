@@ -11,6 +11,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -476,10 +477,12 @@ def test_several_inputs_of_different_lengths_run_in_one_call(tmp_path, monkeypat
     for i, chunk in enumerate(chunks):
         np.save(f"x{i}.npy", chunk)
     args = ["run", "g.onnx", *sum((["-i", f"x{i}.npy"] for i in range(3)), []),
-            *sum((["-o", f"y{i}.npy"] for i in range(3)), [])]
+            *sum((["-o", f"y{i}.npy"] for i in range(3)), []), "--json", "run.json"]
     result = cli.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "in 1 call of the sequence graph" in result.output
+    doc = _valid(json.loads(Path("run.json").read_text()), "run-result")
+    assert doc["calls"] == 1 and [s["steps"] for s in doc["streams"]] == [4, 7, 1]
     for i, chunk in enumerate(chunks):
         np.testing.assert_allclose(np.load(f"y{i}.npy"), StatefulSession.load("g.onnx").run(chunk), atol=1e-6)
 
@@ -512,7 +515,14 @@ def test_verify_runs_ragged_cases_on_a_lengths_graph(lengths_graph):
     assert list(ragged_cases[0].lengths) != sorted(ragged_cases[0].lengths)
     checks = [c for c in report.checks if c.case == ragged_cases[0].id]
     assert {c.variant for c in checks if c.contract.value == "graph_vs_pytorch"} == {"", "zero past each end"}
-    assert report.to_json()["cases"][-1]["lengths"] == list(ragged_cases[0].lengths)
+    assert _valid(report.to_json(), "verify-report")["cases"][-1]["lengths"] == list(ragged_cases[0].lengths)
+
+
+def _valid(doc: dict, name: str) -> dict:
+    """``doc``, once it validates against the shipped ``docs/NAME.schema.json``."""
+    schema = json.loads((Path(__file__).resolve().parent.parent / "docs" / f"{name}.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(doc)
+    return doc
 
 
 def _unmask_scan_states(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -46,7 +46,7 @@ def to_json(result: RunSummary) -> dict[str, Any]:
 def streams_json(result: StreamsSummary) -> dict[str, Any]:
     """The ``--json`` document of several streams run at once (same schema)."""
     ys: list[Path | None] = [*result.y_paths] or [None] * len(result.steps)
-    call = "step" if result.form == "step" else "run"
+    call = result.form  # step: a step call per tick; sequence: one ragged call
     return document("run-result", {
         "model": str(result.model), "forms": [result.form], "providers": list(result.providers),
         "streams": [{"call": call, "steps": steps, "batch": 1, "y_shape": None, "y": str(y) if y else None}

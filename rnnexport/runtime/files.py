@@ -203,7 +203,8 @@ def run_stream_files(
         chunks.append(np.moveaxis(x, c.time_axis, 0))  # (T, 1, ...): one step per row
     sequence = engine.graphs.get(SEQUENCE)
     if c.lengths is not None and sequence is not None and sequence.seq_len is None:
-        ys, calls, form = _run_ragged(StatefulSession(engine, len(chunks), check_finite), chunks), 1, SEQUENCE.value
+        ys = _run_ragged(StatefulSession(engine, len(chunks), check_finite), chunks)
+        calls, form = int(any(len(chunk) for chunk in chunks)), SEQUENCE.value
     else:
         with StreamBatcher(engine, max_batch=max(1, len(x_paths)), check_finite=check_finite) as batcher:
             ys, calls = _run_ticks(batcher, chunks)
