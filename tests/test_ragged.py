@@ -82,6 +82,7 @@ SOURCES = {
     "user_leaky_cell": (CONFIGS["user_leaky_cell"], ("scan",)),
     "nested_state_module": (_torch(LstmThenCell), ("scan",)),
     "wrapped_token_lm": (CONFIGS["wrapped_token_lm"], ("scan",)),
+    "wrapped_batch_first_gru": (CONFIGS["wrapped_batch_first_gru"], ("scan", "unrolled")),
 }
 GRID = [(name, lowering) for name, (_, lowerings) in SOURCES.items() for lowering in lowerings]
 
