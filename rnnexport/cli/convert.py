@@ -90,13 +90,17 @@ def to_json(result: ConvertResult) -> dict[str, Any]:
                    "step).")
 @click.option("--seq-len", type=click.IntRange(min=1), default=None,
               help="Fixed T of an unrolled sequence graph (default 35); only with --lowering unrolled.")
+@click.option("--lengths", is_flag=True,
+              help="Give the sequence graph a lengths (B,) int64 input after the state, for batches of "
+                   "sequences of different lengths: stream b stops after lengths[b] steps (y zero after, "
+                   "its state the one after its own last step), as PyTorch's packed sequences.")
 @source_options
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 @json_option("convert-result.schema.json")
 @quiet_option("Print only the output path.")
 @verbose_option
-def convert_command(source: str, output: str | None, form: str, lowering: str, seq_len: int | None, force: bool,
-                    json_path: str | None, quiet: bool, **source_kw: Any) -> None:
+def convert_command(source: str, output: str | None, form: str, lowering: str, seq_len: int | None, lengths: bool,
+                    force: bool, json_path: str | None, quiet: bool, **source_kw: Any) -> None:
     """Convert a recurrent model SOURCE to an ONNX graph with explicit state.
 
     State goes in and comes out: inputs x, h (and c for LSTMs); outputs y, h_out
@@ -111,5 +115,5 @@ def convert_command(source: str, output: str | None, form: str, lowering: str, s
     check_replaceable(path, force, Path.is_file, "a file", ConvertError)
     check_outputs(json_path, [("output path", path)])
     progress = None if quiet else (lambda line: click.echo(f"{line}...", err=True))
-    result = convert(spec, path, form=form, lowering=lowering, seq_len=seq_len, progress=progress)
+    result = convert(spec, path, form=form, lowering=lowering, seq_len=seq_len, progress=progress, lengths=lengths)
     emit([str(result.path)] if quiet else summary(result), to_json(result), json_path)

@@ -23,6 +23,8 @@ def summary(result: RunSummary) -> list[str]:
              f"({'+'.join(result.forms)} graph) on {result.providers[0]}"]
     if result.state_in:
         lines.append(f"  state in   {result.state_in}")
+    if result.lengths:
+        lines.append(f"  lengths    {result.lengths}")
     lines.append(f"  y          {list(result.y_shape)}" + (f" -> {result.y_path}" if result.y_path else ""))
     if result.state_out:
         lines.append(f"  state out  {result.state_out}")
@@ -44,9 +46,10 @@ def to_json(result: RunSummary) -> dict[str, Any]:
 def streams_json(result: StreamsSummary) -> dict[str, Any]:
     """The ``--json`` document of several streams run at once (same schema)."""
     ys: list[Path | None] = [*result.y_paths] or [None] * len(result.steps)
+    call = result.form  # step: a step call per tick; sequence: one ragged call
     return document("run-result", {
-        "model": str(result.model), "forms": ["step"], "providers": list(result.providers),
-        "streams": [{"call": "step", "steps": steps, "batch": 1, "y_shape": None, "y": str(y) if y else None}
+        "model": str(result.model), "forms": [result.form], "providers": list(result.providers),
+        "streams": [{"call": call, "steps": steps, "batch": 1, "y_shape": None, "y": str(y) if y else None}
                     for steps, y in zip(result.steps, ys)],
         "calls": result.calls, "state_in": None, "state_out": None,
     })
@@ -56,7 +59,11 @@ def streams_json(result: StreamsSummary) -> dict[str, Any]:
 @click.argument("bundle", type=click.Path())
 @click.option("-i", "--input", "x_paths", type=click.Path(dir_okay=False), required=True, multiple=True,
               help="x as .npy: one step (B, ...) or a chunk (T, B, ...) in the graph's layout. Repeat it to "
-                   "run several streams at once, one chunk (T, 1, ...) of any T each, through one call per step.")
+                   "run several streams at once, one chunk (T, 1, ...) of any T each: in one call when the "
+                   "sequence graph takes lengths (--lengths at convert), else one call per step.")
+@click.option("--lengths", "lengths_path", type=click.Path(dir_okay=False), default=None,
+              help="(B,) integers as .npy: each stream's own number of steps in the chunk, for a sequence graph "
+                   "converted with --lengths (y is zero after each stream's end, its state the one at its end).")
 @click.option("--state-in", type=click.Path(dir_okay=False), default=None,
               help=".npz of the state to start from (as written by --state-out); default: zeros.")
 @click.option("--state-out", type=click.Path(dir_okay=False), default=None,
@@ -72,9 +79,9 @@ def streams_json(result: StreamsSummary) -> dict[str, Any]:
 @json_option("run-result.schema.json")
 @quiet_option("Print nothing but errors (and the JSON asked for).")
 @verbose_option
-def run_command(bundle: str, x_paths: tuple[str, ...], state_in: str | None, state_out: str | None,
-                outputs: tuple[str, ...], providers: tuple[str, ...], allow_nonfinite: bool, json_path: str | None,
-                quiet: bool) -> None:
+def run_command(bundle: str, x_paths: tuple[str, ...], lengths_path: str | None, state_in: str | None,
+                state_out: str | None, outputs: tuple[str, ...], providers: tuple[str, ...], allow_nonfinite: bool,
+                json_path: str | None, quiet: bool) -> None:
     """Stream x through BUNDLE (a bundle folder, a .zip of one, or a model .onnx).
 
     The state starts from zeros or --state-in and is written to --state-out, so
@@ -87,20 +94,25 @@ def run_command(bundle: str, x_paths: tuple[str, ...], state_in: str | None, sta
 
     written = [("-o", path) for path in outputs] + ([("--state-out", state_out)] if state_out else [])
     check_outputs(json_path, written, [("BUNDLE", bundle), *(("--input", x) for x in x_paths),
-                                       *([("--state-in", state_in)] if state_in else [])])
+                                       *([("--state-in", state_in)] if state_in else []),
+                                       *([("--lengths", lengths_path)] if lengths_path else [])])
     if len(x_paths) > 1:
         if state_in or state_out:
             raise RnnexportError("--state-in/--state-out take one stream; with several --input, each stream "
                                  "starts from zeros")
+        if lengths_path:
+            raise RnnexportError("--lengths goes with one --input of several streams; with several --input, "
+                                 "each file's T is its stream's length")
         streams = run_stream_files(bundle, list(x_paths), list(outputs), providers=list(providers) or None,
                                    check_finite=not allow_nonfinite)
         lines = [f"ran {len(streams.steps)} streams ({', '.join(map(str, streams.steps))} steps) through "
-                 f"{streams.model} in {streams.calls} calls on {streams.providers[0]}"]
+                 f"{streams.model} in {streams.calls} call{'s' * (streams.calls != 1)} of the {streams.form} graph "
+                 f"on {streams.providers[0]}"]
         emit(lines + [f"  y -> {path}" for path in streams.y_paths], streams_json(streams), json_path, quiet)
         return
     if len(outputs) > 1:
         raise RnnexportError("give one -o for one --input")
     result = run_files(bundle, x_paths[0], state_in=state_in, state_out=state_out,
                        y_path=outputs[0] if outputs else None, providers=list(providers) or None,
-                       check_finite=not allow_nonfinite)
+                       check_finite=not allow_nonfinite, lengths_path=lengths_path)
     emit(summary(result), to_json(result), json_path, quiet)

@@ -37,11 +37,14 @@ __all__ = [
     "Form",
     "GraphInfo",
     "IOSpec",
+    "LENGTHS_NAME",
     "Layout",
+    "LengthsSpec",
     "Lowering",
     "StateSpec",
     "TensorSpec",
     "check_array",
+    "check_lengths",
     "show_shape",
 ]
 
@@ -51,6 +54,7 @@ TIME = "T"
 
 X_NAME = "x"
 Y_NAME = "y"
+LENGTHS_NAME = "lengths"
 OUT_SUFFIX = "_out"
 
 #: Prefix of every ``metadata_props`` key rnnexport writes into a graph.
@@ -433,6 +437,53 @@ def _describe_value(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+#: What a lengths input means; one value today, recorded so a later meaning cannot be misread.
+PACKED = "packed"
+#: The dtype of a lengths input: int64, as torch's ``pack_padded_sequence`` takes lengths, as numpy
+#: makes integer arrays by default on 64-bit Linux and macOS, and as ONNX's ``ReverseSequence`` reads
+#: them; only the recurrent operators want int32, one Cast inside the graph.
+LENGTHS_DTYPE = "int64"
+
+
+@dataclasses.dataclass(frozen=True)
+class LengthsSpec:
+    """The optional ``lengths (B,)`` input of a sequence graph: each stream's own number of steps.
+
+    Semantics (``"packed"``) are PyTorch's packed sequences: in stream ``b``, steps
+    ``t >= lengths[b]`` give zeros in ``y`` (as ``pad_packed_sequence`` pads) and leave the
+    state unchanged, so the state outputs hold each stream's state after its own last step
+    and a length of 0 returns the initial state. The graph clamps lengths to ``[0, T]``.
+    """
+
+    name: str = LENGTHS_NAME
+    dtype: str = LENGTHS_DTYPE
+    semantics: str = PACKED
+
+    @property
+    def tensor(self) -> TensorSpec:
+        """The graph input: ``lengths int64[B]``."""
+        return TensorSpec(self.name, (BATCH,), self.dtype)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": [BATCH], "semantics": self.semantics}
+
+    @classmethod
+    def from_json(cls, data: Any) -> LengthsSpec:
+        """Parse :meth:`to_json`'s output, checking every field.
+
+        Raises:
+            ContractError: a missing or malformed field.
+        """
+        what = "I/O contract lengths"
+        data = _object(data, what)
+        shape = data.get("shape", [BATCH])
+        if shape != [BATCH]:
+            raise ContractError(f"malformed {what}: shape must be [{BATCH!r}], got {shape!r:.80}")
+        return cls(_name(_field(data, "name", what), what),
+                   _choice(_field(data, "dtype", what), (LENGTHS_DTYPE,), f"{what} dtype"),
+                   _choice(data.get("semantics", PACKED), (PACKED,), f"{what} semantics"))
+
+
 @dataclasses.dataclass(frozen=True)
 class IOSpec:
     """The whole I/O contract: data input ``x``, output ``y`` and the state."""
@@ -449,8 +500,16 @@ class IOSpec:
     #: The tokens behind one-hot or token-id indices, in index order (a trained char
     #: model's characters), so an app needs nothing but the graph or bundle; None if unknown.
     vocabulary: tuple[str, ...] | None = None
+    #: The sequence graph's ``lengths`` input (ragged batches), after the state inputs; None: it has none.
+    #: Step graphs never take one.
+    lengths: LengthsSpec | None = None
 
     def __post_init__(self) -> None:
+        if self.lengths is not None:
+            taken = {X_NAME, Y_NAME, *self.state.names, *self.state.output_names}
+            if self.lengths.name in taken:
+                raise ContractError(f"malformed I/O contract: the lengths input {self.lengths.name!r} has the "
+                                    "name of another input or output")
         if self.vocabulary is not None and self.x_encoding == "one-hot" \
                 and (len(self.x_features) != 1 or len(self.vocabulary) != self.x_features[0]):
             raise ContractError(f"malformed I/O contract: a one-hot x of {list(self.x_features)} features needs "
@@ -481,9 +540,18 @@ class IOSpec:
         return self._shape(self.y_features, form, batch, time)
 
     def inputs(self, form: Form | str, seq_len: int | None = None) -> list[TensorSpec]:
-        """Graph inputs in order: ``x``, then the state (``h``, ``c``)."""
+        """Graph inputs in order: ``x``, then the state (``h``, ``c``), then a sequence graph's ``lengths``."""
         time = TIME if seq_len is None else seq_len
-        return [TensorSpec(X_NAME, self.x_shape(form, BATCH, time), self.x_dtype), *self.state.inputs()]
+        lengths = [self.lengths.tensor] if self.lengths is not None and Form(form) is Form.SEQUENCE else []
+        return [TensorSpec(X_NAME, self.x_shape(form, BATCH, time), self.x_dtype), *self.state.inputs(), *lengths]
+
+    def without_lengths(self) -> IOSpec:
+        """This contract without a lengths input: what the model's step graph, and its source, have."""
+        return dataclasses.replace(self, lengths=None) if self.lengths is not None else self
+
+    def with_lengths(self) -> IOSpec:
+        """This contract with the lengths input (:class:`LengthsSpec`)."""
+        return dataclasses.replace(self, lengths=LengthsSpec())
 
     def outputs(self, form: Form | str, seq_len: int | None = None) -> list[TensorSpec]:
         """Graph outputs in order: ``y``, then the state (``h_out``, ``c_out``)."""
@@ -507,9 +575,20 @@ class IOSpec:
                     return problem
         return None
 
-    def feeds(self, x: np.ndarray, state: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        """The input dict of one graph call: ``{"x": x, "h": ..., "c": ...}``."""
-        return {X_NAME: x, **dict(zip(self.state.names, state))}
+    def feeds(self, x: np.ndarray, state: Sequence[np.ndarray],
+              lengths: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The input dict of one graph call: ``{"x": x, "h": ..., "c": ...}`` (and ``"lengths"``).
+
+        For a contract with a lengths input and a sequence ``x``, ``lengths`` defaults to
+        every stream running all of ``x``'s steps; a step ``x`` never takes lengths.
+        """
+        feeds = {X_NAME: x, **dict(zip(self.state.names, state))}
+        if self.lengths is not None and np.ndim(x) == 2 + len(self.x_features):
+            if lengths is None:
+                shape = np.shape(x)
+                lengths = np.full(shape[self.batch_axis], shape[self.time_axis], np.int64)
+            feeds[self.lengths.name] = lengths
+        return feeds
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -523,6 +602,8 @@ class IOSpec:
         }
         if self.vocabulary is not None:
             data["vocabulary"] = list(self.vocabulary)
+        if self.lengths is not None:
+            data["lengths"] = self.lengths.to_json()
         return data
 
     @classmethod
@@ -547,6 +628,7 @@ class IOSpec:
             y_dtype=_choice(data.get("y_dtype", "float32"), _DTYPES, "I/O contract y_dtype"),
             x_encoding=_choice(data.get("x_encoding", "real"), _ENCODINGS, "I/O contract x_encoding"),
             vocabulary=_vocabulary(data.get("vocabulary")),
+            lengths=None if data.get("lengths") is None else LengthsSpec.from_json(data["lengths"]),
         )
 
 
@@ -671,3 +753,25 @@ def check_array(name: str, value: Any, dtype: str, shape: tuple[Dim, ...]) -> np
     if not fits:
         raise ContractError(f"{name}: expected {want}, got shape {show_shape(value.shape)}")
     return np.ascontiguousarray(value)
+
+
+def check_lengths(value: Any, batch: int, time: int, name: str = LENGTHS_NAME) -> np.ndarray:
+    """``value`` as the int64 ``(batch,)`` lengths of ``batch`` streams over ``time`` steps, or a one-line error.
+
+    Any integer dtype is taken (numpy makes int32 arrays on some platforms); each length must
+    be from 0 to ``time``.
+
+    Raises:
+        ContractError: a non-array, a non-integer dtype, a wrong shape, or a length out of range.
+    """
+    want = f"an integer array of shape ({batch},), one length per stream, each from 0 to {time}"
+    if not isinstance(value, np.ndarray):
+        raise ContractError(f"{name}: expected {want}, got {type(value).__name__}")
+    if value.dtype.kind not in "iu":
+        raise ContractError(f"{name}: expected {want}, got dtype {value.dtype}")
+    if value.shape != (batch,):
+        raise ContractError(f"{name}: expected {want}, got shape {show_shape(value.shape)}")
+    bad = np.flatnonzero((value < 0) | (value > time))
+    if bad.size:
+        raise ContractError(f"{name}: expected {want}, got {value[bad[0]]} for stream {bad[0]}")
+    return np.ascontiguousarray(value, dtype=np.int64)

@@ -2,7 +2,9 @@
 
 OpenVINO's CPU plugin defaults to bfloat16 inference on processors that have it
 (errors of 8e-3 on an LSTM, 5e-2 through a Scan); the runner forces
-``INFERENCE_PRECISION_HINT=f32`` and reports the precision the compiled model uses.
+``INFERENCE_PRECISION_HINT=f32`` and reports the precision the compiled model uses. OpenVINO
+2026.4 ignores a dynamic ``sequence_lens`` of the ONNX RNN/LSTM/GRU operators (a native graph
+converted with ``--lengths``): such a graph is refused with that reason.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ class OpenVinoRunner(Runner):
         except ImportError as e:
             raise EngineUnavailable(self.name, f"the openvino package is not installed ({INSTALL_HINT})") from e
         proto = standard_graph(self.model, self.name)  # OpenVINO reads com.microsoft ops with other arithmetic
+        lengths = sorted({n.op_type for n in proto.graph.node
+                          if n.op_type in ("RNN", "LSTM", "GRU") and len(n.input) > 4 and n.input[4]})
+        if lengths:
+            raise EngineUnavailable(self.name, f"OpenVINO ignores the sequence_lens of ONNX {', '.join(lengths)} "
+                                               "(every stream runs to the padded end): convert with --lowering scan "
+                                               "to run a lengths graph here")
         self.inputs, self.outputs = graph_tensors(proto)
         core = openvino.Core()
         try:

@@ -4,7 +4,8 @@ It does not implement everything rnnexport emits. Known gaps, found by running
 each configuration (see ``docs/verify.md``): the ``RNN`` operator with a ``Relu``
 activation (torch.nn.RNN(nonlinearity="relu")), and ``Scan`` over any axis but 0
 (batch-first models lowered with scan). LSTM and GRU silently ignore a non-default
-``activations``, ``clip`` or ``input_forget``, so those are refused too. A graph or
+``activations``, ``clip`` or ``input_forget``, and all three operators their ``sequence_lens``
+(a native graph converted with ``--lengths``), so those are refused too. A graph or
 input it cannot run is reported unavailable with the reason, not as a failure.
 """
 
@@ -42,6 +43,9 @@ def _node_limitation(node: onnx.NodeProto) -> str | None:
         bad = [a for a in acts if a not in _RNN_ACTIVATIONS]
         if bad:
             return f"its RNN operator supports only Tanh/Affine activations, the graph uses {bad[0]}"
+    if node.op_type in ("RNN", "LSTM", "GRU") and len(node.input) > 4 and node.input[4]:
+        return (f"its {node.op_type} operator ignores sequence_lens (every stream runs to the padded end): "
+                "convert with --lowering scan to check a lengths graph here")
     if node.op_type in _DEFAULT_ACTIVATIONS:
         given = tuple(a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", []))
         if given and given[: len(_DEFAULT_ACTIVATIONS[node.op_type])] != _DEFAULT_ACTIVATIONS[node.op_type]:

@@ -34,10 +34,18 @@ class TorchRunner(Runner):
         io = self.model.io
         x = np.asarray(feeds[io.inputs(Form.SEQUENCE)[0].name])
         state = [np.asarray(feeds[n], dtype=io.state.dtype) for n in io.state.names]
-        exact = self.model.run_sequence_float64(x, state)
+        exact = self.model.run_sequence_float64(x, state, self._lengths(feeds, x))
         if exact is None:
             return None
         return rounding_error([want[s.name] for s in io.outputs(Form.SEQUENCE)], exact)
+
+    def _lengths(self, feeds: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray | None:
+        """A sequence's lengths feed when some stream stops before the end (each runs alone then), else None."""
+        io = self.model.io
+        if io.lengths is None or io.lengths.name not in feeds:
+            return None
+        lengths = np.asarray(feeds[io.lengths.name])
+        return lengths if (lengths < x.shape[io.time_axis]).any() else None
 
     def _activate(self) -> None:
         return None
@@ -50,9 +58,11 @@ class TorchRunner(Runner):
             raise VerifyError(f"{self.name}: feed lacks {missing[0]!r}")
         state = [np.asarray(feeds[n], dtype=io.state.dtype) for n in io.state.names]
         x = np.asarray(feeds[x_name], dtype=io.x_dtype)
-        run = self.model.run_sequence if self.form is Form.SEQUENCE else self.model.run_step
         try:
-            outputs = run(x, state)
+            if self.form is Form.SEQUENCE:
+                outputs = self.model.run_sequence(x, state, self._lengths(feeds, x))
+            else:
+                outputs = self.model.run_step(x, state)
         except Exception as e:  # noqa: BLE001 - the user's module failing is a user error
             raise VerifyError(f"the PyTorch reference failed on x of shape {x.shape}: {describe(e)}") from e
         names = [s.name for s in io.outputs(self.form)]

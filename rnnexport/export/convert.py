@@ -12,7 +12,7 @@ import torch
 from onnx import helper
 
 from rnnexport.core.contract import Form, GraphInfo, Lowering, TensorSpec
-from rnnexport.core.errors import ConvertError
+from rnnexport.core.errors import ContractError, ConvertError
 from rnnexport.core.graphs import walk
 from rnnexport.core.io import atomic_write, check_writable, refuse_overwrite
 from rnnexport.core.onnxfile import value_info
@@ -20,6 +20,7 @@ from rnnexport.export.causal import check_causal
 from rnnexport.export.lowerings import Attempt, lower
 from rnnexport.export.metadata import write_info
 from rnnexport.export.onnxutil import check_model
+from rnnexport.export.passes.lengths import mask_sequence
 from rnnexport.export.passes.nan import carry_nan
 from rnnexport.source.model import RecurrentModel
 from rnnexport.source.sources import SourceSpec, load_source, models_dir, source_files
@@ -88,10 +89,18 @@ def count_nodes(graph: onnx.GraphProto) -> int:
 
 def to_onnx(
     model: RecurrentModel, form: Form | str = Form.SEQUENCE, lowering: Lowering | str = Lowering.AUTO,
-    seq_len: int | None = None, progress: Callable[[str], None] | None = None,
+    seq_len: int | None = None, progress: Callable[[str], None] | None = None, lengths: bool = False,
 ) -> tuple[onnx.ModelProto, Lowering, list[Attempt], GraphInfo]:
-    """The checked ONNX model in memory, without writing it."""
+    """The checked ONNX model in memory, without writing it (``lengths``: see :func:`convert`)."""
     form, lowering = Form(form), Lowering(lowering)
+    if lengths and form is Form.STEP:
+        raise ConvertError("--lengths adds a lengths input to sequence graphs; a step graph advances every "
+                           "stream one step: drop --lengths, or convert with --form sequence")
+    if lengths:
+        try:
+            model = model.with_lengths()
+        except ContractError as e:
+            raise ConvertError(f"--lengths: {e}") from e
     if seq_len is not None and seq_len < 1:
         raise ConvertError(f"--seq-len must be at least 1, got {seq_len}")
     if seq_len is not None and (lowering is not Lowering.UNROLLED or form is Form.STEP):
@@ -107,6 +116,8 @@ def to_onnx(
     fixed = (seq_len or 35) if used is Lowering.UNROLLED and form is Form.SEQUENCE else None
     if used is not Lowering.NATIVE and not model.bidirectional():  # native carries NaN per layer itself
         carry_nan(onnx_model, model.io, form)
+    if model.io.lengths is not None:
+        mask_sequence(onnx_model, model.io)
     _declare(onnx_model, model.io.inputs(form, fixed), model.io.outputs(form, fixed))
     info = write_info(onnx_model, model, form, used, fixed)
     check_model(onnx_model)
@@ -127,6 +138,7 @@ def convert(
     lowering: Lowering | str = Lowering.AUTO,
     seq_len: int | None = None,
     progress: Callable[[str], None] | None = None,
+    lengths: bool = False,
 ) -> ConvertResult:
     """Export a recurrent model to an ONNX file whose state is explicit.
 
@@ -139,6 +151,10 @@ def convert(
         lowering: ``"auto"``, ``"native"``, ``"scan"`` or ``"unrolled"``.
         seq_len: the fixed T of an unrolled sequence graph (default 35).
         progress: called with a line of text before each slow step (tracing).
+        lengths: give the sequence graph a ``lengths (B,)`` int64 input after the state, for
+            ragged batches with PyTorch's packed-sequence semantics: in stream ``b`` the steps
+            from ``lengths[b]`` on give zeros in ``y`` and leave the state unchanged, so each
+            state output is the stream's state after its own last step.
 
     Returns:
         A :class:`ConvertResult` with the path, the lowering used and the I/O contract.
@@ -151,14 +167,14 @@ def convert(
     check_writable(path, "output", ConvertError)
     _spare_inputs(path, source_files(source))
     model = load_source(source)
-    onnx_model, used, attempts, info = to_onnx(model, form, lowering, seq_len, progress)
+    onnx_model, used, attempts, info = to_onnx(model, form, lowering, seq_len, progress, lengths)
     size = atomic_write(path, onnx_model.SerializeToString(), "output", ConvertError)
     return ConvertResult(
         path=path,
         form=Form(form),
         lowering=used,
-        inputs=tuple(model.io.inputs(Form(form), info.seq_len)),
-        outputs=tuple(model.io.outputs(Form(form), info.seq_len)),
+        inputs=tuple(info.io.inputs(Form(form), info.seq_len)),
+        outputs=tuple(info.io.outputs(Form(form), info.seq_len)),
         attempts=tuple(attempts),
         nodes=count_nodes(onnx_model.graph),
         size_bytes=size,

@@ -16,8 +16,9 @@ from rnnexport.core.contract import Form, Lowering
 from rnnexport.core.errors import ConvertError, describe
 from rnnexport.export.bidirectional import bidirectional_rnn, bidirectional_scan
 from rnnexport.export.native import build_native
+from rnnexport.export.passes.lengths import mask_scan_states
 from rnnexport.export.scan import wrap_in_scan
-from rnnexport.export.trace import trace
+from rnnexport.export.trace import RaggedUnroll, trace
 from rnnexport.source.model import RecurrentModel
 
 __all__ = ["Attempt", "NotApplicable", "lower", "trace_step"]
@@ -78,11 +79,19 @@ def _scan(model: RecurrentModel, form: Form, seq_len: int | None,
             return step.reason if isinstance(step, NotApplicable) else step
 
         result = bidirectional_scan(model, rnn, half_step)
-        return NotApplicable(result) if isinstance(result, str) else result
+        return NotApplicable(result) if isinstance(result, str) else _masked(model, result)
     if model.scan_reason:
         return NotApplicable(model.scan_reason)
     step = trace_step(model, progress)
-    return step if isinstance(step, NotApplicable) else wrap_in_scan(model, step)
+    return step if isinstance(step, NotApplicable) else _masked(model, wrap_in_scan(model, step))
+
+
+def _masked(model: RecurrentModel, graph: onnx.ModelProto) -> onnx.ModelProto | NotApplicable:
+    """A scan graph whose Scans stop each stream at its own length, when ``model`` takes lengths."""
+    if model.io.lengths is None:
+        return graph
+    reason = mask_scan_states(graph, model.io.lengths.name)
+    return graph if reason is None else NotApplicable(f"lengths: {reason}")
 
 
 def _unrolled(model: RecurrentModel, form: Form, seq_len: int | None,
@@ -93,10 +102,16 @@ def _unrolled(model: RecurrentModel, form: Form, seq_len: int | None,
         return trace_step(model, progress)
     io = model.io
     seq_len = seq_len or DEFAULT_UNROLLED_SEQ_LEN
+    module = model.trace_module
+    if io.lengths is not None:  # T steps of the traced step, each stream stopping at its own length
+        if model.bidirectional():
+            return NotApplicable("lengths: an unrolled bidirectional trace reads each stream backwards from the "
+                                 "padded end, not from its own; use native or scan")
+        module = RaggedUnroll(model.trace_step_module(), io, seq_len)
     progress(f"tracing {model.description} over T={seq_len} steps with torch.onnx")
-    assert model.trace_module is not None  # set in RecurrentModel.__post_init__
+    assert module is not None  # trace_module is set in RecurrentModel.__post_init__
     try:
-        return trace(model.trace_module, io, io.inputs(form, seq_len), io.outputs(form, seq_len), seq_len)
+        return trace(module, io, io.inputs(form, seq_len), io.outputs(form, seq_len), seq_len)
     except Exception as e:  # noqa: BLE001
         return NotApplicable(f"torch.onnx could not trace the sequence: {describe(e)}")
 

@@ -11,6 +11,7 @@ row's result does not depend on the batch it runs in.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -27,14 +28,17 @@ __all__ = ["build_native"]
 
 
 def _op_node(g: GraphBuilder, layer: NativeLayer, index: int, x: str, h: str, c: str | None,
-             outputs: int | list[str]) -> list[str]:
-    """One ONNX recurrent node on ``x`` from state ``h`` (and ``c``); its outputs as ``g.op`` names them."""
+             outputs: int | list[str], lengths: str = "") -> list[str]:
+    """One ONNX recurrent node on ``x`` from state ``h`` (and ``c``); its outputs as ``g.op`` names them.
+
+    ``lengths``: the operator's int32 ``sequence_lens``; empty, every stream runs the full length.
+    """
     inputs = [
         x,
         g.const(f"W{index}", layer.W),
         g.const(f"R{index}", layer.R),
         g.const(f"B{index}", layer.B) if layer.B is not None else "",
-        "",  # sequence_lens: every sequence in the batch runs the full length
+        lengths,
         h,
     ]
     if layer.op == "LSTM":
@@ -52,10 +56,38 @@ def _op_node(g: GraphBuilder, layer: NativeLayer, index: int, x: str, h: str, c:
 
 
 def _layer_node(g: GraphBuilder, layer: NativeLayer, index: int, x: str, h: str,
-                c: str | None) -> tuple[str, str, str | None]:
-    """One ONNX recurrent node; returns ``(Y (T, D, B, H), Y_h, Y_c or None)``."""
-    outputs = _op_node(g, layer, index, x, h, c, 3 if layer.op == "LSTM" else 2)
-    return outputs[0], outputs[1], outputs[2] if layer.op == "LSTM" else None
+                c: str | None, lengths: _Lengths | None) -> tuple[str, str, str | None]:
+    """One ONNX recurrent node; returns ``(Y (T, D, B, H), Y_h, Y_c or None)``.
+
+    With ``lengths``, a stream of length 0 keeps its initial state: onnxruntime's CPU kernels
+    write zeros to ``Y_h`` and ``Y_c`` for it (they stop each stream at its own length
+    otherwise, and write zeros to ``Y`` after it).
+    """
+    outputs = _op_node(g, layer, index, x, h, c, 3 if layer.op == "LSTM" else 2,
+                       lengths.int32 if lengths is not None else "")
+    y, y_h, y_c = outputs[0], outputs[1], outputs[2] if layer.op == "LSTM" else None
+    if lengths is not None:
+        y_h = g.one("Where", [lengths.started, y_h, h])
+        y_c = g.one("Where", [lengths.started, y_c, c]) if y_c is not None and c is not None else y_c
+    return y, y_h, y_c
+
+
+@dataclasses.dataclass(frozen=True)
+class _Lengths:
+    """A lengths input as the operators take it: int32 ``sequence_lens`` clamped to ``[0, T]``,
+    and ``(1, B, 1)`` whether each stream runs at least one step."""
+
+    int32: str
+    started: str
+
+    @classmethod
+    def of(cls, g: GraphBuilder, lengths: str, x: str) -> _Lengths:
+        """From the graph's int64 ``lengths`` and the operators' time-major ``x``."""
+        steps = g.one("Shape", [x], start=0, end=1)
+        clamped = g.one("Max", [g.one("Min", [lengths, steps]), g.ints("zero", [0])])
+        started = g.one("Greater", [clamped, g.ints("zero", [0])])
+        return cls(g.one("Cast", [clamped], to=onnx.TensorProto.INT32),
+                   g.one("Unsqueeze", [started, g.ints("axes", [0, 2])]))
 
 
 def _merge_directions(g: GraphBuilder, y: str, directions: int) -> str:
@@ -288,10 +320,11 @@ def build_native(model: RecurrentModel, form: Form) -> onnx.ModelProto:
     h_parts = _state_slices(g, model, state_names[0], len(plan.layers), directions)
     c_parts: list[str | None] = (list(_state_slices(g, model, state_names[1], len(plan.layers), directions))
                                  if len(state_names) == 2 else [None] * len(plan.layers))
+    lengths = _Lengths.of(g, io.lengths.name, x) if io.lengths is not None else None
     h_out: list[str] = []
     c_out: list[str] = []
     for index, layer in enumerate(plan.layers):
-        y, y_h, y_c = _layer_node(g, layer, index, x, h_parts[index], c_parts[index])
+        y, y_h, y_c = _layer_node(g, layer, index, x, h_parts[index], c_parts[index], lengths)
         if layer.op in _MASKS_NAN and io.x_dtype == "float32":
             per_step, final = _nan_guard(g, x, h_parts[index], c_parts[index], layer.directions)
             y, y_h = g.one("Add", [y, per_step]), g.one("Add", [y_h, final])

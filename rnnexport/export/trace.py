@@ -13,7 +13,7 @@ import torch
 
 from rnnexport.core.contract import IOSpec, TensorSpec
 
-__all__ = ["example_inputs", "trace"]
+__all__ = ["RaggedUnroll", "example_inputs", "trace"]
 
 _LOGGERS = ("torch.onnx", "torch._dynamo", "torch.export", "torch.fx", "onnxscript", "torch._export")
 
@@ -86,3 +86,37 @@ def trace(
     if program is None:  # torch.onnx.export returns None only when it writes to a file
         raise RuntimeError("torch.onnx.export returned no ONNX program")
     return program.model_proto
+
+
+class RaggedUnroll(torch.nn.Module):
+    """``forward(x, *state, lengths)``: ``step`` unrolled over a fixed T, each stream stopping at its length.
+
+    At step ``t`` a stream with ``t >= lengths[b]`` keeps its state (``torch.where``); its ``y``
+    is left as computed (the graph zeroes ``y`` past each end, for every lowering alike).
+    What the unrolled lowering traces for a graph with a lengths input.
+
+    Args:
+        step: ``forward(x_t, *state) -> (y_t, *state_out)``, one step in ``io``'s layout.
+        io: the contract (where time, the batch and each state's batch axis sit).
+        time: T.
+    """
+
+    def __init__(self, step: torch.nn.Module, io: IOSpec, time: int) -> None:
+        super().__init__()
+        self.step, self.time = step, time
+        self.time_axis, self.state_axis = io.time_axis, io.state.batch_axis
+
+    def forward(self, x: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        *state, lengths = rest
+        ys = []
+        for t in range(self.time):
+            y_t, *new = self.step(x.select(self.time_axis, t), *state)
+            running = t < lengths  # (B,)
+            state = [torch.where(self._along(running, s), n, s) for n, s in zip(new, state)]
+            ys.append(y_t)
+        return (torch.stack(ys, self.time_axis), *state)
+
+    def _along(self, running: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        shape = [1] * state.dim()
+        shape[self.state_axis] = -1
+        return running.reshape(shape)

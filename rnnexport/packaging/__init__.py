@@ -140,7 +140,7 @@ def _check_weights_finite(model: onnx.ModelProto, path: Path) -> None:
 
 
 def _check_source(source: RecurrentModel, info: GraphInfo, path: Path) -> None:
-    if source.io != info.io:
+    if source.io.without_lengths() != info.io.without_lengths():  # a graph converted with --lengths has them
         raise BundleError(f"the source's I/O contract differs from {path}'s; pass the SOURCE it was converted from")
     if source.params_sha256() != info.params_sha256:
         raise BundleError(f"the source's parameters differ from {path}'s (SHA-256 mismatch); pass the "
@@ -196,7 +196,7 @@ def package(
     if step is not None and info.form is Form.STEP:
         raise BundleError(f"{model_path} is a step graph too; give the sequence graph as MODEL and the step "
                           "graph with --step")
-    if step is not None and (step[1].io != info.io or step[1].params_sha256 != info.params_sha256):
+    if step is not None and (step[1].io != info.io.without_lengths() or step[1].params_sha256 != info.params_sha256):
         raise BundleError(f"{step_path} is not a step graph of the same model as {model_path}")
     if source is not None:
         _check_source(source, info, model_path)

@@ -1,7 +1,9 @@
 """A bundle's test vectors: inputs, expected outputs, and the tolerance each set is judged by.
 
 Three sets per graph: one call from a random state, and a streaming pair whose second
-call starts from the first one's state outputs. Expected outputs come from PyTorch
+call starts from the first one's state outputs. A sequence graph with a lengths input
+takes lengths in every set (each stream's full T in those three) and has a fourth,
+ragged set: streams of lengths 1, T and 0, from a random state. Expected outputs come from PyTorch
 when the source is known, else from onnxruntime's CPU provider. Each set records a
 rounding-aware tolerance (see :class:`~rnnexport.bundle.VectorEntry`): the float32
 default plus three times the expected outputs' own float32 rounding error, measured
@@ -22,10 +24,12 @@ from rnnexport.core.inputs import random_inputs, random_state
 from rnnexport.core.ort import start_session
 from rnnexport.source.model import RecurrentModel
 
-__all__ = ["STREAM_T", "VECTOR_BATCH", "make_vectors"]
+__all__ = ["RAGGED_LENGTHS", "STREAM_T", "VECTOR_BATCH", "make_vectors"]
 
 VECTOR_BATCH = 2
 SINGLE_T, STREAM_T = 8, (5, 4)
+#: The ragged set's lengths (a sequence graph with a lengths input): 1, T and 0, unsorted.
+RAGGED_LENGTHS = (1, SINGLE_T, 0)
 
 
 class _Expect:
@@ -40,21 +44,23 @@ class _Expect:
     def name(self) -> str:
         return "pytorch" if self.source else "onnxruntime-cpu"
 
-    def __call__(self, x: np.ndarray, state: list[np.ndarray]) -> list[np.ndarray]:
+    def __call__(self, x: np.ndarray, state: list[np.ndarray], lengths: np.ndarray | None = None) -> list[np.ndarray]:
         if self.source is not None:
-            run = self.source.run_step if self.info.form is Form.STEP else self.source.run_sequence
-            return [np.ascontiguousarray(a) for a in run(x, state)]
+            if self.info.form is Form.STEP:
+                return [np.ascontiguousarray(a) for a in self.source.run_step(x, state)]
+            return [np.ascontiguousarray(a) for a in self.source.run_sequence(x, state, lengths)]
         names = [s.name for s in self.info.io.outputs(self.info.form)]
         assert self.session is not None
-        return self.session.run(names, self.info.io.feeds(x, state))
+        return self.session.run(names, self.info.io.feeds(x, state, lengths))
 
-    def rounding_error(self, x: np.ndarray, state: list[np.ndarray], outputs: list[np.ndarray]) -> float | None:
+    def rounding_error(self, x: np.ndarray, state: list[np.ndarray], outputs: list[np.ndarray],
+                       lengths: np.ndarray | None = None) -> float | None:
         """Max ``|expected - exact|`` against a float64 run of the source; None without one."""
         if self.source is None:
             return None
         step = self.info.form is Form.STEP
         time_axis = self.info.io.time_axis
-        exact = self.source.run_sequence_float64(np.expand_dims(x, time_axis) if step else x, state)
+        exact = self.source.run_sequence_float64(np.expand_dims(x, time_axis) if step else x, state, lengths)
         if exact is None:
             return None
         if step:
@@ -80,23 +86,31 @@ def make_vectors(root: Path, prefix: str, graph: str, path: Path, info: GraphInf
     in_names = [s.name for s in io.inputs(form)]
     out_names = [s.name for s in io.outputs(form)]
 
-    def x_for(t: int | None) -> np.ndarray:
-        return random_inputs(io, form, VECTOR_BATCH, None if form is Form.STEP else (info.seq_len or t), rng,
+    def x_for(t: int | None, batch: int = VECTOR_BATCH) -> np.ndarray:
+        return random_inputs(io, form, batch, None if form is Form.STEP else (info.seq_len or t), rng,
                              vocabulary=vocabulary)
 
     start = random_state(io, VECTOR_BATCH, rng, 0.5)
-    single = ("single", None, x_for(SINGLE_T), start)
-    stream = [("stream", call, x_for(t), None) for call, t in enumerate(STREAM_T)]
+    # (kind, call, x, initial state or None for the stream's carried one, lengths or None for all T)
+    sets: list[tuple[str, int | None, np.ndarray, list[np.ndarray] | None, np.ndarray | None]] = [
+        ("single", None, x_for(SINGLE_T), start, None),
+        *(("stream", call, x_for(t), None, None) for call, t in enumerate(STREAM_T))]
+    if io.lengths is not None and form is Form.SEQUENCE:
+        ragged = x_for(SINGLE_T, len(RAGGED_LENGTHS))
+        sets.append(("single", None, ragged, random_state(io, len(RAGGED_LENGTHS), rng, 0.5),
+                     np.array([1, ragged.shape[io.time_axis], 0], np.int64)))
     entries = []
     previous: list[np.ndarray] = [np.zeros(0), *io.state.zeros(VECTOR_BATCH)]  # call 0 starts from zeros
-    for index, (kind, call, x, given) in enumerate([single, *stream]):
+    for index, (kind, call, x, given, lengths) in enumerate(sets):
         state = given if given is not None else previous[1:]
-        outputs = expect(x, state)
+        outputs = expect(x, state, lengths)
         if kind == "stream":
             previous = outputs
         folder = f"{prefix}test_data_set_{index}"
-        write_set(root / folder, list(zip(in_names, [x, *state])), list(zip(out_names, outputs)))
-        entries.append(VectorEntry(folder, graph, kind, 0 if kind == "stream" else None, call, VECTOR_BATCH,
+        feeds = io.feeds(x, state, lengths)  # the lengths of a graph that takes them: each stream's own, or all T
+        write_set(root / folder, [(name, feeds[name]) for name in in_names], list(zip(out_names, outputs)))
+        batch = int(x.shape[io.batch_axis]) if form is Form.SEQUENCE else int(x.shape[0])
+        entries.append(VectorEntry(folder, graph, kind, 0 if kind == "stream" else None, call, batch,
                                    None if form is Form.STEP else int(x.shape[io.time_axis]), expect.name,
-                                   _tolerance(expect.rounding_error(x, state, outputs))))
+                                   _tolerance(expect.rounding_error(x, state, outputs, lengths))))
     return entries, expect.name

@@ -146,6 +146,9 @@ class _Buffers:
         self.y = np.zeros(concrete(contract.y_shape(Form.STEP, max_batch)), contract.y_dtype)
         self.states = tuple([np.zeros(max_batch * int(np.prod(d)), spec.dtype) for d in spec.dims] for _ in range(2))
         self.views: dict[int, _Views] = {}
+        # a sequence graph's lengths input, one step for every stream
+        self.lengths = contract.lengths.name if contract.lengths is not None and graph.form is Form.SEQUENCE else None
+        self.ones = np.ones(max_batch, np.int64)
 
     def at(self, n: int) -> _Views:
         views = self.views.get(n)
@@ -165,6 +168,8 @@ class _Buffers:
             binding = graph.session.io_binding()
             binding.bind_ortvalue_input(graph.x_name, ort.OrtValue.ortvalue_from_numpy(x))  # host memory, no copy
             binding.bind_ortvalue_output(graph.y_name, ort.OrtValue.ortvalue_from_numpy(y))
+            if self.lengths is not None:
+                binding.bind_ortvalue_input(self.lengths, ort.OrtValue.ortvalue_from_numpy(self.ones[:n]))
             bind_state(binding, spec, [ort.OrtValue.ortvalue_from_numpy(v) for v in sets[reads]],
                        [ort.OrtValue.ortvalue_from_numpy(v) for v in sets[1 - reads]])
             bindings.append(binding)

@@ -72,15 +72,16 @@ def _options(options: LoadOptions) -> ort.SessionOptions:
     return so
 
 
-def _check_names(session: ort.InferenceSession, contract: IOSpec, name: str) -> tuple[str, str]:
-    """The graph's data input and output names, once its state names are the contract's."""
+def _check_names(session: ort.InferenceSession, contract: IOSpec, form: Form, name: str) -> tuple[str, str]:
+    """The graph's data input and output names, once its state (and lengths) names are the contract's."""
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
     state = contract.state
-    if inputs[1:] != list(state.names) or outputs[1:] != list(state.output_names):
+    lengths = [contract.lengths.name] if contract.lengths is not None and form is Form.SEQUENCE else []
+    if inputs[1:] != [*state.names, *lengths] or outputs[1:] != list(state.output_names):
         raise ContractError(
             f"{name} does not follow its I/O contract: inputs {inputs} -> outputs {outputs}, expected "
-            f"data then state {list(state.names)} -> data then {list(state.output_names)}")
+            f"data then state {[*state.names, *lengths]} -> data then {list(state.output_names)}")
     return inputs[0], outputs[0]
 
 
@@ -116,9 +117,9 @@ def _load(source: GraphSource, bundle: Bundle, requested: list[ProviderRequest],
         raise BundleError(f"{source.name} is listed as the {source.form.value} graph but is a "
                           f"{info.form.value} graph")
     contract = bundle.contract or info.io  # type: ignore[union-attr]  # one of them is set, checked above
-    if info is not None and info.io != contract:
+    if info is not None and info.io.without_lengths() != contract.without_lengths():  # a step graph takes none
         raise BundleError(f"{source.name}'s metadata contract differs from the manifest's io")
-    x_name, y_name = _check_names(session, contract, source.name)
+    x_name, y_name = _check_names(session, contract, form, source.name)
     problem = contract.disagreement(form, _declared(session.get_inputs()), _declared(session.get_outputs()))
     if problem:
         raise ContractError(f"{source.name}'s metadata does not describe its graph: {problem}; convert it again")

@@ -8,7 +8,7 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,7 +17,11 @@ from rnnexport.core.errors import RuntimeContractError, describe
 from rnnexport.core.io import atomic_write, check_writable, refuse_overwrite
 from rnnexport.core.ort import ProviderRequest
 from rnnexport.runtime.buffers import concrete
+from rnnexport.runtime.engine import LoadOptions, open_engine
 from rnnexport.runtime.session import StatefulSession
+
+if TYPE_CHECKING:
+    from rnnexport.runtime.batcher import StreamBatcher
 
 STEP, SEQUENCE = Form.STEP, Form.SEQUENCE
 
@@ -38,6 +42,7 @@ class RunSummary:
     y_path: Path | None
     state_in: Path | None
     state_out: Path | None
+    lengths: Path | None = None
 
 
 def save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
@@ -95,24 +100,35 @@ def run_files(
     y_path: str | os.PathLike[str] | None = None,
     providers: ProviderRequest | list[ProviderRequest] | None = None,
     check_finite: bool = True,
+    lengths_path: str | os.PathLike[str] | None = None,
 ) -> RunSummary:
     """Run ``x.npy`` through a bundle or model, from a saved state or zeros.
 
     ``x`` is one time step ``(B, ...)`` or a chunk ``(T, B, ...)`` (``(B, T, ...)``
     for batch-major graphs); B is read from it. ``y`` and the state are written
-    atomically.
+    atomically. ``lengths_path``: a ``.npy`` of ``(B,)`` integers, each stream's own
+    number of steps in the chunk (a sequence graph converted with ``--lengths``).
 
     Raises:
         RnnexportError: for an unreadable file, a bad bundle, or inputs off the contract.
     """
     _check_outputs([("-o", y_path), ("--state-out", state_out)],
-                   [("the model", model), ("the input", x_path), ("the saved state", state_in)],
+                   [("the model", model), ("the input", x_path), ("the saved state", state_in),
+                    ("the lengths", lengths_path)],
                    updates=("--state-out", state_in) if state_out is not None and state_in is not None else None)
     x = _load_array(Path(x_path), "input")
     if not isinstance(x, np.ndarray):
         raise RuntimeContractError(f"input {x_path} is not a single .npy array")
+    lengths = None
+    if lengths_path is not None:
+        lengths = _load_array(Path(lengths_path), "lengths")
+        if not isinstance(lengths, np.ndarray):
+            raise RuntimeContractError(f"lengths {lengths_path} is not a single .npy array")
     probe = StatefulSession.load(model, providers, check_finite=check_finite)
     call, batch = _batch_of(probe, x)
+    if lengths is not None and call == STEP:
+        raise RuntimeContractError(f"--lengths goes with a chunk {show_shape(probe.contract.x_shape(SEQUENCE))}; "
+                                   f"input {x_path} is one step, which every stream takes")
     session = probe if batch == 1 else probe.new_stream(batch)
     if state_in is not None:
         saved = _load_array(Path(state_in), "state")
@@ -125,7 +141,7 @@ def run_files(
                 raise RuntimeContractError(f"cannot read state {state_in}: {describe(e)}; it is damaged or "
                                            "not a state file written by rnnexport run") from e
             session.state = arrays
-    y = session.step(x) if call == STEP else session.run(x)
+    y = session.step(x) if call == STEP else session.run(x, lengths=lengths)
     if y_path is not None:
         save_npy(y_path, y)
     if state_out is not None:
@@ -134,7 +150,7 @@ def run_files(
         model=Path(model), forms=session.forms, providers=session.providers, call=call,
         steps=1 if call == STEP else x.shape[session.contract.time_axis], batch=batch, y_shape=y.shape,
         y_path=Path(y_path) if y_path else None, state_in=Path(state_in) if state_in else None,
-        state_out=Path(state_out) if state_out else None)
+        state_out=Path(state_out) if state_out else None, lengths=Path(lengths_path) if lengths_path else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +162,9 @@ class StreamsSummary:
     steps: tuple[int, ...]
     calls: int
     y_paths: tuple[Path, ...]
+    #: ``"step"``: one step-graph call per tick (a :class:`StreamBatcher`); ``"sequence"``: the
+    #: streams padded to the longest and run in one call of a sequence graph with a lengths input.
+    form: str = "step"
 
 
 def run_stream_files(
@@ -155,12 +174,14 @@ def run_stream_files(
     providers: ProviderRequest | list[ProviderRequest] | None = None,
     check_finite: bool = True,
 ) -> StreamsSummary:
-    """Run several streams at once, one per ``x.npy``, through a :class:`StreamBatcher`.
+    """Run several streams at once, one per ``x.npy``.
 
     Each ``x`` is one stream's chunk ``(T, 1, ...)`` (``(1, T, ...)`` for batch-major graphs),
-    of any T (0 included: that stream's ``y`` is empty); at every tick, the streams that still
-    have a step run in one call, and each ``y`` is written (atomically) as that stream's chunk,
-    after all of them have run. Streams start from zeros.
+    of any T (0 included: that stream's ``y`` is empty). When the model's sequence graph takes
+    lengths (converted with ``--lengths``) and any T, the streams are padded to the longest and
+    run in one call, each stopping at its own length; otherwise a :class:`StreamBatcher` runs,
+    at every tick, the streams that still have a step in one call. Each ``y`` is written
+    (atomically) as that stream's chunk, after all of them have run. Streams start from zeros.
 
     Raises:
         RnnexportError: an unreadable file, one ``-o`` per input missing, inputs off the contract.
@@ -171,8 +192,8 @@ def run_stream_files(
         raise RuntimeContractError(f"give one -o per --input ({len(x_paths)}), or none; got {len(y_paths)}")
     _check_outputs([("-o", path) for path in y_paths],
                    [("the model", model), *(("an input", path) for path in x_paths)])
-    batcher = StreamBatcher.load(model, providers, max_batch=max(1, len(x_paths)), check_finite=check_finite)
-    c = batcher.contract
+    engine = open_engine(model, LoadOptions(providers))
+    c = engine.contract
     chunks = []
     for path in x_paths:
         x = _load_array(Path(path), "input")
@@ -180,21 +201,49 @@ def run_stream_files(
             raise RuntimeContractError(f"input {path}: one stream's chunk is {show_shape(c.x_shape(SEQUENCE, 1))} "
                                        f"of {c.x_dtype}, got {show_shape(getattr(x, 'shape', ()))}")
         chunks.append(np.moveaxis(x, c.time_axis, 0))  # (T, 1, ...): one step per row
-    with batcher:
-        streams = [batcher.join() for _ in chunks]
-        ys: list[list[np.ndarray]] = [[] for _ in chunks]
-        calls = 0
-        for t in range(max((len(chunk) for chunk in chunks), default=0)):
-            live = {s: chunk[t] for s, chunk in zip(streams, chunks) if t < len(chunk)}
-            out = batcher.step(live)
-            calls += 1
-            for index, stream in enumerate(streams):
-                if stream in out:
-                    ys[index].append(out[stream])
-        written = []
-        empty = np.zeros((0, *concrete(c.y_shape(STEP, 1))), c.y_dtype)  # (T=0, 1, ...)
-        for ys_i, path in zip(ys, y_paths, strict=False):
-            save_npy(path, np.moveaxis(np.stack(ys_i) if ys_i else empty, 0, c.time_axis))
-            written.append(Path(path))
-        return StreamsSummary(Path(model), batcher.providers, tuple(len(chunk) for chunk in chunks), calls,
-                              tuple(written))
+    sequence = engine.graphs.get(SEQUENCE)
+    if c.lengths is not None and sequence is not None and sequence.seq_len is None:
+        ys = _run_ragged(StatefulSession(engine, len(chunks), check_finite), chunks)
+        calls, form = int(any(len(chunk) for chunk in chunks)), SEQUENCE.value
+    else:
+        with StreamBatcher(engine, max_batch=max(1, len(x_paths)), check_finite=check_finite) as batcher:
+            ys, calls = _run_ticks(batcher, chunks)
+        form = STEP.value
+    written = []
+    for y, path in zip(ys, y_paths, strict=False):
+        save_npy(path, np.moveaxis(y, 0, c.time_axis))
+        written.append(Path(path))
+    return StreamsSummary(Path(model), engine.providers, tuple(len(chunk) for chunk in chunks), calls,
+                          tuple(written), form)
+
+
+def _run_ticks(batcher: StreamBatcher, chunks: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
+    """Each chunk's ``y`` (time first), running every tick's live streams in one step call; and the calls."""
+    c = batcher.contract
+    streams = [batcher.join() for _ in chunks]
+    ys: list[list[np.ndarray]] = [[] for _ in chunks]
+    calls = 0
+    for t in range(max((len(chunk) for chunk in chunks), default=0)):
+        live = {s: chunk[t] for s, chunk in zip(streams, chunks) if t < len(chunk)}
+        out = batcher.step(live)
+        calls += 1
+        for index, stream in enumerate(streams):
+            if stream in out:
+                ys[index].append(out[stream])
+    empty = np.zeros((0, *concrete(c.y_shape(STEP, 1))), c.y_dtype)  # (T=0, 1, ...)
+    return [np.stack(ys_i) if ys_i else empty for ys_i in ys], calls
+
+
+def _run_ragged(session: StatefulSession, chunks: list[np.ndarray]) -> list[np.ndarray]:
+    """Each chunk's ``y`` (time first), from one call on the chunks padded to the longest, with their lengths."""
+    c = session.contract
+    lengths = np.array([len(chunk) for chunk in chunks], np.int64)
+    steps = int(lengths.max(initial=0))
+    xs = np.zeros(concrete(c.x_shape(SEQUENCE, len(chunks), steps)), c.x_dtype)
+    for b, chunk in enumerate(chunks):  # chunk: (T_b, 1, ...)
+        index: list[slice | int] = [slice(None)] * xs.ndim
+        index[c.time_axis], index[c.batch_axis] = slice(0, len(chunk)), b
+        xs[tuple(index)] = chunk[:, 0]
+    y = np.moveaxis(session.run(xs, lengths=lengths), c.time_axis, 0) if steps else \
+        np.zeros((0, len(chunks), *c.y_features), c.y_dtype)
+    return [y[:length, b:b + 1] for b, length in enumerate(lengths)]

@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from rnnexport.bundle import Bundle
-from rnnexport.core.contract import TIME, Form, IOSpec, StateSpec, check_array
+from rnnexport.core.contract import TIME, Form, IOSpec, StateSpec, check_array, check_lengths
 from rnnexport.core.errors import RuntimeContractError
 from rnnexport.core.ort import Device, ProviderRequest
 from rnnexport.runtime.buffers import Buffer, bind_state, concrete, run_bound
@@ -92,9 +92,13 @@ class _StepPlan:
         self.x = Buffer(concrete(contract.x_shape(form, batch, time)), contract.x_dtype, device)
         self.y = Buffer(concrete(contract.y_shape(form, batch, time)), contract.y_dtype, device)
         self.bindings = []
+        # a sequence graph with a lengths input, run one step at a time: every stream takes the step
+        self.lengths = np.ones(batch, np.int64) if graph.form == SEQUENCE and contract.lengths is not None else None
         for reads in (0, 1):
             binding = graph.session.io_binding()
             binding.bind_ortvalue_input(graph.x_name, self.x.value)
+            if self.lengths is not None and contract.lengths is not None:
+                binding.bind_cpu_input(contract.lengths.name, self.lengths)
             binding.bind_ortvalue_output(graph.y_name, self.y.value)
             state.bind(binding, reads)
             self.bindings.append(binding)
@@ -267,19 +271,37 @@ class StatefulSession:
         y = self._plan_for_step()(x).read()
         return y if y.shape == self._step_y_shape else y.reshape(self._step_y_shape)
 
-    def run(self, xs: np.ndarray) -> np.ndarray:
+    def run(self, xs: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
         """Advance every stream through a chunk: ``xs`` is ``(T, B, ...)`` (or ``(B, T, ...)``
-        for batch-major graphs), returns ``y`` of the same layout; the state carries on."""
+        for batch-major graphs), returns ``y`` of the same layout; the state carries on.
+
+        ``lengths`` (a sequence graph converted with ``--lengths``): each stream's own number
+        of steps, ``(B,)`` integers from 0 to T. Stream ``b`` stops after ``lengths[b]`` steps:
+        its ``y`` is zero after that and its state is the one after its own last step (a
+        length of 0 leaves it as it was), as PyTorch's packed sequences give. Without
+        ``lengths`` every stream runs all T steps.
+
+        Raises:
+            RuntimeContractError: ``xs`` or ``lengths`` off the contract, or ``lengths`` for a
+                graph without a lengths input.
+        """
         c = self.contract
         xs = self._finite("x", check_array("x", xs, c.x_dtype, c.x_shape(SEQUENCE, self._batch, TIME)))
         steps = xs.shape[c.time_axis]
         graph = self._engine.graphs.get(SEQUENCE)
+        if lengths is not None:
+            if graph is None or c.lengths is None:
+                what = "no sequence graph" if graph is None else "a sequence graph without a lengths input"
+                raise RuntimeContractError(f"lengths: {self._engine.bundle.path} has {what}; convert the "
+                                           "sequence graph with --lengths to run streams of different lengths")
+            lengths = check_lengths(lengths, self._batch, steps)
         if graph is not None and (graph.seq_len is None or steps % graph.seq_len == 0):
             if graph.seq_len is None:
-                return self._run_sequence(graph, xs)
+                return self._run_sequence(graph, xs, lengths)
             parts = np.split(xs, steps // graph.seq_len, axis=c.time_axis)
-            return np.concatenate([self._run_sequence(graph, p) for p in parts], axis=c.time_axis)
-        if STEP not in self._engine.graphs:
+            return np.concatenate([self._run_sequence(graph, p, _part(lengths, k * graph.seq_len, graph.seq_len))
+                                   for k, p in enumerate(parts)], axis=c.time_axis)
+        if STEP not in self._engine.graphs or lengths is not None:
             assert graph is not None  # an engine holds a step graph, a sequence graph, or both
             raise RuntimeContractError(f"x: the sequence graph is unrolled at T={graph.seq_len}: run() takes "
                                        f"a multiple of {graph.seq_len} time steps, got {steps}")
@@ -299,12 +321,14 @@ class StatefulSession:
         self._plan = _StepPlan(graph, self.contract, self._state, self._batch, self._engine.device)
         return self._plan
 
-    def _run_sequence(self, graph: Graph, xs: np.ndarray) -> np.ndarray:
+    def _run_sequence(self, graph: Graph, xs: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
         c = self.contract
-        y = Buffer(concrete(c.y_shape(SEQUENCE, self._batch, xs.shape[c.time_axis])), c.y_dtype,
-                    self._engine.device, zero=False)
+        steps = xs.shape[c.time_axis]
+        y = Buffer(concrete(c.y_shape(SEQUENCE, self._batch, steps)), c.y_dtype, self._engine.device, zero=False)
         binding = graph.session.io_binding()
         binding.bind_cpu_input(graph.x_name, np.ascontiguousarray(xs))
+        if c.lengths is not None:  # the graph takes lengths: every stream runs all T steps unless told
+            binding.bind_cpu_input(c.lengths.name, np.full(self._batch, steps, np.int64) if lengths is None else lengths)
         binding.bind_ortvalue_output(graph.y_name, y.value)
         self._state.bind(binding, self._state.current)
         run_bound(graph.session, binding, f"a chunk of {xs.shape[c.time_axis]} steps")
@@ -324,6 +348,11 @@ class StatefulSession:
             else:
                 ys[:, t] = y_t.reshape(ys.shape[:1] + ys.shape[2:])
         return ys
+
+
+def _part(lengths: np.ndarray | None, start: int, steps: int) -> np.ndarray | None:
+    """How many of the ``steps`` steps from ``start`` on each stream runs, given its whole ``lengths``."""
+    return None if lengths is None else np.clip(lengths - start, 0, steps)
 
 
 #: :meth:`StatefulSession.load` as a function: ``rnnexport.runtime.load("bundle.zip")``.

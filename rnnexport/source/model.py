@@ -12,6 +12,7 @@ import enum
 import functools
 import hashlib
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from rnnexport.source.torchnn import is_bidirectional
 if TYPE_CHECKING:
     from rnnexport.source.plan import NativePlan
 
-__all__ = ["RecurrentModel", "SourceKind"]
+__all__ = ["RecurrentModel", "SourceKind", "run_ragged"]
 
 
 class SourceKind(str, enum.Enum):
@@ -109,23 +110,46 @@ class RecurrentModel:
             digest.update(array.tobytes())
         return digest.hexdigest()
 
+    def with_lengths(self) -> RecurrentModel:
+        """This model with a ``lengths`` input on its sequence graph (ragged batches)."""
+        return dataclasses.replace(self, io=self.io.with_lengths())
+
     @torch.no_grad()
-    def run_sequence(self, x: np.ndarray, state: list[np.ndarray]) -> list[np.ndarray]:
-        """The PyTorch reference on numpy arrays: ``[y, *state_out]``."""
+    def run_sequence(self, x: np.ndarray, state: list[np.ndarray],
+                     lengths: np.ndarray | None = None) -> list[np.ndarray]:
+        """The PyTorch reference on numpy arrays: ``[y, *state_out]``.
+
+        With ``lengths`` (one per stream), each stream runs alone on its first ``lengths[b]``
+        steps (see :func:`run_ragged`): what PyTorch's packed sequences compute.
+        """
+        if lengths is not None:
+            return run_ragged(self.io, self.run_sequence, x, state, lengths)
         outputs = self.sequence_module(torch.from_numpy(x), *(torch.from_numpy(s) for s in state))
         return [o.detach().numpy() for o in outputs]
 
     @torch.no_grad()
-    def run_sequence_float64(self, x: np.ndarray, state: list[np.ndarray]) -> list[np.ndarray] | None:
+    def run_sequence_float64(self, x: np.ndarray, state: list[np.ndarray],
+                             lengths: np.ndarray | None = None) -> list[np.ndarray] | None:
         """The reference computed in float64, or None when the model does not run in float64.
 
         Verification uses it to measure the float32 reference's own rounding error.
         """
+        if lengths is not None:
+            try:
+                return run_ragged(self.io, self._run_float64, x, state, lengths)
+            except _NoFloat64:
+                return None
+        try:
+            return self._run_float64(x, state)
+        except _NoFloat64:
+            return None
+
+    def _run_float64(self, x: np.ndarray, state: list[np.ndarray]) -> list[np.ndarray]:
         x64 = torch.from_numpy(x).double() if np.issubdtype(x.dtype, np.floating) else torch.from_numpy(x)
         try:
             outputs = self._float64_module(x64, *(torch.from_numpy(s).double() for s in state))
-        except (RuntimeError, TypeError):  # a user loop that builds float32 tensors inside
-            return None
+        except (RuntimeError, TypeError) as e:  # a user loop that builds float32 tensors inside
+            raise _NoFloat64 from e
         return [o.detach().numpy() for o in outputs]
 
     @functools.cached_property
@@ -137,6 +161,51 @@ class RecurrentModel:
         """One step of the PyTorch reference on numpy arrays."""
         outputs = self.step_module()(torch.from_numpy(x), *(torch.from_numpy(s) for s in state))
         return [o.detach().numpy() for o in outputs]
+
+
+class _NoFloat64(Exception):
+    """The model does not run in float64."""
+
+
+Run = Callable[[np.ndarray, list[np.ndarray]], list[np.ndarray]]
+
+
+def run_ragged(io: IOSpec, run: Run, x: np.ndarray, state: list[np.ndarray], lengths: np.ndarray) -> list[np.ndarray]:
+    """``run`` (a full-length sequence run) on a ragged batch: each stream alone on its own length.
+
+    Stream ``b`` runs on ``x``'s first ``lengths[b]`` steps from its own initial state; its ``y``
+    is zero after that (as ``pad_packed_sequence`` pads) and its final state is where it ended;
+    a length of 0 leaves its initial state. The definition of the lengths input's semantics,
+    for every source: torch.nn modules, seed cells, user loops and nested-state modules alike.
+    """
+    time, batch = x.shape[io.time_axis], x.shape[io.batch_axis]
+    lengths = np.asarray(lengths)
+    if lengths.shape != (batch,) or ((lengths < 0) | (lengths > time)).any():
+        raise ValueError(f"lengths must be {batch} values from 0 to {time}, got {lengths!r:.80}")
+    axis = io.state.batch_axis
+    y: np.ndarray | None = None
+    final = [np.array(s, copy=True) for s in state]
+    for b, length in enumerate(int(n) for n in lengths):
+        if length == 0:
+            continue
+        x_b = np.take(np.take(x, [b], axis=io.batch_axis), range(length), axis=io.time_axis)
+        out = run(np.ascontiguousarray(x_b), [np.ascontiguousarray(np.take(s, [b], axis=axis)) for s in state])
+        if y is None:
+            shape = list(out[0].shape)
+            shape[io.time_axis], shape[io.batch_axis] = time, batch
+            y = np.zeros(shape, out[0].dtype)
+        index: list[slice | int] = [slice(None)] * y.ndim
+        index[io.batch_axis], index[io.time_axis] = slice(b, b + 1), slice(0, length)
+        y[tuple(index)] = out[0]
+        for k, value in enumerate(out[1:]):
+            final[k] = final[k].astype(value.dtype, copy=False)
+            at: list[slice] = [slice(None)] * value.ndim
+            at[axis] = slice(b, b + 1)
+            final[k][tuple(at)] = value
+    if y is None:  # every length 0: y's shape and dtype from one full run
+        full = run(x, state)[0]
+        y = np.zeros_like(full)
+    return [y, *final]
 
 
 class _OneStep(torch.nn.Module):

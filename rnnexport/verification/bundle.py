@@ -97,7 +97,8 @@ class _Sets:
             inputs, outputs = read_set(self.bundle, entry.dir)
             arrays = [a for _, a in inputs]
             if entry.kind == "stream" and (entry.call or 0) > 0 and (entry.stream or 0) in carried:
-                arrays = [arrays[0], *carried[entry.stream or 0]]
+                state = carried[entry.stream or 0]  # the state inputs; x before them, a lengths input after
+                arrays = [arrays[0], *state, *arrays[1 + len(state):]]
             label = f"variant {variant.name}" if variant else entry.kind
             name = variant.name if variant else None
             try:

@@ -18,17 +18,23 @@ from rnnexport.core.contract import Form, IOSpec
 from rnnexport.core.inputs import random_inputs, random_state
 
 __all__ = [
+    "RAGGED_BATCH",
     "SATURATING_SCALE",
     "Case",
     "InputKind",
     "StateKind",
     "grid",
     "input_kinds",
+    "lengths_of",
     "materialize",
+    "ragged",
+    "ragged_lengths",
 ]
 
 #: Saturating inputs are standard normal times this: gates sit at 0 or 1, tanh at +-1.
 SATURATING_SCALE = 10.0
+#: Streams of a ragged case (graphs with a lengths input): lengths T, 1 and 0 and three drawn, unsorted.
+RAGGED_BATCH = 6
 
 
 class InputKind(str, enum.Enum):
@@ -58,10 +64,12 @@ class Case:
     inputs: InputKind
     state: StateKind
     seed: int
+    #: A ragged case's lengths, one per stream (graphs with a lengths input); None: every stream runs T steps.
+    lengths: tuple[int, ...] | None = None
 
     @property
     def id(self) -> str:
-        return f"B{self.batch}-T{self.time}-{self.inputs.value}-{self.state.value}"
+        return f"B{self.batch}-T{self.time}-{self.inputs.value}-{self.state.value}" + ("-ragged" if self.lengths else "")
 
     @property
     def nonfinite(self) -> bool:
@@ -74,8 +82,11 @@ class Case:
         return self.time * self.batch
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "batch": self.batch, "time": self.time, "inputs": self.inputs.value,
+        data = {"id": self.id, "batch": self.batch, "time": self.time, "inputs": self.inputs.value,
                 "state": self.state.value, "seed": self.seed}
+        if self.lengths is not None:
+            data["lengths"] = list(self.lengths)
+        return data
 
 
 def input_kinds(io: IOSpec, vocabulary: int | None) -> tuple[InputKind, ...]:
@@ -89,9 +100,33 @@ def input_kinds(io: IOSpec, vocabulary: int | None) -> tuple[InputKind, ...]:
     return kinds
 
 
-def _case_seed(seed: int, batch: int, time: int, inputs: InputKind, state: StateKind) -> int:
-    words = [seed, batch, time, list(InputKind).index(inputs), list(StateKind).index(state)]
+def _case_seed(seed: int, batch: int, time: int, inputs: InputKind, state: StateKind, ragged: bool = False) -> int:
+    words = [seed, batch, time, list(InputKind).index(inputs), list(StateKind).index(state)] + [1] * ragged
     return int(np.random.SeedSequence(words).generate_state(1)[0])
+
+
+def ragged_lengths(seed: int, batch: int, time: int) -> tuple[int, ...]:
+    """``batch`` lengths from 0 to ``time``: ``time``, 1 and 0 among them, the rest drawn, in a drawn order."""
+    rng = np.random.default_rng(seed)
+    lengths = np.concatenate([[time, 1, 0], rng.integers(0, time + 1, max(0, batch - 3))])[:batch]
+    return tuple(int(n) for n in rng.permutation(lengths))
+
+
+def ragged(io: IOSpec, seq_lens: Sequence[int], seed: int, vocabulary: int | None = None) -> tuple[Case, ...]:
+    """The ragged cases of a graph with a lengths input: one per length of at least 2, random state.
+
+    ``RAGGED_BATCH`` streams each, of lengths :func:`ragged_lengths` (T, 1 and 0 included,
+    unsorted, as PyTorch packs them only with ``enforce_sorted=False``).
+    """
+    if io.lengths is None:
+        return ()
+    inputs = input_kinds(io, vocabulary)[0]
+    cases = []
+    for time in (t for t in seq_lens if t >= 2):
+        case_seed = _case_seed(seed, RAGGED_BATCH, time, inputs, StateKind.RANDOM, ragged=True)
+        cases.append(Case(RAGGED_BATCH, time, inputs, StateKind.RANDOM, case_seed,
+                          ragged_lengths(case_seed, RAGGED_BATCH, time)))
+    return tuple(cases)
 
 
 def grid(
@@ -101,7 +136,8 @@ def grid(
     """Every batch size x length x input kind x initial state, each with its own seed.
 
     Then the non-finite cases: at the largest batch up to 4 and the longest length up to 17,
-    a NaN in one stream's input halfway (float inputs), and one in its initial state.
+    a NaN in one stream's input halfway (float inputs), and one in its initial state; and for
+    a graph with a lengths input, the :func:`ragged` cases.
     """
     cases = []
     for batch in batch_sizes:
@@ -115,11 +151,19 @@ def grid(
     special.append((input_kinds(io, vocabulary)[0], StateKind.NAN))
     for inputs, state in special:
         cases.append(Case(batch, time, inputs, state, _case_seed(seed, batch, time, inputs, state)))
-    return tuple(cases)
+    return (*cases, *ragged(io, seq_lens, seed, vocabulary))
+
+
+def lengths_of(case: Case) -> np.ndarray | None:
+    """A ragged case's lengths as the graph takes them (int64); None for a full-length case."""
+    return None if case.lengths is None else np.asarray(case.lengths, np.int64)
 
 
 def materialize(case: Case, io: IOSpec, vocabulary: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The case's ``x`` (a whole sequence, in the contract's layout) and initial state."""
+    """The case's ``x`` (a whole sequence, in the contract's layout) and initial state.
+
+    A ragged case's ``x`` holds values past each stream's end too: the graph must not read them.
+    """
     rng = np.random.default_rng(case.seed)
     if case.inputs is InputKind.ONE_HOT:
         shape = io.inputs(Form.SEQUENCE, case.time)[0].concrete(case.batch, case.time)

@@ -20,7 +20,7 @@ from rnnexport.engines.base import GraphTensor, Runner
 from rnnexport.verification.cases import Case
 from rnnexport.verification.report import Check, Contract
 
-__all__ = ["against", "chunked", "declared_shapes", "finite", "prepare", "stream", "time_axes"]
+__all__ = ["against", "chunked", "declared_shapes", "finite", "past_end", "prepare", "stream", "time_axes"]
 
 Outputs = Mapping[str, np.ndarray]
 _FLOATS = {name: np.dtype(name) for name in ("float16", "float32", "float64")}
@@ -94,6 +94,21 @@ def finite(engine: str, case: Case | str, got: Outputs, variant: str = "") -> li
         detail = f"{nans} NaN, {infs} Inf in {np.size(array)} values" if nans or infs else ""
         checks.append(Check(Contract.FINITE, engine, case_id, name, not (nans or infs), variant, detail=detail))
     return checks
+
+
+def past_end(engine: str, case: Case, got: Outputs, io: IOSpec, lengths: np.ndarray) -> list[Check]:
+    """Contract 1 on a ragged case: ``y`` exactly zero at every step past each stream's length."""
+    y_name = io.outputs(Form.SEQUENCE)[0].name
+    if y_name not in got:
+        return []  # against() reports the missing output
+    y = np.moveaxis(np.asarray(got[y_name]), (io.time_axis, io.batch_axis), (0, 1))
+    padding = np.arange(y.shape[0])[:, None] >= lengths[None, :]  # (T, B)
+    values = np.abs(y[padding]).astype(np.float64)
+    worst = float(values.max(initial=0.0)) if not np.isnan(values).any() else float("nan")
+    steps = int(padding.sum())
+    ok = worst == 0.0
+    detail = "" if ok else f"y is not zero past each stream's end: max |y| {worst:.3g} over {steps} padded steps"
+    return [Check(Contract.PYTORCH, engine, case.id, y_name, ok, "zero past each end", max_abs=worst, detail=detail)]
 
 
 def _state_out(io: IOSpec, out: Outputs) -> list[np.ndarray]:

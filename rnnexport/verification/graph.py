@@ -18,7 +18,7 @@ from rnnexport.core.ort import CPU, available_providers
 from rnnexport.engines.base import EngineFailure, EngineKind, EngineUnavailable, Runner, Unavailable
 from rnnexport.engines.torch_runner import TorchRunner
 from rnnexport.verification import contracts
-from rnnexport.verification.cases import Case, StateKind, grid, materialize
+from rnnexport.verification.cases import Case, StateKind, grid, lengths_of, materialize
 from rnnexport.verification.engines import Engine, Lineup, plan
 from rnnexport.verification.options import Progress, Tick, VerifyOptions
 from rnnexport.verification.report import Check, Contract, EngineStatus, Note, Report, ReportKind
@@ -142,7 +142,8 @@ class _CaseRun:
         return True
 
     def _sequence(self, case: Case, engines: Sequence[Engine], x: np.ndarray, state: list[np.ndarray]) -> None:
-        feeds = self.io.feeds(x, state)
+        lengths = lengths_of(case)
+        feeds = self.io.feeds(x, state, lengths)
         want = self._reference(self.torch_seq, feeds)
         if not case.nonfinite:
             self.checks += contracts.finite("pytorch", case, want)
@@ -151,10 +152,12 @@ class _CaseRun:
         for engine in engines:
             if self._takes(engine, case):
                 got = self._whole(engine, case, feeds, want, pytorch_tol)
-                if got is not None:
+                if got is not None and lengths is not None:  # chunks and steps run the full-length cases
+                    self.checks += contracts.past_end(engine.name, case, got, self.io, lengths)
+                elif got is not None:
                     self._chunks(engine, case, x, state, got)
                     self._streamed(engine, case, x, state, got)
-                    baseline = self._providers(engine, case, got, baseline)
+                baseline = self._providers(engine, case, got, baseline) if got is not None else baseline
 
     def _whole(self, engine: Engine, case: Case, feeds: Outputs, want: Outputs,
                pytorch_tol: Tolerance | None) -> Outputs | None:
@@ -258,6 +261,9 @@ class _CaseRun:
         for name, count in self.skipped.items():
             found.append(Note("reference_skipped", {"engine": name, "skipped": count, "cases": len(cases),
                                                     "max_elements": self.options.reference_max_elements}))
+        ragged = [c for c in cases if c.lengths is not None]
+        if ragged:
+            found.append(Note("ragged", {"cases": len(ragged), "batch": ragged[0].batch}))
         return found
 
 

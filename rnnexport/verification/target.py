@@ -189,6 +189,8 @@ def load_target(path: str | os.PathLike[str], source: SourceLike | None = None) 
     else:
         assert info is not None  # checked above: no metadata needs a SOURCE
         model = _rebuild(path, info)
+    if info is not None and info.io.lengths is not None and model.io.lengths is None:
+        model = model.with_lengths()  # a graph converted with --lengths: the reference takes them too
     inputs, outputs = graph_tensors(proto)
     io = model.io if source is not None or info is None else info.io
     if info is not None:

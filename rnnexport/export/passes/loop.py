@@ -84,7 +84,7 @@ class Loop:
             step=step, types=infer_types(step),
             stack=Stacking(GraphBuilder(s.name for s in [*inputs, *outputs]), x, io.x_features, io.time_axis),
             x=x, y=y,
-            states=[State.plain(s.name, o.name) for s, o in zip(inputs[1:], outputs[1:], strict=True)],
+            states=[State.plain(s, o) for s, o in zip(io.state.names, io.state.output_names, strict=True)],
             scan_inputs=[ScanValue(copy_value(by_name[x]), x, io.time_axis)],
             scan_outputs=[ScanValue(copy_value(by_name[y]), y, io.time_axis)],
         )
