@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from rnnexport.core.errors import VerifyError
 from rnnexport.verification.bundle import verify_bundle
+from rnnexport.verification.environment import environment
 from rnnexport.verification.options import Progress, VerifyOptions
 from rnnexport.verification.report import Report
 
@@ -100,8 +101,10 @@ def verify(
             # the PyTorch side, imported only for a graph: a bundle's verification needs no torch
             from rnnexport.verification.graph import verify_graph
 
-            return verify_graph(target, source, opts, progress)
-        return _bundle(target, source, opts, progress)
+            report = verify_graph(target, source, opts, progress)
+        else:
+            report = _bundle(target, source, opts, progress)
+    return dataclasses.replace(report, environment=environment())
 
 
 def _bundle(target: str | os.PathLike[str], source: SourceLike | None, opts: VerifyOptions,
