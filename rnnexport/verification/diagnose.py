@@ -124,7 +124,8 @@ def _failing(divergences: Sequence[OutputDivergence], tol: Tolerance, want: Outp
 def _words(array: np.ndarray) -> str:
     """A small constant in words (``[5, -1, 8]``), else its type and shape."""
     if array.size <= 8:
-        return np.array2string(array.ravel() if array.ndim > 1 else array, separator=", ")
+        values = [f"{v:g}" if isinstance(v, float) else str(v) for v in array.ravel().tolist()]
+        return values[0] if array.ndim == 0 else f"[{', '.join(values)}]"
     return f"{array.dtype.name}[{', '.join(map(str, array.shape))}]"
 
 

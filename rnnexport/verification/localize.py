@@ -21,11 +21,12 @@ Method (``docs/verify.md``, "Diagnosis"):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -107,9 +108,20 @@ def record_pool(modules: Sequence[torch.nn.Module | None], x: np.ndarray, state:
                                                                                           np.floating)])
     for module in dict.fromkeys(m for m in modules if m is not None):
         feeds = [torch.from_numpy(np.array(a)) for a in (x, *state)]
-        with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False), recorder:
+        with torch.no_grad(), _without_onednn(), recorder:
             module(*feeds)
     return Pool(recorder.arrays, tol, recorder.full)
+
+
+@contextlib.contextmanager
+def _without_onednn() -> Iterator[None]:
+    """oneDNN off: torch.nn's RNN decompositions then run step by step, so each step's values are recorded."""
+    before = bool(torch.backends.mkldnn.enabled)
+    setattr(torch.backends.mkldnn, "enabled", False)  # noqa: B010 - a property of torch's module object
+    try:
+        yield
+    finally:
+        setattr(torch.backends.mkldnn, "enabled", before)  # noqa: B010
 
 
 class Pool:
