@@ -51,11 +51,11 @@ h2{font-size:19px;margin:28px 0 8px;border-bottom:1px solid #dee2e6;padding-bott
 table{border-collapse:collapse;font-size:13px;margin:6px 0}
 th,td{border:1px solid #dee2e6;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f1f3f5}td.ok{background:#e6f4ea}td.bad{background:#fde2e1;font-weight:600}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .hint{border-left:4px solid #d9480f;background:#fff4e6;padding:6px 10px;margin:8px 0}
 .finding{border-left:4px solid #b00020;background:#fff5f5;padding:6px 10px;margin:8px 0}
 pre{background:#f8f9fa;padding:8px;overflow-x:auto;font-size:12px}
-.plots{display:flex;flex-wrap:wrap;gap:16px}figure{margin:0;max-width:520px}
+.plots{display:flex;flex-wrap:wrap;gap:16px}figure{margin:0;max-width:440px}
 figcaption{font-size:13px;color:#495057}
 .muted{color:#6c757d;font-size:13px}
 """
@@ -88,7 +88,7 @@ def _log_range(values: Sequence[float], tolerance: float) -> tuple[float, float]
 
 def curve_svg(series: dict[str, tuple[str, np.ndarray]], tolerance: float, title: str) -> str:
     """Error vs time step per engine, log scale, with the tolerance's atol dashed: one inline SVG."""
-    width, left, right, top, bottom = 520, 58, 12, 24, 36
+    width, left, right, top, bottom = 440, 58, 12, 24, 36
     inner_w, inner_h = width - left - right, 190
     height = top + inner_h + bottom + 14 * len(series)
     finite = [float(v) for _, c in series.values() for v in c if math.isfinite(v)]
