@@ -423,3 +423,16 @@ def test_command_line_prints_and_writes_the_diagnosis(made, tmp_path):
     result = runner.invoke(main, ["verify", str(bad), "--engines", "cpu", "--batch-sizes", "1", "--seq-lens", "7",
                                   "--no-diagnose"])
     assert result.exit_code == 1 and "diagnosis" not in result.output
+
+
+def test_a_large_case_is_cut_to_its_first_failing_stream_and_step(made, tmp_path, monkeypatch):
+    """Past MAX_EXPOSED_STEPS, values are read on one failing stream, up to the step it first fails at."""
+    import rnnexport.verification.diagnose as module
+
+    monkeypatch.setattr(module, "MAX_EXPOSED_STEPS", 8)
+    bad = tmp_path / "sign.onnx"
+    negate_at_step(made["graphs"]["lstm", "scan"], bad, 3)
+    d = diagnosed(bad, made["sources"]["lstm"], batch_sizes=(3,), diagnose=True).diagnosis
+    assert d is not None and d.case.startswith("B3-T7") and d.first is not None
+    assert (d.first.location.op, d.first.location.step) == ("If", 3)
+    assert "values were read on stream 0 alone, over its first 4 steps" in d.notes

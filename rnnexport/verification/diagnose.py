@@ -16,6 +16,7 @@ CPU provider first, finite inputs first, fewest batch x time steps), and within 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -31,10 +32,10 @@ from rnnexport.verification import hints as known
 from rnnexport.verification.cases import Case, materialize
 from rnnexport.verification.contracts import time_axes
 from rnnexport.verification.exposed import (
-    ExposedRun,
     RunFailure,
     node_inputs_at_failure,
     run_exposed,
+    run_graph,
 )
 from rnnexport.verification.findings import (
     Diagnosis,
@@ -49,7 +50,7 @@ from rnnexport.verification.localize import RECURRENT, Graph, first_divergence, 
 from rnnexport.verification.report import Check, Contract
 from rnnexport.verification.target import Target
 
-__all__ = ["AUTO_SECONDS", "CPU_ENGINE", "FORCED_SECONDS", "diagnose", "pick_case"]
+__all__ = ["AUTO_SECONDS", "CPU_ENGINE", "FORCED_SECONDS", "MAX_EXPOSED_STEPS", "diagnose", "pick_case"]
 
 LOG = logging.getLogger("rnnexport.verification")
 
@@ -58,7 +59,20 @@ AUTO_SECONDS = 30.0
 #: The time bound of ``--diagnose``.
 FORCED_SECONDS = 120.0
 CPU_ENGINE = "onnxruntime:cpu"
+#: The most batch x time steps whose every value is exposed and matched: a larger failing case is cut
+#: to its first failing stream and, where the graph takes any length, to the step it first fails at.
+MAX_EXPOSED_STEPS = 4096
 Outputs = Mapping[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+    """A case's inputs, its feeds and PyTorch's outputs on them."""
+
+    x: np.ndarray
+    state: list[np.ndarray]
+    feeds: dict[str, np.ndarray]
+    want: dict[str, np.ndarray]
 
 
 def pick_case(cases: Sequence[Case], checks: Sequence[Check]) -> tuple[Case, str] | None:
@@ -141,13 +155,36 @@ class _Diagnosis:
         self.form = target.form
         if self.form is Form.STEP:
             x = np.take(x, 0, axis=io.time_axis)
-        self.x, self.state = x, state
-        self.feeds = io.feeds(x, state)
-        run = model.run_sequence if self.form is Form.SEQUENCE else model.run_step
-        self.want = dict(zip([s.name for s in io.outputs(self.form)], run(x, state)))
+        self.full = self.inputs(x, state)
+        self.feeds, self.want = self.full.feeds, self.full.want
         self.notes: list[str] = []
         self.complete = True
         self.constants: list[str] = []
+
+    def inputs(self, x: np.ndarray, state: list[np.ndarray]) -> _Inputs:
+        io, model = self.target.io, self.target.model
+        run = model.run_sequence if self.form is Form.SEQUENCE else model.run_step
+        return _Inputs(x, state, io.feeds(x, state), dict(zip([s.name for s in io.outputs(self.form)], run(x, state))))
+
+    def reduced(self, outputs: Sequence[OutputDivergence]) -> _Inputs | None:
+        """The case, or its first failing stream up to the step it first fails at when it is too large to expose."""
+        io, x, state = self.target.io, self.full.x, self.full.state
+        if self.case.elements <= MAX_EXPOSED_STEPS or self.form is Form.STEP:
+            return self.full
+        stream = min((s for o in outputs for s in o.streams), default=0)
+        x = np.take(x, [stream], axis=io.batch_axis)
+        state = [np.take(s, [stream], axis=io.state.batch_axis) for s in state]
+        steps = [o.first_step for o in outputs if o.first_step is not None]
+        cut = self.target.seq_len is None and not self.target.bidirectional and steps
+        if cut:
+            x = np.take(x, np.arange(min(steps) + 1), axis=io.time_axis)
+        if x.shape[io.time_axis] > MAX_EXPOSED_STEPS:
+            self.notes.append(f"the case is too long to expose every value (over {MAX_EXPOSED_STEPS} steps in one "
+                              "stream): no value was located")
+            return None
+        self.notes.append(f"values were read on stream {stream} alone" +
+                          (f", over its first {x.shape[io.time_axis]} steps" if cut else ""))
+        return self.inputs(x, state)
 
     def late(self, stage: str) -> bool:
         if time.perf_counter() <= self.deadline:
@@ -158,14 +195,25 @@ class _Diagnosis:
 
     # --- the first diverging value -------------------------------------------------------------------
 
-    def locate(self, run: ExposedRun, failing: Sequence[str]) -> tuple[Finding | None, str]:
+    def locate(self, inputs: _Inputs) -> tuple[Finding | None, str]:
+        """The first diverging value on ``inputs``, and how it was found."""
+        run = run_exposed(self.target.proto, inputs.feeds, self.threads)
+        if isinstance(run, RunFailure):
+            self.notes.append(f"the graph with its values exposed did not run: {run.message}")
+            return None, ""
+        got = {name: run.values[name] for name in inputs.want if name in run.values}
+        failing = _failing(_divergences(self.target, self.form, got, inputs.want, self.tol), self.tol,
+                           inputs.want, got)
+        if not failing:
+            self.notes.append("the part of the case whose values were read matches PyTorch: no value was located")
+            return None, ""
         model = self.target.model
         modules = [model.sequence_module, model.trace_module] if self.form is Form.SEQUENCE else \
             [model.step_module(), model.trace_step_module()]
-        pool = record_pool(modules, self.x, self.state, self.tol)
+        pool = record_pool(modules, inputs.x, inputs.state, self.tol)
         if pool.partial:
             self.notes.append("PyTorch computed more than the recorder keeps; only the first tensors were matched")
-        graph = Graph(self.target.proto, run.values, self.feeds)
+        graph = Graph(self.target.proto, run.values, inputs.feeds)
         if not graph.judge(pool, failing, self.deadline):
             self.late("every graph value was matched")
         method = (f"every graph value read on {CPU_ENGINE} (the top graph; each Scan body value at each step; each "
@@ -177,7 +225,7 @@ class _Diagnosis:
         details: list[str] = []
         location = first.location
         if location.scope == "native" and location.direction is not None:
-            details = self._gates(location, run.values)
+            details = self._gates(location, {**run.values, **inputs.feeds})
         shape = None if first.array is None else tuple(int(d) for d in first.array.shape)
         error = None if first.array is None else pool.nearest(first.array)
         return Finding(location, error, graph.inputs_of(first), tuple(details), shape), method
@@ -191,9 +239,8 @@ class _Diagnosis:
         layer: NativeLayer | None = None
         if plan is not None and len(plan.layers) == len(nodes):
             layer = plan.layers[location.layer]
-        known_values = {**values, **self.feeds}
         assert location.direction is not None  # scope native with a direction
-        return known.gate_details(proto, nodes[location.layer], layer, known_values, location.direction,
+        return known.gate_details(proto, nodes[location.layer], layer, values, location.direction,
                                   location.reverse, self.tol)
 
     def stopped(self, failure: RunFailure) -> Finding:
@@ -277,25 +324,24 @@ def diagnose(target: Target, cases: Sequence[Case], checks: Sequence[Check], tol
 
 
 def _run(work: _Diagnosis, checks: Sequence[Check], cases: Sequence[Case], started: float) -> Diagnosis:
-    run = run_exposed(work.target.proto, work.feeds, work.threads)
+    got = run_graph(work.target.proto, work.feeds, work.threads)
     first: Finding | None = None
     method = ""
     got_time = None
-    if isinstance(run, RunFailure):
+    if isinstance(got, RunFailure):
         outputs = [OutputDivergence(name, None, detail="not computed: onnxruntime stopped") for name in work.want]
-        first = work.stopped(run)
+        first = work.stopped(got)
         method = f"onnxruntime ({CPU_ENGINE}) stopped at a node; its inputs were computed on the case"
     else:
-        got = {name: run.values[name] for name in work.want if name in run.values}
         outputs = _divergences(work.target, work.form, got, work.want, work.tol)
         y = next(iter(work.want))
         if work.form is Form.SEQUENCE and y in got and got[y].ndim > work.target.io.time_axis:
             got_time = int(got[y].shape[work.target.io.time_axis])
-        failing = _failing(outputs, work.tol, work.want, got)
-        if not failing:
+        inputs = work.reduced(outputs)
+        if not _failing(outputs, work.tol, work.want, got):
             work.notes.append(f"on {CPU_ENGINE} this case now matches PyTorch: the failure was {work.engine}'s")
-        elif not work.late("the graph's values were matched with PyTorch's"):
-            first, method = work.locate(run, failing)
+        elif inputs is not None and not work.late("the graph's values were matched with PyTorch's"):
+            first, method = work.locate(inputs)
     found = [] if work.late("the known mistakes were tried") else work.hints(checks, cases, got_time)
     return Diagnosis(work.case.id, work.engine, CPU_ENGINE, tuple(outputs), first, tuple(found), method,
                      tuple(work.notes), time.perf_counter() - started, work.complete)

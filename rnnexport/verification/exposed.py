@@ -17,12 +17,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from rnnexport.core.errors import RnnexportError, describe
+from rnnexport.core.errors import describe
 from rnnexport.core.graphs import attribute, subgraphs
 from rnnexport.core.ort import CPU, start_session
 from rnnexport.export.passes.graph import free_names, producers
 
-__all__ = ["EXPOSED", "ExposedRun", "RunFailure", "body", "expose", "run_exposed", "run_graph", "scan_value"]
+__all__ = ["EXPOSED", "ExposedRun", "RunFailure", "body", "expose", "iterations_reversed", "node_inputs_at_failure",
+           "run_exposed", "run_graph", "scan_value", "upstream"]
 
 #: The prefix of the names the exposed copy gives its added outputs.
 EXPOSED = "diagnose/"
@@ -98,7 +99,7 @@ def run_graph(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], threads: 
         names = [o.name for o in session.get_outputs()]
         wanted = {i.name for i in session.get_inputs()}
         outputs = session.run(names, {k: v for k, v in feeds.items() if k in wanted})
-    except (RnnexportError, Exception) as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors (and LoadError)
         text = describe(e)
         found = _FAILED_NODE.search(str(e))
         return RunFailure(text, *(found.groups() if found else (None, None)))
