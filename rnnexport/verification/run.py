@@ -86,7 +86,9 @@ def verify(
 
     Returns:
         A :class:`~rnnexport.verification.report.Report`: every check with its figures, and
-        the engines that could not run, with reasons. ``report.passed`` says all passed.
+        the engines that could not run, with reasons. ``report.passed`` says all passed;
+        ``report.diagnosis`` says where a failing graph first parts from PyTorch (``diagnose``
+        option); ``report.environment`` where the report was made.
 
     Raises:
         VerifyError: the file is not an ONNX model or lacks the I/O contract, the source
