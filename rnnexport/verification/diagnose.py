@@ -29,7 +29,7 @@ from rnnexport.core.errors import describe
 from rnnexport.export.passes.graph import constant_value
 from rnnexport.source.plan import NativeLayer
 from rnnexport.verification import hints as known
-from rnnexport.verification.cases import Case, materialize
+from rnnexport.verification.cases import Case, lengths_of, materialize
 from rnnexport.verification.contracts import time_axes
 from rnnexport.verification.exposed import (
     RunFailure,
@@ -81,8 +81,8 @@ def pick_case(cases: Sequence[Case], checks: Sequence[Check]) -> tuple[Case, str
     failed = {(c.case, c.engine) for c in checks if c.contract is Contract.PYTORCH and not c.passed and c.case in by_id}
     if not failed:
         return None
-    case_id, engine = min(failed, key=lambda f: (f[1] != CPU_ENGINE, by_id[f[0]].nonfinite, by_id[f[0]].elements,
-                                                 f[0], f[1]))
+    case_id, engine = min(failed, key=lambda f: (f[1] != CPU_ENGINE, by_id[f[0]].nonfinite,
+                                                 by_id[f[0]].lengths is not None, by_id[f[0]].elements, f[0], f[1]))
     return by_id[case_id], engine
 
 
@@ -155,20 +155,24 @@ class _Diagnosis:
         self.form = target.form
         if self.form is Form.STEP:
             x = np.take(x, 0, axis=io.time_axis)
-        self.full = self.inputs(x, state)
+        self.lengths = lengths_of(case) if self.form is Form.SEQUENCE else None
+        self.full = self.inputs(x, state, self.lengths)
         self.feeds, self.want = self.full.feeds, self.full.want
         self.notes: list[str] = []
         self.complete = True
         self.constants: list[str] = []
 
-    def inputs(self, x: np.ndarray, state: list[np.ndarray]) -> _Inputs:
+    def inputs(self, x: np.ndarray, state: list[np.ndarray], lengths: np.ndarray | None = None) -> _Inputs:
         io, model = self.target.io, self.target.model
-        run = model.run_sequence if self.form is Form.SEQUENCE else model.run_step
-        return _Inputs(x, state, io.feeds(x, state), dict(zip([s.name for s in io.outputs(self.form)], run(x, state))))
+        want = model.run_sequence(x, state, lengths) if self.form is Form.SEQUENCE else model.run_step(x, state)
+        return _Inputs(x, state, io.feeds(x, state, lengths), dict(zip([s.name for s in io.outputs(self.form)], want)))
 
     def reduced(self, outputs: Sequence[OutputDivergence]) -> _Inputs | None:
         """The case, or its first failing stream up to the step it first fails at when it is too large to expose."""
         io, x, state = self.target.io, self.full.x, self.full.state
+        if self.lengths is not None:  # each stream ran alone on its own length: PyTorch's values differ in shape
+            self.notes.append("a ragged case (a lengths input): no value was located; the full-length cases locate")
+            return None
         if self.case.elements <= MAX_EXPOSED_STEPS or self.form is Form.STEP:
             return self.full
         stream = min((s for o in outputs for s in o.streams), default=0)
