@@ -102,6 +102,7 @@ def _options(given: dict[str, Any]) -> VerifyOptions:
         rtol=given["rtol"],
         step_model=given["step_model"],
         threads=given["threads"],
+        diagnose=given["diagnose"],
     )
 
 
@@ -120,7 +121,9 @@ def _source(model: str, source: str | None, given: dict[str, Any]) -> SourceSpec
 
 def _check_outputs(model: str, given: dict[str, Any], json_path: str | None, plot_path: str | None) -> None:
     """Fail before a long run when an output cannot be written or would write over an input."""
+    from rnnexport.core.io import refuse_overwrite
     from rnnexport.verification.render import require_matplotlib
+    from rnnexport.verification.render_html import check_report_path
     from rnnexport.verification.run import is_bundle_path
 
     if plot_path and is_bundle_path(model):
@@ -128,12 +131,19 @@ def _check_outputs(model: str, given: dict[str, Any], json_path: str | None, plo
     if plot_path:
         require_matplotlib(plot_path)
     inputs = [("MODEL", model), *([("--step", given["step_model"])] if given["step_model"] else [])]
-    check_outputs(json_path, [("--plot", plot_path)] if plot_path else [], inputs)
+    outputs = [*([("--plot", plot_path)] if plot_path else []),
+               *([("--report", given["report_path"])] if given["report_path"] else [])]
+    if given["report_path"]:
+        check_report_path(given["report_path"])
+        refuse_overwrite(outputs, inputs, VerifyError)
+    check_outputs(json_path, outputs, inputs)
 
 
-def _render(report: Report, json_path: str | None, plot_path: str | None, quiet: bool) -> None:
-    """The text report (on stderr when the JSON goes to stdout), the JSON file and the plot."""
+def _render(report: Report, json_path: str | None, plot_path: str | None, report_path: str | None,
+            quiet: bool) -> None:
+    """The text report (on stderr when the JSON goes to stdout), the JSON file, the plot and the page."""
     from rnnexport.verification.render import json_text, plot, render_text, write_json
+    from rnnexport.verification.render_html import write_report
 
     click.echo(render_text(report, quiet=quiet), err=json_path == STDOUT)
     if json_path == STDOUT:
@@ -142,6 +152,8 @@ def _render(report: Report, json_path: str | None, plot_path: str | None, quiet:
         write_json(report, json_path)
     if plot_path:
         plot(report, plot_path)
+    if report_path:
+        write_report(report, report_path)
 
 
 @click.command("verify", short_help=ONNXRUNTIME_MISSING,
@@ -176,6 +188,14 @@ def _render(report: Report, json_path: str | None, plot_path: str | None, quiet:
               help="Relative tolerance (default by dtype: float32 1e-4, float16 1e-2, int8 1e-1).")
 @click.option("--plot", "plot_path", default=None, metavar="FILE.png",
               help="Plot error vs time step per engine (needs pip install 'rnnexport[plot]').")
+@click.option("--report", "report_path", default=None, metavar="FILE.html|FILE.md",
+              help="Write the report as a page to open (.html: self-contained, loads nothing) or as markdown "
+                   "(.md, for CI logs): verdict, diagnosis, contract x engine table, error curves and histograms, "
+                   "engines, environment.")
+@click.option("--diagnose/--no-diagnose", default=None,
+              help="Where contract 1 fails, name the first graph value that diverges from PyTorch (its operator, "
+                   "its inputs' error, where it sits) and the known mistake it matches. Default: on a contract-1 "
+                   "failure, within 30 s; --diagnose: within 120 s; --no-diagnose: never.")
 @source_options
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Threads for PyTorch's reference and onnxruntime (more mostly wait for each other on small cases).")
@@ -204,5 +224,5 @@ def verify_command(model: str, source: str | None, json_path: str | None, plot_p
         report = verify(model, spec, options=options, progress=progress)
     finally:
         progress.close()
-    _render(report, json_path, plot_path, quiet)
+    _render(report, json_path, plot_path, given["report_path"], quiet)
     sys.exit(0 if report.passed else 1)

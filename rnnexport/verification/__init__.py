@@ -10,8 +10,9 @@ Six contracts, each reported on its own, per engine, case and output:
 6. every execution provider == the CPU execution provider.
 
 :func:`verify` (also ``rnnexport.verify``) is the one entry point: a graph (and its source),
-or a bundle, with one :class:`VerifyOptions`. It returns a :class:`Report` (data);
-``rnnexport.verification.render`` turns it into a text table, JSON or a plot.
+or a bundle, with one :class:`VerifyOptions`. It returns a :class:`Report` (data), with the
+diagnosis of a contract-1 failure (``verification/diagnose.py``); ``rnnexport.verification.render``
+turns it into a text table, JSON, markdown or a plot, ``render_html`` into a page to open.
 """
 
 from __future__ import annotations

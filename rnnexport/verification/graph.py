@@ -20,6 +20,7 @@ from rnnexport.engines.torch_runner import TorchRunner
 from rnnexport.verification import contracts
 from rnnexport.verification.cases import Case, StateKind, grid, lengths_of, materialize
 from rnnexport.verification.engines import Engine, Lineup, plan
+from rnnexport.verification.findings import Diagnosis
 from rnnexport.verification.options import Progress, Tick, VerifyOptions
 from rnnexport.verification.report import Check, Contract, EngineStatus, Note, Report, ReportKind
 from rnnexport.verification.target import SourceLike, Target, load_target
@@ -275,6 +276,17 @@ def _form_notes(target: Target) -> list[Note]:
     return [Note("bidirectional")] if target.bidirectional else []
 
 
+def _diagnose(options: VerifyOptions, target: Target, cases: Sequence[Case], run: _CaseRun,
+              tol: Tolerance) -> Diagnosis | None:
+    """The diagnosis of the first failing contract-1 case, unless ``options.diagnose`` is False."""
+    if options.diagnose is False:
+        return None
+    from rnnexport.verification.diagnose import AUTO_SECONDS, FORCED_SECONDS, diagnose
+
+    seconds = FORCED_SECONDS if options.diagnose else AUTO_SECONDS
+    return diagnose(target, cases, run.checks, tol, run.noise, seconds, options.threads)
+
+
 def verify_graph(path: str | os.PathLike[str], source: SourceLike | None, options: VerifyOptions,
                  progress: Progress | None = None) -> Report:
     """A graph against its PyTorch source: see :func:`rnnexport.verification.run.verify`."""
@@ -288,10 +300,14 @@ def verify_graph(path: str | os.PathLike[str], source: SourceLike | None, option
     cases = grid(target.io, sizes.batch_sizes, seq_lens, options.seed, target.model.vocabulary_size())
     models = {GRAPH: target.path, **({STEP: step_path} if step_path else {})}
     run = _CaseRun(target, tol, options)
+    diagnosis = None
     with Lineup(planned, models, options.threads, options.allow_missing) as lineup, _torch_threads(options.threads):
         if not lineup.stopped:
             run.run_all(cases, lineup.engines, progress)
+            diagnosis = _diagnose(options, target, cases, run, tol)
     notes += [*lineup.notes(), *_form_notes(target), *([] if lineup.stopped else run.notes(target, cases))]
+    if options.diagnose and diagnosis is None and not lineup.stopped:
+        notes.append(Note("nothing_to_diagnose"))
     pytorch = EngineStatus("pytorch", EngineKind.PYTORCH, None, True, True, seconds=run.torch_seconds)
     return Report(
         model=str(target.path),
@@ -313,4 +329,5 @@ def verify_graph(path: str | os.PathLike[str], source: SourceLike | None, option
         kind=ReportKind.GRAPH,
         allow_missing=options.allow_missing,
         grid=options.grid,
+        diagnosis=diagnosis,
     )

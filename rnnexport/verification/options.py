@@ -44,7 +44,7 @@ GRIDS = {
 
 #: A field a bundle does not take (it carries its own test sets), and how the command line spells it.
 _GRAPH_ONLY = {"step_model": "--step", "batch_sizes": "--batch-sizes", "seq_lens": "--seq-lens",
-               "chunk_sizes": "chunk_sizes", "seed": "--case-seed", "grid": "--grid"}
+               "chunk_sizes": "chunk_sizes", "seed": "--case-seed", "grid": "--grid", "diagnose": "--diagnose"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +73,9 @@ class VerifyOptions:
         threads: threads of PyTorch's reference and onnxruntime's sessions (default 1: the cases
             are small, and more threads mostly wait for each other on a shared machine).
         variants: bundles: also re-check every variant the manifest lists as made.
+        diagnose: where contract 1 fails, find the first diverging graph value and the known
+            mistake it matches (``report.diagnosis``). None: on a contract-1 failure, within 30 s;
+            True: within 120 s (a note says when nothing failed); False: never.
     """
 
     engines: tuple[str, ...] | None = None
@@ -89,6 +92,7 @@ class VerifyOptions:
     step_model: str | None = None
     threads: int = 1
     variants: bool = True
+    diagnose: bool | None = None
 
     def __post_init__(self) -> None:
         for field in ("engines", "batch_sizes", "seq_lens", "chunk_sizes"):

@@ -6,6 +6,7 @@ The report is data; these only format it. ``plot`` needs matplotlib, the optiona
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -14,10 +15,12 @@ import numpy as np
 
 from rnnexport.core import io
 from rnnexport.core.errors import VerifyError
+from rnnexport.verification.findings import Diagnosis, OutputDivergence
 from rnnexport.verification.options import Grid
 from rnnexport.verification.report import CONTRACT_TITLES, Check, Contract, Report, ReportKind
 
-__all__ = ["check_writable", "json_text", "plot", "render_text", "require_matplotlib", "summary_line", "write_json"]
+__all__ = ["EngineTable", "check_writable", "curves", "diagnosis_lines", "engine_table", "histogram", "json_text",
+           "markdown_text", "plot", "render_text", "require_matplotlib", "summary_line", "verdict", "write_json"]
 
 PLOT_HINT = "pip install 'rnnexport[plot]'"
 
@@ -30,6 +33,11 @@ def _drift(check: Check) -> str:
     if check.first_step is None:
         return "-"
     return f"{check.first_step:.1e} -> {check.last_step:.1e}"
+
+
+def verdict(report: Report) -> str:
+    """``PASS`` or ``FAIL``."""
+    return "PASS" if report.passed else "FAIL"
 
 
 def summary_line(report: Report) -> str:
@@ -83,8 +91,41 @@ def render_text(report: Report, quiet: bool = False) -> str:
         lines.append(f"  ... and {len(failures) - 10} more failures (see --json)")
     lines += _unavailable(report)
     lines += [f"note  {note.text()}" for note in report.notes]
+    if report.diagnosis is not None:
+        lines += diagnosis_lines(report.diagnosis)
     lines.append(summary_line(report))
     return "\n".join(lines)
+
+
+def _output_line(divergence: OutputDivergence) -> str:
+    if divergence.max_abs is None:
+        return divergence.detail
+    if divergence.first_step is None and not divergence.streams:
+        return f"max abs {divergence.max_abs:.2e}" + ("" if divergence.detail else ", within tolerance")
+    streams = f" in stream(s) {', '.join(map(str, divergence.streams))}" if divergence.streams else ""
+    step = f" from step {divergence.first_step}" if divergence.first_step is not None else ""
+    return f"out of tolerance{step}{streams}; max abs {divergence.max_abs:.2e}"
+
+
+def diagnosis_lines(diagnosis: Diagnosis) -> list[str]:
+    """The diagnosis as text: per output where it leaves the tolerance, the first diverging value, the hints."""
+    lines = [f"diagnosis  {diagnosis.case} ({diagnosis.engine}), graph values read on {diagnosis.ran_on}, "
+             f"{diagnosis.seconds:.1f} s" + ("" if diagnosis.complete else " (stopped at its time bound)")]
+    lines += [f"  {d.output:<8} {_output_line(d)}" for d in diagnosis.outputs]
+    first = diagnosis.first
+    if first is not None:
+        lines.append(f"  {first.title}: {first.location.describe()}")
+        if first.error is not None:
+            lines.append(f"    the nearest value PyTorch computed of its size is {first.error:.2e} off")
+        lines += [f"    input {i.describe()}" for i in first.inputs]
+        lines += [f"    {detail}" for detail in first.details]
+    for hint in diagnosis.hints:
+        lines.append(f"  hint  {hint.title}: {hint.text}")
+        lines.append(f"        evidence: {hint.evidence}")
+    if diagnosis.method:
+        lines.append(f"  method: {diagnosis.method}")
+    lines += [f"  note: {note}" for note in diagnosis.notes]
+    return lines
 
 
 def _unavailable(report: Report) -> list[str]:
@@ -155,11 +196,11 @@ def require_matplotlib(path: str | os.PathLike[str] | None = None) -> None:
 
 
 def _curve(check: Check) -> np.ndarray:
-    assert check.curve is not None  # _curves keeps only checks with a curve
+    assert check.curve is not None  # curves() keeps only checks with a curve
     return check.curve
 
 
-def _curves(report: Report, contract: Contract) -> dict[str, tuple[str, np.ndarray]]:
+def curves(report: Report, contract: Contract) -> dict[str, tuple[str, np.ndarray]]:
     """Per engine: the longest case's per-step max abs error of ``y``, maxed over such cases."""
     by_engine: dict[str, list[Check]] = {}
     for check in report.checks:
@@ -182,11 +223,11 @@ def plot(report: Report, path: str | os.PathLike[str]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    contracts = [c for c in (Contract.PYTORCH, Contract.STEP, Contract.CHUNKED) if _curves(report, c)]
+    contracts = [c for c in (Contract.PYTORCH, Contract.STEP, Contract.CHUNKED) if curves(report, c)]
     fig, axes = plt.subplots(1, max(1, len(contracts)), figsize=(6 * max(1, len(contracts)), 4), squeeze=False)
     floor = 1e-12
     for ax, contract in zip(axes[0], contracts):
-        for label, curve in _curves(report, contract).values():
+        for label, curve in curves(report, contract).values():
             steps = np.arange(1, len(curve) + 1)
             ax.plot(steps, np.maximum(curve, floor), label=label, linewidth=1)
         ax.axhline(report.tolerance.atol, color="grey", linestyle="--", linewidth=0.8, label="atol")
@@ -206,3 +247,132 @@ def plot(report: Report, path: str | os.PathLike[str]) -> Path:
         return Path(path)
     finally:
         plt.close(fig)
+
+
+# --- the contract x engine table, histograms and markdown (also used by render_html) -----------------------
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One contract on one engine: its worst check, and how many checks ran and failed."""
+
+    worst: Check
+    count: int
+    failed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineTable:
+    """Contracts (rows) x engines (columns); None where a contract did not run on an engine."""
+
+    engines: tuple[str, ...]
+    rows: tuple[tuple[Contract, tuple[Cell | None, ...]], ...]
+
+
+def engine_table(report: Report) -> EngineTable:
+    """The contract x engine table of ``report``: PyTorch first, then the engines in the order they ran."""
+    worst = report.worst()
+    engines = tuple(dict.fromkeys(["pytorch", *(e for _, e in worst)] if any(e == "pytorch" for _, e in worst)
+                                  else [e for _, e in worst]))
+    rows = []
+    for contract in report.contracts():
+        cells = tuple(Cell(*worst[(contract, e)]) if (contract, e) in worst else None for e in engines)
+        rows.append((contract, cells))
+    return EngineTable(engines, tuple(rows))
+
+
+#: The error histograms' bins: half decades from 1e-12 up.
+HISTOGRAM_FLOOR = -12.0
+
+
+def histogram(report: Report, contract: Contract, engine: str) -> tuple[list[int], list[float], int]:
+    """Counts of the errors of ``engine``'s checks of ``contract`` in half-decade log10 bins, the edges, the total.
+
+    The errors are each time step of every curve (``y``) and the max abs of each check without one
+    (the state outputs); exact zeros count in the lowest bin.
+    """
+    values: list[float] = []
+    for check in report.checks:
+        if check.contract is contract and check.engine == engine:
+            if check.curve is not None:
+                values.extend(float(v) for v in check.curve)
+            elif check.max_abs is not None:
+                values.append(check.max_abs)
+    finite = np.array([v for v in values if np.isfinite(v)], np.float64)
+    if finite.size == 0:
+        return [], [], 0
+    levels = np.log10(np.maximum(finite, 10.0 ** HISTOGRAM_FLOOR))
+    top = max(float(np.ceil(levels.max() * 2) / 2), HISTOGRAM_FLOOR + 0.5)
+    low = min(float(np.floor(levels.min() * 2) / 2), top - 0.5)
+    edges = [float(v) for v in np.arange(low, top + 0.25, 0.5)]
+    counts, _ = np.histogram(levels, bins=edges)
+    return [int(c) for c in counts], edges, int(finite.size)
+
+
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(curve: np.ndarray, width: int = 48) -> str:
+    """A curve as one line of block characters (log scale), at most ``width`` wide."""
+    stride = max(1, -(-len(curve) // width))
+    bins = np.array([curve[i:i + stride].max() for i in range(0, len(curve), stride)], np.float64)
+    levels = np.log10(np.maximum(bins, 1e-12))
+    low, high = float(levels.min()), float(levels.max())
+    scale = (levels - low) / (high - low) if high > low else np.zeros_like(levels)
+    return "".join(_SPARKS[int(round(v * (len(_SPARKS) - 1)))] for v in scale)
+
+
+def _md(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_text(report: Report) -> str:
+    """The report as markdown for CI logs: verdict, diagnosis, contract x engine table, curves as sparklines."""
+    lines = [f"# rnnexport verify: {verdict(report)}", "", f"**{summary_line(report)}**", "",
+             f"- model: `{report.model}` ({report.form or 'bundle'}, {report.lowering})",
+             f"- source: {_md(report.source)}", f"- tolerance: {report.tolerance.dtype}: `{report.tolerance.describe()}`"]
+    if report.diagnosis is not None:
+        lines += ["", "## Diagnosis", "", "```text", *diagnosis_lines(report.diagnosis), "```"]
+    table = engine_table(report)
+    lines += ["", "## Contracts x engines", ""]
+    if table.rows:
+        lines += ["| contract | " + " | ".join(table.engines) + " |", "|---" * (len(table.engines) + 1) + "|"]
+        for contract, cells in table.rows:
+            words = ["-" if c is None else (f"**FAIL {c.failed}/{c.count}**" if c.failed else f"pass {c.count}")
+                     + ("" if c is None or c.worst.max_abs is None else f" ({_num(c.worst.max_abs)})")
+                     for c in cells]
+            lines.append(f"| {CONTRACT_TITLES[contract]} | " + " | ".join(words) + " |")
+    else:
+        lines.append("No checks ran.")
+    series = [(contract, curves(report, contract)) for contract in (Contract.PYTORCH, Contract.STEP, Contract.CHUNKED)]
+    if any(s for _, s in series):
+        lines += ["", "## Error along time (max abs of y per step, log scale)", "", "```text"]
+        for contract, found in series:
+            for label, curve in found.values():
+                lines.append(f"{CONTRACT_TITLES[contract]:<28} {sparkline(curve)}  "
+                             f"{curve[0]:.1e} -> {curve[-1]:.1e}  {label}")
+        lines.append("```")
+    engines = sorted({c.engine for c in report.checks if c.contract is Contract.PYTORCH})
+    hist = [(e, histogram(report, Contract.PYTORCH, e)) for e in engines]
+    if any(total for _, (_, _, total) in hist):
+        lines += ["", "## Error histograms (contract 1, errors per half decade)", "", "```text"]
+        for engine, (counts, edges, total) in hist:
+            lines.append(f"{engine} ({total} errors)")
+            for count, low, high in zip(counts, edges, edges[1:]):
+                bar = "#" * max(1 if count else 0, round(40 * count / max(counts)))
+                lines.append(f"  1e{low:<5g} .. 1e{high:<5g} {bar} {count}")
+        lines.append("```")
+    failures = report.failures
+    if failures:
+        lines += ["", f"## Failures ({len(failures)})", ""]
+        lines += [f"- {CONTRACT_TITLES[c.contract]} {c.engine} {c.case} {c.variant} {c.output}: "
+                  f"max abs {_num(c.max_abs)} {_md(c.detail[:200])}" for c in failures[:20]]
+    lines += ["", "## Engines", "", "| engine | ran | seconds | reason / detail |", "|---|---|---|---|"]
+    lines += [f"| {e.name} | {'yes' if e.available else 'no'} | {e.seconds:.2f} | {_md(e.reason or e.detail)} |"
+              for e in report.engines]
+    if report.notes:
+        lines += ["", "## Notes", "", *[f"- {_md(n.text())}" for n in report.notes]]
+    lines += ["", "## Environment", ""]
+    if report.environment is not None:
+        lines += [f"- {item}" for item in report.environment.lines()]
+    lines.append(f"- providers listed by onnxruntime: {', '.join(report.providers_available) or 'none'}")
+    return "\n".join(lines) + "\n"

@@ -12,6 +12,8 @@ import numpy as np
 from rnnexport.core.compare import Figures, Tolerance
 from rnnexport.engines.base import EngineKind, Unavailable
 from rnnexport.verification.cases import Case
+from rnnexport.verification.environment import Environment
+from rnnexport.verification.findings import Diagnosis
 from rnnexport.verification.options import Grid
 
 __all__ = ["CONTRACT_TITLES", "FORMAT", "NOTES", "Check", "Contract", "EngineStatus", "Note", "Report", "ReportKind",
@@ -76,6 +78,8 @@ NOTES = {
                "--allow-missing lets a requested engine that cannot start pass)",
     "not_started": "{engines} did not start here and were not asked for (name one in --engines to see why)",
     "variant_cpu": "variant {variant} was re-checked here on its test sets, not trusted: {difference}",
+    "nothing_to_diagnose": "--diagnose: contract 1 (graph == PyTorch) passed on every case; there is no "
+                           "divergence to localize",
 }
 
 
@@ -208,6 +212,10 @@ class Report:
     allow_missing: bool = False
     #: The case grid of a graph report (None for a bundle).
     grid: Grid | None = None
+    #: Where the first failing contract-1 case parts from PyTorch (``--diagnose``, or by itself on a failure).
+    diagnosis: Diagnosis | None = None
+    #: The machine and software the report was made on.
+    environment: Environment | None = None
 
     @property
     def ran(self) -> bool:
@@ -280,4 +288,6 @@ class Report:
             "checks": [c.to_json() for c in self.checks],
             "notes": [n.to_json() for n in self.notes],
             "seconds": round(self.seconds, 3),
+            "diagnosis": None if self.diagnosis is None else self.diagnosis.to_json(),
+            "environment": None if self.environment is None else self.environment.to_json(),
         }

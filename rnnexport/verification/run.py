@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from rnnexport.core.errors import VerifyError
 from rnnexport.verification.bundle import verify_bundle
+from rnnexport.verification.environment import environment
 from rnnexport.verification.options import Progress, VerifyOptions
 from rnnexport.verification.report import Report
 
@@ -85,7 +86,9 @@ def verify(
 
     Returns:
         A :class:`~rnnexport.verification.report.Report`: every check with its figures, and
-        the engines that could not run, with reasons. ``report.passed`` says all passed.
+        the engines that could not run, with reasons. ``report.passed`` says all passed;
+        ``report.diagnosis`` says where a failing graph first parts from PyTorch (``diagnose``
+        option); ``report.environment`` where the report was made.
 
     Raises:
         VerifyError: the file is not an ONNX model or lacks the I/O contract, the source
@@ -100,8 +103,10 @@ def verify(
             # the PyTorch side, imported only for a graph: a bundle's verification needs no torch
             from rnnexport.verification.graph import verify_graph
 
-            return verify_graph(target, source, opts, progress)
-        return _bundle(target, source, opts, progress)
+            report = verify_graph(target, source, opts, progress)
+        else:
+            report = _bundle(target, source, opts, progress)
+    return dataclasses.replace(report, environment=environment())
 
 
 def _bundle(target: str | os.PathLike[str], source: SourceLike | None, opts: VerifyOptions,
