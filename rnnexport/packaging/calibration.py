@@ -7,19 +7,22 @@ state outputs of each call are the state inputs of the next, and every sequence 
 again from its own state, so the ranges cover what a stream sees from its first step to
 its last, and nothing one stream leaves behind leaks into the next.
 
-The ranges are those of the values the quantized products read (:func:`rnnexport.packaging.qdq.observed`),
+The ranges are those of the values the quantized products read (:func:`rnnexport.packaging.qdq.to_observe`),
 inside Scan and Loop bodies too: a copy of the graph passes each such value out of its
 body (per step, stacked by the loop) to a graph output, and onnxruntime's CPU provider
 runs that copy.
 
-Where the sequences come from: the bundle's own test sets by default (:func:`from_calls`),
-or a file the user gives (:func:`read_calibration`): a NumPy ``.npy``/``.npz`` of ``x``
-arrays, each one sequence, or for a model with a vocabulary a UTF-8 text.
+Where the sequences come from: the bundle's own test sets (:func:`from_calls`), and with
+them a file the user gives (:func:`read_calibration`): a NumPy ``.npy``/``.npz`` of ``x``
+arrays, each one sequence, or for a model with a vocabulary a UTF-8 text. The test sets
+always take part: the bundle is proven on them (their single call starts from a random
+state), so the ranges must hold them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -32,7 +35,7 @@ from rnnexport.core.contract import Form, IOSpec
 from rnnexport.core.errors import BundleError
 from rnnexport.core.ort import start_session
 from rnnexport.export.onnxutil import GraphBuilder, names_in
-from rnnexport.packaging.qdq import Range, graph_at
+from rnnexport.packaging.qdq import Observed, graph_at
 
 __all__ = ["MAX_CALIBRATION_BYTES", "Calibration", "CalibrationSequence", "calibrate", "from_calls",
            "read_calibration"]
@@ -61,6 +64,10 @@ class Calibration:
 
     sequences: tuple[CalibrationSequence, ...]
     source: str
+
+    def joined(self, other: Calibration) -> Calibration:
+        """Both sets' sequences (``other``'s first)."""
+        return Calibration(other.sequences + self.sequences, f"{other.source} and {self.source}")
 
     def steps(self, io: IOSpec) -> int:
         """Time steps over all sequences and streams."""
@@ -125,7 +132,7 @@ def _calls(sequence: CalibrationSequence, io: IOSpec, form: Form, seq_len: int |
 
 
 def calibrate(model: onnx.ModelProto, keys: Sequence[Key], calibration: Calibration, io: IOSpec, form: Form,
-              seq_len: int | None) -> dict[Key, Range]:
+              seq_len: int | None) -> dict[Key, Observed]:
     """The range of every value ``keys`` names over ``calibration``, streamed through ``model`` (not edited)."""
     if not keys:
         return {}
@@ -136,7 +143,7 @@ def calibrate(model: onnx.ModelProto, keys: Sequence[Key], calibration: Calibrat
     session = start_session(observing.SerializeToString(), "cpu", name="the calibration graph").session
     state_out = list(io.state.output_names)
     names = state_out + outputs
-    found: dict[Key, Range] = {}
+    found = {key: Observed() for key in keys}
     for sequence in calibration.sequences:
         batch = int(sequence.calls[0].shape[io.batch_axis])
         state = list(sequence.state) if sequence.state is not None else io.state.zeros(batch)
@@ -144,9 +151,7 @@ def calibrate(model: onnx.ModelProto, keys: Sequence[Key], calibration: Calibrat
             got = session.run(names, io.feeds(x.astype(io.x_dtype, copy=False), state))
             state = got[:len(state_out)]
             for key, value in zip(keys, got[len(state_out):]):
-                if value.size and np.isfinite(value).all():
-                    seen = Range(float(value.min()), float(value.max()))
-                    found[key] = found[key].merge(seen) if key in found else seen
+                found[key].add(value)
     return found
 
 
@@ -166,7 +171,7 @@ def _text_sequences(text: str, io: IOSpec) -> list[np.ndarray]:
     return [x if io.time_axis == 0 else np.swapaxes(x, 0, 1)]
 
 
-def _check_array(name: str, x: np.ndarray, io: IOSpec, form: Form) -> np.ndarray:
+def _check_array(name: str, x: np.ndarray, io: IOSpec) -> np.ndarray:
     want = tuple(io.x_features) if io.x_encoding != "token-ids" else ()
     if x.ndim != 2 + len(want) or tuple(x.shape[2:]) != want or x.shape[0] < 1 or x.shape[1] < 1:
         layout = "(T, B" if io.time_axis == 0 else "(B, T"
@@ -177,7 +182,7 @@ def _check_array(name: str, x: np.ndarray, io: IOSpec, form: Form) -> np.ndarray
     return np.ascontiguousarray(x.astype(io.x_dtype))
 
 
-def read_calibration(path: str | Path, io: IOSpec, form: Form) -> Calibration:
+def read_calibration(path: str | os.PathLike[str], io: IOSpec) -> Calibration:
     """The sequences of a calibration file (see the module docstring), checked against the I/O contract.
 
     Raises:
@@ -211,7 +216,7 @@ def read_calibration(path: str | Path, io: IOSpec, form: Form) -> Calibration:
         raise BundleError(f"the calibration file {path} holds no arrays")
     sequences = []
     for name, x in arrays:
-        x = _check_array(name, x, io, form)
+        x = _check_array(name, x, io)
         steps = x.shape[io.time_axis]
         chunks = tuple(np.take(x, range(t, min(t + CHUNK, steps)), axis=io.time_axis) for t in range(0, steps, CHUNK))
         sequences.append(CalibrationSequence(chunks))

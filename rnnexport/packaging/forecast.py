@@ -33,7 +33,9 @@ MAX_SERIES = 1024
 def signal_of(card: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The card's synthetic signal with its seed, when the card describes a forecaster trained on one."""
     training = (card or {}).get("training")
-    signal = training.get("signal") if isinstance(training, Mapping) else None
+    if not isinstance(training, Mapping):
+        return None
+    signal = training.get("signal")
     if not isinstance(signal, Mapping) or not isinstance(training.get("seed"), int):
         return None
     keys = ("periods", "amplitude_range", "noise_std", "length", "valid_series", "warmup")
