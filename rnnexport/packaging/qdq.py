@@ -16,11 +16,15 @@ operators.
   kernels fuse, is never folded by onnxruntime: where no fusion takes it, as in a Scan body
   whose MatMul and bias it first fuses into a float Gemm, it dequantizes the weight again at
   every step, 4 to 14 times slower than float32; docs/bundle.md.)
-- Every ``MatMul``/``Gemm`` activation (the product's other input) passes through
-  ``QuantizeLinear`` and ``DequantizeLinear`` (uint8, one scale and zero point from its
-  calibrated range, :func:`activation_params`), in the product's own graph: inside a Scan
-  body, at every step. An engine with int8 kernels may run such a product in int8; the
-  others compute in float32 what the integer product computes.
+- Every ``MatMul``/``Gemm`` activation (the product's other input) is clipped to its
+  calibrated range and passes through ``QuantizeLinear`` and ``DequantizeLinear`` (uint8 from
+  0 to :data:`ACTIVATION_LEVELS`, one scale and zero point, :func:`activation_params`), in the
+  product's own graph: inside a Scan body, at every step. An engine with int8 kernels may run
+  such a product in int8 (OpenVINO does); the others compute in float32 what the integer
+  product computes. 7 bits, not 8: an x86 CPU without VNNI adds pairs of uint8 x int8
+  products in saturating int16 (``VPMADDUBSW``), and OpenVINO's int8 product of rnn-charlm's
+  Scan body was off by 3.6 on an emulated Haswell with 8-bit activations near the top of
+  their range; with 127 levels no pair can reach 32767.
 - The recurrent operators take float weights, and no standard operator runs their products
   in int8: their weights are stored as int8 and computed in float32. A graph that holds one
   gets no activation quantization at all: OpenVINO's int8 transformations mis-handle a
@@ -60,6 +64,9 @@ MIN_WEIGHTS = 64
 MIN_INNER = 8
 #: The largest magnitude of a stored weight (symmetric int8).
 LEVELS = 127
+#: The largest quantized activation (uint8 from 0): 7 bits, so that no pair of products a CPU without VNNI
+#: adds in 16 bits (``VPMADDUBSW``: 2 x 127 x 127 = 32258) can overflow (docs/bundle.md).
+ACTIVATION_LEVELS = 127
 #: Inputs per scale along the axis a product sums over, at least (see :func:`block_size`).
 BLOCK = 32
 
@@ -204,16 +211,16 @@ def dequantized(ints: np.ndarray, scales: np.ndarray, inner: int) -> np.ndarray:
     return np.moveaxis(split.reshape(moved.shape), -1, inner)
 
 
-def activation_params(found: Range) -> tuple[np.float32, np.uint8] | None:
-    """uint8 scale and zero point for an activation whose calibrated range is ``found`` (widened to hold 0).
+def activation_params(found: Range, levels: int = ACTIVATION_LEVELS) -> tuple[np.float32, np.uint8] | None:
+    """uint8 scale and zero point mapping ``found`` (widened to hold 0) onto 0 .. ``levels``.
 
     None when the range is empty (the value was always 0) or not finite.
     """
     low, high = min(found.low, 0.0), max(found.high, 0.0)
     if not (np.isfinite(low) and np.isfinite(high) and high > low):
         return None
-    scale = np.float32((high - low) / 255.0)
-    zero = np.uint8(np.clip(np.rint(-low / float(scale)), 0, 255))
+    scale = np.float32((high - low) / levels)
+    zero = np.uint8(np.clip(np.rint(-low / float(scale)), 0, levels))
     return scale, zero
 
 
@@ -230,9 +237,9 @@ class QuantizeResult:
 class _Rewriter:
     """One :func:`quantize` run: fresh names, and what each weight and activation became."""
 
-    def __init__(self, model: onnx.ModelProto, observed: Mapping[Key, Observed]) -> None:
+    def __init__(self, model: onnx.ModelProto, observed: Mapping[Key, Observed], levels: int) -> None:
         self.builder = GraphBuilder(names_in(model.graph))
-        self.observed = observed
+        self.observed, self.levels = observed, levels
         self.result = QuantizeResult()
         self.loaded: dict[tuple[int, str, int], str] = {}
         self.activations: dict[tuple[int, str], str | None] = {}
@@ -275,16 +282,19 @@ class _Rewriter:
         if key not in self.activations:
             seen = self.observed.get((site.path, value))
             found = seen.range if seen is not None else None
-            params = activation_params(found) if found is not None else None
+            params = activation_params(found, self.levels) if found is not None else None
             self.activations[key] = None
             if params is not None:
                 b = self.builder
-                scale, zero = b.fresh(f"{value}_scale"), b.fresh(f"{value}_zero_point")
-                site.graph.initializer.extend([numpy_helper.from_array(np.asarray(params[0], np.float32), scale),
-                                               numpy_helper.from_array(np.asarray(params[1], np.uint8), zero)])
-                q, dq = b.fresh(f"{value}_quantized"), b.fresh(f"{value}_dequantized")
-                new += [b.make("QuantizeLinear", [value, scale, zero], [q], f"{value}_quantize"),
-                        b.make("DequantizeLinear", [q, scale, zero], [dq], f"{value}_dequantize")]
+                step, at = float(params[0]), int(params[1])
+                bounds = [np.float32(-at * step), np.float32((self.levels - at) * step)]
+                names = [b.fresh(f"{value}_{what}") for what in ("scale", "zero_point", "low", "high")]
+                site.graph.initializer.extend(numpy_helper.from_array(np.asarray(v), n) for v, n in
+                                              zip([params[0], params[1], *bounds], names))
+                clipped, q, dq = (b.fresh(f"{value}_{what}") for what in ("clipped", "quantized", "dequantized"))
+                new += [b.make("Clip", [value, names[2], names[3]], [clipped], f"{value}_clip"),
+                        b.make("QuantizeLinear", [clipped, names[0], names[1]], [q], f"{value}_quantize"),
+                        b.make("DequantizeLinear", [q, names[0], names[1]], [dq], f"{value}_dequantize")]
                 self.activations[key] = dq
                 self.result.activations += 1
         return self.activations[key]
@@ -307,7 +317,8 @@ class _Rewriter:
             self.result.products += 1
 
 
-def quantize(model: onnx.ModelProto, observed: Mapping[Key, Observed]) -> QuantizeResult:
+def quantize(model: onnx.ModelProto, observed: Mapping[Key, Observed],
+             activation_levels: int = ACTIVATION_LEVELS) -> QuantizeResult:
     """Rewrite every site of ``model`` in place, as the module docstring says.
 
     Args:
@@ -315,8 +326,12 @@ def quantize(model: onnx.ModelProto, observed: Mapping[Key, Observed]) -> Quanti
         observed: what calibration saw of each activation :func:`to_observe` names; an
             activation without a range stays float32 (its product's weights are quantized
             all the same).
+        activation_levels: the largest quantized activation (at most 255); values are
+            clipped to the calibrated range first, so none goes above it.
     """
-    rewriter = _Rewriter(model, observed)
+    if not 1 <= activation_levels <= 255:
+        raise ValueError(f"activation_levels must be from 1 to 255, got {activation_levels}")
+    rewriter = _Rewriter(model, observed, activation_levels)
     for site in find_sites(model):
         rewriter.site(site)
     for holder in rewriter.holders.values():

@@ -162,12 +162,12 @@ def _int8_qdq(source: Path, target: Path, context: GraphContext) -> tuple[str, d
     onnx.checker.check_model(model)
     atomic_write(target, model.SerializeToString(), "int8-qdq variant", BundleError)
     ratio = target.stat().st_size / source.stat().st_size
-    parts = [f"{share:.0%} of the weights int8 (per channel, dequantized at load), file {ratio:.0%} of the float32 "
-             f"size"]
+    parts = [f"{share:.0%} of the weights int8 (a scale per output channel and block of inputs, dequantized at "
+             f"load), file {ratio:.0%} of the float32 size"]
     if done.products and done.activations:
         calibration = context.calibration
         assert calibration is not None
-        parts.append(f"{done.activations} of {done.products} matrix products with uint8 activations, ranges from "
+        parts.append(f"{done.activations} of {done.products} matrix products with 7-bit activations, ranges from "
                      f"{calibration.source} ({len(calibration.sequences)} sequences, "
                      f"{calibration.steps(context.io)} stream steps)")
     if done.cells:
