@@ -29,7 +29,7 @@ operators.
   in int8: their weights are stored as int8 and computed in float32. A graph that holds one
   gets no activation quantization at all: OpenVINO's int8 transformations mis-handle a
   recurrent operator whose weights are dequantized once a graph holds any QuantizeLinear
-  (measured: an LSTM off by 4.7, a GRU that does not compile).
+  (measured: an LSTM that does not compile or is off by 4.7, a GRU that does not compile).
 
 Recurrent state stays float32: a graph's state inputs and outputs, and the values a body
 carries from step to step, are never quantized; only the copy a product reads is.
