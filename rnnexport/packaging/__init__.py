@@ -33,7 +33,7 @@ from rnnexport.bundle import (
 )
 from rnnexport.bundle.inspect import graph_entry
 from rnnexport.core.contract import Form, GraphInfo
-from rnnexport.core.errors import BundleError
+from rnnexport.core.errors import BundleError, VerifyError
 from rnnexport.core.io import (
     atomic_write,
     check_replaceable,
@@ -42,6 +42,7 @@ from rnnexport.core.io import (
     temp_folder,
 )
 from rnnexport.core.onnxfile import load_with_info
+from rnnexport.engines.registry import engine_spec
 from rnnexport.packaging.calibration import Calibration, from_calls, read_calibration
 from rnnexport.packaging.forecast import forecast_agreement, forecast_notes, signal_of
 from rnnexport.packaging.manifest import build_manifest, write_manifest
@@ -251,9 +252,6 @@ class _Proving:
 
 def _engines(names: Sequence[str] | None) -> tuple[str, ...]:
     """The proof's engines, every name checked before anything is made."""
-    from rnnexport.core.errors import VerifyError
-    from rnnexport.engines.registry import engine_spec
-
     chosen = tuple(dict.fromkeys(n.strip() for n in (PROOF_ENGINES if names is None else names) if n.strip()))
     if not chosen:
         raise BundleError("no engine to prove the bundle on; name at least one (cpu, reference, openvino, tract, "
