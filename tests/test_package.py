@@ -20,7 +20,7 @@ from rnnexport.core.errors import BundleError
 from rnnexport.packaging import package
 from rnnexport.verification import verify
 
-EXPECTED_VARIANTS = {"seed_lstm": {"ort", "int8", "fp16"}, "nn_gru_2layer_nobias": {"ort", "fp16"}}
+EXPECTED_VARIANTS = {"seed_lstm": {"ort", "int8", "int8-qdq", "fp16"}, "nn_gru_2layer_nobias": {"ort", "int8-qdq", "fp16"}}
 
 
 @pytest.fixture(scope="module")

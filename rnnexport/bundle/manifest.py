@@ -39,7 +39,7 @@ SCHEMA = "rnnexport.bundle/1"
 #: The most entries any list of a manifest may hold.
 MAX_ENTRIES = 4096
 #: The variants a bundle may hold, in the order they are made.
-VARIANT_NAMES = ("ort", "int8", "fp16")
+VARIANT_NAMES = ("ort", "int8", "int8-qdq", "fp16")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CPU_WORD = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
@@ -287,11 +287,15 @@ class VariantEntry:
     #: onnxruntime's own operators, as int8 uses); empty: any ONNX engine.
     engines: tuple[str, ...] = ()
     checked_on: tuple[EngineCheck, ...] = ()
-    #: For char models: how far its greedy text agrees with the float32 graph's (see docs/bundle.md).
+    #: What it changes in the model's task against the float32 graph (see docs/bundle.md): for char
+    #: models how far its greedy text agrees, for forecasters the error of its forecasts.
     agreement: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: The CPU its figures and checks came from (onnxruntime picks int8 kernels by its features);
     #: None in manifests written before it was recorded, and for a variant that was never run.
     cpu: Cpu | None = None
+    #: For ``int8-qdq``: what was quantized (products, recurrent operators, activations) and
+    #: where the activation ranges came from (calibration source, sequences, stream steps).
+    quantization: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"name": self.name, "of": self.of, "status": "ok" if self.ok else "skipped"}
@@ -313,6 +317,8 @@ class VariantEntry:
             data["agreement"] = dict(self.agreement)
         if self.cpu is not None:
             data["cpu"] = {"machine": self.cpu.machine, "features": list(self.cpu.features)}
+        if self.quantization:
+            data["quantization"] = dict(self.quantization)
         return data
 
     @classmethod
@@ -335,16 +341,18 @@ class VariantEntry:
                    {str(k): dict(v) for k, v in figures.items() if isinstance(v, Mapping)},
                    _str(data.get("notes"), "notes"),
                    tuple(_str(e, "variant engines", optional=False, limit=64) for e in _list(data, "engines")),
-                   _checks(data), _agreement(data.get("agreement")), _cpu(data.get("cpu")))
+                   _checks(data), _figures(data.get("agreement"), "agreement"), _cpu(data.get("cpu")),
+                   _figures(data.get("quantization"), "quantization"))
 
 
-def _agreement(value: Any) -> dict[str, Any]:
+def _figures(value: Any, what: str) -> dict[str, Any]:
+    """A variant's ``agreement`` or ``quantization``: at most 16 names, each a number or a string."""
     if value is None:
         return {}
-    value = _object(value, "variant agreement")
+    value = _object(value, f"variant {what}")
     if len(value) > 16 or not all(isinstance(v, (int, float, str)) and not isinstance(v, bool)
                                   for v in value.values()):
-        raise BundleError("manifest: a variant's agreement must map at most 16 names to numbers or strings")
+        raise BundleError(f"manifest: a variant's {what} must map at most 16 names to numbers or strings")
     return {str(k): v if not isinstance(v, str) else v[:4096] for k, v in value.items()}
 
 

@@ -65,10 +65,18 @@ def to_json(result: PackageResult) -> dict[str, Any]:
                    "test vectors and variants.")
 @click.option("--variants", "variant_list", default=None, metavar="LIST",
               help=f"Comma-separated variants to make and verify for every graph: {', '.join(VARIANT_NAMES)}; or "
-                   "none. Default: all three, each left out (with the reason in the manifest) when it cannot be "
+                   "none. Default: all four, each left out (with the reason in the manifest) when it cannot be "
                    "made. A variant named here is required: if it cannot be made, nothing is written (exit 2).")
 @click.option("--variants-optional", "optional_list", default=None, metavar="LIST",
               help="Variants named in --variants that may be left out with the reason instead of failing; or all.")
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+              help="Input sequences int8-qdq takes its activation ranges from, each streamed from the zero state: a "
+                   ".npy or .npz of x arrays shaped as the sequence graph takes x, or for a model with a vocabulary "
+                   "UTF-8 text. Default: the bundle's own test sets.")
+@click.option("--engines", "engine_list", default=None, metavar="LIST",
+              help="Comma-separated engines every graph and variant runs its test sets on before the bundle is "
+                   "written, as verify --engines names them (e.g. cpu,reference,openvino,tract,wasm); one that "
+                   "cannot run a graph here is recorded as unavailable. Default: cpu,reference.")
 @click.option("--zip", "archive", is_flag=True, help="Also write DIR.zip (same inputs, same bytes).")
 @click.option("--force", is_flag=True, help="Replace the --output folder (and its .zip) if it is a bundle.")
 @source_options
@@ -76,8 +84,8 @@ def to_json(result: PackageResult) -> dict[str, Any]:
 @quiet_option("Print only the bundle folder (and the .zip with --zip).")
 @verbose_option
 def package_command(model: str, source: str | None, out_dir: str, step_path: str | None, variant_list: str | None,
-                    optional_list: str | None, archive: bool, force: bool, json_path: str | None, quiet: bool,
-                    **source_kw: Any) -> None:
+                    optional_list: str | None, calibration: str | None, engine_list: str | None, archive: bool,
+                    force: bool, json_path: str | None, quiet: bool, **source_kw: Any) -> None:
     """Bundle MODEL.onnx for embedding: manifest, checksums, test vectors and variants.
 
     With SOURCE (as for convert), the test vectors' expected outputs come from
@@ -93,7 +101,8 @@ def package_command(model: str, source: str | None, out_dir: str, step_path: str
     check_outputs(json_path, [("--output", out_dir), ("--output zip", f"{out_dir.rstrip('/')}.zip")],
                   [("MODEL", model), ("--step", step_path or model)])
     loaded = load_source(source_spec(source, **source_kw)) if source else None
+    engines = [e.strip() for e in engine_list.split(",")] if engine_list is not None else None
     result = package(model, out_dir, source=loaded, step_path=step_path, variants=variants, optional=optional,
-                     archive=archive, force=force)
+                     archive=archive, force=force, calibration=calibration, engines=engines)
     paths = [str(result.folder), *([str(result.archive)] if result.archive else [])]
     emit(paths if quiet else result.lines(), to_json(result), json_path)

@@ -90,6 +90,7 @@ class Tolerance:
 VARIANT_TOLERANCES = {
     "ort": Tolerance("float32", *DEFAULT_TOLERANCES["float32"]),
     "int8": Tolerance("int8", *DEFAULT_TOLERANCES["int8"], range_atol=5e-2),
+    "int8-qdq": Tolerance("int8", 0.25, 1e-1, range_atol=5e-2),
     "fp16": Tolerance("float16", *DEFAULT_TOLERANCES["float16"], range_atol=1e-2),
 }
 

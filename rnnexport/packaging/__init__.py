@@ -15,6 +15,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -32,7 +33,7 @@ from rnnexport.bundle import (
 )
 from rnnexport.bundle.inspect import graph_entry
 from rnnexport.core.contract import Form, GraphInfo
-from rnnexport.core.errors import BundleError
+from rnnexport.core.errors import BundleError, VerifyError
 from rnnexport.core.io import (
     atomic_write,
     check_replaceable,
@@ -41,11 +42,14 @@ from rnnexport.core.io import (
     temp_folder,
 )
 from rnnexport.core.onnxfile import load_with_info
+from rnnexport.engines.registry import engine_spec
+from rnnexport.packaging.calibration import Calibration, from_calls, read_calibration
+from rnnexport.packaging.forecast import forecast_agreement, forecast_notes, signal_of
 from rnnexport.packaging.manifest import build_manifest, write_manifest
-from rnnexport.packaging.proof import Proof, prove
+from rnnexport.packaging.proof import PROOF_ENGINES, Proof, prove
 from rnnexport.packaging.text import is_char_model, text_agreement, text_notes
-from rnnexport.packaging.variants import left_out, make_variant
-from rnnexport.packaging.vectors import make_vectors
+from rnnexport.packaging.variants import GraphContext, left_out, make_variant
+from rnnexport.packaging.vectors import Vectors, make_vectors
 from rnnexport.source.model import RecurrentModel
 
 __all__ = ["PackageResult", "VariantPlan", "package"]
@@ -98,7 +102,7 @@ class PackageResult:
                 lines.append(f"  variant   {what}: {', '.join(variant.files)} ({variant.size_bytes / 1e3:.0f} kB, "
                              f"max abs error {worst:.2g} vs float32; checked on {_checked(variant.checked_on)})")
                 if variant.agreement:
-                    lines.append(f"            {text_notes(variant.agreement)}")
+                    lines.append(f"            {_task_notes(variant.agreement)}")
             else:
                 lines.append(f"  variant   {what}: left out: {variant.reason}")
         total = sum(f.size or 0 for f in manifest.files)
@@ -106,6 +110,10 @@ class PackageResult:
         if self.archive:
             lines.append(f"  archive   {self.archive}")
         return lines
+
+
+def _task_notes(agreement: dict[str, Any]) -> str:
+    return forecast_notes(agreement) if "mae_ratio" in agreement else text_notes(agreement)
 
 
 def _checked(checks: Sequence[EngineCheck]) -> str:
@@ -165,6 +173,9 @@ def package(
     archive: bool = False,
     force: bool = False,
     optional: Sequence[str] | None = None,
+    *,
+    calibration: str | os.PathLike[str] | None = None,
+    engines: Sequence[str] | None = None,
 ) -> PackageResult:
     """Bundle a converted graph for embedding.
 
@@ -174,12 +185,19 @@ def package(
         source: the model it was converted from; when given, the test vectors'
             expected outputs come from PyTorch, else from the CPU execution provider.
         step_path: a step graph of the same model to include.
-        variants: any of ``ort``, ``int8``, ``fp16``, made for every graph and verified
-            against it. None (the default): all three, each left out with the reason
+        variants: any of ``ort``, ``int8``, ``int8-qdq``, ``fp16``, made for every graph and
+            verified against it. None (the default): all four, each left out with the reason
             recorded when it cannot be made. Named ones are required.
         archive: also write ``<out_dir>.zip``, byte-for-byte reproducible.
         force: replace an existing ``out_dir``.
         optional: named variants that may be left out (with the reason) rather than fail.
+        calibration: a file of input sequences ``int8-qdq`` takes its activation ranges from
+            (:func:`rnnexport.packaging.calibration.read_calibration`), with the bundle's own
+            test sets; None: the test sets alone.
+        engines: the engines every graph and variant runs its test sets on before the bundle
+            is written (names as ``rnnexport verify --engines`` takes them); None: the CPU
+            provider and onnx's ReferenceEvaluator. One that cannot run a graph here is
+            recorded as unavailable.
 
     Raises:
         BundleError: bad inputs, a graph whose test vectors fail on an engine, or a
@@ -187,6 +205,9 @@ def package(
     """
     model_path, out_dir = Path(model_path), Path(out_dir).absolute()
     plan = VariantPlan.of(variants, optional)
+    proof_engines = _engines(engines)
+    if calibration is not None and "int8-qdq" not in plan.names:
+        raise BundleError("a calibration file is used by the int8-qdq variant only; add int8-qdq to the variants")
     inputs = [model_path, *([Path(step_path)] if step_path else [])]
     _check_target(out_dir, "bundle folder", force, inputs)
     if archive:
@@ -200,13 +221,14 @@ def package(
         raise BundleError(f"{step_path} is not a step graph of the same model as {model_path}")
     if source is not None:
         _check_source(source, info, model_path)
+    given = read_calibration(calibration, info.io) if calibration is not None else None
     parent = out_dir.parent if str(out_dir.parent) else Path(".")
     if not parent.is_dir():
         raise BundleError(f"cannot create {out_dir}: folder {parent} does not exist")
     graphs = [(model_path, model, info), *([(Path(step_path), *step)] if step is not None and step_path else [])]
     tmp = temp_folder(out_dir, BundleError)
     try:
-        result = _build(tmp, graphs, source, plan)
+        result = _build(tmp, graphs, source, plan, _Proving(proof_engines, given))
         check_replaceable(out_dir, force, is_bundle, "an rnnexport bundle", BundleError)
         swap_in(tmp, out_dir)
     except BaseException:
@@ -220,12 +242,43 @@ def package(
     return PackageResult(out_dir, zip_path, manifest, tuple(variant_results), expected)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Proving:
+    """How a bundle is proven: its engines, and the calibration file's sequences (None: its test sets)."""
+
+    engines: tuple[str, ...]
+    calibration: Calibration | None
+
+
+def _engines(names: Sequence[str] | None) -> tuple[str, ...]:
+    """The proof's engines, every name checked before anything is made."""
+    chosen = tuple(dict.fromkeys(n.strip() for n in (PROOF_ENGINES if names is None else names) if n.strip()))
+    if not chosen:
+        raise BundleError("no engine to prove the bundle on; name at least one (cpu, reference, openvino, tract, "
+                          "node, wasm, ...)")
+    for name in chosen:
+        try:
+            engine_spec(name)
+        except VerifyError as e:
+            raise BundleError(str(e)) from e
+    return chosen
+
+
+def _default_calibration(made: dict[str, Vectors], info: GraphInfo) -> Calibration:
+    """The test sets' calls as sequences: the sequence graph's when there is one (the step graph steps through them)."""
+    key = Form.SEQUENCE.value if Form.SEQUENCE.value in made else next(iter(made))
+    calls = made[key].calls
+    if key == Form.STEP.value:  # a step's x has no time axis
+        calls = [(kind, stream, np.expand_dims(x, info.io.time_axis), state) for kind, stream, x, state in calls]
+    return from_calls(calls, "the test sets")
+
+
 def _build(tmp: Path, given: list[tuple[Path, onnx.ModelProto, GraphInfo]], source: RecurrentModel | None,
-           plan: VariantPlan) -> tuple[Manifest, list[VariantEntry], str]:
+           plan: VariantPlan, proving: _Proving) -> tuple[Manifest, list[VariantEntry], str]:
     vocabulary = source.vocabulary_size() if source is not None and source.io.x_dtype == "int64" else None
     graphs: dict[str, GraphEntry] = {}
     placed: dict[str, tuple[Path, GraphInfo]] = {}
-    vectors, expected = [], ""
+    made: dict[str, Vectors] = {}
     for index, (path, model, info) in enumerate(given):
         key, prefix = info.form.value, "step/" if index else ""  # MODEL at the top, --step's graph in step/
         target = tmp / prefix / "model.onnx"
@@ -233,14 +286,20 @@ def _build(tmp: Path, given: list[tuple[Path, onnx.ModelProto, GraphInfo]], sour
         atomic_write(target, path.read_bytes(), "bundle graph", BundleError)
         graphs[key] = graph_entry(f"{prefix}model.onnx", model, info)
         placed[key] = (target, info)
-        made, expected = make_vectors(tmp, prefix, key, target, info, source, vocabulary)
-        vectors += made
-    variants = [make_variant(name, key, path, tmp, info.io, info.form, info.seq_len, info.cell_family)
+        made[key] = make_vectors(tmp, prefix, key, target, info, source, vocabulary)
+    vectors = [entry for found in made.values() for entry in found.entries]
+    expected = next(iter(made.values())).expected_from
+    card = source.card if source is not None else None
+    calibration = _default_calibration(made, given[0][2])
+    if proving.calibration is not None:
+        calibration = calibration.joined(proving.calibration)
+    variants = [make_variant(name, key, path, tmp, GraphContext(info.io, info.form, info.seq_len, info.cell_family,
+                                                                (card or {}).get("prompt"), calibration))
                 for key, (path, info) in placed.items() for name in plan.names]
     _require(plan, variants)
     info = given[0][2]
     write_manifest(tmp, build_manifest(tmp, info, graphs, variants, vectors))
-    proof = prove(tmp, build_manifest(tmp, info, graphs, variants, vectors))
+    proof = prove(tmp, build_manifest(tmp, info, graphs, variants, vectors), proving.engines)
     for key in graphs:
         failed = proof.failures(key)
         if failed:
@@ -249,8 +308,7 @@ def _build(tmp: Path, given: list[tuple[Path, onnx.ModelProto, GraphInfo]], sour
         graphs[key] = dataclasses.replace(graphs[key], checked_on=proof.of(key))
     variants = [_proved(v, proof, tmp) for v in variants]
     _require(plan, variants)
-    prompt = (source.card or {}).get("prompt") if source is not None else None
-    variants = [_with_text(v, placed, tmp, prompt) for v in variants]
+    variants = [_with_task(v, placed, tmp, card) for v in variants]
     manifest = build_manifest(tmp, info, graphs, variants, vectors)
     write_manifest(tmp, manifest)
     assert (tmp / MANIFEST).is_file()
@@ -267,14 +325,22 @@ def _proved(variant: VariantEntry, proof: Proof, root: Path) -> VariantEntry:
     return dataclasses.replace(variant, checked_on=proof.of(variant.of, variant.name))
 
 
-def _with_text(variant: VariantEntry, placed: dict[str, tuple[Path, GraphInfo]], root: Path,
-               prompt: str | None) -> VariantEntry:
-    """A lossy variant of a char model, with what it changes in the generated text."""
+def _with_task(variant: VariantEntry, placed: dict[str, tuple[Path, GraphInfo]], root: Path,
+               card: dict[str, Any] | None) -> VariantEntry:
+    """A lossy variant with what it changes in the model's task: a char model's text, a forecaster's forecasts."""
     path, info = placed[variant.of]
-    if not variant.ok or variant.name == "ort" or not is_char_model(info.io) or info.seq_len is not None:
+    if not variant.ok or variant.name == "ort" or info.seq_len is not None:
         return variant
-    agreement = text_agreement(path, root / variant.files[0], info.io, prompt)
-    return dataclasses.replace(variant, agreement=agreement, notes=f"{variant.notes}; {text_notes(agreement)}")
+    signal = signal_of(card)
+    if is_char_model(info.io):
+        agreement = text_agreement(path, root / variant.files[0], info.io, (card or {}).get("prompt"))
+        notes = text_notes(agreement)
+    elif signal is not None and info.io.x_features == (1,) and info.io.y_features == (1,):
+        agreement = forecast_agreement(path, root / variant.files[0], info.io, signal)
+        notes = forecast_notes(agreement)
+    else:
+        return variant
+    return dataclasses.replace(variant, agreement=agreement, notes=f"{variant.notes}; {notes}")
 
 
 def _require(plan: VariantPlan, variants: Sequence[VariantEntry]) -> None:

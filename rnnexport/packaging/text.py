@@ -11,6 +11,9 @@ float32 graph writes a text by sampling (temperature 1, seeded) from the prompt;
   prompt before they first differ (``text_chars`` when they never do).
 
 Both run through :class:`rnnexport.runtime.StatefulSession`, as an app would.
+:func:`sampled_text` gives such text as a batch of one-hot streams, the inputs a variant of
+a char model is checked on (a char model fed random characters is chaotic: any change of its
+weights moves its logits by units after a few dozen characters, docs/bundle.md).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 from rnnexport.core.contract import IOSpec
 from rnnexport.runtime import StatefulSession
 
-__all__ = ["TEXT_CHARS", "text_agreement", "text_notes"]
+__all__ = ["TEXT_CHARS", "is_char_model", "sampled_text", "text_agreement", "text_notes"]
 
 #: Characters of text each figure is measured over.
 TEXT_CHARS = 400
@@ -57,8 +60,8 @@ def _greedy(session: StatefulSession, io: IOSpec, prompt: list[int], count: int)
     return out
 
 
-def _sampled(session: StatefulSession, io: IOSpec, prompt: list[int], count: int) -> list[int]:
-    rng = np.random.default_rng(_SEED)
+def _sampled(session: StatefulSession, io: IOSpec, prompt: list[int], count: int, seed: int = _SEED) -> list[int]:
+    rng = np.random.default_rng(seed)
     session.reset()
     logits = session.run(_one_hot(io, prompt))[-1, 0].astype(np.float64)
     out = []
@@ -67,6 +70,16 @@ def _sampled(session: StatefulSession, io: IOSpec, prompt: list[int], count: int
         out.append(int(rng.choice(len(p), p=p / p.sum())))
         logits = session.step(_one_hot(io, out[-1:])[0])[0].astype(np.float64)
     return out
+
+
+def sampled_text(reference: Path, io: IOSpec, prompt: str | None, streams: int, length: int) -> np.ndarray:
+    """``(length, streams, V)`` one-hot (time-major): the prompt, then text the float32 graph samples (seeds 1, 2, ...)."""
+    session = StatefulSession.load(reference, threads=1)
+    start = _prompt_ids(io, prompt)[:length]
+    texts = [start + _sampled(session, io, start, length - len(start), seed=_SEED + 1 + k) for k in range(streams)]
+    assert io.vocabulary is not None  # is_char_model
+    x = np.eye(len(io.vocabulary), dtype=io.x_dtype)[np.asarray(texts).T]
+    return np.ascontiguousarray(x if io.time_axis == 0 else np.swapaxes(x, 0, 1))
 
 
 def text_agreement(reference: Path, variant: Path, io: IOSpec, prompt: str | None) -> dict[str, Any]:

@@ -4,6 +4,9 @@
   config for a reduced onnxruntime build;
 - ``int8``: onnxruntime dynamic quantization (LSTM becomes DynamicQuantizeLSTM), with
   uint8 weights so that no CPU runs a saturating kernel (see :func:`_unsigned_weights`);
+- ``int8-qdq``: portable int8 in standard ONNX operators (:mod:`rnnexport.packaging.qdq`):
+  int8 weights per channel in every lowering, Scan bodies included, and activations
+  quantized with ranges calibrated on streamed sequences (:mod:`rnnexport.packaging.calibration`);
 - ``fp16``: float16 weights, cast to float32 at load: it halves the file, it does
   not speed up CPU inference (the computation stays float32).
 
@@ -35,8 +38,35 @@ from rnnexport.core.graphs import walk, walk_graphs
 from rnnexport.core.inputs import random_inputs, random_state
 from rnnexport.core.io import atomic_write
 from rnnexport.core.ort import start_session
+from rnnexport.packaging.calibration import Calibration, calibrate
+from rnnexport.packaging.qdq import find_sites, quantize, to_observe
+from rnnexport.packaging.text import is_char_model, sampled_text
 
-__all__ = ["left_out", "make_variant", "onnxruntime_only"]
+__all__ = ["VARIANT_FILES", "GraphContext", "check", "left_out", "make_variant", "onnxruntime_only"]
+
+#: Each variant's file name beside its graph, from the graph's stem.
+VARIANT_FILES = {"ort": "{}.ort", "int8": "{}.int8.onnx", "int8-qdq": "{}.int8-qdq.onnx", "fp16": "{}.fp16.onnx"}
+#: Streams and time steps of the text a char model's variants are checked on.
+TEXT_STREAMS, TEXT_STEPS = 4, 64
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphContext:
+    """What making and checking a variant needs to know of its graph beyond the file.
+
+    Attributes:
+        io, form, seq_len: the graph's contract, form and fixed T (None: any).
+        family: the cell family from its metadata.
+        prompt: for a char model, the text its checks start from (the card's prompt).
+        calibration: the sequences ``int8-qdq`` takes its activation ranges from.
+    """
+
+    io: IOSpec
+    form: Form
+    seq_len: int | None = None
+    family: str | None = None
+    prompt: str | None = None
+    calibration: Calibration | None = None
 
 #: At least this fraction of the float32 weights must become int8 for the variant to be worth shipping.
 INT8_MIN_QUANTIZED = 0.5
@@ -94,8 +124,9 @@ def _int8(source: Path, target: Path, family: str | None) -> str:
     atomic_write(target, model.SerializeToString(), "int8 variant", BundleError)
     ratio = target.stat().st_size / source.stat().st_size
     original = onnx.load(source)
-    floats = sum(np.prod(t.dims) for t in original.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
-    ints = sum(np.prod(t.dims) for t in onnx.load(target).graph.initializer
+    floats = sum(np.prod(t.dims) for g in walk_graphs(original.graph) for t in g.initializer
+                 if t.data_type == onnx.TensorProto.FLOAT)
+    ints = sum(np.prod(t.dims) for g in walk_graphs(model.graph) for t in g.initializer
                if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8))
     share = ints / max(floats, 1)
     if share < INT8_MIN_QUANTIZED:
@@ -108,6 +139,45 @@ def _int8(source: Path, target: Path, family: str | None) -> str:
                     "variant is not worth shipping")
     operators = sorted({n.op_type for n in onnx.load(target).graph.node} - {"Identity"})
     return f"{share:.0%} of the weights int8, file {ratio:.0%} of the float32 size; operators: {', '.join(operators)}"
+
+
+def _int8_qdq(source: Path, target: Path, context: GraphContext) -> tuple[str, dict[str, Any]]:
+    """Quantize ``source`` as :func:`rnnexport.packaging.qdq.quantize` does, ranges from ``context.calibration``."""
+    model = onnx.load(source)
+    floats = sum(int(np.prod(t.dims)) for g in walk_graphs(model.graph) for t in g.initializer
+                 if t.data_type == onnx.TensorProto.FLOAT)
+    sites = find_sites(model)
+    if not sites:
+        raise _Skip("the graph has no matrix product with constant weights to quantize")
+    keys = to_observe(sites)
+    if keys and context.calibration is None:
+        raise _Skip("no calibration data")
+    seen = calibrate(model, keys, context.calibration, context.io, context.form, context.seq_len) \
+        if keys and context.calibration is not None else {}
+    done = quantize(model, seen)
+    share = done.weights / max(floats, 1)
+    if share < INT8_MIN_QUANTIZED:
+        raise _Skip(f"only {share:.0%} of the weights are in products worth quantizing, so the variant is not worth "
+                    "shipping")
+    onnx.checker.check_model(model)
+    atomic_write(target, model.SerializeToString(), "int8-qdq variant", BundleError)
+    ratio = target.stat().st_size / source.stat().st_size
+    parts = [f"{share:.0%} of the weights int8 (a scale per output channel and block of inputs, dequantized at "
+             f"load), file {ratio:.0%} of the float32 size"]
+    if done.products and done.activations:
+        calibration = context.calibration
+        assert calibration is not None
+        parts.append(f"{done.activations} of {done.products} matrix products with 7-bit activations, ranges from "
+                     f"{calibration.source} ({len(calibration.sequences)} sequences, "
+                     f"{calibration.steps(context.io)} stream steps)")
+    if done.cells:
+        parts.append(f"{done.cells} recurrent operator(s) with int8 weights computing in float32, so no activation "
+                     "is quantized")
+    record: dict[str, Any] = {"products": done.products, "recurrent_operators": done.cells, "quantized_activations": done.activations}
+    if seen and context.calibration is not None:
+        record.update(calibration=context.calibration.source, calibration_sequences=len(context.calibration.sequences),
+                      calibration_steps=context.calibration.steps(context.io))
+    return "; ".join(parts), record
 
 
 #: onnxruntime's integer GEMM operators and which of their inputs hold the (constant) weights.
@@ -193,24 +263,40 @@ class _Skip(Exception):
     pass
 
 
-def _cases(io: IOSpec, form: Form, seq_len: int | None) -> list[tuple[np.ndarray, list[np.ndarray]]]:
-    """What a deployed model sees: streams from the zero state, and one step from a random state."""
+#: Time steps of the short stream every variant is checked on (the long one has :data:`TEXT_STEPS`).
+SHORT_STEPS = 17
+
+
+def _cases(reference: Path, context: GraphContext) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """What a deployed model sees: streams from the zero state, and one call from a random state.
+
+    A char model's streams are text its float32 graph writes (:func:`sampled_text`), not random
+    characters: fed those, a char model's state is chaotic (any change of its weights moves its
+    logits by units within a few dozen characters), whatever the variant.
+    """
+    io, form, seq_len = context.io, context.form, context.seq_len
     rng = np.random.default_rng(7)
     if form is Form.STEP:
         return [(random_inputs(io, form, 4, None, rng), random_state(io, 4, rng, 0.5))]
-    lengths = [seq_len] if seq_len else [17, 64]
-    cases = [(random_inputs(io, form, 4, t, rng), io.state.zeros(4)) for t in lengths]
+    if seq_len is not None:
+        streams = [random_inputs(io, form, 4, seq_len, rng)]
+    elif is_char_model(io):
+        text = sampled_text(reference, io, context.prompt, 2 * TEXT_STREAMS, TEXT_STEPS)
+        streams = [text[:SHORT_STEPS, :TEXT_STREAMS], text[:, TEXT_STREAMS:]]
+    else:
+        streams = [random_inputs(io, form, 4, t, rng) for t in (SHORT_STEPS, TEXT_STEPS)]
+    cases = [(x, io.state.zeros(int(x.shape[io.batch_axis]))) for x in streams]
     return cases + [(random_inputs(io, form, 4, seq_len or 1, rng), random_state(io, 4, rng, 0.5))]
 
 
-def check(reference: Path, candidate: Path, io: IOSpec, form: Form, seq_len: int | None,
-          tol: Tolerance) -> dict[str, dict[str, Any]]:
+def check(reference: Path, candidate: Path, context: GraphContext, tol: Tolerance) -> dict[str, dict[str, Any]]:
     """Worst errors of ``candidate`` against ``reference`` per output on the CPU EP, by the one comparator."""
+    io, form = context.io, context.form
     ref = start_session(reference, "cpu").session
     cand = start_session(candidate, "cpu").session
     names = [s.name for s in io.outputs(form)]
     figures = {n: {"max_abs": 0.0, "max_rel": 0.0, "range": 0.0, "passed": True} for n in names}
-    for x, state in _cases(io, form, seq_len):
+    for x, state in _cases(reference, context):
         feeds = io.feeds(x, state)
         for name, a, b in zip(names, cand.run(names, feeds), ref.run(names, feeds)):
             found = compare(a, b, tol)
@@ -229,23 +315,25 @@ def onnxruntime_only(path: Path) -> bool:
     return any(node.domain not in ("", "ai.onnx") for node in walk(onnx.load(path).graph))
 
 
-def make_variant(name: str, graph: str, source: Path, root: Path, io: IOSpec, form: Form,
-                 seq_len: int | None, family: str | None) -> VariantEntry:
+def make_variant(name: str, graph: str, source: Path, root: Path, context: GraphContext) -> VariantEntry:
     """Make variant ``name`` of the bundle graph ``source`` (inside ``root``) beside it in ``variants/``; check it."""
     stem = source.stem
     out = source.parent / "variants"
     out.mkdir(exist_ok=True)
     tolerance = VARIANT_TOLERANCES[name]
-    target = out / {"ort": f"{stem}.ort", "int8": f"{stem}.int8.onnx", "fp16": f"{stem}.fp16.onnx"}[name]
+    target = out / VARIANT_FILES[name].format(stem)
     files = [target] + ([out / f"{stem}.required_operators.config"] if name == "ort" else [])
+    quantization: dict[str, Any] = {}
     try:
         if name == "ort":
             notes = _ort(source, target, files[1])
         elif name == "int8":
-            notes = _int8(source, target, family)
+            notes = _int8(source, target, context.family)
+        elif name == "int8-qdq":
+            notes, quantization = _int8_qdq(source, target, context)
         else:
             notes = _fp16(source, target)
-        figures = check(source, target, io, form, seq_len, tolerance)
+        figures = check(source, target, context, tolerance)
     except _Skip as e:
         return _left_out(name, graph, files, str(e))
     except Exception as e:  # noqa: BLE001 - a variant that fails to build is left out, not fatal
@@ -259,7 +347,8 @@ def make_variant(name: str, graph: str, source: Path, root: Path, io: IOSpec, fo
     rel = tuple(p.relative_to(root).as_posix() for p in files)
     return VariantEntry(name, graph, True, files=rel, size_bytes=target.stat().st_size,
                         tolerance=_triple(tolerance), figures=figures, notes=notes,
-                        engines=("onnxruntime",) if onnxruntime_only(target) else (), cpu=cpu)
+                        engines=("onnxruntime",) if onnxruntime_only(target) else (), cpu=cpu,
+                        quantization=quantization)
 
 
 def _triple(tol: Tolerance) -> tuple[float, float, float]:

@@ -12,6 +12,7 @@ against a float64 run of the source, as ``rnnexport verify`` allows for contract
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from rnnexport.core.inputs import random_inputs, random_state
 from rnnexport.core.ort import start_session
 from rnnexport.source.model import RecurrentModel
 
-__all__ = ["RAGGED_LENGTHS", "STREAM_T", "VECTOR_BATCH", "make_vectors"]
+__all__ = ["RAGGED_LENGTHS", "STREAM_T", "VECTOR_BATCH", "Vectors", "make_vectors"]
 
 VECTOR_BATCH = 2
 SINGLE_T, STREAM_T = 8, (5, 4)
@@ -73,13 +74,25 @@ def _tolerance(error: float | None) -> dict[str, float]:
     return {"atol": tol.atol, "rtol": tol.rtol, **({} if error is None else {"float32_error": error})}
 
 
-def make_vectors(root: Path, prefix: str, graph: str, path: Path, info: GraphInfo,
-                 source: RecurrentModel | None, vocabulary: int | None) -> tuple[list[VectorEntry], str]:
-    """Write the test sets of the graph file ``path`` under ``root/prefix``.
+@dataclasses.dataclass(frozen=True)
+class Vectors:
+    """The test sets written for one graph.
 
-    Returns:
-        Their manifest entries, and where the expected outputs came from.
+    Attributes:
+        entries: their manifest entries.
+        expected_from: where the expected outputs came from.
+        calls: each set's call as ``(kind, stream, x, state)``, the state it starts from (None:
+            the state its stream's earlier call left), in order: calibration streams them.
     """
+
+    entries: list[VectorEntry]
+    expected_from: str
+    calls: list[tuple[str, int | None, np.ndarray, list[np.ndarray] | None]]
+
+
+def make_vectors(root: Path, prefix: str, graph: str, path: Path, info: GraphInfo,
+                 source: RecurrentModel | None, vocabulary: int | None) -> Vectors:
+    """Write the test sets of the graph file ``path`` under ``root/prefix``."""
     io, form = info.io, info.form
     expect = _Expect(path, info, source)
     rng = np.random.default_rng(2024)
@@ -99,10 +112,13 @@ def make_vectors(root: Path, prefix: str, graph: str, path: Path, info: GraphInf
         ragged = x_for(SINGLE_T, len(RAGGED_LENGTHS))
         sets.append(("single", None, ragged, random_state(io, len(RAGGED_LENGTHS), rng, 0.5),
                      np.array([1, ragged.shape[io.time_axis], 0], np.int64)))
-    entries = []
+    entries: list[VectorEntry] = []
+    calls: list[tuple[str, int | None, np.ndarray, list[np.ndarray] | None]] = []
     previous: list[np.ndarray] = [np.zeros(0), *io.state.zeros(VECTOR_BATCH)]  # call 0 starts from zeros
     for index, (kind, call, x, given, lengths) in enumerate(sets):
         state = given if given is not None else previous[1:]
+        if lengths is None:  # every step of every stream: what calibration streams
+            calls.append((kind, 0 if kind == "stream" else None, x, state if given is not None or call == 0 else None))
         outputs = expect(x, state, lengths)
         if kind == "stream":
             previous = outputs
@@ -113,4 +129,4 @@ def make_vectors(root: Path, prefix: str, graph: str, path: Path, info: GraphInf
         entries.append(VectorEntry(folder, graph, kind, 0 if kind == "stream" else None, call, batch,
                                    None if form is Form.STEP else int(x.shape[io.time_axis]), expect.name,
                                    _tolerance(expect.rounding_error(x, state, outputs, lengths))))
-    return entries, expect.name
+    return Vectors(entries, expect.name, calls)
