@@ -4,9 +4,15 @@ A bidirectional layer needs the whole sequence before its first output, so it ha
 form; as a sequence it is two one-direction layers over the same input, the second run
 from the last step to the first (ONNX ``Scan``'s ``scan_input_directions`` and
 ``scan_output_directions``), their outputs concatenated along the features. A stack of
-layers is a chain of them. Each half is the scan lowering of a one-layer unidirectional
-torch.nn module holding that half's weights, so it gets every rewrite the scan lowering
-has; the native operators cannot carry ``proj_size`` or a Relu RNN everywhere, this can.
+layers is a chain of them.
+
+For a bare torch.nn module (:func:`bidirectional_scan`), each half is the scan lowering of a
+one-layer unidirectional torch.nn module holding that half's weights, so it gets every
+rewrite the scan lowering has; the native operators cannot carry ``proj_size`` or a Relu RNN
+everywhere, this can. A module with a bidirectional layer inside (Embedding -> biLSTM ->
+Linear) is traced whole at a dynamic T (:func:`scanned_sequence`), each direction of its
+recurrent layers written as a torch scan, which torch's exporter writes as a Scan (reverse for
+the backward direction); the layers around it are traced as they are.
 """
 
 from __future__ import annotations
@@ -19,14 +25,22 @@ from onnx import helper
 
 from rnnexport.core.contract import Form, Layout
 from rnnexport.core.onnxfile import value_info
+from rnnexport.export.nanprobe import nan_sources
 from rnnexport.export.onnxutil import GraphBuilder, finish_model
 from rnnexport.export.passes.graph import prefix_names, toposort
 from rnnexport.export.passes.nan import carry_nan
 from rnnexport.export.scan import wrap_in_scan
+from rnnexport.export.trace import export_failure, trace
+from rnnexport.source.explicit import scanned_copy
 from rnnexport.source.model import RecurrentModel
 from rnnexport.source.torchnn import MODULES, weight_suffix
 
-__all__ = ["bidirectional_rnn", "bidirectional_scan", "direction_halves"]
+__all__ = ["NO_STEP_FORM", "bidirectional_rnn", "bidirectional_scan", "direction_halves", "scanned_sequence"]
+
+#: Why a model with a bidirectional layer cannot be converted to a step graph.
+NO_STEP_FORM = ("a bidirectional model has no step form: its backward direction needs the whole sequence "
+                "before its first output; convert the sequence form")
+
 
 def bidirectional_rnn(model: RecurrentModel) -> torch.nn.RNNBase | None:
     """The bare bidirectional torch.nn RNN/LSTM/GRU ``model`` was made from, else None."""
@@ -96,7 +110,7 @@ def bidirectional_scan(
             if isinstance(step, str):
                 return f"layer {layer}'s {'backward' if direction else 'forward'} half: {step}"
             graph = wrap_in_scan(half, step, reverse=bool(direction))
-            carry_nan(graph, half.io, Form.SEQUENCE, reverse=bool(direction))
+            carry_nan(graph, half.io, Form.SEQUENCE, reverse=bool(direction), sources=nan_sources(half, Form.SEQUENCE))
             prefix = f"l{layer}{'b' if direction else 'f'}/"
             index = g.ints("bidi/index", [layer * 2 + direction])
             g.one("Identity", [x], prefix + half.io.inputs(Form.SEQUENCE)[0].name)
@@ -125,3 +139,17 @@ def bidirectional_scan(
     result = finish_model(graph, opset=opsets.pop("", 20), extra_opsets=opsets)
     result.functions.extend(functions.values())
     return result
+
+
+def scanned_sequence(model: RecurrentModel) -> onnx.ModelProto | str:
+    """The sequence graph of a module with a bidirectional layer inside, traced at any T, or why not."""
+    assert model.trace_module is not None  # set in RecurrentModel.__post_init__
+    io = model.io.without_lengths()  # the module never sees lengths: the lowering masks the Scans after
+    try:
+        graph = trace(scanned_copy(model.trace_module), io, io.inputs(Form.SEQUENCE), io.outputs(Form.SEQUENCE),
+                      dynamic_time=True)
+    except Exception as e:  # noqa: BLE001 - torch's tracer fails in many ways; all mean "cannot trace"
+        return f"torch.onnx could not trace the sequence at any T: {export_failure(e)}"
+    if model.io.lengths is not None:
+        graph.graph.input.append(value_info(model.io.lengths.tensor))
+    return graph
