@@ -78,6 +78,22 @@ class MinLSTM(nn.Module):
         return torch.stack(ys), h
 
 
+class LogMinLSTM(MinLSTM):
+    """minLSTM in log space, as its paper computes it for stability: the normalised gates from
+    logsigmoid and logaddexp. (The plain form's f / (f + i) of two saturated sigmoids differs
+    from PyTorch by 1e-2 on verify's saturating inputs: onnxruntime's Sigmoid is accurate in
+    absolute terms only, 0 from x = -18 down.)"""
+
+    def forward(self, x, h):
+        ys = []
+        for t in range(x.shape[0]):
+            log_f, log_i = F.logsigmoid(self.f(x[t])), F.logsigmoid(self.i(x[t]))
+            total = torch.logaddexp(log_f, log_i)
+            h = torch.exp(log_f - total) * h + torch.exp(log_i - total) * _g(self.h(x[t]))
+            ys.append(self.out(h))
+        return torch.stack(ys), h
+
+
 class IndRNN(nn.Module):
     """IndRNN (Li et al. 2018): h = relu(W x + u * h + b), u one weight per unit; y = h."""
 
@@ -385,6 +401,7 @@ class Entry:
 GALLERY = {
     "mingru": Entry(MinGRU, verify=True, names=("h",)),
     "minlstm": Entry(MinLSTM, names=("h",)),
+    "minlstm_log": Entry(LogMinLSTM, verify=True, names=("h",)),
     "indrnn": Entry(IndRNN, verify=True, names=("s0",)),
     "sru": Entry(SRU, names=("h",)),
     "qrnn": Entry(QRNN, names=("c", "last")),
