@@ -24,7 +24,7 @@ from rnnexport.core.errors import ConvertError
 from rnnexport.export.nanprobe import nan_sources
 from rnnexport.export.trace import trace
 from rnnexport.runtime import StatefulSession
-from rnnexport.testing import assert_close, random_inputs
+from rnnexport.testing import assert_close, random_inputs, random_state
 
 # --------------------------------------------------------------------------- the cells
 
@@ -584,3 +584,18 @@ def test_the_guard_goes_only_where_pytorch_spreads_nan(tmp_path):
         want = model.run_step(x, state)
         assert_close(session.run(None, model.io.feeds(x, state)), want, ["y", "s0_out", "s1_out"], context=f"NaN in {k}")
         assert np.isnan(want[2]).sum() == (4 if k == 0 else 1)
+
+
+def test_the_tagger_takes_ragged_batches(tmp_path):
+    """With lengths, each stream of the tagger runs alone on its own length (its backward scan starts at its end)."""
+    result = rnnexport.convert(_module("tagger"), tmp_path / "m.onnx", lengths=True)
+    model = rnnexport.from_module(_module("tagger")).with_lengths()
+    io = model.io
+    lengths = np.array([7, 3, 0], np.int64)
+    rng = np.random.default_rng(2)
+    x = random_inputs(io, Form.SEQUENCE, 3, 7, rng, vocabulary=11)
+    state = random_state(io, 3, rng)
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    got = session.run(None, io.feeds(x, state, lengths))
+    want = model.run_sequence(x, state, lengths)
+    assert_close(got, want, ["y", *io.state.output_names], context="ragged tagger")

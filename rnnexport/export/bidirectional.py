@@ -23,11 +23,20 @@ import onnx
 import torch
 from onnx import helper
 
-from rnnexport.core.contract import Form, Layout
+from rnnexport.core.contract import BATCH, Form, Layout
+from rnnexport.core.graphs import attribute
 from rnnexport.core.onnxfile import value_info
 from rnnexport.export.nanprobe import nan_sources
 from rnnexport.export.onnxutil import GraphBuilder, finish_model
-from rnnexport.export.passes.graph import prefix_names, toposort
+from rnnexport.export.passes.graph import (
+    batch_axis,
+    constant_value,
+    prefix_names,
+    producers,
+    readers,
+    remove_dead,
+    toposort,
+)
 from rnnexport.export.passes.nan import carry_nan
 from rnnexport.export.scan import wrap_in_scan
 from rnnexport.export.trace import export_failure, trace
@@ -150,6 +159,72 @@ def scanned_sequence(model: RecurrentModel) -> onnx.ModelProto | str:
                       dynamic_time=True)
     except Exception as e:  # noqa: BLE001 - torch's tracer fails in many ways; all mean "cannot trace"
         return f"torch.onnx could not trace the sequence at any T: {export_failure(e)}"
+    _reverse_scans(graph.graph)
+    _carried_shapes(graph.graph)
     if model.io.lengths is not None:
         graph.graph.input.append(value_info(model.io.lengths.tensor))
     return graph
+
+
+def _flipped(graph: onnx.GraphProto, node: onnx.NodeProto | None) -> str | None:
+    """What ``node`` reverses along axis 0 (a ``Slice`` from the last step with step -1), else None."""
+    if node is None or node.op_type != "Slice" or node.domain or len(node.input) != 5:
+        return None
+    starts, ends, axes, steps = (constant_value(graph, name) for name in node.input[1:])
+    if starts is None or ends is None or axes is None or steps is None:
+        return None
+    if [list(v.ravel()) for v in (starts, axes, steps)] == [[-1], [0], [-1]] and ends.size == 1 and ends.item() <= -(2**31):
+        return node.input[0]
+    return None
+
+
+def _set_ints(node: onnx.NodeProto, name: str, value: list[int]) -> None:
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend([*kept, helper.make_attribute(name, value)])
+
+
+def _reverse_scans(graph: onnx.GraphProto) -> None:
+    """Make each flipped-input, flipped-output forward ``Scan`` (how torch writes a reverse scan) a reverse Scan.
+
+    The same computation, written as the bare bidirectional lowering writes it: tract cannot infer
+    a step -1 ``Slice`` over a dynamic axis, and a lengths mask must read a reverse Scan backwards.
+    """
+    made, read = producers(graph), readers(graph.node)
+    outputs = {v.name for v in graph.output}
+    for scan in [n for n in graph.node if n.op_type == "Scan" and not n.domain]:
+        scans = int(attribute(scan, "num_scan_inputs"))
+        states = len(scan.input) - scans
+        sources = [_flipped(graph, made.get(name)) for name in scan.input[states:]]
+        flips = [read.get(name, []) for name in scan.output[states:]]
+        if any(s is None for s in sources) or any(
+                len(users) != 1 or _flipped(graph, users[0]) is None or name in outputs
+                for name, users in zip(scan.output[states:], flips)):
+            continue
+        for index, source in enumerate(sources):
+            scan.input[states + index] = str(source)
+        for index, (flip,) in enumerate(flips):
+            scan.output[states + index] = flip.output[0]
+            graph.node.remove(flip)
+        _set_ints(scan, "scan_input_directions", [1] * scans)
+        _set_ints(scan, "scan_output_directions", [1] * (len(scan.output) - states))
+    remove_dead(graph)
+
+
+def _carried_shapes(graph: onnx.GraphProto) -> None:
+    """Name the batch ``B`` throughout each Scan body (torch gives the body its own symbol for it).
+
+    The symbol is read where a carried state comes in with it and goes out with ``B``.
+    """
+    for scan in [n for n in graph.node if n.op_type == "Scan" and not n.domain]:
+        body = attribute(scan, "body")
+        states = len(scan.input) - int(attribute(scan, "num_scan_inputs"))
+        renamed: dict[str, str] = {}
+        for state_in, state_out in zip(body.input[:states], body.output[:states]):
+            axis, dims = batch_axis(state_out), state_in.type.tensor_type.shape.dim
+            if axis is not None and axis < len(dims) and dims[axis].dim_param:
+                renamed[dims[axis].dim_param] = BATCH
+        for value in [*body.input, *body.output, *body.value_info]:
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.dim_param in renamed:
+                    dim.dim_param = renamed[dim.dim_param]
