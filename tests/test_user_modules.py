@@ -6,20 +6,27 @@ from running the torch module itself.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 
 import rnnexport
-from rnnexport.core.contract import MAX_STATE_DEPTH, GraphInfo, StateSpec
+from rnnexport.cli import main
+from rnnexport.core.contract import MAX_STATE_DEPTH, Form, GraphInfo, StateSpec
 from rnnexport.core.errors import ContractError, ConvertError, SourceError
-from rnnexport.runtime import StatefulSession
+from rnnexport.runtime import StatefulSession, StreamBatcher
+from rnnexport.source.sources import load_source
+from rnnexport.testing import assert_close, random_inputs, random_state
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -303,21 +310,38 @@ def test_a_flat_state_nests_as_torch_holds_it():
     assert "structure" not in spec.to_json() and "nested_axes" not in spec.to_json()
 
 
-def test_a_bidirectional_layer_inside_has_no_scan():
-    class Both(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.first = nn.GRU(3, 4, bidirectional=True)
-            self.second = nn.GRU(8, 4)
+class _BidiThenGru(nn.Module):
+    """A bidirectional GRU then a GRU, nested state ``(a, b)``: a sequence graph at any T, no step form."""
 
-        def forward(self, x, state=None):
-            a, b = state if state is not None else (None, None)
-            y, a = self.first(x, a)
-            y, b = self.second(y, b)
-            return y, (a, b)
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.GRU(3, 4, bidirectional=True)
+        self.second = nn.GRU(8, 4)
 
-    model = rnnexport.from_module(Both())
-    assert model.scan_reason and "bidirectional" in model.scan_reason
+    def forward(self, x, state=None):
+        a, b = state if state is not None else (None, None)
+        y, a = self.first(x, a)
+        y, b = self.second(y, b)
+        return y, (a, b)
+
+
+def test_a_bidirectional_layer_inside_scans_at_any_length_and_has_no_step_form(tmp_path):
+    torch.manual_seed(0)
+    module = _BidiThenGru().eval()
+    result = rnnexport.convert(module, tmp_path / "m.onnx")
+    assert result.lowering.value == "scan"
+    assert [n.op_type for n in onnx.load(str(result.path)).graph.node].count("Scan") == 3
+    model = rnnexport.from_module(module)
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    for time in (1, 7, 300):
+        rng = np.random.default_rng(time)
+        x = random_inputs(model.io, Form.SEQUENCE, 2, time, rng)
+        state = random_state(model.io, 2, rng)
+        assert_close(session.run(None, model.io.feeds(x, state)), model.run_sequence(x, state),
+                     ["y", *model.io.state.output_names], context=f"T={time}")
+    with pytest.raises(ConvertError, match="has no step form") as info:
+        rnnexport.convert(module, tmp_path / "s.onnx", form="step")
+    assert "not causal" not in str(info.value)
 
 
 # --------------------------------------------------------------------------- refusals
@@ -418,6 +442,7 @@ def test_a_module_without_a_way_to_its_state_is_told_to_add_initial_state():
     with pytest.raises(SourceError, match="holds 0 torch.nn RNN/LSTM/GRU layers.*initial_state") as info:
         rnnexport.from_module(NeedsState())
     assert "\n" not in str(info.value)
+    assert "initial_state, init_state, init_hidden, begin_state, zero_state" in str(info.value)
 
 
 def test_a_broken_module_around_one_layer_keeps_its_message():
@@ -498,4 +523,353 @@ def test_the_docs_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for block in blocks:
         exec(compile(block, "docs/modules.md", "exec"), {"__name__": "docs_example"})
-    assert (tmp_path / "two_cells.step.onnx").is_file()
+    for written in ("conv_gru.step.onnx", "delta_gru.onnx", "two_cells.step.onnx"):
+        assert (tmp_path / written).is_file(), written
+
+
+# --------------------------------------------------------------------------- state in buffers
+
+
+class ConvCacheGRU(nn.Module):
+    """forward(x) -> y; a causal-conv cache reassigned and a GRU state updated in place, both buffers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 4, kernel_size=2)
+        self.gru = nn.GRUCell(4, 5)
+        self.register_buffer("cache", torch.zeros(1, 3, 1))
+        self.register_buffer("h", torch.zeros(1, 5))
+        self.register_buffer("window", torch.hann_window(4))  # read only: a constant, not state
+
+    def forward(self, x):  # (T, B, 3)
+        frames = torch.cat([self.cache.expand(x.shape[1], -1, -1), x.permute(1, 2, 0)], -1)
+        self.cache = frames[..., -1:]
+        c = self.conv(frames).permute(2, 0, 1)
+        h, ys = self.h.expand(x.shape[1], -1), []
+        for t in range(x.shape[0]):
+            h = self.gru(c[t], h)
+            ys.append(h * self.window.sum())
+        self.h.copy_(h)
+        return torch.stack(ys)
+
+
+def _buffer_module() -> ConvCacheGRU:
+    torch.manual_seed(0)
+    return ConvCacheGRU().eval()
+
+
+def test_updated_buffers_are_the_state_named_after_them():
+    module = _buffer_module()
+    before = {n: b.clone() for n, b in module.named_buffers()}
+    model = rnnexport.from_module(module)
+    state = model.io.state
+    assert state.names == ("cache", "h") and state.structure == {"cache": "cache", "h": "h"}
+    assert state.shapes == (("B", 3, 1), ("B", 5))
+    assert all(torch.equal(b, before[n]) for n, b in module.named_buffers()), "reading the module changed it"
+
+
+def test_a_buffer_module_streams_as_it_runs_in_pytorch(tmp_path):
+    result = rnnexport.convert(_buffer_module(), tmp_path / "m.step.onnx", form="step")
+    session = StatefulSession.load(result.path)
+    module = _buffer_module()
+    xs = np.random.default_rng(0).standard_normal((9, 1, 3)).astype(np.float32)
+    for x_t in xs:
+        y_t = session.step(x_t)
+        with torch.no_grad():
+            want = module(torch.from_numpy(x_t)[None])[0]  # the module keeps its own state in its buffers
+        np.testing.assert_allclose(y_t, want.numpy(), atol=1e-5, rtol=1e-5)
+    nested = session.nested_state()
+    assert set(nested) == {"cache", "h"}
+    np.testing.assert_allclose(nested["h"], module.h.numpy(), atol=1e-5)
+    np.testing.assert_allclose(nested["cache"], module.cache.numpy(), atol=1e-6)
+
+
+class _CountsSteps(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, x):
+        self.steps += x.shape[0]
+        return self.lin(x)
+
+
+class _RunningMean(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.register_buffer("mean", torch.zeros(3))
+
+    def forward(self, x):
+        self.mean = 0.9 * self.mean + 0.1 * x.mean(dim=(0, 1))
+        return self.lin(x - self.mean)
+
+
+class _GrowingCache(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.register_buffer("seen", torch.zeros(0, 1, 3))
+
+    def forward(self, x):
+        self.seen = torch.cat([self.seen.expand(-1, x.shape[1], -1), x])
+        return self.lin(x) + self.seen.mean(0)
+
+
+class _NoState(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+@pytest.mark.parametrize(("module", "message"), [
+    (_CountsSteps, "updates buffer 'steps', which is int64; rnnexport carries float32 state"),
+    (_RunningMean, "updates buffer 'mean', of shape .* exactly one axis that follows the streams"),
+    (_GrowingCache, "changes the shape of buffer 'seen' from call to call"),
+    (_NoState, "returned a tensor alone and updated no buffer.*looked for initial_state, init_state"),
+])
+def test_a_buffer_that_cannot_be_state_is_refused_by_name(module, message):
+    torch.manual_seed(0)
+    with pytest.raises(SourceError, match=message) as info:
+        rnnexport.from_module(module())
+    assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- cache objects
+
+
+class Cache(NamedTuple):
+    conv: torch.Tensor
+    rnn: torch.Tensor
+
+
+class PytreeCache:
+    """A plain class registered as a pytree node, as torch.export wants caches to be."""
+
+    def __init__(self, conv: torch.Tensor, rnn: torch.Tensor) -> None:
+        self.conv, self.rnn = conv, rnn
+
+
+torch.utils._pytree.register_pytree_node(
+    PytreeCache, lambda c: ([c.conv, c.rnn], None), lambda leaves, _: PytreeCache(*leaves),
+    flatten_with_keys_fn=lambda c: ([(torch.utils._pytree.GetAttrKey("conv"), c.conv),
+                                     (torch.utils._pytree.GetAttrKey("rnn"), c.rnn)], None))
+
+
+@dataclasses.dataclass
+class StepCache:
+    conv: torch.Tensor
+    rnn: torch.Tensor
+    offset: int = 0
+
+
+class CachedCell(nn.Module):
+    """``forward(x, cache) -> (y, cache)`` with a cache object of type ``kind``."""
+
+    def __init__(self, kind: type, bump: bool = False) -> None:
+        super().__init__()
+        self.kind, self.bump = kind, bump
+        self.cell = nn.GRUCell(3, 4)
+
+    def initial_state(self, batch: int):
+        return self.kind(torch.zeros(batch, 3), torch.zeros(batch, 4))
+
+    def forward(self, x, cache):
+        prev, h, ys = cache.conv, cache.rnn, []
+        for t in range(x.shape[0]):
+            h = self.cell(x[t] - prev, h)
+            prev = x[t]
+            ys.append(h)
+        out = self.kind(prev, h)
+        if self.bump:
+            out.offset = cache.offset + x.shape[0]
+        return torch.stack(ys), out
+
+
+@pytest.mark.parametrize("kind", [Cache, PytreeCache, StepCache])
+def test_a_cache_object_converts_and_comes_back_as_a_dict(tmp_path, kind):
+    torch.manual_seed(0)
+    module = CachedCell(kind).eval()
+    model = rnnexport.from_module(module)
+    assert model.io.state.names == ("conv", "rnn") and model.io.state.structure == {"conv": "conv", "rnn": "rnn"}
+    result = rnnexport.convert(module, tmp_path / "m.onnx", form="step")
+    session = StatefulSession.load(result.path, batch=2)
+    cache = module.initial_state(2)
+    for x_t in np.random.default_rng(1).standard_normal((4, 2, 3)).astype(np.float32):
+        y_t = session.step(x_t)
+        with torch.no_grad():
+            y, cache = module(torch.from_numpy(x_t)[None], cache)
+        np.testing.assert_allclose(y_t, y[0].numpy(), atol=1e-5)
+    nested = session.nested_state()
+    np.testing.assert_allclose(nested["rnn"], cache.rnn.numpy(), atol=1e-5)
+    np.testing.assert_allclose(nested["conv"], cache.conv.numpy(), atol=1e-6)
+
+
+def test_a_cache_field_forward_changes_but_is_no_tensor_is_refused():
+    with pytest.raises(SourceError, match="forward changed field 'offset' .* from 0 to 2; rnnexport carries tensors"):
+        rnnexport.from_module(CachedCell(StepCache, bump=True))
+
+
+def test_a_plain_class_as_state_is_refused_with_what_a_state_may_be():
+    class Plain:
+        def __init__(self, h: torch.Tensor) -> None:
+            self.h = h
+
+    class UsesPlain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell = nn.GRUCell(3, 4)
+
+        def initial_state(self, batch: int):
+            return Plain(torch.zeros(batch, 4))
+
+        def forward(self, x, state):
+            return x, state
+
+    with pytest.raises(SourceError, match="is of type Plain; .* a dataclass, NamedTuple or registered pytree class"):
+        rnnexport.from_module(UsesPlain())
+
+
+# --------------------------------------------------------------------------- finding the state and the input
+
+
+class _TutorialLSTM(nn.Module):
+    """PyTorch's word-language-model convention: ``init_hidden(bsz)``; the head is defined first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decoder = nn.Linear(6, 2)  # not the input: forward rejects 6 features
+        self.encoder = nn.Linear(4, 5)
+        self.rnn = nn.LSTMCell(5, 6)
+
+    def init_hidden(self, bsz):
+        return torch.zeros(bsz, 6), torch.zeros(bsz, 6)
+
+    def forward(self, x, hidden):
+        h, c = hidden
+        ys = []
+        for t in range(x.shape[0]):
+            h, c = self.rnn(self.encoder(x[t]), (h, c))
+            ys.append(self.decoder(h))
+        return torch.stack(ys), (h, c)
+
+
+class _D2lRNN(nn.Module):
+    """d2l's convention: ``begin_state(device, batch_size=1)``; weights as parameters, no layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.W_xh = nn.Parameter(torch.randn(7, 4) * 0.1)
+        self.W_hh = nn.Parameter(torch.randn(4, 4) * 0.1)
+
+    def begin_state(self, device, batch_size=1):
+        return (torch.zeros((batch_size, 4), device=device),)
+
+    def forward(self, inputs, state):
+        (h,) = state
+        outputs = []
+        for x in inputs:
+            h = torch.tanh(x @ self.W_xh + h @ self.W_hh)
+            outputs.append(h)
+        return torch.stack(outputs), (h,)
+
+
+def test_the_state_method_and_the_input_are_found_as_people_write_them():
+    torch.manual_seed(0)
+    tutorial = rnnexport.from_module(_TutorialLSTM())
+    assert tutorial.io.x_features == (4,) and tutorial.io.state.names == ("s0", "s1")
+    d2l = rnnexport.from_module(_D2lRNN())
+    assert d2l.io.x_features == (7,) and d2l.io.state.names == ("s0",)
+    assert rnnexport.from_module(_D2lRNN(), input_size=7).io.x_features == (7,)
+
+
+def test_an_input_size_nothing_fits_names_every_size_tried():
+    with pytest.raises(SourceError) as info:
+        rnnexport.from_module(_TutorialLSTM(), input_size=9)
+    assert "x of shape (2, 3, 9)" in str(info.value)
+
+    class Mismatched(_TutorialLSTM):
+        def forward(self, x, hidden):
+            return super().forward(x[..., :3], hidden)  # takes any size, uses 3: none of the layers'
+
+    with pytest.raises(SourceError, match="forward failed on every input rnnexport tried: 6 features "
+                                          r"\(a Linear's in_features\): .*; 4 features") as info:
+        rnnexport.from_module(Mismatched())
+    assert "\n" not in str(info.value)
+
+
+def test_convert_input_size_reaches_a_factory(tmp_path):
+    factory = tmp_path / "factory.py"
+    factory.write_text("import torch\n\n"
+                       "class Cell(torch.nn.Module):\n"
+                       "    def __init__(self):\n"
+                       "        super().__init__()\n"
+                       "        self.w = torch.nn.Parameter(torch.randn(8, 5))\n"
+                       "    def initial_state(self, batch):\n"
+                       "        return torch.zeros(batch, 5)\n"
+                       "    def forward(self, x, h):\n"
+                       "        ys = []\n"
+                       "        for t in range(x.shape[0]):\n"
+                       "            h = torch.tanh(x[t] @ self.w[: x.shape[-1]] + h)\n"
+                       "            ys.append(h)\n"
+                       "        return torch.stack(ys), h\n\n"
+                       "def make():\n"
+                       "    return Cell()\n")
+    source = f"{factory}:make"
+    assert load_source(source).io.x_features == (8,)  # the first size its forward accepts
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(main, ["convert", source, "--input-size", "3", "--form", "step", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    x = onnx.load(str(out)).graph.input[0]
+    assert x.type.tensor_type.shape.dim[1].dim_value == 3
+    refused = CliRunner().invoke(main, ["convert", source, "--hidden-size", "3", "-o", str(tmp_path / "n.onnx")])
+    assert refused.exit_code == 2 and "--hidden-size applies to the built-in cells" in refused.output
+
+
+# --------------------------------------------------------------------------- tracing refusals
+
+
+def test_torch_exports_refusal_is_printed_with_its_reason(tmp_path):
+    class Branches(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell = nn.GRUCell(3, 4)
+
+        def initial_state(self, batch: int):
+            return torch.zeros(batch, 4)
+
+        def forward(self, x, h):
+            ys = []
+            for t in range(x.shape[0]):
+                h = self.cell(x[t], h) if x[t].sum() > 0 else h  # a branch on data: no graph can hold it
+                ys.append(h)
+            return torch.stack(ys), h
+
+    with pytest.raises(ConvertError) as info:
+        rnnexport.convert(Branches(), tmp_path / "m.onnx", form="step")
+    message = str(info.value)
+    assert "data-dependent" in message and "x[t].sum() > 0" in message, message
+    assert "Next steps" not in message and "\n" not in message
+
+
+# --------------------------------------------------------------------------- many streams
+
+
+def test_the_batcher_gives_and_takes_a_streams_nested_state(converted):
+    batcher = StreamBatcher.load(converted("lstm_then_cell", "step").path, max_batch=4)
+    first, second = batcher.join(), batcher.join()
+    xs = np.random.default_rng(5).standard_normal((3, 1, 3)).astype(np.float32)
+    for x_t in xs:
+        batcher.step({first: x_t, second: x_t * 2})
+    nested = batcher.nested_state(first)
+    assert set(nested) == {"lstm", "cell"} and nested["lstm"][0].shape == (1, 1, 4)
+    batcher.set_nested_state(second, nested)
+    assert all(np.array_equal(a, b) for a, b in zip(batcher.get_state(second).values(),
+                                                   batcher.get_state(first).values()))
+    with pytest.raises(ContractError, match=r"state of stream 1\['lstm'\]: expected a tuple of 2"):
+        batcher.set_nested_state(second, {"lstm": nested["cell"], "cell": nested["cell"]})
+    batcher.close()

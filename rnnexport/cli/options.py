@@ -73,7 +73,8 @@ def source_options(fn: F) -> F:
     """The size, weights and seed options of a built-in cell."""
     options = [
         click.option("--input-size", type=click.IntRange(min=1), default=None,
-                     help="Built-in cells: input size I (default 28, or read from --weights)."),
+                     help="Built-in cells: input size I (default 28, or read from --weights). "
+                          "file.py:factory: the module's input features (default: found from its layers)."),
         click.option("--hidden-size", type=click.IntRange(min=1), default=None,
                      help="Built-in cells: hidden size H (default 256, or read from --weights)."),
         click.option("--output-size", type=click.IntRange(min=1), default=None,

@@ -21,7 +21,6 @@ from rnnexport.export.lowerings import Attempt, lower
 from rnnexport.export.metadata import write_info
 from rnnexport.export.onnxutil import check_model
 from rnnexport.export.passes.lengths import mask_sequence
-from rnnexport.export.passes.nan import carry_nan
 from rnnexport.source.model import RecurrentModel
 from rnnexport.source.sources import SourceSpec, load_source, models_dir, source_files
 
@@ -109,13 +108,10 @@ def to_onnx(
                                "drop --seq-len")
         raise ConvertError(f"--seq-len sets T of an unrolled sequence graph; --lowering {lowering.value} writes a "
                            "graph that takes any T: drop --seq-len, or add --lowering unrolled")
-    if not (model.bidirectional() and form is Form.SEQUENCE):  # a bidirectional sequence reads all of it
-        check_causal(model)
+    check_causal(model, form)
     with torch.no_grad():
         onnx_model, used, attempts = lower(model, form, lowering, seq_len, progress)
     fixed = (seq_len or 35) if used is Lowering.UNROLLED and form is Form.SEQUENCE else None
-    if used is not Lowering.NATIVE and not model.bidirectional():  # native carries NaN per layer itself
-        carry_nan(onnx_model, model.io, form)
     if model.io.lengths is not None:
         mask_sequence(onnx_model, model.io)
     _declare(onnx_model, model.io.inputs(form, fixed), model.io.outputs(form, fixed))

@@ -3,6 +3,13 @@
 ``auto`` tries them in order (sequence: native, then scan; step: native, then a
 traced step) and records every attempt, so a user sees why a lowering was chosen.
 Plain-RNN sequences try scan first: onnxruntime's RNN kernel is the slow one.
+
+A model with a bidirectional layer has no step form. Its sequence is scanned: a bare
+torch.nn layer as a forward and a reverse Scan per layer (:mod:`rnnexport.export.bidirectional`),
+a module around one traced whole over any T with its recurrent layers as torch scans.
+
+Every graph but a native one (which carries NaN per layer) then gets the NaN guard on the
+outputs where PyTorch turns a whole stream NaN (:mod:`rnnexport.export.nanprobe`).
 """
 
 from __future__ import annotations
@@ -13,12 +20,19 @@ from collections.abc import Callable
 import onnx
 
 from rnnexport.core.contract import Form, Lowering
-from rnnexport.core.errors import ConvertError, describe
-from rnnexport.export.bidirectional import bidirectional_rnn, bidirectional_scan
+from rnnexport.core.errors import ConvertError
+from rnnexport.export.bidirectional import (
+    NO_STEP_FORM,
+    bidirectional_rnn,
+    bidirectional_scan,
+    scanned_sequence,
+)
+from rnnexport.export.nanprobe import nan_sources
 from rnnexport.export.native import build_native
 from rnnexport.export.passes.lengths import mask_scan_states
+from rnnexport.export.passes.nan import carry_nan
 from rnnexport.export.scan import wrap_in_scan
-from rnnexport.export.trace import RaggedUnroll, trace
+from rnnexport.export.trace import RaggedUnroll, export_failure, trace
 from rnnexport.source.model import RecurrentModel
 
 __all__ = ["Attempt", "NotApplicable", "lower", "trace_step"]
@@ -56,7 +70,7 @@ def trace_step(model: RecurrentModel, progress: Callable[[str], None] = _silent)
     try:
         return trace(model.trace_step_module(), io, io.inputs(Form.STEP), io.outputs(Form.STEP))
     except Exception as e:  # noqa: BLE001 - torch's tracer fails in many ways; all mean "cannot trace"
-        return NotApplicable(f"torch.onnx could not trace one step: {describe(e)}")
+        return NotApplicable(f"torch.onnx could not trace one step: {export_failure(e)}")
 
 
 def _native(model: RecurrentModel, form: Form, seq_len: int | None,
@@ -64,7 +78,7 @@ def _native(model: RecurrentModel, form: Form, seq_len: int | None,
     if model.native is None:
         return NotApplicable(model.native_reason or "not a recognised RNN/LSTM/GRU cell")
     if form is Form.STEP and model.native.layers[0].directions == 2:
-        return NotApplicable("a bidirectional model has no step form: its backward pass needs the whole sequence")
+        return NotApplicable(NO_STEP_FORM)
     return build_native(model, form)
 
 
@@ -80,6 +94,10 @@ def _scan(model: RecurrentModel, form: Form, seq_len: int | None,
 
         result = bidirectional_scan(model, rnn, half_step)
         return NotApplicable(result) if isinstance(result, str) else _masked(model, result)
+    if model.bidirectional():  # a bidirectional layer inside a module: the whole sequence, traced
+        progress(f"tracing {model.description} over any T with torch.onnx")
+        sequence = scanned_sequence(model)
+        return NotApplicable(sequence) if isinstance(sequence, str) else _masked(model, sequence)
     if model.scan_reason:
         return NotApplicable(model.scan_reason)
     step = trace_step(model, progress)
@@ -97,6 +115,8 @@ def _masked(model: RecurrentModel, graph: onnx.ModelProto) -> onnx.ModelProto | 
 def _unrolled(model: RecurrentModel, form: Form, seq_len: int | None,
               progress: Callable[[str], None]) -> onnx.ModelProto | NotApplicable:
     if form is Form.STEP:
+        if model.bidirectional():
+            return NotApplicable(NO_STEP_FORM)
         if model.scan_reason:
             return NotApplicable(model.scan_reason)
         return trace_step(model, progress)
@@ -113,7 +133,7 @@ def _unrolled(model: RecurrentModel, form: Form, seq_len: int | None,
     try:
         return trace(module, io, io.inputs(form, seq_len), io.outputs(form, seq_len), seq_len)
     except Exception as e:  # noqa: BLE001
-        return NotApplicable(f"torch.onnx could not trace the sequence: {describe(e)}")
+        return NotApplicable(f"torch.onnx could not trace the sequence: {export_failure(e)}")
 
 
 STRATEGIES = {Lowering.NATIVE: _native, Lowering.SCAN: _scan, Lowering.UNROLLED: _unrolled}
@@ -129,10 +149,20 @@ RNN_PREFERS_SCAN = ("onnxruntime's RNN operator runs 1.3-4x slower than the scan
 
 
 def _auto_order(model: RecurrentModel, form: Form) -> tuple[tuple[Lowering, ...], list[Attempt]]:
-    scannable = not model.scan_reason or bidirectional_rnn(model) is not None
-    if form is Form.SEQUENCE and model.family == "rnn" and scannable:
+    if form is Form.SEQUENCE and model.family == "rnn" and not model.scan_reason:
         return (Lowering.SCAN, Lowering.NATIVE), [Attempt(Lowering.NATIVE, RNN_PREFERS_SCAN)]
     return AUTO_ORDER[form], []
+
+
+def _guard_nan(model: RecurrentModel, form: Form, lowering: Lowering, graph: onnx.ModelProto) -> None:
+    """Add the NaN guard where PyTorch spreads NaN over a stream (native graphs and bidirectional halves have theirs).
+
+    The guard keeps engines whose fast activations turn NaN into numbers (tract's) as PyTorch
+    is; elsewhere the graph's own operators carry NaN as PyTorch's do.
+    """
+    if lowering is Lowering.NATIVE or (form is Form.SEQUENCE and bidirectional_rnn(model) is not None):
+        return
+    carry_nan(graph, model.io, form, sources=nan_sources(model, form))
 
 
 def lower(
@@ -142,8 +172,8 @@ def lower(
     """Lower ``model`` to ONNX in ``form``; ``progress`` hears of each lowering tried.
 
     Returns:
-        The graph (contract inputs/outputs, no metadata yet), the lowering used, and
-        every attempt in order.
+        The graph (contract inputs/outputs, NaN carried as PyTorch carries it, no metadata
+        yet), the lowering used, and every attempt in order.
 
     Raises:
         ConvertError: when the requested lowering (or, for auto, every lowering) does not apply.
@@ -155,6 +185,7 @@ def lower(
             attempts.append(Attempt(candidate, result.reason))
             continue
         attempts.append(Attempt(candidate))
+        _guard_nan(model, form, candidate, result)
         return result, candidate, attempts
     reasons = "; ".join(f"{a.lowering.value}: {a.reason}" for a in attempts)
     hint = "" if lowering is Lowering.AUTO else " (try --lowering auto)"

@@ -519,6 +519,22 @@ class StreamBatcher:
             self._pool.write(slot, values)
             self._touch((stream,))
 
+    def nested_state(self, stream: StreamId) -> object:
+        """One stream's state (copies, a batch of 1) as the model holds it: the contract's structure,
+        with arrays for tensors, tuples for lists and dicts for dicts, objects and buffers
+        (:meth:`StatefulSession.nested_state`)."""
+        return self.contract.state.nest(list(self.get_state(stream).values()))
+
+    def set_nested_state(self, stream: StreamId, value: object) -> None:
+        """Set one stream's state from a value shaped as :meth:`nested_state` gives it (lists stand for tuples).
+
+        Raises:
+            RuntimeContractError: ``value`` is not shaped as the structure, or an array has the
+                wrong shape or dtype.
+        """
+        spec = self.contract.state
+        self.set_state(stream, dict(zip(spec.names, spec.flatten(value, f"state of stream {stream!r}"))))
+
     # --- steps ---------------------------------------------------------------------------------
 
     def step(self, inputs: Mapping[StreamId, np.ndarray]) -> dict[StreamId, np.ndarray]:

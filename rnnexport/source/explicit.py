@@ -5,6 +5,11 @@ sequence length or break on ``proj_size``. :class:`ExplicitRecurrent` computes
 exactly what the torch.nn module computes, from the same weights, with matmuls
 and pointwise ops only, so tracing it gives a clean graph. It stands in for the
 module while tracing; the module itself stays the reference it is checked against.
+
+With ``scanned`` set, each direction of each layer runs as one torch ``scan`` (a higher-order
+op that torch's exporter writes as an ONNX ``Scan``, backwards for a reverse direction) over
+the input projections computed for all steps at once, so the trace takes any T: the form a
+bidirectional layer inside a larger module is traced in (:func:`scanned_copy`).
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import copy
 from typing import Any
 
 import torch
+from torch._higher_order_ops.scan import scan
 
 from rnnexport.source.torchnn import directions, weight_suffix
 
-__all__ = ["ExplicitRecurrent", "explicit_copy"]
+__all__ = ["ExplicitRecurrent", "explicit_copy", "scanned_copy"]
 
 
 class ExplicitRecurrent(torch.nn.Module):
@@ -31,6 +37,7 @@ class ExplicitRecurrent(torch.nn.Module):
         self.hidden_size = module.hidden_size
         self.proj_size = getattr(module, "proj_size", 0)
         self.bias = module.bias
+        self.scanned = False
         for name in module._flat_weights_names:
             self.register_buffer(name, getattr(module, name).detach().clone())
 
@@ -44,21 +51,30 @@ class ExplicitRecurrent(torch.nn.Module):
             raise AttributeError(f"the copied module has no {kind} for layer {layer}, direction {direction}")
         return weight
 
-    def _cell(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, layer: int,
-              direction: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _input_gates(self, x: torch.Tensor, layer: int, direction: int) -> torch.Tensor:
         gi = x @ self._required("weight_ih", layer, direction).T
-        gh = h @ self._required("weight_hh", layer, direction).T
-        if self.bias:
-            gi = gi + self._required("bias_ih", layer, direction)
-            gh = gh + self._required("bias_hh", layer, direction)
+        return gi + self._required("bias_ih", layer, direction) if self.bias else gi
+
+    def _recurrent(self, layer: int, direction: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(weight_hh, bias_hh or None, weight_hr or None)`` of one layer and direction."""
+        bias = self._required("bias_hh", layer, direction) if self.bias else None
+        return self._required("weight_hh", layer, direction), bias, self._weight("weight_hr", layer, direction)
+
+    def _cell(self, gi: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None,
+              weights: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One step from the input's gate pre-activations ``gi``, the state and :meth:`_recurrent`'s weights."""
+        weight_hh, bias_hh, weight_hr = weights
+        gh = h @ weight_hh.T
+        if bias_hh is not None:
+            gh = gh + bias_hh
         if self.mode == "LSTM":
             if c is None:
                 raise ValueError("an LSTM step needs its cell state")
             i, f, g, o = (gi + gh).chunk(4, dim=-1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
-            weight_hr = self._weight("weight_hr", layer, direction)  # LSTM(proj_size=...) only
-            if weight_hr is not None:
+            if weight_hr is not None:  # LSTM(proj_size=...) only
                 h = h @ weight_hr.T
             return h, c
         if self.mode == "GRU":
@@ -70,6 +86,30 @@ class ExplicitRecurrent(torch.nn.Module):
             return (1 - z) * n + z * h, c
         pre = gi + gh
         return (torch.relu(pre) if self.mode == "RNN_RELU" else torch.tanh(pre)), c
+
+    def _direction(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, layer: int,
+                   direction: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One direction of one layer over ``x`` (T, B, I): ``(outputs (T, B, H), h_n, c_n)``."""
+        weights = self._recurrent(layer, direction)
+        if self.scanned:
+            return self._scanned(self._input_gates(x, layer, direction), h, c, weights, bool(direction))
+        steps = range(x.shape[0] - 1, -1, -1) if direction else range(x.shape[0])
+        ys: list[torch.Tensor] = []  # in the order of ``steps``
+        for t in steps:
+            h, c = self._cell(self._input_gates(x[t], layer, direction), h, c, weights)
+            ys.append(h)
+        return torch.stack(ys[::-1] if direction else ys), h, c
+
+    def _scanned(self, gi: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None,
+                 weights: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None],
+                 reverse: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        def step(carry: tuple[torch.Tensor, ...], gi_t: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+            h_t, c_t = self._cell(gi_t, carry[0], carry[1] if len(carry) > 1 else None, weights)
+            carry_out = (h_t,) if c_t is None else (h_t, c_t)
+            return carry_out, h_t.clone()  # a scan output must not alias the carry
+
+        carry, ys = scan(step, (h,) if c is None else (h, c), gi, dim=0, reverse=reverse)
+        return ys, carry[0], carry[1] if len(carry) > 1 else None
 
     def forward(self, x: torch.Tensor,
                 hx: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, Any]:
@@ -91,12 +131,8 @@ class ExplicitRecurrent(torch.nn.Module):
             for direction in range(self.directions):
                 index = layer * self.directions + direction
                 h, c = h0[index], c0[index] if is_lstm and c0 is not None else None
-                steps = range(x.shape[0] - 1, -1, -1) if direction else range(x.shape[0])
-                ys: list[torch.Tensor] = []  # in the order of ``steps``
-                for t in steps:
-                    h, c = self._cell(x[t], h, c, layer, direction)
-                    ys.append(h)
-                outputs.append(torch.stack(ys[::-1] if direction else ys))
+                ys, h, c = self._direction(x, h, c, layer, direction)
+                outputs.append(ys)
                 h_n.append(h)
                 if c is not None:  # LSTM only
                     c_n.append(c)
@@ -121,4 +157,13 @@ def explicit_copy(module: torch.nn.Module) -> torch.nn.Module:
         for name, child in list(parent.named_children()):
             if isinstance(child, torch.nn.RNNBase):
                 setattr(parent, name, ExplicitRecurrent(child))
+    return clone
+
+
+def scanned_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` whose explicit recurrent layers run as torch scans (traceable at any T)."""
+    clone = copy.deepcopy(module)
+    for child in clone.modules():
+        if isinstance(child, ExplicitRecurrent):
+            child.scanned = True
     return clone

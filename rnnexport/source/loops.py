@@ -3,155 +3,75 @@
 :func:`rnnexport.from_module` sends here every module that is not a torch.nn RNN/LSTM/GRU
 or a module wrapped around one in torch's state convention: an ``nn.LSTMCell`` or
 ``nn.GRUCell`` loop written in ``forward``, two recurrent layers in a row, a cell in plain
-torch ops. Such a module has ``forward(x, state) -> (y, state)``, its state a tensor or
-tuples, lists and dicts (str keys) of tensors, and is read in three steps:
+torch ops, a module that keeps its state in buffers. Such a module has
+``forward(x, state) -> (y, state)``, its state a tensor or tuples, lists and dicts (str keys)
+of tensors, or objects holding them (a dataclass, a NamedTuple, a registered pytree class:
+:mod:`rnnexport.source.tree`), or ``forward(x) -> y`` with its state in buffers it updates
+(:mod:`rnnexport.source.buffers`). It is read in three steps:
 
-1. the structure: ``module.initial_state(batch)`` when it has one, else the state that
-   ``forward(x)`` returns (state omitted, then ``None``);
+1. the structure: from the first of :data:`INITIAL_STATE_METHODS` the module has
+   (``initial_state(batch)``, ``init_state``, ``init_hidden``, ``begin_state``, ``zero_state``),
+   else the state that ``forward(x)`` returns (state omitted, then ``None``), else the buffers
+   ``forward(x)`` updates;
 2. each tensor's batch axis: the one axis whose size follows the batch (probed with 3 and
    5 streams). One axis shared by all is kept; otherwise every state input and output has
-   the batch first and :class:`NestedSequence` moves it where the module wants it;
+   the batch first and the reference module moves it where the module wants it;
 3. names from each tensor's place: ``h`` for a lone tensor, ``s0``, ``s1`` for the items of
-   a tuple or list, the key for a dict entry, joined with ``_`` below the top
-   (``((h1, c1), h2)`` gives ``s0_0``, ``s0_1``, ``s1``).
+   a tuple or list, the key or field name for a dict entry or an object's field, joined with
+   ``_`` below the top (``((h1, c1), h2)`` gives ``s0_0``, ``s0_1``, ``s1``); a buffer's
+   path in the module (``conv.cache`` gives ``conv_cache``).
 
-The structure is recorded in the contract (:attr:`rnnexport.core.contract.StateSpec.structure`),
-so the runtime gives the state back nested (``StatefulSession.nested_state()``).
+The input is whatever the module's forward accepts of what its layers suggest
+(:func:`rnnexport.source.probe.input_guesses`), unless ``input_size`` is given. The structure
+is recorded in the contract (:attr:`rnnexport.core.contract.StateSpec.structure`), so the
+runtime gives the state back nested (``StatefulSession.nested_state()``); objects and
+buffers come back as dicts by field or buffer name.
 """
 
 from __future__ import annotations
 
-import re
+import dataclasses
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from rnnexport.core.contract import (
-    MAX_NAME,
-    MAX_STATE_DEPTH,
-    MAX_STATE_TENSORS,
-    OUT_SUFFIX,
-    X_NAME,
-    Y_NAME,
-    IOSpec,
-    Layout,
-    StateSpec,
-)
+from rnnexport.core.contract import IOSpec, Layout, StateSpec
 from rnnexport.core.errors import SourceError, describe
+from rnnexport.source.buffers import BufferSequence, kept_buffers, state_buffers
 from rnnexport.source.explicit import explicit_copy
 from rnnexport.source.model import RecurrentModel, SourceKind
-from rnnexport.source.probe import PROBE_BATCHES, example_x, probe_output
-from rnnexport.source.torchnn import is_bidirectional, recurrent_layers
+from rnnexport.source.probe import (
+    PROBE_BATCHES,
+    ForwardFailed,
+    InputGuess,
+    example_x,
+    first_fitting,
+    input_guesses,
+    probe_output,
+)
+from rnnexport.source.torchnn import recurrent_layers
+from rnnexport.source.tree import (
+    Path,
+    Tree,
+    build,
+    check_names,
+    collect,
+    named,
+    read_tree,
+    shown,
+    state_name,
+)
 
-__all__ = ["BIDIRECTIONAL_SCAN_REASON", "NestedSequence", "from_loop_module", "input_features", "state_name"]
+__all__ = ["INITIAL_STATE_METHODS", "NestedSequence", "call_initial_state", "from_loop_module", "state_name"]
 
-#: Why a model holding a bidirectional torch.nn layer has no scan lowering.
-BIDIRECTIONAL_SCAN_REASON = ("a bidirectional layer needs the whole sequence before its first output, "
-                             "so it cannot be scanned step by step")
+#: The methods whose ``method(batch)`` gives a module's zero state, in the order they are looked for
+#: (``init_hidden`` as in PyTorch's examples, ``begin_state`` as in d2l).
+INITIAL_STATE_METHODS = ("initial_state", "init_state", "init_hidden", "begin_state", "zero_state")
 
-#: The two batch sizes whose state shapes reveal each tensor's batch axis.
-
-#: A dict key that can be part of a state name.
-_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-
-#: A state as the module holds it, with each tensor replaced by its index in name order.
-Tree = Any
-Path = tuple[int | str, ...]
-
-
-# --------------------------------------------------------------------------- the state's tree
-
-
-def _read_tree(value: Any, leaves: list[torch.Tensor], paths: list[Path], path: Path = ()) -> Tree:
-    """``value``'s tree: its tensors appended to ``leaves`` (their places to ``paths``)."""
-    where = "the state" + "".join(f"[{step!r}]" for step in path)
-    if isinstance(value, torch.Tensor):
-        if len(leaves) == MAX_STATE_TENSORS:
-            raise SourceError(f"the state holds more than {MAX_STATE_TENSORS} tensors; rnnexport carries at most "
-                              f"{MAX_STATE_TENSORS} (stack some into one tensor)")
-        leaves.append(value)
-        paths.append(path)
-        return len(leaves) - 1
-    if len(path) == MAX_STATE_DEPTH:
-        raise SourceError(f"{where} nests deeper than {MAX_STATE_DEPTH} levels; flatten part of it")
-    if type(value) in (tuple, list) and value:
-        children = [_read_tree(item, leaves, paths, (*path, i)) for i, item in enumerate(value)]
-        return children if type(value) is list else tuple(children)
-    if type(value) is dict and value:
-        bad = [key for key in value if not isinstance(key, str) or not _KEY.fullmatch(key)]
-        if bad:
-            raise SourceError(f"{where} has key {bad[0]!r}; state dict keys become tensor names: use letters, "
-                              "digits and _ (not first), at most 64")
-        return {key: _read_tree(item, leaves, paths, (*path, key)) for key, item in value.items()}
-    held = f"an empty {type(value).__name__}" if type(value) in (tuple, list, dict) else f"of type {type(value).__name__}"
-    raise SourceError(f"{where} is {held}; a state is a tensor, or tuples, lists and dicts (str keys) of tensors")
-
-
-def _build(tree: Tree, flat: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> Any:
-    """The module's state from the flat tensors: ``tree`` with each index replaced."""
-    if isinstance(tree, int):
-        return flat[tree]
-    if isinstance(tree, dict):
-        return {key: _build(child, flat) for key, child in tree.items()}
-    children = [_build(child, flat) for child in tree]
-    return children if isinstance(tree, list) else tuple(children)
-
-
-def _collect(tree: Tree, value: Any, out: list[Any], path: str = "") -> None:
-    """Put each tensor of ``value`` (shaped as ``tree``) at its index in ``out``."""
-    if isinstance(tree, int):
-        if not isinstance(value, torch.Tensor):
-            raise SourceError(f"forward returned state{path} as a {type(value).__name__}, not a tensor")
-        out[tree] = value
-    elif isinstance(tree, dict):
-        if not isinstance(value, dict) or set(value) != set(tree):
-            raise SourceError(f"forward returned state{path} as {_shown(value)}, not a dict with keys "
-                              f"{', '.join(tree)}")
-        for key, child in tree.items():
-            _collect(child, value[key], out, f"{path}[{key!r}]")
-    else:
-        if not isinstance(value, (tuple, list)) or len(value) != len(tree):
-            raise SourceError(f"forward returned state{path} as {_shown(value)}, not a "
-                              f"{type(tree).__name__} of {len(tree)}")
-        for index, (child, item) in enumerate(zip(tree, value)):
-            _collect(child, item, out, f"{path}[{index}]")
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, (tuple, list, dict)):
-        return f"a {type(value).__name__} of {len(value)}"
-    return f"a {type(value).__name__}"
-
-
-def _named(tree: Tree, names: list[str]) -> Any:
-    """``tree`` with names for indices, tuples for lists: the contract's structure."""
-    if isinstance(tree, int):
-        return names[tree]
-    if isinstance(tree, dict):
-        return {key: _named(child, names) for key, child in tree.items()}
-    return tuple(_named(child, names) for child in tree)
-
-
-def state_name(path: Path) -> str:
-    """The tensor name of the state at ``path``: ``h`` alone, ``s0``, ``s0_1``, ``enc_h``, ..."""
-    if not path:
-        return "h"
-    parts = [f"s{step}" if isinstance(step, int) and depth == 0 else str(step) for depth, step in enumerate(path)]
-    return "_".join(parts)
-
-
-def _check_names(names: list[str], owner: str) -> None:
-    taken = {X_NAME: "the data input", Y_NAME: "the data output"}
-    taken.update({name + OUT_SUFFIX: f"the output of state {name}" for name in names})
-    for index, name in enumerate(names):
-        if len(name + OUT_SUFFIX) > MAX_NAME:
-            raise SourceError(f"{owner}'s state tensor {name[:40]!r}... would get a name of {len(name)} characters, "
-                              f"over {MAX_NAME - len(OUT_SUFFIX)}; use shorter dict keys")
-        if name in names[:index]:
-            raise SourceError(f"{owner}'s state gives two tensors the name {name!r}; rename a dict key")
-        if name in taken:
-            raise SourceError(f"{owner}'s state tensor {name!r} would share its name with {taken[name]}; "
-                              "rename the dict key")
+#: Parameter names of an initial-state method that mean the batch size.
+_BATCH_NAMES = frozenset({"batch", "batch_size", "batchsize", "bsz", "b", "n", "num_streams", "streams"})
 
 
 # --------------------------------------------------------------------------- the reference module
@@ -160,9 +80,9 @@ def _check_names(names: list[str], owner: str) -> None:
 class NestedSequence(torch.nn.Module):
     """A module with nested state as ``forward(x, *flat_state) -> (y, *flat_state_out)``.
 
-    Unflattens the state for the module, calls it, flattens what it returns in name
-    order; with ``axes``, state tensors come and go batch first and are moved to and from
-    the axes the module holds them on.
+    Unflattens the state for the module (copies: a module may update its state in place),
+    calls it, flattens what it returns in name order; with ``axes``, state tensors come and
+    go batch first and are moved to and from the axes the module holds them on.
     """
 
     def __init__(self, module: torch.nn.Module, tree: Tree, axes: tuple[int, ...] | None = None) -> None:
@@ -172,35 +92,21 @@ class NestedSequence(torch.nn.Module):
         self.axes = axes
 
     def forward(self, x: torch.Tensor, *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        flat = tuple(t.clone() for t in flat)
         if self.axes is not None:
             flat = tuple(t.movedim(0, axis) for t, axis in zip(flat, self.axes))
-        result = self.user(x, _build(self.tree, flat))
+        result = self.user(x, build(self.tree, flat))
         if not isinstance(result, (tuple, list)) or len(result) != 2:
-            raise SourceError(f"forward(x, state) returned {_shown(result)}, not (y, state)")
+            raise SourceError(f"forward(x, state) returned {shown(result)}, not (y, state)")
         y, state = result
         out: list[Any] = [None] * len(flat)
-        _collect(self.tree, state, out)
+        collect(self.tree, state, out)
         if self.axes is not None:
             out = [t.movedim(axis, 0) for t, axis in zip(out, self.axes)]
         return (y, *out)
 
 
 # --------------------------------------------------------------------------- reading the module
-
-
-def input_features(module: torch.nn.Module, input_size: int | None, owner: str) -> tuple[tuple[int, ...], str]:
-    """``x``'s features and dtype: token ids after an Embedding, else the first layer's input size."""
-    if input_size is not None:
-        return (input_size,), "float32"
-    for child in module.modules():
-        if isinstance(child, torch.nn.Embedding):
-            return (), "int64"
-        if isinstance(child, torch.nn.Linear):
-            return (child.in_features,), "float32"
-        if isinstance(child, (torch.nn.RNNBase, torch.nn.RNNCellBase)):
-            return (child.input_size,), "float32"
-    raise SourceError(f"cannot tell the input size of {owner}: it has no Linear, Embedding or torch.nn recurrent "
-                      "layer to read it from; pass from_module(module, input_size=...)")
 
 
 def _layout(module: torch.nn.Module, owner: str) -> Layout:
@@ -219,35 +125,133 @@ def _no_state(owner: str, module: torch.nn.Module, problem: str) -> SourceError:
     count = len(recurrent_layers(module))
     return SourceError(f"{owner} holds {count} torch.nn RNN/LSTM/GRU layers, so rnnexport reads its state from "
                        f"the module, but {problem}; give it forward(x, state) -> (y, state) and a method "
-                       "initial_state(batch) returning the zero state (or let forward take state=None)")
+                       f"initial_state(batch) returning the zero state (looked for {', '.join(INITIAL_STATE_METHODS)}), "
+                       "let forward take state=None, or keep the state in buffers that forward(x) updates")
 
 
-@torch.no_grad()
-def _example_state(module: torch.nn.Module, x: torch.Tensor, batch: int, owner: str,
-                   layer_error: SourceError | None) -> Any:
-    """The state for ``batch`` streams: ``initial_state(batch)``, else what ``forward(x)`` returns."""
-    initial = getattr(module, "initial_state", None)
-    if callable(initial):
-        try:
-            return initial(batch)
-        except Exception as e:  # noqa: BLE001 - the user's method failing is a user error
-            raise SourceError(f"{owner}.initial_state({batch}) failed: {describe(e)}") from e
+def _initial_method(module: torch.nn.Module) -> tuple[str, Callable[..., Any]] | None:
+    for name in INITIAL_STATE_METHODS:
+        method = getattr(module, name, None)
+        if callable(method):
+            return name, method
+    return None
+
+
+def call_initial_state(module: torch.nn.Module, batch: int) -> Any:
+    """The module's zero state for ``batch`` streams from its initial-state method, or None if it has none.
+
+    The method is called with the batch size for its batch parameter (by name, else its first
+    parameter without a default), the CPU for a ``device`` and float32 for a ``dtype`` parameter.
+
+    Raises:
+        SourceError: the method needs an argument rnnexport cannot give, or fails.
+    """
+    found = _initial_method(module)
+    if found is None:
+        return None
+    name, method = found
+    owner = type(module).__name__
+    positional: list[Any] = []
+    keywords: dict[str, Any] = {}
+    try:
+        parameters = list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: give it the batch alone
+        parameters = []
+        positional = [batch]
+    placed = bool(positional)
+    for parameter in parameters:
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        lowered = parameter.name.lower()
+        if "device" in lowered:
+            value: Any = torch.device("cpu")
+        elif "dtype" in lowered:
+            value = torch.float32
+        elif not placed and (lowered in _BATCH_NAMES or "batch" in lowered or parameter.default is parameter.empty):
+            value, placed = batch, True
+        elif parameter.default is parameter.empty:
+            raise SourceError(f"{owner}.{name}() needs argument {parameter.name!r}, which rnnexport cannot give; "
+                              f"let {name} take only the batch size")
+        else:
+            continue
+        if parameter.kind is parameter.POSITIONAL_ONLY:
+            positional.append(value)
+        else:
+            keywords[parameter.name] = value
+    try:
+        with torch.no_grad():
+            return method(*positional, **keywords)
+    except Exception as e:  # noqa: BLE001 - the user's method failing is a user error
+        raise SourceError(f"{owner}.{name}({batch}) failed: {describe(e)}") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reader:
+    """Where a module's state comes from: ``"method"``, ``"forward"`` (what it returns) or ``"buffers"``."""
+
+    kind: str
+    example: Callable[[int], Any]
+    paths: tuple[str, ...] = ()
+
+    def sequence(self, module: torch.nn.Module, tree: Tree, axes: tuple[int, ...] | None) -> torch.nn.Module:
+        """The reference ``forward(x, *state)`` around ``module``."""
+        if self.kind == "buffers":
+            return BufferSequence(module, self.paths, axes)
+        return NestedSequence(module, tree, axes)
+
+
+def _forward_result(module: torch.nn.Module, guess: InputGuess, layout: Layout, batch: int, owner: str) -> Any:
+    """What ``forward(x)`` (or ``forward(x, None)``) returns for ``batch`` streams, buffers left as they were."""
+    x = example_x(guess.features, guess.dtype, layout, batch)
     failure: Exception | None = None
     for args in ((x,), (x, None)):
         try:
-            result = module(*args)
+            with kept_buffers(module), torch.no_grad():
+                return module(*args)
         except Exception as e:  # noqa: BLE001 - tried the next way; reported below if none works
-            failure = e
-            continue
-        if isinstance(result, (tuple, list)) and len(result) == 2:
-            return result[1]
-        if layer_error is not None:
-            raise layer_error
-        raise _no_state(owner, module, f"its forward(x) returned {_shown(result)}, not (y, state)")
+            failure = failure or e
+    assert failure is not None  # both calls failed
+    problem = f"forward(x) without a state failed ({describe(failure)})"
+    raise ForwardFailed(str(_no_state(owner, module, problem)), describe(failure)) from failure
+
+
+def _is_pair(result: Any) -> bool:
+    return isinstance(result, (tuple, list)) and len(result) == 2
+
+
+def _forward_state(module: torch.nn.Module, guess: InputGuess, layout: Layout, batch: int, owner: str) -> Any:
+    result = _forward_result(module, guess, layout, batch, owner)
+    if not _is_pair(result):
+        raise SourceError(f"{owner}'s forward(x) returned {shown(result)} for {batch} streams, not (y, state)")
+    return result[1]
+
+
+def _reader(module: torch.nn.Module, guess: InputGuess, layout: Layout, owner: str,
+            layer_error: SourceError | None) -> _Reader:
+    """How to read ``module``'s state, found with inputs as ``guess`` says."""
+    if _initial_method(module) is not None:
+        return _Reader("method", lambda batch: call_initial_state(module, batch))
+    try:
+        returned = _forward_result(module, guess, layout, PROBE_BATCHES[0], owner)
+    except ForwardFailed as failed:
+        try:  # a module whose state buffers are registered for one stream runs on one stream
+            returned = _forward_result(module, guess, layout, 1, owner)
+        except ForwardFailed:
+            returned = None
+        if not isinstance(returned, torch.Tensor):
+            if layer_error is not None:
+                raise layer_error from None
+            raise failed
+    if _is_pair(returned):
+        return _Reader("forward", lambda batch: _forward_state(module, guess, layout, batch, owner))
+    buffers = state_buffers(module, guess, layout, owner) if isinstance(returned, torch.Tensor) else None
+    if buffers is not None:
+        return _Reader("buffers", buffers.example, buffers.paths)
     if layer_error is not None:
         raise layer_error
-    assert failure is not None  # both calls failed
-    raise _no_state(owner, module, f"forward(x) without a state failed ({describe(failure)})")
+    problem = ("its forward(x) returned a tensor alone and updated no buffer" if isinstance(returned, torch.Tensor)
+               else f"its forward(x) returned {shown(returned)}, not (y, state)")
+    raise _no_state(owner, module, problem)
 
 
 def _batch_axes(names: list[str], small: list[torch.Tensor], large: list[torch.Tensor], owner: str) -> list[int]:
@@ -266,45 +270,64 @@ def _batch_axes(names: list[str], small: list[torch.Tensor], large: list[torch.T
     return axes
 
 
-def _state_spec(module: torch.nn.Module, x_features: tuple[int, ...], x_dtype: str, layout: Layout, owner: str,
-                layer_error: SourceError | None) -> tuple[StateSpec, Tree, tuple[int, ...] | None]:
+def _state_spec(reader: _Reader, owner: str) -> tuple[StateSpec, Tree, tuple[int, ...] | None]:
     """The state contract, the module's tree and (when the batch axes differ) each tensor's batch axis."""
     trees, leaves = [], []
     paths: list[Path] = []
     for batch in PROBE_BATCHES:
-        x = example_x(x_features, x_dtype, layout, batch)
         found: list[torch.Tensor] = []
         paths = []
-        trees.append(_read_tree(_example_state(module, x, batch, owner, layer_error), found, paths))
+        trees.append(read_tree(reader.example(batch), found, paths))
         leaves.append(found)
     if trees[0] != trees[1]:
         raise SourceError(f"{owner} gives its state different structures for {PROBE_BATCHES[0]} and "
                           f"{PROBE_BATCHES[1]} streams")
     names = [state_name(path) for path in paths]
-    _check_names(names, owner)
+    check_names(names, owner, "rename the buffer" if reader.kind == "buffers" else "rename the dict key")
     axes = _batch_axes(names, leaves[0], leaves[1], owner)
     shared = len(set(axes)) == 1
     batch_axis = axes[0] if shared else 0
     dims = tuple(tuple(d for i, d in enumerate(t.shape) if i != axis) for t, axis in zip(leaves[0], axes))
-    structure = None if isinstance(trees[0], int) else _named(trees[0], names)
+    structure = None if isinstance(trees[0], int) else named(trees[0], names)
     spec = StateSpec(tuple(names), dims, batch_axis, structure=structure, nested_axes=None if shared else tuple(axes))
     return spec, trees[0], None if shared else tuple(axes)
 
 
-def _describe(owner: str, names: tuple[str, ...]) -> str:
-    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-    return f"{owner} with its own state ({len(names)} tensor{'s' if len(names) > 1 else ''}: {shown})"
+@dataclasses.dataclass(frozen=True)
+class _Read:
+    """What reading a module with one input guess found."""
+
+    reader: _Reader
+    state: StateSpec
+    tree: Tree
+    axes: tuple[int, ...] | None
+    y_features: tuple[int, ...]
+
+
+def _read(module: torch.nn.Module, guess: InputGuess, layout: Layout, owner: str,
+          layer_error: SourceError | None) -> _Read:
+    reader = _reader(module, guess, layout, owner, layer_error)
+    state, tree, axes = _state_spec(reader, owner)
+    y_features = probe_output(reader.sequence(module, tree, axes), guess.features, guess.dtype, state, layout)
+    return _Read(reader, state, tree, axes, y_features)
+
+
+def _describe(owner: str, names: tuple[str, ...], kind: str) -> str:
+    shown_names = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    where = "in buffers" if kind == "buffers" else "its own state"
+    return f"{owner} with {where} ({len(names)} tensor{'s' if len(names) > 1 else ''}: {shown_names})"
 
 
 def from_loop_module(module: torch.nn.Module, input_size: int | None = None,
                      layer_error: SourceError | None = None) -> RecurrentModel:
-    """A causal module with ``forward(x, state) -> (y, state)`` and any nested state.
+    """A causal module with ``forward(x, state) -> (y, state)`` and any nested state, or state in buffers.
 
     Args:
-        module: the module; ``initial_state(batch)`` (if it has one) gives the zero state,
-            else ``forward(x)`` (state omitted or None) must return one.
-        input_size: the input's features; default: the first Linear's or recurrent
-            layer's input size (token ids when an ``nn.Embedding`` comes first).
+        module: the module; its initial-state method (:data:`INITIAL_STATE_METHODS`) gives the
+            zero state, else ``forward(x)`` (state omitted or None) must return one, else the
+            buffers ``forward(x)`` updates are the state.
+        input_size: the input's features; default: the first size the module's layers suggest
+            that its forward accepts (token ids when an ``nn.Embedding`` comes first).
         layer_error: what reading the module in torch's one-layer convention raised;
             raised instead when the module shows no state of its own either.
 
@@ -312,27 +335,23 @@ def from_loop_module(module: torch.nn.Module, input_size: int | None = None,
         SourceError: no state structure could be found, or it holds something other
             than float32 tensors with one batch axis each.
     """
-
     owner = type(module).__name__
     module = module.eval()
-    x_features, x_dtype = input_features(module, input_size, owner)
     layout = _layout(module, owner)
-    state, tree, axes = _state_spec(module, x_features, x_dtype, layout, owner, layer_error)
-    sequence = NestedSequence(module, tree, axes)
-    y_features = probe_output(sequence, x_features, x_dtype, state, layout)
-    io = IOSpec(x_features, x_dtype, y_features, state, layout,
-                x_encoding="token-ids" if x_dtype == "int64" else "real")
-    bidirectional = is_bidirectional(module)
+    guess, read = first_fitting(input_guesses(module, input_size, owner),
+                                lambda g: _read(module, g, layout, owner, layer_error), owner)
+    state = read.state
+    io = IOSpec(guess.features, guess.dtype, read.y_features, state, layout,
+                x_encoding="token-ids" if guess.dtype == "int64" else "real")
     return RecurrentModel(
         kind=SourceKind.MODULE,
         family=None,
         io=io,
-        sequence_module=sequence,
+        sequence_module=read.reader.sequence(module, read.tree, read.axes),
         params=[(n, p.detach()) for n, p in module.state_dict().items()],
         native=None,
         native_reason=f"native covers bare torch.nn RNN/LSTM/GRU modules; {owner} carries its own state",
-        scan_reason=BIDIRECTIONAL_SCAN_REASON if bidirectional else None,
         origin={"module": type(module).__qualname__},
-        description=_describe(owner, state.names),
-        trace_module=NestedSequence(explicit_copy(module), tree, axes),
+        description=_describe(owner, state.names, read.reader.kind),
+        trace_module=read.reader.sequence(explicit_copy(module), read.tree, read.axes),
     )

@@ -124,7 +124,7 @@ class RecurrentModel:
         """
         if lengths is not None:
             return run_ragged(self.io, self.run_sequence, x, state, lengths)
-        outputs = self.sequence_module(torch.from_numpy(x), *(torch.from_numpy(s) for s in state))
+        outputs = self.sequence_module(torch.from_numpy(x), *(torch.from_numpy(s.copy()) for s in state))
         return [o.detach().numpy() for o in outputs]
 
     @torch.no_grad()
@@ -159,7 +159,7 @@ class RecurrentModel:
     @torch.no_grad()
     def run_step(self, x: np.ndarray, state: list[np.ndarray]) -> list[np.ndarray]:
         """One step of the PyTorch reference on numpy arrays."""
-        outputs = self.step_module()(torch.from_numpy(x), *(torch.from_numpy(s) for s in state))
+        outputs = self.step_module()(torch.from_numpy(x), *(torch.from_numpy(s.copy()) for s in state))
         return [o.detach().numpy() for o in outputs]
 
 

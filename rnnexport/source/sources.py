@@ -28,10 +28,10 @@ from rnnexport.core.errors import SourceError, WeightsError, describe
 from rnnexport.source import cells, gates, torchnn, zoo
 from rnnexport.source.cells import CellKind
 from rnnexport.source.explicit import explicit_copy
-from rnnexport.source.loops import BIDIRECTIONAL_SCAN_REASON, from_loop_module, input_features
+from rnnexport.source.loops import from_loop_module
 from rnnexport.source.model import RecurrentModel, SourceKind
 from rnnexport.source.plan import NativeLayer, NativePlan
-from rnnexport.source.probe import probe_output
+from rnnexport.source.probe import InputGuess, first_fitting, input_guesses, probe_output
 from rnnexport.source.torchnn import FAMILY, TorchSequence, native_plan
 
 __all__ = [
@@ -362,10 +362,12 @@ def from_module(module: torch.nn.Module, input_size: int | None = None) -> Recur
     LSTM) shaped like the inner layer's, keeps the state names ``h`` (and ``c``).
     Any other module with ``forward(x, state) -> (y, state)`` (cell loops, stacked
     layers, nested state as tuples, lists and dicts of tensors) is read by
-    :func:`rnnexport.source.loops.from_loop_module`: its ``initial_state(batch)`` method, or
-    the state ``forward(x)`` returns, gives the structure (docs/modules.md).
+    :func:`rnnexport.source.loops.from_loop_module`: its ``initial_state(batch)`` method (or
+    ``init_hidden``, ``begin_state``, ...), the state ``forward(x)`` returns, or the buffers
+    ``forward(x)`` updates give the structure (docs/modules.md).
     The input is token ids when an ``nn.Embedding`` comes first, else vectors of
-    ``input_size`` (default: the first Linear's or the recurrent layer's).
+    ``input_size`` (default: the first size the module's layers suggest that its forward
+    accepts: a Linear's, a recurrent layer's, a Conv1d's, a LayerNorm's).
     """
     if not isinstance(module, torch.nn.Module):
         raise SourceError(f"expected a torch.nn.Module, got {type(module).__name__}")
@@ -382,21 +384,25 @@ def from_module(module: torch.nn.Module, input_size: int | None = None) -> Recur
     names = cells.STATE_NAMES[kind]
     dims = ((stacked, proj or hidden), (stacked, hidden))[: len(names)]
     bare = module is rnn
-    x_features, x_dtype = input_features(module, input_size, type(module).__name__)
+    owner = type(module).__name__
     layout = Layout.BATCH_MAJOR if rnn.batch_first else Layout.TIME_MAJOR
     sequence = TorchSequence(module, kind is CellKind.LSTM)
     state = StateSpec(names, dims, 1)
+
+    def attempt(guess: InputGuess) -> tuple[int, ...]:
+        return probe_output(sequence, guess.features, guess.dtype, state, layout)
+
     try:
-        y_features = probe_output(sequence, x_features, x_dtype, state, layout)
+        guess, y_features = first_fitting(input_guesses(module, input_size, owner), attempt, owner)
     except SourceError as e:  # not torch's convention: the module may carry a state of its own
         if bare:
             raise
         return from_loop_module(module, input_size, layer_error=e)
+    x_features, x_dtype = guess.features, guess.dtype
     io = IOSpec(x_features, x_dtype, y_features, state, layout,
                 x_encoding="token-ids" if x_dtype == "int64" else "real")
     plan, reason = native_plan(rnn) if bare else (None, "native covers bare torch.nn RNN/LSTM/GRU modules; "
                                                  f"{type(module).__name__} has other layers around its {rnn.mode}")
-    scan_reason = BIDIRECTIONAL_SCAN_REASON if directions == 2 else None
     name = type(rnn).__name__
     config = f"{rnn.num_layers} layer{'s' if rnn.num_layers > 1 else ''}, hidden {hidden}"
     config += ", bidirectional" if directions == 2 else ""
@@ -411,7 +417,6 @@ def from_module(module: torch.nn.Module, input_size: int | None = None) -> Recur
         params=[(n, p.detach()) for n, p in module.state_dict().items()],
         native=plan,
         native_reason=reason,
-        scan_reason=scan_reason,
         origin={"module": type(module).__qualname__},
         description=text,
         trace_module=TorchSequence(explicit_copy(module), kind is CellKind.LSTM),
@@ -580,6 +585,16 @@ def source_files(spec: SourceSpec | str | torch.nn.Module | RecurrentModel) -> l
     return files
 
 
+def _sizes_apply_to_cells(spec: SourceSpec, whose: str, input_too: bool = False) -> None:
+    """Refuse sizes the source cannot take: only a built-in cell is built from them (a factory's input size is read)."""
+    options: list[tuple[str, object]] = [("--input-size", spec.input_size)] if input_too else []
+    options += [("--hidden-size", spec.hidden_size), ("--output-size", spec.output_size), ("--weights", spec.weights)]
+    given = [option for option, value in options if value is not None]
+    if given:
+        raise SourceError(f"{given[0]} applies to the built-in cells (rnn, lstm, gru); {whose} sizes and weights "
+                          f"come from the model itself: drop {given[0]}")
+
+
 def load_source(spec: SourceSpec | str | torch.nn.Module | RecurrentModel) -> RecurrentModel:
     """Any supported source as a :class:`RecurrentModel`."""
     if isinstance(spec, RecurrentModel):
@@ -593,14 +608,19 @@ def load_source(spec: SourceSpec | str | torch.nn.Module | RecurrentModel) -> Re
         return builtin(name, spec.input_size, spec.hidden_size, spec.output_size, spec.weights, spec.seed)
     card = _card_path(name)
     if card is not None:
+        _sizes_apply_to_cells(spec, "a trained model's", input_too=True)
         return _from_card(card)
     if ":" in name:
+        _sizes_apply_to_cells(spec, "a factory's")
         with _import_root(name):
             result = _call_factory(name, _resolve_factory(name))
         if isinstance(result, RecurrentModel):
+            if spec.input_size is not None and result.io.x_features != (spec.input_size,):
+                raise SourceError(f"{name}() returned a model of input {result.io.x_features}, but --input-size is "
+                                  f"{spec.input_size}; drop --input-size or make them agree")
             return result
         if isinstance(result, torch.nn.Module):
-            return from_module(result)
+            return from_module(result, spec.input_size)
         raise SourceError(f"{name}() returned {type(result).__name__}; it must return a torch.nn.Module "
                           "or rnnexport.from_cell(...)")
     known = ", ".join(k.value for k in CellKind)
