@@ -105,19 +105,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
-        kind = TYPES.get(Path(path).suffix, "application/octet-stream")
         if self.archive is not None and path.startswith("/bundle/"):
             body = self.archive.read(path[len("/bundle/"):])
             if body is None:
                 self.send(404, b"not found\n", "text/plain")
             else:
-                self.send(200, body, kind)
+                self.send(200, body, TYPES.get(Path(path).suffix, "application/octet-stream"))
             return
         file = self.resolve(path)
         if file is None or not file.is_file():
             self.send(404, b"not found\n", "text/plain")
-        else:
-            self.send(200, file.read_bytes(), kind)
+        else:  # the type of the file served ("/" is index.html), not of the path asked for
+            self.send(200, file.read_bytes(), TYPES.get(file.suffix, "application/octet-stream"))
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         if self.path != "/result":
