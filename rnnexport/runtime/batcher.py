@@ -192,6 +192,16 @@ class _Resident:
     current: int
 
 
+@dataclasses.dataclass(frozen=True)
+class _Order:
+    """What :meth:`StreamBatcher.tick` runs: the joined streams' pool slots in joining order, the ``xs``
+    shape it takes, and the call's buffers (None when more than ``max_batch`` streams take several calls)."""
+
+    slots: list[int]
+    shape: tuple[int, ...]
+    views: _Views | None
+
+
 @dataclasses.dataclass
 class _Request:
     """One submitted step; ``joined`` tells the stream from a later one of the same id."""
@@ -349,7 +359,7 @@ class StreamBatcher:
         self._slot_buffer = np.zeros(max_batch, np.intp)
         self._resident: _Resident | None = None
         self._streams: dict[StreamId, int] = {}  # stream -> its slot in the pool
-        self._order: list[int] | None = None  # the slots in joining order, for tick(); None: to be made
+        self._order: _Order | None = None  # what tick() runs for the streams joined; None: to be made
         self._joined: dict[StreamId, int] = {}  # stream -> when it joined (a count of joins)
         self._joins = itertools.count()
         self._ids = itertools.count()
@@ -574,17 +584,16 @@ class StreamBatcher:
             RuntimeContractError: no stream has joined, or ``xs`` is not an array of the contract's
                 dtype with one row per joined stream (or, when checked, holds NaN or Inf).
         """
-        self.evict_idle()
+        if self.idle_timeout is not None:
+            self.evict_idle()
         with self._lock:
-            slots = self._order if self._order is not None else self._join_order()
-            dtype, shape = self._x
-            want = (len(slots), *concrete(shape)[1:])
-            if not (type(xs) is np.ndarray and xs.dtype is dtype and xs.shape == want):
+            order = self._order if self._order is not None else self._join_order()
+            slots, want, views = order.slots, order.shape, order.views
+            if not (type(xs) is np.ndarray and xs.dtype is self._x[0] and xs.shape == want):
                 xs = self._checked_tick(xs, want)
             if self._check_finite and not np.isfinite(xs).all():
                 refuse_nonfinite("tick: xs", xs)  # raises
-            if len(slots) <= self.max_batch:
-                views = self._buffers.at(len(slots))
+            if views is not None:
                 np.copyto(views.x, xs)
                 self._call(slots, views)
                 ys = views.y.copy()
@@ -669,11 +678,13 @@ class StreamBatcher:
                 refuse_nonfinite(f"x of stream {stream!r}", x)  # raises at the first
         return slots, xs
 
-    def _join_order(self) -> list[int]:
-        """The pool slots of the joined streams in joining order (kept until one joins or leaves)."""
+    def _join_order(self) -> _Order:
+        """What tick() runs for the joined streams (kept until one joins or leaves)."""
         if not self._streams:
             raise RuntimeContractError("tick: no stream has joined this batcher; join() the streams first")
-        self._order = list(self._streams.values())
+        slots = list(self._streams.values())
+        shape = (len(slots), *concrete(self._x[1])[1:])
+        self._order = _Order(slots, shape, self._buffers.at(len(slots)) if len(slots) <= self.max_batch else None)
         return self._order
 
     def _checked_tick(self, xs: object, want: tuple[int, ...]) -> np.ndarray:
