@@ -9,16 +9,20 @@ weights everywhere, in one process:
    provider (native, scan; unrolled at one T). Medians of interleaved rounds after
    a warm-up.
 2. Streaming step latency at B=1: the seed cell on a length-1 input, raw
-   ``InferenceSession.run`` on the step graph, and ``StatefulSession.step``.
+   ``InferenceSession.run`` on the step graph, and ``StatefulSession.step`` on it and on the
+   lean step graph (``convert --nan refuse``: no NaN guards; the runtime refuses NaN input).
 
 Two floors frame the figures: ``gemm floor`` times only the recurrent matmuls
 (T of ``(B, H) @ (H, G*H)`` in torch), the serial work no engine avoids;
 ``call floor`` is ``InferenceSession.run`` on Identity nodes with the step
 graph's inputs and outputs, onnxruntime's cost of one call from Python.
-3. Many streams at once (S = 1 ... 256; the seed LSTM and GRU and the trained char
-   models): aggregate steps per second of S independent ``StatefulSession`` streams,
-   ``StreamBatcher`` (one call per tick), a raw batched ``InferenceSession.run`` at B=S,
-   and the batched gemm floor (one ``(S, H) @ (H, G*H)`` per tick).
+3. Many streams at once (S = 1 ... 256; the lean step graphs of the seed LSTM and GRU and
+   of the trained char models): aggregate steps per second of S independent
+   ``StatefulSession`` streams, ``StreamBatcher.step`` (a dict per tick, one call),
+   ``StreamBatcher.tick`` (an array of S rows in and out), a raw batched
+   ``InferenceSession.run`` at B=S, a raw batched IO-binding run at B=S (x copied in, one
+   ``run_with_iobinding``, y copied out), and the batched gemm floor (one
+   ``(S, H) @ (H, G*H)`` per tick).
 4. Export: wall time, node count and file size of each lowering.
 5. The same sequence figures on CUDA when a GPU is present.
 
@@ -74,7 +78,7 @@ FULL = {
     "min_rounds": 5, "max_rounds": 100,
     "min_sample_s": 0.005,  # calls per sample grow until a sample takes this long
     "stream_steps": 200,    # steps per streaming sample
-    "streams": (1, 4, 16, 64, 256), "multi_ticks": 20,  # streams at once; ticks per multi-stream sample
+    "streams": (1, 4, 8, 16, 64, 256), "multi_ticks": 20,  # streams at once; ticks per multi-stream sample
     "char_models": ("lstm-charlm", "gru-charlm", "rnn-charlm"),
 }
 QUICK = {
@@ -92,7 +96,7 @@ TARGETS = {  # name: (what, comparison, threshold, unit of the figure)
     "native_vs_nn": ("native never slower than the torch.nn module: worst native/torch.nn", "<=", 1.0, "x"),
     "scan_vs_native": ("scan within 1.5x of native: worst scan/native", "<=", 1.5, "x"),
     "session_vs_raw": ("StatefulSession.step / raw InferenceSession.run", "<=", 1.15, "x"),
-    "session_vs_eager": ("StatefulSession.step / the eager PyTorch step", "<=", 0.4, "x"),
+    "session_vs_eager": ("StatefulSession.step on the lean step graph / the eager PyTorch step", "<=", 0.4, "x"),
     "export_native": ("export native", "<", 1.0, "s"),
     "export_scan": ("export scan", "<", 10.0, "s"),
 }
@@ -101,7 +105,11 @@ MULTI_TARGETS = {  # name: (what, engine over engine at the largest S up to 64, 
                             ("StreamBatcher", "StatefulSession x S"), 4.0),
     "batcher_vs_raw": ("StreamBatcher >= 0.8x a raw batched InferenceSession.run at B={S}",
                        ("StreamBatcher", "InferenceSession.run B=S"), 0.8),
+    "tick_vs_binding": ("StreamBatcher.tick >= 0.95x a raw batched IO-binding run at B={S}",
+                        ("StreamBatcher.tick", "IO binding B=S"), 0.95),
 }
+#: The same as a multi-stream target, at 8 streams.
+TICK_AT_8 = ("tick_vs_binding_8", "StreamBatcher.tick >= 0.85x a raw batched IO-binding run at B=8", 8, 0.85)
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--quick", action="store_true", help="a tiny grid in seconds (hidden 16, 3 rounds)")
@@ -279,6 +287,38 @@ def batcher_ticks(batcher, ticks: list[dict]) -> None:
         batcher.step(inputs)
 
 
+def tick_arrays(batcher, xs: np.ndarray) -> None:
+    """``StreamBatcher.tick`` once per tick: the S streams' rows in joining order, an array in and out."""
+    for t in range(xs.shape[0]):
+        batcher.tick(xs[t])
+
+
+def binding_batched(path: Path, io, xs: np.ndarray):
+    """A raw batched IO-binding loop at B=S on ``xs`` (ticks, S, ...): x copied in, one call, y copied out,
+    two bindings made once with the state buffers swapped. What ``StreamBatcher.tick`` adds to."""
+    session, S = cpu_session(path), xs.shape[1]
+    value = ort.OrtValue.ortvalue_from_numpy
+    x = np.zeros((S, *io.x_features), io.x_dtype)
+    y = np.zeros((S, *io.y_features), io.y_dtype)
+    sets = [io.state.zeros(S) for _ in range(2)]
+    bindings = []
+    for reads in (0, 1):
+        binding = session.io_binding()
+        binding.bind_ortvalue_input(session.get_inputs()[0].name, value(x))
+        binding.bind_ortvalue_output(session.get_outputs()[0].name, value(y))
+        for name, out, a, b in zip(io.state.names, io.state.output_names, sets[reads], sets[1 - reads]):
+            binding.bind_ortvalue_input(name, value(a))
+            binding.bind_ortvalue_output(out, value(b))
+        bindings.append(binding)
+
+    def loop() -> None:
+        for t in range(xs.shape[0]):
+            np.copyto(x, xs[t])
+            session.run_with_iobinding(bindings[t & 1])
+            y.copy()
+    return loop
+
+
 def raw_batched(session: ort.InferenceSession, io, xs: np.ndarray) -> None:
     """``InferenceSession.run`` at B=S, the state outputs fed back: what the batcher's bookkeeping adds to."""
     state = io.state.zeros(xs.shape[1])
@@ -344,10 +384,16 @@ for kind in CELLS:
         seconds = time.perf_counter() - start
         graphs[(kind, form, lowering, seq_len)] = result.path
         export_rows.append({
-            "cell": kind, "form": form, "lowering": lowering, "T": seq_len, "seconds": seconds,
+            "cell": kind, "form": form, "lowering": lowering, "T": seq_len, "nan": "carry", "seconds": seconds,
             "nodes": result.nodes, "bytes": result.size_bytes,
             "note": f"fixed T={seq_len}" if seq_len else "same file for every T",
         })
+    start = time.perf_counter()
+    lean = rnnexport.convert(models[kind], work / f"{kind}.step.native.lean.onnx", form="step", nan="refuse")
+    graphs[(kind, "step", "lean", None)] = lean.path
+    export_rows.append({"cell": kind, "form": "step", "lowering": "native", "T": None, "nan": "refuse",
+                        "seconds": time.perf_counter() - start, "nodes": lean.nodes, "bytes": lean.size_bytes,
+                        "note": "--nan refuse: no NaN guards"})
     skipped = [t for t in cfg["export_T"] if t != cfg["unrolled_T"] and kind not in long_unrolled]
     for t in skipped:
         export_rows.append({"cell": kind, "form": "sequence", "lowering": "unrolled", "T": t, "seconds": None,
@@ -405,22 +451,26 @@ with torch.inference_mode():
         if StatefulSession is not None:
             stream = StatefulSession.load(step_path, threads=args.threads, session_options=session_options())
             engines["StatefulSession.step"] = functools.partial(session_stream, stream, xs)
+            lean = StatefulSession.load(graphs[(kind, "step", "lean", None)], threads=args.threads,
+                                        session_options=session_options())
+            engines["StatefulSession.step (lean)"] = functools.partial(session_stream, lean, xs)
         medians, rounds = measure(engines)
         for name, seconds in medians.items():
             stream_rows.append({"cell": kind, "engine": name, "us_per_step": seconds / steps * 1e6,
                                 "steps": steps, "rounds": rounds})
         if StatefulSession is None:
-            stream_rows.append({"cell": kind, "engine": "StatefulSession.step", "us_per_step": None,
-                                "status": "runtime not available"})
+            for name in ("StatefulSession.step", "StatefulSession.step (lean)"):
+                stream_rows.append({"cell": kind, "engine": name, "us_per_step": None,
+                                    "status": "runtime not available"})
         line = "  ".join(f"{n} {s / steps * 1e6:.1f}" for n, s in medians.items())
         print(f"  {kind:4s} step us: {line}", flush=True)
 
 # --- many streams at once -----------------------------------------------------------------------
 multi_rows, multi_models = [], {}
 for kind in ("lstm", "gru"):
-    multi_models[kind] = (graphs[(kind, "step", "native", None)], models[kind].io, kind, hidden)
+    multi_models[kind] = (graphs[(kind, "step", "lean", None)], models[kind].io, kind, hidden)
 for name in cfg["char_models"]:
-    result = rnnexport.convert(name, work / f"{name}.step.onnx", form="step")
+    result = rnnexport.convert(name, work / f"{name}.step.onnx", form="step", nan="refuse")
     io = result.info.io
     multi_models[name] = (result.path, io, result.info.cell_family, io.state.dims[0][-1])
 ticks = cfg["multi_ticks"]
@@ -439,10 +489,16 @@ with torch.inference_mode():
             ids = [batcher.join() for _ in range(S)]
             per_tick = [{i: xs[t, i:i + 1] for i in ids} for t in range(ticks)]
             R = torch.randn(size, GATES[family] * size, generator=generator)
+            ticker = StreamBatcher.load(path, threads=args.threads, session_options=session_options(),
+                                        max_batch=max(cfg["streams"]))
+            for _ in ids:
+                ticker.join()
             engines = {
                 "StatefulSession x S": functools.partial(independent_streams, [alone.new_stream() for _ in ids], xs),
                 "StreamBatcher": functools.partial(batcher_ticks, batcher, per_tick),
+                "StreamBatcher.tick": functools.partial(tick_arrays, ticker, xs),
                 "InferenceSession.run B=S": functools.partial(raw_batched, cpu_session(path), io, xs),
+                "IO binding B=S": binding_batched(path, io, xs),
                 "batched gemm floor": functools.partial(gemm_floor, torch.randn(S, size, generator=generator), R,
                                                         ticks),
             }
@@ -470,6 +526,14 @@ for key, (text, (fast, slow), threshold) in MULTI_TARGETS.items():
     multi_targets.append({"target": key, "cell": "lstm", "text": text.format(S=multi_S), "figure": figure,
                           "op": ">=", "threshold": threshold, "unit": "x", "where": f"S={multi_S}",
                           "pass": None if figure is None else bool(figure >= threshold)})
+key, text, S8, threshold = TICK_AT_8
+fast_rate, slow_rate = multi_rate("lstm", S8, "StreamBatcher.tick"), multi_rate("lstm", S8, "IO binding B=S")
+figure = fast_rate / slow_rate if fast_rate and slow_rate else None
+multi_targets.append({"target": key, "cell": "lstm", "text": text, "figure": figure, "op": ">=",
+                      "threshold": threshold, "unit": "x", "where": f"S={S8}",
+                      "pass": None if figure is None else bool(figure >= threshold),
+                      **({} if figure is not None else {"status": "runtime not available" if StatefulSession is None
+                                                        else f"not measured: S={S8} is not among this run's streams"})})
 
 # --- CUDA, when a GPU is present -----------------------------------------------------------------
 cuda = {"status": "no GPU", "reason": "torch.cuda.is_available() is False", "rows": []}
@@ -548,7 +612,8 @@ for kind in CELLS:
     session_us = stream_us(kind, "StatefulSession.step")
     if session_us is not None:
         figures["session_vs_raw"] = (session_us / stream_us(kind, "InferenceSession.run"), "B=1")
-        figures["session_vs_eager"] = (session_us / stream_us(kind, "eager step"), "B=1")
+        lean_us = stream_us(kind, "StatefulSession.step (lean)")
+        figures["session_vs_eager"] = (lean_us / stream_us(kind, "eager step"), "B=1, lean step graph")
     figures["export_native"] = (export_s(kind, "native"), "sequence graph")
     figures["export_scan"] = (export_s(kind, "scan"), "sequence graph")
     for key, (figure, where) in figures.items():
@@ -580,33 +645,37 @@ for kind in CELLS:
                 cols.append(f"{row['ms']:9.3f} ({row['speedup_vs_eager']:5.1f}x)" if row else f"{'-':>17s}")
             print(f"{kind:5s} {T:4d} {B:3d} " + " ".join(cols))
 print("\nStreaming step latency, B=1: us per step")
-stream_engines = ["eager step", "InferenceSession.run", "StatefulSession.step", "call floor"]
+stream_engines = ["eager step", "InferenceSession.run", "StatefulSession.step", "StatefulSession.step (lean)",
+                  "call floor"]
 print(f"{'cell':5s} " + " ".join(f"{e:>21s}" for e in stream_engines))
 for kind in CELLS:
     values = [stream_us(kind, e) for e in stream_engines]
     print(f"{kind:5s} " + " ".join(f"{v:21.1f}" if v is not None else f"{'runtime not available':>21s}"
                                    for v in values))
 print(f"\nMany streams, CPU, {args.threads} thread(s): aggregate steps/s (batcher over S sessions, over raw B=S)")
-multi_engines = ["StatefulSession x S", "StreamBatcher", "InferenceSession.run B=S", "batched gemm floor"]
-print(f"{'model':11s} {'S':>4s} " + " ".join(f"{e:>24s}" for e in multi_engines) + f" {'vs S':>6s} {'vs raw':>6s}")
+multi_engines = ["StatefulSession x S", "StreamBatcher", "StreamBatcher.tick", "InferenceSession.run B=S",
+                 "IO binding B=S", "batched gemm floor"]
+print(f"{'model':11s} {'S':>4s} " + " ".join(f"{e:>24s}" for e in multi_engines)
+      + f" {'vs S':>6s} {'vs raw':>6s} {'tick vs binding':>15s}")
 for name in multi_models:
     for S in cfg["streams"]:
         rates = [multi_rate(name, S, e) for e in multi_engines]
         if None in rates:
             continue
         print(f"{name:11s} {S:4d} " + " ".join(f"{v:24,.0f}" for v in rates)
-              + f" {rates[1] / rates[0]:5.2f}x {rates[1] / rates[2]:5.2f}x")
+              + f" {rates[1] / rates[0]:5.2f}x {rates[1] / rates[3]:5.2f}x {rates[2] / rates[4]:14.2f}x")
 exact = {r["model"]: r["bit_equal_to_sessions"] for r in multi_rows if "bit_equal_to_sessions" in r}
 print("batcher y bit-equal to one session per stream: " + ", ".join(f"{k} {v}" for k, v in exact.items())
       + "  (plain-RNN step graphs are Gemm + Tanh: the RNN operator's kernel rounds a batch of one "
       + "differently, docs/embedding.md)")
 for t in multi_targets:
     verdict = "----" if t["pass"] is None else "PASS" if t["pass"] else "MISS"
-    figure = "runtime not available" if t["figure"] is None else f"{t['figure']:.2f} x"
+    figure = t.get("status", "runtime not available") if t["figure"] is None else f"{t['figure']:.2f} x"
     print(f"  {verdict}  {t['cell']:5s} {t['text']}: {figure} ({t['where']}; needs >= {t['threshold']:g})")
 print("\nExport: wall time (in-process, after one warm-up trace), nodes, file size")
 for r in export_rows:
-    what = f"{r['lowering']}{' step' if r['form'] == 'step' else ''}" + (f" T={r['T']}" if r["T"] else "")
+    what = (f"{r['lowering']}{' step' if r['form'] == 'step' else ''}" + (f" T={r['T']}" if r["T"] else "")
+            + (" lean" if r.get("nan") == "refuse" else ""))
     if r["seconds"] is None:
         print(f"  {r['cell']:5s} {what:18s} {r['note']}")
     else:

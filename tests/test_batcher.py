@@ -291,3 +291,77 @@ def test_leaving_fails_pending_steps_and_close_flushes(graphs):
     assert queued.result(timeout=10).shape == (1, batcher.contract.y_features[0])
     with pytest.raises(RuntimeContractError, match="closed"):
         batcher.submit(b, x)
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_tick_equals_step_bit_for_bit(graphs, source):
+    """``tick(xs)`` (rows in joining order) gives what ``step({stream: row})`` gives, bit for bit, through joins,
+    leaves, resets, set states and ticks of more streams than ``max_batch``; and each stream what it gets alone."""
+    by_tick = StreamBatcher.load(graphs[source], threads=1, max_batch=4)
+    by_step = StreamBatcher.load(graphs[source], threads=1, max_batch=4)
+    rng = np.random.default_rng(3)
+    log = Log()
+    mine: list[Hashable] = []
+    count = iter(range(10**6))
+    for tick in range(60):
+        roll = rng.random()
+        if roll < 0.25 and len(mine) < 7 or not mine:
+            stream, state = f"s{next(count)}", random_state(by_tick, rng) if rng.random() < 0.5 else None
+            assert by_tick.join(stream, state) == by_step.join(stream, state) == stream
+            mine.append(stream)
+            log.add(stream, "join", state)
+        elif roll < 0.35 and len(mine) > 1:
+            stream = mine.pop(int(rng.integers(len(mine))))
+            by_tick.leave(stream)
+            by_step.leave(stream)
+        elif roll < 0.45:
+            stream = mine[int(rng.integers(len(mine)))]
+            by_tick.reset(stream)
+            by_step.reset(stream)
+            log.add(stream, "reset")
+        elif roll < 0.5:
+            stream, state = mine[int(rng.integers(len(mine)))], random_state(by_tick, rng)
+            by_tick.set_state(stream, state)
+            by_step.set_state(stream, state)
+            log.add(stream, "set", state)
+        assert list(by_tick.streams) == mine
+        rows = [random_x(by_tick, rng) for _ in mine]
+        if tick % 7 == 3:  # a dict step on a subset between ticks: the tick's resident state is written back
+            ys = by_tick.step({mine[0]: rows[0]})
+            assert np.array_equal(ys[mine[0]], by_step.step({mine[0]: rows[0]})[mine[0]])
+            log.add(mine[0], "step", rows[0], ys[mine[0]])
+            continue
+        got = by_tick.tick(np.concatenate(rows))
+        want = by_step.step(dict(zip(mine, rows)))
+        assert got.shape == (len(mine), *by_tick.contract.y_features) and got.dtype == want[mine[0]].dtype
+        for i, stream in enumerate(mine):
+            assert np.array_equal(got[i:i + 1], want[stream]), f"tick {tick} stream {stream}"
+            log.add(stream, "step", rows[i], got[i:i + 1])
+    for stream in mine:
+        assert all(np.array_equal(v, by_step.get_state(stream)[k]) for k, v in by_tick.get_state(stream).items())
+    assert log.replay(graphs[source]) == by_tick.stats.steps
+    assert by_tick.stats.calls > by_tick.stats.steps / 4  # some ticks ran more than max_batch streams
+
+
+def test_tick_bad_input_is_one_line_and_changes_nothing(graphs):
+    batcher = StreamBatcher.load(graphs["seed_lstm"], threads=1)
+    features = batcher.contract.x_features[0]
+    with pytest.raises(RuntimeContractError, match="no stream has joined"):
+        batcher.tick(np.zeros((0, features), np.float32))
+    a, b = batcher.join(), batcher.join()
+    xs = np.random.default_rng(0).standard_normal((2, features)).astype(np.float32)
+    batcher.tick(xs)
+    before = {s: batcher.get_state(s) for s in (a, b)}
+    for bad, message in [
+        (xs[:1], "xs has 1 rows, but 2 streams have joined"),
+        (xs.astype(np.float64), "astype"),
+        (xs[:, :-1], f"expected float32 array of shape (2, {features})"),
+        (xs.tolist(), "expected a numpy"),
+    ]:
+        with pytest.raises(RuntimeContractError, match=re.escape(message)) as e:
+            batcher.tick(bad)
+        assert "\n" not in str(e.value)
+    for stream in (a, b):
+        assert all(np.array_equal(v, before[stream][k]) for k, v in batcher.get_state(stream).items())
+    batcher.leave(a)
+    assert batcher.tick(xs[1:]).shape == (1, batcher.contract.y_features[0])

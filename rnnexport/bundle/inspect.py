@@ -34,6 +34,7 @@ def graph_entry(file: str, model: onnx.ModelProto, info: GraphInfo) -> GraphEntr
         operators=tuple(sorted(operators(model.graph))),
         inputs=tuple(s.to_json() for s in info.io.inputs(info.form, info.seq_len)),
         outputs=tuple(s.to_json() for s in info.io.outputs(info.form, info.seq_len)),
+        nan=info.nan,
     )
 
 
@@ -95,12 +96,18 @@ def _specs(specs: list[dict[str, Any]]) -> str:
 
 
 def _graph_lines(name: str, graph: dict[str, Any]) -> list[str]:
-    return [f"graph {name}: {graph['file']} ({graph.get('size_bytes') or 0:,} bytes)",
-            f"  form {graph['form']}, lowering {graph['lowering']}"
-            + (f", fixed T={graph['seq_len']}" if graph.get("seq_len") else ""),
-            f"  inputs   {_specs(graph['inputs'])}",
-            f"  outputs  {_specs(graph['outputs'])}",
-            f"  opset {graph['opset']}, IR {graph['ir_version']}, operators {', '.join(graph['operators'])}"]
+    nan = graph.get("nan", "carry")
+    lines = [f"graph {name}: {graph['file']} ({graph.get('size_bytes') or 0:,} bytes)",
+             f"  form {graph['form']}, lowering {graph['lowering']}"
+             + (f", fixed T={graph['seq_len']}" if graph.get("seq_len") else "")
+             + (", NaN refused (no guards: refuse NaN and Inf input)" if nan == "refuse" else ", NaN carried"),
+             f"  inputs   {_specs(graph['inputs'])}",
+             f"  outputs  {_specs(graph['outputs'])}",
+             f"  opset {graph['opset']}, IR {graph['ir_version']}, operators {', '.join(graph['operators'])}"]
+    mobile = graph.get("mobile")
+    if mobile:  # the note gives each provider's nodes as exported and with fixed shapes, and what blocks the rest
+        lines.append(f"  mobile   {mobile['note'] or mobile['eps']} ({mobile['checker']})")
+    return lines
 
 
 def _graph_summary(found: Inspection) -> list[str]:

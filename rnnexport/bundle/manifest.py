@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
-from rnnexport.core.contract import MAX_DIM, Form, IOSpec
+from rnnexport.core.contract import MAX_DIM, Form, IOSpec, NanPolicy
 from rnnexport.core.cpu import Cpu
 from rnnexport.core.errors import BundleError, ContractError
 
@@ -26,9 +26,11 @@ __all__ = [
     "VARIANT_NAMES",
     "CheckStatus",
     "EngineCheck",
+    "EpCoverage",
     "FileEntry",
     "GraphEntry",
     "Manifest",
+    "MobileCoverage",
     "VariantEntry",
     "VectorEntry",
     "safe_path",
@@ -168,6 +170,70 @@ class FileEntry:
         return entry
 
 
+#: The most execution providers a graph's ``mobile`` record may list, and the most operators per provider.
+MAX_MOBILE_EPS, MAX_BLOCKING = 8, 64
+_NAN_POLICIES = tuple(p.value for p in NanPolicy)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpCoverage:
+    """How many of a graph's nodes one mobile execution provider would take (onnxruntime's own estimate).
+
+    ``nodes`` counts the graph as onnxruntime's basic optimizations leave it (bodies included);
+    ``as_is`` the nodes the provider takes with the graph's symbolic batch and time; ``fixed``
+    those it would take once every shape is fixed, in ``partitions`` pieces; ``blocked_by`` the
+    operators not in its list (and those of an unsupported rank).
+    """
+
+    nodes: int
+    as_is: int
+    fixed: int
+    partitions: int
+    blocked_by: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"nodes": self.nodes, "as_is": self.as_is, "fixed": self.fixed, "partitions": self.partitions,
+                "blocked_by": list(self.blocked_by)}
+
+    @classmethod
+    def from_json(cls, ep: str, data: Any) -> EpCoverage:
+        data = _object(data, f"mobile {ep}")
+        nodes = _int(data.get("nodes"), f"mobile {ep} nodes", 0, MAX_DIM, optional=False) or 0
+        as_is, fixed, partitions = (_int(data.get(k), f"mobile {ep} {k}", 0, nodes, optional=False) or 0
+                                    for k in ("as_is", "fixed", "partitions"))
+        blocked = _list(data, "blocked_by")
+        if len(blocked) > MAX_BLOCKING:
+            raise BundleError(f"manifest: mobile {ep} blocked_by lists over {MAX_BLOCKING} operators")
+        return cls(nodes, as_is, fixed, partitions,
+                   tuple(_str(o, f"mobile {ep} blocked_by", optional=False, limit=128) for o in blocked))
+
+
+@dataclasses.dataclass(frozen=True)
+class MobileCoverage:
+    """What onnxruntime's mobile usability check said of a graph when the bundle was made.
+
+    ``eps`` by provider (``nnapi``, ``coreml_mlprogram``, ``coreml_neuralnetwork``), ``checker``
+    the onnxruntime that judged, ``note`` one sentence on what blocks full assignment.
+    """
+
+    eps: dict[str, EpCoverage]
+    checker: str = ""
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"eps": {k: v.to_json() for k, v in self.eps.items()}, "checker": self.checker, "note": self.note}
+
+    @classmethod
+    def from_json(cls, data: Any) -> MobileCoverage:
+        data = _object(data, "mobile")
+        eps = _object(data.get("eps") or {}, "mobile eps")
+        if len(eps) > MAX_MOBILE_EPS or not all(isinstance(k, str) and _CPU_WORD.match(k) for k in eps):
+            raise BundleError(f"manifest: mobile eps must map at most {MAX_MOBILE_EPS} provider names "
+                              "(1 to 32 letters, digits, '_', '.', '-') to their coverage")
+        return cls({str(k): EpCoverage.from_json(str(k), v) for k, v in eps.items()},
+                   _str(data.get("checker"), "mobile checker", limit=128), _str(data.get("note"), "mobile note"))
+
+
 @dataclasses.dataclass(frozen=True)
 class GraphEntry:
     """One graph of the bundle: its file, form, and what the manifest records about it."""
@@ -183,13 +249,21 @@ class GraphEntry:
     outputs: tuple[dict[str, Any], ...] = ()
     #: The engines its test vectors ran on when the bundle was made, with their figures.
     checked_on: tuple[EngineCheck, ...] = ()
+    #: ``refuse``: converted with ``--nan refuse`` (no NaN guards): an app must refuse NaN and Inf input
+    #: to it. Bundles written before it was recorded carry NaN.
+    nan: NanPolicy = NanPolicy.CARRY
+    #: How many nodes the mobile execution providers would take (None in bundles written before, or
+    #: where the check could not run).
+    mobile: MobileCoverage | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {"file": self.file, "form": self.form.value, "lowering": self.lowering, "seq_len": self.seq_len,
                 "ir_version": self.ir_version, "opset": dict(self.opset), "operators": list(self.operators),
-                "inputs": list(self.inputs), "outputs": list(self.outputs)}
+                "inputs": list(self.inputs), "outputs": list(self.outputs), "nan": self.nan.value}
         if self.checked_on:
             data["checked_on"] = [c.to_json() for c in self.checked_on]
+        if self.mobile is not None:
+            data["mobile"] = self.mobile.to_json()
         return data
 
     @classmethod
@@ -207,9 +281,14 @@ class GraphEntry:
         tensors = {k: data.get(k) or [] for k in ("inputs", "outputs")}
         if not all(isinstance(v, list) and len(v) <= 64 for v in tensors.values()):
             raise BundleError(f"manifest: graph {key} has malformed inputs or outputs")
+        nan = data.get("nan", NanPolicy.CARRY.value)
+        if nan not in _NAN_POLICIES:
+            raise BundleError(f"manifest: graph {key} has nan {nan!r:.40}; expected one of {', '.join(_NAN_POLICIES)}")
+        mobile = MobileCoverage.from_json(data["mobile"]) if data.get("mobile") is not None else None
         return cls(safe_path(data.get("file"), f"manifest graph {key}"), Form(form), _str(data.get("lowering"), "lowering"),
                    _int(data.get("seq_len"), "graph seq_len", 1, MAX_DIM), _int(data.get("ir_version"), "ir_version"),
-                   dict(opset), tuple(operators), tuple(tensors["inputs"]), tuple(tensors["outputs"]), _checks(data))
+                   dict(opset), tuple(operators), tuple(tensors["inputs"]), tuple(tensors["outputs"]), _checks(data),
+                   NanPolicy(nan), mobile)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,6 +41,7 @@ __all__ = [
     "Layout",
     "LengthsSpec",
     "Lowering",
+    "NanPolicy",
     "StateSpec",
     "TensorSpec",
     "check_array",
@@ -89,6 +90,18 @@ class Lowering(str, enum.Enum):
     NATIVE = "native"
     SCAN = "scan"
     UNROLLED = "unrolled"
+
+
+class NanPolicy(str, enum.Enum):
+    """What a graph does with NaN in its input or state (``rnnexport convert --nan``).
+
+    ``carry``: the graph itself gives NaN exactly where PyTorch does (per-layer guards:
+    some engines' fast activations would turn NaN into finite values). ``refuse``: the
+    graph has no guards; the runtime refuses non-finite input to it at the boundary.
+    """
+
+    CARRY = "carry"
+    REFUSE = "refuse"
 
 
 class Layout(str, enum.Enum):
@@ -659,6 +672,8 @@ class GraphInfo:
     seq_len: int | None = None
     origin: dict[str, Any] = dataclasses.field(default_factory=dict)
     description: str = ""
+    #: Graphs written before the policy was recorded carry NaN (their guards are in the graph).
+    nan: NanPolicy = NanPolicy.CARRY
 
     def to_props(self) -> dict[str, str]:
         """The metadata entries, keys with :data:`META_PREFIX`."""
@@ -675,6 +690,7 @@ class GraphInfo:
             "seq_len": "" if self.seq_len is None else str(self.seq_len),
             "origin": json.dumps(self.origin),
             "description": self.description,
+            "nan": self.nan.value,
         }
         return {META_PREFIX + k: v for k, v in props.items()}
 
@@ -704,6 +720,8 @@ class GraphInfo:
             seq_len=int(seq_len) if seq_len is not None else None,
             origin=dict(origin),
             description=props.get("description", "")[:1000],
+            nan=NanPolicy(_choice(props.get("nan") or NanPolicy.CARRY.value, [p.value for p in NanPolicy],
+                                  f"{what} nan")),
         )
 
 

@@ -95,12 +95,14 @@ def _merge(graph: onnx.GraphProto, part: onnx.ModelProto, prefix: str) -> None:
 
 def bidirectional_scan(
     model: RecurrentModel, rnn: torch.nn.RNNBase,
-    trace_step: Callable[[RecurrentModel], onnx.ModelProto | str],
+    trace_step: Callable[[RecurrentModel], onnx.ModelProto | str], guard_nan: bool = True,
 ) -> onnx.ModelProto | str:
     """The sequence graph of ``model`` (a bare bidirectional ``rnn``), or why it cannot be made.
 
     Args:
         trace_step: traces one step of a half (its step graph), or says why it cannot.
+        guard_nan: carry NaN through each half as PyTorch does (:func:`carry_nan`); False for
+            a graph whose runtime refuses non-finite input.
     """
     io = model.io
     inputs, outputs = io.inputs(Form.SEQUENCE), io.outputs(Form.SEQUENCE)
@@ -119,7 +121,9 @@ def bidirectional_scan(
             if isinstance(step, str):
                 return f"layer {layer}'s {'backward' if direction else 'forward'} half: {step}"
             graph = wrap_in_scan(half, step, reverse=bool(direction))
-            carry_nan(graph, half.io, Form.SEQUENCE, reverse=bool(direction), sources=nan_sources(half, Form.SEQUENCE))
+            if guard_nan:
+                carry_nan(graph, half.io, Form.SEQUENCE, reverse=bool(direction),
+                          sources=nan_sources(half, Form.SEQUENCE))
             prefix = f"l{layer}{'b' if direction else 'f'}/"
             index = g.ints("bidi/index", [layer * 2 + direction])
             g.one("Identity", [x], prefix + half.io.inputs(Form.SEQUENCE)[0].name)

@@ -11,7 +11,7 @@ import onnx
 import torch
 from onnx import helper
 
-from rnnexport.core.contract import Form, GraphInfo, Lowering, TensorSpec
+from rnnexport.core.contract import Form, GraphInfo, Lowering, NanPolicy, TensorSpec
 from rnnexport.core.errors import ContractError, ConvertError
 from rnnexport.core.graphs import walk
 from rnnexport.core.io import atomic_write, check_writable, refuse_overwrite
@@ -89,9 +89,10 @@ def count_nodes(graph: onnx.GraphProto) -> int:
 def to_onnx(
     model: RecurrentModel, form: Form | str = Form.SEQUENCE, lowering: Lowering | str = Lowering.AUTO,
     seq_len: int | None = None, progress: Callable[[str], None] | None = None, lengths: bool = False,
+    nan: NanPolicy | str = NanPolicy.CARRY,
 ) -> tuple[onnx.ModelProto, Lowering, list[Attempt], GraphInfo]:
-    """The checked ONNX model in memory, without writing it (``lengths``: see :func:`convert`)."""
-    form, lowering = Form(form), Lowering(lowering)
+    """The checked ONNX model in memory, without writing it (``lengths``, ``nan``: see :func:`convert`)."""
+    form, lowering, nan = Form(form), Lowering(lowering), _nan_policy(nan)
     if lengths and form is Form.STEP:
         raise ConvertError("--lengths adds a lengths input to sequence graphs; a step graph advances every "
                            "stream one step: drop --lengths, or convert with --form sequence")
@@ -110,14 +111,21 @@ def to_onnx(
                            "graph that takes any T: drop --seq-len, or add --lowering unrolled")
     check_causal(model, form)
     with torch.no_grad():
-        onnx_model, used, attempts = lower(model, form, lowering, seq_len, progress)
+        onnx_model, used, attempts = lower(model, form, lowering, seq_len, progress, nan)
     fixed = (seq_len or 35) if used is Lowering.UNROLLED and form is Form.SEQUENCE else None
     if model.io.lengths is not None:
         mask_sequence(onnx_model, model.io)
     _declare(onnx_model, model.io.inputs(form, fixed), model.io.outputs(form, fixed))
-    info = write_info(onnx_model, model, form, used, fixed)
+    info = write_info(onnx_model, model, form, used, fixed, nan)
     check_model(onnx_model)
     return onnx_model, used, attempts, info
+
+
+def _nan_policy(value: NanPolicy | str) -> NanPolicy:
+    try:
+        return NanPolicy(value)
+    except ValueError:
+        raise ConvertError(f"nan must be one of {', '.join(p.value for p in NanPolicy)}, got {value!r:.40}") from None
 
 
 def _spare_inputs(path: Path, inputs: list[Path]) -> None:
@@ -135,6 +143,7 @@ def convert(
     seq_len: int | None = None,
     progress: Callable[[str], None] | None = None,
     lengths: bool = False,
+    nan: NanPolicy | str = NanPolicy.CARRY,
 ) -> ConvertResult:
     """Export a recurrent model to an ONNX file whose state is explicit.
 
@@ -151,6 +160,11 @@ def convert(
             ragged batches with PyTorch's packed-sequence semantics: in stream ``b`` the steps
             from ``lengths[b]`` on give zeros in ``y`` and leave the state unchanged, so each
             state output is the stream's state after its own last step.
+        nan: ``"carry"`` (the default): the graph gives NaN exactly where PyTorch does,
+            whatever an engine's activations do with NaN (a guard per layer). ``"refuse"``:
+            no guards (a leaner, faster graph: a 2-layer nn.LSTM sequence graph has 11 nodes,
+            not 49); the graph records the policy and ``rnnexport.runtime`` refuses NaN or
+            Inf input to it.
 
     Returns:
         A :class:`ConvertResult` with the path, the lowering used and the I/O contract.
@@ -163,7 +177,7 @@ def convert(
     check_writable(path, "output", ConvertError)
     _spare_inputs(path, source_files(source))
     model = load_source(source)
-    onnx_model, used, attempts, info = to_onnx(model, form, lowering, seq_len, progress, lengths)
+    onnx_model, used, attempts, info = to_onnx(model, form, lowering, seq_len, progress, lengths, nan)
     size = atomic_write(path, onnx_model.SerializeToString(), "output", ConvertError)
     return ConvertResult(
         path=path,

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import onnx
 
-from rnnexport.core.contract import Form, Lowering
+from rnnexport.core.contract import Form, Lowering, NanPolicy
 from rnnexport.core.errors import ConvertError
 from rnnexport.export.bidirectional import (
     NO_STEP_FORM,
@@ -74,16 +74,16 @@ def trace_step(model: RecurrentModel, progress: Callable[[str], None] = _silent)
 
 
 def _native(model: RecurrentModel, form: Form, seq_len: int | None,
-            progress: Callable[[str], None]) -> onnx.ModelProto | NotApplicable:
+            progress: Callable[[str], None], nan: NanPolicy) -> onnx.ModelProto | NotApplicable:
     if model.native is None:
         return NotApplicable(model.native_reason or "not a recognised RNN/LSTM/GRU cell")
     if form is Form.STEP and model.native.layers[0].directions == 2:
         return NotApplicable(NO_STEP_FORM)
-    return build_native(model, form)
+    return build_native(model, form, nan)
 
 
 def _scan(model: RecurrentModel, form: Form, seq_len: int | None,
-          progress: Callable[[str], None]) -> onnx.ModelProto | NotApplicable:
+          progress: Callable[[str], None], nan: NanPolicy) -> onnx.ModelProto | NotApplicable:
     if form is Form.STEP:
         return NotApplicable("scan lowers sequences; for a step graph use native or unrolled (one traced step)")
     rnn = bidirectional_rnn(model)
@@ -92,7 +92,7 @@ def _scan(model: RecurrentModel, form: Form, seq_len: int | None,
             step = trace_step(half, progress)
             return step.reason if isinstance(step, NotApplicable) else step
 
-        result = bidirectional_scan(model, rnn, half_step)
+        result = bidirectional_scan(model, rnn, half_step, guard_nan=nan is NanPolicy.CARRY)
         return NotApplicable(result) if isinstance(result, str) else _masked(model, result)
     if model.bidirectional():  # a bidirectional layer inside a module: the whole sequence, traced
         progress(f"tracing {model.description} over any T with torch.onnx")
@@ -113,7 +113,7 @@ def _masked(model: RecurrentModel, graph: onnx.ModelProto) -> onnx.ModelProto | 
 
 
 def _unrolled(model: RecurrentModel, form: Form, seq_len: int | None,
-              progress: Callable[[str], None]) -> onnx.ModelProto | NotApplicable:
+              progress: Callable[[str], None], nan: NanPolicy) -> onnx.ModelProto | NotApplicable:
     if form is Form.STEP:
         if model.bidirectional():
             return NotApplicable(NO_STEP_FORM)
@@ -167,9 +167,12 @@ def _guard_nan(model: RecurrentModel, form: Form, lowering: Lowering, graph: onn
 
 def lower(
     model: RecurrentModel, form: Form, lowering: Lowering, seq_len: int | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None, nan: NanPolicy = NanPolicy.CARRY,
 ) -> tuple[onnx.ModelProto, Lowering, list[Attempt]]:
     """Lower ``model`` to ONNX in ``form``; ``progress`` hears of each lowering tried.
+
+    ``nan``: ``carry`` guards NaN as PyTorch spreads it (each lowering's own guards, then
+    :func:`_guard_nan`); ``refuse`` writes no guard anywhere (the runtime refuses NaN input).
 
     Returns:
         The graph (contract inputs/outputs, NaN carried as PyTorch carries it, no metadata
@@ -180,12 +183,13 @@ def lower(
     """
     order, attempts = _auto_order(model, form) if lowering is Lowering.AUTO else ((lowering,), [])
     for candidate in order:
-        result = STRATEGIES[candidate](model, form, seq_len, progress or _silent)
+        result = STRATEGIES[candidate](model, form, seq_len, progress or _silent, NanPolicy(nan))
         if isinstance(result, NotApplicable):
             attempts.append(Attempt(candidate, result.reason))
             continue
         attempts.append(Attempt(candidate))
-        _guard_nan(model, form, candidate, result)
+        if NanPolicy(nan) is NanPolicy.CARRY:
+            _guard_nan(model, form, candidate, result)
         return result, candidate, attempts
     reasons = "; ".join(f"{a.lowering.value}: {a.reason}" for a in attempts)
     hint = "" if lowering is Lowering.AUTO else " (try --lowering auto)"

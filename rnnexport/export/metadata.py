@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import onnx
 
-from rnnexport.core.contract import Form, GraphInfo, Lowering
+from rnnexport.core.contract import Form, GraphInfo, Lowering, NanPolicy
 from rnnexport.core.graphs import walk
 from rnnexport.core.onnxfile import write_info as write_props
 from rnnexport.source.model import RecurrentModel
@@ -17,7 +17,7 @@ __all__ = ["write_info"]
 
 
 def write_info(onnx_model: onnx.ModelProto, model: RecurrentModel, form: Form, lowering: Lowering,
-               seq_len: int | None) -> GraphInfo:
+               seq_len: int | None, nan: NanPolicy = NanPolicy.CARRY) -> GraphInfo:
     """Record ``model``'s contract and provenance in ``onnx_model`` (replacing any metadata).
 
     torch's exporter records each node's Python stack trace, with the absolute path of
@@ -39,6 +39,7 @@ def write_info(onnx_model: onnx.ModelProto, model: RecurrentModel, form: Form, l
         seq_len=seq_len,
         origin=model.origin,
         description=model.description,
+        nan=nan,
     )
     del onnx_model.metadata_props[:]
     write_props(onnx_model, info)

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from rnnexport.core.contract import X_NAME, Y_NAME, Form, Layout, TensorSpec
+from rnnexport.core.contract import X_NAME, Y_NAME, Form, Layout, NanPolicy, TensorSpec
 from rnnexport.core.onnxfile import value_info
 from rnnexport.export.onnxutil import GraphBuilder, finish_model
 from rnnexport.source.model import RecurrentModel
@@ -243,7 +243,7 @@ def _rnn_step_layer(g: GraphBuilder, layer: NativeLayer, index: int, x: str, h: 
     return g.one("Add", [g.one("Tanh", [pre]), guard], output)
 
 
-def _build_rnn_step(model: RecurrentModel, g: GraphBuilder) -> None:
+def _build_rnn_step(model: RecurrentModel, g: GraphBuilder, guarded: bool) -> None:
     """A plain-RNN step graph of Gemm and Tanh nodes (:func:`_rnn_step_layer`), batch-invariant on CPU.
 
     A seed cell's ``(B, H)`` state is read and written as it is; a module's
@@ -252,7 +252,6 @@ def _build_rnn_step(model: RecurrentModel, g: GraphBuilder) -> None:
     """
     plan, io = model.native, model.io
     assert plan is not None
-    guarded = io.x_dtype == "float32"
     h_name, h_out_name = io.state.names[0], io.state.output_names[0]
     seed = io.state.batch_axis == 0
     x, outputs = X_NAME, []
@@ -272,7 +271,7 @@ def _build_rnn_step(model: RecurrentModel, g: GraphBuilder) -> None:
         g.one("Identity", [x], Y_NAME)
 
 
-def _build_step(model: RecurrentModel, g: GraphBuilder) -> None:
+def _build_step(model: RecurrentModel, g: GraphBuilder, guarded: bool) -> None:
     """The nodes of a step graph: a reshape only where the contract's layout is not the op's.
 
     Only the state outputs of each layer are computed (``Y`` equals ``Y_h`` at T=1), the next
@@ -280,7 +279,6 @@ def _build_step(model: RecurrentModel, g: GraphBuilder) -> None:
     """
     plan, io = model.native, model.io
     assert plan is not None and plan.layers[0].directions == 1  # callers check: no step form otherwise
-    guarded = io.x_dtype == "float32"
     h_in, c_in, seed_guard = _step_inputs(g, model, len(plan.layers), guarded)
     direct = io.state.batch_axis != 0 and len(plan.layers) == 1  # the op writes the contract's state
     x = g.one("Unsqueeze", [X_NAME, g.ints("axis0", [0])])
@@ -301,16 +299,21 @@ def _build_step(model: RecurrentModel, g: GraphBuilder) -> None:
         g.one("Gemm", [last, g.const("W_hq", W_hq), g.const("b_q", b_q)], Y_NAME)
 
 
-def build_native(model: RecurrentModel, form: Form) -> onnx.ModelProto:
-    """The whole graph for ``model`` (which must have a native plan) in ``form``."""
+def build_native(model: RecurrentModel, form: Form, nan: NanPolicy = NanPolicy.CARRY) -> onnx.ModelProto:
+    """The whole graph for ``model`` (which must have a native plan) in ``form``.
+
+    ``nan``: ``carry`` guards each layer whose kernel can turn NaN into finite values
+    (:data:`_MASKS_NAN`, float32 input), ``refuse`` writes no guard.
+    """
     plan = model.native
     assert plan is not None  # callers check model.native first
     io = model.io
     inputs, outputs = io.inputs(form), io.outputs(form)
     g = GraphBuilder()
+    guarded = io.x_dtype == "float32" and NanPolicy(nan) is NanPolicy.CARRY
     if form is Form.STEP:
         plain = all(layer.op == "RNN" for layer in plan.layers)
-        (_build_rnn_step if plain else _build_step)(model, g)
+        (_build_rnn_step if plain else _build_step)(model, g, guarded)
         return _finish(g, inputs, outputs)
     state_names = io.state.names
     directions = plan.layers[0].directions
@@ -325,7 +328,7 @@ def build_native(model: RecurrentModel, form: Form) -> onnx.ModelProto:
     c_out: list[str] = []
     for index, layer in enumerate(plan.layers):
         y, y_h, y_c = _layer_node(g, layer, index, x, h_parts[index], c_parts[index], lengths)
-        if layer.op in _MASKS_NAN and io.x_dtype == "float32":
+        if layer.op in _MASKS_NAN and guarded:
             per_step, final = _nan_guard(g, x, h_parts[index], c_parts[index], layer.directions)
             y, y_h = g.one("Add", [y, per_step]), g.one("Add", [y_h, final])
             y_c = g.one("Add", [y_c, final]) if y_c is not None else None

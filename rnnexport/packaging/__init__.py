@@ -3,7 +3,9 @@
 A bundle folder holds ``model.onnx`` (and ``step/model.onnx``), ``manifest.json``,
 test vectors in ONNX's layout and, beside each graph, the variants that passed their
 checks. Before it ships, every graph and variant runs its test vectors on onnxruntime's
-CPU provider and onnx's ReferenceEvaluator, and the manifest records what each gave.
+CPU provider and onnx's ReferenceEvaluator, and the manifest records what each gave, and
+how many of each graph's nodes the NNAPI and CoreML providers would take (onnxruntime's
+mobile usability check).
 It is built in a temporary folder and moved into place, so an interrupted run (or a
 requested variant that cannot be made) leaves no half bundle.
 """
@@ -45,7 +47,7 @@ from rnnexport.core.onnxfile import load_with_info
 from rnnexport.engines.registry import engine_spec
 from rnnexport.packaging.calibration import Calibration, from_calls, read_calibration
 from rnnexport.packaging.forecast import forecast_agreement, forecast_notes, signal_of
-from rnnexport.packaging.manifest import build_manifest, write_manifest
+from rnnexport.packaging.manifest import build_manifest, mobile_coverage, write_manifest
 from rnnexport.packaging.proof import PROOF_ENGINES, Proof, prove
 from rnnexport.packaging.text import is_char_model, text_agreement, text_notes
 from rnnexport.packaging.variants import GraphContext, left_out, make_variant
@@ -94,6 +96,8 @@ class PackageResult:
         for name, graph in manifest.graphs.items():
             lines.append(f"  graph     {name}: {graph.file} ({graph.lowering}, operators {', '.join(graph.operators)})")
             lines.append(f"            checked on {_checked(graph.checked_on)}")
+            if graph.mobile is not None:
+                lines.append(f"            mobile: {graph.mobile.note}")
         lines.append(f"  vectors   {len(manifest.test_vectors)} test sets, expected outputs from {self.expected_from}")
         for variant in self.variants:
             what = f"{variant.name} of {variant.of}"
@@ -284,7 +288,8 @@ def _build(tmp: Path, given: list[tuple[Path, onnx.ModelProto, GraphInfo]], sour
         target = tmp / prefix / "model.onnx"
         target.parent.mkdir(exist_ok=True)
         atomic_write(target, path.read_bytes(), "bundle graph", BundleError)
-        graphs[key] = graph_entry(f"{prefix}model.onnx", model, info)
+        graphs[key] = dataclasses.replace(graph_entry(f"{prefix}model.onnx", model, info),
+                                          mobile=mobile_coverage(target))
         placed[key] = (target, info)
         made[key] = make_vectors(tmp, prefix, key, target, info, source, vocabulary)
     vectors = [entry for found in made.values() for entry in found.entries]

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import tempfile
 from pathlib import Path
 
 import onnx
 import onnxruntime as ort
 
 from rnnexport.bundle import MANIFEST, FileEntry, GraphEntry, Manifest, VariantEntry, VectorEntry
+from rnnexport.bundle.manifest import EpCoverage, MobileCoverage
 from rnnexport.core.contract import GraphInfo
-from rnnexport.core.errors import BundleError
+from rnnexport.core.errors import BundleError, describe
 from rnnexport.core.io import atomic_write
 
-__all__ = ["build_manifest", "sha256_file", "write_manifest"]
+__all__ = ["MOBILE_EPS", "build_manifest", "mobile_coverage", "sha256_file", "write_manifest"]
+
+logger = logging.getLogger("rnnexport.packaging")
+
+#: The mobile execution providers onnxruntime's usability checker judges: manifest name -> its operator list
+#: (None: NNAPI's, which the checker finds itself).
+MOBILE_EPS = {"nnapi": None, "coreml_mlprogram": "coreml_supported_mlprogram_ops.md",
+              "coreml_neuralnetwork": "coreml_supported_neuralnetwork_ops.md"}
 
 
 def sha256_file(path: Path) -> str:
@@ -51,3 +61,55 @@ def write_manifest(root: Path, manifest: Manifest) -> None:
     """``root/manifest.json``, sorted keys, written atomically."""
     text = json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n"
     atomic_write(root / MANIFEST, text.encode(), "manifest", BundleError)
+
+
+def mobile_coverage(path: Path) -> MobileCoverage | None:
+    """How many of the graph's nodes the NNAPI and CoreML execution providers would take.
+
+    onnxruntime's own mobile usability check (``onnxruntime.tools.mobile_helpers``, as
+    ``python -m onnxruntime.tools.check_onnx_model_mobile_usability`` runs it): the graph
+    after onnxruntime's basic optimizations, shapes inferred, judged per provider against
+    the operator list shipped with onnxruntime, first as it is (symbolic batch and time:
+    these providers take only nodes of fixed shapes), then as if every shape were fixed.
+    Reads local files only. None (with a warning) where the check cannot run here.
+    """
+    try:
+        from onnxruntime.tools.mobile_helpers import usability_checker as checker
+        from onnxruntime.tools.onnx_model_utils import ModelProtoWithShapeInfo, optimize_model
+    except ImportError as e:
+        logger.warning("the mobile usability check is not in this onnxruntime (%s): no mobile coverage recorded", e)
+        return None
+    try:
+        with tempfile.TemporaryDirectory(prefix="rnnexport-mobile-") as tmp:
+            optimized = Path(tmp) / "model.onnx"
+            optimize_model(path, optimized, use_external_initializers=True)
+            model = ModelProtoWithShapeInfo(optimized).model_with_shape_info
+            eps = {}
+            for ep, ops in MOBILE_EPS.items():
+                def judge(fixed: bool, ops: str | None = ops) -> checker.PartitioningInfo:
+                    if ops is None:
+                        return checker.check_nnapi_partitions(model, require_fixed_input_sizes=not fixed)
+                    return checker.check_coreml_partitions(model, not fixed, ops)
+                as_is, fixed = judge(False), judge(True)
+                blocked = sorted({op.removeprefix("ai.onnx:") for op in (*fixed.unsupported_ops,
+                                                                         *fixed.ops_with_unsupported_rank)})
+                eps[ep] = EpCoverage(fixed.num_nodes, as_is.num_supported_nodes, fixed.num_supported_nodes,
+                                     fixed.num_partitions, tuple(blocked[:64]))
+    except Exception as e:  # noqa: BLE001 - the checker is advice: a graph it cannot judge still ships
+        logger.warning("the mobile usability check failed on %s: %s; no mobile coverage recorded", path, describe(e))
+        return None
+    return MobileCoverage(eps, f"onnxruntime {ort.__version__}", _mobile_note(eps))
+
+
+def _mobile_note(eps: dict[str, EpCoverage]) -> str:
+    """One sentence: what each provider takes as exported and with fixed shapes, and which operators block it."""
+    as_is = ", ".join(f"{ep} {c.as_is}/{c.nodes}" for ep, c in eps.items())
+    fixed = ", ".join(f"{ep} {c.fixed}/{c.nodes}" for ep, c in eps.items())
+    lacking: dict[str, list[str]] = {}
+    for ep, c in eps.items():
+        for op in c.blocked_by:
+            lacking.setdefault(op, []).append(ep)
+    blocking = "; ".join(f"{op} ({'all' if len(where) == len(eps) else ', '.join(where)})"
+                         for op, where in sorted(lacking.items()))
+    return (f"as exported (symbolic batch and time) {as_is}; with fixed shapes {fixed}"
+            + (f"; missing from the operator lists: {blocking}" if blocking else ""))

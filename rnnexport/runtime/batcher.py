@@ -36,9 +36,9 @@ import onnxruntime as ort
 
 from rnnexport.bundle import open_bundle
 from rnnexport.core.contract import Form, IOSpec, StateSpec, check_array
-from rnnexport.core.errors import RnnexportError, RuntimeContractError
+from rnnexport.core.errors import RnnexportError, RunError, RuntimeContractError, describe
 from rnnexport.core.ort import ProviderRequest
-from rnnexport.runtime.buffers import bind_state, concrete, run_bound
+from rnnexport.runtime.buffers import bind_state, bound_call, concrete
 from rnnexport.runtime.engine import Engine, Graph, LoadOptions, open_engine
 from rnnexport.runtime.session import checked_state, refuse_nonfinite
 
@@ -134,6 +134,7 @@ class _Views:
     y: np.ndarray  # (n, *y_features): copied out
     states: tuple[list[np.ndarray], list[np.ndarray]]
     bindings: tuple[ort.IOBinding, ort.IOBinding]
+    calls: tuple[Callable[[], None], Callable[[], None]]  # each binding's run, made once (bound_call)
 
 
 class _Buffers:
@@ -173,10 +174,11 @@ class _Buffers:
             bind_state(binding, spec, [ort.OrtValue.ortvalue_from_numpy(v) for v in sets[reads]],
                        [ort.OrtValue.ortvalue_from_numpy(v) for v in sets[1 - reads]])
             bindings.append(binding)
-        return _Views(self.x[:n], self.y[:n], (sets[0], sets[1]), (bindings[0], bindings[1]))
+        calls = (bound_call(graph.session, bindings[0]), bound_call(graph.session, bindings[1]))
+        return _Views(self.x[:n], self.y[:n], (sets[0], sets[1]), (bindings[0], bindings[1]), calls)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class _Resident:
     """The streams of the last call, whose newest state is still in its buffers (``views.states[current]``).
 
@@ -188,6 +190,16 @@ class _Resident:
     slots: list[int]
     views: _Views
     current: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Order:
+    """What :meth:`StreamBatcher.tick` runs: the joined streams' pool slots in joining order, the ``xs``
+    shape it takes, and the call's buffers (None when more than ``max_batch`` streams take several calls)."""
+
+    slots: list[int]
+    shape: tuple[int, ...]
+    views: _Views | None
 
 
 @dataclasses.dataclass
@@ -337,7 +349,8 @@ class StreamBatcher:
         self._on_evict = on_evict
         self._last_used: dict[StreamId, float] = {}  # stream -> when it last joined, stepped or changed
         self._evicted: collections.deque[StreamId] = collections.deque(maxlen=EVICTED_KEPT)
-        self._check_finite = bool(check_finite)
+        # a graph converted with --nan refuse has no NaN guards: its input is always checked
+        self._check_finite = bool(check_finite) or engine.refuses_nonfinite
         self._graph = _step_graph(engine)
         contract = engine.contract
         self._x = (np.dtype(contract.x_dtype), contract.x_shape(Form.STEP, 1))
@@ -346,6 +359,7 @@ class StreamBatcher:
         self._slot_buffer = np.zeros(max_batch, np.intp)
         self._resident: _Resident | None = None
         self._streams: dict[StreamId, int] = {}  # stream -> its slot in the pool
+        self._order: _Order | None = None  # what tick() runs for the streams joined; None: to be made
         self._joined: dict[StreamId, int] = {}  # stream -> when it joined (a count of joins)
         self._joins = itertools.count()
         self._ids = itertools.count()
@@ -378,7 +392,8 @@ class StreamBatcher:
                 others to join its call, in seconds.
             threads: onnxruntime intra-op threads.
             session_options: onnxruntime session options to start from.
-            check_finite: refuse an ``x`` or a state holding NaN or Inf with one line.
+            check_finite: refuse an ``x`` or a state holding NaN or Inf with one line (always on
+                for a graph converted with ``--nan refuse``).
             max_streams: the most streams joined at once; one more :meth:`join` is refused.
             idle_timeout: seconds after which a stream that has not stepped (nor joined, nor had
                 its state set or reset) is evicted, as if it had left; None keeps streams until
@@ -465,6 +480,7 @@ class StreamBatcher:
             if values is not None:
                 self._pool.write(slot, values)
             self._streams[stream] = slot
+            self._order = None
             self._joined[stream] = next(self._joins)
             self._last_used[stream] = time.monotonic()
             return stream
@@ -555,6 +571,44 @@ class StreamBatcher:
             self._touch(inputs)
         return dict(zip(inputs, ys, strict=True))
 
+    def tick(self, xs: np.ndarray) -> np.ndarray:
+        """Advance every joined stream one step, as arrays: row ``i`` of ``xs`` ``(S, ...)`` is the input
+        of the ``i``-th stream in joining order (:attr:`streams`), and row ``i`` of the ``y`` returned
+        ``(S, ...)`` its output.
+
+        For an app that runs a fixed set of streams in lockstep: the same results as :meth:`step`
+        with ``{stream: xs[i:i + 1]}``, bit for bit, without a dict per tick: one copy in, one
+        call per ``max_batch`` streams, one copy out. ``xs`` is checked before any state changes.
+
+        Raises:
+            RuntimeContractError: no stream has joined, or ``xs`` is not an array of the contract's
+                dtype with one row per joined stream (or, when checked, holds NaN or Inf).
+        """
+        if self.idle_timeout is not None:
+            self.evict_idle()
+        with self._lock:
+            order = self._order if self._order is not None else self._join_order()
+            slots, want, views = order.slots, order.shape, order.views
+            if not (type(xs) is np.ndarray and xs.dtype is self._x[0] and xs.shape == want):
+                xs = self._checked_tick(xs, want)
+            if self._check_finite and not np.isfinite(xs).all():
+                refuse_nonfinite("tick: xs", xs)  # raises
+            if views is not None:
+                np.copyto(views.x, xs)
+                self._call(slots, views)
+                ys = views.y.copy()
+            else:
+                parts = []
+                for start in range(0, len(slots), self.max_batch):
+                    chunk = slots[start:start + self.max_batch]
+                    views = self._buffers.at(len(chunk))
+                    np.copyto(views.x, xs[start:start + len(chunk)])
+                    self._call(chunk, views)
+                    parts.append(views.y.copy())
+                ys = np.concatenate(parts, axis=0)
+            self._touch(self._streams)
+        return ys
+
     def submit(self, stream: StreamId, x: np.ndarray) -> Future[np.ndarray]:
         """Queue one step of ``stream``; the Future gives its ``y_t`` once a grouped call ran it.
 
@@ -579,9 +633,12 @@ class StreamBatcher:
         self._write_back()
         self._pool.give(slot)
         del self._streams[stream], self._joined[stream], self._last_used[stream]
+        self._order = None
         return self._queue.drop(stream)
 
     def _touch(self, streams: Iterable[StreamId]) -> None:
+        if self.idle_timeout is None:  # when a stream was last used matters only for evicting idle ones
+            return
         now = time.monotonic()
         for stream in streams:
             if stream in self._last_used:
@@ -602,7 +659,8 @@ class StreamBatcher:
     def _checked_inputs(self, inputs: Mapping[StreamId, np.ndarray]) -> tuple[list[int], list[np.ndarray]]:
         """The slot and the checked x of each input; one loop, the common case inlined (it runs per stream per tick).
 
-        A fitting x need not be contiguous here: it is copied into the call's buffer.
+        A fitting x need not be contiguous here: it is copied into the call's buffer. With
+        ``check_finite``, every x is checked for NaN and Inf at once, before any state changes.
         """
         streams, (dtype, shape) = self._streams, self._x
         slots: list[int] = []
@@ -611,11 +669,31 @@ class StreamBatcher:
             slot = streams.get(stream)
             if slot is None:
                 slot = self._slot(stream, "step")  # raises
-            if self._check_finite or not (type(x) is np.ndarray and x.dtype is dtype and x.shape == shape):
-                x = self._checked_x(stream, x)
+            if not (type(x) is np.ndarray and x.dtype is dtype and x.shape == shape):
+                x = check_array(f"x of stream {stream!r}", x, str(dtype), shape)
             slots.append(slot)
             xs.append(x)
+        if self._check_finite and xs and not np.isfinite(np.concatenate(xs, axis=0)).all():
+            for stream, x in zip(inputs, xs):
+                refuse_nonfinite(f"x of stream {stream!r}", x)  # raises at the first
         return slots, xs
+
+    def _join_order(self) -> _Order:
+        """What tick() runs for the joined streams (kept until one joins or leaves)."""
+        if not self._streams:
+            raise RuntimeContractError("tick: no stream has joined this batcher; join() the streams first")
+        slots = list(self._streams.values())
+        shape = (len(slots), *concrete(self._x[1])[1:])
+        self._order = _Order(slots, shape, self._buffers.at(len(slots)) if len(slots) <= self.max_batch else None)
+        return self._order
+
+    def _checked_tick(self, xs: object, want: tuple[int, ...]) -> np.ndarray:
+        """``xs`` as tick() takes it, or one line saying what it should be."""
+        dtype = str(self._x[0])
+        if isinstance(xs, np.ndarray) and xs.dtype == dtype and xs.shape[1:] == want[1:] and xs.ndim == len(want):
+            raise RuntimeContractError(f"tick: xs has {xs.shape[0]} rows, but {want[0]} streams have joined: "
+                                       "give one row per stream, in joining order (see .streams)")
+        return check_array("tick: xs", xs, dtype, want)
 
     def _checked_state(self, stream: StreamId, state: object) -> list[np.ndarray]:
         return checked_state(self.contract.state, state, 1, self._check_finite, f"state of stream {stream!r}")
@@ -627,18 +705,29 @@ class StreamBatcher:
             return []
         views = self._buffers.at(n)
         np.concatenate(xs, axis=0, out=views.x)
+        self._call(slots, views)
+        return list(views.y.reshape(n, 1, *views.y.shape[1:]).copy())  # a (1, ...) view per stream
+
+    def _call(self, slots: list[int], views: _Views) -> None:
+        """One graph call for the streams in pool ``slots`` on the x rows already in ``views.x``."""
         resident = self._resident
-        if resident is not None and resident.slots == slots:
+        same = resident is not None and (resident.slots is slots or resident.slots == slots)
+        if resident is not None and same:
             reads = resident.current  # the same streams as the last call: their state is in place
         else:
             self._write_back()
             reads = 0
             self._pool.gather(self._index(slots), views.states[0])
-        run_bound(self._graph.session, views.bindings[reads], f"a step of {n} streams")
-        self._resident = _Resident(slots, views, 1 - reads)
+        try:
+            views.calls[reads]()
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own failures, as run_bound words them
+            raise RunError(f"a step of {len(slots)} streams failed in onnxruntime: {describe(e)}") from e
+        if resident is not None and same:
+            resident.current = 1 - reads  # the same streams' newest state, now in the other set
+        else:
+            self._resident = _Resident(slots, views, 1 - reads)
         self._calls += 1
-        self._steps += n
-        return list(views.y.reshape(n, 1, *views.y.shape[1:]).copy())  # a (1, ...) view per stream
+        self._steps += len(slots)
 
     def _write_back(self) -> None:
         """Put the last call's states into the pool (before the pool is read or changed)."""

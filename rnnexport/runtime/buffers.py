@@ -7,7 +7,8 @@ state never makes a host round trip and no call allocates. :func:`bind_state` bi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import numpy as np
@@ -17,7 +18,7 @@ from rnnexport.core.contract import Dim, StateSpec
 from rnnexport.core.errors import RunError, describe
 from rnnexport.core.ort import Device
 
-__all__ = ["Buffer", "bind_state", "concrete", "run_bound"]
+__all__ = ["Buffer", "bind_state", "bound_call", "concrete", "run_bound"]
 
 
 def concrete(shape: tuple[Dim, ...]) -> tuple[int, ...]:
@@ -74,3 +75,21 @@ def run_bound(session: ort.InferenceSession, binding: ort.IOBinding, what: str) 
         session.run_with_iobinding(binding)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises Fail, RuntimeException, ... for a graph's failure
         raise RunError(f"{what} failed in onnxruntime: {describe(e)}") from e
+
+
+def bound_call(session: ort.InferenceSession, binding: ort.IOBinding) -> Callable[[], None]:
+    """``session.run_with_iobinding(binding)`` as a call made once, for a loop that runs it per step.
+
+    onnxruntime's Python wrapper checks, on every call, that the binding belongs to the
+    session and whether WebGPU graph capture is on (~1 us at B=1); both are fixed for a
+    binding made once, so where the wrapper's C++ session is there and capture is off, the
+    call goes straight to it. Otherwise (another onnxruntime, capture on) it is the wrapper.
+    Failures are onnxruntime's own exceptions: wrap the call as :func:`run_bound` does.
+    """
+    inner, raw = getattr(session, "_sess", None), getattr(binding, "_iobinding", None)
+    run = getattr(inner, "run_with_iobinding", None)
+    capture = getattr(inner, "is_webgpu_graph_capture_enabled", None)
+    if inner is None or raw is None or not callable(run) or getattr(binding, "_session", None) is not inner \
+            or not callable(capture) or capture():
+        return functools.partial(session.run_with_iobinding, binding)
+    return functools.partial(run, raw, None)

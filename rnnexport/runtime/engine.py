@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import onnxruntime as ort
 
 from rnnexport.bundle import Bundle, GraphSource, open_bundle
-from rnnexport.core.contract import Declared, Form, GraphInfo, IOSpec
+from rnnexport.core.contract import Declared, Form, GraphInfo, IOSpec, NanPolicy
 from rnnexport.core.errors import BundleError, ContractError
 from rnnexport.core.ort import Device, ProviderRequest, resolve_providers, start_session
 
@@ -43,7 +43,7 @@ class LoadOptions:
 
 @dataclasses.dataclass(frozen=True)
 class Graph:
-    """One loaded graph: its session, form, tensor names and fixed T (unrolled graphs)."""
+    """One loaded graph: its session, form, tensor names, fixed T (unrolled graphs) and NaN policy."""
 
     session: ort.InferenceSession
     form: Form
@@ -51,6 +51,8 @@ class Graph:
     x_name: str
     y_name: str
     seq_len: int | None
+    #: ``refuse``: the graph carries no NaN guards, so its streams refuse non-finite input.
+    nan: NanPolicy = NanPolicy.CARRY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +65,11 @@ class Engine:
     device: Device
     providers: tuple[str, ...]
     description: str
+
+    @property
+    def refuses_nonfinite(self) -> bool:
+        """Whether a loaded graph was converted with ``--nan refuse``: its input must be checked."""
+        return any(g.nan is NanPolicy.REFUSE for g in self.graphs.values())
 
 
 def _options(options: LoadOptions) -> ort.SessionOptions:
@@ -123,7 +130,8 @@ def _load(source: GraphSource, bundle: Bundle, requested: list[ProviderRequest],
     problem = contract.disagreement(form, _declared(session.get_inputs()), _declared(session.get_outputs()))
     if problem:
         raise ContractError(f"{source.name}'s metadata does not describe its graph: {problem}; convert it again")
-    graph = Graph(session, form, source.name, x_name, y_name, _seq_len(session, contract, form))
+    graph = Graph(session, form, source.name, x_name, y_name, _seq_len(session, contract, form),
+                  info.nan if info is not None else NanPolicy.CARRY)
     return graph, contract, started.device, info.description if info is not None else ""
 
 

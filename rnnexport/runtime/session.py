@@ -18,9 +18,9 @@ import onnxruntime as ort
 
 from rnnexport.bundle import Bundle
 from rnnexport.core.contract import TIME, Form, IOSpec, StateSpec, check_array, check_lengths
-from rnnexport.core.errors import RuntimeContractError
+from rnnexport.core.errors import RunError, RuntimeContractError, describe
 from rnnexport.core.ort import Device, ProviderRequest
-from rnnexport.runtime.buffers import Buffer, bind_state, concrete, run_bound
+from rnnexport.runtime.buffers import Buffer, bind_state, bound_call, concrete, run_bound
 from rnnexport.runtime.engine import Engine, Graph, LoadOptions, open_engine
 
 STEP, SEQUENCE = Form.STEP, Form.SEQUENCE
@@ -110,6 +110,17 @@ class _StepPlan:
         return self.y
 
 
+class _FastStep:
+    """What :meth:`StatefulSession.step` needs per call on CPU, made once: the host buffers as
+    the step's shapes view them, the accepted ``x``, and one bound call per state direction."""
+
+    def __init__(self, plan: _StepPlan, x_dtype: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> None:
+        assert plan.x.host is not None and plan.y.host is not None  # made on CPU only
+        self.x, self.y = plan.x.host.reshape(x_shape), plan.y.host.reshape(y_shape)  # views: the bound memory
+        self.x_dtype, self.x_shape = np.dtype(x_dtype), x_shape
+        self.calls = tuple(bound_call(plan.graph.session, b) for b in plan.bindings)
+
+
 class StatefulSession:
     """One stream (or ``batch`` streams advanced together) through an exported graph.
 
@@ -123,9 +134,11 @@ class StatefulSession:
             raise RuntimeContractError(f"batch must be a positive int (the number of streams), got {batch!r}")
         self._engine = engine
         self._batch = batch
-        self._check_finite = bool(check_finite)
+        # a graph converted with --nan refuse has no NaN guards: its input is always checked
+        self._check_finite = bool(check_finite) or engine.refuses_nonfinite
         self._state = _State(engine.contract, batch, engine.device)
         self._plan: _StepPlan | None = None  # made on the first step
+        self._fast: _FastStep | None = None  # likewise, on CPU
         contract = engine.contract
         self._step_x = (contract.x_dtype, contract.x_shape(STEP, batch))
         self._step_y_shape = contract.y_shape(STEP, batch)
@@ -155,7 +168,8 @@ class StatefulSession:
             session_options: onnxruntime session options to start from.
             check_finite: refuse ``x`` or a state holding NaN or Inf with one line
                 (off by default: it reads every input once more; ``rnnexport run`` turns it on).
-                Not every lowering propagates NaN the way PyTorch does (docs/verify.md).
+                Always on for a graph converted with ``--nan refuse``, which has no NaN
+                guards (docs/verify.md).
 
         Raises:
             BundleError: unknown schema, malformed manifest, checksum mismatch.
@@ -168,6 +182,12 @@ class StatefulSession:
     def new_stream(self, batch: int | None = None) -> StatefulSession:
         """An independent stream (zero state) on the same loaded graphs."""
         return StatefulSession(self._engine, self._batch if batch is None else batch, self._check_finite)
+
+    @property
+    def checks_finite(self) -> bool:
+        """Whether ``x`` and a state set are refused when they hold NaN or Inf: ``check_finite``, or a
+        graph converted with ``--nan refuse``."""
+        return self._check_finite
 
     @property
     def batch(self) -> int:
@@ -267,6 +287,18 @@ class StatefulSession:
 
     def step(self, x: np.ndarray) -> np.ndarray:
         """Advance every stream one time step: ``x`` is ``(B, ...)``, returns ``y`` ``(B, ...)``."""
+        fast = self._fast
+        if fast is not None and type(x) is np.ndarray and x.shape == fast.x_shape and x.dtype == fast.x_dtype:
+            if self._check_finite and not np.isfinite(x).all():
+                refuse_nonfinite("x", x)  # raises
+            np.copyto(fast.x, x)
+            state = self._state
+            try:
+                fast.calls[state.current]()
+            except Exception as e:  # noqa: BLE001 - onnxruntime's own failures, as run_bound words them
+                raise RunError(f"a step failed in onnxruntime: {describe(e)}") from e
+            state.current ^= 1
+            return fast.y.copy()
         x = self._finite("x", check_array("x", x, *self._step_x))
         y = self._plan_for_step()(x).read()
         return y if y.shape == self._step_y_shape else y.reshape(self._step_y_shape)
@@ -319,6 +351,9 @@ class StatefulSession:
             raise RuntimeContractError(f"step() needs a step graph or a sequence graph of any length; this "
                                        f"sequence graph is unrolled at T={graph.seq_len}: use run()")
         self._plan = _StepPlan(graph, self.contract, self._state, self._batch, self._engine.device)
+        if self._plan.x.host is not None:
+            dtype, shape = self._step_x
+            self._fast = _FastStep(self._plan, dtype, concrete(shape), concrete(self._step_y_shape))
         return self._plan
 
     def _run_sequence(self, graph: Graph, xs: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:

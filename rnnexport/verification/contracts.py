@@ -4,23 +4,30 @@
 2. :func:`chunked` calls with carried state, compared with one call,
 3. :func:`stream` a step graph T times, compared with a sequence,
 4. :func:`declared_shapes` == actual shapes and dtypes,
-5. :func:`finite`: no NaN or Inf,
+5. :func:`finite`: no NaN or Inf (for a graph converted with ``--nan refuse``, :func:`refused`:
+   the runtime refuses the NaN cases' input),
 6. every execution provider against the CPU provider (:func:`against` again).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from rnnexport.core.compare import Tolerance, compare, count_nonfinite
 from rnnexport.core.contract import BATCH, TIME, Form, IOSpec
+from rnnexport.core.errors import RuntimeContractError
 from rnnexport.engines.base import GraphTensor, Runner
 from rnnexport.verification.cases import Case
 from rnnexport.verification.report import Check, Contract
 
-__all__ = ["against", "chunked", "declared_shapes", "finite", "past_end", "prepare", "stream", "time_axes"]
+__all__ = ["RUNTIME", "against", "chunked", "declared_shapes", "finite", "past_end", "prepare", "refused", "stream",
+           "time_axes"]
+
+#: The engine name of :func:`refused`'s checks: rnnexport's own runtime on onnxruntime's CPU provider.
+RUNTIME = "runtime"
 
 Outputs = Mapping[str, np.ndarray]
 _FLOATS = {name: np.dtype(name) for name in ("float16", "float32", "float64")}
@@ -109,6 +116,38 @@ def past_end(engine: str, case: Case, got: Outputs, io: IOSpec, lengths: np.ndar
     ok = worst == 0.0
     detail = "" if ok else f"y is not zero past each stream's end: max |y| {worst:.3g} over {steps} padded steps"
     return [Check(Contract.PYTORCH, engine, case.id, y_name, ok, "zero past each end", max_abs=worst, detail=detail)]
+
+
+def refused(path: str | os.PathLike[str], io: IOSpec, form: Form, case: Case, x: np.ndarray,
+            state: Sequence[np.ndarray], label: str = "") -> list[Check]:
+    """Contract 5 on a NaN case of a graph converted with ``--nan refuse``: the runtime must refuse it.
+
+    Such a graph has no NaN guards, so an engine may turn NaN into plausible finite values;
+    what keeps them out is :mod:`rnnexport.runtime`, which refuses non-finite input to it
+    even with ``check_finite`` off. The case is fed as an app would: the state set, then
+    ``x`` in one ``run`` (a sequence graph) or step by step (a step graph, refused at the
+    step that holds NaN). One check, passed when the runtime refused before running NaN.
+    """
+    from rnnexport.runtime import StatefulSession
+
+    session = StatefulSession.load(path, batch=case.batch, threads=1, check_finite=False)
+    variant = label or "refused"
+    fed, where = "state", "the initial state"
+    try:
+        session.state = dict(zip(io.state.names, state))
+        fed = "x"
+        if form is Form.SEQUENCE:
+            where = "x"
+            session.run(x)
+        else:
+            for t in range(x.shape[io.time_axis]):
+                where = f"x at step {t}"
+                session.step(np.take(x, t, axis=io.time_axis))
+    except RuntimeContractError as e:
+        return [Check(Contract.FINITE, RUNTIME, case.id, fed, True, variant, detail=f"refused {where}: {e}")]
+    return [Check(Contract.FINITE, RUNTIME, case.id, fed, False, variant,
+                  detail="rnnexport.runtime ran NaN input through a graph converted with --nan refuse "
+                         "(it has no NaN guards: its output may hide the NaN)")]
 
 
 def _state_out(io: IOSpec, out: Outputs) -> list[np.ndarray]:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from rnnexport.core.compare import Tolerance, graph_precision, tolerance_for, with_rounding
-from rnnexport.core.contract import Form
+from rnnexport.core.contract import Form, NanPolicy
 from rnnexport.core.errors import VerifyError
 from rnnexport.core.ort import CPU, available_providers
 from rnnexport.engines.base import EngineFailure, EngineKind, EngineUnavailable, Runner, Unavailable
@@ -23,7 +23,7 @@ from rnnexport.verification.engines import Engine, Lineup, plan
 from rnnexport.verification.findings import Diagnosis
 from rnnexport.verification.options import Progress, Tick, VerifyOptions
 from rnnexport.verification.report import Check, Contract, EngineStatus, Note, Report, ReportKind
-from rnnexport.verification.target import SourceLike, Target, load_target
+from rnnexport.verification.target import SourceLike, Target, load_graph, load_target
 
 __all__ = ["ILL_CONDITIONED", "verify_graph"]
 
@@ -62,8 +62,11 @@ def _torch_threads(threads: int) -> Iterator[None]:
 class _CaseRun:
     """Every contract on one case at a time, on every engine; the checks and figures found."""
 
-    def __init__(self, target: Target, tol: Tolerance, options: VerifyOptions) -> None:
+    def __init__(self, target: Target, tol: Tolerance, options: VerifyOptions, step_path: Path | None = None) -> None:
         self.target, self.tol, self.options = target, tol, options
+        # graphs converted with --nan refuse: on NaN cases, the runtime must refuse their input (contract 5)
+        self.refusing = [(path, form) for path, form in ((target.path, target.form), (step_path, Form.STEP))
+                         if path is not None and _refuses(path, target if path == target.path else None)]
         self.chunk_sizes = options.sizes.chunk_sizes
         self.torch_seq, self.torch_step = TorchRunner(target.model, Form.SEQUENCE), TorchRunner(target.model, Form.STEP)
         self.io = target.io
@@ -107,6 +110,12 @@ class _CaseRun:
 
     def run(self, case: Case, engines: Sequence[Engine], vocabulary: int | None) -> None:
         x, state = materialize(case, self.io, vocabulary)
+        if case.nonfinite:  # a graph without guards has no NaN pattern to compare: the runtime refuses its input
+            for path, form in self.refusing:
+                label = "refused" if path == self.target.path else "refused, step graph"
+                self.checks += contracts.refused(path, self.io, form, case, x, state, label)
+            if any(path == self.target.path for path, _ in self.refusing):
+                return
         if self.target.form is Form.SEQUENCE:
             self._sequence(case, engines, x, state)
         else:
@@ -193,7 +202,7 @@ class _CaseRun:
     def _streamed(self, engine: Engine, case: Case, x: np.ndarray, state: list[np.ndarray], got: Outputs) -> None:
         """Contract 3: the step graph streamed over the case, against the sequence graph."""
         step = engine.runners.get(STEP)
-        if step is None:
+        if step is None or (case.nonfinite and len(self.refusing) > 0):  # then only the step graph refuses
             return
         out = self._attempt(engine, case, Contract.STEP, lambda: contracts.stream(step, self.io, x, state))
         if out is not None:
@@ -251,6 +260,9 @@ class _CaseRun:
             found.append(Note("no_step_graph"))
         if Contract.PROVIDERS not in ran:
             found.append(Note("no_other_provider"))
+        if self.refusing:
+            names = ["the graph" if path == target.path else "the step graph" for path, _ in self.refusing]
+            found.append(Note("nan_refused", {"graphs": " and ".join(names)}))
         if self.ill_conditioned:
             worst = max(self.ill_conditioned, key=self.ill_conditioned.__getitem__)
             found.append(Note("ill_conditioned", {"cases": len(self.ill_conditioned), "share": ILL_CONDITIONED,
@@ -266,6 +278,12 @@ class _CaseRun:
         if ragged:
             found.append(Note("ragged", {"cases": len(ragged), "batch": ragged[0].batch}))
         return found
+
+
+def _refuses(path: Path, target: Target | None) -> bool:
+    """Whether the graph at ``path`` was converted with ``--nan refuse``."""
+    info = target.info if target is not None else load_graph(path)[1]
+    return info is not None and info.nan is NanPolicy.REFUSE
 
 
 def _form_notes(target: Target) -> list[Note]:
@@ -299,7 +317,7 @@ def verify_graph(path: str | os.PathLike[str], source: SourceLike | None, option
     seq_lens = sizes.seq_lens if target.seq_len is None else (target.seq_len,)
     cases = grid(target.io, sizes.batch_sizes, seq_lens, options.seed, target.model.vocabulary_size())
     models = {GRAPH: target.path, **({STEP: step_path} if step_path else {})}
-    run = _CaseRun(target, tol, options)
+    run = _CaseRun(target, tol, options, step_path)
     diagnosis = None
     with Lineup(planned, models, options.threads, options.allow_missing) as lineup, _torch_threads(options.threads):
         if not lineup.stopped:

@@ -63,6 +63,9 @@ NOTES = {
     "step_graph": "step graph: contract 1 checks the first step of each case against PyTorch's step, "
                   "contract 3 the whole case streamed against PyTorch's sequence; contract 2 does not apply",
     "no_step_graph": "contract 3 did not run: give the step graph with --step STEP.onnx",
+    "nan_refused": "converted with --nan refuse ({graphs}): no NaN guards, so the NaN cases check that "
+                   "rnnexport.runtime refuses their input (contract 5 on runtime); the other contracts judge "
+                   "finite cases",
     "no_other_provider": "contract 6 did not run: no execution provider besides the CPU one started",
     "ill_conditioned": "contract 1 not judged on {cases} case(s) where PyTorch's own float32 result is off its "
                        "float64 run by over {share:.0%} of the output range: the model is chaotic there and "

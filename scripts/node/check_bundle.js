@@ -9,7 +9,9 @@
 // input / output order). For a stream (kind "stream"), every call after the first takes
 // its state inputs from the previous call's state outputs, as an app does. An element
 // passes when |got - want| <= atol + rtol * |want|: the test set's `tolerance` in the
-// manifest when it has one, else 1e-5 and 1e-4; --atol / --rtol override both.
+// manifest when it has one, else 1e-5 and 1e-4; --atol / --rtol override both. A graph the
+// manifest marks "nan": "refuse" has no NaN guards, so as an app must, this refuses NaN or
+// Inf in its float inputs before running it.
 // Prints one line per set; exits 1 on any mismatch, 2 on a bad bundle.
 "use strict";
 
@@ -193,7 +195,15 @@ function stateOf(manifest) {
   return state;
 }
 
-async function runSet(session, set, files, manifest, previous) {
+// A graph converted with --nan refuse gives finite values for NaN input on some engines: refuse such input.
+function refuseNonFinite(name, tensor) {
+  if (tensor.type !== "float32" && tensor.type !== "float64" && tensor.type !== "float16") return;
+  const data = tensor.type === "float16" ? Array.from(tensor.data, Number) : tensor.data;
+  const at = data.findIndex((v) => !Number.isFinite(v));
+  if (at >= 0) throw new BundleError(`${name} holds ${data[at]} at flat index ${at}: the graph refuses NaN and Inf input (its manifest says nan: refuse); clean the input first`);
+}
+
+async function runSet(session, set, files, manifest, previous, refuses) {
   const inputs = readTensors(files, set.dir, "input");
   const expected = readTensors(files, set.dir, "output");
   const feeds = {};
@@ -208,6 +218,7 @@ async function runSet(session, set, files, manifest, previous) {
     const { names, output_names: outNames } = stateOf(manifest);
     names.forEach((name, i) => { feeds[name] = last[outNames[i]]; }); // state in = previous state out
   }
+  if (refuses) Object.entries(feeds).forEach(([name, tensor]) => refuseNonFinite(name, tensor));
   const results = await session.run(feeds);
   if (set.kind === "stream") previous.set(key, results);
   return session.outputNames.map((name, k) => {
@@ -232,7 +243,7 @@ async function main() {
     if (!sessions.has(file)) sessions.set(file, await ort.InferenceSession.create(files.get(file)));
     const dir = safePath(set.dir, "a test set");
     const tol = toleranceOf(set, options);
-    const outputs = await runSet(sessions.get(file), { ...set, dir }, files, manifest, previous);
+    const outputs = await runSet(sessions.get(file), { ...set, dir }, files, manifest, previous, graph.nan === "refuse");
     const figures = outputs.map(([name, got, want]) => [name, compare(got, want, tol)]);
     const ok = figures.every(([, f]) => f.passed);
     if (!ok) failures++;
