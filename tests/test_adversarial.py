@@ -407,3 +407,41 @@ def test_zip_is_byte_identical_without_the_ort_variant_and_file_identical_but_on
     first, second = (zipfile.ZipFile(tmp_path / f"{n}.zip") for n in "cd")
     different = {n for n in first.namelist() if first.read(n) != second.read(n)}
     assert different <= {"variants/model.ort", "manifest.json"}, different
+
+
+# --- what a graph or manifest says is printed as data, never as lines of its own --------------------
+
+FORGED = "a model\nerror: forged line\r\x1b[2Kwarning: forged too\u202e"
+
+
+def _no_forged_lines(text: str) -> None:
+    for line in text.splitlines():
+        assert not line.startswith(("error: forged", "warning: forged")), text
+    assert "\x1b" not in text and "\r" not in text and "\u202e" not in text, repr(text)
+    assert "a model\\x0aerror: forged line\\x0d\\x1b[2Kwarning: forged too\\u202e" in text, text
+
+
+def test_inspect_prints_a_graphs_description_as_one_line(exports, tmp_path):
+    import dataclasses
+
+    from rnnexport.core.onnxfile import read_info, write_info
+
+    model = onnx.load(exports.export("seed_gru").path)
+    info = read_info(model)
+    write_info(model, dataclasses.replace(info, description=FORGED))
+    onnx.save(model, tmp_path / "forged.onnx")
+    code, out, err = invoke("inspect", tmp_path / "forged.onnx")
+    assert code == 0 and err == "", err
+    _no_forged_lines(out)
+    code, out, err = invoke("inspect", tmp_path / "forged.onnx", "--json", "-")
+    assert json.loads(out)["description"] == FORGED  # the JSON keeps the text as it is, escaped by JSON
+
+
+def test_inspect_and_verify_print_a_manifests_description_as_one_line(bundle, tmp_path):
+    folder = edit(copy_of(bundle, tmp_path), lambda m: m.setdefault("model", {}).update(description=FORGED))
+    code, out, err = invoke("inspect", folder)
+    assert code == 0 and err == "", err
+    _no_forged_lines(out)
+    code, out, err = invoke("verify", folder, "--engines", "cpu")
+    assert code == 0, out + err
+    _no_forged_lines(out)

@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -316,3 +318,218 @@ def test_a_variant_proven_on_another_cpu_is_rechecked_and_said_so(variant_bundle
     notes = " ".join(n if isinstance(n, str) else json.dumps(n) for n in report["notes"])
     assert "re-checked here on its test sets" in notes and "proven on" in notes
     assert any(c.get("variant") == "int8" or "int8" in json.dumps(c) for c in report["checks"])
+
+
+# --- time budgets: a graph that loops without end cannot hang a command ----------------------------
+
+def _looping(graph: Path, target: Path) -> Path:
+    """``graph`` with its y sent through an ONNX Loop of 2**62 iterations (an Identity/Add body that adds 0).
+
+    The I/O contract and the metadata stay valid: only running the graph never ends.
+    """
+    model = onnx.load(graph)
+    y = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [f"{y}_core" if name == y else name for name in node.output]
+        if node.name == y:
+            node.name = f"{y}_core"
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["go_in"], ["go_out"]), helper.make_node("Add", ["v_in", "zero"], ["v_out"])],
+        "spin", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("go_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("go_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    model.graph.initializer.extend([helper.make_tensor("trips", TensorProto.INT64, [], [2**62]),
+                                    helper.make_tensor("go", TensorProto.BOOL, [], [True])])
+    model.graph.node.extend([helper.make_node("Loop", ["trips", "go", f"{y}_core"], [f"{y}_spun"], body=body),
+                             helper.make_node("Identity", [f"{y}_spun"], [y], name=y)])
+    onnx.checker.check_model(model)
+    onnx.save(model, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def looping_step(tmp_path_factory) -> Path:
+    """A step graph of the built-in GRU (its source rebuilt from the metadata) whose y never comes."""
+    from rnnexport import builtin, convert
+
+    folder = tmp_path_factory.mktemp("loop")
+    step = convert(builtin("gru", 4, 16), folder / "gru.step.onnx", form="step").path
+    return _looping(step, folder / "looping.step.onnx")
+
+
+def _children() -> set[int]:
+    """This process's child processes that are still there (zombies included)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == os.getpid():
+                found.add(int(entry.name))
+    return found
+
+
+def _node_engines() -> list[str]:
+    from rnnexport.engines.js import _modules
+
+    return ["node", "wasm"] if shutil.which("node") and (_modules() / "onnxruntime-node").is_dir() else []
+
+
+def test_verify_stops_a_looping_graph_on_every_engine(looping_step, tmp_path):
+    """One FAIL line per engine, naming it and the budget; exit 1; no engine process left behind.
+
+    tract is not among them: it cannot load an ONNX Loop at all (a requested engine that does not start
+    ends verify before its first case, which tests/test_verify_backends.py covers).
+    """
+    pytest.importorskip("openvino")
+    engines = ["cpu", "reference", "openvino", *_node_engines()]
+    before = _children()
+    started = time.monotonic()
+    result = CliRunner().invoke(main, ["verify", str(looping_step), "--engines", ",".join(engines), "--timeout", "1",
+                                       "--json", str(tmp_path / "report.json")])
+    assert result.exit_code == 1, result.output
+    assert time.monotonic() - started < 120  # a bound on the whole command, not a speed target
+    stopped = [line for line in result.stdout.splitlines()
+               if line.startswith("  FAIL ") and "within its time budget of 1 s (--timeout)" in line]
+    names = ["onnxruntime:cpu", "onnx-reference", "openvino", *_node_engines()]
+    assert sorted(line.split()[5] for line in stopped) == sorted(names), result.stdout  # FAIL 1 graph == PyTorch ENGINE
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert not report["passed"]
+    assert _children() <= before
+
+
+def test_run_and_package_stop_a_looping_graph(looping_step, tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((1, 4), np.float32))
+    started = time.monotonic()
+    code, err = invoke("run", looping_step, "-i", tmp_path / "x.npy", "-o", tmp_path / "y.npy", "--timeout", "1")
+    assert code == 2 and not (tmp_path / "y.npy").exists()
+    one_line(err, "onnxruntime (CPUExecutionProvider) stopped a step after its time budget of 1 s")
+    code, err = invoke("package", looping_step, "-o", tmp_path / "bundle", "--variants", "none", "--timeout", "1")
+    assert code == 2
+    one_line(err, "stopped a test-vector call of the step graph after its time budget of 1 s")
+    assert time.monotonic() - started < 60  # a bound on the two commands, not a speed target
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]  # no bundle, no temporary folder
+
+
+def test_the_api_stops_a_looping_graph(looping_step):
+    from rnnexport.core.errors import RunTimeout
+
+    session = StatefulSession.load(looping_step, timeout=0.5)
+    with pytest.raises(RunTimeout, match="time budget of 0.5 s"):
+        session.step(np.ones((1, 4), np.float32))
+    with StreamBatcher.load(looping_step, timeout=0.5) as batcher:
+        stream = batcher.join()
+        with pytest.raises(RunTimeout):
+            batcher.step({stream: np.ones((1, 4), np.float32)})
+    for bad in (0, -1, float("nan"), "1", True):
+        with pytest.raises(RuntimeContractError, match="timeout must be seconds above 0"):
+            StatefulSession.load(looping_step, timeout=bad)
+
+
+def test_a_looping_graph_in_a_bundle_fails_verify_and_run(lstm_bundle, tmp_path):
+    bundle = _relisted(lstm_bundle, tmp_path / "looping", lambda folder: _looping(folder / "model.onnx",
+                                                                                   folder / "model.onnx"))
+    result = CliRunner().invoke(main, ["verify", str(bundle), "--engines", "cpu,reference", "--timeout", "1"])
+    assert result.exit_code == 1, result.output
+    assert "onnxruntime:cpu did not finish a call within its time budget of 1 s" in result.stdout
+    assert "onnx-reference did not finish a call within its time budget of 1 s" in result.stdout
+    features = StatefulSession.load(lstm_bundle).contract.x_features
+    np.save(tmp_path / "x.npy", np.ones((2, 1, *features), np.float32))
+    code, err = invoke("run", bundle, "-i", tmp_path / "x.npy", "--timeout", "1")
+    assert code == 2
+    one_line(err, "time budget of 1 s")
+
+
+@pytest.mark.parametrize("args", [["verify", "MODEL", "--timeout", "0"], ["run", "MODEL", "-i", "x.npy", "--timeout", "-1"],
+                                  ["package", "MODEL", "-o", "b", "--timeout", "nan"]],
+                         ids=["verify", "run", "package"])
+def test_a_timeout_that_is_not_seconds_is_one_line(looping_step, tmp_path, args):
+    code, err = invoke(*[str(looping_step) if a == "MODEL" else a for a in args])
+    assert code == 2
+    one_line(err, "--timeout")
+
+
+def test_a_rerun_after_an_interrupted_zip_write_says_so(exports, tmp_path):
+    """Killed while writing b.zip: b is whole, b.zip missing, its temporary file left; the rerun removes the
+    temporary file and says what happened and what to do."""
+    graph = exports.export("seed_lstm").path
+    code, err = invoke("package", graph, "-o", tmp_path / "b", "--variants", "none")
+    assert code == 0, err
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".b.zip.{int(ended.stdout)}.x1y2z3.tmp"  # the temporary zip of a process now dead
+    stale.write_bytes(b"PK\x03\x04 half a zip")
+    code, err = invoke("package", graph, "-o", tmp_path / "b", "--variants", "none", "--zip")
+    assert code == 2
+    one_line(err, "already exists, from an earlier run that was interrupted", "--force")
+    assert not stale.exists() and not (tmp_path / "b.zip").exists()
+    code, err = invoke("package", graph, "-o", tmp_path / "b", "--variants", "none", "--zip", "--force")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "b.zip"]
+
+
+def test_an_engine_that_aborts_is_contained(tmp_path):
+    """tract panics (and aborts its process) on the 160 GB graph: verify's process lives on, the engine is
+    unavailable with how its process ended."""
+    pytest.importorskip("tract")
+    from rnnexport.engines.base import EngineUnavailable
+    from rnnexport.engines.registry import engine_spec, running
+
+    path = _huge_allocation_graph(tmp_path / "huge.onnx")
+    feeds = {"x": np.ones((1, 4), np.float32), "h": np.ones((1, 4), np.float32)}
+    with running(engine_spec("tract"), {"graph": path}, timeout=30) as runners:
+        if isinstance(runners, EngineUnavailable):
+            assert "its process ended while it loaded this graph (killed by SIGABRT)" in runners.reason
+        else:  # a tract that loads it fails the call instead
+            from rnnexport.engines.base import EngineFailure
+
+            with pytest.raises(EngineFailure, match="ended while it ran the graph"):
+                runners["graph"].infer(feeds)
+
+
+def test_a_child_engine_that_dies_during_a_call_fails_it_then_runs_no_more(looping_step):
+    """The ReferenceEvaluator's process killed from outside while it runs: that call fails with the signal,
+    the next is refused, and every graph of the shared process goes with it."""
+    import signal
+    import threading
+
+    from rnnexport.engines.base import EngineFailure, EngineKind, EngineUnavailable
+    from rnnexport.engines.child import ChildRunner, shared_workers
+
+    feeds = {"x": np.ones((1, 4), np.float32), "h": np.ones((1, 16), np.float32)}
+    with shared_workers():
+        first, second = ChildRunner(EngineKind.REFERENCE, looping_step), ChildRunner(EngineKind.REFERENCE, looping_step)
+        with first, second:
+            assert first.worker is second.worker  # one process per engine kind in the block
+            pid = first.worker.process.pid
+            threading.Timer(0.5, os.kill, (pid, signal.SIGKILL)).start()
+            with pytest.raises(EngineFailure, match=r"ended while it ran the graph \(killed by SIGKILL\)"):
+                first.infer(feeds)
+            with pytest.raises(EngineUnavailable, match="its process is gone"):
+                second.infer(feeds)
+    assert pid not in _children()
+
+
+def test_child_engines_stop_with_their_block(looping_step):
+    from rnnexport.engines.base import EngineKind
+    from rnnexport.engines.child import ChildRunner, shared_workers
+
+    before = _children()
+    with shared_workers():
+        runner = ChildRunner(EngineKind.REFERENCE, looping_step)
+        runner.activate()
+        assert _children() - before == {runner.worker.process.pid}
+        runner.deactivate()
+        assert _children() - before  # the shared process waits for another graph of the run ...
+    assert _children() <= before  # ... and ends with the block
+    alone = ChildRunner(EngineKind.REFERENCE, looping_step, timeout=0.5)  # outside a block: its own process
+    with alone:
+        from rnnexport.engines.base import EngineTimeout
+
+        with pytest.raises(EngineTimeout, match="time budget of 0.5 s"):
+            alone.infer({"x": np.ones((1, 4), np.float32), "h": np.ones((1, 16), np.float32)})
+    assert _children() <= before

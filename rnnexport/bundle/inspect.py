@@ -1,7 +1,9 @@
 """What a graph, bundle folder, bundle zip or ONNX test folder holds: data, and its text rendering.
 
 Reads through the one bundle reader and parses graph metadata with
-:class:`~rnnexport.core.contract.GraphInfo`; needs onnx (for graph files), not torch.
+:class:`~rnnexport.core.contract.GraphInfo`; needs onnx (for graph files), not torch. Every
+text line escapes the control characters of what it quotes (:func:`~rnnexport.core.data.printable`):
+a description or a name cannot add a line of its own, nor move the terminal's cursor.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import onnx
 from rnnexport.bundle.manifest import GraphEntry
 from rnnexport.bundle.reader import GraphSource, open_bundle
 from rnnexport.core.contract import GraphInfo
+from rnnexport.core.data import printable
 from rnnexport.core.errors import BundleError
 from rnnexport.core.graphs import operators
 from rnnexport.core.onnxfile import load_with_info
@@ -50,8 +53,9 @@ class Inspection:
         return {"kind": self.kind, "path": self.path, **self.data}
 
     def lines(self) -> list[str]:
-        """The summary as text, one fact a line."""
-        return _bundle_lines(self) if self.kind == "bundle" else _graph_summary(self)
+        """The summary as text, one fact a line (control characters escaped)."""
+        lines = _bundle_lines(self) if self.kind == "bundle" else _graph_summary(self)
+        return [printable(line) for line in lines]
 
 
 def _graph(source: GraphSource, size: int) -> dict[str, Any]:

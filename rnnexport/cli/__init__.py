@@ -25,6 +25,7 @@ from typing import Any, NoReturn, TextIO
 import click
 
 from rnnexport import __version__
+from rnnexport.core.data import printable
 from rnnexport.core.errors import MissingExtraError, RnnexportError, missing_extra
 
 __all__ = ["configure_logging", "main"]
@@ -50,7 +51,7 @@ class _OneLine(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            message = " ".join(record.getMessage().split())
+            message = printable(" ".join(record.getMessage().split()))
         except Exception:  # noqa: BLE001 - a malformed record must not end the command
             self.handleError(record)
             return
@@ -77,7 +78,8 @@ def configure_logging(verbosity: int = 0) -> None:
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    click.echo(f"error: {' '.join(message.split())}", err=True)  # one line, whatever the message held
+    # one line, whatever the message held (a name quoted from a file may hold controls)
+    click.echo(f"error: {printable(' '.join(message.split()))}", err=True)
     sys.exit(code)
 
 

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from rnnexport.source.sources import SourceSpec
 
 __all__ = ["ONNXRUNTIME_MISSING", "ONNX_MISSING", "json_option", "quiet_option", "source_options", "source_spec",
-           "verbose_option"]
+           "timeout_option", "verbose_option"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,6 +50,22 @@ def _verbosity(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     quiet, verbose = ctx.meta.get("rnnexport.quiet"), ctx.meta.get("rnnexport.verbose")
     configure_logging(-1 if quiet else int(verbose or 0))
     return value
+
+
+#: The longest ``--timeout`` (a week).
+_MAX_SECONDS = 7 * 86400.0
+
+
+def _seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not 0 < value <= _MAX_SECONDS:  # also refuses nan, which a FloatRange lets through
+        raise click.BadParameter(f"{value} is not seconds above 0 (at most a week)", ctx, param)
+    return value
+
+
+def timeout_option(default: float | None, help_text: str) -> Callable[[F], F]:
+    """``--timeout SECONDS`` (passed as ``timeout``): the budget of one graph call; ``help_text`` says which."""
+    return click.option("--timeout", type=float, default=default, show_default=default is not None,
+                        metavar="SECONDS", callback=_seconds, help=help_text)
 
 
 def verbose_option(fn: F) -> F:

@@ -13,9 +13,11 @@ from rnnexport.cli.options import (
     quiet_option,
     source_options,
     source_spec,
+    timeout_option,
     verbose_option,
 )
 from rnnexport.cli.output import check_outputs, document, emit
+from rnnexport.verification.options import DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
     from rnnexport.packaging import PackageResult
@@ -79,13 +81,15 @@ def to_json(result: PackageResult) -> dict[str, Any]:
                    "cannot run a graph here is recorded as unavailable. Default: cpu,reference.")
 @click.option("--zip", "archive", is_flag=True, help="Also write DIR.zip (same inputs, same bytes).")
 @click.option("--force", is_flag=True, help="Replace the --output folder (and its .zip) if it is a bundle.")
+@timeout_option(DEFAULT_TIMEOUT, "The most one call of a graph may take (a test vector, a variant's check, the proof "
+                                 "on each engine); a graph over it is not packaged (exit 2).")
 @source_options
 @json_option("package-result.schema.json")
 @quiet_option("Print only the bundle folder (and the .zip with --zip).")
 @verbose_option
 def package_command(model: str, source: str | None, out_dir: str, step_path: str | None, variant_list: str | None,
                     optional_list: str | None, calibration: str | None, engine_list: str | None, archive: bool,
-                    force: bool, json_path: str | None, quiet: bool, **source_kw: Any) -> None:
+                    force: bool, timeout: float, json_path: str | None, quiet: bool, **source_kw: Any) -> None:
     """Bundle MODEL.onnx for embedding: manifest, checksums, test vectors and variants.
 
     With SOURCE (as for convert), the test vectors' expected outputs come from
@@ -103,6 +107,6 @@ def package_command(model: str, source: str | None, out_dir: str, step_path: str
     loaded = load_source(source_spec(source, **source_kw)) if source else None
     engines = [e.strip() for e in engine_list.split(",")] if engine_list is not None else None
     result = package(model, out_dir, source=loaded, step_path=step_path, variants=variants, optional=optional,
-                     archive=archive, force=force, calibration=calibration, engines=engines)
+                     archive=archive, force=force, calibration=calibration, engines=engines, timeout=timeout)
     paths = [str(result.folder), *([str(result.archive)] if result.archive else [])]
     emit(paths if quiet else result.lines(), to_json(result), json_path)

@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from rnnexport.cli.options import ONNXRUNTIME_MISSING, json_option, quiet_option, verbose_option
+from rnnexport.cli.options import (
+    ONNXRUNTIME_MISSING,
+    json_option,
+    quiet_option,
+    timeout_option,
+    verbose_option,
+)
 from rnnexport.cli.output import check_outputs, document, emit
 from rnnexport.core.errors import RnnexportError
 
@@ -73,6 +79,8 @@ def streams_json(result: StreamsSummary) -> dict[str, Any]:
 @click.option("--provider", "providers", multiple=True,
               help="Execution provider, repeatable in priority order (cpu, cuda, tensorrt or a full name); "
                    "default cpu. A provider that does not start is an error, never a silent CPU fallback.")
+@timeout_option(None, "The most one graph call may take (a chunk, or a step); a call over it is stopped and the "
+                      "command ends with an error (exit 2). Default: no limit.")
 @click.option("--allow-nonfinite", is_flag=True,
               help="Feed x and the state even when they hold NaN or Inf (by default such input is refused, "
                    "since not every lowering propagates NaN as PyTorch does).")
@@ -80,8 +88,8 @@ def streams_json(result: StreamsSummary) -> dict[str, Any]:
 @quiet_option("Print nothing but errors (and the JSON asked for).")
 @verbose_option
 def run_command(bundle: str, x_paths: tuple[str, ...], lengths_path: str | None, state_in: str | None,
-                state_out: str | None, outputs: tuple[str, ...], providers: tuple[str, ...], allow_nonfinite: bool,
-                json_path: str | None, quiet: bool) -> None:
+                state_out: str | None, outputs: tuple[str, ...], providers: tuple[str, ...], timeout: float | None,
+                allow_nonfinite: bool, json_path: str | None, quiet: bool) -> None:
     """Stream x through BUNDLE (a bundle folder, a .zip of one, or a model .onnx).
 
     The state starts from zeros or --state-in and is written to --state-out, so
@@ -104,7 +112,7 @@ def run_command(bundle: str, x_paths: tuple[str, ...], lengths_path: str | None,
             raise RnnexportError("--lengths goes with one --input of several streams; with several --input, "
                                  "each file's T is its stream's length")
         streams = run_stream_files(bundle, list(x_paths), list(outputs), providers=list(providers) or None,
-                                   check_finite=not allow_nonfinite)
+                                   check_finite=not allow_nonfinite, timeout=timeout)
         lines = [f"ran {len(streams.steps)} streams ({', '.join(map(str, streams.steps))} steps) through "
                  f"{streams.model} in {streams.calls} call{'s' * (streams.calls != 1)} of the {streams.form} graph "
                  f"on {streams.providers[0]}"]
@@ -114,5 +122,5 @@ def run_command(bundle: str, x_paths: tuple[str, ...], lengths_path: str | None,
         raise RnnexportError("give one -o for one --input")
     result = run_files(bundle, x_paths[0], state_in=state_in, state_out=state_out,
                        y_path=outputs[0] if outputs else None, providers=list(providers) or None,
-                       check_finite=not allow_nonfinite, lengths_path=lengths_path)
+                       check_finite=not allow_nonfinite, lengths_path=lengths_path, timeout=timeout)
     emit(summary(result), to_json(result), json_path, quiet)

@@ -14,11 +14,12 @@ from rnnexport.cli.options import (
     quiet_option,
     source_options,
     source_spec,
+    timeout_option,
     verbose_option,
 )
 from rnnexport.cli.output import STDOUT, check_outputs
 from rnnexport.core.errors import VerifyError
-from rnnexport.verification.options import Grid, VerifyOptions, describe
+from rnnexport.verification.options import DEFAULT_TIMEOUT, Grid, VerifyOptions, describe
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
@@ -103,6 +104,7 @@ def _options(given: dict[str, Any]) -> VerifyOptions:
         step_model=given["step_model"],
         threads=given["threads"],
         diagnose=given["diagnose"],
+        timeout=given["timeout"],
     )
 
 
@@ -199,6 +201,9 @@ def _render(report: Report, json_path: str | None, plot_path: str | None, report
 @source_options
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Threads for PyTorch's reference and onnxruntime (more mostly wait for each other on small cases).")
+@timeout_option(DEFAULT_TIMEOUT, "The most one engine call may take (a case, a chunk, a streamed step, a test set); "
+                "loading a graph may take a minute more. A call over it is stopped, the check fails naming the "
+                "engine and the budget (exit 1), and that engine runs no further case.")
 @json_option("verify-report.schema.json")
 @quiet_option("Print only the PASS/FAIL line, and no progress.")
 @verbose_option

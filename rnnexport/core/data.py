@@ -4,16 +4,35 @@ Graph metadata, manifests, model cards and state structures come from files a us
 have made. ``json.loads`` recurses once per nesting level, so a deep document fails inside
 the decoder (or exhausts the stack) before any bound written after it can apply; here the
 depth is counted first, in one pass over the text that skips string contents.
+
+Text from such a file is printed through :func:`printable`: a description holding a newline,
+a carriage return or a terminal escape must not make a command show a line it did not write.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from rnnexport.core.errors import ContractError, RnnexportError
 
-__all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "json_depth", "load_json"]
+__all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "json_depth", "load_json", "printable"]
+
+#: Characters that move the cursor or change how a terminal shows what follows: C0 and C1 controls
+#: (newline, carriage return, escape, ...), DEL, Unicode line separators and bidirectional overrides.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character written as an escape (a newline as ``\\x0a``, an escape as
+    ``\\x1b``, a right-to-left override as ``\\u202e``): one line that shows what it holds."""
+    return _UNPRINTABLE.sub(_escape, text)
 
 #: Deeper than anything rnnexport writes (a manifest is ~6 levels, a state structure at most 8 + 2).
 MAX_JSON_DEPTH = 32

@@ -16,6 +16,7 @@ __all__ = [
     "ProviderError",
     "RnnexportError",
     "RunError",
+    "RunTimeout",
     "RuntimeContractError",
     "SourceError",
     "VerifyError",
@@ -65,6 +66,10 @@ class ProviderError(RnnexportError):
 
 class RunError(RnnexportError):
     """Running a graph failed inside the engine (out of memory, an operator's own error): not a bug of the caller's."""
+
+
+class RunTimeout(RunError):
+    """A graph call ran over its time budget and was stopped (a graph that loops without end, or a budget too small)."""
 
 
 class OutputError(RnnexportError):

@@ -5,7 +5,10 @@ fsynced, given the permissions a plain ``open()`` would give it under the
 process umask, and renamed over the target. An interrupted write leaves the
 target as it was (and at worst a ``.NAME.*.tmp`` file, which
 :func:`remove_stale` clears). A folder is built beside its target and swapped in
-whole (:func:`temp_folder`, :func:`swap_in`).
+whole (:func:`temp_folder`, :func:`swap_in`). Work folders that belong to no output (an
+engine's copy of a graph, a browser profile) are made in the system's temporary folder by
+:func:`scratch_folder`, named after the process, so that a later run removes those of a
+process that was killed.
 
 The output-path policy lives here too, for every command that writes: no output is one of
 the command's inputs, holds one or lies inside one, no two outputs of a call are the same
@@ -26,10 +29,12 @@ from typing import IO
 from rnnexport.core.errors import OutputError, RnnexportError
 
 __all__ = ["atomic_write", "check_replaceable", "check_writable", "file_mode", "folder_mode", "refuse_overwrite",
-           "remove_stale", "swap_in", "temp_folder"]
+           "remove_stale", "remove_stale_scratch", "scratch_folder", "swap_in", "temp_folder"]
 
 Writer = Callable[[IO[bytes]], None]
 _TEMP = re.compile(r"^\..+\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.(tmp|probe|tmpdir)$")
+#: Work folders in the system's temporary folder: only rnnexport's own names are ever removed there.
+_SCRATCH = re.compile(r"^\.rnnexport-[a-z]+\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmpdir$")
 
 
 def _umask() -> int:
@@ -120,12 +125,20 @@ def check_replaceable(path: Path, force: bool, is_ours: Callable[[Path], bool], 
                       error: type[RnnexportError] = OutputError) -> None:
     """Allow writing ``path`` when it is new, or with ``force`` when it holds ``kind`` (what the command makes).
 
+    What a killed earlier run left beside ``path`` is removed first (:func:`remove_stale`); when
+    that was part of this output (a bundle whose ``.zip`` was being written), the refusal says so.
+
     Raises:
         ``error``: ``path`` exists without ``force``, or is a link or something other than ``kind``.
     """
+    folder = path.parent if str(path.parent) else Path(".")
+    unfinished = [p.name for p in remove_stale(folder) if p.name.startswith(f".{path.name}.")]
     if not path.exists() and not path.is_symlink():
         return
     if not force:
+        if unfinished:
+            raise error(f"{path} already exists, from an earlier run that was interrupted before it finished "
+                        f"(its unfinished {unfinished[0]} was removed); pass --force to replace it, or remove it")
         raise error(f"{path} already exists; remove it or pass --force to replace it")
     if path.is_symlink() or not is_ours(path):
         raise error(f"{path} exists and is not {kind}: --force replaces only {kind}; remove it yourself or "
@@ -226,6 +239,11 @@ def remove_stale(folder: str | os.PathLike[str]) -> list[Path]:
     Returns:
         What was removed.
     """
+    return _remove_dead(folder, _TEMP)
+
+
+def _remove_dead(folder: str | os.PathLike[str], pattern: re.Pattern[str]) -> list[Path]:
+    """Delete the entries of ``folder`` whose name matches ``pattern`` and names a dead process (``pid``)."""
     import shutil
 
     removed: list[Path] = []
@@ -234,7 +252,7 @@ def remove_stale(folder: str | os.PathLike[str]) -> list[Path]:
     except OSError:
         return removed
     for entry in entries:
-        match = _TEMP.match(entry.name)
+        match = pattern.match(entry.name)
         if match is None or _alive(int(match["pid"])):
             continue
         path = Path(entry.path)
@@ -245,3 +263,28 @@ def remove_stale(folder: str | os.PathLike[str]) -> list[Path]:
                 path.unlink()
             removed.append(path)
     return removed
+
+
+def scratch_folder(kind: str) -> Path:
+    """A new private work folder in the system's temporary folder, ``.rnnexport-KIND.PID.*.tmpdir``.
+
+    The caller removes it when done; those of processes that ended without removing theirs
+    (killed) are removed here first.
+
+    Raises:
+        OutputError: the temporary folder cannot be written.
+    """
+    if not re.fullmatch(r"[a-z]+", kind):
+        raise ValueError(f"scratch folder kind must be lowercase letters, got {kind!r}")
+    root = tempfile.gettempdir()
+    remove_stale_scratch(root)
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".rnnexport-{kind}.{os.getpid()}.", suffix=".tmpdir", dir=root))
+    except OSError as e:
+        raise OutputError(f"cannot create a work folder in {root}: {e.strerror}; set TMPDIR to a writable "
+                          "folder") from e
+
+
+def remove_stale_scratch(root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Delete the :func:`scratch_folder` folders of processes now dead (in ``root``, default the temporary folder)."""
+    return _remove_dead(root or tempfile.gettempdir(), _SCRATCH)

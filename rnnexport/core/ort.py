@@ -7,36 +7,60 @@ creating the session: a session on which a requested provider is not active fell
 back, and it raises :class:`~rnnexport.core.errors.ProviderError` with the reason
 onnxruntime logged, instead of running on the wrong device. It changes no global
 onnxruntime setting. Torch-free.
+
+:func:`time_limit` bounds one call in time: a watchdog thread sets the call's
+``RunOptions.terminate`` once its budget is spent, and onnxruntime ends the call (it
+checks the flag before each node and each iteration of a Loop or Scan), so a graph that
+would loop without end cannot hang the process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import heapq
 import io
+import itertools
+import math
 import os
 import re
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import onnxruntime as ort
 
-from rnnexport.core.errors import BundleError, ProviderError, describe
+from rnnexport.core.errors import (
+    BundleError,
+    ContractError,
+    ProviderError,
+    RnnexportError,
+    RunError,
+    RunTimeout,
+    describe,
+)
 
 __all__ = [
     "ALIASES",
     "CPU",
     "Device",
     "LoadError",
+    "MAX_TIMEOUT",
     "ProviderRequest",
     "Started",
+    "TimeLimit",
     "available_providers",
+    "check_timeout",
     "full_name",
     "resolve_providers",
+    "run_limited",
     "short_name",
     "start_session",
+    "stopped",
+    "time_limit",
 ]
 
 CPU = "CPUExecutionProvider"
@@ -216,3 +240,142 @@ def start_session(model: str | os.PathLike[str] | bytes, providers: ProviderRequ
         opts = first[1] if isinstance(first, tuple) else {}
         device = Device("cuda", int(opts.get("device_id", 0)))
     return Started(session, device, tuple(active))
+
+
+# --- time budgets ---------------------------------------------------------------------------------
+
+#: The longest budget a call may be given, in seconds (a week).
+MAX_TIMEOUT = 7 * 86400.0
+
+
+def check_timeout(value: object, what: str = "timeout",
+                  error: type[RnnexportError] = ContractError) -> float | None:
+    """``value`` as seconds, or None (no bound).
+
+    Raises:
+        ``error``: not a number above 0 and at most :data:`MAX_TIMEOUT`.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_TIMEOUT:
+        raise error(f"{what} must be seconds above 0 (at most a week) or None, got {value!r:.40}")
+    return float(value)
+
+
+class TimeLimit:
+    """The budget of one onnxruntime call, as a context manager: pass :attr:`options` to ``run``;
+    :attr:`expired` says whether the watchdog stopped it. ``options`` is None when the call has no budget."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.options: ort.RunOptions | None = None
+        self.deadline = math.inf
+        self.expired = False
+        self.done = False
+        if seconds is not None:
+            self.options = ort.RunOptions()
+            self.options.log_severity_level = 4  # the stopped call is reported by the caller, not logged
+            # onnxruntime's run_with_iobinding looks this entry up on every call and pays for an exception
+            # when it is missing (about 50 us, four times a small step); 0 is the value it assumes then
+            self.options.add_run_config_entry("gpu_graph_id", "0")
+
+    def __enter__(self) -> TimeLimit:
+        if self.seconds is not None:
+            self.deadline = time.monotonic() + self.seconds
+            _WATCHDOG.add(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.seconds is not None:
+            _WATCHDOG.remove(self)
+
+
+class _Watchdog:
+    """One daemon thread that terminates the calls whose deadline has passed (started on first use)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Condition()
+        self.heap: list[tuple[float, int, TimeLimit]] = []
+        self.order = itertools.count()
+        self.thread: threading.Thread | None = None
+        self.finished = 0  # entries of the heap whose call has ended: dropped when they are the most
+
+    def add(self, limit: TimeLimit) -> None:
+        with self.lock:
+            heapq.heappush(self.heap, (limit.deadline, next(self.order), limit))
+            if self.thread is None or not self.thread.is_alive():  # none yet, or this is a forked child
+                self.thread = threading.Thread(target=self._watch, name="rnnexport-watchdog", daemon=True)
+                self.thread.start()
+            elif self.heap[0][2] is limit:
+                self.lock.notify()
+
+    def remove(self, limit: TimeLimit) -> None:
+        with self.lock:
+            limit.done = True
+            self.finished += 1
+            if self.finished > 64 and self.finished * 2 > len(self.heap):
+                self.heap = [entry for entry in self.heap if not entry[2].done]
+                heapq.heapify(self.heap)
+                self.finished = 0
+
+    def _watch(self) -> None:
+        with self.lock:
+            while True:
+                while self.heap and self.heap[0][2].done:
+                    heapq.heappop(self.heap)
+                    self.finished = max(0, self.finished - 1)
+                if not self.heap:
+                    self.lock.wait()
+                    continue
+                deadline, _, limit = self.heap[0]
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self.lock.wait(left)
+                    continue
+                heapq.heappop(self.heap)
+                limit.expired = True
+                assert limit.options is not None  # only limits with a budget are watched
+                limit.options.terminate = True
+
+
+_WATCHDOG = _Watchdog()
+
+
+def time_limit(seconds: float | None) -> TimeLimit:
+    """A budget of ``seconds`` for the onnxruntime calls made with the limit's ``options`` inside a ``with``.
+
+    Example::
+
+        with time_limit(10.0) as limit:
+            try:
+                session.run(names, feeds, limit.options)
+            except Exception:
+                if limit.expired:
+                    ...  # stopped after 10 s: the graph did not finish in time
+                raise
+    """
+    return TimeLimit(seconds)
+
+
+def stopped(session: ort.InferenceSession, what: str, seconds: float) -> RunTimeout:
+    """The one-line error of a call that ran over its budget: which engine, what, and the budget."""
+    provider = next(iter(session.get_providers()), "")
+    return RunTimeout(f"onnxruntime ({provider}) stopped {what} after its time budget of {seconds:g} s: the graph "
+                      "did not finish (it may loop without end); give a larger timeout (--timeout) if it is only slow")
+
+
+def run_limited(session: ort.InferenceSession, names: Sequence[str] | None, feeds: dict[str, Any],
+                timeout: float | None, what: str = "a call") -> list[Any]:
+    """``session.run(names, feeds)`` within ``timeout`` seconds (None: no bound).
+
+    Raises:
+        RunTimeout: the call ran over its budget and was stopped.
+        RunError: onnxruntime's own failure (out of memory, an operator's error), as one line.
+    """
+    with time_limit(timeout) as limit:
+        try:
+            return list(session.run(names, feeds, limit.options))
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises Fail, RuntimeException, ... for a graph's failure
+            if limit.expired:
+                raise stopped(session, what, limit.seconds or 0.0) from e
+            raise RunError(f"{what} failed in onnxruntime: {describe(e)}") from e

@@ -5,6 +5,10 @@ ReferenceEvaluator). ``infer`` takes a feed dict named by the I/O contract and
 returns the outputs by name. An engine that cannot start, or cannot run a given
 input, raises :class:`EngineUnavailable` with the reason: that is a fact about
 the machine or the engine, not a parity failure.
+
+A runner may have a time budget (``timeout``, seconds per call): a call over it is
+stopped and raises :class:`EngineTimeout`, and the runner takes no further call (a graph
+that ran over its budget once would spend it again on every case).
 """
 
 from __future__ import annotations
@@ -24,8 +28,12 @@ from rnnexport.core.errors import VerifyError
 from rnnexport.core.graphs import walk
 from rnnexport.core.onnxfile import value_dims, value_dtype
 
-__all__ = ["EngineFailure", "EngineKind", "EngineUnavailable", "GraphTensor", "Runner", "Unavailable", "check_feeds",
-           "graph_tensors", "standard_graph"]
+__all__ = ["START_ALLOWANCE", "EngineFailure", "EngineKind", "EngineTimeout", "EngineUnavailable", "GraphTensor",
+           "Runner", "Unavailable", "check_feeds", "graph_tensors", "standard_graph"]
+
+#: Seconds an engine may take to start (its process, its imports) and load a graph, on top of one
+#: call's budget: loading a graph is bounded too, since a hostile graph can hang an engine's compiler.
+START_ALLOWANCE = 60.0
 
 
 class EngineKind(str, enum.Enum):
@@ -57,6 +65,16 @@ class Unavailable:
 
 class EngineFailure(Exception):
     """An engine that started raised while running valid feeds: the graph fails on it."""
+
+
+class EngineTimeout(EngineFailure):
+    """A call ran over the runner's time budget and was stopped: the graph fails on that engine."""
+
+    def __init__(self, engine: str, seconds: float, what: str = "a call") -> None:
+        super().__init__(f"{engine} did not finish {what} within its time budget of {seconds:g} s (--timeout) and was "
+                         "stopped: the graph may loop without end")
+        self.engine = engine
+        self.seconds = seconds
 
 
 class EngineUnavailable(Exception):
@@ -168,8 +186,13 @@ class Runner(abc.ABC):
     inputs: tuple[GraphTensor, ...] = ()
     outputs: tuple[GraphTensor, ...] = ()
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float | None = None) -> None:
         self.is_active = False
+        #: Seconds one call may take (None: no bound); runners that run in this process without a
+        #: way to stop a call (the ReferenceEvaluator, OpenVINO, tract) take none: ChildRunner bounds them.
+        self.timeout = timeout
+        #: Set when a call ran over ``timeout``: the runner takes no further call.
+        self.timed_out: EngineTimeout | None = None
 
     def activate(self) -> None:
         """Start the engine; raise :class:`EngineUnavailable` if it cannot start."""
@@ -189,13 +212,22 @@ class Runner(abc.ABC):
         Raises:
             VerifyError: ``feeds`` do not fit the graph's declared inputs (:func:`check_feeds`).
             EngineFailure: the engine raised on valid feeds.
+            EngineTimeout: the call ran over ``timeout`` and was stopped (then every later call
+                raises :class:`EngineUnavailable`).
             EngineUnavailable: the engine cannot run this input.
         """
         if not self.is_active:
             raise RuntimeError(f"{self.name} is not active; call activate() first")
+        if self.timed_out is not None:
+            raise EngineUnavailable(self.name, f"not run: an earlier call ran over its time budget of "
+                                               f"{self.timed_out.seconds:g} s")
         if self.inputs:
             check_feeds(self.name, self.inputs, feeds)
-        return self._infer(feeds)
+        try:
+            return self._infer(feeds)
+        except EngineTimeout as e:
+            self.timed_out = e
+            raise
 
     @abc.abstractmethod
     def _activate(self) -> None: ...

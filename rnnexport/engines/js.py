@@ -6,6 +6,10 @@ per call. The browser engine serves a page, the graph and onnxruntime-web's file
 127.0.0.1 and drives headless Chromium, which fetches each call and posts the outputs back.
 The npm packages come from ``rnnexport/engines/js/package-lock.json``
 (``ONNXRUNTIME_NODE_INSTALL=skip npm ci`` in that folder); Chromium is Debian's ``chromium``.
+
+Each process is started so that it dies with this one (:func:`rnnexport.core.process.start_child`);
+a call over the runner's budget kills it (:class:`~rnnexport.engines.base.EngineTimeout`). The
+graph copy and the browser profile live in scratch folders (:func:`rnnexport.core.io.scratch_folder`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import os
 import queue
 import shutil
 import subprocess
-import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,8 +29,12 @@ from typing import Any
 import numpy as np
 import onnx
 
+from rnnexport.core.io import scratch_folder
+from rnnexport.core.process import start_child, stop_child
 from rnnexport.engines.base import (
+    START_ALLOWANCE,
     EngineFailure,
+    EngineTimeout,
     EngineUnavailable,
     Runner,
     graph_tensors,
@@ -40,8 +47,13 @@ __all__ = ["BROWSER_INSTALL", "JS_DIR", "JS_INSTALL", "BrowserRunner", "NodeRunn
 JS_DIR = Path(__file__).resolve().parent / "js"
 JS_INSTALL = f"cd {JS_DIR} && ONNXRUNTIME_NODE_INSTALL=skip npm ci"
 BROWSER_INSTALL = "apt-get install -y --no-install-recommends chromium"
-#: Seconds a JavaScript engine may take to load a graph, and to answer one call.
-START_TIMEOUT, CALL_TIMEOUT = 120.0, 120.0
+#: Seconds a JavaScript engine may take to answer one call when the runner has no budget of its own;
+#: loading the graph may take :data:`~rnnexport.engines.base.START_ALLOWANCE` more than a call.
+CALL_TIMEOUT = 120.0
+
+
+class _Late(Exception):
+    """No answer before the deadline."""
 
 
 def _modules() -> Path:
@@ -70,13 +82,14 @@ def _load(model: str | os.PathLike[str] | bytes, engine: str) -> onnx.ModelProto
 class NodeRunner(Runner):
     """onnxruntime-node (``engine="node"``) or onnxruntime-web's wasm build in Node (``engine="wasm"``)."""
 
-    def __init__(self, model: str | os.PathLike[str] | bytes, engine: str = "node") -> None:
-        super().__init__()
+    def __init__(self, model: str | os.PathLike[str] | bytes, engine: str = "node",
+                 timeout: float | None = None) -> None:
+        super().__init__(timeout)
         self.model = model
         self.engine = engine
         self.name = engine
         self.process: subprocess.Popen[str] | None = None
-        self.folder: tempfile.TemporaryDirectory[str] | None = None
+        self.folder: Path | None = None
 
     def _activate(self) -> None:
         node = shutil.which("node")
@@ -87,17 +100,26 @@ class NodeRunner(Runner):
             raise EngineUnavailable(self.name, f"the npm package {package} is not installed ({JS_INSTALL})")
         proto = _load(self.model, self.name)
         self.inputs, self.outputs = graph_tensors(proto)
-        self.folder = tempfile.TemporaryDirectory(prefix="rnnexport-js-")
-        path = Path(self.folder.name) / "model.onnx"
+        self.folder = scratch_folder("node")
+        path = self.folder / "model.onnx"
         path.write_bytes(proto.SerializeToString())
         env = {**os.environ, "NODE_PATH": str(_modules())}
-        self.process = subprocess.Popen([node, str(JS_DIR / "engine.js"), self.engine, str(path)], cwd=JS_DIR,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                        text=True, env=env)
-        ready = self._answer(START_TIMEOUT)
+        self.process = start_child([node, str(JS_DIR / "engine.js"), self.engine, str(path)], cwd=JS_DIR,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                   text=True, env=env)
+        budget = START_ALLOWANCE + self.call_budget
+        try:
+            ready = self._answer(budget)
+        except _Late:
+            ready = {"error": f"no answer in {budget:g} s"}
         if "error" in ready:
             self._deactivate()
             raise EngineUnavailable(self.name, f"{package} cannot load this graph: {ready['error'][:300]}")
+
+    @property
+    def call_budget(self) -> float:
+        """Seconds one call may take: the runner's budget, else :data:`CALL_TIMEOUT`."""
+        return self.timeout if self.timeout is not None else CALL_TIMEOUT
 
     def _answer(self, timeout: float) -> dict[str, Any]:
         assert self.process is not None and self.process.stdout is not None
@@ -106,26 +128,29 @@ class NodeRunner(Runner):
         reader.start()
         try:
             line = lines.get(timeout=timeout)
-        except queue.Empty:
-            return {"error": f"no answer in {timeout:.0f} s"}
+        except queue.Empty as e:
+            raise _Late from e
         if not line:
             return {"error": "the node process ended"}
         return dict(json.loads(line))
 
     def _deactivate(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
+        stop_child(self.process)
+        self.process = None
         if self.folder is not None:
-            self.folder.cleanup()
+            shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        assert self.process is not None and self.process.stdin is not None
+        if self.process is None or self.process.stdin is None:
+            raise EngineUnavailable(self.name, "not run: its process is gone")
         self.process.stdin.write(json.dumps({"feeds": _encode(feeds)}) + "\n")
         self.process.stdin.flush()
-        answer = self._answer(CALL_TIMEOUT)
+        try:
+            answer = self._answer(self.call_budget)
+        except _Late as e:
+            self._deactivate()
+            raise EngineTimeout(self.name, self.call_budget) from e
         if "error" in answer:
             raise EngineFailure(f"{self.name} raised {answer['error'][:300]}")
         return _decode(answer["outputs"])
@@ -191,13 +216,13 @@ class BrowserRunner(Runner):
 
     name = "browser"
 
-    def __init__(self, model: str | os.PathLike[str] | bytes) -> None:
-        super().__init__()
+    def __init__(self, model: str | os.PathLike[str] | bytes, timeout: float | None = None) -> None:
+        super().__init__(timeout)
         self.model = model
         self.exchange: _Exchange | None = None
         self.server: http.server.ThreadingHTTPServer | None = None
         self.browser: subprocess.Popen[bytes] | None = None
-        self.profile: tempfile.TemporaryDirectory[str] | None = None
+        self.profile: Path | None = None
 
     def _activate(self) -> None:
         binary = chromium_binary()
@@ -211,45 +236,57 @@ class BrowserRunner(Runner):
         self.exchange = _Exchange(proto.SerializeToString())
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.exchange, dist))
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.profile = tempfile.TemporaryDirectory(prefix="rnnexport-chromium-")
+        self.profile = scratch_folder("chromium")
         url = f"http://127.0.0.1:{self.server.server_address[1]}/"
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={self.profile.name}"]
-        self.browser = subprocess.Popen([binary, *flags, url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        ready = self._answer(START_TIMEOUT)
+                 f"--user-data-dir={self.profile}"]
+        self.browser = start_child([binary, *flags, url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        budget = START_ALLOWANCE + self.call_budget
+        try:
+            ready = self._answer(budget)
+        except _Late:
+            ready = {"error": f"no answer from the page in {budget:g} s"}
         if "error" in ready:
             self._deactivate()
             raise EngineUnavailable(self.name, f"onnxruntime-web in Chromium cannot load this graph: "
                                                f"{ready['error'][:300]}")
 
+    @property
+    def call_budget(self) -> float:
+        """Seconds one call may take: the runner's budget, else :data:`CALL_TIMEOUT`."""
+        return self.timeout if self.timeout is not None else CALL_TIMEOUT
+
     def _answer(self, timeout: float) -> dict[str, Any]:
         assert self.exchange is not None
         try:
             return self.exchange.answers.get(timeout=timeout)
-        except queue.Empty:
-            return {"error": f"no answer from the page in {timeout:.0f} s"}
+        except queue.Empty as e:
+            raise _Late from e
 
     def _deactivate(self) -> None:
         if self.exchange is not None:
             self.exchange.requests.put({"stop": True})
-        if self.browser is not None:
-            self.browser.kill()
-            self.browser.wait()
-            self.browser = None
+        stop_child(self.browser)
+        self.browser = None
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
         if self.profile is not None:
-            self.profile.cleanup()
+            shutil.rmtree(self.profile, ignore_errors=True)
             self.profile = None
         self.exchange = None
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        assert self.exchange is not None
+        if self.exchange is None:
+            raise EngineUnavailable(self.name, "not run: the browser is gone")
         self.exchange.requests.put({"feeds": _encode(feeds)})
-        answer = self._answer(CALL_TIMEOUT)
+        try:
+            answer = self._answer(self.call_budget)
+        except _Late as e:
+            self._deactivate()
+            raise EngineTimeout(self.name, self.call_budget) from e
         if "error" in answer:
             raise EngineFailure(f"{self.name} raised {answer['error'][:300]}")
         return _decode(answer["outputs"])

@@ -3,6 +3,8 @@
 ``OrtRunner(path, "cuda")`` asks for the CUDA provider alone. A provider that is
 not in this build, or that did not start (the session fell back to CPU), makes
 the runner unavailable with onnxruntime's reason, never a CPU run counted as CUDA.
+A call over the runner's ``timeout`` is stopped through onnxruntime's own
+``RunOptions.terminate`` (:func:`rnnexport.core.ort.time_limit`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import numpy as np
 import onnxruntime as ort
 
 from rnnexport.core.errors import ProviderError, describe
-from rnnexport.core.ort import LoadError, full_name, short_name, start_session
+from rnnexport.core.ort import LoadError, full_name, short_name, start_session, time_limit
 from rnnexport.engines.base import (
     EngineFailure,
+    EngineTimeout,
     EngineUnavailable,
     GraphTensor,
     Runner,
@@ -38,10 +41,13 @@ class OrtRunner(Runner):
     Args:
         model: path of the ``.onnx`` (or ``.ort``) file, or its serialized bytes.
         provider: ``cpu``, ``cuda``, ``tensorrt`` or a full provider name.
+        threads: onnxruntime's intra-op threads (None: its default).
+        timeout: seconds one call may take (None: no bound).
     """
 
-    def __init__(self, model: str | os.PathLike[str] | bytes, provider: str = "cpu", threads: int | None = None) -> None:
-        super().__init__()
+    def __init__(self, model: str | os.PathLike[str] | bytes, provider: str = "cpu", threads: int | None = None,
+                 timeout: float | None = None) -> None:
+        super().__init__(timeout)
         self.threads = threads
         self.model = model if isinstance(model, bytes) else os.fspath(model)
         self.provider = full_name(provider)
@@ -69,10 +75,13 @@ class OrtRunner(Runner):
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self.session is not None  # activate() ran: Runner.infer checks
         names = [t.name for t in self.outputs]
-        try:
-            results = self.session.run(names, dict(feeds))
-        except Exception as e:  # noqa: BLE001 - the graph failing on valid feeds is a finding
-            raise EngineFailure(f"{self.name} raised {describe(e)}") from e
+        with time_limit(self.timeout) as limit:
+            try:
+                results = self.session.run(names, dict(feeds), limit.options)
+            except Exception as e:  # noqa: BLE001 - the graph failing on valid feeds is a finding
+                if limit.expired:
+                    raise EngineTimeout(self.name, limit.seconds or 0.0) from e
+                raise EngineFailure(f"{self.name} raised {describe(e)}") from e
         return dict(zip(names, results))
 
 

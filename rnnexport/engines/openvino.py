@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import onnx
 
 from rnnexport.core.errors import describe
 from rnnexport.engines.base import (
@@ -24,13 +25,27 @@ from rnnexport.engines.base import (
     standard_graph,
 )
 
-__all__ = ["INSTALL_HINT", "OpenVinoRunner"]
+__all__ = ["INSTALL_HINT", "OpenVinoRunner", "installed"]
 
 INSTALL_HINT = "pip install 'rnnexport[engines]'"
 
 
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 class OpenVinoRunner(Runner):
-    """An OpenVINO ``CompiledModel`` on the CPU device, one inference thread, float32."""
+    """An OpenVINO ``CompiledModel`` on the CPU device, one inference thread, float32, in this process.
+
+    A call (or a compile) cannot be stopped here: verify runs it in a child process
+    (:class:`~rnnexport.engines.child.ChildRunner`).
+    """
 
     name = "openvino"
 
@@ -40,18 +55,29 @@ class OpenVinoRunner(Runner):
         self.compiled: Any = None
         self.precision = ""
 
-    def _activate(self) -> None:
-        try:
-            import openvino
-        except ImportError as e:
-            raise EngineUnavailable(self.name, f"the openvino package is not installed ({INSTALL_HINT})") from e
-        proto = standard_graph(self.model, self.name)  # OpenVINO reads com.microsoft ops with other arithmetic
+    @classmethod
+    def prepare(cls, model: str | os.PathLike[str] | bytes) -> onnx.ModelProto:
+        """The graph, once the cheap checks pass (also run before a child process is started for it).
+
+        Raises:
+            EngineUnavailable: openvino is not installed, the graph has onnxruntime's own operators, or
+                recurrent operators with sequence_lens (which OpenVINO ignores).
+        """
+        if not installed("openvino"):
+            raise EngineUnavailable(cls.name, f"the openvino package is not installed ({INSTALL_HINT})")
+        proto = standard_graph(model, cls.name)  # OpenVINO reads com.microsoft ops with other arithmetic
         lengths = sorted({n.op_type for n in proto.graph.node
                           if n.op_type in ("RNN", "LSTM", "GRU") and len(n.input) > 4 and n.input[4]})
         if lengths:
-            raise EngineUnavailable(self.name, f"OpenVINO ignores the sequence_lens of ONNX {', '.join(lengths)} "
-                                               "(every stream runs to the padded end): convert with --lowering scan "
-                                               "to run a lengths graph here")
+            raise EngineUnavailable(cls.name, f"OpenVINO ignores the sequence_lens of ONNX {', '.join(lengths)} "
+                                              "(every stream runs to the padded end): convert with --lowering scan "
+                                              "to run a lengths graph here")
+        return proto
+
+    def _activate(self) -> None:
+        proto = self.prepare(self.model)
+        import openvino
+
         self.inputs, self.outputs = graph_tensors(proto)
         core = openvino.Core()
         try:

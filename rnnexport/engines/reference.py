@@ -70,22 +70,35 @@ def reference_limitations(model: onnx.ModelProto) -> list[str]:
 
 
 class ReferenceRunner(Runner):
-    """``onnx.reference.ReferenceEvaluator`` over a graph file or ModelProto."""
+    """``onnx.reference.ReferenceEvaluator`` over a graph file, its bytes or a ModelProto, in this process.
+
+    A call cannot be stopped here: verify runs it in a child process (:class:`~rnnexport.engines.child.ChildRunner`).
+    """
 
     name = "onnx-reference"
 
-    def __init__(self, model: str | os.PathLike[str] | onnx.ModelProto) -> None:
+    def __init__(self, model: str | os.PathLike[str] | bytes | onnx.ModelProto) -> None:
         super().__init__()
         self.model = model
         self.evaluator: ReferenceEvaluator | None = None
 
+    @classmethod
+    def prepare(cls, model: str | os.PathLike[str] | bytes | onnx.ModelProto) -> onnx.ModelProto:
+        """The graph, once the cheap checks pass (also run before a child process is started for it).
+
+        Raises:
+            EngineUnavailable: onnxruntime's own operators, or an operator the evaluator gets wrong.
+        """
+        proto = standard_graph(model, cls.name)  # onnxruntime's own operators (int8) are not ONNX's
+        limits = reference_limitations(proto)
+        if limits:
+            raise EngineUnavailable(cls.name, f"the ReferenceEvaluator cannot run this graph: {limits[0]}")
+        return proto
+
     def _activate(self) -> None:
         from onnx.reference import ReferenceEvaluator
 
-        proto = standard_graph(self.model, self.name)  # onnxruntime's own operators (int8) are not ONNX's
-        limits = reference_limitations(proto)
-        if limits:
-            raise EngineUnavailable(self.name, f"the ReferenceEvaluator cannot run this graph: {limits[0]}")
+        proto = self.prepare(self.model)
         try:
             self.evaluator = ReferenceEvaluator(proto)
         except Exception as e:  # noqa: BLE001 - an operator it lacks makes the engine unavailable

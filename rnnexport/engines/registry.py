@@ -22,6 +22,7 @@ import onnx
 from rnnexport.core.errors import VerifyError
 from rnnexport.core.ort import ALIASES, available_providers, short_name
 from rnnexport.engines.base import EngineKind, EngineUnavailable, Runner
+from rnnexport.engines.child import CHILD_KINDS, ChildRunner
 
 __all__ = ["ENGINES", "ONNXRUNTIME_ENGINES", "SLOW", "EngineSpec", "GraphModel", "engine_spec", "is_ort_format",
            "listed_engines", "make_runner", "running"]
@@ -101,44 +102,42 @@ class _Refused(Runner):
         raise EngineUnavailable(self.name, self.reason)
 
 
-def make_runner(spec: EngineSpec, model: GraphModel, threads: int | None = None) -> Runner:
+def make_runner(spec: EngineSpec, model: GraphModel, threads: int | None = None,
+                timeout: float | None = None) -> Runner:
     """A runner of ``spec`` over a graph file, its bytes, or a ModelProto (not started).
 
     ``threads`` sets onnxruntime's intra-op threads; the other engines run on one thread.
+    ``timeout``: seconds one call may take (None: no bound, but for the JavaScript engines'
+    own limit); a call over it is stopped (:class:`~rnnexport.engines.base.EngineTimeout`).
+    The ReferenceEvaluator, OpenVINO and tract run in a child process
+    (:class:`~rnnexport.engines.child.ChildRunner`), which can be stopped.
     """
     if spec.kind is not EngineKind.ONNXRUNTIME and is_ort_format(model):
         return _Refused(spec.name, "the ORT format is onnxruntime's own: only onnxruntime reads it")
-    if spec.kind is EngineKind.REFERENCE:
-        from rnnexport.engines.reference import ReferenceRunner
-
-        return ReferenceRunner(onnx.load_from_string(model) if isinstance(model, bytes) else model)
+    if spec.kind in CHILD_KINDS:
+        return ChildRunner(spec.kind, model, timeout)
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     if spec.kind is EngineKind.ONNXRUNTIME:
         from rnnexport.engines.onnxrt import OrtRunner
 
-        return OrtRunner(model, spec.provider or "cpu", threads)
-    if spec.kind is EngineKind.OPENVINO:
-        from rnnexport.engines.openvino import OpenVinoRunner
-
-        return OpenVinoRunner(model)
-    if spec.kind is EngineKind.TRACT:
-        from rnnexport.engines.tract import TractRunner
-
-        return TractRunner(model)
+        return OrtRunner(model, spec.provider or "cpu", threads, timeout)
     from rnnexport.engines.js import BrowserRunner, NodeRunner
 
-    return BrowserRunner(model) if spec.kind is EngineKind.BROWSER else NodeRunner(model, spec.kind.value)
+    if spec.kind is EngineKind.BROWSER:
+        return BrowserRunner(model, timeout)
+    return NodeRunner(model, spec.kind.value, timeout)
 
 
 @contextlib.contextmanager
-def running(spec: EngineSpec, models: Mapping[str, GraphModel],
-            threads: int | None = None) -> Iterator[dict[str, Runner] | EngineUnavailable]:
+def running(spec: EngineSpec, models: Mapping[str, GraphModel], threads: int | None = None,
+            timeout: float | None = None) -> Iterator[dict[str, Runner] | EngineUnavailable]:
     """``spec`` started on every model (by label), then stopped: the one home of an engine's lifecycle.
 
     Yields the started runners by label, or, when the engine cannot start on one of the models,
     the :class:`EngineUnavailable` that says why (naming the model when there are several); the
     runners already started are stopped first. Every runner is stopped when the block ends.
+    ``threads`` and ``timeout`` are :func:`make_runner`'s.
 
     Example::
 
@@ -153,7 +152,7 @@ def running(spec: EngineSpec, models: Mapping[str, GraphModel],
         failed: EngineUnavailable | None = None
         for label, model in models.items():
             try:
-                runners[label] = stack.enter_context(make_runner(spec, model, threads))
+                runners[label] = stack.enter_context(make_runner(spec, model, threads, timeout))
             except EngineUnavailable as e:
                 failed = e if len(models) == 1 else EngineUnavailable(e.engine, f"{label}: {e.reason}")
                 break

@@ -11,8 +11,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import onnx
 
 from rnnexport.core.errors import describe
+from rnnexport.core.io import scratch_folder
 from rnnexport.engines.base import (
     EngineFailure,
     EngineUnavailable,
@@ -20,13 +22,17 @@ from rnnexport.engines.base import (
     graph_tensors,
     standard_graph,
 )
-from rnnexport.engines.openvino import INSTALL_HINT
+from rnnexport.engines.openvino import INSTALL_HINT, installed
 
 __all__ = ["TractRunner"]
 
 
 class TractRunner(Runner):
-    """A tract runnable model, optimised once; inputs and outputs in graph order."""
+    """A tract runnable model; inputs and outputs in graph order, in this process.
+
+    A call cannot be stopped here (and a panic in tract aborts the process): verify runs it in a
+    child process (:class:`~rnnexport.engines.child.ChildRunner`).
+    """
 
     name = "tract"
 
@@ -35,24 +41,35 @@ class TractRunner(Runner):
         self.model = model
         self.runnable: Any = None
 
-    def _activate(self) -> None:
-        try:
-            import tract
-        except ImportError as e:
-            raise EngineUnavailable(self.name, f"the tract package is not installed ({INSTALL_HINT})") from e
-        proto = standard_graph(self.model, self.name)
-        self.inputs, self.outputs = graph_tensors(proto)
-        import tempfile
+    @classmethod
+    def prepare(cls, model: str | os.PathLike[str] | bytes) -> onnx.ModelProto:
+        """The graph, once the cheap checks pass (also run before a child process is started for it).
 
-        with tempfile.TemporaryDirectory(prefix="rnnexport-tract-") as tmp:
-            path = os.path.join(tmp, "model.onnx")
-            with open(path, "wb") as f:
-                f.write(proto.SerializeToString())
+        Raises:
+            EngineUnavailable: tract is not installed, or the graph has onnxruntime's own operators.
+        """
+        if not installed("tract"):
+            raise EngineUnavailable(cls.name, f"the tract package is not installed ({INSTALL_HINT})")
+        return standard_graph(model, cls.name)
+
+    def _activate(self) -> None:
+        proto = self.prepare(self.model)
+        import shutil
+
+        import tract
+
+        self.inputs, self.outputs = graph_tensors(proto)
+        folder = scratch_folder("tract")  # tract reads a graph from a file only
+        try:
+            path = folder / "model.onnx"
+            path.write_bytes(proto.SerializeToString())
             try:
-                self.runnable = tract.onnx().load(path).into_model().into_runnable()
+                self.runnable = tract.onnx().load(str(path)).into_model().into_runnable()
             except Exception as e:  # noqa: BLE001 - tract raises its own errors for what it cannot load
                 lines = [line.strip() for line in str(e).splitlines() if line.strip()]
                 raise EngineUnavailable(self.name, f"tract cannot load this graph: {' / '.join(lines[:3])[:300]}") from e
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _deactivate(self) -> None:
         self.runnable = None

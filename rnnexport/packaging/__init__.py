@@ -44,6 +44,7 @@ from rnnexport.core.io import (
     temp_folder,
 )
 from rnnexport.core.onnxfile import load_with_info
+from rnnexport.core.ort import check_timeout
 from rnnexport.engines.registry import engine_spec
 from rnnexport.packaging.calibration import Calibration, from_calls, read_calibration
 from rnnexport.packaging.forecast import forecast_agreement, forecast_notes, signal_of
@@ -53,6 +54,7 @@ from rnnexport.packaging.text import is_char_model, text_agreement, text_notes
 from rnnexport.packaging.variants import GraphContext, left_out, make_variant
 from rnnexport.packaging.vectors import Vectors, make_vectors
 from rnnexport.source.model import RecurrentModel
+from rnnexport.verification.options import DEFAULT_TIMEOUT
 
 __all__ = ["PackageResult", "VariantPlan", "package"]
 
@@ -180,6 +182,7 @@ def package(
     *,
     calibration: str | os.PathLike[str] | None = None,
     engines: Sequence[str] | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> PackageResult:
     """Bundle a converted graph for embedding.
 
@@ -202,11 +205,15 @@ def package(
             is written (names as ``rnnexport verify --engines`` takes them); None: the CPU
             provider and onnx's ReferenceEvaluator. One that cannot run a graph here is
             recorded as unavailable.
+        timeout: seconds each call of a graph may take (test vectors, calibration, variant
+            checks, the proof on each engine); None: no bound.
 
     Raises:
         BundleError: bad inputs, a graph whose test vectors fail on an engine, or a
             required variant that cannot be made; nothing is written then.
+        RunTimeout: a graph ran over ``timeout``; nothing is written then.
     """
+    timeout = check_timeout(timeout, "timeout", BundleError)
     model_path, out_dir = Path(model_path), Path(out_dir).absolute()
     plan = VariantPlan.of(variants, optional)
     proof_engines = _engines(engines)
@@ -232,7 +239,7 @@ def package(
     graphs = [(model_path, model, info), *([(Path(step_path), *step)] if step is not None and step_path else [])]
     tmp = temp_folder(out_dir, BundleError)
     try:
-        result = _build(tmp, graphs, source, plan, _Proving(proof_engines, given))
+        result = _build(tmp, graphs, source, plan, _Proving(proof_engines, given, timeout))
         check_replaceable(out_dir, force, is_bundle, "an rnnexport bundle", BundleError)
         swap_in(tmp, out_dir)
     except BaseException:
@@ -248,10 +255,12 @@ def package(
 
 @dataclasses.dataclass(frozen=True)
 class _Proving:
-    """How a bundle is proven: its engines, and the calibration file's sequences (None: its test sets)."""
+    """How a bundle is proven: its engines, the calibration file's sequences (None: its test sets), and the
+    time budget of each call of a graph (None: no bound)."""
 
     engines: tuple[str, ...]
     calibration: Calibration | None
+    timeout: float | None = None
 
 
 def _engines(names: Sequence[str] | None) -> tuple[str, ...]:
@@ -291,7 +300,7 @@ def _build(tmp: Path, given: list[tuple[Path, onnx.ModelProto, GraphInfo]], sour
         graphs[key] = dataclasses.replace(graph_entry(f"{prefix}model.onnx", model, info),
                                           mobile=mobile_coverage(target))
         placed[key] = (target, info)
-        made[key] = make_vectors(tmp, prefix, key, target, info, source, vocabulary)
+        made[key] = make_vectors(tmp, prefix, key, target, info, source, vocabulary, proving.timeout)
     vectors = [entry for found in made.values() for entry in found.entries]
     expected = next(iter(made.values())).expected_from
     card = source.card if source is not None else None
@@ -299,12 +308,13 @@ def _build(tmp: Path, given: list[tuple[Path, onnx.ModelProto, GraphInfo]], sour
     if proving.calibration is not None:
         calibration = calibration.joined(proving.calibration)
     variants = [make_variant(name, key, path, tmp, GraphContext(info.io, info.form, info.seq_len, info.cell_family,
-                                                                (card or {}).get("prompt"), calibration))
+                                                                (card or {}).get("prompt"), calibration,
+                                                                proving.timeout))
                 for key, (path, info) in placed.items() for name in plan.names]
     _require(plan, variants)
     info = given[0][2]
     write_manifest(tmp, build_manifest(tmp, info, graphs, variants, vectors))
-    proof = prove(tmp, build_manifest(tmp, info, graphs, variants, vectors), proving.engines)
+    proof = prove(tmp, build_manifest(tmp, info, graphs, variants, vectors), proving.engines, proving.timeout)
     for key in graphs:
         failed = proof.failures(key)
         if failed:
@@ -313,7 +323,7 @@ def _build(tmp: Path, given: list[tuple[Path, onnx.ModelProto, GraphInfo]], sour
         graphs[key] = dataclasses.replace(graphs[key], checked_on=proof.of(key))
     variants = [_proved(v, proof, tmp) for v in variants]
     _require(plan, variants)
-    variants = [_with_task(v, placed, tmp, card) for v in variants]
+    variants = [_with_task(v, placed, tmp, card, proving.timeout) for v in variants]
     manifest = build_manifest(tmp, info, graphs, variants, vectors)
     write_manifest(tmp, manifest)
     assert (tmp / MANIFEST).is_file()
@@ -331,17 +341,17 @@ def _proved(variant: VariantEntry, proof: Proof, root: Path) -> VariantEntry:
 
 
 def _with_task(variant: VariantEntry, placed: dict[str, tuple[Path, GraphInfo]], root: Path,
-               card: dict[str, Any] | None) -> VariantEntry:
+               card: dict[str, Any] | None, timeout: float | None) -> VariantEntry:
     """A lossy variant with what it changes in the model's task: a char model's text, a forecaster's forecasts."""
     path, info = placed[variant.of]
     if not variant.ok or variant.name == "ort" or info.seq_len is not None:
         return variant
     signal = signal_of(card)
     if is_char_model(info.io):
-        agreement = text_agreement(path, root / variant.files[0], info.io, (card or {}).get("prompt"))
+        agreement = text_agreement(path, root / variant.files[0], info.io, (card or {}).get("prompt"), timeout)
         notes = text_notes(agreement)
     elif signal is not None and info.io.x_features == (1,) and info.io.y_features == (1,):
-        agreement = forecast_agreement(path, root / variant.files[0], info.io, signal)
+        agreement = forecast_agreement(path, root / variant.files[0], info.io, signal, timeout)
         notes = forecast_notes(agreement)
     else:
         return variant

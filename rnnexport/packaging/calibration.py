@@ -33,7 +33,7 @@ from onnx import helper
 
 from rnnexport.core.contract import Form, IOSpec
 from rnnexport.core.errors import BundleError
-from rnnexport.core.ort import start_session
+from rnnexport.core.ort import run_limited, start_session
 from rnnexport.export.onnxutil import GraphBuilder, names_in
 from rnnexport.packaging.qdq import Observed, graph_at
 
@@ -132,8 +132,9 @@ def _calls(sequence: CalibrationSequence, io: IOSpec, form: Form, seq_len: int |
 
 
 def calibrate(model: onnx.ModelProto, keys: Sequence[Key], calibration: Calibration, io: IOSpec, form: Form,
-              seq_len: int | None) -> dict[Key, Observed]:
-    """The range of every value ``keys`` names over ``calibration``, streamed through ``model`` (not edited)."""
+              seq_len: int | None, timeout: float | None = None) -> dict[Key, Observed]:
+    """The range of every value ``keys`` names over ``calibration``, streamed through ``model`` (not edited),
+    each call within ``timeout`` seconds (:class:`~rnnexport.core.errors.RunTimeout` past it)."""
     if not keys:
         return {}
     observing = onnx.ModelProto()
@@ -148,7 +149,8 @@ def calibrate(model: onnx.ModelProto, keys: Sequence[Key], calibration: Calibrat
         batch = int(sequence.calls[0].shape[io.batch_axis])
         state = list(sequence.state) if sequence.state is not None else io.state.zeros(batch)
         for x in _calls(sequence, io, form, seq_len):
-            got = session.run(names, io.feeds(x.astype(io.x_dtype, copy=False), state))
+            got = run_limited(session, names, io.feeds(x.astype(io.x_dtype, copy=False), state), timeout,
+                              "a calibration call")
             state = got[:len(state_out)]
             for key, value in zip(keys, got[len(state_out):]):
                 found[key].add(value)

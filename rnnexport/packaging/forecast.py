@@ -65,13 +65,14 @@ def held_out_series(signal: Mapping[str, Any], seed: int, count: int) -> np.ndar
     return (clean + noise).to(torch.float32)[..., None].numpy()
 
 
-def _forecast(path: Path, x: np.ndarray) -> np.ndarray:
-    session = StatefulSession.load(path, threads=1, batch=x.shape[1])
+def _forecast(path: Path, x: np.ndarray, timeout: float | None) -> np.ndarray:
+    session = StatefulSession.load(path, threads=1, batch=x.shape[1], timeout=timeout)
     return session.run(x)
 
 
-def forecast_agreement(reference: Path, variant: Path, io: IOSpec, signal: Mapping[str, Any]) -> dict[str, Any]:
-    """The figures above for the graph file ``variant`` against the float32 graph ``reference``."""
+def forecast_agreement(reference: Path, variant: Path, io: IOSpec, signal: Mapping[str, Any],
+                       timeout: float | None = None) -> dict[str, Any]:
+    """The figures above for the graph file ``variant`` against the float32 graph ``reference``. Each call within ``timeout`` seconds."""
     count = min(int(signal["valid_series"]), MAX_SERIES)
     series = held_out_series(signal, int(signal["seed"]) + 1, count)
     x, target = series[:-1], series[1:]
@@ -79,7 +80,7 @@ def forecast_agreement(reference: Path, variant: Path, io: IOSpec, signal: Mappi
         x, target = np.swapaxes(x, 0, 1), np.swapaxes(target, 0, 1)
     warmup = int(signal["warmup"])
     window = (slice(None), slice(warmup, None)) if io.time_axis == 1 else (slice(warmup, None),)
-    want, got = _forecast(reference, x), _forecast(variant, x)
+    want, got = _forecast(reference, x, timeout), _forecast(variant, x, timeout)
     mae_float = float(np.abs(want - target)[window].mean())
     mae_variant = float(np.abs(got - target)[window].mean())
     return {"series": count, "steps": int(x.shape[io.time_axis]), "warmup": warmup,

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rnnexport.bundle import CheckStatus, EngineCheck, Manifest
-from rnnexport.verification.options import VerifyOptions
+from rnnexport.verification.options import DEFAULT_TIMEOUT, VerifyOptions
 from rnnexport.verification.report import Check, Contract, Report
 from rnnexport.verification.run import verify
 
@@ -78,12 +78,14 @@ def _unavailable(report: Report, keys: list[Key], done: set[tuple[Key, str]]) ->
     return found
 
 
-def prove(folder: Path, manifest: Manifest, engines: Sequence[str] = PROOF_ENGINES) -> Proof:
-    """Run the test vectors of the bundle ``folder`` (its manifest written) on ``engines``.
+def prove(folder: Path, manifest: Manifest, engines: Sequence[str] = PROOF_ENGINES,
+          timeout: float | None = DEFAULT_TIMEOUT) -> Proof:
+    """Run the test vectors of the bundle ``folder`` (its manifest written) on ``engines``, each call
+    within ``timeout`` seconds (one over it fails the check, naming the engine and the budget).
 
     An engine that cannot run a graph here is recorded as unavailable with the reason.
     """
-    report = verify(folder, options=VerifyOptions(engines=tuple(engines), allow_missing=True))
+    report = verify(folder, options=VerifyOptions(engines=tuple(engines), allow_missing=True, timeout=timeout))
     graph_of = {t.dir: t.graph for t in manifest.test_vectors}
     keys: list[Key] = [(g, None) for g in manifest.graphs] + [(v.of, v.name) for v in manifest.variants if v.ok]
     grouped: dict[tuple[Key, str], list[Check]] = {}

@@ -72,9 +72,11 @@ def _sampled(session: StatefulSession, io: IOSpec, prompt: list[int], count: int
     return out
 
 
-def sampled_text(reference: Path, io: IOSpec, prompt: str | None, streams: int, length: int) -> np.ndarray:
-    """``(length, streams, V)`` one-hot (time-major): the prompt, then text the float32 graph samples (seeds 1, 2, ...)."""
-    session = StatefulSession.load(reference, threads=1)
+def sampled_text(reference: Path, io: IOSpec, prompt: str | None, streams: int, length: int,
+                 timeout: float | None = None) -> np.ndarray:
+    """``(length, streams, V)`` one-hot (time-major): the prompt, then text the float32 graph samples (seeds 1, 2,
+    ...), each call within ``timeout`` seconds."""
+    session = StatefulSession.load(reference, threads=1, timeout=timeout)
     start = _prompt_ids(io, prompt)[:length]
     texts = [start + _sampled(session, io, start, length - len(start), seed=_SEED + 1 + k) for k in range(streams)]
     assert io.vocabulary is not None  # is_char_model
@@ -82,10 +84,12 @@ def sampled_text(reference: Path, io: IOSpec, prompt: str | None, streams: int, 
     return np.ascontiguousarray(x if io.time_axis == 0 else np.swapaxes(x, 0, 1))
 
 
-def text_agreement(reference: Path, variant: Path, io: IOSpec, prompt: str | None) -> dict[str, Any]:
-    """The figures above for the graph file ``variant`` against the float32 graph ``reference``."""
-    want = StatefulSession.load(reference, threads=1)
-    got = StatefulSession.load(variant, threads=1)
+def text_agreement(reference: Path, variant: Path, io: IOSpec, prompt: str | None,
+                   timeout: float | None = None) -> dict[str, Any]:
+    """The figures above for the graph file ``variant`` against the float32 graph ``reference``
+    (each call within ``timeout`` seconds)."""
+    want = StatefulSession.load(reference, threads=1, timeout=timeout)
+    got = StatefulSession.load(variant, threads=1, timeout=timeout)
     start = _prompt_ids(io, prompt)
     text = start + _sampled(want, io, start, TEXT_CHARS)
     choices = []

@@ -33,11 +33,13 @@ from rnnexport.bundle import VariantEntry
 from rnnexport.core.compare import VARIANT_TOLERANCES, Tolerance, compare
 from rnnexport.core.contract import Form, IOSpec
 from rnnexport.core.cpu import this_cpu
-from rnnexport.core.errors import BundleError, describe
+from rnnexport.core.errors import BundleError, RunTimeout, describe
 from rnnexport.core.graphs import walk, walk_graphs
 from rnnexport.core.inputs import random_inputs, random_state
 from rnnexport.core.io import atomic_write
-from rnnexport.core.ort import start_session
+from rnnexport.core.ort import run_limited, start_session
+from rnnexport.core.process import start_child, stop_child
+from rnnexport.engines.base import START_ALLOWANCE
 from rnnexport.packaging.calibration import Calibration, calibrate
 from rnnexport.packaging.qdq import find_sites, quantize, to_observe
 from rnnexport.packaging.text import is_char_model, sampled_text
@@ -59,6 +61,7 @@ class GraphContext:
         family: the cell family from its metadata.
         prompt: for a char model, the text its checks start from (the card's prompt).
         calibration: the sequences ``int8-qdq`` takes its activation ranges from.
+        timeout: seconds each call of the graph or a variant may take (None: no bound).
     """
 
     io: IOSpec
@@ -67,6 +70,7 @@ class GraphContext:
     family: str | None = None
     prompt: str | None = None
     calibration: Calibration | None = None
+    timeout: float | None = None
 
 #: At least this fraction of the float32 weights must become int8 for the variant to be worth shipping.
 INT8_MIN_QUANTIZED = 0.5
@@ -152,7 +156,7 @@ def _int8_qdq(source: Path, target: Path, context: GraphContext) -> tuple[str, d
     keys = to_observe(sites)
     if keys and context.calibration is None:
         raise _Skip("no calibration data")
-    seen = calibrate(model, keys, context.calibration, context.io, context.form, context.seq_len) \
+    seen = calibrate(model, keys, context.calibration, context.io, context.form, context.seq_len, context.timeout) \
         if keys and context.calibration is not None else {}
     done = quantize(model, seen)
     share = done.weights / max(floats, 1)
@@ -225,31 +229,27 @@ def _signed_weights(model: onnx.ModelProto) -> list[str]:
                    for i in _WEIGHT_INPUTS.get(node.op_type, ()))]
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to kill it when its parent dies (no orphan converter)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: the child may outlive a killed parent
-
-
-def _ort(source: Path, target: Path, config: Path) -> str:
-    # The work folder lies inside the bundle's temporary folder, so a killed run leaves nothing elsewhere.
+def _ort(source: Path, target: Path, config: Path, timeout: float | None) -> str:
+    # The work folder lies inside the bundle's temporary folder, so a killed run leaves nothing elsewhere;
+    # the converter is started to die with this process (no orphan when the command is killed).
+    budget = START_ALLOWANCE + (timeout or 0.0)
     with tempfile.TemporaryDirectory(dir=target.parent.parent, prefix=".ort-") as tmp:
         work = Path(tmp) / "model.onnx"
         shutil.copyfile(source, work)
-        proc = subprocess.run(
+        converter = start_child(
             [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(work),
              "--output_dir", str(Path(tmp) / "out"), "--optimization_style", "Fixed"],
-            capture_output=True, text=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = converter.communicate(timeout=budget)
+        except subprocess.TimeoutExpired as e:
+            raise _Skip(f"onnxruntime's ORT-format converter did not finish within {budget:g} s") from e
+        finally:
+            stop_child(converter)
         produced = Path(tmp) / "out" / "model.ort"
-        if proc.returncode != 0 or not produced.exists():
-            lines = (proc.stderr or proc.stdout).strip().splitlines()
-            raise _Skip(f"onnxruntime's ORT-format converter failed: {lines[-1] if lines else proc.returncode}")
+        if converter.returncode != 0 or not produced.exists():
+            lines = (err or out).strip().splitlines()
+            raise _Skip(f"onnxruntime's ORT-format converter failed: {lines[-1] if lines else converter.returncode}")
         atomic_write(target, produced.read_bytes(), "ORT-format variant", BundleError)
         ops = [line for line in (Path(tmp) / "out" / "model.required_operators.config").read_text().splitlines()
                if line and not line.startswith("#")]
@@ -281,7 +281,7 @@ def _cases(reference: Path, context: GraphContext) -> list[tuple[np.ndarray, lis
     if seq_len is not None:
         streams = [random_inputs(io, form, 4, seq_len, rng)]
     elif is_char_model(io):
-        text = sampled_text(reference, io, context.prompt, 2 * TEXT_STREAMS, TEXT_STEPS)
+        text = sampled_text(reference, io, context.prompt, 2 * TEXT_STREAMS, TEXT_STEPS, context.timeout)
         streams = [text[:SHORT_STEPS, :TEXT_STREAMS], text[:, TEXT_STREAMS:]]
     else:
         streams = [random_inputs(io, form, 4, t, rng) for t in (SHORT_STEPS, TEXT_STEPS)]
@@ -290,7 +290,8 @@ def _cases(reference: Path, context: GraphContext) -> list[tuple[np.ndarray, lis
 
 
 def check(reference: Path, candidate: Path, context: GraphContext, tol: Tolerance) -> dict[str, dict[str, Any]]:
-    """Worst errors of ``candidate`` against ``reference`` per output on the CPU EP, by the one comparator."""
+    """Worst errors of ``candidate`` against ``reference`` per output on the CPU EP, by the one comparator
+    (each call within ``context.timeout``: :class:`~rnnexport.core.errors.RunTimeout` past it)."""
     io, form = context.io, context.form
     ref = start_session(reference, "cpu").session
     cand = start_session(candidate, "cpu").session
@@ -298,7 +299,9 @@ def check(reference: Path, candidate: Path, context: GraphContext, tol: Toleranc
     figures = {n: {"max_abs": 0.0, "max_rel": 0.0, "range": 0.0, "passed": True} for n in names}
     for x, state in _cases(reference, context):
         feeds = io.feeds(x, state)
-        for name, a, b in zip(names, cand.run(names, feeds), ref.run(names, feeds)):
+        want = run_limited(ref, names, feeds, context.timeout, f"a check call of the {form.value} graph")
+        got = run_limited(cand, names, feeds, context.timeout, f"a check call of a variant of the {form.value} graph")
+        for name, a, b in zip(names, got, want):
             found = compare(a, b, tol)
             worst = figures[name]
             worst["max_abs"] = max(worst["max_abs"], found.max_abs if found.max_abs is not None else float("inf"))
@@ -316,7 +319,12 @@ def onnxruntime_only(path: Path) -> bool:
 
 
 def make_variant(name: str, graph: str, source: Path, root: Path, context: GraphContext) -> VariantEntry:
-    """Make variant ``name`` of the bundle graph ``source`` (inside ``root``) beside it in ``variants/``; check it."""
+    """Make variant ``name`` of the bundle graph ``source`` (inside ``root``) beside it in ``variants/``; check it.
+
+    Raises:
+        RunTimeout: a call of the graph or the variant ran over ``context.timeout`` (a graph that
+            loops is not packaged at all).
+    """
     stem = source.stem
     out = source.parent / "variants"
     out.mkdir(exist_ok=True)
@@ -326,7 +334,7 @@ def make_variant(name: str, graph: str, source: Path, root: Path, context: Graph
     quantization: dict[str, Any] = {}
     try:
         if name == "ort":
-            notes = _ort(source, target, files[1])
+            notes = _ort(source, target, files[1], context.timeout)
         elif name == "int8":
             notes = _int8(source, target, context.family)
         elif name == "int8-qdq":
@@ -334,6 +342,9 @@ def make_variant(name: str, graph: str, source: Path, root: Path, context: Graph
         else:
             notes = _fp16(source, target)
         figures = check(source, target, context, tolerance)
+    except RunTimeout:
+        _left_out(name, graph, files, "stopped")
+        raise
     except _Skip as e:
         return _left_out(name, graph, files, str(e))
     except Exception as e:  # noqa: BLE001 - a variant that fails to build is left out, not fatal

@@ -22,7 +22,7 @@ from rnnexport.bundle.vectors import write_set
 from rnnexport.core.compare import rounding_error, tolerance_for, with_rounding
 from rnnexport.core.contract import Form, GraphInfo
 from rnnexport.core.inputs import random_inputs, random_state
-from rnnexport.core.ort import start_session
+from rnnexport.core.ort import run_limited, start_session
 from rnnexport.source.model import RecurrentModel
 
 __all__ = ["RAGGED_LENGTHS", "STREAM_T", "VECTOR_BATCH", "Vectors", "make_vectors"]
@@ -36,9 +36,10 @@ RAGGED_LENGTHS = (1, SINGLE_T, 0)
 class _Expect:
     """Expected outputs: PyTorch when the source is known, else the CPU execution provider."""
 
-    def __init__(self, path: Path, info: GraphInfo, source: RecurrentModel | None) -> None:
+    def __init__(self, path: Path, info: GraphInfo, source: RecurrentModel | None, timeout: float | None) -> None:
         self.source = source
         self.info = info
+        self.timeout = timeout
         self.session = None if source else start_session(path, "cpu", name=str(path)).session
 
     @property
@@ -52,7 +53,8 @@ class _Expect:
             return [np.ascontiguousarray(a) for a in self.source.run_sequence(x, state, lengths)]
         names = [s.name for s in self.info.io.outputs(self.info.form)]
         assert self.session is not None
-        return self.session.run(names, self.info.io.feeds(x, state, lengths))
+        return run_limited(self.session, names, self.info.io.feeds(x, state, lengths), self.timeout,
+                           f"a test-vector call of the {self.info.form.value} graph")
 
     def rounding_error(self, x: np.ndarray, state: list[np.ndarray], outputs: list[np.ndarray],
                        lengths: np.ndarray | None = None) -> float | None:
@@ -91,10 +93,11 @@ class Vectors:
 
 
 def make_vectors(root: Path, prefix: str, graph: str, path: Path, info: GraphInfo,
-                 source: RecurrentModel | None, vocabulary: int | None) -> Vectors:
-    """Write the test sets of the graph file ``path`` under ``root/prefix``."""
+                 source: RecurrentModel | None, vocabulary: int | None, timeout: float | None = None) -> Vectors:
+    """Write the test sets of the graph file ``path`` under ``root/prefix`` (onnxruntime's calls within
+    ``timeout`` seconds each: :class:`~rnnexport.core.errors.RunTimeout` past it)."""
     io, form = info.io, info.form
-    expect = _Expect(path, info, source)
+    expect = _Expect(path, info, source, timeout)
     rng = np.random.default_rng(2024)
     in_names = [s.name for s in io.inputs(form)]
     out_names = [s.name for s in io.outputs(form)]

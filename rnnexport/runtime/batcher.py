@@ -37,8 +37,8 @@ import onnxruntime as ort
 from rnnexport.bundle import open_bundle
 from rnnexport.core.contract import Form, IOSpec, StateSpec, check_array
 from rnnexport.core.errors import RnnexportError, RunError, RuntimeContractError, describe
-from rnnexport.core.ort import ProviderRequest
-from rnnexport.runtime.buffers import bind_state, bound_call, concrete
+from rnnexport.core.ort import ProviderRequest, check_timeout
+from rnnexport.runtime.buffers import bind_state, bound_call, concrete, run_bound
 from rnnexport.runtime.engine import Engine, Graph, LoadOptions, open_engine
 from rnnexport.runtime.session import checked_state, refuse_nonfinite
 
@@ -331,8 +331,9 @@ class StreamBatcher:
     def __init__(self, engine: Engine, *, max_batch: int = DEFAULT_MAX_BATCH,
                  max_wait: float = DEFAULT_MAX_WAIT, check_finite: bool = False,
                  max_streams: int = DEFAULT_MAX_STREAMS, idle_timeout: float | None = None,
-                 on_evict: Callable[[StreamId], None] | None = None) -> None:
+                 on_evict: Callable[[StreamId], None] | None = None, timeout: float | None = None) -> None:
         _check_int("max_batch", max_batch, MAX_BATCH_LIMIT)
+        self._timeout = check_timeout(timeout, "timeout", RuntimeContractError)
         _check_int("max_streams", max_streams, MAX_STREAMS_LIMIT)
         if not isinstance(max_wait, (int, float)) or isinstance(max_wait, bool) or not 0 <= max_wait <= 60:
             raise RuntimeContractError(f"max_wait must be seconds from 0 to 60, got {max_wait!r}")
@@ -381,6 +382,7 @@ class StreamBatcher:
         max_streams: int = DEFAULT_MAX_STREAMS,
         idle_timeout: float | None = None,
         on_evict: Callable[[StreamId], None] | None = None,
+        timeout: float | None = None,
     ) -> StreamBatcher:
         """Load a bundle, a .zip of one, or a model ``.onnx`` (its step graph) with no streams yet.
 
@@ -400,16 +402,19 @@ class StreamBatcher:
                 they leave. Checked whenever a stream joins or steps.
             on_evict: called with each evicted stream's id (outside the batcher's lock); the last
                 ones are also listed in :attr:`evicted`.
+            timeout: seconds one graph call may take; one over it is stopped and raises
+                :class:`~rnnexport.core.errors.RunTimeout`. None (default): no bound.
 
         Raises:
             BundleError, ProviderError, RuntimeContractError: as :meth:`StatefulSession.load`;
             RuntimeContractError also for a graph unrolled at a fixed T.
         """
+        check_timeout(timeout, "timeout", RuntimeContractError)  # before the graph loads
         bundle = open_bundle(path)
         form = "step" if any(s.form is Form.STEP for s in bundle.graphs.values()) else None
         engine = open_engine(bundle, LoadOptions(providers, form, threads, session_options))
         return cls(engine, max_batch=max_batch, max_wait=max_wait, check_finite=check_finite,
-                   max_streams=max_streams, idle_timeout=idle_timeout, on_evict=on_evict)
+                   max_streams=max_streams, idle_timeout=idle_timeout, on_evict=on_evict, timeout=timeout)
 
     # --- what it is ----------------------------------------------------------------------------
 
@@ -718,10 +723,13 @@ class StreamBatcher:
             self._write_back()
             reads = 0
             self._pool.gather(self._index(slots), views.states[0])
-        try:
-            views.calls[reads]()
-        except Exception as e:  # noqa: BLE001 - onnxruntime's own failures, as run_bound words them
-            raise RunError(f"a step of {len(slots)} streams failed in onnxruntime: {describe(e)}") from e
+        if self._timeout is not None:  # a bounded call goes through run_bound (the fast call has no budget)
+            run_bound(self._graph.session, views.bindings[reads], f"a step of {len(slots)} streams", self._timeout)
+        else:
+            try:
+                views.calls[reads]()
+            except Exception as e:  # noqa: BLE001 - onnxruntime's own failures, as run_bound words them
+                raise RunError(f"a step of {len(slots)} streams failed in onnxruntime: {describe(e)}") from e
         if resident is not None and same:
             resident.current = 1 - reads  # the same streams' newest state, now in the other set
         else:

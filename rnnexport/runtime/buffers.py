@@ -16,7 +16,7 @@ import onnxruntime as ort
 
 from rnnexport.core.contract import Dim, StateSpec
 from rnnexport.core.errors import RunError, describe
-from rnnexport.core.ort import Device
+from rnnexport.core.ort import Device, stopped, time_limit
 
 __all__ = ["Buffer", "bind_state", "bound_call", "concrete", "run_bound"]
 
@@ -65,16 +65,21 @@ def bind_state(binding: ort.IOBinding, spec: StateSpec, reads: Sequence[ort.OrtV
         binding.bind_ortvalue_output(name, value)
 
 
-def run_bound(session: ort.InferenceSession, binding: ort.IOBinding, what: str) -> None:
-    """One call on bound buffers; onnxruntime's own failures (out of memory, an operator's error) as one line.
+def run_bound(session: ort.InferenceSession, binding: ort.IOBinding, what: str, timeout: float | None = None) -> None:
+    """One call on bound buffers, within ``timeout`` seconds (None: no bound); onnxruntime's own failures
+    (out of memory, an operator's error) as one line.
 
     Raises:
+        RunTimeout: the call ran over its budget and was stopped.
         RunError: naming ``what`` ran and onnxruntime's reason.
     """
-    try:
-        session.run_with_iobinding(binding)
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises Fail, RuntimeException, ... for a graph's failure
-        raise RunError(f"{what} failed in onnxruntime: {describe(e)}") from e
+    with time_limit(timeout) as limit:
+        try:
+            session.run_with_iobinding(binding, limit.options)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises Fail, RuntimeException, ... for a graph's failure
+            if limit.expired:
+                raise stopped(session, what, limit.seconds or 0.0) from e
+            raise RunError(f"{what} failed in onnxruntime: {describe(e)}") from e
 
 
 def bound_call(session: ort.InferenceSession, binding: ort.IOBinding) -> Callable[[], None]:

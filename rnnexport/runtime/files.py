@@ -101,6 +101,7 @@ def run_files(
     providers: ProviderRequest | list[ProviderRequest] | None = None,
     check_finite: bool = True,
     lengths_path: str | os.PathLike[str] | None = None,
+    timeout: float | None = None,
 ) -> RunSummary:
     """Run ``x.npy`` through a bundle or model, from a saved state or zeros.
 
@@ -108,9 +109,11 @@ def run_files(
     for batch-major graphs); B is read from it. ``y`` and the state are written
     atomically. ``lengths_path``: a ``.npy`` of ``(B,)`` integers, each stream's own
     number of steps in the chunk (a sequence graph converted with ``--lengths``).
+    ``timeout``: seconds each graph call may take (None: no bound).
 
     Raises:
-        RnnexportError: for an unreadable file, a bad bundle, or inputs off the contract.
+        RnnexportError: for an unreadable file, a bad bundle, or inputs off the contract;
+            :class:`~rnnexport.core.errors.RunTimeout` for a call over ``timeout``.
     """
     _check_outputs([("-o", y_path), ("--state-out", state_out)],
                    [("the model", model), ("the input", x_path), ("the saved state", state_in),
@@ -124,7 +127,7 @@ def run_files(
         lengths = _load_array(Path(lengths_path), "lengths")
         if not isinstance(lengths, np.ndarray):
             raise RuntimeContractError(f"lengths {lengths_path} is not a single .npy array")
-    probe = StatefulSession.load(model, providers, check_finite=check_finite)
+    probe = StatefulSession.load(model, providers, check_finite=check_finite, timeout=timeout)
     call, batch = _batch_of(probe, x)
     if lengths is not None and call == STEP:
         raise RuntimeContractError(f"--lengths goes with a chunk {show_shape(probe.contract.x_shape(SEQUENCE))}; "
@@ -173,6 +176,7 @@ def run_stream_files(
     y_paths: list[str | os.PathLike[str]],
     providers: ProviderRequest | list[ProviderRequest] | None = None,
     check_finite: bool = True,
+    timeout: float | None = None,
 ) -> StreamsSummary:
     """Run several streams at once, one per ``x.npy``.
 
@@ -182,6 +186,7 @@ def run_stream_files(
     run in one call, each stopping at its own length; otherwise a :class:`StreamBatcher` runs,
     at every tick, the streams that still have a step in one call. Each ``y`` is written
     (atomically) as that stream's chunk, after all of them have run. Streams start from zeros.
+    ``timeout``: seconds each graph call may take (None: no bound).
 
     Raises:
         RnnexportError: an unreadable file, one ``-o`` per input missing, inputs off the contract.
@@ -203,10 +208,11 @@ def run_stream_files(
         chunks.append(np.moveaxis(x, c.time_axis, 0))  # (T, 1, ...): one step per row
     sequence = engine.graphs.get(SEQUENCE)
     if c.lengths is not None and sequence is not None and sequence.seq_len is None:
-        ys = _run_ragged(StatefulSession(engine, len(chunks), check_finite), chunks)
+        ys = _run_ragged(StatefulSession(engine, len(chunks), check_finite, timeout), chunks)
         calls, form = int(any(len(chunk) for chunk in chunks)), SEQUENCE.value
     else:
-        with StreamBatcher(engine, max_batch=max(1, len(x_paths)), check_finite=check_finite) as batcher:
+        with StreamBatcher(engine, max_batch=max(1, len(x_paths)), check_finite=check_finite,
+                           timeout=timeout) as batcher:
             ys, calls = _run_ticks(batcher, chunks)
         form = STEP.value
     written = []

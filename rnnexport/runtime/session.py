@@ -19,7 +19,7 @@ import onnxruntime as ort
 from rnnexport.bundle import Bundle
 from rnnexport.core.contract import TIME, Form, IOSpec, StateSpec, check_array, check_lengths
 from rnnexport.core.errors import RunError, RuntimeContractError, describe
-from rnnexport.core.ort import Device, ProviderRequest
+from rnnexport.core.ort import Device, ProviderRequest, check_timeout
 from rnnexport.runtime.buffers import Buffer, bind_state, bound_call, concrete, run_bound
 from rnnexport.runtime.engine import Engine, Graph, LoadOptions, open_engine
 
@@ -103,9 +103,9 @@ class _StepPlan:
             state.bind(binding, reads)
             self.bindings.append(binding)
 
-    def __call__(self, x: np.ndarray) -> Buffer:
+    def __call__(self, x: np.ndarray, timeout: float | None = None) -> Buffer:
         self.x.write(x)
-        run_bound(self.graph.session, self.bindings[self.state.current], "a step")
+        run_bound(self.graph.session, self.bindings[self.state.current], "a step", timeout)
         self.state.current ^= 1
         return self.y
 
@@ -129,9 +129,11 @@ class StatefulSession:
     threads at once; different streams of one load may run in parallel threads.
     """
 
-    def __init__(self, engine: Engine, batch: int = 1, check_finite: bool = False) -> None:
+    def __init__(self, engine: Engine, batch: int = 1, check_finite: bool = False,
+                 timeout: float | None = None) -> None:
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
             raise RuntimeContractError(f"batch must be a positive int (the number of streams), got {batch!r}")
+        self._timeout = check_timeout(timeout, "timeout", RuntimeContractError)
         self._engine = engine
         self._batch = batch
         # a graph converted with --nan refuse has no NaN guards: its input is always checked
@@ -154,6 +156,7 @@ class StatefulSession:
         threads: int | None = None,
         session_options: ort.SessionOptions | None = None,
         check_finite: bool = False,
+        timeout: float | None = None,
     ) -> StatefulSession:
         """Load a bundle folder, a .zip of one, or a model ``.onnx``, and start from the zero state.
 
@@ -170,6 +173,9 @@ class StatefulSession:
                 (off by default: it reads every input once more; ``rnnexport run`` turns it on).
                 Always on for a graph converted with ``--nan refuse``, which has no NaN
                 guards (docs/verify.md).
+            timeout: seconds one call (:meth:`step`, :meth:`run`, or each step :meth:`run` takes
+                through a step graph) may take; one over it is stopped and raises
+                :class:`~rnnexport.core.errors.RunTimeout`. None (default): no bound.
 
         Raises:
             BundleError: unknown schema, malformed manifest, checksum mismatch.
@@ -177,11 +183,13 @@ class StatefulSession:
             RuntimeContractError: a graph without an rnnexport I/O contract.
         """
         options = LoadOptions(providers, form, threads, session_options)
-        return cls(open_engine(path, options), batch, check_finite)
+        check_timeout(timeout, "timeout", RuntimeContractError)  # before the graphs load
+        return cls(open_engine(path, options), batch, check_finite, timeout)
 
     def new_stream(self, batch: int | None = None) -> StatefulSession:
         """An independent stream (zero state) on the same loaded graphs."""
-        return StatefulSession(self._engine, self._batch if batch is None else batch, self._check_finite)
+        return StatefulSession(self._engine, self._batch if batch is None else batch, self._check_finite,
+                               self._timeout)
 
     @property
     def checks_finite(self) -> bool:
@@ -300,7 +308,7 @@ class StatefulSession:
             state.current ^= 1
             return fast.y.copy()
         x = self._finite("x", check_array("x", x, *self._step_x))
-        y = self._plan_for_step()(x).read()
+        y = self._plan_for_step()(x, self._timeout).read()
         return y if y.shape == self._step_y_shape else y.reshape(self._step_y_shape)
 
     def run(self, xs: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
@@ -351,7 +359,7 @@ class StatefulSession:
             raise RuntimeContractError(f"step() needs a step graph or a sequence graph of any length; this "
                                        f"sequence graph is unrolled at T={graph.seq_len}: use run()")
         self._plan = _StepPlan(graph, self.contract, self._state, self._batch, self._engine.device)
-        if self._plan.x.host is not None:
+        if self._plan.x.host is not None and self._timeout is None:  # a bounded step goes through run_bound
             dtype, shape = self._step_x
             self._fast = _FastStep(self._plan, dtype, concrete(shape), concrete(self._step_y_shape))
         return self._plan
@@ -366,7 +374,7 @@ class StatefulSession:
             binding.bind_cpu_input(c.lengths.name, np.full(self._batch, steps, np.int64) if lengths is None else lengths)
         binding.bind_ortvalue_output(graph.y_name, y.value)
         self._state.bind(binding, self._state.current)
-        run_bound(graph.session, binding, f"a chunk of {xs.shape[c.time_axis]} steps")
+        run_bound(graph.session, binding, f"a chunk of {xs.shape[c.time_axis]} steps", self._timeout)
         self._state.current ^= 1
         return y.take()
 
@@ -377,7 +385,7 @@ class StatefulSession:
         plan = self._plan_for_step()
         for t in range(steps):
             x_t = xs[t] if c.time_axis == 0 else xs[:, t]
-            y_t = plan(x_t).take()
+            y_t = plan(x_t, self._timeout).take()
             if c.time_axis == 0:
                 ys[t] = y_t.reshape(ys.shape[1:])
             else:

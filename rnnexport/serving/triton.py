@@ -6,7 +6,9 @@ takes (converted to a step graph first), :func:`triton_repository` writes
 its batch-first serving form, and a configuration that keeps each sequence's state
 in the server, zeroed at its start. The folder is built beside its target and moved
 into place, after the configuration has passed :func:`~rnnexport.serving.checks.check_config`
-against the graph it serves, so nothing half-written or inconsistent is left.
+against the graph it serves, so nothing half-written or inconsistent is left. A source that
+must be converted first is converted in a work folder beside the repository, which a later
+run removes if this one was killed (:func:`rnnexport.core.io.remove_stale`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import dataclasses
 import os
 import re
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -200,12 +201,16 @@ def _model_name(step: StepGraph, given: str | None) -> str:
     return name or "model"
 
 
-def _target(repository: Path, name: str, force: bool) -> Path:
+def _check_repository(repository: Path) -> None:
     if repository.exists() and not repository.is_dir():
         raise OutputError(f"model repository {repository} exists and is not a folder; choose another path")
     parent = repository.parent if str(repository.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"cannot create model repository {repository}: folder {parent} does not exist")
+
+
+def _target(repository: Path, name: str, force: bool) -> Path:
+    _check_repository(repository)
     target = repository / name
     check_replaceable(target, force, lambda path: (path / CONFIG).is_file(), f"a Triton model folder (with {CONFIG})")
     return target
@@ -289,8 +294,12 @@ def triton_repository(source: Any, repository: str | os.PathLike[str], options: 
     options = (options or TritonOptions()).checked()
     schema()  # before any slow work: say what to install if tritonclient is missing
     repository = Path(repository)
-    with tempfile.TemporaryDirectory(prefix="rnnexport-triton-") as workdir:
+    _check_repository(repository)
+    workdir = temp_folder(repository)  # beside it, named after this process: see the module's doc
+    try:
         step = load_step_graph(source, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     name = _model_name(step, options.name)
     target = _target(repository, name, force)
     _spare_inputs(source, target)

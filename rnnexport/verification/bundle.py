@@ -79,12 +79,13 @@ class _Sets:
             self.run(engine.runners[_label(key)], key)
         if self.options.variants:
             for variant, source in _variant_sources(self.bundle):
-                self._variant(engine, variant, source)
+                if not engine.stopped:  # a call ran over the time budget: no further call on this engine
+                    self._variant(engine, variant, source)
         engine.seconds += time.perf_counter() - started
 
     def _variant(self, engine: Engine, variant: VariantEntry, source: GraphSource) -> None:
         label = f"variant {variant.name}"
-        with running(engine.spec, {label: source.model}, self.options.threads) as runners:
+        with running(engine.spec, {label: source.model}, self.options.threads, self.options.timeout) as runners:
             if isinstance(runners, EngineUnavailable):
                 self.unavailable.append(Unavailable(runners.engine, runners.reason, label, variant.name))
             else:
@@ -94,6 +95,8 @@ class _Sets:
         """Every test set of ``graph`` on ``runner`` (a variant's file, when ``variant`` is given)."""
         carried: dict[int, list[np.ndarray]] = {}
         for entry in (e for e in self.bundle.test_vectors if e.graph == graph):
+            if runner.timed_out is not None:  # a call ran over the time budget: its failure is recorded once
+                return
             inputs, outputs = read_set(self.bundle, entry.dir)
             arrays = [a for _, a in inputs]
             if entry.kind == "stream" and (entry.call or 0) > 0 and (entry.stream or 0) in carried:
@@ -155,7 +158,7 @@ def verify_bundle(path: str | os.PathLike[str], options: VerifyOptions, progress
     bundle = _open(path)
     sets = _Sets(bundle, options)
     models = {_label(key): source.model for key, source in bundle.graphs.items()}
-    with Lineup(planned, models, options.threads, options.allow_missing) as lineup:
+    with Lineup(planned, models, options.threads, options.allow_missing, options.timeout) as lineup:
         engines = [] if lineup.stopped else lineup.engines
         for number, engine in enumerate(engines, 1):
             sets.engine(engine)

@@ -3,8 +3,10 @@
 :func:`plan` turns :class:`~rnnexport.verification.options.VerifyOptions` into the engines to
 run, whether each was asked for by name, with every name checked before any slow work.
 :class:`Lineup` starts them all (through :func:`rnnexport.engines.registry.running`, the one
-lifecycle) before the first case and stops them at the end. A requested engine that cannot
-start stops the run before any case, unless ``allow_missing``.
+lifecycle) before the first case and stops them at the end, each call within the options'
+``timeout``. A requested engine that cannot start stops the run before any case, unless
+``allow_missing``; an engine whose call ran over the budget (:attr:`Engine.stopped`) runs no
+further case.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from types import TracebackType
 
 from rnnexport.core.ort import CPU
 from rnnexport.engines.base import EngineKind, EngineUnavailable, Runner, Unavailable
+from rnnexport.engines.child import shared_workers
 from rnnexport.engines.registry import EngineSpec, GraphModel, engine_spec, listed_engines, running
 from rnnexport.verification.options import VerifyOptions
 from rnnexport.verification.report import EngineStatus, Note
@@ -66,6 +69,11 @@ class Engine:
         return self.spec.name
 
     @property
+    def stopped(self) -> bool:
+        """Whether a call ran over the time budget on one of its runners: it takes no further case."""
+        return any(r.timed_out is not None for r in self.runners.values())
+
+    @property
     def kind(self) -> EngineKind:
         return self.spec.kind
 
@@ -79,8 +87,9 @@ class Lineup:
     """
 
     def __init__(self, planned: list[Planned], models: Mapping[str, GraphModel], threads: int | None,
-                 allow_missing: bool) -> None:
+                 allow_missing: bool, timeout: float | None = None) -> None:
         self.planned, self.models, self.threads, self.allow_missing = planned, dict(models), threads, allow_missing
+        self.timeout = timeout
         self.engines: list[Engine] = []
         self.statuses: list[EngineStatus] = []
         self.unavailable: list[Unavailable] = []
@@ -92,13 +101,14 @@ class Lineup:
 
     def __enter__(self) -> Lineup:
         with self._stack as stack:
+            stack.enter_context(shared_workers())  # one process per engine kind that runs in one
             for item in self.planned:
                 self._start(stack, item)
             self._stack = stack.pop_all()
         return self
 
     def _start(self, stack: contextlib.ExitStack, item: Planned) -> None:
-        runners = stack.enter_context(running(item.spec, self.models, self.threads))
+        runners = stack.enter_context(running(item.spec, self.models, self.threads, self.timeout))
         if isinstance(runners, EngineUnavailable):
             self.unavailable.append(runners.result())
             self.statuses.append(EngineStatus(item.spec.name, item.spec.kind, item.spec.provider, item.requested,

@@ -19,7 +19,7 @@ from onnx import helper
 
 from rnnexport.core.errors import describe
 from rnnexport.core.graphs import attribute, subgraphs
-from rnnexport.core.ort import CPU, start_session
+from rnnexport.core.ort import CPU, start_session, time_limit
 from rnnexport.export.passes.graph import free_names, producers
 
 __all__ = ["EXPOSED", "ExposedRun", "RunFailure", "body", "expose", "iterations_reversed", "node_inputs_at_failure",
@@ -29,6 +29,9 @@ __all__ = ["EXPOSED", "ExposedRun", "RunFailure", "body", "expose", "iterations_
 EXPOSED = "diagnose/"
 #: onnxruntime's message for a node that failed at run time names the node.
 _FAILED_NODE = re.compile(r"running (\w+) node\. Name:'([^']*)'")
+#: Seconds one run of a diagnosis may take: no more than the longest diagnosis (a graph that loops
+#: is stopped, and the run is a failure).
+RUN_SECONDS = 120.0
 
 
 def body(node: onnx.NodeProto) -> onnx.GraphProto:
@@ -98,7 +101,8 @@ def run_graph(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], threads: 
         session = start_session(model.SerializeToString(), CPU, options, name="the graph").session
         names = [o.name for o in session.get_outputs()]
         wanted = {i.name for i in session.get_inputs()}
-        outputs = session.run(names, {k: v for k, v in feeds.items() if k in wanted})
+        with time_limit(RUN_SECONDS) as limit:
+            outputs = session.run(names, {k: v for k, v in feeds.items() if k in wanted}, limit.options)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors (and LoadError)
         text = describe(e)
         found = _FAILED_NODE.search(str(e))

@@ -97,6 +97,8 @@ class _CaseRun:
             self.torch_seconds += time.perf_counter() - started
 
     def _attempt(self, engine: Engine, case: Case, contract: Contract, fn: Callable[[], Outputs]) -> Outputs | None:
+        if engine.stopped:  # a call ran over the time budget: no further call on this engine
+            return None
         started = time.perf_counter()
         try:
             return fn()
@@ -146,6 +148,8 @@ class _CaseRun:
         return with_rounding(self.tol, noise)
 
     def _takes(self, engine: Engine, case: Case) -> bool:
+        if engine.stopped:  # a call ran over the time budget: its failure is recorded once
+            return False
         if engine.spec.slow and case.elements > self.options.reference_max_elements:
             self.skipped[engine.name] = self.skipped.get(engine.name, 0) + 1
             return False
@@ -295,9 +299,10 @@ def _form_notes(target: Target) -> list[Note]:
 
 
 def _diagnose(options: VerifyOptions, target: Target, cases: Sequence[Case], run: _CaseRun,
-              tol: Tolerance) -> Diagnosis | None:
-    """The diagnosis of the first failing contract-1 case, unless ``options.diagnose`` is False."""
-    if options.diagnose is False:
+              tol: Tolerance, engines: Sequence[Engine]) -> Diagnosis | None:
+    """The diagnosis of the first failing contract-1 case, unless ``options.diagnose`` is False or an engine
+    ran over its time budget (the graph does not finish: there is no divergence to find)."""
+    if options.diagnose is False or any(e.stopped for e in engines):
         return None
     from rnnexport.verification.diagnose import AUTO_SECONDS, FORCED_SECONDS, diagnose
 
@@ -319,10 +324,11 @@ def verify_graph(path: str | os.PathLike[str], source: SourceLike | None, option
     models = {GRAPH: target.path, **({STEP: step_path} if step_path else {})}
     run = _CaseRun(target, tol, options, step_path)
     diagnosis = None
-    with Lineup(planned, models, options.threads, options.allow_missing) as lineup, _torch_threads(options.threads):
+    with (Lineup(planned, models, options.threads, options.allow_missing, options.timeout) as lineup,
+          _torch_threads(options.threads)):
         if not lineup.stopped:
             run.run_all(cases, lineup.engines, progress)
-            diagnosis = _diagnose(options, target, cases, run, tol)
+            diagnosis = _diagnose(options, target, cases, run, tol, lineup.engines)
     notes += [*lineup.notes(), *_form_notes(target), *([] if lineup.stopped else run.notes(target, cases))]
     if options.diagnose and diagnosis is None and not lineup.stopped:
         notes.append(Note("nothing_to_diagnose"))

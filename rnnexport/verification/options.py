@@ -14,10 +14,17 @@ from typing import SupportsIndex
 
 from rnnexport.core.errors import VerifyError
 
-__all__ = ["GRIDS", "MAX_CASE_STEPS", "Grid", "GridSpec", "Progress", "Tick", "VerifyOptions", "describe"]
+__all__ = ["DEFAULT_TIMEOUT", "GRIDS", "MAX_CASE_STEPS", "Grid", "GridSpec", "Progress", "Tick", "VerifyOptions",
+           "describe"]
 
 #: The most batch x time steps one case may have (the full grid's largest is 16 x 2048).
 MAX_CASE_STEPS = 1 << 21
+#: Seconds one engine call may take by default (``--timeout``): the full grid's largest case
+#: (B 16 x T 2048) takes well under a second on onnxruntime's CPU provider, and the slow engines
+#: take only small cases; a graph that loops without end is stopped after this.
+DEFAULT_TIMEOUT = 60.0
+#: The longest budget that may be given (a week).
+_MAX_TIMEOUT = 7 * 86400.0
 
 
 class Grid(str, enum.Enum):
@@ -76,6 +83,10 @@ class VerifyOptions:
         diagnose: where contract 1 fails, find the first diverging graph value and the known
             mistake it matches (``report.diagnosis``). None: on a contract-1 failure, within 30 s;
             True: within 120 s (a note says when nothing failed); False: never.
+        timeout: seconds one engine call may take (a whole case, one chunk, one streamed step,
+            a test set); loading a graph may take a minute more. A call over it is stopped,
+            its check fails with the engine and the budget named, and that engine runs no
+            further case. None: no bound.
     """
 
     engines: tuple[str, ...] | None = None
@@ -93,6 +104,7 @@ class VerifyOptions:
     threads: int = 1
     variants: bool = True
     diagnose: bool | None = None
+    timeout: float | None = DEFAULT_TIMEOUT
 
     def __post_init__(self) -> None:
         for field in ("engines", "batch_sizes", "seq_lens", "chunk_sizes"):
@@ -111,6 +123,10 @@ class VerifyOptions:
                               "reference out of the list instead")
         if not isinstance(self.threads, int) or self.threads < 1:
             raise VerifyError(f"--threads must be a positive integer, got {self.threads!r}")
+        timeout = self.timeout
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not 0 < timeout <= _MAX_TIMEOUT):
+            raise VerifyError(f"--timeout must be seconds above 0 (at most a week), got {timeout!r:.40}")
         for field in ("atol", "rtol"):
             value = getattr(self, field)
             if value is not None and not value >= 0:

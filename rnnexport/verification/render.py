@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from rnnexport.core import io
+from rnnexport.core.data import printable
 from rnnexport.core.errors import VerifyError
 from rnnexport.verification.findings import Diagnosis, OutputDivergence
 from rnnexport.verification.options import Grid
@@ -69,9 +70,13 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def render_text(report: Report, quiet: bool = False) -> str:
-    """The worst case per contract and engine, engines that did not run, notes, then PASS/FAIL."""
+    """The worst case per contract and engine, engines that did not run, notes, then PASS/FAIL.
+
+    Control characters that a bundle's description or an engine's message holds are escaped
+    (:func:`~rnnexport.core.data.printable`): each line is one line of the report.
+    """
     if quiet:
-        return summary_line(report)
+        return printable(summary_line(report))
     lines = [f"verify {report.model}: {report.source}", *_header(report),
              f"  tolerance  {report.tolerance.dtype}: {report.tolerance.describe()}", ""]
     rows = [["contract", "engine", "checks", "failed", "worst case", "output", "max abs", "max rel",
@@ -94,7 +99,7 @@ def render_text(report: Report, quiet: bool = False) -> str:
     if report.diagnosis is not None:
         lines += diagnosis_lines(report.diagnosis)
     lines.append(summary_line(report))
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def _output_line(divergence: OutputDivergence) -> str:

@@ -116,5 +116,5 @@ def _bundle(target: str | os.PathLike[str], source: SourceLike | None, opts: Ver
     if refused:
         raise VerifyError(f"a bundle carries its own graphs, test sets and expected outputs: {', '.join(refused)} "
                           "does not apply to DIR or ZIP (it takes --engines, --allow-missing, "
-                          "--no-reference-evaluator, --atol, --rtol, --threads, --json, --quiet)")
+                          "--no-reference-evaluator, --atol, --rtol, --threads, --timeout, --json, --quiet)")
     return verify_bundle(target, opts, progress)
