@@ -63,7 +63,7 @@ def test_a_causal_wrapper_converts_and_streams(tmp_path):
     assert report.passed, report.failures[:3]
 
 
-def _Residual_seeded() -> torch.nn.Module:  # noqa: N802 - the same module, rebuilt with the same seed
+def _Residual_seeded() -> torch.nn.Module:  # the same module, rebuilt with the same seed
     torch.manual_seed(0)
     return _Residual()
 

@@ -314,7 +314,7 @@ def test_help_documents_every_option():
 
 def test_public_api_is_callable_and_options_are_checked(small):
     import rnnexport
-    import rnnexport.verification.render  # noqa: F401 - importing a submodule must not hide the function
+    import rnnexport.verification.render  # importing a submodule must not hide the function
     from rnnexport.core.errors import VerifyError
     from rnnexport.verification import VerifyOptions
 

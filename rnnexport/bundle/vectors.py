@@ -44,7 +44,7 @@ def _tensor(bundle: Bundle, name: str) -> tuple[str, np.ndarray]:
         return proto.name, numpy_helper.to_array(proto)
     except BundleError:
         raise
-    except Exception as e:  # noqa: BLE001 - protobuf and numpy_helper raise many types on damaged data
+    except Exception as e:  # protobuf and numpy_helper raise many types on damaged data
         raise BundleError(f"{name} of {bundle.path} is not a serialized TensorProto ({type(e).__name__})") from e
 
 

@@ -26,7 +26,7 @@ def lazy_exports(package: str, table: Mapping[str, str]) -> tuple[Callable[[str]
     """The module ``__getattr__`` and ``__dir__`` of ``package`` for the names in ``table``."""
     namespace = sys.modules[package].__dict__
 
-    def __getattr__(name: str) -> Any:  # noqa: N807 - the module hook's own name
+    def __getattr__(name: str) -> Any:  # the module hook's own name
         if name not in table:
             try:
                 return importlib.import_module(f"{package}.{name}")
@@ -44,7 +44,7 @@ def lazy_exports(package: str, table: Mapping[str, str]) -> tuple[Callable[[str]
         namespace[name] = value
         return value
 
-    def __dir__() -> list[str]:  # noqa: N807
+    def __dir__() -> list[str]:
         return sorted(set(namespace) | set(table))
 
     return __getattr__, __dir__

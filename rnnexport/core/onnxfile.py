@@ -36,7 +36,7 @@ def load_model(source: str | os.PathLike[str] | bytes, name: str,
         raise error(f"{name} does not exist or is not a file; give an .onnx file")
     try:
         model = onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(os.fspath(source))
-    except Exception as e:  # noqa: BLE001 - any parse failure means "not an ONNX file"
+    except Exception as e:  # any parse failure means "not an ONNX file"
         raise error(f"{name} is not an ONNX model ({describe(e)})") from e
     if not model.graph.node and not model.graph.output:
         raise error(f"{name} is not an ONNX model (it holds no graph)")

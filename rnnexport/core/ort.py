@@ -226,7 +226,7 @@ def start_session(model: str | os.PathLike[str] | bytes, providers: ProviderRequ
     with _captured() as log:
         try:
             session = ort.InferenceSession(source, sess_options=options, providers=requested)
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad models
+        except Exception as e:  # onnxruntime raises its own untyped errors for bad models
             raise LoadError(f"onnxruntime cannot load {name}: {describe(e)}") from e
     active = session.get_providers()
     for request in requested:
@@ -375,7 +375,7 @@ def run_limited(session: ort.InferenceSession, names: Sequence[str] | None, feed
     with time_limit(timeout) as limit:
         try:
             return list(session.run(names, feeds, limit.options))
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises Fail, RuntimeException, ... for a graph's failure
+        except Exception as e:  # onnxruntime raises Fail, RuntimeException, ... for a graph's failure
             if limit.expired:
                 raise stopped(session, what, limit.seconds or 0.0) from e
             raise RunError(f"{what} failed in onnxruntime: {describe(e)}") from e

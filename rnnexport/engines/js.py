@@ -178,7 +178,7 @@ def _handler(exchange: _Exchange, dist: Path) -> type[http.server.BaseHTTPReques
     page = (JS_DIR / "verify.html").read_bytes()
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        def log_message(self, format: str, *args: Any) -> None:  # the base class's name
             return None
 
         def _send(self, body: bytes, kind: str) -> None:
@@ -190,7 +190,7 @@ def _handler(exchange: _Exchange, dist: Path) -> type[http.server.BaseHTTPReques
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:  # http.server's name
             if self.path == "/":
                 self._send(page, "text/html")
             elif self.path == "/model.onnx":
@@ -203,7 +203,7 @@ def _handler(exchange: _Exchange, dist: Path) -> type[http.server.BaseHTTPReques
             else:
                 self.send_error(404)
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        def do_POST(self) -> None:  # http.server's name
             length = min(int(self.headers.get("Content-Length", "0")), 1 << 28)
             exchange.answers.put(json.loads(self.rfile.read(length) or b"{}"))
             self._send(b"{}", "application/json")

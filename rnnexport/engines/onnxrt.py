@@ -78,7 +78,7 @@ class OrtRunner(Runner):
         with time_limit(self.timeout) as limit:
             try:
                 results = self.session.run(names, dict(feeds), limit.options)
-            except Exception as e:  # noqa: BLE001 - the graph failing on valid feeds is a finding
+            except Exception as e:  # the graph failing on valid feeds is a finding
                 if limit.expired:
                     raise EngineTimeout(self.name, limit.seconds or 0.0) from e
                 raise EngineFailure(f"{self.name} raised {describe(e)}") from e

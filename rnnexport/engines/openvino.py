@@ -84,7 +84,7 @@ class OpenVinoRunner(Runner):
             read = core.read_model(proto.SerializeToString(), b"")
             self.compiled = core.compile_model(read, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
                                                              "INFERENCE_NUM_THREADS": 1})
-        except Exception as e:  # noqa: BLE001 - OpenVINO raises untyped errors for what it cannot compile
+        except Exception as e:  # OpenVINO raises untyped errors for what it cannot compile
             raise EngineUnavailable(self.name, f"OpenVINO cannot compile this graph: {describe(e)}") from e
         precision = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision = precision.to_string() if hasattr(precision, "to_string") else str(precision)
@@ -98,5 +98,5 @@ class OpenVinoRunner(Runner):
             results = self.compiled.create_infer_request().infer(dict(feeds))
             # after compile, an output's name may be an internal alias: look outputs up by graph name
             return {t.name: np.asarray(results[self.compiled.output(t.name)]) for t in self.outputs}
-        except Exception as e:  # noqa: BLE001 - the graph failing on valid feeds is a finding
+        except Exception as e:  # the graph failing on valid feeds is a finding
             raise EngineFailure(f"{self.name} raised {describe(e)}") from e

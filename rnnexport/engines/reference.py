@@ -101,7 +101,7 @@ class ReferenceRunner(Runner):
         proto = self.prepare(self.model)
         try:
             self.evaluator = ReferenceEvaluator(proto)
-        except Exception as e:  # noqa: BLE001 - an operator it lacks makes the engine unavailable
+        except Exception as e:  # an operator it lacks makes the engine unavailable
             raise EngineUnavailable(self.name, f"the ReferenceEvaluator cannot load this graph: {describe(e)}") from e
         self.inputs, self.outputs = graph_tensors(proto)
 
@@ -113,6 +113,6 @@ class ReferenceRunner(Runner):
         names = [t.name for t in self.outputs]
         try:
             results = self.evaluator.run(names, dict(feeds))
-        except Exception as e:  # noqa: BLE001 - the reference's own gaps are not graph failures
+        except Exception as e:  # the reference's own gaps are not graph failures
             raise EngineUnavailable(self.name, f"the ReferenceEvaluator failed: {describe(e)}") from e
         return {n: np.asarray(r) for n, r in zip(names, results)}

@@ -63,7 +63,7 @@ class TorchRunner(Runner):
                 outputs = self.model.run_sequence(x, state, self._lengths(feeds, x))
             else:
                 outputs = self.model.run_step(x, state)
-        except Exception as e:  # noqa: BLE001 - the user's module failing is a user error
+        except Exception as e:  # the user's module failing is a user error
             raise VerifyError(f"the PyTorch reference failed on x of shape {x.shape}: {describe(e)}") from e
         names = [s.name for s in io.outputs(self.form)]
         return dict(zip(names, outputs))

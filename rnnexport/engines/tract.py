@@ -65,7 +65,7 @@ class TractRunner(Runner):
             path.write_bytes(proto.SerializeToString())
             try:
                 self.runnable = tract.onnx().load(str(path)).into_model().into_runnable()
-            except Exception as e:  # noqa: BLE001 - tract raises its own errors for what it cannot load
+            except Exception as e:  # tract raises its own errors for what it cannot load
                 lines = [line.strip() for line in str(e).splitlines() if line.strip()]
                 raise EngineUnavailable(self.name, f"tract cannot load this graph: {' / '.join(lines[:3])[:300]}") from e
         finally:
@@ -78,5 +78,5 @@ class TractRunner(Runner):
         try:
             results = self.runnable.run([np.ascontiguousarray(feeds[t.name]) for t in self.inputs])
             return {t.name: np.asarray(results[i].to_numpy()) for i, t in enumerate(self.outputs)}
-        except Exception as e:  # noqa: BLE001 - the graph failing on valid feeds is a finding
+        except Exception as e:  # the graph failing on valid feeds is a finding
             raise EngineFailure(f"{self.name} raised {describe(e)}") from e

@@ -728,7 +728,7 @@ class StreamBatcher:
         else:
             try:
                 views.calls[reads]()
-            except Exception as e:  # noqa: BLE001 - onnxruntime's own failures, as run_bound words them
+            except Exception as e:  # onnxruntime's own failures, as run_bound words them
                 raise RunError(f"a step of {len(slots)} streams failed in onnxruntime: {describe(e)}") from e
         if resident is not None and same:
             resident.current = 1 - reads  # the same streams' newest state, now in the other set

@@ -76,7 +76,7 @@ def run_bound(session: ort.InferenceSession, binding: ort.IOBinding, what: str, 
     with time_limit(timeout) as limit:
         try:
             session.run_with_iobinding(binding, limit.options)
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises Fail, RuntimeException, ... for a graph's failure
+        except Exception as e:  # onnxruntime raises Fail, RuntimeException, ... for a graph's failure
             if limit.expired:
                 raise stopped(session, what, limit.seconds or 0.0) from e
             raise RunError(f"{what} failed in onnxruntime: {describe(e)}") from e

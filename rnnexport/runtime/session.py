@@ -303,7 +303,7 @@ class StatefulSession:
             state = self._state
             try:
                 fast.calls[state.current]()
-            except Exception as e:  # noqa: BLE001 - onnxruntime's own failures, as run_bound words them
+            except Exception as e:  # onnxruntime's own failures, as run_bound words them
                 raise RunError(f"a step failed in onnxruntime: {describe(e)}") from e
             state.current ^= 1
             return fast.y.copy()

@@ -104,7 +104,7 @@ class _Server:
             feeds[name] = np.stack([s.state.get(name, self.initial[name]) for s in batch])
         try:
             values = dict(zip(self.fetch, self.session.run(self.fetch, feeds)))
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        except Exception as e:  # onnxruntime raises its own untyped errors
             raise ContractError(f"the model refused a batch of {len(batch)} as Triton would send it: "
                                 f"{describe(e)}") from e
         failed: dict[int, str] = {}

@@ -118,7 +118,7 @@ def _changed(module: torch.nn.Module, guess: InputGuess, layout: Layout) -> list
     with kept_buffers(module):
         try:
             module(x)
-        except Exception as e:  # noqa: BLE001 - the user's forward failing is a user error
+        except Exception as e:  # the user's forward failing is a user error
             raise forward_failed("forward(x)", x, e) from e
         after = _buffers_of(module)
         return [name for name, (tensor, value) in before.items()
@@ -166,7 +166,7 @@ def _at_batch(module: torch.nn.Module, paths: list[str], guess: InputGuess, layo
         start = _widened(module, paths, batch, owner, first)
         try:
             return _after(module, paths, guess, layout, batch, 2, start)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # the user's forward failing is a user error
             raise SourceError(f"{owner}'s forward(x) failed on {batch} streams with its state buffers as registered "
                               f"({describe(first)}) and widened to the batch ({describe(e)}); allocate them for the "
                               "batch in forward") from e

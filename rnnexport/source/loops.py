@@ -181,7 +181,7 @@ def call_initial_state(module: torch.nn.Module, batch: int) -> Any:
     try:
         with torch.no_grad():
             return method(*positional, **keywords)
-    except Exception as e:  # noqa: BLE001 - the user's method failing is a user error
+    except Exception as e:  # the user's method failing is a user error
         raise SourceError(f"{owner}.{name}({batch}) failed: {describe(e)}") from e
 
 

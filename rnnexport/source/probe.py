@@ -151,7 +151,7 @@ def probe_output(sequence: torch.nn.Module, x_features: tuple[int, ...], x_dtype
             y, *state_out = sequence(x, *states)
     except SourceError:  # the adapter's own refusal of what forward returned
         raise
-    except Exception as e:  # noqa: BLE001 - the user's forward failing is a user error
+    except Exception as e:  # the user's forward failing is a user error
         raise forward_failed("forward(x, state)", x, e, "; it must take (x, state) and return (y, state)") from e
     if not isinstance(y, torch.Tensor) or len(state_out) != len(state.names) \
             or not all(isinstance(s, torch.Tensor) for s in state_out):

@@ -136,7 +136,7 @@ def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
             return dict(load_file(str(path)))
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any reader failure is a bad file for the user
+    except Exception as e:  # any reader failure is a bad file for the user
         raise WeightsError(f"cannot read weights file {path}: {describe(e)}") from e
     if isinstance(loaded, dict) and all(isinstance(v, torch.Tensor) for v in loaded.values()):
         return dict(loaded)
@@ -329,7 +329,7 @@ def from_cell(
     try:
         with torch.no_grad():
             y, *state_out = sequence(probe_x, *state)
-    except Exception as e:  # noqa: BLE001 - a user's function failing is a user error
+    except Exception as e:  # a user's function failing is a user error
         raise SourceError(f"the cell function failed on an example input (T=2, B={batch}, I={input_size}): "
                           f"{describe(e)}") from e
     io = IOSpec(
@@ -546,12 +546,12 @@ def _resolve_factory(target: str) -> Callable[..., Any]:
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as e:  # noqa: BLE001 - the user's file failing to import is a user error
+        except Exception as e:  # the user's file failing to import is a user error
             raise SourceError(f"importing {where} failed: {describe(e)}") from e
     else:
         try:
             module = importlib.import_module(where)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # the user's file failing to import is a user error
             raise SourceError(f"cannot import module {where!r}: {describe(e)}") from e
     factory = getattr(module, attr, None)
     if not callable(factory):
@@ -565,7 +565,7 @@ def _call_factory(target: str, factory: Callable[..., Any], kwargs: dict[str, An
         return factory(**(kwargs or {}))
     except SystemExit as e:
         raise SourceError(f"{target}() called sys.exit({e.code!r}) instead of returning a model") from e
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # a user's function failing is a user error
         raise SourceError(f"{target}() raised {describe(e)}") from e
 
 

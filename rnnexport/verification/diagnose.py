@@ -321,7 +321,7 @@ def diagnose(target: Target, cases: Sequence[Case], checks: Sequence[Check], tol
     work = _Diagnosis(target, case, engine, with_rounding(tol, noise.get(case.id)), started + seconds, threads)
     try:
         return _run(work, checks, cases, started)
-    except Exception as e:  # noqa: BLE001 - a diagnosis must not turn a verify report into a crash
+    except Exception as e:  # a diagnosis must not turn a verify report into a crash
         LOG.warning("the diagnosis of %s failed", case.id, exc_info=True)
         return Diagnosis(case.id, engine, CPU_ENGINE, notes=(f"the diagnosis failed: {describe(e)}",),
                          seconds=time.perf_counter() - started, complete=False)

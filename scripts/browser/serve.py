@@ -79,7 +79,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     vocabulary: Path | None
     once: bool
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: object) -> None:  # the base class's name
         return None
 
     def send(self, status: int, body: bytes, kind: str) -> None:
@@ -103,7 +103,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return inside(self.bundle, path[len("/bundle/"):])
         return None
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:  # http.server's name
         path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
         if self.archive is not None and path.startswith("/bundle/"):
             body = self.archive.read(path[len("/bundle/"):])
@@ -118,7 +118,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         else:  # the type of the file served ("/" is index.html), not of the path asked for
             self.send(200, file.read_bytes(), TYPES.get(file.suffix, "application/octet-stream"))
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:  # http.server's name
         if self.path != "/result":
             self.send(404, b"not found\n", "text/plain")
             return
