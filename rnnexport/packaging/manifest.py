@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-import tempfile
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -15,7 +17,7 @@ from rnnexport.bundle import MANIFEST, FileEntry, GraphEntry, Manifest, VariantE
 from rnnexport.bundle.manifest import EpCoverage, MobileCoverage
 from rnnexport.core.contract import GraphInfo
 from rnnexport.core.errors import BundleError, describe
-from rnnexport.core.io import atomic_write
+from rnnexport.core.io import atomic_write, scratch_folder
 
 __all__ = ["MOBILE_EPS", "build_manifest", "mobile_coverage", "sha256_file", "write_manifest"]
 
@@ -63,6 +65,15 @@ def write_manifest(root: Path, manifest: Manifest) -> None:
     atomic_write(root / MANIFEST, text.encode(), "manifest", BundleError)
 
 
+@contextlib.contextmanager
+def _scratch() -> Iterator[Path]:
+    folder = scratch_folder("mobile")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def mobile_coverage(path: Path) -> MobileCoverage | None:
     """How many of the graph's nodes the NNAPI and CoreML execution providers would take.
 
@@ -80,8 +91,8 @@ def mobile_coverage(path: Path) -> MobileCoverage | None:
         logger.warning("the mobile usability check is not in this onnxruntime (%s): no mobile coverage recorded", e)
         return None
     try:
-        with tempfile.TemporaryDirectory(prefix="rnnexport-mobile-") as tmp:
-            optimized = Path(tmp) / "model.onnx"
+        with _scratch() as tmp:  # named after this process: a later run removes it if this one is killed
+            optimized = tmp / "model.onnx"
             optimize_model(path, optimized, use_external_initializers=True)
             model = ModelProtoWithShapeInfo(optimized).model_with_shape_info
             eps = {}
