@@ -79,7 +79,30 @@ def _load(model: str | os.PathLike[str] | bytes, engine: str) -> onnx.ModelProto
     return standard_graph(model, engine, allow_foreign=engine == "node")
 
 
-class NodeRunner(Runner):
+class _JsRunner(Runner):
+    """What the Node and browser runners share: a per-call budget and how an answer settles a call."""
+
+    @property
+    def call_budget(self) -> float:
+        """Seconds one call may take: the runner's budget, else :data:`CALL_TIMEOUT`."""
+        return self.timeout if self.timeout is not None else CALL_TIMEOUT
+
+    def _answer(self, timeout: float) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _settle(self) -> dict[str, np.ndarray]:
+        """The outputs the engine answers within the budget; a late answer stops it, an error fails the call."""
+        try:
+            got = self._answer(self.call_budget)
+        except _Late as e:
+            self._deactivate()
+            raise EngineTimeout(self.name, self.call_budget) from e
+        if "error" in got:
+            raise EngineFailure(f"{self.name} raised {got['error'][:300]}")
+        return _decode(got["outputs"])
+
+
+class NodeRunner(_JsRunner):
     """onnxruntime-node (``engine="node"``) or onnxruntime-web's wasm build in Node (``engine="wasm"``)."""
 
     def __init__(self, model: str | os.PathLike[str] | bytes, engine: str = "node",
@@ -116,11 +139,6 @@ class NodeRunner(Runner):
             self._deactivate()
             raise EngineUnavailable(self.name, f"{package} cannot load this graph: {ready['error'][:300]}")
 
-    @property
-    def call_budget(self) -> float:
-        """Seconds one call may take: the runner's budget, else :data:`CALL_TIMEOUT`."""
-        return self.timeout if self.timeout is not None else CALL_TIMEOUT
-
     def _answer(self, timeout: float) -> dict[str, Any]:
         assert self.process is not None and self.process.stdout is not None
         lines: queue.Queue[str] = queue.Queue()
@@ -146,14 +164,7 @@ class NodeRunner(Runner):
             raise EngineUnavailable(self.name, "not run: its process is gone")
         self.process.stdin.write(json.dumps({"feeds": _encode(feeds)}) + "\n")
         self.process.stdin.flush()
-        try:
-            answer = self._answer(self.call_budget)
-        except _Late as e:
-            self._deactivate()
-            raise EngineTimeout(self.name, self.call_budget) from e
-        if "error" in answer:
-            raise EngineFailure(f"{self.name} raised {answer['error'][:300]}")
-        return _decode(answer["outputs"])
+        return self._settle()
 
 
 def chromium_binary() -> str | None:
@@ -211,7 +222,7 @@ def _handler(exchange: _Exchange, dist: Path) -> type[http.server.BaseHTTPReques
     return Handler
 
 
-class BrowserRunner(Runner):
+class BrowserRunner(_JsRunner):
     """onnxruntime-web (wasm) in headless Chromium, on a page served from 127.0.0.1."""
 
     name = "browser"
@@ -252,11 +263,6 @@ class BrowserRunner(Runner):
             raise EngineUnavailable(self.name, f"onnxruntime-web in Chromium cannot load this graph: "
                                                f"{ready['error'][:300]}")
 
-    @property
-    def call_budget(self) -> float:
-        """Seconds one call may take: the runner's budget, else :data:`CALL_TIMEOUT`."""
-        return self.timeout if self.timeout is not None else CALL_TIMEOUT
-
     def _answer(self, timeout: float) -> dict[str, Any]:
         assert self.exchange is not None
         try:
@@ -282,11 +288,4 @@ class BrowserRunner(Runner):
         if self.exchange is None:
             raise EngineUnavailable(self.name, "not run: the browser is gone")
         self.exchange.requests.put({"feeds": _encode(feeds)})
-        try:
-            answer = self._answer(self.call_budget)
-        except _Late as e:
-            self._deactivate()
-            raise EngineTimeout(self.name, self.call_budget) from e
-        if "error" in answer:
-            raise EngineFailure(f"{self.name} raised {answer['error'][:300]}")
-        return _decode(answer["outputs"])
+        return self._settle()
