@@ -57,6 +57,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from onnx import helper
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnexport
 from rnnexport.core.io import atomic_write
@@ -80,11 +81,13 @@ FULL = {
     "stream_steps": 200,    # steps per streaming sample
     "streams": (1, 4, 8, 16, 64, 256), "multi_ticks": 20,  # streams at once; ticks per multi-stream sample
     "char_models": ("lstm-charlm", "gru-charlm", "rnn-charlm"),
+    "ragged_T": (100, 500), "ragged_B": 32,  # ragged batches: 32 sequences, lengths uniform in 1..T
 }
 QUICK = {
     "times": (1, 5), "batches": (1, 2), "unrolled_T": 5, "export_T": (5,),
     "budget_s": 0.0, "min_rounds": 3, "max_rounds": 3, "min_sample_s": 0.0, "stream_steps": 5,
     "streams": (1, 4), "multi_ticks": 3, "char_models": ("gru-charlm",),
+    "ragged_T": (5,), "ragged_B": 3,
 }
 CUDA_POINTS = ((35, 1), (35, 32), (500, 32))  # (T, B) measured on the GPU (quick: the last grid point)
 SEED_LOOPS = {"rnn": cells.rnn, "lstm": cells.lstm, "gru": cells.gru}
@@ -535,6 +538,77 @@ multi_targets.append({"target": key, "cell": "lstm", "text": text, "figure": fig
                       **({} if figure is not None else {"status": "runtime not available" if StatefulSession is None
                                                         else f"not measured: S={S8} is not among this run's streams"})})
 
+# --- ragged batches: one call with a lengths input vs PyTorch's packed run vs one call per sequence ---
+ragged_rows, ragged_targets = [], []
+RAGGED_LAYERS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
+
+
+def nn_zero_state(kind: str, B: int) -> list[np.ndarray]:
+    return [np.zeros((1, B, hidden), np.float32) for _ in range(2 if kind == "lstm" else 1)]
+
+
+def ragged_feed(names: list[str], x: np.ndarray, state: list[np.ndarray], lengths=None) -> dict:
+    return dict(zip(names, [x, *state] if lengths is None else [x, *state, lengths], strict=True))
+
+
+def packed_torch(layer, xt: torch.Tensor, lengths: torch.Tensor) -> None:
+    packed = pack_padded_sequence(xt, lengths, enforce_sorted=False)
+    pad_packed_sequence(layer(packed)[0], total_length=xt.shape[0])
+
+
+def separate_calls(session: ort.InferenceSession, names: list[str], kind: str, x: np.ndarray,
+                   lengths: np.ndarray) -> None:
+    for b, n in enumerate(lengths):
+        session.run(None, ragged_feed(names, x[:n, b:b + 1], nn_zero_state(kind, 1)))
+
+
+with torch.inference_mode():
+    for kind, layer_type in RAGGED_LAYERS.items():
+        layer = layer_type(INPUT_SIZE, hidden).eval()
+        plain = rnnexport.convert(layer, work / f"ragged.{kind}.onnx")
+        ragged = rnnexport.convert(layer, work / f"ragged.{kind}.lengths.onnx", lengths=True)
+        with_lengths, without = cpu_session(ragged.path), cpu_session(plain.path)
+        names = [i.name for i in with_lengths.get_inputs()]
+        B = cfg["ragged_B"]
+        for T in cfg["ragged_T"]:
+            x = rng.standard_normal((T, B, INPUT_SIZE)).astype(np.float32)
+            lengths = rng.integers(1, T + 1, B).astype(np.int64)  # uniform in 1..T, unsorted
+            full = np.full(B, T, np.int64)
+            xt, state = torch.from_numpy(x), nn_zero_state(kind, B)
+            engines = {
+                "one call, lengths": functools.partial(with_lengths.run, None, ragged_feed(names, x, state, lengths)),
+                "torch packed": functools.partial(packed_torch, layer, xt, torch.from_numpy(lengths)),
+                f"{B} separate calls": functools.partial(separate_calls, without, names[:-1], kind, x, lengths),
+                "full batch, lengths": functools.partial(with_lengths.run, None, ragged_feed(names, x, state, full)),
+                "full batch, no lengths": functools.partial(without.run, None, ragged_feed(names[:-1], x, state)),
+            }
+            got = with_lengths.run(None, ragged_feed(names, x, state, lengths))[0]
+            want = pad_packed_sequence(layer(pack_padded_sequence(xt, torch.from_numpy(lengths),
+                                                                  enforce_sorted=False))[0], total_length=T)[0]
+            medians, rounds = measure(engines)
+            error = max_abs(got, want.numpy())
+            for engine, seconds in medians.items():
+                ragged_rows.append({"cell": kind, "T": T, "B": B, "engine": engine, "ms": seconds * 1e3,
+                                    "rounds": rounds, "lengths": "T" if engine.startswith("full") else "1..T",
+                                    **({"max_abs_vs_torch_packed": error} if engine == "one call, lengths" else {})})
+            line = "  ".join(f"{e} {s * 1e3:.2f}" for e, s in medians.items())
+            print(f"  ragged {kind:4s} T={T:<3d} B={B} ms: {line}", flush=True)
+            if T != cfg["ragged_T"][0]:
+                continue
+            one = medians["one call, lengths"]
+            for key, figure, op, threshold in (
+                ("ragged_vs_packed", medians["torch packed"] / one, ">=", 1.3),
+                ("ragged_vs_separate", medians[f"{B} separate calls"] / one, ">=", 5.0),
+                ("lengths_overhead", medians["full batch, lengths"] / medians["full batch, no lengths"], "<=", 1.10),
+            ):
+                text = {"ragged_vs_packed": "one ragged call >= 1.3x faster than PyTorch's packed module",
+                        "ragged_vs_separate": f"one ragged call >= 5x faster than {B} separate calls",
+                        "lengths_overhead": "a lengths input costs <= 10% on a full batch"}[key]
+                ok = figure >= threshold if op == ">=" else figure <= threshold
+                ragged_targets.append({"target": key, "cell": kind, "text": text, "figure": figure, "op": op,
+                                       "threshold": threshold, "unit": "x", "where": f"T={T} B={B}",
+                                       "pass": bool(ok)})
+
 # --- CUDA, when a GPU is present -----------------------------------------------------------------
 cuda = {"status": "no GPU", "reason": "torch.cuda.is_available() is False", "rows": []}
 if torch.cuda.is_available():
@@ -694,6 +768,11 @@ for t in targets:
     print(f"  {'PASS' if t['pass'] else 'MISS'}  {t['cell']:5s} {t['text']}: {t['figure']:.2f} {t['unit']} "
           f"({t['where']}; needs {t['op']} {t['threshold']:g})")
 
+print("\nRagged batches (torch.nn modules, native lowering)")
+for t in ragged_targets:
+    print(f"  {'PASS' if t['pass'] else 'MISS'}  {t['cell']:5s} {t['text']}: {t['figure']:.2f} {t['unit']} "
+          f"({t['where']}; needs {t['op']} {t['threshold']:g})")
+
 results = {
     "schema": "rnnexport.bench/1",
     "command": " ".join(["python", "scripts/bench.py", *sys.argv[1:]]),
@@ -705,7 +784,8 @@ results = {
                "weight_scale": WEIGHT_SCALE, "times": list(cfg["times"]), "batches": list(cfg["batches"]),
                "unrolled_T": cfg["unrolled_T"], "export_T": list(cfg["export_T"]),
                "stream_steps": steps, "streams": list(cfg["streams"]), "multi_ticks": ticks,
-               "char_models": list(cfg["char_models"])},
+               "char_models": list(cfg["char_models"]),
+               "ragged_T": list(cfg["ragged_T"]), "ragged_B": cfg["ragged_B"]},
     "nn_vs_seed_max_abs": nn_vs_seed,
     "notes": ["torch.nn.GRU is linear_before_reset=1, the seed's GRU is 0: its torch.nn row times a "
               "slightly different function on the same weights",
@@ -717,6 +797,10 @@ results = {
     "export": export_rows,
     "cuda": cuda,
     "targets": targets,
+    "ragged": {"rows": ragged_rows, "targets": ragged_targets,
+               "note": "torch.nn LSTM/GRU, native lowering, lengths uniform in 1..T; 'torch packed' is "
+                       "pack_padded_sequence + the module + pad_packed_sequence; separate calls run each "
+                       "sequence alone on the graph without a lengths input"},
 }
 json_path = Path(args.json)
 json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,8 @@ def positive(value) -> bool:
 
 def test_results_have_every_section(bench):
     results, _, _ = bench
-    for key in ("machine", "config", "sequence", "streaming", "export", "cuda", "targets", "nn_vs_seed_max_abs"):
+    for key in ("machine", "config", "sequence", "streaming", "export", "cuda", "targets", "nn_vs_seed_max_abs",
+                "ragged"):
         assert key in results, key
     assert results["quick"] is True
     assert results["config"]["cells"] == list(CELLS)
@@ -133,6 +134,26 @@ def test_every_target_has_a_figure_and_a_verdict(bench):
         if t.get("status") == "runtime not available":
             continue
         assert isinstance(t["pass"], bool) and math.isfinite(t["figure"]) and t["threshold"] > 0, t
+        assert f"{'PASS' if t['pass'] else 'MISS'}  {t['cell']:5s} {t['text']}" in stdout
+
+
+def test_ragged_rows_and_targets(bench):
+    """Every ragged engine is timed at every T, the one ragged call equals PyTorch's packed run, and
+    each of the three ragged targets has a figure and a printed verdict."""
+    results, _, stdout = bench
+    ragged, config = results["ragged"], results["config"]
+    rows = {(r["cell"], r["T"], r["engine"]): r for r in ragged["rows"]}
+    B = config["ragged_B"]
+    for cell in ("lstm", "gru"):
+        for T in config["ragged_T"]:
+            for engine in ("one call, lengths", "torch packed", f"{B} separate calls", "full batch, lengths",
+                           "full batch, no lengths"):
+                assert positive(rows[(cell, T, engine)]["ms"]), (cell, T, engine)
+            assert rows[(cell, T, "one call, lengths")]["max_abs_vs_torch_packed"] < 1e-4
+    assert {(t["cell"], t["target"]) for t in ragged["targets"]} == {
+        (c, t) for c in ("lstm", "gru") for t in ("ragged_vs_packed", "ragged_vs_separate", "lengths_overhead")}
+    for t in ragged["targets"]:
+        assert isinstance(t["pass"], bool) and math.isfinite(t["figure"]), t
         assert f"{'PASS' if t['pass'] else 'MISS'}  {t['cell']:5s} {t['text']}" in stdout
 
 
