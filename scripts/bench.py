@@ -56,6 +56,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from bench_plot import draw_plots  # scripts/ is on sys.path: python puts the script's folder there
 from onnx import helper
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -807,73 +808,6 @@ json_path.parent.mkdir(parents=True, exist_ok=True)
 atomic_write(json_path, (json.dumps(results, indent=1) + "\n").encode(), "figures")
 print(f"\nwrote {json_path}")
 
-# --- the plot: speed-up over eager PyTorch per lowering, per grid point -------------------------
-try:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
-except ImportError:
-    print("matplotlib is not installed (pip install 'rnnexport[plot]'): no plot drawn")
-else:
-    def save_plot(fig, path: Path) -> None:
-        """Write the figure atomically (in the format its suffix names, else PNG): a reader never sees half."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f: fig.savefig(f, dpi=110, format=path.suffix.lower().lstrip(".") or "png"), "plot")
-        print(f"wrote {path}")
-
-    points = [(T, B) for T in cfg["times"] for B in cfg["batches"]]
-    fig, axes = plt.subplots(len(CELLS), 1, figsize=(11, 2.6 * len(CELLS)), sharex=True)
-    bars = ["torch.nn", "native", "scan", "unrolled"]
-    width = 0.8 / len(bars)
-
-    def speedups(kind: str, engine: str) -> tuple[list[int], list[float]]:
-        """Grid positions and speed-ups of ``engine`` where it was measured."""
-        found = [(j, r["speedup_vs_eager"]) for j, (T, B) in enumerate(points) for r in sequence_rows
-                 if (r["cell"], r["T"], r["B"], r["engine"]) == (kind, T, B, engine)]
-        return [j for j, _ in found], [v for _, v in found]
-
-    for ax, kind in zip(axes, CELLS):
-        for i, engine in enumerate(bars):
-            where, values = speedups(kind, engine)
-            ax.bar([j + (i - (len(bars) - 1) / 2) * width for j in where], values, width, label=engine)
-        where, values = speedups(kind, "gemm floor")  # what an engine doing only the recurrent matmuls gets
-        ax.scatter(where, values, marker="_", s=900, color="black", label="gemm floor", zorder=3)
-        ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_yscale("log")
-        ax.margins(y=0.12)
-        ax.yaxis.set_major_locator(FixedLocator([2.0**k for k in range(-4, 7)]))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.set_ylabel(f"{kind}\nspeed-up")
-        ax.grid(axis="y", which="both", alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, ncol=5, fontsize=9, loc="lower center", frameon=False)
-    axes[0].set_title(f"Speed-up over the eager PyTorch seed loop (CPU, {args.threads} thread, hidden {hidden})")
-    axes[-1].set_xticks(range(len(points)), [f"T={T}\nB={B}" for T, B in points])
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    save_plot(fig, Path(args.plot))
-
-    # throughput vs streams: one panel per model
-    fig, axes = plt.subplots(1, len(multi_models), figsize=(3.3 * len(multi_models), 3.4), sharey=True,
-                             squeeze=False)
-    for ax, name in zip(axes[0], multi_models):
-        for engine in multi_engines:
-            found = [(S, multi_rate(name, S, engine)) for S in cfg["streams"]]
-            found = [(S, v) for S, v in found if v]
-            if found:
-                ax.plot([S for S, _ in found], [v for _, v in found], marker="o", label=engine,
-                        linestyle="--" if engine == "batched gemm floor" else "-")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("streams S")
-        ax.grid(which="both", alpha=0.3)
-    axes[0][0].set_ylabel("aggregate steps/s")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, ncol=4, fontsize=9, loc="lower center", frameon=False)
-    fig.suptitle(f"Many streams at once (CPU, {args.threads} thread)", fontsize=11)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    save_plot(fig, Path(args.plot_streams))
+# --- the plots -----------------------------------------------------------------------------------
+draw_plots(results, Path(args.plot), Path(args.plot_streams))
 shutil.rmtree(work, ignore_errors=True)
