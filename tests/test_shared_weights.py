@@ -211,6 +211,14 @@ def test_a_tampered_weights_file_is_refused(bundle, tmp_path):
     _refused(tmp_path / "b.zip", "checksum mismatch", WEIGHTS)
 
 
+def test_a_weights_file_linking_out_of_the_bundle_is_refused(bundle, tmp_path):
+    copy = Path(shutil.copytree(bundle, tmp_path / "b"))
+    outside = tmp_path / "elsewhere.bin"
+    (copy / WEIGHTS).rename(outside)
+    (copy / WEIGHTS).symlink_to(outside)  # the same bytes, so only the link can be what is refused
+    _refused(copy, "weights.bin leads outside the bundle")
+
+
 def test_a_graph_whose_entry_names_no_weights_may_read_none(bundle, tmp_path):
     def unnamed(folder: Path) -> None:
         manifest = json.loads((folder / "manifest.json").read_text())
