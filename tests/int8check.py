@@ -46,9 +46,10 @@ def int8_misses(folder: Path, files: dict[str, str] | None = None) -> dict[str, 
     variants = {v["of"]: v for v in manifest["variants"] if v["name"] == "int8" and v["status"] == "ok"}
     rng = np.random.default_rng(2024)
     sequence = io.feeds(random_inputs(io, Form.SEQUENCE, 8, 96, rng), io.state.zeros(8))
-    want = _run(folder / "model.onnx", sequence)
+    graphs = {key: folder / graph["file"] for key, graph in manifest["graphs"].items()}
+    want = _run(graphs["sequence"], sequence)
     step = io.feeds(random_inputs(io, Form.STEP, 8, None, rng), [want[name] for name in io.state.output_names])
-    cases = {"sequence": (sequence, want), "step": (step, _run(folder / "step" / "model.onnx", step))}
+    cases = {"sequence": (sequence, want), "step": (step, _run(graphs["step"], step))}
     return {graph: _misses(variants[graph], _run(folder / (files or {}).get(graph, variants[graph]["files"][0]),
                                                  feeds), expected)
             for graph, (feeds, expected) in cases.items()}

@@ -108,12 +108,14 @@ def test_the_page_generates_what_python_generates(chromium, bundle):
     assert "the state" in result["text"]  # a trained model writes words, not noise
 
 
-def test_the_page_reports_a_tampered_graph_in_one_line(chromium, bundle, tmp_path):
+@pytest.mark.parametrize("file", ["step.onnx", "weights.bin"])  # the step graph and the weights it shares
+def test_the_page_reports_a_tampered_file_in_one_line(chromium, bundle, tmp_path, file):
     tampered = Path(shutil.copytree(bundle, tmp_path / "bundle"))
-    with open(tampered / "step" / "model.onnx", "ab") as f:
+    assert json.loads((tampered / "manifest.json").read_text())["graphs"]["step"]["weights"] == "weights.bin"
+    with open(tampered / file, "ab") as f:
         f.write(b"\0")
     result = run_page(chromium, tampered, "?length=5&prompt=the")
-    assert result == {"error": "checksum mismatch: step/model.onnx does not match the manifest"}
+    assert result == {"error": f"checksum mismatch: {file} does not match the manifest"}
 
 
 def test_the_page_reads_a_served_vocabulary_when_the_manifest_has_none(chromium, bundle, tmp_path):

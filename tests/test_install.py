@@ -200,7 +200,7 @@ def test_the_wheel_with_the_newest_allowed_versions_runs_the_edge_commands(edge,
         assert installed[name].split(".")[:2] == pins[name].split(".")[:2], (name, installed[name], pins[name])
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RNNEXPORT_MODELS")}
     for args, says in ((["run", "b.zip", "-i", "x.npy", "-o", "edge-y.npy"], "ran 3 steps x 1 stream(s)"),
-                       (["inspect", "b.zip"], "bundle rnnexport.bundle/1"), (["verify", "b.zip"], "PASS")):
+                       (["inspect", "b.zip"], "bundle rnnexport.bundle/2"), (["verify", "b.zip"], "PASS")):
         proc = subprocess.run([str(script), *args], capture_output=True, text=True, cwd=bundle.parent, env=env,
                               timeout=300)
         assert proc.returncode == 0 and says in proc.stdout, (args, proc.stdout[-2000:], proc.stderr[-2000:])

@@ -135,7 +135,7 @@ def test_int8_variant_meets_its_tolerance_on_an_emulated_avx2_cpu(checkouts, tmp
 
     folder = checkouts[0] / "lm-bundle"
     signed = {}
-    for graph, path in (("sequence", "model.onnx"), ("step", "step/model.onnx")):
+    for graph, path in (("sequence", "model.onnx"), ("step", "step.onnx")):
         signed[graph] = str(tmp_path / f"{graph}.int8.onnx")
         quantize_dynamic(str(folder / path), signed[graph], weight_type=QuantType.QInt8, per_channel=True)
     script = ("import json, sys; from tests.int8check import int8_misses; from pathlib import Path; "

@@ -204,7 +204,7 @@ def edit_manifest(bundle: Path, tmp_path: Path, edit) -> Path:
 
 
 @pytest.mark.parametrize("edit, error", [
-    (lambda m: m.update(schema="rnnexport.bundle/2"), "schema 'rnnexport.bundle/2'; this runtime reads"),
+    (lambda m: m.update(schema="rnnexport.bundle/3"), "schema 'rnnexport.bundle/3'; this runtime reads"),
     (lambda m: m.pop("io"), "no I/O contract"),
     (lambda m: m.update(files=[]), "lists no files"),
     (lambda m: m["files"].append({"path": "../outside", "sha256": "0"}), "unsafe path '../outside'"),

@@ -10,6 +10,8 @@ from rnnexport.bundle.archive import write_zip
 from rnnexport.bundle.manifest import (
     MANIFEST,
     SCHEMA,
+    SCHEMA_SELF_CONTAINED,
+    SCHEMAS,
     VARIANT_NAMES,
     CheckStatus,
     EngineCheck,
@@ -34,6 +36,8 @@ __all__ = [
     "DEFAULT_LIMITS",
     "MANIFEST",
     "SCHEMA",
+    "SCHEMAS",
+    "SCHEMA_SELF_CONTAINED",
     "VARIANT_NAMES",
     "Bundle",
     "CheckStatus",

@@ -81,7 +81,9 @@ def inspect(path: str | os.PathLike[str]) -> Inspection:
     where = str(path)
     if bundle.manifest is None:
         source = next(iter(bundle.graphs.values()))
-        size = os.path.getsize(source.model) if isinstance(source.model, str) else len(source.model)
+        model = source.model
+        size = os.path.getsize(model) if isinstance(model, str) else len(model) if isinstance(model, bytes) \
+            else model.size
         data = _graph(source, size)
         if bundle.kind == "test-folder":
             data["test_sets"] = [t.dir for t in bundle.test_vectors]
@@ -90,7 +92,9 @@ def inspect(path: str | os.PathLike[str]) -> Inspection:
     manifest = bundle.manifest
     sizes = {f.path: f.size or 0 for f in manifest.files}
     body = manifest.to_json()
-    body["graphs"] = {k: {**g.to_json(), "size_bytes": sizes.get(g.file)} for k, g in manifest.graphs.items()}
+    body["graphs"] = {k: {**g.to_json(), "size_bytes": sizes.get(g.file),
+                          **({"weights_bytes": sizes.get(g.weights)} if g.weights else {})}
+                      for k, g in manifest.graphs.items()}
     body["total_bytes"] = sum(sizes.values())
     return Inspection("bundle", where, body)
 
@@ -108,6 +112,9 @@ def _graph_lines(name: str, graph: dict[str, Any]) -> list[str]:
              f"  inputs   {_specs(graph['inputs'])}",
              f"  outputs  {_specs(graph['outputs'])}",
              f"  opset {graph['opset']}, IR {graph['ir_version']}, operators {', '.join(graph['operators'])}"]
+    if graph.get("weights"):
+        lines.append(f"  weights  {graph['weights']} ({graph.get('weights_bytes') or 0:,} bytes, external data it "
+                     "shares with the bundle's other graphs)")
     mobile = graph.get("mobile")
     if mobile:  # the note gives each provider's nodes as exported and with fixed shapes, and what blocks the rest
         lines.append(f"  mobile   {mobile['note'] or mobile['eps']} ({mobile['checker']})")

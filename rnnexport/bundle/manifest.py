@@ -1,4 +1,4 @@
-"""The bundle manifest (schema ``rnnexport.bundle/1``, documented in docs/bundle.md) as typed data.
+"""The bundle manifest (schemas ``rnnexport.bundle/1`` and ``/2``, documented in docs/bundle.md) as typed data.
 
 :meth:`Manifest.from_json` is the only parser of ``manifest.json``: it checks
 every field's type, bounds every count and size, and keeps every named path
@@ -23,6 +23,8 @@ __all__ = [
     "MANIFEST",
     "MAX_ENTRIES",
     "SCHEMA",
+    "SCHEMAS",
+    "SCHEMA_SELF_CONTAINED",
     "VARIANT_NAMES",
     "CheckStatus",
     "EngineCheck",
@@ -37,7 +39,13 @@ __all__ = [
 ]
 
 MANIFEST = "manifest.json"
-SCHEMA = "rnnexport.bundle/1"
+#: The schema of a bundle whose graphs share one weights file (``GraphEntry.weights``); older readers refuse
+#: it rather than load a graph without its weights.
+SCHEMA = "rnnexport.bundle/2"
+#: The schema of a bundle of self-contained graphs, which every reader loads.
+SCHEMA_SELF_CONTAINED = "rnnexport.bundle/1"
+#: The schemas this reader reads.
+SCHEMAS = (SCHEMA_SELF_CONTAINED, SCHEMA)
 #: The most entries any list of a manifest may hold.
 MAX_ENTRIES = 4096
 #: The variants a bundle may hold, in the order they are made.
@@ -255,11 +263,16 @@ class GraphEntry:
     #: How many nodes the mobile execution providers would take (None in bundles written before, or
     #: where the check could not run).
     mobile: MobileCoverage | None = None
+    #: The bundle file the graph reads its external data from, in the graph's own folder (the weights the
+    #: sequence and step graphs share); None: the graph holds all its weights.
+    weights: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {"file": self.file, "form": self.form.value, "lowering": self.lowering, "seq_len": self.seq_len,
                 "ir_version": self.ir_version, "opset": dict(self.opset), "operators": list(self.operators),
                 "inputs": list(self.inputs), "outputs": list(self.outputs), "nan": self.nan.value}
+        if self.weights is not None:
+            data["weights"] = self.weights
         if self.checked_on:
             data["checked_on"] = [c.to_json() for c in self.checked_on]
         if self.mobile is not None:
@@ -285,10 +298,17 @@ class GraphEntry:
         if nan not in _NAN_POLICIES:
             raise BundleError(f"manifest: graph {key} has nan {nan!r:.40}; expected one of {', '.join(_NAN_POLICIES)}")
         mobile = MobileCoverage.from_json(data["mobile"]) if data.get("mobile") is not None else None
-        return cls(safe_path(data.get("file"), f"manifest graph {key}"), Form(form), _str(data.get("lowering"), "lowering"),
+        file = safe_path(data.get("file"), f"manifest graph {key}")
+        weights = data.get("weights")
+        if weights is not None:
+            weights = safe_path(weights, f"manifest graph {key} weights")
+            if PurePosixPath(weights).parent != PurePosixPath(file).parent or weights == file:
+                raise BundleError(f"manifest: graph {key}'s weights {weights!r:.80} must be another file in the "
+                                  f"graph's own folder")
+        return cls(file, Form(form), _str(data.get("lowering"), "lowering"),
                    _int(data.get("seq_len"), "graph seq_len", 1, MAX_DIM), _int(data.get("ir_version"), "ir_version"),
                    dict(opset), tuple(operators), tuple(tensors["inputs"]), tuple(tensors["outputs"]), _checks(data),
-                   NanPolicy(nan), mobile)
+                   NanPolicy(nan), mobile, weights)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -466,7 +486,13 @@ class Manifest:
     variants: tuple[VariantEntry, ...] = ()
     created_by: dict[str, str] = dataclasses.field(default_factory=dict)
     model: dict[str, Any] = dataclasses.field(default_factory=dict)
-    schema: str = SCHEMA
+    #: Empty when built: :data:`SCHEMA` when a graph reads shared weights, else :data:`SCHEMA_SELF_CONTAINED`.
+    schema: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.schema:
+            shared = any(g.weights is not None for g in self.graphs.values())
+            object.__setattr__(self, "schema", SCHEMA if shared else SCHEMA_SELF_CONTAINED)
 
     @property
     def description(self) -> str:
@@ -500,9 +526,9 @@ class Manifest:
         if not isinstance(data, Mapping):
             raise BundleError(f"{MANIFEST} of {where} is not a JSON object")
         schema = data.get("schema")
-        if schema != SCHEMA:
-            raise BundleError(f"bundle {where} has schema {schema!r:.60}; this runtime reads {SCHEMA!r} "
-                              f"(upgrade rnnexport, or repackage the model)")
+        if schema not in SCHEMAS:
+            raise BundleError(f"bundle {where} has schema {schema!r:.60}; this runtime reads "
+                              f"{' and '.join(map(repr, SCHEMAS))} (upgrade rnnexport, or repackage the model)")
         if "io" not in data:
             raise BundleError(f"manifest of {where} holds no I/O contract ('io')")
         try:
@@ -518,6 +544,9 @@ class Manifest:
         if len(graphs) > 16:
             raise BundleError(f"manifest of {where} lists {len(graphs)} graphs (at most 16)")
         parsed = {str(k): GraphEntry.from_json(str(k), v) for k, v in graphs.items()}
+        if schema == SCHEMA_SELF_CONTAINED and any(g.weights for g in parsed.values()):
+            raise BundleError(f"manifest of {where}: a {SCHEMA_SELF_CONTAINED} bundle holds self-contained graphs, "
+                              f"but a graph names shared weights (that is {SCHEMA}); the manifest is malformed")
         created_by = data.get("created_by") or {}
         model = data.get("model") or {}
         if not isinstance(created_by, Mapping) or not isinstance(model, Mapping):
@@ -525,4 +554,4 @@ class Manifest:
         return cls(io, parsed, files,
                    tuple(VectorEntry.from_json(v) for v in _list(data, "test_vectors")),
                    tuple(VariantEntry.from_json(v) for v in _list(data, "variants")),
-                   {str(k): str(v) for k, v in created_by.items()}, dict(model), SCHEMA)
+                   {str(k): str(v) for k, v in created_by.items()}, dict(model), str(schema))

@@ -4,8 +4,13 @@ Everything read here is untrusted data. Zip members are checked against
 :class:`ZipLimits` from the archive's own headers before a byte is inflated;
 every path stays inside the bundle; every size is bounded before reading; every
 file the manifest lists is checked against its size and SHA-256 when the bundle
-is opened, and every graph and test set it names must be among them. Nothing is
-extracted to disk. Torch-free (standard library only).
+is opened, and every graph and test set it names must be among them. A graph's
+external data (the weights file the sequence and step graphs share) is data too:
+before any engine sees the graph, every tensor it keeps in another file must read
+from the file its manifest entry names (listed, checked), within that file's bytes
+(:mod:`rnnexport.core.external`); the graph is then handed out with the file in
+memory, so no engine reads anything from disk. Nothing is extracted to disk.
+Torch-free (standard library only).
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ import re
 import stat
 import zipfile
 import zlib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from rnnexport.bundle.manifest import MANIFEST, SCHEMA, Manifest, VectorEntry, safe_path
 from rnnexport.core.contract import Form, IOSpec
 from rnnexport.core.data import load_json
 from rnnexport.core.errors import BundleError
+from rnnexport.core.external import ExternalModel, check_refs, external_refs
 
 __all__ = ["DEFAULT_LIMITS", "Bundle", "GraphSource", "ZipLimits", "is_bundle", "open_bundle"]
 
@@ -59,11 +65,12 @@ DEFAULT_LIMITS = ZipLimits()
 
 @dataclasses.dataclass(frozen=True)
 class GraphSource:
-    """One graph to load: its form (None until a bare model's metadata is read), name, and path or bytes."""
+    """One graph to load: its form (None until a bare model's metadata is read), name, and path or bytes
+    (with the external data files it reads, checked, when it keeps weights in one)."""
 
     form: Form | None
     name: str
-    model: str | bytes
+    model: str | bytes | ExternalModel
 
 
 class _Reader(Protocol):
@@ -72,8 +79,6 @@ class _Reader(Protocol):
     def read(self, name: str, limit: int) -> bytes: ...
 
     def size(self, name: str) -> int: ...
-
-    def model(self, name: str) -> str | bytes: ...
 
     def names(self) -> list[str]: ...
 
@@ -106,11 +111,6 @@ class _FolderReader:
             return path.read_bytes()
         except OSError as e:
             raise BundleError(f"bundle {self.where} lacks {name}: {e.strerror}") from e
-
-    def model(self, name: str) -> bytes:
-        # the bytes, not the path: what runs is what the checksum covered, and a graph cannot reach
-        # a file beside it that the manifest does not list (bundles hold self-contained graphs)
-        return self.read(name, DEFAULT_LIMITS.max_member_bytes)
 
     def names(self) -> list[str]:
         return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
@@ -186,9 +186,6 @@ class _ZipReader:
                               f"its header says {info.file_size}; the zip is damaged or altered")
         return data
 
-    def model(self, name: str) -> bytes:
-        return self.read(name, self.limits.max_member_bytes)
-
     def names(self) -> list[str]:
         return sorted(n[len(self.prefix):] for n in self.members if n.startswith(self.prefix))
 
@@ -225,6 +222,21 @@ class Bundle:
             raise BundleError(f"{self.path} is a bare model, not a bundle: it holds no {name}")
         return self._reader.read(name, limit)
 
+    def graph(self, name: str, weights: str | None = None) -> bytes | ExternalModel:
+        """The graph file ``name`` as an engine may load it: its bytes, or with the external data it reads.
+
+        Args:
+            weights: the file beside it that the graph may read external data from (a manifest's
+                ``weights``); None: the graph must hold all its weights.
+
+        Raises:
+            BundleError: a bare model; the graph reads external data from any other file, or
+                outside the file's bytes; a file that does not match its checksum.
+        """
+        if self._reader is None:
+            raise BundleError(f"{self.path} is a bare model, not a bundle: it holds no {name}")
+        return _load_graph(self._reader, self.manifest, name, weights)
+
     def files_in(self, folder: str) -> list[str]:
         """The names of the files directly in ``folder`` (e.g. a test set), sorted."""
         if self._reader is None:
@@ -248,12 +260,54 @@ def _check_files(reader: _Reader, manifest: Manifest) -> set[str]:
     return {f.path for f in manifest.files}
 
 
+def _read_checked(reader: _Reader, manifest: Manifest | None, name: str, limit: int) -> bytes:
+    """``name``'s bytes, checked again against the manifest's SHA-256: what runs is what the checksum covered."""
+    data = reader.read(name, limit)
+    entry = manifest.file(name) if manifest is not None else None
+    if manifest is not None and (entry is None or hashlib.sha256(data).hexdigest() != entry.sha256):
+        raise BundleError(f"checksum mismatch in bundle {reader.where}: {name} does not match its SHA-256 in the "
+                          "manifest (or has none); the bundle is damaged or altered")
+    return data
+
+
+def _load_graph(reader: _Reader, manifest: Manifest | None, name: str, weights: str | None) -> bytes | ExternalModel:
+    """A graph of the bundle and the external data it reads (only ``weights``, or with no manifest any file
+    inside the folder), every reference checked before an engine sees it."""
+    limit = DEFAULT_LIMITS.max_member_bytes
+    data = _read_checked(reader, manifest, name, limit)
+    where = f"graph {name} of bundle {reader.where}"
+    if data[4:8] == b"ORTM":  # onnxruntime's own format (the ort variant), a flatbuffer: no ONNX external data
+        return data
+    refs = external_refs(data, where, BundleError)
+    if not refs:
+        return data
+    folder = PurePosixPath(name).parent
+    if manifest is None:  # an ONNX test folder: files beside the graph, inside the folder
+        allowed = {r.location for r in refs}
+    elif weights is not None:
+        allowed = {PurePosixPath(weights).relative_to(folder).as_posix()}
+    else:
+        allowed = set()
+    files = {}
+    for location in sorted(allowed):
+        path = (folder / location).as_posix()
+        if reader.size(path) > limit:
+            raise BundleError(f"bundle {reader.where}: {path} is over the limit of {limit} bytes")
+        files[location] = _read_checked(reader, manifest, path, limit)
+    hint = ("which its manifest entry does not name as its weights (only the file named in the graph's "
+            "'weights' is read); the bundle is damaged or altered")
+    check_refs(refs, {k: len(v) for k, v in files.items()}, where, BundleError, hint)
+    return ExternalModel(data, files)
+
+
 def _graphs(reader: _Reader, manifest: Manifest, listed: set[str]) -> dict[str, GraphSource]:
     found = {}
     for key, entry in manifest.graphs.items():
-        if entry.file not in listed:
-            raise BundleError(f"graph {entry.file} of bundle {reader.where} has no checksum in the manifest's files")
-        found[key] = GraphSource(entry.form, entry.file, reader.model(entry.file))
+        for file in (entry.file, entry.weights):
+            if file is not None and file not in listed:
+                raise BundleError(f"{file} of bundle {reader.where} (graph {key}) has no checksum in the "
+                                  "manifest's files")
+        found[key] = GraphSource(entry.form, entry.file, _load_graph(reader, manifest, entry.file, entry.weights))
     return found
 
 
@@ -285,7 +339,7 @@ def _test_folder(path: Path) -> Bundle:
     reader = _FolderReader(path)
     sets = sorted((int(m[1]), p.name) for p in path.iterdir() if p.is_dir() and (m := _TEST_SET.match(p.name)))
     vectors = tuple(VectorEntry(name, TEST_FOLDER_MODEL) for _, name in sets)
-    graph = GraphSource(None, TEST_FOLDER_MODEL, reader.model(TEST_FOLDER_MODEL))
+    graph = GraphSource(None, TEST_FOLDER_MODEL, _load_graph(reader, None, TEST_FOLDER_MODEL, None))
     return Bundle(path, "test-folder", None, {TEST_FOLDER_MODEL: graph}, vectors, reader)
 
 

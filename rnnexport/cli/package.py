@@ -48,7 +48,8 @@ def to_json(result: PackageResult) -> dict[str, Any]:
         "description": manifest.description,
         "expected_from": result.expected_from,
         "graphs": {name: {"file": g.file, "form": g.form.value, "lowering": g.lowering,
-                          "operators": list(g.operators), "checked_on": [c.to_json() for c in g.checked_on]}
+                          "operators": list(g.operators), "weights": g.weights,
+                          "checked_on": [c.to_json() for c in g.checked_on]}
                    for name, g in manifest.graphs.items()},
         "test_sets": len(manifest.test_vectors),
         "variants": [v.to_json() for v in result.variants],
@@ -79,6 +80,11 @@ def to_json(result: PackageResult) -> dict[str, Any]:
               help="Comma-separated engines every graph and variant runs its test sets on before the bundle is "
                    "written, as verify --engines names them (e.g. cpu,reference,openvino,tract,wasm); one that "
                    "cannot run a graph here is recorded as unavailable. Default: cpu,reference.")
+@click.option("--shared-weights/--no-shared-weights", default=True, show_default=True,
+              help="With --step, store the weights both graphs hold once, in weights.bin beside model.onnx and "
+                   "step.onnx (ONNX external data; bundle schema rnnexport.bundle/2). --no-shared-weights: two "
+                   "self-contained graphs (step/model.onnx, schema rnnexport.bundle/1), for apps and readers "
+                   "that load a graph as one file.")
 @click.option("--zip", "archive", is_flag=True, help="Also write DIR.zip (same inputs, same bytes).")
 @click.option("--force", is_flag=True, help="Replace the --output folder (and its .zip) if it is a bundle.")
 @timeout_option(DEFAULT_TIMEOUT, "The most one call of a graph may take (a test vector, a variant's check, the proof "
@@ -88,8 +94,9 @@ def to_json(result: PackageResult) -> dict[str, Any]:
 @quiet_option("Print only the bundle folder (and the .zip with --zip).")
 @verbose_option
 def package_command(model: str, source: str | None, out_dir: str, step_path: str | None, variant_list: str | None,
-                    optional_list: str | None, calibration: str | None, engine_list: str | None, archive: bool,
-                    force: bool, timeout: float, json_path: str | None, quiet: bool, **source_kw: Any) -> None:
+                    optional_list: str | None, calibration: str | None, engine_list: str | None,
+                    shared_weights: bool, archive: bool, force: bool, timeout: float, json_path: str | None,
+                    quiet: bool, **source_kw: Any) -> None:
     """Bundle MODEL.onnx for embedding: manifest, checksums, test vectors and variants.
 
     With SOURCE (as for convert), the test vectors' expected outputs come from
@@ -107,6 +114,7 @@ def package_command(model: str, source: str | None, out_dir: str, step_path: str
     loaded = load_source(source_spec(source, **source_kw)) if source else None
     engines = [e.strip() for e in engine_list.split(",")] if engine_list is not None else None
     result = package(model, out_dir, source=loaded, step_path=step_path, variants=variants, optional=optional,
-                     archive=archive, force=force, calibration=calibration, engines=engines, timeout=timeout)
+                     archive=archive, force=force, calibration=calibration, engines=engines, timeout=timeout,
+                     shared_weights=shared_weights)
     paths = [str(result.folder), *([str(result.archive)] if result.archive else [])]
     emit(paths if quiet else result.lines(), to_json(result), json_path)

@@ -7,13 +7,13 @@ Torch-free (onnx only).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import onnx
 from onnx import helper
 
-__all__ = ["attribute", "attributes", "operators", "subgraphs", "walk", "walk_graphs"]
+__all__ = ["attribute", "attributes", "operators", "subgraphs", "tensors", "walk", "walk_graphs"]
 
 
 def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
@@ -32,6 +32,38 @@ def walk_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     for node in graph.node:
         for sub in subgraphs(node):
             yield from walk_graphs(sub)
+
+
+def _attribute_tensors(attrs: Iterable[onnx.AttributeProto]) -> Iterator[onnx.TensorProto]:
+    for attr in attrs:
+        if attr.HasField("t"):
+            yield attr.t
+        yield from attr.tensors
+        sparse = [*([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []), *attr.sparse_tensors]
+        for found in sparse:
+            yield from (found.values, found.indices)
+        for sub in [*([attr.g] if attr.HasField("g") else []), *attr.graphs]:
+            yield from _graph_tensors(sub)
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        yield from _attribute_tensors(node.attribute)
+
+
+def tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor the model holds: initializers (sparse ones too) and attribute tensors of every graph,
+    subgraph, function and training graph (the places ONNX external data can be)."""
+    yield from _graph_tensors(model.graph)
+    for info in model.training_info:
+        yield from (*_graph_tensors(info.initialization), *_graph_tensors(info.algorithm))
+    for function in model.functions:
+        yield from _attribute_tensors(function.attribute_proto)
+        for node in function.node:
+            yield from _attribute_tensors(node.attribute)
 
 
 def walk(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:

@@ -8,6 +8,7 @@ line in the caller's error type (a bundle command says :class:`BundleError`, ver
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,10 @@ from onnx import TensorProto, helper
 
 from rnnexport.core.contract import META_PREFIX, GraphInfo, TensorSpec
 from rnnexport.core.errors import ContractError, RnnexportError, describe
+from rnnexport.core.external import ExternalModel
+from rnnexport.core.graphs import tensors
 
-__all__ = ["DTYPES", "load_model", "load_with_info", "read_info", "value_dims", "value_dtype", "value_info",
+__all__ = ["DTYPES", "inline_external", "load_model", "load_with_info", "read_info", "value_dims", "value_dtype", "value_info",
            "write_info"]
 
 #: The contract's dtype names and their ONNX element types.
@@ -25,22 +28,51 @@ DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "float64
           "int64": TensorProto.INT64, "int32": TensorProto.INT32}
 
 
-def load_model(source: str | os.PathLike[str] | bytes, name: str,
+def load_model(source: str | os.PathLike[str] | bytes | ExternalModel, name: str,
                error: type[RnnexportError] = RnnexportError) -> onnx.ModelProto:
     """Parse the ONNX model at path (or in the bytes) ``source``; ``name`` is how messages call it.
+
+    A model with external data comes back holding all its weights: from the files beside a path
+    (onnx's own loader), or from the checked files in memory of an
+    :class:`~rnnexport.core.external.ExternalModel` (a bundle's graph and the weights it shares).
 
     Raises:
         error: the file is missing, unreadable, not an ONNX model, or holds no graph.
     """
-    if not isinstance(source, bytes) and not Path(source).is_file():
+    if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
         raise error(f"{name} does not exist or is not a file; give an .onnx file")
     try:
-        model = onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(os.fspath(source))
+        if isinstance(source, ExternalModel):
+            model = onnx.load_from_string(source.model)
+            inline_external(model, source.files)
+        else:
+            model = onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(os.fspath(source))
     except Exception as e:  # any parse failure means "not an ONNX file"
         raise error(f"{name} is not an ONNX model ({describe(e)})") from e
     if not model.graph.node and not model.graph.output:
         raise error(f"{name} is not an ONNX model (it holds no graph)")
     return model
+
+
+def inline_external(model: onnx.ModelProto, files: Mapping[str, bytes]) -> None:
+    """Move every tensor's external data from ``files`` (location -> bytes) into the tensor itself.
+
+    Raises:
+        KeyError, ValueError: a reference to a file not in ``files`` or past its end (a bundle's
+            graphs are checked when it is opened: :func:`rnnexport.core.external.check_refs`).
+    """
+    for tensor in tensors(model):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        entries = {e.key: e.value for e in tensor.external_data}
+        data = files[entries["location"]]
+        offset = int(entries.get("offset") or 0)
+        end = len(data) if entries.get("length") is None else offset + int(entries["length"])
+        if end > len(data):
+            raise ValueError(f"tensor {tensor.name} reads past the end of {entries['location']}")
+        tensor.raw_data = data[offset:end]
+        del tensor.external_data[:]
+        tensor.data_location = TensorProto.DEFAULT
 
 
 def read_info(model: onnx.ModelProto) -> GraphInfo | None:
@@ -52,7 +84,7 @@ def read_info(model: onnx.ModelProto) -> GraphInfo | None:
     return GraphInfo.from_props({p.key: p.value for p in model.metadata_props})
 
 
-def load_with_info(source: str | os.PathLike[str] | bytes, name: str, error: type[RnnexportError],
+def load_with_info(source: str | os.PathLike[str] | bytes | ExternalModel, name: str, error: type[RnnexportError],
                    missing: str | None) -> tuple[onnx.ModelProto, GraphInfo | None]:
     """:func:`load_model` and :func:`read_info`, each failure one line in ``error``.
 

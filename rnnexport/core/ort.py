@@ -28,7 +28,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import onnxruntime as ort
@@ -42,6 +43,7 @@ from rnnexport.core.errors import (
     RunTimeout,
     describe,
 )
+from rnnexport.core.external import ExternalModel
 
 __all__ = [
     "ALIASES",
@@ -203,12 +205,41 @@ def _reason(log: str) -> str:
     return "no reason given by onnxruntime"
 
 
-def start_session(model: str | os.PathLike[str] | bytes, providers: ProviderRequest | Sequence[ProviderRequest] | None,
+#: The external data files each SessionOptions already holds (onnxruntime takes a name only once per options).
+_HELD: weakref.WeakKeyDictionary[ort.SessionOptions, dict[str, bytes]] = weakref.WeakKeyDictionary()
+
+
+def _hand_over(options: ort.SessionOptions, files: Mapping[str, bytes], name: str) -> None:
+    """Give onnxruntime ``files`` (location -> bytes) from memory, so that it reads no external data from disk.
+
+    onnxruntime reads them where they are (no copy): the options and every session made with them
+    keep a reference to them. A file the options already hold is
+    not given again (the sequence and step graphs of a bundle share one); one they hold with
+    other bytes is refused (those would be read instead).
+    """
+    held = _HELD.setdefault(options, {})
+    new = {}
+    for location, data in files.items():
+        if location not in held:
+            new[location] = data
+        elif held[location] is not data and held[location] != data:
+            raise ContractError(f"these onnxruntime session options already hold another {location} (the weights "
+                                f"of another graph); load {name} with new session options")
+    if new:
+        options.add_external_initializers_from_files_in_memory(list(new), list(new.values()),
+                                                               [len(d) for d in new.values()])
+        held.update(new)
+
+
+def start_session(model: str | os.PathLike[str] | bytes | ExternalModel,
+                  providers: ProviderRequest | Sequence[ProviderRequest] | None,
                   options: ort.SessionOptions | None = None, name: str = "the model") -> Started:
     """An onnxruntime session on exactly the requested providers, or the reason it cannot be had.
 
     Args:
-        model: a path, or the serialized model (ONNX or ORT format).
+        model: a path, the serialized model (ONNX or ORT format), or a serialized model with the
+            external data files it reads (:class:`~rnnexport.core.external.ExternalModel`,
+            checked): onnxruntime reads those from memory, never from disk.
         providers: as :func:`resolve_providers` takes them.
         options: session options (default: errors-only logging).
         name: how messages call the model.
@@ -222,12 +253,19 @@ def start_session(model: str | os.PathLike[str] | bytes, providers: ProviderRequ
     if options is None:
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: shape warnings are the verifier's to report
-    source = model if isinstance(model, bytes) else os.fspath(model)
+    if isinstance(model, ExternalModel):
+        _hand_over(options, model.files, name)
+        source: str | bytes = model.model
+    else:
+        source = model if isinstance(model, bytes) else os.fspath(model)
     with _captured() as log:
         try:
             session = ort.InferenceSession(source, sess_options=options, providers=requested)
         except Exception as e:  # onnxruntime raises its own untyped errors for bad models
             raise LoadError(f"onnxruntime cannot load {name}: {describe(e)}") from e
+    if isinstance(model, ExternalModel):
+        # onnxruntime's initializers point into these bytes, not into a copy: they must live as long as the session
+        setattr(session, "_rnnexport_external_data", model.files)  # noqa: B010 - a private attribute of ours
     active = session.get_providers()
     for request in requested:
         if _name(request) not in active:

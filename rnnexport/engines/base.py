@@ -25,8 +25,9 @@ import numpy as np
 import onnx
 
 from rnnexport.core.errors import VerifyError
+from rnnexport.core.external import ExternalModel
 from rnnexport.core.graphs import walk
-from rnnexport.core.onnxfile import value_dims, value_dtype
+from rnnexport.core.onnxfile import load_model, value_dims, value_dtype
 
 __all__ = ["START_ALLOWANCE", "EngineFailure", "EngineKind", "EngineTimeout", "EngineUnavailable", "GraphTensor",
            "Runner", "Unavailable", "check_feeds", "graph_tensors", "standard_graph"]
@@ -116,9 +117,9 @@ def _tensor(value: onnx.ValueInfoProto) -> GraphTensor:
     return GraphTensor(value.name, dtype, None if dims is None else tuple(dims))
 
 
-def standard_graph(model: str | os.PathLike[str] | bytes | onnx.ModelProto, engine: str,
+def standard_graph(model: str | os.PathLike[str] | bytes | ExternalModel | onnx.ModelProto, engine: str,
                    allow_foreign: bool = False) -> onnx.ModelProto:
-    """The ONNX model an engine other than onnxruntime runs, or why it cannot.
+    """The ONNX model an engine other than onnxruntime runs (with all its weights), or why it cannot.
 
     Raises:
         EngineUnavailable: the model uses operators outside the standard domain
@@ -127,6 +128,8 @@ def standard_graph(model: str | os.PathLike[str] | bytes | onnx.ModelProto, engi
     """
     if isinstance(model, onnx.ModelProto):
         proto = model
+    elif isinstance(model, ExternalModel):
+        proto = load_model(model, "the graph")  # the weights from the checked files in memory
     else:
         proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(os.fspath(model))
     foreign = sorted({f"{n.domain}::{n.op_type}" for n in walk(proto.graph) if n.domain not in ("", "ai.onnx")})

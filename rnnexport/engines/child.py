@@ -10,6 +10,10 @@ talks to it over its stdin and stdout: a call over the budget kills the child an
 
 Messages, both ways: an 8-byte little-endian length, a JSON header, then each array the
 header lists as an 8-byte length and its raw bytes (numeric dtypes only, never pickles).
+
+A graph with external data (a bundle's graph and the weights file it shares, checked) is
+written with its files into a scratch folder, and the child's engine loads it from there with
+its own external-data loader, as an app on the device would.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import itertools
 import json
 import os
 import queue
+import shutil
 import struct
 import sys
 import threading
@@ -32,6 +37,8 @@ import numpy as np
 import onnx
 
 from rnnexport.core.errors import describe
+from rnnexport.core.external import ExternalModel, materialize
+from rnnexport.core.io import scratch_folder
 from rnnexport.core.process import python_child_env, start_child, stop_child
 from rnnexport.engines.base import (
     START_ALLOWANCE,
@@ -257,7 +264,7 @@ class ChildRunner(Runner):
 
     Args:
         kind: which engine.
-        model: a graph file, its bytes, or a ModelProto.
+        model: a graph file, its bytes (with its external data), or a ModelProto.
         timeout: seconds one call may take (None: no bound); loading the graph may take
             :data:`~rnnexport.engines.base.START_ALLOWANCE` more.
 
@@ -265,7 +272,7 @@ class ChildRunner(Runner):
     is deactivated.
     """
 
-    def __init__(self, kind: EngineKind, model: str | os.PathLike[str] | bytes | onnx.ModelProto,
+    def __init__(self, kind: EngineKind, model: str | os.PathLike[str] | bytes | ExternalModel | onnx.ModelProto,
                  timeout: float | None = None) -> None:
         super().__init__(timeout)
         self.kind = kind
@@ -275,13 +282,32 @@ class ChildRunner(Runner):
         self.worker: _Worker | None = None
         self.own = False  # the process is this runner's alone
         self.number = 0
+        self.folder: str | None = None  # where a graph with external data was written for the child
+
+    def _path(self) -> str | None:
+        """The graph's path for the child: given, or written with its external data files; None: sent as bytes."""
+        if isinstance(self.model, ExternalModel):
+            self.folder = str(scratch_folder("weights"))
+            return str(materialize(self.model, self.folder))
+        return os.fspath(self.model) if isinstance(self.model, (str, os.PathLike)) else None
 
     def _deadline(self, seconds: float | None) -> float | None:
         return None if seconds is None else time.monotonic() + seconds
 
     def _activate(self) -> None:
         proto = self.local.prepare(self.model)  # type: ignore[attr-defined]  # the cheap refusals, before a process
-        path = os.fspath(self.model) if isinstance(self.model, (str, os.PathLike)) else None
+        try:
+            self._start(proto, self._path())
+        except BaseException:
+            self._remove_folder()
+            raise
+
+    def _remove_folder(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+    def _start(self, proto: onnx.ModelProto, path: str | None) -> None:
         budget = START_ALLOWANCE + (self.timeout or 0.0)
         shared = _SHARED.get()
         try:
@@ -314,6 +340,7 @@ class ChildRunner(Runner):
             else:
                 self.worker.tell({"op": "stop", "id": self.number})
             self.worker = None
+        self._remove_folder()
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         worker = self.worker

@@ -7,6 +7,11 @@ per call. The browser engine serves a page, the graph and onnxruntime-web's file
 The npm packages come from ``rnnexport/engines/js/package-lock.json``
 (``ONNXRUNTIME_NODE_INSTALL=skip npm ci`` in that folder); Chromium is Debian's ``chromium``.
 
+A graph with external data (a bundle's graph and the weights file it shares) is loaded as
+an app loads it: the graph's bytes and each file's bytes, handed to onnxruntime's
+``externalData`` session option (Node and wasm read them from the scratch folder; the page
+fetches them from the runner's server).
+
 Each process is started so that it dies with this one (:func:`rnnexport.core.process.start_child`);
 a call over the runner's budget kills it (:class:`~rnnexport.engines.base.EngineTimeout`). The
 graph copy and the browser profile live in scratch folders (:func:`rnnexport.core.io.scratch_folder`).
@@ -29,6 +34,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from rnnexport.core.external import ExternalModel, materialize
 from rnnexport.core.io import scratch_folder
 from rnnexport.core.process import start_child, stop_child
 from rnnexport.engines.base import (
@@ -74,7 +80,7 @@ def _decode(outputs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return found
 
 
-def _load(model: str | os.PathLike[str] | bytes, engine: str) -> onnx.ModelProto:
+def _load(model: str | os.PathLike[str] | bytes | ExternalModel, engine: str) -> onnx.ModelProto:
     """onnxruntime-node has the com.microsoft kernels; onnxruntime-web does not."""
     return standard_graph(model, engine, allow_foreign=engine == "node")
 
@@ -105,7 +111,7 @@ class _JsRunner(Runner):
 class NodeRunner(_JsRunner):
     """onnxruntime-node (``engine="node"``) or onnxruntime-web's wasm build in Node (``engine="wasm"``)."""
 
-    def __init__(self, model: str | os.PathLike[str] | bytes, engine: str = "node",
+    def __init__(self, model: str | os.PathLike[str] | bytes | ExternalModel, engine: str = "node",
                  timeout: float | None = None) -> None:
         super().__init__(timeout)
         self.model = model
@@ -125,9 +131,13 @@ class NodeRunner(_JsRunner):
         self.inputs, self.outputs = graph_tensors(proto)
         self.folder = scratch_folder("node")
         path = self.folder / "model.onnx"
-        path.write_bytes(proto.SerializeToString())
+        external: list[str] = []
+        if isinstance(self.model, ExternalModel):
+            path, external = materialize(self.model, self.folder), list(self.model.files)
+        else:
+            path.write_bytes(proto.SerializeToString())
         env = {**os.environ, "NODE_PATH": str(_modules())}
-        self.process = start_child([node, str(JS_DIR / "engine.js"), self.engine, str(path)], cwd=JS_DIR,
+        self.process = start_child([node, str(JS_DIR / "engine.js"), self.engine, str(path), *external], cwd=JS_DIR,
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                    text=True, env=env)
         budget = START_ALLOWANCE + self.call_budget
@@ -179,8 +189,9 @@ def chromium_binary() -> str | None:
 class _Exchange:
     """What the page and the runner pass each other: requests one way, answers the other."""
 
-    def __init__(self, model: bytes) -> None:
+    def __init__(self, model: bytes, files: dict[str, bytes] | None = None) -> None:
         self.model = model
+        self.files = files or {}  # external data files, by location
         self.requests: queue.Queue[dict[str, Any]] = queue.Queue()
         self.answers: queue.Queue[dict[str, Any]] = queue.Queue()
 
@@ -206,6 +217,10 @@ def _handler(exchange: _Exchange, dist: Path) -> type[http.server.BaseHTTPReques
                 self._send(page, "text/html")
             elif self.path == "/model.onnx":
                 self._send(exchange.model, "application/octet-stream")
+            elif self.path == "/external.json":
+                self._send(json.dumps(list(exchange.files)).encode(), "application/json")
+            elif self.path.startswith("/external/") and self.path[len("/external/"):] in exchange.files:
+                self._send(exchange.files[self.path[len("/external/"):]], "application/octet-stream")
             elif self.path == "/next":
                 self._send(json.dumps(exchange.requests.get()).encode(), "application/json")
             elif self.path.startswith("/ort/") and "/" not in self.path[5:] and (dist / self.path[5:]).is_file():
@@ -227,7 +242,7 @@ class BrowserRunner(_JsRunner):
 
     name = "browser"
 
-    def __init__(self, model: str | os.PathLike[str] | bytes, timeout: float | None = None) -> None:
+    def __init__(self, model: str | os.PathLike[str] | bytes | ExternalModel, timeout: float | None = None) -> None:
         super().__init__(timeout)
         self.model = model
         self.exchange: _Exchange | None = None
@@ -244,7 +259,10 @@ class BrowserRunner(_JsRunner):
             raise EngineUnavailable(self.name, f"the npm package onnxruntime-web is not installed ({JS_INSTALL})")
         proto = _load(self.model, self.name)
         self.inputs, self.outputs = graph_tensors(proto)
-        self.exchange = _Exchange(proto.SerializeToString())
+        if isinstance(self.model, ExternalModel):
+            self.exchange = _Exchange(self.model.model, dict(self.model.files))
+        else:
+            self.exchange = _Exchange(proto.SerializeToString())
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.exchange, dist))
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.profile = scratch_folder("chromium")

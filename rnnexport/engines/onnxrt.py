@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from rnnexport.core.errors import ProviderError, describe
+from rnnexport.core.external import ExternalModel
 from rnnexport.core.ort import LoadError, full_name, short_name, start_session, time_limit
 from rnnexport.engines.base import (
     EngineFailure,
@@ -39,17 +40,18 @@ class OrtRunner(Runner):
     """An onnxruntime session on exactly one execution provider.
 
     Args:
-        model: path of the ``.onnx`` (or ``.ort``) file, or its serialized bytes.
+        model: path of the ``.onnx`` (or ``.ort``) file, its serialized bytes, or those with the
+            external data files it reads (onnxruntime takes them from memory).
         provider: ``cpu``, ``cuda``, ``tensorrt`` or a full provider name.
         threads: onnxruntime's intra-op threads (None: its default).
         timeout: seconds one call may take (None: no bound).
     """
 
-    def __init__(self, model: str | os.PathLike[str] | bytes, provider: str = "cpu", threads: int | None = None,
-                 timeout: float | None = None) -> None:
+    def __init__(self, model: str | os.PathLike[str] | bytes | ExternalModel, provider: str = "cpu",
+                 threads: int | None = None, timeout: float | None = None) -> None:
         super().__init__(timeout)
         self.threads = threads
-        self.model = model if isinstance(model, bytes) else os.fspath(model)
+        self.model = model if isinstance(model, (bytes, ExternalModel)) else os.fspath(model)
         self.provider = full_name(provider)
         self.name = f"onnxruntime:{short_name(self.provider)}"
         self.session: ort.InferenceSession | None = None

@@ -81,7 +81,9 @@ class OpenVinoRunner(Runner):
         self.inputs, self.outputs = graph_tensors(proto)
         core = openvino.Core()
         try:
-            read = core.read_model(proto.SerializeToString(), b"")
+            # from a file, OpenVINO reads its external data (a bundle's shared weights) itself
+            path = os.fspath(self.model) if isinstance(self.model, (str, os.PathLike)) else None
+            read = core.read_model(path) if path else core.read_model(proto.SerializeToString(), b"")
             self.compiled = core.compile_model(read, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
                                                              "INFERENCE_NUM_THREADS": 1})
         except Exception as e:  # OpenVINO raises untyped errors for what it cannot compile

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from rnnexport.core.errors import VerifyError
+from rnnexport.core.external import ExternalModel
 from rnnexport.core.ort import ALIASES, available_providers, short_name
 from rnnexport.engines.base import EngineKind, EngineUnavailable, Runner
 from rnnexport.engines.child import CHILD_KINDS, ChildRunner
@@ -36,8 +37,9 @@ ENGINES = (*ONNXRUNTIME_ENGINES, "reference", "openvino", "tract", "node", "wasm
 SLOW = frozenset({EngineKind.REFERENCE, EngineKind.NODE, EngineKind.WASM, EngineKind.BROWSER})
 _OTHERS = {name: EngineKind(name) for name in ENGINES if name not in ONNXRUNTIME_ENGINES}
 
-#: What a runner runs: a graph file, its bytes, or (for the reference) a ModelProto.
-GraphModel = str | os.PathLike[str] | bytes | onnx.ModelProto
+#: What a runner runs: a graph file, its bytes, those with the external data files it reads (a bundle's
+#: graph and its shared weights), or a ModelProto.
+GraphModel = str | os.PathLike[str] | bytes | ExternalModel | onnx.ModelProto
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +81,8 @@ def is_ort_format(model: GraphModel) -> bool:
     """Whether ``model`` is in onnxruntime's ORT format (a flatbuffer tagged ``ORTM``), not ONNX."""
     if isinstance(model, onnx.ModelProto):
         return False
-    if isinstance(model, bytes):
-        return model[4:8] == b"ORTM"
+    if isinstance(model, (bytes, ExternalModel)):
+        return (model if isinstance(model, bytes) else model.model)[4:8] == b"ORTM"
     try:
         with open(model, "rb") as f:
             return f.read(8)[4:8] == b"ORTM"
@@ -104,7 +106,7 @@ class _Refused(Runner):
 
 def make_runner(spec: EngineSpec, model: GraphModel, threads: int | None = None,
                 timeout: float | None = None) -> Runner:
-    """A runner of ``spec`` over a graph file, its bytes, or a ModelProto (not started).
+    """A runner of ``spec`` over a graph file, its bytes (with its external data), or a ModelProto (not started).
 
     ``threads`` sets onnxruntime's intra-op threads; the other engines run on one thread.
     ``timeout``: seconds one call may take (None: no bound, but for the JavaScript engines'

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,7 +63,10 @@ class TractRunner(Runner):
         folder = scratch_folder("tract")  # tract reads a graph from a file only
         try:
             path = folder / "model.onnx"
-            path.write_bytes(proto.SerializeToString())
+            if isinstance(self.model, (str, os.PathLike)):
+                path = Path(self.model)  # tract reads its external data (a bundle's shared weights) itself
+            else:
+                path.write_bytes(proto.SerializeToString())
             try:
                 self.runnable = tract.onnx().load(str(path)).into_model().into_runnable()
             except Exception as e:  # tract raises its own errors for what it cannot load

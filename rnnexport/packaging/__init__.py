@@ -1,8 +1,10 @@
 """``rnnexport.package``: a verified bundle an edge app embeds.
 
-A bundle folder holds ``model.onnx`` (and ``step/model.onnx``), ``manifest.json``,
-test vectors in ONNX's layout and, beside each graph, the variants that passed their
-checks. Before it ships, every graph and variant runs its test vectors on onnxruntime's
+A bundle folder holds ``model.onnx`` (and the step graph), ``manifest.json``, test
+vectors in ONNX's layout and, beside each graph, the variants that passed their checks.
+With a step graph, the weights both graphs hold are stored once, in ``weights.bin``
+beside ``model.onnx`` and ``step.onnx`` (:mod:`rnnexport.packaging.shared`); without
+sharing, the step graph is ``step/model.onnx``, self-contained. Before it ships, every graph and variant runs its test vectors on onnxruntime's
 CPU provider and onnx's ReferenceEvaluator, and the manifest records what each gave, and
 how many of each graph's nodes the NNAPI and CoreML providers would take (onnxruntime's
 mobile usability check).
@@ -50,6 +52,7 @@ from rnnexport.packaging.calibration import Calibration, from_calls, read_calibr
 from rnnexport.packaging.forecast import forecast_agreement, forecast_notes, signal_of
 from rnnexport.packaging.manifest import build_manifest, mobile_coverage, write_manifest
 from rnnexport.packaging.proof import PROOF_ENGINES, Proof, prove
+from rnnexport.packaging.shared import SharedWeights, share_weights
 from rnnexport.packaging.text import is_char_model, text_agreement, text_notes
 from rnnexport.packaging.variants import GraphContext, left_out, make_variant
 from rnnexport.packaging.vectors import Vectors, make_vectors
@@ -90,6 +93,8 @@ class PackageResult:
     manifest: Manifest
     variants: tuple[VariantEntry, ...]
     expected_from: str
+    #: The weights file the graphs share; None when they are self-contained.
+    shared: SharedWeights | None = None
 
     def lines(self) -> list[str]:
         """A summary for people: graphs and where they were proved, vectors, variants, files."""
@@ -100,6 +105,8 @@ class PackageResult:
             lines.append(f"            checked on {_checked(graph.checked_on)}")
             if graph.mobile is not None:
                 lines.append(f"            mobile: {graph.mobile.note}")
+        if self.shared is not None:
+            lines.append(f"  weights   {self.shared.line()}")
         lines.append(f"  vectors   {len(manifest.test_vectors)} test sets, expected outputs from {self.expected_from}")
         for variant in self.variants:
             what = f"{variant.name} of {variant.of}"
@@ -183,6 +190,7 @@ def package(
     calibration: str | os.PathLike[str] | None = None,
     engines: Sequence[str] | None = None,
     timeout: float | None = DEFAULT_TIMEOUT,
+    shared_weights: bool = True,
 ) -> PackageResult:
     """Bundle a converted graph for embedding.
 
@@ -207,6 +215,10 @@ def package(
             recorded as unavailable.
         timeout: seconds each call of a graph may take (test vectors, calibration, variant
             checks, the proof on each engine); None: no bound.
+        shared_weights: with a step graph, store the weights both graphs hold once, in
+            ``weights.bin`` (ONNX external data; the step graph is then ``step.onnx`` beside
+            ``model.onnx``, and the manifest's schema ``rnnexport.bundle/2``). False: two
+            self-contained graphs (``step/model.onnx``), schema ``rnnexport.bundle/1``.
 
     Raises:
         BundleError: bad inputs, a graph whose test vectors fail on an engine, or a
@@ -239,7 +251,7 @@ def package(
     graphs = [(model_path, model, info), *([(Path(step_path), *step)] if step is not None and step_path else [])]
     tmp = temp_folder(out_dir, BundleError)
     try:
-        result = _build(tmp, graphs, source, plan, _Proving(proof_engines, given, timeout))
+        result = _build(tmp, graphs, source, plan, _Proving(proof_engines, given, timeout), shared_weights)
         check_replaceable(out_dir, force, is_bundle, "an rnnexport bundle", BundleError)
         swap_in(tmp, out_dir)
     except BaseException:
@@ -249,8 +261,8 @@ def package(
     if archive:
         zip_path = out_dir.with_name(out_dir.name + ".zip")
         write_zip(out_dir, zip_path)
-    manifest, variant_results, expected = result
-    return PackageResult(out_dir, zip_path, manifest, tuple(variant_results), expected)
+    manifest, variant_results, expected, shared = result
+    return PackageResult(out_dir, zip_path, manifest, tuple(variant_results), expected, shared)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,8 +298,25 @@ def _default_calibration(made: dict[str, Vectors], info: GraphInfo) -> Calibrati
     return from_calls(calls, "the test sets")
 
 
+def _share(tmp: Path, given: list[tuple[Path, onnx.ModelProto, GraphInfo]], graphs: dict[str, GraphEntry],
+           placed: dict[str, tuple[Path, GraphInfo]]) -> SharedWeights | None:
+    """Store the weights the graphs share once (after their variants are made from the self-contained
+    graphs): the step graph moves beside the sequence graph as ``step.onnx``, both read ``weights.bin``."""
+    targets = {key: tmp / ("model.onnx" if key == Form.SEQUENCE.value else f"{key}.onnx") for key in placed}
+    shared = share_weights([(model, targets[info.form.value]) for _, model, info in given], tmp)
+    if shared is None:
+        return None
+    for key, (path, info) in placed.items():
+        if path != targets[key]:
+            path.unlink()
+        placed[key] = (targets[key], info)
+        graphs[key] = dataclasses.replace(graphs[key], file=targets[key].name, weights=shared.file)
+    return shared
+
+
 def _build(tmp: Path, given: list[tuple[Path, onnx.ModelProto, GraphInfo]], source: RecurrentModel | None,
-           plan: VariantPlan, proving: _Proving) -> tuple[Manifest, list[VariantEntry], str]:
+           plan: VariantPlan, proving: _Proving,
+           shared_weights: bool = True) -> tuple[Manifest, list[VariantEntry], str, SharedWeights | None]:
     vocabulary = source.vocabulary_size() if source is not None and source.io.x_dtype == "int64" else None
     graphs: dict[str, GraphEntry] = {}
     placed: dict[str, tuple[Path, GraphInfo]] = {}
@@ -312,6 +341,7 @@ def _build(tmp: Path, given: list[tuple[Path, onnx.ModelProto, GraphInfo]], sour
                                                                 proving.timeout))
                 for key, (path, info) in placed.items() for name in plan.names]
     _require(plan, variants)
+    shared = _share(tmp, given, graphs, placed) if shared_weights and len(given) > 1 else None
     info = given[0][2]
     write_manifest(tmp, build_manifest(tmp, info, graphs, variants, vectors))
     proof = prove(tmp, build_manifest(tmp, info, graphs, variants, vectors), proving.engines, proving.timeout)
@@ -327,7 +357,7 @@ def _build(tmp: Path, given: list[tuple[Path, onnx.ModelProto, GraphInfo]], sour
     manifest = build_manifest(tmp, info, graphs, variants, vectors)
     write_manifest(tmp, manifest)
     assert (tmp / MANIFEST).is_file()
-    return manifest, variants, expected
+    return manifest, variants, expected, shared
 
 
 def _proved(variant: VariantEntry, proof: Proof, root: Path) -> VariantEntry:

@@ -135,8 +135,9 @@ def _variant_sources(bundle: Bundle) -> list[tuple[VariantEntry, GraphSource]]:
     for variant in bundle.manifest.variants:
         if variant.ok and variant.files and variant.of in bundle.graphs:
             main = variant.files[0]
-            # the checked bytes, as the reader hands out every graph: what runs is what the checksum covered
-            found.append((variant, GraphSource(bundle.graphs[variant.of].form, main, bundle.read(main))))
+            # the checked bytes, as the reader hands out every graph: what runs is what the checksum covered,
+            # and a variant holds all its weights (it reads no external data)
+            found.append((variant, GraphSource(bundle.graphs[variant.of].form, main, bundle.graph(main))))
     return found
 
 

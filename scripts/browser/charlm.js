@@ -4,13 +4,14 @@
 //
 // URL query: ?prompt=...&length=200. The page reads, from the server it came from:
 //   /ort/                onnxruntime-web's dist files
-//   /bundle/manifest.json and the graph it names (its SHA-256 checked against the manifest)
+//   /bundle/manifest.json and the graph it names, with the weights file it shares when the
+//                        manifest names one (each SHA-256 checked against the manifest)
 //   /vocabulary.json     {"vocabulary": "...", "prompt": "..."} (a model card will do), read only
 //                        when the manifest records no io.vocabulary
 // and posts {text, ...} (or {error}) to /result when done.
 import * as ort from "/ort/ort.wasm.min.mjs";
 
-const SCHEMA = "rnnexport.bundle/1";
+const SCHEMAS = ["rnnexport.bundle/1", "rnnexport.bundle/2"]; // /2: the graphs share a weights file
 const query = new URLSearchParams(location.search);
 const show = (id) => document.getElementById(id);
 
@@ -26,15 +27,27 @@ async function sha256(bytes) {
   return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-// The step graph (or a sequence graph that takes T=1) as bytes, checked against the manifest.
+// A file of the bundle as bytes, checked against the manifest's SHA-256.
+async function loadFile(manifest, file) {
+  const listed = (manifest.files ?? []).find((f) => f.path === file);
+  if (!listed || file.split("/").includes("..")) throw new Error(`the manifest lists no checksum for ${file}`);
+  const bytes = new Uint8Array(await (await fetchOk(`/bundle/${file}`)).arrayBuffer());
+  if (await sha256(bytes) !== listed.sha256) throw new Error(`checksum mismatch: ${file} does not match the manifest`);
+  return bytes;
+}
+
+// The step graph (or a sequence graph that takes T=1) as bytes, and the session options that hand
+// onnxruntime-web the weights file it shares (it reads external data only from what it is given).
 async function loadGraph(manifest) {
   const graph = manifest.graphs?.step ?? manifest.graphs?.sequence;
   if (!graph || (graph.form === "sequence" && graph.seq_len)) throw new Error("the bundle has no step graph");
-  const listed = (manifest.files ?? []).find((f) => f.path === graph.file);
-  if (!listed || graph.file.split("/").includes("..")) throw new Error(`the manifest lists no checksum for ${graph.file}`);
-  const bytes = new Uint8Array(await (await fetchOk(`/bundle/${graph.file}`)).arrayBuffer());
-  if (await sha256(bytes) !== listed.sha256) throw new Error(`checksum mismatch: ${graph.file} does not match the manifest`);
-  return { graph, bytes };
+  const bytes = await loadFile(manifest, graph.file);
+  if (!graph.weights) return { graph, bytes, options: {} };
+  const folder = graph.file.split("/").slice(0, -1).join("/");
+  const location = graph.weights.split("/").pop();
+  if (graph.weights.split("/").slice(0, -1).join("/") !== folder) throw new Error(`${graph.weights} is not beside ${graph.file}`);
+  const weights = await loadFile(manifest, graph.weights);
+  return { graph, bytes, options: { externalData: [{ path: location, data: weights }] } };
 }
 
 // The characters of the one-hot input, in order: the manifest's (io.vocabulary, a list of
@@ -87,7 +100,7 @@ async function main() {
   ort.env.wasm.numThreads = 1;
   ort.env.wasm.wasmPaths = "/ort/";
   const manifest = await (await fetchOk("/bundle/manifest.json")).json();
-  if (manifest.schema !== SCHEMA) throw new Error(`bundle schema ${JSON.stringify(manifest.schema)}; this page reads ${SCHEMA}`);
+  if (!SCHEMAS.includes(manifest.schema)) throw new Error(`bundle schema ${JSON.stringify(manifest.schema)}; this page reads ${SCHEMAS.join(" and ")}`);
   const io = manifest.io;
   if (io.x_encoding !== "one-hot" || io.x_features.length !== 1) throw new Error(`x is ${io.x_encoding}, not one-hot characters`);
   const size = io.x_features[0];
@@ -98,8 +111,8 @@ async function main() {
   const unknown = [...prompt].filter((c) => !vocabulary.includes(c));
   if (unknown.length) throw new Error(`the prompt holds characters outside the vocabulary: ${JSON.stringify(unknown.join(""))}`);
 
-  const { graph, bytes } = await loadGraph(manifest);
-  const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] });
+  const { graph, bytes, options } = await loadGraph(manifest);
+  const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], ...options });
   const stream = new CharStream(session, graph, io, size);
   show("status").textContent = `${manifest.model?.description ?? "model"}: ${graph.file} on onnxruntime-web ${ort.env.versions.web}`;
   show("prompt").textContent = prompt;

@@ -3,9 +3,11 @@
 //
 //   node check_bundle.js BUNDLE_DIR|BUNDLE.zip [--atol 1e-5] [--rtol 1e-4]
 //
-// Reads manifest.json (schema rnnexport.bundle/1) from a bundle folder or zip, checks
+// Reads manifest.json (schema rnnexport.bundle/1 or /2) from a bundle folder or zip, checks
 // every listed file's SHA-256 (reading nothing else, and no path outside the bundle),
-// loads each graph and runs every test data set (input_K.pb / output_K.pb, in graph
+// loads each graph (with the weights file it shares, when its manifest entry names one:
+// every external-data reference in the graph must read from that file, inside it, and
+// onnxruntime gets the file's bytes, so it reads nothing from disk) and runs every test data set (input_K.pb / output_K.pb, in graph
 // input / output order). For a stream (kind "stream"), every call after the first takes
 // its state inputs from the previous call's state outputs, as an app does. An element
 // passes when |got - want| <= atol + rtol * |want|: the test set's `tolerance` in the
@@ -22,7 +24,7 @@ const AdmZip = require("adm-zip");
 const { onnx } = require("onnx-proto");
 const ort = require("onnxruntime-node");
 
-const SCHEMA = "rnnexport.bundle/1";
+const SCHEMAS = ["rnnexport.bundle/1", "rnnexport.bundle/2"]; // /2: the graphs share a weights file
 const DEFAULTS = { atol: 1e-5, rtol: 1e-4 };
 const MAX_ENTRIES = 4096; // files in a bundle
 const MAX_BYTES = 4 * 2 ** 30; // what a zip's entries may inflate to, all together
@@ -90,7 +92,7 @@ function readBundle(where) {
   } catch (e) {
     throw new BundleError(`manifest.json of ${where} is not JSON (${e.message})`);
   }
-  if (manifest.schema !== SCHEMA) throw new BundleError(`bundle schema ${JSON.stringify(manifest.schema)}; this reads ${SCHEMA}`);
+  if (!SCHEMAS.includes(manifest.schema)) throw new BundleError(`bundle schema ${JSON.stringify(manifest.schema)}; this reads ${SCHEMAS.join(" and ")}`);
   const listed = Array.isArray(manifest.files) ? manifest.files : [];
   if (!listed.length || listed.length > MAX_ENTRIES) throw new BundleError(`the manifest lists ${listed.length} files (1 to ${MAX_ENTRIES})`);
   const files = new Map();
@@ -103,6 +105,93 @@ function readBundle(where) {
     files.set(name, data);
   }
   return { manifest, files };
+}
+
+// ---- a graph's external data: every tensor that keeps its bytes in another file ----
+// Read from the protobuf wire format (onnx.proto's field numbers), so that no tensor is missed
+// wherever it sits: initializers, subgraphs, node attributes, sparse tensors, functions, training graphs.
+
+const HOLDS = { // message -> { field number: message it holds }
+  model: { 7: "graph", 20: "training", 25: "function" },
+  graph: { 1: "node", 5: "tensor", 15: "sparse" },
+  node: { 5: "attribute" },
+  attribute: { 5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse" },
+  function: { 7: "node", 11: "attribute" },
+  training: { 1: "graph", 2: "graph" },
+  sparse: { 1: "tensor", 2: "tensor" },
+};
+
+function* fields(bytes, start, end) { // [field, wire type, value or start, end]
+  const varint = () => {
+    let value = 0;
+    for (let shift = 0; ; shift += 7) {
+      if (start >= end || shift > 63) throw new BundleError("a graph is not a well-formed ONNX model");
+      const byte = bytes[start++];
+      value += (byte & 0x7f) * 2 ** shift;
+      if (!(byte & 0x80)) return value;
+    }
+  };
+  while (start < end) {
+    const key = varint();
+    const [field, wire] = [Math.floor(key / 8), key % 8];
+    if (wire === 0) yield [field, wire, varint(), start];
+    else if (wire === 1 || wire === 5) start += wire === 1 ? 8 : 4;
+    else if (wire === 2) {
+      const size = varint();
+      if (size > end - start) throw new BundleError("a graph is not a well-formed ONNX model");
+      yield [field, wire, start, start + size];
+      start += size;
+    } else throw new BundleError("a graph is not a well-formed ONNX model");
+    if (start > end) throw new BundleError("a graph is not a well-formed ONNX model");
+  }
+}
+
+// [{ tensor, location, offset, length }] of every tensor with external data.
+function externalRefs(bytes, kind = "model", start = 0, end = bytes.length, depth = 0, found = []) {
+  if (depth > 64) throw new BundleError("a graph nests over 64 deep");
+  const text = (a, b) => Buffer.from(bytes.subarray(a, b)).toString("utf8");
+  for (const [field, wire, a, b] of fields(bytes, start, end)) {
+    const inner = HOLDS[kind][field];
+    if (!inner || wire !== 2) continue;
+    if (inner !== "tensor") { externalRefs(bytes, inner, a, b, depth + 1, found); continue; }
+    let name = "", external = false;
+    const entries = [];
+    for (const [f, w, c, d] of fields(bytes, a, b)) {
+      if (f === 8 && w === 2) name = text(c, d);
+      else if (f === 14 && w === 0) external = c === 1;
+      else if (f === 13 && w === 2) {
+        const entry = {};
+        for (const [g, x, e, h] of fields(bytes, c, d)) if (x === 2 && (g === 1 || g === 2)) entry[g === 1 ? "key" : "value"] = text(e, h);
+        entries.push(entry);
+      }
+    }
+    if (!external && !entries.length) continue;
+    const values = Object.fromEntries(entries.map((e) => [e.key, e.value]));
+    const number = (key) => (values[key] === undefined ? undefined : /^[0-9]{1,15}$/.test(values[key]) ? Number(values[key]) : NaN);
+    found.push({ tensor: name, location: values.location, offset: number("offset") ?? 0, length: number("length") });
+  }
+  return found;
+}
+
+// The session options that hand onnxruntime the graph's weights file (checked), or refuse the graph.
+function externalDataOf(graph, bytes, files) {
+  const refs = externalRefs(bytes);
+  if (!refs.length) return {};
+  const weights = graph.weights === undefined ? null : safePath(graph.weights, `graph ${graph.file}`);
+  const folder = path.posix.dirname(graph.file);
+  if (weights && path.posix.dirname(weights) !== folder) throw new BundleError(`graph ${graph.file}: its weights ${weights} are not beside it`);
+  const location = weights && path.posix.basename(weights);
+  const data = weights && files.get(weights);
+  for (const ref of refs) {
+    if (!data || ref.location !== location) {
+      throw new BundleError(`graph ${graph.file} reads tensor ${ref.tensor} from ${JSON.stringify(ref.location)}, which its manifest entry does not name as its weights`);
+    }
+    const length = ref.length ?? data.length - ref.offset;
+    if (!(ref.offset >= 0 && length >= 0 && ref.offset + length <= data.length)) {
+      throw new BundleError(`graph ${graph.file} reads tensor ${ref.tensor} from bytes ${ref.offset} to ${ref.offset + length} of ${weights}, which holds ${data.length}`);
+    }
+  }
+  return { externalData: [{ path: location, data: new Uint8Array(data) }] };
 }
 
 // ---- test vectors: one TensorProto per .pb file, decoded by onnx-proto ----
@@ -240,7 +329,10 @@ async function main() {
     if (!graph) throw new BundleError(`test set ${set.dir} names graph ${set.graph}, which the manifest lacks`);
     const file = safePath(graph.file, `graph ${set.graph}`);
     if (!files.has(file)) throw new BundleError(`graph ${set.graph}: ${file} is not among the manifest's files`);
-    if (!sessions.has(file)) sessions.set(file, await ort.InferenceSession.create(files.get(file)));
+    if (!sessions.has(file)) {
+      const bytes = files.get(file);
+      sessions.set(file, await ort.InferenceSession.create(bytes, externalDataOf(graph, bytes, files)));
+    }
     const dir = safePath(set.dir, "a test set");
     const tol = toleranceOf(set, options);
     const outputs = await runSet(sessions.get(file), { ...set, dir }, files, manifest, previous, graph.nan === "refuse");

@@ -1,7 +1,9 @@
 // One onnxruntime JavaScript engine behind a line protocol, for rnnexport's verify runners.
 //
-//   node engine.js node|wasm MODEL.onnx
+//   node engine.js node|wasm MODEL.onnx [LOCATION ...]
 //
+// Each LOCATION is an external data file the graph reads (a bundle's shared weights), beside
+// MODEL.onnx: its bytes are handed to onnxruntime's externalData option, as an app does.
 // Reads one JSON request per line on stdin: {"feeds": [{"name", "dtype", "shape", "data" (base64)}]}
 // and writes one JSON line per request: {"outputs": [...same fields...]} or {"error": "..."}.
 // The first line written is {"ready": true, "inputs": [...], "outputs": [...]} once the session loaded.
@@ -11,7 +13,7 @@ const fs = require("fs");
 const path = require("path");
 const readline = require("readline");
 
-const [engine, modelPath] = process.argv.slice(2);
+const [engine, modelPath, ...locations] = process.argv.slice(2);
 const ARRAYS = { float32: Float32Array, float64: Float64Array, int64: BigInt64Array, int32: Int32Array };
 
 function send(message) {
@@ -46,6 +48,10 @@ function fromTensor(name, tensor) {
 async function main() {
   const ort = loadOrt();
   const options = { executionProviders: [engine === "node" ? "cpu" : "wasm"], intraOpNumThreads: 1 };
+  if (locations.length) {
+    const folder = path.dirname(modelPath);
+    options.externalData = locations.map((location) => ({ path: location, data: fs.readFileSync(path.join(folder, location)) }));
+  }
   const session = await ort.InferenceSession.create(fs.readFileSync(modelPath), options);
   send({ ready: true, inputs: session.inputNames, outputs: session.outputNames });
   const lines = readline.createInterface({ input: process.stdin });

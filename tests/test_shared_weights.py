@@ -1,0 +1,246 @@
+"""One weight file for a bundle's pair of graphs: stored once, loaded by every engine, and held to the bundle.
+
+The sequence and step graphs of a packaged bundle read the weights they share from one
+``weights.bin`` (ONNX external data). These tests check that the tensors are stored once, that
+both graphs load that form and match PyTorch on every engine (onnxruntime, the
+ReferenceEvaluator, OpenVINO, tract, onnxruntime-node, onnxruntime-web in Node and in
+Chromium), and that a graph whose external data leaves the bundle, reads past the end of its
+file, or a weights file that was altered is refused in one line before any engine sees it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import rnnexport
+from rnnexport.bundle import write_zip
+from rnnexport.bundle.reader import open_bundle
+from rnnexport.cli import main
+from rnnexport.core.contract import Form
+from rnnexport.core.errors import BundleError
+from rnnexport.core.external import ExternalModel
+from rnnexport.engines.base import EngineUnavailable
+from rnnexport.engines.registry import engine_spec, running
+from rnnexport.packaging.shared import MIN_BYTES, WEIGHTS
+from rnnexport.runtime import StatefulSession
+from rnnexport.testing import assert_close, random_inputs, random_state
+from tests.configs import seed_params
+from tests.test_node_example import check, node  # noqa: F401 - node is a fixture
+
+#: Every engine but CUDA and TensorRT; the JavaScript ones start a process or a browser each: slow lane.
+ENGINES = ("cpu", "reference", "openvino", "tract",
+           *(pytest.param(name, marks=pytest.mark.slow) for name in ("node", "wasm", "browser")))
+
+
+@pytest.fixture(scope="module")
+def model() -> rnnexport.RecurrentModel:
+    """A seed LSTM whose every weight is over 1 KiB (input 16, hidden 32, output 16)."""
+    return rnnexport.builtin("lstm", params=seed_params("lstm", i=16, h=32, q=16, seed=5))
+
+
+@pytest.fixture(scope="module")
+def graphs(model, tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("shared-graphs")
+    sequence = rnnexport.convert(model, folder / "lstm.onnx")
+    step = rnnexport.convert(model, folder / "lstm.step.onnx", form="step")
+    return sequence.path, step.path
+
+
+@pytest.fixture(scope="module")
+def bundle(model, graphs, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("shared") / "bundle"
+    made = rnnexport.package(graphs[0], folder, source=model, step_path=graphs[1], variants=(), archive=True)
+    assert made.shared is not None and made.archive is not None
+    return made.folder
+
+
+@pytest.fixture(scope="module")
+def separate(model, graphs, tmp_path_factory) -> Path:
+    """The same pair packaged as two self-contained graphs (``--no-shared-weights``)."""
+    folder = tmp_path_factory.mktemp("separate") / "bundle"
+    return rnnexport.package(graphs[0], folder, source=model, step_path=graphs[1], variants=(), archive=True,
+                             shared_weights=False).folder
+
+
+def _weights(path: Path) -> dict[str, bytes]:
+    """The initializers of a self-contained graph that sharing moves (1 KiB and more), by name."""
+    return {t.name: t.raw_data for t in onnx.load(path).graph.initializer if len(t.raw_data) >= MIN_BYTES}
+
+
+def test_the_pair_stores_its_weights_once(bundle, graphs):
+    sequence, step = _weights(graphs[0]), _weights(graphs[1])
+    assert sorted(map(len, sequence.values())) == sorted(map(len, step.values()))  # W, R, B, W_hq in both
+    one_copy = sum(map(len, sequence.values()))
+    stored = (bundle / WEIGHTS).read_bytes()
+    assert one_copy <= len(stored) < one_copy + 64 * len(sequence)  # each tensor once, 64-byte aligned
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["schema"] == "rnnexport.bundle/2"
+    assert {k: (g["file"], g["weights"]) for k, g in manifest["graphs"].items()} == {
+        "sequence": ("model.onnx", WEIGHTS), "step": ("step.onnx", WEIGHTS)}
+    for graph, given in (("model.onnx", graphs[0]), ("step.onnx", graphs[1])):
+        moved = given.stat().st_size - (bundle / graph).stat().st_size  # what the graph no longer holds
+        assert one_copy - 100 * len(sequence) < moved <= one_copy  # (less the external data entries)
+        proto = onnx.load(bundle / graph, load_external_data=False)
+        for tensor in (t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL):
+            info = {e.key: e.value for e in tensor.external_data}
+            offset, length = int(info["offset"]), int(info["length"])
+            assert info["location"] == WEIGHTS and offset % 64 == 0
+            assert stored[offset:offset + length] in sequence.values()  # the same bytes as the export's
+        assert sum(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer) == len(sequence)
+
+
+def test_sharing_saves_one_copy_and_the_old_form_stays_on_request(bundle, separate, graphs):
+    manifest = json.loads((separate / "manifest.json").read_text())
+    assert manifest["schema"] == "rnnexport.bundle/1" and manifest["graphs"]["step"]["file"] == "step/model.onnx"
+    assert "weights" not in manifest["graphs"]["step"] and not (separate / WEIGHTS).exists()
+    one_copy = sum(map(len, _weights(graphs[0]).values()))
+
+    def size(folder: Path) -> int:
+        return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json")
+
+    assert one_copy - 1024 < size(separate) - size(bundle) <= one_copy
+    assert os.path.getsize(f"{separate}.zip") - os.path.getsize(f"{bundle}.zip") > 0.8 * one_copy  # random weights
+    x = np.ones((3, 1, 16), np.float32)
+    assert np.array_equal(StatefulSession.load(separate).run(x), StatefulSession.load(bundle).run(x))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_both_graphs_load_the_shared_weights_and_match_pytorch(bundle, model, engine):
+    """Each engine loads the graphs as the reader hands them out (graph and weights.bin, checked) and is
+    compared with PyTorch on inputs of its own: a sequence from a random state, then steps from its end."""
+    opened = open_bundle(f"{bundle}.zip")
+    sources = {key: opened.graphs[key].model for key in ("sequence", "step")}
+    assert all(isinstance(s, ExternalModel) and set(s.files) == {WEIGHTS} for s in sources.values())
+    rng = np.random.default_rng(7)
+    x, state = random_inputs(model.io, Form.SEQUENCE, 2, 5, rng), random_state(model.io, 2, rng)
+    want = model.run_sequence(x, state)
+    steps = random_inputs(model.io, Form.STEP, 2, None, rng)
+    want_step = model.run_step(steps, want[1:])
+    names = ["y", *model.io.state.output_names]
+    with running(engine_spec(engine), sources) as runners:
+        if isinstance(runners, EngineUnavailable):
+            if os.environ.get("CI"):
+                pytest.fail(f"CI must have every engine: {runners.reason}")
+            pytest.skip(runners.reason)
+        got = runners["sequence"].infer(model.io.feeds(x, state))
+        assert_close(list(got.values()), want, names, context=f"sequence graph on {engine}")
+        got_step = runners["step"].infer(model.io.feeds(steps, list(got.values())[1:]))
+        assert_close(list(got_step.values()), want_step, names, context=f"step graph on {engine}")
+
+
+def test_the_runtime_streams_the_shared_pair_from_a_zip(bundle, model):
+    session = StatefulSession.load(f"{bundle}.zip")
+    rng = np.random.default_rng(3)
+    x = random_inputs(model.io, Form.SEQUENCE, 1, 6, rng)
+    want = model.run_sequence(x, [np.zeros(model.io.state.shape(i, 1), np.float32) for i in range(2)])
+    streamed = np.stack([session.step(x_t) for x_t in x])  # the step graph, the state carried
+    assert_close([streamed], want[:1], ["y"], context="six steps")
+    assert_close([session.run(x)], [model.run_sequence(x, want[1:])[0]], ["y"], context="then the sequence graph")
+
+
+# --- what the reader refuses ---------------------------------------------------------------------------
+
+
+def _relisted(bundle: Path, target: Path, change) -> Path:
+    """A copy of ``bundle`` where ``change(folder)`` edits files, then every checksum made right again."""
+    shutil.copytree(bundle, target)
+    change(target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        data = (target / entry["path"]).read_bytes()
+        entry["sha256"], entry["size"] = hashlib.sha256(data).hexdigest(), len(data)
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+def _external(**changes: str):
+    """An edit of the step graph: the first external tensor's ``external_data`` entries changed."""
+    def change(folder: Path) -> None:
+        proto = onnx.load(folder / "step.onnx", load_external_data=False)
+        tensor = next(t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
+        for entry in tensor.external_data:
+            entry.value = changes.get(entry.key, entry.value)
+        (folder / "step.onnx").write_bytes(proto.SerializeToString())
+    return change
+
+
+def _refused(path: Path, *fragments: str) -> None:
+    with pytest.raises(BundleError) as e:
+        open_bundle(path)
+    message = str(e.value)
+    assert "\n" not in message and all(f in message for f in fragments), message
+    result = CliRunner().invoke(main, ["verify", str(path), "--engines", "cpu"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+
+
+@pytest.mark.parametrize("location", ["../weights.bin", "/etc/hostname", "step/../../weights.bin",
+                                      "*/_ORT_MEM_ADDR_/*", "test_data_set_0/input_0.pb"])
+def test_a_location_outside_the_weights_file_is_refused(bundle, tmp_path, location):
+    changed = _relisted(bundle, tmp_path / "b", _external(location=location))
+    _refused(changed, "step.onnx", repr(location)[:40])
+
+
+def test_a_location_escaping_a_zip_bundle_is_refused(bundle, tmp_path):
+    write_zip(_relisted(bundle, tmp_path / "b", _external(location="../weights.bin")), tmp_path / "b.zip")
+    _refused(tmp_path / "b.zip", "not a plain relative path")
+
+
+def test_an_offset_past_the_end_is_refused(bundle, tmp_path):
+    size = (bundle / WEIGHTS).stat().st_size
+    _refused(_relisted(bundle, tmp_path / "b", _external(offset=str(size - 4))), f"which holds {size}")
+    _refused(_relisted(bundle, tmp_path / "c", _external(offset="-4")), "whole number")
+
+
+def test_a_tampered_weights_file_is_refused(bundle, tmp_path):
+    copy = Path(shutil.copytree(bundle, tmp_path / "b"))
+    data = bytearray((copy / WEIGHTS).read_bytes())
+    data[100] ^= 1
+    (copy / WEIGHTS).write_bytes(bytes(data))
+    _refused(copy, "checksum mismatch", WEIGHTS)
+    write_zip(copy, tmp_path / "b.zip")
+    _refused(tmp_path / "b.zip", "checksum mismatch", WEIGHTS)
+
+
+def test_a_weights_file_linking_out_of_the_bundle_is_refused(bundle, tmp_path):
+    copy = Path(shutil.copytree(bundle, tmp_path / "b"))
+    outside = tmp_path / "elsewhere.bin"
+    (copy / WEIGHTS).rename(outside)
+    (copy / WEIGHTS).symlink_to(outside)  # the same bytes, so only the link can be what is refused
+    _refused(copy, "weights.bin leads outside the bundle")
+
+
+def test_a_graph_whose_entry_names_no_weights_may_read_none(bundle, tmp_path):
+    def unnamed(folder: Path) -> None:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        del manifest["graphs"]["step"]["weights"]
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    _refused(_relisted(bundle, tmp_path / "b", unnamed), "does not name as its weights")
+
+
+# --- the Node example ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_the_node_example_loads_the_shared_pair(bundle, node, as_zip):  # noqa: F811 - the fixture
+    result = check(node, Path(f"{bundle}.zip") if as_zip else bundle)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith("6 passed, 0 failed")
+
+
+@pytest.mark.slow
+def test_the_node_example_refuses_a_location_outside_the_weights_file(bundle, node, tmp_path):  # noqa: F811
+    result = check(node, _relisted(bundle, tmp_path / "b", _external(location="model.onnx")))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "does not name as its weights" in lines[0], result.stderr
