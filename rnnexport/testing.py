@@ -28,14 +28,18 @@ def assert_close(
     atol: float | None = None, context: str = "", rtol: float | None = None,
     tolerance: Tolerance | None = None,
 ) -> None:
-    """Assert every output matches in shape and within tolerance; the message names each miss.
+    """Assert one output per name in ``got`` and ``want``, each matching in shape and within tolerance;
+    the message names each miss.
 
     The rule is verify's (``|got - want| <= atol + rtol * |want|``, NaN only where the
     reference has NaN); by default float32's tolerances (atol 1e-5, rtol 1e-4).
     """
     tol = tolerance or tolerance_for("float32", atol, rtol)
+    if not len(names) == len(got) == len(want):
+        raise AssertionError(f"{context}: {len(got)} outputs, {len(want)} expected, for {len(names)} names "
+                             f"({', '.join(names)})")
     problems = []
-    for name, a, b in zip(names, got, want):
+    for name, a, b in zip(names, got, want, strict=True):
         figures = compare(np.asarray(a), np.asarray(b), tol)
         if not figures.passed:
             what = f"max abs error {figures.max_abs:.3g}; " if figures.max_abs is not None else ""

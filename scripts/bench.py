@@ -251,7 +251,7 @@ def identity_graph(io) -> onnx.ModelProto:
     ins, outs = io.inputs(rnnexport.Form.STEP), io.outputs(rnnexport.Form.STEP)
     assert [s.shape for s in ins] == [s.shape for s in outs], "x and y must have one shape here"
     graph = helper.make_graph(
-        [helper.make_node("Identity", [i.name], [o.name]) for i, o in zip(ins, outs)], "identity",
+        [helper.make_node("Identity", [i.name], [o.name]) for i, o in zip(ins, outs, strict=True)], "identity",
         [helper.make_tensor_value_info(s.name, onnx.TensorProto.FLOAT, s.shape) for s in ins],
         [helper.make_tensor_value_info(s.name, onnx.TensorProto.FLOAT, s.shape) for s in outs])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
@@ -310,7 +310,7 @@ def binding_batched(path: Path, io, xs: np.ndarray):
         binding = session.io_binding()
         binding.bind_ortvalue_input(session.get_inputs()[0].name, value(x))
         binding.bind_ortvalue_output(session.get_outputs()[0].name, value(y))
-        for name, out, a, b in zip(io.state.names, io.state.output_names, sets[reads], sets[1 - reads]):
+        for name, out, a, b in zip(io.state.names, io.state.output_names, sets[reads], sets[1 - reads], strict=True):
             binding.bind_ortvalue_input(name, value(a))
             binding.bind_ortvalue_output(out, value(b))
         bindings.append(binding)
@@ -339,7 +339,7 @@ def same_as_alone(path: Path, xs: np.ndarray) -> bool:
     streams = [alone.new_stream() for _ in ids]
     for t in range(xs.shape[0]):
         ys = batcher.step({i: xs[t, i:i + 1] for i in ids})
-        if not all(np.array_equal(ys[i], stream.step(xs[t, i:i + 1])) for i, stream in zip(ids, streams)):
+        if not all(np.array_equal(ys[i], stream.step(xs[t, i:i + 1])) for i, stream in zip(ids, streams, strict=True)):
             return False
     return True
 
@@ -360,7 +360,7 @@ for kind in CELLS:
     shapes = cells.param_shapes(kind, INPUT_SIZE, hidden)
     params[kind] = [torch.randn(s, generator=generator) * WEIGHT_SCALE for s in shapes.values()]
     models[kind] = rnnexport.builtin(kind, input_size=INPUT_SIZE, hidden_size=hidden, params=params[kind])
-    nets[kind] = TorchNet(kind, dict(zip(shapes, params[kind]))).eval()
+    nets[kind] = TorchNet(kind, dict(zip(shapes, params[kind], strict=True))).eval()
     x = torch.from_numpy(random_inputs(models[kind].io, rnnexport.Form.SEQUENCE, 2, 5, rng))
     state = [torch.from_numpy(s) for s in random_state(models[kind].io, 2, rng, 0.5)]
     with torch.inference_mode():

@@ -120,7 +120,7 @@ def raw_loop(path: Path, threads: int | None):
         feeds = {inputs[0].name: x, **state}
         for _ in range(n):
             y, *out = session.run(None, feeds)
-            feeds = {inputs[0].name: x, **dict(zip(state, out))}
+            feeds = {inputs[0].name: x, **dict(zip(state, out, strict=True))}
     return loop
 
 
@@ -140,7 +140,7 @@ def binding_loop(path: Path, threads: int | None):
         binding = session.io_binding()
         binding.bind_ortvalue_input(inputs[0].name, value(x))
         binding.bind_ortvalue_output(outputs[0].name, value(y))
-        for i, o, a, b in zip(inputs[1:], outputs[1:], sets[reads], sets[1 - reads]):
+        for i, o, a, b in zip(inputs[1:], outputs[1:], sets[reads], sets[1 - reads], strict=True):
             binding.bind_ortvalue_input(i.name, value(a))
             binding.bind_ortvalue_output(o.name, value(b))
         bindings.append(binding)
@@ -186,7 +186,7 @@ def io_binding(path: Path, batch: int):
         binding = session.io_binding()
         binding.bind_ortvalue_input(inputs[0].name, value(x))
         binding.bind_ortvalue_output(outputs[0].name, value(y))
-        for i, o, a, b in zip(inputs[1:], outputs[1:], sets[reads], sets[1 - reads]):
+        for i, o, a, b in zip(inputs[1:], outputs[1:], sets[reads], sets[1 - reads], strict=True):
             binding.bind_ortvalue_input(i.name, value(a))
             binding.bind_ortvalue_output(o.name, value(b))
         bindings.append(binding)
@@ -352,7 +352,7 @@ with tempfile.TemporaryDirectory() as tmp:
             shapes = cells.param_shapes(kind, INPUT, HIDDEN)
             params = [torch.randn(shape, generator=generator) * 0.1 for shape in shapes.values()]
             weights = work / f"{kind}.safetensors"
-            save_file(dict(zip(shapes, params)), str(weights))
+            save_file(dict(zip(shapes, params, strict=True)), str(weights))
             paths = {nan: work / f"{kind}.step.{nan}.onnx" for nan in ("carry", "refuse")}
             for nan, path in paths.items():
                 convert_args([kind, "--weights", str(weights), "--form", "step", "--nan", nan], path, work)

@@ -116,11 +116,11 @@ async def demo(handle: Any, local: StatefulSession) -> bool:
     lengths = rng.integers(max(1, args.steps // 2), args.steps + 1, size=args.streams)
     xs = [random_inputs(io, Form.STEP, int(n), None, rng, vocabulary=2) for n in lengths]
     delays = rng.uniform(0, MAX_START_DELAY_S, size=args.streams)
-    zeros = dict(zip(io.state.names, io.state.zeros(1)))
+    zeros = dict(zip(io.state.names, io.state.zeros(1), strict=True))
     latencies: list[float] = []
     batches: list[int] = []
     started = time.perf_counter()
-    got = await asyncio.gather(*(stream(handle, x, d, zeros, latencies, batches) for x, d in zip(xs, delays)))
+    got = await asyncio.gather(*(stream(handle, x, d, zeros, latencies, batches) for x, d in zip(xs, delays, strict=True)))
     seconds = time.perf_counter() - started
     requests = int(lengths.sum())
     p50, p99 = np.percentile(latencies, [50, 99]) * 1e3
@@ -130,7 +130,7 @@ async def demo(handle: Any, local: StatefulSession) -> bool:
           f"p99 {p99:.1f} ms; mean batch {np.mean(batches):.1f}")
     tolerance = tolerance_for("float32")
     exact, worst, passed = 0, 0.0, True
-    for x, served in zip(xs, got):  # each stream alone, from the zero state
+    for x, served in zip(xs, got, strict=True):  # each stream alone, from the zero state
         alone = local.new_stream()
         want = np.concatenate([alone.step(x_t[None]) for x_t in x])
         figures = compare(served, want, tolerance)

@@ -122,7 +122,7 @@ if args.signal:
     forecaster = StatefulSession.load(args.signal, threads=1)
     t = np.arange(SIGNAL_STEPS + 1)
     clean = sum(a * np.sin(2 * math.pi * t / p + k) for k, (a, p) in
-                enumerate(zip(SIGNAL["amplitudes"], SIGNAL["periods"])))
+                enumerate(zip(SIGNAL["amplitudes"], SIGNAL["periods"], strict=True)))
     signal = (clean + SIGNAL["noise_std"] * np.random.default_rng(1).standard_normal(t.shape)).astype(np.float32)
     start = time.perf_counter()
     errors = []

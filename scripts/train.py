@@ -447,7 +447,7 @@ def train_charlm(kind: str) -> tuple[dict[str, torch.Tensor], dict]:
     ppl = charlm_perplexity(fn, kind, params, valid, hidden)
     baseline = unigram_perplexity(train, valid, vocab_size)
     weights = {
-        name: p.contiguous() for name, p in zip(cells.PARAM_NAMES[cells.CellKind(kind)], params)
+        name: p.contiguous() for name, p in zip(cells.PARAM_NAMES[cells.CellKind(kind)], params, strict=True)
     }
     card = {
         "format": CARD_FORMAT,

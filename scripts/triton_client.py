@@ -163,7 +163,7 @@ print(f"served {len(latencies)} requests in {seconds:.2f} s ({len(latencies) / s
 failed = [g for g in got if isinstance(g, str)]
 tolerance = tolerance_for("float32")
 exact, worst, passed = 0, 0.0, not failed
-for x, served in zip(xs, got):
+for x, served in zip(xs, got, strict=True):
     if isinstance(served, str):
         continue
     alone = local.new_stream()

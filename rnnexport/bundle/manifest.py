@@ -404,7 +404,7 @@ class VariantEntry:
             data["files"] = list(self.files)
             data["size_bytes"] = self.size_bytes
         if self.figures:
-            data["tolerance"] = dict(zip(("atol", "range_atol", "rtol"), self.tolerance))
+            data["tolerance"] = dict(zip(("atol", "range_atol", "rtol"), self.tolerance, strict=True))
             data["figures"] = self.figures
         if self.notes:
             data["notes"] = self.notes

@@ -56,7 +56,7 @@ def streams_json(result: StreamsSummary) -> dict[str, Any]:
     return document("run-result", {
         "model": str(result.model), "forms": [result.form], "providers": list(result.providers),
         "streams": [{"call": call, "steps": steps, "batch": 1, "y_shape": None, "y": str(y) if y else None}
-                    for steps, y in zip(result.steps, ys)],
+                    for steps, y in zip(result.steps, ys, strict=True)],
         "calls": result.calls, "state_in": None, "state_out": None,
     })
 

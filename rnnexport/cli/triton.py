@@ -31,7 +31,7 @@ def to_json(result: TritonResult) -> dict[str, Any]:
         "inputs": [s.to_json() for s in result.io.inputs("step")],
         "outputs": [s.to_json() for s in result.io.outputs("step")[: None if o.expose_state else 1]],
         "state": [{"input": spec.name, "output": output} for spec, output in
-                  zip(result.io.state.inputs(), result.io.state.output_names)],
+                  zip(result.io.state.inputs(), result.io.state.output_names, strict=True)],
         "options": {"max_batch_size": o.max_batch_size, "idle_timeout_s": o.idle_timeout_s,
                     "strategy": o.strategy.value, "max_sequences": o.candidates, "instances": o.instances,
                     "kind": o.kind.value, "expose_state": o.expose_state},

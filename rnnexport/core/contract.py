@@ -234,7 +234,7 @@ class StateSpec:
             axes = self.nested_axes
             if not isinstance(axes, (list, tuple)) or len(axes) != len(self.names) or not all(
                     isinstance(a, int) and not isinstance(a, bool) and 0 <= a <= len(d)
-                    for a, d in zip(axes, self.dims)):
+                    for a, d in zip(axes, self.dims, strict=True)):
                 raise ContractError(f"malformed state contract: nested_axes must be one axis per state tensor "
                                     f"within its rank, got {axes!r:.80}")
             object.__setattr__(self, "nested_axes", tuple(axes))
@@ -252,12 +252,10 @@ class StateSpec:
         Raises:
             ContractError: not one value per state name.
         """
-        if len(values) != len(self.names):
-            raise ContractError(f"state: expected {len(self.names)} values ({', '.join(self.names)}), "
-                                f"got {len(values)}")
+        self._one_each(values)
         if self.nested_axes is not None:
-            values = [np.ascontiguousarray(np.moveaxis(v, self.batch_axis, a)) for v, a in zip(values, self.nested_axes)]
-        by_name = dict(zip(self.names, values))
+            values = [np.ascontiguousarray(np.moveaxis(v, self.batch_axis, a)) for v, a in zip(values, self.nested_axes, strict=True)]
+        by_name = dict(zip(self.names, values, strict=True))
 
         def build(node: Structure) -> Any:
             if isinstance(node, str):
@@ -267,6 +265,11 @@ class StateSpec:
             return tuple(build(child) for child in node)
 
         return build(self.tree)
+
+    def _one_each(self, values: Sequence[Any]) -> None:
+        if len(values) != len(self.names):
+            raise ContractError(f"state: expected {len(self.names)} values ({', '.join(self.names)}), "
+                                f"got {len(values)}")
 
     def flatten(self, nested: Any, what: str = "state") -> list[Any]:
         """The leaves of ``nested`` (shaped as :attr:`tree`; lists stand for tuples) in name order.
@@ -288,14 +291,14 @@ class StateSpec:
             elif not isinstance(value, (tuple, list)) or len(value) != len(node):
                 raise ContractError(f"{what}{path}: expected a tuple of {len(node)}, got {_describe_value(value)}")
             else:
-                for index, (child, item) in enumerate(zip(node, value)):
+                for index, (child, item) in enumerate(zip(node, value, strict=True)):
                     walk(child, item, f"{path}[{index}]")
 
         walk(self.tree, nested, "")
         values = [found[name] for name in self.names]
         if self.nested_axes is not None:  # arrays only: anything else fails the caller's array check
             values = [np.moveaxis(v, a, self.batch_axis) if isinstance(v, np.ndarray) and v.ndim > a else v
-                      for v, a in zip(values, self.nested_axes)]
+                      for v, a in zip(values, self.nested_axes, strict=True)]
         return values
 
     def shape(self, index: int, batch: Dim = BATCH) -> tuple[Dim, ...]:
@@ -594,8 +597,12 @@ class IOSpec:
 
         For a contract with a lengths input and a sequence ``x``, ``lengths`` defaults to
         every stream running all of ``x``'s steps; a step ``x`` never takes lengths.
+
+        Raises:
+            ContractError: not one ``state`` array per state name.
         """
-        feeds = {X_NAME: x, **dict(zip(self.state.names, state))}
+        self.state._one_each(state)
+        feeds = {X_NAME: x, **dict(zip(self.state.names, state, strict=True))}
         if self.lengths is not None and np.ndim(x) == 2 + len(self.x_features):
             if lengths is None:
                 shape = np.shape(x)
@@ -767,7 +774,7 @@ def check_array(name: str, value: Any, dtype: str, shape: tuple[Dim, ...]) -> np
                             f"(convert with .astype(np.{dtype}))")
     fits = value.ndim == len(shape) and all(
         (size >= 1) if isinstance(want_size, str) else size == want_size
-        for size, want_size in zip(value.shape, shape))
+        for size, want_size in zip(value.shape, shape, strict=True))
     if not fits:
         raise ContractError(f"{name}: expected {want}, got shape {show_shape(value.shape)}")
     return np.ascontiguousarray(value)

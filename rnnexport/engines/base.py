@@ -168,8 +168,8 @@ def check_feeds(engine: str, declared: Sequence[GraphTensor], feeds: Mapping[str
                               f"the graph declares {tensor.describe()}")
         if tensor.shape is None:
             continue
-        fixed_ok = all(d is None or isinstance(d, str) or d == n for d, n in zip(tensor.shape, array.shape))
-        if array.ndim != len(tensor.shape) or not fixed_ok:
+        if array.ndim != len(tensor.shape) or not all(
+                d is None or isinstance(d, str) or d == n for d, n in zip(tensor.shape, array.shape, strict=True)):
             raise VerifyError(f"{engine}: feed {tensor.name!r} has shape {tuple(array.shape)}, "
                               f"the graph declares {tensor.describe()}")
 

@@ -84,7 +84,7 @@ class OrtRunner(Runner):
                 if limit.expired:
                     raise EngineTimeout(self.name, limit.seconds or 0.0) from e
                 raise EngineFailure(f"{self.name} raised {describe(e)}") from e
-        return dict(zip(names, results))
+        return dict(zip(names, results, strict=True))
 
 
 def _tensor(arg: Any) -> GraphTensor:

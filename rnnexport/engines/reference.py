@@ -115,4 +115,4 @@ class ReferenceRunner(Runner):
             results = self.evaluator.run(names, dict(feeds))
         except Exception as e:  # the reference's own gaps are not graph failures
             raise EngineUnavailable(self.name, f"the ReferenceEvaluator failed: {describe(e)}") from e
-        return {n: np.asarray(r) for n, r in zip(names, results)}
+        return {n: np.asarray(r) for n, r in zip(names, results, strict=True)}

@@ -66,4 +66,4 @@ class TorchRunner(Runner):
         except Exception as e:  # the user's module failing is a user error
             raise VerifyError(f"the PyTorch reference failed on x of shape {x.shape}: {describe(e)}") from e
         names = [s.name for s in io.outputs(self.form)]
-        return dict(zip(names, outputs))
+        return dict(zip(names, outputs, strict=True))

@@ -203,7 +203,7 @@ def _reverse_scans(graph: onnx.GraphProto) -> None:
         flips = [read.get(name, []) for name in scan.output[states:]]
         if any(s is None for s in sources) or any(
                 len(users) != 1 or _flipped(graph, users[0]) is None or name in outputs
-                for name, users in zip(scan.output[states:], flips)):
+                for name, users in zip(scan.output[states:], flips, strict=True)):
             continue
         for index, source in enumerate(sources):
             scan.input[states + index] = str(source)
@@ -224,7 +224,7 @@ def _carried_shapes(graph: onnx.GraphProto) -> None:
         body = attribute(scan, "body")
         states = len(scan.input) - int(attribute(scan, "num_scan_inputs"))
         renamed: dict[str, str] = {}
-        for state_in, state_out in zip(body.input[:states], body.output[:states]):
+        for state_in, state_out in zip(body.input[:states], body.output[:states], strict=True):
             axis, dims = batch_axis(state_out), state_in.type.tensor_type.shape.dim
             if axis is not None and axis < len(dims) and dims[axis].dim_param:
                 renamed[dims[axis].dim_param] = BATCH

@@ -51,7 +51,7 @@ def check_causal(model: RecurrentModel, form: Form = Form.SEQUENCE) -> None:
     tail = _run(model, np.take(x, range(CUT, STEPS), axis=io.time_axis), head[1:])
     chunked = [np.concatenate([head[0], tail[0]], axis=io.time_axis), *tail[1:]]
     tol = tolerance_for("float32", 1e-4, 1e-3)
-    for name, got, want in zip([s.name for s in io.outputs(Form.SEQUENCE)], chunked, whole):
+    for name, got, want in zip([s.name for s in io.outputs(Form.SEQUENCE)], chunked, whole, strict=True):
         figures = compare(got, want, tol)
         if not figures.passed:
             raise ConvertError(

@@ -55,7 +55,7 @@ def _declare(onnx_model: onnx.ModelProto, inputs: list[TensorSpec], outputs: lis
         raise RuntimeError(f"lowering produced I/O {[v.name for v in graph.input]} -> "
                            f"{[v.name for v in graph.output]}, not the contract's")
     for field, specs in ((graph.input, inputs), (graph.output, outputs)):
-        for value, spec in zip(field, specs):
+        for value, spec in zip(field, specs, strict=True):
             value.CopyFrom(value_info(spec))
     _name_producers(graph)
 

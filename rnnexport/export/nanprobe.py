@@ -71,7 +71,7 @@ def nan_sources(model: RecurrentModel, form: Form) -> Sources:
     found: list[list[bool]] | None = None
     for steps in ((1, STEPS) if form is Form.SEQUENCE else (None,)):
         matrix = _probe(model, form, steps)
-        found = matrix if found is None else [[a and b for a, b in zip(r, q)] for r, q in zip(found, matrix)]
+        found = matrix if found is None else [[a and b for a, b in zip(r, q, strict=True)] for r, q in zip(found, matrix, strict=True)]
     assert found is not None  # at least one length is probed
     return tuple(tuple(row) for row in found)
 
@@ -104,4 +104,4 @@ def _matches(model: RecurrentModel, form: Form, x: np.ndarray, state: list[np.nd
              from_step: int | None) -> list[bool]:
     """Per output, whether PyTorch's NaN pattern on this probe is the guard's."""
     outputs = _run(model, form, x, [s.copy() for s in state])
-    return [bool(np.array_equal(np.isnan(got), want)) for got, want in zip(outputs, _expected(model, form, outputs, from_step))]
+    return [bool(np.array_equal(np.isnan(got), want)) for got, want in zip(outputs, _expected(model, form, outputs, from_step), strict=True)]

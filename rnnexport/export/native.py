@@ -173,7 +173,7 @@ def _step_layer(g: GraphBuilder, layer: NativeLayer, index: int, x: str, h: str,
     # Y keeps a name: onnx's ReferenceEvaluator binds an omitted ("") output to later omitted inputs
     _op_node(g, layer, index, x, h, c, [g.fresh(f"{layer.op.lower()}_unused_y"), *states])
     if guard is not None:
-        states = [g.one("Add", [s, guard], n) for s, n in zip(states, wanted)]
+        states = [g.one("Add", [s, guard], n) for s, n in zip(states, wanted, strict=True)]
     return states[0], states[1] if c is not None else None
 
 
@@ -344,7 +344,7 @@ def build_native(model: RecurrentModel, form: Form, nan: NanPolicy = NanPolicy.C
         g.one("Transpose", [x], y_name, perm=[1, 0, 2])
     else:
         g.one("Identity", [x], y_name)
-    for parts, output in zip((h_out, c_out), outputs[1:]):
+    for parts, output in zip((h_out, c_out)[:len(state_names)], outputs[1:], strict=True):  # no c: GRU, RNN
         _state_output(g, model, parts, output.name)
     return _finish(g, inputs, outputs)
 

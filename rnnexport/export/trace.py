@@ -185,7 +185,7 @@ class RaggedUnroll(torch.nn.Module):
         for t in range(self.time):
             y_t, *new = self.step(x.select(self.time_axis, t), *state)
             running = t < lengths  # (B,)
-            state = [torch.where(self._along(running, s), n, s) for n, s in zip(new, state)]
+            state = [torch.where(self._along(running, s), n, s) for n, s in zip(new, state, strict=True)]
             ys.append(y_t)
         return (torch.stack(ys, self.time_axis), *state)
 

@@ -152,7 +152,7 @@ def calibrate(model: onnx.ModelProto, keys: Sequence[Key], calibration: Calibrat
             got = run_limited(session, names, io.feeds(x.astype(io.x_dtype, copy=False), state), timeout,
                               "a calibration call")
             state = got[:len(state_out)]
-            for key, value in zip(keys, got[len(state_out):]):
+            for key, value in zip(keys, got[len(state_out):], strict=True):
                 found[key].add(value)
     return found
 

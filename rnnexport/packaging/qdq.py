@@ -290,7 +290,7 @@ class _Rewriter:
                 bounds = [np.float32(-at * step), np.float32((self.levels - at) * step)]
                 names = [b.fresh(f"{value}_{what}") for what in ("scale", "zero_point", "low", "high")]
                 site.graph.initializer.extend(numpy_helper.from_array(np.asarray(v), n) for v, n in
-                                              zip([params[0], params[1], *bounds], names))
+                                              zip([params[0], params[1], *bounds], names, strict=True))
                 clipped, q, dq = (b.fresh(f"{value}_{what}") for what in ("clipped", "quantized", "dequantized"))
                 new += [b.make("Clip", [value, names[2], names[3]], [clipped], f"{value}_clip"),
                         b.make("QuantizeLinear", [clipped, names[0], names[1]], [q], f"{value}_quantize"),

@@ -98,7 +98,7 @@ def text_agreement(reference: Path, variant: Path, io: IOSpec, prompt: str | Non
         choices.append(np.argmax(session.run(_one_hot(io, text[:-1]))[:, 0], axis=-1)[len(start) - 1:])
     same = float(np.mean(choices[0] == choices[1]))
     greedy = [_greedy(s, io, start, TEXT_CHARS) for s in (want, got)]
-    differ = next((i for i, (a, b) in enumerate(zip(*greedy)) if a != b), TEXT_CHARS)
+    differ = next((i for i, (a, b) in enumerate(zip(*greedy, strict=True)) if a != b), TEXT_CHARS)
     assert io.vocabulary is not None  # is_char_model
     return {"text_chars": TEXT_CHARS, "prompt": "".join(io.vocabulary[i] for i in start),
             "next_char_agreement": round(same, 4), "greedy_same_chars": differ}

@@ -301,7 +301,7 @@ def check(reference: Path, candidate: Path, context: GraphContext, tol: Toleranc
         feeds = io.feeds(x, state)
         want = run_limited(ref, names, feeds, context.timeout, f"a check call of the {form.value} graph")
         got = run_limited(cand, names, feeds, context.timeout, f"a check call of a variant of the {form.value} graph")
-        for name, a, b in zip(names, got, want):
+        for name, a, b in zip(names, got, want, strict=True):
             found = compare(a, b, tol)
             worst = figures[name]
             worst["max_abs"] = max(worst["max_abs"], found.max_abs if found.max_abs is not None else float("inf"))

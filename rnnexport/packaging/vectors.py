@@ -127,7 +127,7 @@ def make_vectors(root: Path, prefix: str, graph: str, path: Path, info: GraphInf
             previous = outputs
         folder = f"{prefix}test_data_set_{index}"
         feeds = io.feeds(x, state, lengths)  # the lengths of a graph that takes them: each stream's own, or all T
-        write_set(root / folder, [(name, feeds[name]) for name in in_names], list(zip(out_names, outputs)))
+        write_set(root / folder, [(name, feeds[name]) for name in in_names], list(zip(out_names, outputs, strict=True)))
         batch = int(x.shape[io.batch_axis]) if form is Form.SEQUENCE else int(x.shape[0])
         entries.append(VectorEntry(folder, graph, kind, 0 if kind == "stream" else None, call, batch,
                                    None if form is Form.STEP else int(x.shape[io.time_axis]), expect.name,

@@ -114,11 +114,11 @@ class _Pool:
             a[self._at(slice(slot, slot + 1))] = 0 if values is None else values[i]
 
     def gather(self, slots: np.ndarray, into: list[np.ndarray]) -> None:
-        for a, out in zip(self.arrays, into):
+        for a, out in zip(self.arrays, into, strict=True):
             np.take(a, slots, axis=self.spec.batch_axis, out=out, mode="clip")  # "clip": unbuffered
 
     def scatter(self, slots: np.ndarray, values: list[np.ndarray]) -> None:
-        for a, value in zip(self.arrays, values):
+        for a, value in zip(self.arrays, values, strict=True):
             a[self._at(slots)] = value
 
 
@@ -160,7 +160,7 @@ class _Buffers:
     def _make(self, n: int) -> _Views:
         c, graph, spec = self.contract, self.graph, self.contract.state
         shapes = [concrete(spec.shape(i, n)) for i in range(len(spec.names))]
-        sets = tuple([b[:int(np.prod(s))].reshape(s) for b, s in zip(flat, shapes)] for flat in self.states)
+        sets = tuple([b[:int(np.prod(s))].reshape(s) for b, s in zip(flat, shapes, strict=True)] for flat in self.states)
         # a sequence graph's (1, n, ...) or (n, 1, ...) is the same memory as the step's (n, ...)
         x = self.x[:n].reshape(concrete(c.x_shape(graph.form, n, 1)))
         y = self.y[:n].reshape(concrete(c.y_shape(graph.form, n, 1)))
@@ -529,7 +529,7 @@ class StreamBatcher:
             slot = self._slot(stream, "get_state")
             self._write_back()
             values = self._pool.read(slot)
-        return dict(zip(self.contract.state.names, values))
+        return dict(zip(self.contract.state.names, values, strict=True))
 
     def set_state(self, stream: StreamId, state: Mapping[str, np.ndarray]) -> None:
         """Set one stream's state from ``{"h": (1, H), ...}`` (the contract's shapes with a batch of 1)."""
@@ -554,7 +554,7 @@ class StreamBatcher:
                 wrong shape or dtype.
         """
         spec = self.contract.state
-        self.set_state(stream, dict(zip(spec.names, spec.flatten(value, f"state of stream {stream!r}"))))
+        self.set_state(stream, dict(zip(spec.names, spec.flatten(value, f"state of stream {stream!r}"), strict=True)))
 
     # --- steps ---------------------------------------------------------------------------------
 
@@ -679,7 +679,7 @@ class StreamBatcher:
             slots.append(slot)
             xs.append(x)
         if self._check_finite and xs and not np.isfinite(np.concatenate(xs, axis=0)).all():
-            for stream, x in zip(inputs, xs):
+            for stream, x in zip(inputs, xs, strict=True):
                 refuse_nonfinite(f"x of stream {stream!r}", x)  # raises at the first
         return slots, xs
 
@@ -762,5 +762,5 @@ class StreamBatcher:
                     r.future.set_exception(e)
                 return
             self._touch(r.stream for r in live)
-        for r, y in zip(live, ys):
+        for r, y in zip(live, ys, strict=True):
             r.future.set_result(y)

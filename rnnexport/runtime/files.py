@@ -230,7 +230,7 @@ def _run_ticks(batcher: StreamBatcher, chunks: list[np.ndarray]) -> tuple[list[n
     ys: list[list[np.ndarray]] = [[] for _ in chunks]
     calls = 0
     for t in range(max((len(chunk) for chunk in chunks), default=0)):
-        live = {s: chunk[t] for s, chunk in zip(streams, chunks) if t < len(chunk)}
+        live = {s: chunk[t] for s, chunk in zip(streams, chunks, strict=True) if t < len(chunk)}
         out = batcher.step(live)
         calls += 1
         for index, stream in enumerate(streams):

@@ -58,7 +58,7 @@ def checked_state(spec: StateSpec, values: object, batch: int, finite: bool, wha
                                    f"{', '.join(sorted(map(str, names))) or 'nothing'}")
     checked = [check_array(f"{what} {n}", values[n], spec.dtype, spec.shape(i, batch))
                for i, n in enumerate(spec.names)]
-    return [refuse_nonfinite(f"{what} {n}", v) if finite else v for n, v in zip(spec.names, checked)]
+    return [refuse_nonfinite(f"{what} {n}", v) if finite else v for n, v in zip(spec.names, checked, strict=True)]
 
 
 class _State:
@@ -239,12 +239,12 @@ class StatefulSession:
     @property
     def state(self) -> dict[str, np.ndarray]:
         """The current state by name (copies), e.g. ``{"h": (B, H), "c": (B, H)}``: save it to resume."""
-        return {n: t.read() for n, t in zip(self.contract.state.names, self._state.inputs)}
+        return {n: t.read() for n, t in zip(self.contract.state.names, self._state.inputs, strict=True)}
 
     @state.setter
     def state(self, values: Mapping[str, np.ndarray]) -> None:
         checked = checked_state(self.contract.state, values, self._batch, self._check_finite)
-        for tensor, value in zip(self._state.inputs, checked):
+        for tensor, value in zip(self._state.inputs, checked, strict=True):
             tensor.write(value)
 
     def nested_state(self) -> Any:
@@ -263,7 +263,7 @@ class StatefulSession:
                 wrong shape or dtype (or, with ``check_finite``, holds NaN or Inf).
         """
         spec = self.contract.state
-        self.state = dict(zip(spec.names, spec.flatten(value)))
+        self.state = dict(zip(spec.names, spec.flatten(value), strict=True))
 
     def reset(self, streams: int | Iterable[int] | None = None) -> None:
         """Zero the state of every stream, or only of ``streams`` (indices along the batch axis)."""

@@ -260,7 +260,7 @@ def _contract(config: Any, model: onnx.ModelProto) -> list[Problem]:
     state = info.io.state
     problems = []
     pairs = {(e.input_name, e.output_name) for e in config.sequence_batching.state}
-    want = set(zip(state.names, state.output_names))
+    want = set(zip(state.names, state.output_names, strict=True))
     if pairs != want:
         problems.append(Problem("contract", f"state pairs {sorted(pairs)} are not the contract's {sorted(want)}"))
     if state.batch_axis != 0:

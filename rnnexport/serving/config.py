@@ -156,7 +156,7 @@ def triton_pairing(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
     """
     inputs = sorted(name for name, _ in pairs)
     outputs = sorted(name for _, name in pairs)
-    return dict(zip(outputs, inputs))
+    return dict(zip(outputs, inputs, strict=True))
 
 
 def sort_pairing_problems(pairs: Sequence[tuple[str, str]]) -> list[str]:
@@ -222,7 +222,7 @@ def _add_tensor(pb: ModuleType, field: Any, spec: TensorSpec) -> None:
 
 def _add_states(pb: ModuleType, batching: Any, io: IOSpec) -> None:
     state = io.state
-    for index, (name, output) in enumerate(zip(state.names, state.output_names)):
+    for index, (name, output) in enumerate(zip(state.names, state.output_names, strict=True)):
         dims = list(state.dims[index])
         dtype = _triton_type(pb, state.dtype, f"state {name}")
         entry = batching.state.add(input_name=name, output_name=output, data_type=dtype, dims=dims)
@@ -255,7 +255,7 @@ def model_config(io: IOSpec, name: str, options: TritonOptions) -> Any:
     _add_tensor(pb, config.input, io.inputs("step")[0])
     _add_tensor(pb, config.output, io.outputs("step")[0])
     if options.expose_state:
-        for spec, name in zip(io.state.outputs(), exposed_names(io.state)):
+        for spec, name in zip(io.state.outputs(), exposed_names(io.state), strict=True):
             _add_tensor(pb, config.output, dataclasses.replace(spec, name=name))
     batching = config.sequence_batching
     batching.max_sequence_idle_microseconds = round(options.idle_timeout_s * 1e6)

@@ -103,7 +103,7 @@ class _Server:
             name = entry.input_name
             feeds[name] = np.stack([s.state.get(name, self.initial[name]) for s in batch])
         try:
-            values = dict(zip(self.fetch, self.session.run(self.fetch, feeds)))
+            values = dict(zip(self.fetch, self.session.run(self.fetch, feeds), strict=True))
         except Exception as e:  # onnxruntime raises its own untyped errors
             raise ContractError(f"the model refused a batch of {len(batch)} as Triton would send it: "
                                 f"{describe(e)}") from e

@@ -65,7 +65,7 @@ def _check_declared(graph: onnx.GraphProto, info: GraphInfo, where: str) -> None
         if names != [s.name for s in specs]:
             raise ConvertError(f"{where} declares {', '.join(names)}, its contract says "
                                f"{', '.join(s.name for s in specs)}; convert it again with rnnexport convert --form step")
-        for value, spec in zip(field, specs):
+        for value, spec in zip(field, specs, strict=True):
             if declared_shape(value) != spec.shape:
                 raise ConvertError(f"{where}: {value.name} is declared {declared_shape(value)}, its contract says "
                                    f"{spec.shape}; it cannot be made batch-first: convert it again")
@@ -123,7 +123,7 @@ def _wrap(graph: onnx.GraphProto, info: GraphInfo, where: str) -> tuple[str, ...
     served = dataclasses.replace(state, batch_axis=0)
     used = _names(graph)
     heads, tails = [], []
-    for index, (name, output) in enumerate(zip(state.names, state.output_names)):
+    for index, (name, output) in enumerate(zip(state.names, state.output_names, strict=True)):
         inner_in, inner_out = _fresh(used, name + _STEP_LAYOUT), _fresh(used, output + _STEP_LAYOUT)
         _rename(graph, name, inner_in, where)
         _rename(graph, output, inner_out, where)
@@ -204,7 +204,7 @@ def expose_state(form: ServingForm, where: str = "the graph") -> ServingForm:
     for name in names:
         if name in used:  # an inner value of that name: it gets another one
             _rename(graph, name, _fresh(used, name), where)
-    for output, name, spec in zip(state.output_names, names, state.outputs()):
+    for output, name, spec in zip(state.output_names, names, state.outputs(), strict=True):
         graph.node.append(helper.make_node("Identity", [output], [name], name=_fresh(used, f"expose_{output}")))
         graph.output.append(value_info(dataclasses.replace(spec, name=name)))
     served.doc_string = (served.doc_string + "; " if served.doc_string else "") + \
@@ -245,17 +245,17 @@ def rename_state(form: ServingForm, names: tuple[str, ...], where: str = "the gr
     served.CopyFrom(form.model)
     graph = served.graph
     used = _names(graph) | set(names) | {n + OUT_SUFFIX for n in names}
-    pairs = [(old, new) for old, new in zip(state.names, names) if old != new]
+    pairs = [(old, new) for old, new in zip(state.names, names, strict=True) if old != new]
     moves = [(old, new) for o, n in pairs for old, new in ((o, n), (o + OUT_SUFFIX, n + OUT_SUFFIX))]
     parked = [(_fresh(used, f"{old}_renamed"), new) for old, new in moves]
-    for (old, _), (temp, _) in zip(moves, parked):  # through unused names: no rename can meet another
+    for (old, _), (temp, _) in zip(moves, parked, strict=True):  # through unused names: no rename can meet another
         _rename_value(graph, old, temp, where)
     inner = _names(graph) - {temp for temp, _ in parked}
     for temp, new in parked:
         if new in inner:  # an inner value has the name: it gets another one
             _rename(graph, new, _fresh(used, new), where)
         _rename_value(graph, temp, new, where)
-    mapping = dict(zip(state.names, names))
+    mapping = dict(zip(state.names, names, strict=True))
     structure = None if state.structure is None else _renamed_structure(state.structure, mapping)
     renamed_state = dataclasses.replace(state, names=names, structure=structure)
     info = dataclasses.replace(form.info, io=dataclasses.replace(form.info.io, state=renamed_state))

@@ -95,7 +95,7 @@ class TritonResult:
         lines = [f"wrote Triton model {self.name} -> {self.folder}",
                  f"  graph     {VERSION}/{MODEL_FILE}: {self.origin} ({wrapped})",
                  f"  input     {self.io.inputs('step')[0].describe()}"]
-        for spec, output in zip(state.inputs(), state.output_names):
+        for spec, output in zip(state.inputs(), state.output_names, strict=True):
             lines.append(f"  state     {spec.describe()} -> {output}: implicit (kept in the server), zeros at "
                          "sequence start")
         if self.renamed:
@@ -252,7 +252,7 @@ def _sortable(served: ServingForm, origin: str) -> ServingForm:
         ConvertError: names that padding does not fix (``a``, ``a_b``): the user renames them.
     """
     state = served.info.io.state
-    broken = sort_pairing_problems(list(zip(state.names, state.output_names)))
+    broken = sort_pairing_problems(list(zip(state.names, state.output_names, strict=True)))
     if not broken:
         return served
     names = sortable_names(state.names)

@@ -67,26 +67,26 @@ class BufferSequence(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.axes is not None:
-            flat = tuple(t.movedim(0, axis) for t, axis in zip(flat, self.axes))
+            flat = tuple(t.movedim(0, axis) for t, axis in zip(flat, self.axes, strict=True))
         slots = [_slot(self.user, path) for path in self.paths]
         saved = [owner._buffers[leaf] for owner, leaf in slots]
         try:
-            for (owner, leaf), value in zip(slots, flat):
+            for (owner, leaf), value in zip(slots, flat, strict=True):
                 owner._buffers[leaf] = value.clone()  # forward may update it in place: never the caller's tensor
             y = self.user(x)
             out = [owner._buffers[leaf] for owner, leaf in slots]
         finally:
-            for (owner, leaf), tensor in zip(slots, saved):
+            for (owner, leaf), tensor in zip(slots, saved, strict=True):
                 owner._buffers[leaf] = tensor
         if not isinstance(y, torch.Tensor):
             raise SourceError(f"forward(x) returned {shown(y)}; a module with its state in buffers returns y alone")
-        gone = [path for path, value in zip(self.paths, out) if not isinstance(value, torch.Tensor)]
+        gone = [path for path, value in zip(self.paths, out, strict=True) if not isinstance(value, torch.Tensor)]
         if gone:
             raise SourceError(f"forward(x) set state buffer {gone[0]!r} to {shown(out[self.paths.index(gone[0])])}; "
                               "a state buffer must stay a tensor")
         states = [value for value in out if isinstance(value, torch.Tensor)]  # all of them: checked above
         if self.axes is not None:
-            states = [t.movedim(axis, 0) for t, axis in zip(states, self.axes)]
+            states = [t.movedim(axis, 0) for t, axis in zip(states, self.axes, strict=True)]
         return (y, *states)
 
 
@@ -182,8 +182,8 @@ def _check(paths: list[str], examples: dict[int, dict[str, torch.Tensor]], owner
             raise SourceError(f"{owner}'s forward(x) updates buffer {path!r}, which is "
                               f"{str(a.dtype).removeprefix('torch.')}; rnnexport carries float32 state: keep it "
                               "float32, or out of the buffers if it is not per-stream state")
-        differ = [i for i, (p, q) in enumerate(zip(a.shape, b.shape)) if p != q]
-        if a.dim() != b.dim() or len(differ) != 1 or (a.shape[differ[0]], b.shape[differ[0]]) != PROBE_BATCHES:
+        differ = [i for i, (p, q) in enumerate(zip(a.shape, b.shape, strict=True)) if p != q] if a.dim() == b.dim() else []
+        if len(differ) != 1 or (a.shape[differ[0]], b.shape[differ[0]]) != PROBE_BATCHES:
             raise SourceError(f"{owner}'s forward(x) updates buffer {path!r}, of shape {tuple(a.shape)} after a call "
                               f"on {PROBE_BATCHES[0]} streams and {tuple(b.shape)} on {PROBE_BATCHES[1]}: a state "
                               "buffer needs exactly one axis that follows the streams (this one mixes them, or does "

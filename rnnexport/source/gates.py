@@ -42,7 +42,7 @@ _SEED_SUFFIX = {
 def torch_to_onnx_gates(kind: CellKind, stacked: np.ndarray) -> np.ndarray:
     """Reorder a torch.nn weight or bias, stacked along axis 0, into ONNX gate order."""
     blocks = np.split(stacked, GATES[kind], axis=0)
-    by_name = dict(zip(TORCH_GATES[kind], blocks))
+    by_name = dict(zip(TORCH_GATES[kind], blocks, strict=True))
     return np.concatenate([by_name[g] for g in ONNX_GATES[kind]], axis=0)
 
 

@@ -94,7 +94,7 @@ class NestedSequence(torch.nn.Module):
     def forward(self, x: torch.Tensor, *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
         flat = tuple(t.clone() for t in flat)
         if self.axes is not None:
-            flat = tuple(t.movedim(0, axis) for t, axis in zip(flat, self.axes))
+            flat = tuple(t.movedim(0, axis) for t, axis in zip(flat, self.axes, strict=True))
         result = self.user(x, build(self.tree, flat))
         if not isinstance(result, (tuple, list)) or len(result) != 2:
             raise SourceError(f"forward(x, state) returned {shown(result)}, not (y, state)")
@@ -102,7 +102,7 @@ class NestedSequence(torch.nn.Module):
         out: list[Any] = [None] * len(flat)
         collect(self.tree, state, out)
         if self.axes is not None:
-            out = [t.movedim(axis, 0) for t, axis in zip(out, self.axes)]
+            out = [t.movedim(axis, 0) for t, axis in zip(out, self.axes, strict=True)]
         return (y, *out)
 
 
@@ -257,9 +257,9 @@ def _reader(module: torch.nn.Module, guess: InputGuess, layout: Layout, owner: s
 def _batch_axes(names: list[str], small: list[torch.Tensor], large: list[torch.Tensor], owner: str) -> list[int]:
     """Per state tensor, the one axis whose size is the batch (``PROBE_BATCHES`` of them)."""
     axes = []
-    for name, a, b in zip(names, small, large):
-        differ = [i for i, (p, q) in enumerate(zip(a.shape, b.shape)) if p != q]
-        if a.dim() != b.dim() or len(differ) != 1 or (a.shape[differ[0]], b.shape[differ[0]]) != PROBE_BATCHES:
+    for name, a, b in zip(names, small, large, strict=True):
+        differ = [i for i, (p, q) in enumerate(zip(a.shape, b.shape, strict=True)) if p != q] if a.dim() == b.dim() else []
+        if len(differ) != 1 or (a.shape[differ[0]], b.shape[differ[0]]) != PROBE_BATCHES:
             raise SourceError(f"{owner}'s state {name} has shape {tuple(a.shape)} for {PROBE_BATCHES[0]} streams "
                               f"and {tuple(b.shape)} for {PROBE_BATCHES[1]}: every state tensor needs exactly one "
                               "batch axis")
@@ -287,7 +287,7 @@ def _state_spec(reader: _Reader, owner: str) -> tuple[StateSpec, Tree, tuple[int
     axes = _batch_axes(names, leaves[0], leaves[1], owner)
     shared = len(set(axes)) == 1
     batch_axis = axes[0] if shared else 0
-    dims = tuple(tuple(d for i, d in enumerate(t.shape) if i != axis) for t, axis in zip(leaves[0], axes))
+    dims = tuple(tuple(d for i, d in enumerate(t.shape) if i != axis) for t, axis in zip(leaves[0], axes, strict=True))
     structure = None if isinstance(trees[0], int) else named(trees[0], names)
     spec = StateSpec(tuple(names), dims, batch_axis, structure=structure, nested_axes=None if shared else tuple(axes))
     return spec, trees[0], None if shared else tuple(axes)

@@ -215,7 +215,11 @@ def builtin(
     kind = CellKind(kind)
     spec = SourceSpec(kind.value, input_size, hidden_size, output_size)
     if params is not None:
-        loaded, label = dict(zip(cells.PARAM_NAMES[kind], params)), "the given params"
+        names = cells.PARAM_NAMES[kind]
+        if len(params) != len(names):
+            raise WeightsError(f"params: a seed {kind.value} takes {len(names)} tensors ({', '.join(names)}), "
+                               f"got {len(params)}")
+        loaded, label = dict(zip(names, params, strict=True)), "the given params"
     elif weights is not None:
         loaded, label = load_weights(weights), f"weights file {weights}"
     else:
@@ -231,7 +235,7 @@ def builtin(
         tensors = [loaded[n].detach().float() for n in shapes]
     else:
         tensors = cells.init_params(kind, input_size, hidden_size, output_size, seed=seed)
-    named = list(zip(shapes, tensors))
+    named = list(zip(shapes, tensors, strict=True))
     q = shapes["W_hq"][1]
     origin = origin or {
         "builtin": kind.value,
@@ -280,7 +284,9 @@ def _recognise_cell(fn: CellFn, named: list[tuple[str, torch.Tensor]],
                 theirs, theirs_state = fn(x, s, params)
             except Exception:  # noqa: BLE001 - not recognised; the real call reports errors
                 return None
-        pairs = [(ours, theirs), *zip(ours_state, theirs_state)]
+        if not isinstance(theirs_state, (tuple, list)) or len(theirs_state) != len(ours_state):
+            continue  # not this cell's state; the real call reports what is wrong
+        pairs = [(ours, theirs), *zip(ours_state, theirs_state, strict=True)]
         if all(a.shape == b.shape and torch.allclose(a, b, atol=1e-6) for a, b in pairs):
             return kind
     return None
@@ -320,7 +326,7 @@ def from_cell(
         input_size = int(named[0][1].shape[0])
     kind = _recognise_cell(fn, named, state)
     if kind is not None and names == cells.STATE_NAMES[kind]:
-        named = [(seed_name, t) for seed_name, (_, t) in zip(cells.PARAM_NAMES[kind], named)]
+        named = [(seed_name, t) for seed_name, (_, t) in zip(cells.PARAM_NAMES[kind], named, strict=True)]
         origin = {"cell_fn": getattr(fn, "__qualname__", repr(fn)), "recognised": kind.value}
         return _seed_model(kind, fn, named, SourceKind.CELL, origin, f"user loop (computes the seed {kind.value})")
     sequence = SeedSequence(fn, named)

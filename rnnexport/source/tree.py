@@ -91,7 +91,7 @@ def _parts(value: Any) -> tuple[str, list[tuple[int | str, Any]], Any] | None:
     if node.flatten_with_keys_fn is not None:
         keyed, _ = node.flatten_with_keys_fn(value)
         keys = [_key_name(key, i) for i, (key, _) in enumerate(keyed)]
-    return "pytree", list(zip(keys, children)), context
+    return "pytree", list(zip(keys, children, strict=True)), context
 
 
 def _key_name(key: Any, index: int) -> int | str:
@@ -175,7 +175,7 @@ def _build_object(tree: Fields, values: list[Any]) -> Any:
         node = pytree.SUPPORTED_NODES[tree.cls]
         return node.unflatten_fn(values, tree.context)
     fields = dict(tree.constants)
-    fields.update({str(k): v for k, v in zip(tree.keys, values)})
+    fields.update({str(k): v for k, v in zip(tree.keys, values, strict=True)})
     if tree.kind == "namedtuple":
         return tree.cls(**fields)
     made = copy.copy(tree.template)  # a dataclass: its own fields replaced, whatever its __init__ wants
@@ -207,7 +207,7 @@ def collect(tree: Tree, value: Any, out: list[Any], path: str = "") -> None:
         if not isinstance(value, (tuple, list)) or len(value) != len(tree):
             raise SourceError(f"forward returned state{path} as {shown(value)}, not a "
                               f"{type(tree).__name__} of {len(tree)}")
-        for index, (child, item) in enumerate(zip(tree, value)):
+        for index, (child, item) in enumerate(zip(tree, value, strict=True)):
             collect(child, item, out, f"{path}[{index}]")
 
 
@@ -222,7 +222,7 @@ def _collect_object(tree: Fields, value: Any, out: list[Any], path: str) -> None
             raise SourceError(f"forward changed field {name!r} of state{path} ({tree.cls.__name__}) from "
                               f"{constant!r:.40} to {now!r:.40}; rnnexport carries tensors only: hold it in a tensor "
                               "or keep it constant")
-    for key, child in zip(tree.keys, tree.children):
+    for key, child in zip(tree.keys, tree.children, strict=True):
         if key not in items:
             raise SourceError(f"forward returned state{path} ({tree.cls.__name__}) without field {key!r}")
         collect(child, items[key], out, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]")
@@ -240,7 +240,7 @@ def named(tree: Tree, names: list[str]) -> Any:
     if isinstance(tree, Fields):
         children = [named(child, names) for child in tree.children]
         if all(isinstance(key, str) for key in tree.keys):
-            return {str(key): child for key, child in zip(tree.keys, children)}
+            return {str(key): child for key, child in zip(tree.keys, children, strict=True)}
         return tuple(children)
     return tuple(named(child, names) for child in tree)
 

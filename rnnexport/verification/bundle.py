@@ -19,8 +19,9 @@ import numpy as np
 
 from rnnexport.bundle import Bundle, GraphSource, VariantEntry, VectorEntry, open_bundle
 from rnnexport.bundle.proven import cpu_difference
-from rnnexport.bundle.vectors import read_set
+from rnnexport.bundle.vectors import Tensors, read_set
 from rnnexport.core.compare import VARIANT_TOLERANCES, Tolerance, compare, tolerance_for
+from rnnexport.core.errors import BundleError
 from rnnexport.core.ort import available_providers, start_session
 from rnnexport.engines.base import EngineFailure, EngineUnavailable, Runner, Unavailable
 from rnnexport.engines.registry import running
@@ -98,6 +99,7 @@ class _Sets:
             if runner.timed_out is not None:  # a call ran over the time budget: its failure is recorded once
                 return
             inputs, outputs = read_set(self.bundle, entry.dir)
+            _check_counts(self.bundle, entry.dir, runner, inputs, outputs)
             arrays = [a for _, a in inputs]
             if entry.kind == "stream" and (entry.call or 0) > 0 and (entry.stream or 0) in carried:
                 state = carried[entry.stream or 0]  # the state inputs; x before them, a lengths input after
@@ -105,7 +107,7 @@ class _Sets:
             label = f"variant {variant.name}" if variant else entry.kind
             name = variant.name if variant else None
             try:
-                got = runner.infer(prepare(runner, {t.name: a for t, a in zip(runner.inputs, arrays)}))
+                got = runner.infer(prepare(runner, {t.name: a for t, a in zip(runner.inputs, arrays, strict=True)}))
             except EngineFailure as e:
                 self.checks.append(Check(Contract.VECTORS, runner.name, entry.dir, "*", False, label, detail=str(e),
                                          bundle_variant=name))
@@ -116,11 +118,22 @@ class _Sets:
             values = [np.asarray(v, np.float32) if v.dtype == np.float16 else v for v in got.values()]
             if entry.kind == "stream":
                 carried[entry.stream or 0] = list(got.values())[1:]
-            found = finite(runner.name, entry.dir, dict(zip(got, values)), label)
+            found = finite(runner.name, entry.dir, dict(zip(got, values, strict=True)), label)
             tol = _variant_tolerance(variant) if variant else _vector_tolerance(entry, self.options)
             found += [Check.of(Contract.VECTORS, runner.name, entry.dir, out, compare(value, want, tol), label)
-                      for (out, want), value in zip(outputs, values)]
+                      for (out, want), value in zip(outputs, values, strict=True)]
             self.checks += [dataclasses.replace(c, bundle_variant=name) for c in found]
+
+
+def _check_counts(bundle: Bundle, folder: str, runner: Runner, inputs: Tensors, outputs: Tensors) -> None:
+    """Raise :class:`BundleError` unless the test set holds one file per graph input and per graph output.
+
+    A file left out would leave an output unchecked; one added would be fed to nothing.
+    """
+    for what, files, declared in (("input", inputs, runner.inputs), ("output", outputs, runner.outputs)):
+        if len(files) != len(declared):
+            raise BundleError(f"test set {folder} of {bundle.path} has {len(files)} {what} files; its graph has "
+                              f"{len(declared)} {what}s ({', '.join(t.name for t in declared)}), one file each")
 
 
 def _label(key: str) -> str:

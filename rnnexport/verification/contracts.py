@@ -85,7 +85,7 @@ def declared_shapes(engine: str, case: Case, declared: Sequence[GraphTensor], go
         ok = actual.dtype.name == tensor.dtype
         if expected is not None:
             ok = ok and len(expected) == actual.ndim and all(
-                not isinstance(d, int) or d == n for d, n in zip(expected, actual.shape))
+                not isinstance(d, int) or d == n for d, n in zip(expected, actual.shape, strict=True))
         detail = (f"declared {tensor.describe()} = {_describe(tensor.dtype, expected)}, "
                   f"got {_describe(actual.dtype.name, actual.shape)}")
         checks.append(Check(Contract.SHAPES, engine, case.id, tensor.name, ok, detail=detail))
@@ -134,7 +134,7 @@ def refused(path: str | os.PathLike[str], io: IOSpec, form: Form, case: Case, x:
     variant = label or "refused"
     fed, where = "state", "the initial state"
     try:
-        session.state = dict(zip(io.state.names, state))
+        session.state = dict(zip(io.state.names, state, strict=True))
         fed = "x"
         if form is Form.SEQUENCE:
             where = "x"
@@ -164,7 +164,7 @@ def chunked(runner: Runner, io: IOSpec, x: np.ndarray, state: Sequence[np.ndarra
         out = runner.infer(prepare(runner, io.feeds(piece, carried)))
         ys.append(out[y_name])
         carried = _state_out(io, out)
-    return {y_name: np.concatenate(ys, axis=axis), **dict(zip(io.state.output_names, carried))}
+    return {y_name: np.concatenate(ys, axis=axis), **dict(zip(io.state.output_names, carried, strict=True))}
 
 
 def stream(runner: Runner, io: IOSpec, x: np.ndarray, state: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -176,4 +176,4 @@ def stream(runner: Runner, io: IOSpec, x: np.ndarray, state: Sequence[np.ndarray
         out = runner.infer(prepare(runner, io.feeds(np.take(x, t, axis=axis), carried)))
         ys.append(out[y_name])
         carried = _state_out(io, out)
-    return {y_name: np.stack(ys, axis=axis), **dict(zip(io.state.output_names, carried))}
+    return {y_name: np.stack(ys, axis=axis), **dict(zip(io.state.output_names, carried, strict=True))}

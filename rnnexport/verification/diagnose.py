@@ -165,7 +165,7 @@ class _Diagnosis:
     def inputs(self, x: np.ndarray, state: list[np.ndarray], lengths: np.ndarray | None = None) -> _Inputs:
         io, model = self.target.io, self.target.model
         want = model.run_sequence(x, state, lengths) if self.form is Form.SEQUENCE else model.run_step(x, state)
-        return _Inputs(x, state, io.feeds(x, state, lengths), dict(zip([s.name for s in io.outputs(self.form)], want)))
+        return _Inputs(x, state, io.feeds(x, state, lengths), dict(zip([s.name for s in io.outputs(self.form)], want, strict=True)))
 
     def reduced(self, outputs: Sequence[OutputDivergence]) -> _Inputs | None:
         """The case, or its first failing stream up to the step it first fails at when it is too large to expose."""

@@ -107,7 +107,7 @@ def run_graph(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], threads: 
         text = describe(e)
         found = _FAILED_NODE.search(str(e))
         return RunFailure(text, *(found.groups() if found else (None, None)))
-    return {n: np.asarray(o) for n, o in zip(names, outputs)}
+    return {n: np.asarray(o) for n, o in zip(names, outputs, strict=True)}
 
 
 def run_exposed(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], threads: int = 1) -> ExposedRun | RunFailure:

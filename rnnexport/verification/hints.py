@@ -195,7 +195,7 @@ def _native_trials(model: onnx.ModelProto, plan: NativePlan | None, feeds: Mappi
     nodes = [(i, n) for i, n in enumerate(model.graph.node) if n.op_type in KINDS and n.domain in ("", "ai.onnx")]
     layers = list(plan.layers) if plan is not None and len(plan.layers) == len(nodes) else [None] * len(nodes)
     found: list[Trial] = []
-    for k, ((index, node), layer) in enumerate(zip(nodes, layers)):
+    for k, ((index, node), layer) in enumerate(zip(nodes, layers, strict=True)):
         label = f"{node.op_type} node {node.name or node.output[0]!r} (layer {k})"
         if layer is not None and layer.op != node.op_type:
             layer = None
@@ -238,7 +238,7 @@ def _layout_trials(model: onnx.ModelProto, io: IOSpec, feeds: Mapping[str, np.nd
     names = [n for n in io.state.names if n in feeds and feeds[n].ndim >= 3]
     if names and axis != 0:
         state_feeds = {**feeds, **{n: _swapped(feeds[n], 0, axis) for n in names}}
-        outs = [o for n, o in zip(io.state.names, io.state.output_names) if n in names]
+        outs = [o for n, o in zip(io.state.names, io.state.output_names, strict=True) if n in names]
 
         def restore_state(out: Outputs) -> Outputs:
             return {**out, **{o: _swapped(out[o], 0, axis) for o in outs if o in out and out[o].ndim >= 3}}

@@ -7,6 +7,7 @@ The report is data; these only format it. ``plot`` needs matplotlib, the optiona
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 from pathlib import Path
@@ -66,7 +67,7 @@ def summary_line(report: Report) -> str:
 
 def _table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
 def render_text(report: Report, quiet: bool = False) -> str:
@@ -231,7 +232,7 @@ def plot(report: Report, path: str | os.PathLike[str]) -> Path:
     contracts = [c for c in (Contract.PYTORCH, Contract.STEP, Contract.CHUNKED) if curves(report, c)]
     fig, axes = plt.subplots(1, max(1, len(contracts)), figsize=(6 * max(1, len(contracts)), 4), squeeze=False)
     floor = 1e-12
-    for ax, contract in zip(axes[0], contracts):
+    for ax, contract in zip(axes[0], contracts, strict=False):  # no contract to draw: one empty axes
         for label, curve in curves(report, contract).values():
             steps = np.arange(1, len(curve) + 1)
             ax.plot(steps, np.maximum(curve, floor), label=label, linewidth=1)
@@ -362,7 +363,7 @@ def markdown_text(report: Report) -> str:
         lines += ["", "## Error histograms (contract 1, errors per half decade)", "", "```text"]
         for engine, (counts, edges, total) in hist:
             lines.append(f"{engine} ({total} errors)")
-            for count, low, high in zip(counts, edges, edges[1:]):
+            for count, (low, high) in zip(counts, itertools.pairwise(edges), strict=True):
                 bar = "#" * max(1 if count else 0, round(40 * count / max(counts)))
                 lines.append(f"  1e{low:<5g} .. 1e{high:<5g} {bar} {count}")
         lines.append("```")

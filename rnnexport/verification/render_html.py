@@ -119,7 +119,7 @@ def curve_svg(series: dict[str, tuple[str, np.ndarray]], tolerance: float, title
                  'stroke="#868e96" stroke-dasharray="5,4"/>')
     for index, (engine, (label, curve)) in enumerate(series.items()):
         steps, values = _binned(curve)
-        points = " ".join(f"{x_of(s):.1f},{y_of(float(v)):.1f}" for s, v in zip(steps, values))
+        points = " ".join(f"{x_of(s):.1f},{y_of(float(v)):.1f}" for s, v in zip(steps, values, strict=True))
         colour = PALETTE[index % len(PALETTE)]
         parts.append(f'<polyline class="curve" data-engine="{_e(engine)}" fill="none" stroke="{colour}" '
                      f'stroke-width="1.5" points="{points}"><title>{_e(label)}</title></polyline>')

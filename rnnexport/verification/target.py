@@ -96,7 +96,7 @@ def _check_inputs(path: Path, io: IOSpec, form: Form, seq_len: int | None,
         if tensor.shape is None:
             continue
         same_rank = len(tensor.shape) == len(spec.shape)
-        fits = same_rank and all(isinstance(g, str) or g is None or g == s for g, s in zip(tensor.shape, spec.shape))
+        fits = same_rank and all(isinstance(g, str) or g is None or g == s for g, s in zip(tensor.shape, spec.shape, strict=True))
         dtype_ok = tensor.dtype == spec.dtype or {tensor.dtype, spec.dtype} <= float_kinds
         if not fits or not dtype_ok:
             raise VerifyError(f"SOURCE does not match {path}: the graph declares input {tensor.describe()}, "
@@ -117,14 +117,15 @@ def _check_contract(path: Path, graph: IOSpec, source: IOSpec) -> None:
                             (source.state.structure, source.state.nested_axes)),
         "x dtype": (graph.x_dtype, source.x_dtype),
     }
-    for recorded_out, given_out in zip(graph.outputs(Form.SEQUENCE), source.outputs(Form.SEQUENCE)):
-        if recorded_out.shape != given_out.shape:
-            raise VerifyError(f"SOURCE does not match {path}: the graph records output {_spec(recorded_out)}, "
-                              f"SOURCE gives {_spec(given_out)}; pass the SOURCE the graph was converted from")
     for what, (recorded, given) in pairs.items():
         if recorded != given:
             raise VerifyError(f"SOURCE does not match {path}: the graph records {what} {recorded}, "
                               f"SOURCE has {given}; pass the SOURCE the graph was converted from")
+    # the same state names: the same outputs, y and one per state tensor
+    for recorded_out, given_out in zip(graph.outputs(Form.SEQUENCE), source.outputs(Form.SEQUENCE), strict=True):
+        if recorded_out.shape != given_out.shape:
+            raise VerifyError(f"SOURCE does not match {path}: the graph records output {_spec(recorded_out)}, "
+                              f"SOURCE gives {_spec(given_out)}; pass the SOURCE the graph was converted from")
 
 
 def _rebuild(path: Path, info: GraphInfo) -> RecurrentModel:

@@ -78,7 +78,7 @@ class CarryNan:
         found = _Indicators(self, g, graph.input[0].name)
         made = producers(graph)
         modified = False
-        for index, (output, row) in enumerate(zip([graph.output[0].name, *io.state.output_names], sources)):
+        for index, (output, row) in enumerate(zip([graph.output[0].name, *io.state.output_names], sources, strict=True)):
             guard = found.guard(index, row)
             if guard is None:
                 continue
