@@ -19,7 +19,7 @@ from rnnexport.core.inputs import random_inputs
 def _run(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds)))
+    return dict(zip(names, session.run(names, feeds), strict=True))
 
 
 def _misses(variant: dict[str, Any], got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> dict[str, float]:

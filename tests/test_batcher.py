@@ -332,7 +332,7 @@ def test_tick_equals_step_bit_for_bit(graphs, source):
             log.add(mine[0], "step", rows[0], ys[mine[0]])
             continue
         got = by_tick.tick(np.concatenate(rows))
-        want = by_step.step(dict(zip(mine, rows)))
+        want = by_step.step(dict(zip(mine, rows, strict=True)))
         assert got.shape == (len(mine), *by_tick.contract.y_features) and got.dtype == want[mine[0]].dtype
         for i, stream in enumerate(mine):
             assert np.array_equal(got[i:i + 1], want[stream]), f"tick {tick} stream {stream}"

@@ -97,7 +97,7 @@ def test_factory_file_returning_a_module_converts(tmp_path):
 
 
 def _weights(tmp_path: Path, edit) -> Path:
-    named = dict(zip(cells.PARAM_NAMES["lstm"], cells.init_params("lstm", 6, 8)))
+    named = dict(zip(cells.PARAM_NAMES["lstm"], cells.init_params("lstm", 6, 8), strict=True))
     edit(named)
     path = tmp_path / "w.safetensors"
     save_file(named, str(path))
@@ -126,7 +126,7 @@ def test_weights_set_the_sizes_and_explicit_sizes_must_agree(tmp_path):
 
 
 def test_torch_weights_file_loads_with_weights_only(tmp_path):
-    named = dict(zip(cells.PARAM_NAMES["rnn"], cells.init_params("rnn", 3, 4)))
+    named = dict(zip(cells.PARAM_NAMES["rnn"], cells.init_params("rnn", 3, 4), strict=True))
     torch.save(named, tmp_path / "w.pt")
     code, out, err = run(["convert", "rnn", "--weights", str(tmp_path / "w.pt"), "-o", str(tmp_path / "m.onnx")])
     assert code == 0, err

@@ -76,7 +76,7 @@ def test_convert_json_is_the_graph_written(work):
     assert (doc["form"], doc["lowering"]) == (props["rnnexport.form"], props["rnnexport.lowering"])
     for specs, values in ((doc["inputs"], model.graph.input), (doc["outputs"], model.graph.output)):
         dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in values]
-        assert [(s["name"], s["shape"]) for s in specs] == [(v.name, d) for v, d in zip(values, dims)]
+        assert [(s["name"], s["shape"]) for s in specs] == [(v.name, d) for v, d in zip(values, dims, strict=True)]
     assert [a for a in doc["attempts"] if a["chosen"]] == [{"lowering": doc["lowering"], "chosen": True,
                                                             "reason": None}]
 

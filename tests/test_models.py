@@ -80,7 +80,7 @@ def _long_sequence_stays_within_tolerance(name: str, path) -> None:
     got = session.run(None, feeds(model.io, x, state))
     want = model.run_sequence(x, state)
     exact = model.run_sequence_float64(x, state)
-    for g, w, e in zip(got, want, exact):
+    for g, w, e in zip(got, want, exact, strict=True):
         own = float(np.abs(w - e).max())  # PyTorch's own float32 rounding error over the sequence
         err = float(np.abs(g - w).max())
         assert err <= 1e-5 + 3 * own, (name, err, own)

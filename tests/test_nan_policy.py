@@ -130,7 +130,7 @@ def test_lean_equals_carrying_on_finite_input(graphs, name, form, lowering):
     feeds = model.io.feeds(random_inputs(model.io, Form.SEQUENCE, 3, 9, rng), random_state(model.io, 3, rng))
     got = [ort.InferenceSession(str(graphs[(name, form, lowering, nan)]), providers=["CPUExecutionProvider"])
            .run(None, feeds) for nan in ("carry", "refuse")]
-    for carrying, lean in zip(*got):
+    for carrying, lean in zip(*got, strict=True):
         assert np.array_equal(carrying, lean)
 
 

@@ -151,7 +151,7 @@ def test_stream_pair_continues_from_the_first_calls_state(bundles):
     bundle = open_bundle(bundles["seed_lstm"].folder)
     _, first_out = read_set(bundle, "test_data_set_1")
     second_in, _ = read_set(bundle, "test_data_set_2")
-    for (_, carried), (_, given) in zip(first_out[1:], second_in[1:]):
+    for (_, carried), (_, given) in zip(first_out[1:], second_in[1:], strict=True):
         np.testing.assert_array_equal(carried, given)
 
 
@@ -163,7 +163,7 @@ def test_vectors_pass_under_the_reference_evaluator(bundles, name):
         graph = result.folder / result.manifest.graphs[entry.graph].file
         inputs, outputs = read_set(bundle, entry.dir)
         got = ReferenceEvaluator(str(graph)).run(None, dict(inputs))
-        for (out_name, want), actual in zip(outputs, got):
+        for (out_name, want), actual in zip(outputs, got, strict=True):
             np.testing.assert_allclose(actual, want, atol=1e-5, rtol=1e-4, err_msg=f"{entry.dir}/{out_name}")
 
 
@@ -282,6 +282,7 @@ def test_onnx_projects_own_operator_cases_verify(tmp_path):
         for index, (inputs, outputs) in enumerate(case.data_sets):
             names_in = [i.name for i in case.model.graph.input]
             names_out = [o.name for o in case.model.graph.output]
-            write_set(folder / f"test_data_set_{index}", list(zip(names_in, inputs)), list(zip(names_out, outputs)))
+            write_set(folder / f"test_data_set_{index}", list(zip(names_in, inputs, strict=True)),
+                      list(zip(names_out, outputs, strict=True)))
         report = verify(folder)
         assert report.passed, report.to_json()

@@ -383,6 +383,6 @@ def test_int8_qdq_runs_the_same_on_an_emulated_avx2_cpu(bundles, tmp_path):
         return {k: [np.asarray(a) for a in v] for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
 
     here, haswell = outputs(), outputs(qemu, "-cpu", "Haswell")
-    differ = {k: max(float(np.abs(a - b).max()) for a, b in zip(here[k], haswell[k])) for k in here}
+    differ = {k: max(float(np.abs(a - b).max()) for a, b in zip(here[k], haswell[k], strict=True)) for k in here}
     assert differ[f"openvino {eight_bit}"] > 0.5, f"8-bit activations did not saturate under emulation: {differ}"
     assert differ[f"openvino {shipped}"] < 1e-4 and differ[f"onnxruntime {shipped}"] < 1e-4, differ

@@ -154,7 +154,7 @@ def _packed(module: nn.Module, io: IOSpec, x: np.ndarray, state: list[np.ndarray
     index[io.batch_axis] = keep
     y[tuple(index)] = y_kept.numpy()
     states = [s.copy() for s in state]
-    for s, f in zip(states, finals):
+    for s, f in zip(states, finals, strict=True):
         s[:, keep] = f.numpy()
     return [y, *states]
 
@@ -233,7 +233,7 @@ def test_what_the_padding_holds_never_reaches_the_outputs(ragged, name, lowering
     dirty[past] = 10 ** 6 if io.x_dtype == "int64" else np.nan
     got = _run(exported, np.ascontiguousarray(np.moveaxis(dirty, (0, 1), (io.time_axis, io.batch_axis))), state,
                LENGTHS)
-    for a, b in zip(got, clean):
+    for a, b in zip(got, clean, strict=True):
         assert np.array_equal(a, b)
 
 
@@ -255,7 +255,7 @@ def test_lengths_off_range_are_clamped_by_the_graph(ragged, lowering):
     x, state = _inputs(exported.info.io, seed=5)
     wild = np.array([T + 40, -3, 0, 5, 3], np.int64)
     got = _run(exported, x, state, wild)
-    for a, b in zip(got, _run(exported, x, state, np.clip(wild, 0, T))):
+    for a, b in zip(got, _run(exported, x, state, np.clip(wild, 0, T)), strict=True):
         assert np.array_equal(a, b)
 
 
@@ -264,7 +264,7 @@ def test_full_lengths_equal_the_graph_without_lengths(ragged, tmp_path):
     plain, _, _, info = to_onnx(exported.model, "sequence", "native")
     session = ort.InferenceSession(plain.SerializeToString(), providers=["CPUExecutionProvider"])
     x, state = _inputs(exported.info.io, seed=6)
-    for a, b in zip(_run(exported, x, state, np.full(B, T)), session.run(None, info.io.feeds(x, state))):
+    for a, b in zip(_run(exported, x, state, np.full(B, T)), session.run(None, info.io.feeds(x, state)), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 

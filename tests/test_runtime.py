@@ -6,6 +6,8 @@ against PyTorch), so streaming must reproduce it within 1e-5.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -74,7 +76,7 @@ def test_step_by_step_equals_one_call(exports, name, form):
     """500 steps through .step() (a step graph, or a sequence graph at T=1) == one call."""
     x, state, want = reference(exports, name)
     session = load(exports, name, form)
-    session.state = dict(zip(session.contract.state.names, state))
+    session.state = dict(zip(session.contract.state.names, state, strict=True))
     y = np.stack([session.step(x[t]) for t in range(T)])
     assert_close(got(session, y), want, names(exports, name), atol=ATOL, context=f"{name} {form} graph, stepped")
 
@@ -85,10 +87,10 @@ def test_ragged_chunks_equal_one_call(exports, name, form):
     """.run() over chunks of 1, 7, 64, ... steps == one call; a step graph loops inside run()."""
     x, state, want = reference(exports, name)
     session = load(exports, name, form)
-    session.state = dict(zip(session.contract.state.names, state))
+    session.state = dict(zip(session.contract.state.names, state, strict=True))
     bounds = np.cumsum((0, *CHUNKS))
     assert bounds[-1] == T
-    y = np.concatenate([session.run(x[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
+    y = np.concatenate([session.run(x[a:b]) for a, b in itertools.pairwise(bounds)])
     assert_close(got(session, y), want, names(exports, name), atol=ATOL, context=f"{name} {form} graph, chunked")
 
 
@@ -97,7 +99,7 @@ def test_saved_state_resumes_in_a_new_session(exports, name, tmp_path):
     """.state saved to .npz after 200 steps, loaded into a fresh session, continues identically."""
     x, state, want = reference(exports, name)
     first = load(exports, name, "step")
-    first.state = dict(zip(first.contract.state.names, state))
+    first.state = dict(zip(first.contract.state.names, state, strict=True))
     head = np.stack([first.step(x[t]) for t in range(200)])
     np.savez(tmp_path / "state.npz", **first.state)
     second = load(exports, name, "sequence")
@@ -116,8 +118,8 @@ def test_interleaved_streams_do_not_disturb_each_other(exports, name):
     a = load(exports, name, "step")
     b = a.new_stream()
     c = a.new_stream(batch=1)
-    a.state = dict(zip(a.contract.state.names, s1))
-    b.state = dict(zip(b.contract.state.names, s2))
+    a.state = dict(zip(a.contract.state.names, s1, strict=True))
+    b.state = dict(zip(b.contract.state.names, s2, strict=True))
     y1, y2 = [], []
     for t in range(T):
         y1.append(a.step(x1[t]))
@@ -135,7 +137,7 @@ def test_reset_one_stream(exports, name):
     model = exports.model(name)
     axis = model.io.state.batch_axis
     session = load(exports, name, "sequence")
-    session.state = dict(zip(session.contract.state.names, state))
+    session.state = dict(zip(session.contract.state.names, state, strict=True))
     session.run(x[:100])
     session.reset(1)
     for value in session.state.values():
@@ -151,7 +153,7 @@ def test_reset_one_stream(exports, name):
     assert_close([y[:, rows]], [want_rest[0][:, rows]], ["y"], atol=ATOL, context="kept streams")
     assert_close([y[:, 1:2]], [want_one[0]], ["y"], atol=ATOL, context="reset stream")
     for name_, value, kept, fresh in zip(model.io.state.names, session.state.values(), want_rest[1:],
-                                         want_one[1:]):
+                                         want_one[1:], strict=True):
         assert_close([np.take(value, rows, axis=axis), np.take(value, [1], axis=axis)],
                      [np.take(kept, rows, axis=axis), fresh], [name_, name_], atol=ATOL, context="state")
     session.reset()
@@ -169,12 +171,12 @@ def test_batch_major_and_token_inputs(exports, name):
     want = one_call(exports, name, x, state)
     for form in ("sequence", "step"):
         session = load(exports, name, form, batch=2)
-        session.state = dict(zip(session.contract.state.names, state))
+        session.state = dict(zip(session.contract.state.names, state, strict=True))
         y = np.concatenate([session.run(time_slice(x, a, b, axis)) for a, b in ((0, 3), (3, 4), (4, 40))],
                            axis=axis)
         assert_close(got(session, y), want, names(exports, name), atol=ATOL, context=f"{name} {form} chunks")
     session = load(exports, name, "sequence", batch=2)
-    session.state = dict(zip(session.contract.state.names, state))
+    session.state = dict(zip(session.contract.state.names, state, strict=True))
     y = np.stack([session.step(np.take(x, t, axis=axis)) for t in range(40)], axis=axis)
     assert_close(got(session, y), want, names(exports, name), atol=ATOL, context=f"{name} steps")
 
@@ -186,7 +188,7 @@ def test_unrolled_graph_runs_whole_multiples(exports):
     want = one_call(exports, name, x[:497], state)
     session = StatefulSession.load(exports.export(name, lowering="unrolled", seq_len=7).path, batch=B)
     assert session.forms == ("sequence",)
-    session.state = dict(zip(session.contract.state.names, state))
+    session.state = dict(zip(session.contract.state.names, state, strict=True))
     y = np.concatenate([session.run(x[:7]), session.run(x[7:497])])
     assert_close(got(session, y), want, names(exports, name), atol=ATOL, context="unrolled T=7")
 
@@ -207,5 +209,5 @@ def test_threads_option(exports):
     options = ort.SessionOptions()
     session = StatefulSession.load(exports.export("seed_gru").path, batch=B, threads=1, session_options=options)
     assert options.intra_op_num_threads == 1
-    session.state = dict(zip(session.contract.state.names, state))
+    session.state = dict(zip(session.contract.state.names, state, strict=True))
     assert_close(got(session, session.run(x)), want, names(exports, "seed_gru"), atol=ATOL, context="threads=1")

@@ -49,7 +49,8 @@ def _vectors(root: Path, model, form: str, first: int, rng) -> list[dict]:
     entries = []
     for index, (kind, call, x, state) in enumerate(sets, start=first):
         folder = f"test_data_set_{index}"
-        _write_set(root / folder, list(zip(in_names, [x, *state])), list(zip(out_names, run(x, state))))
+        _write_set(root / folder, list(zip(in_names, [x, *state], strict=True)),
+                   list(zip(out_names, run(x, state), strict=True)))
         entry = {"dir": folder, "graph": form, "kind": kind}
         if kind == "stream":
             entry.update(stream=0, call=call)
@@ -124,7 +125,7 @@ def stream_test_vectors(path: Path) -> int:
         if vector.kind == "single" or vector.call == 0:
             batch = inputs[0].shape[0 if vector.graph == "step" else c.batch_axis]
             streams[key] = session.new_stream(batch)
-            streams[key].state = dict(zip(c.state.names, inputs[1:]))
+            streams[key].state = dict(zip(c.state.names, inputs[1:], strict=True))
         stream = streams[key]
         y = stream.step(inputs[0]) if vector.graph == "step" else stream.run(inputs[0])
         assert_close([y, *stream.state.values()], outputs, out_names, atol=1e-5, context=f"{path} {vector.dir}")

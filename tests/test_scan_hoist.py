@@ -120,7 +120,7 @@ def _run(model: RecurrentModel, proto: onnx.ModelProto, batch: int, time: int, n
 
 def _assert_same_results(model: RecurrentModel, got: onnx.ModelProto, want: onnx.ModelProto, name: str) -> None:
     for batch, time in ((1, 1), (3, 9)):
-        for a, b in zip(_run(model, got, batch, time, name), _run(model, want, batch, time, name)):
+        for a, b in zip(_run(model, got, batch, time, name), _run(model, want, batch, time, name), strict=True):
             np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
 
 
@@ -215,7 +215,7 @@ def test_rows_mixing_steps_are_not_hoisted_and_match_pytorch() -> None:
     x = random_inputs(model.io, Form.SEQUENCE, 4, 6, rng)
     state = random_state(model.io, 4, rng, 0.5)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    for got, want in zip(session.run(None, feeds(model.io, x, state)), model.run_sequence(x, state)):
+    for got, want in zip(session.run(None, feeds(model.io, x, state)), model.run_sequence(x, state), strict=True):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
@@ -244,5 +244,5 @@ def test_values_batched_on_a_later_axis_are_stacked_along_time_and_match_pytorch
     x = random_inputs(model.io, Form.SEQUENCE, 3, 5, rng)
     state = random_state(model.io, 3, rng, 0.5)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    for got, want in zip(session.run(None, feeds(model.io, x, state)), model.run_sequence(x, state)):
+    for got, want in zip(session.run(None, feeds(model.io, x, state)), model.run_sequence(x, state), strict=True):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)

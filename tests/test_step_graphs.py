@@ -85,7 +85,8 @@ def test_plain_rnn_step_gives_a_row_the_same_bits_in_any_batch(exports, name, lo
     io = session.contract
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, *io.x_features)).astype(np.float32)
-    state = {n: rng.standard_normal(z.shape).astype(np.float32) for n, z in zip(io.state.names, io.state.zeros(64))}
+    state = {n: rng.standard_normal(z.shape).astype(np.float32)
+             for n, z in zip(io.state.names, io.state.zeros(64), strict=True)}
     axis = io.state.batch_axis
     outputs = {}
     for batch in (1, 2, 3, 7, 64):

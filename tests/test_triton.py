@@ -141,7 +141,7 @@ def alone(step_path, xs: np.ndarray) -> dict[str, np.ndarray]:
     for x in xs:
         y, *state = session.run(None, io.feeds(x[None], state))
         got.setdefault("y", []).append(y[0])
-        for name, value in zip(io.state.output_names, state):
+        for name, value in zip(io.state.output_names, state, strict=True):
             got.setdefault(name, []).append(np.moveaxis(value, io.state.batch_axis, 0)[0])
     return {name: np.stack(values) for name, values in got.items()}
 
@@ -165,7 +165,7 @@ def served_and_alone(folder, step_path, count: int = 24, seed: int = 0):
     if run.errors:
         return None
     return [(served[name], alone(step_path, x)[reference_name(name)])
-            for x, served in zip(xs, run.outputs) for name in served]
+            for x, served in zip(xs, run.outputs, strict=True) for name in served]
 
 
 def batches_exactly(folder, step_path, count: int = 24, seed: int = 0) -> bool:
@@ -207,7 +207,7 @@ def test_triton_writes_a_folder_that_passes_every_check(repository, name):
     assert model.ir_version == 10 and [(o.domain, o.version) for o in model.opset_import] == [("", 20)]
     info = GraphInfo.from_props({p.key: p.value for p in model.metadata_props})
     assert info is not None and info.io.state.batch_axis == 0
-    for entry, state_name in zip(batching.state, info.io.state.names):
+    for entry, state_name in zip(batching.state, info.io.state.names, strict=True):
         assert (entry.input_name, entry.output_name) == (state_name, state_name + "_out")
         (initial,) = entry.initial_state
         assert initial.zero_data and list(initial.dims) == list(entry.dims) and min(entry.dims) >= 1
@@ -385,7 +385,7 @@ def test_plain_rnn_served_for_500_one_hot_steps_equals_each_stream_alone(reposit
     assert not run.errors
     if count > 1:
         assert max(run.batch_sizes) > 1 and min(run.batch_sizes) == 1, run.batch_sizes
-    for row, served in zip(chars, run.outputs):
+    for row, served in zip(chars, run.outputs, strict=True):
         alone = session.new_stream()
         want = np.concatenate([alone.step(eye[c][None]) for c in row])
         assert np.array_equal(served["y"], want), f"max |diff| {np.abs(served['y'] - want).max():.3g}"
@@ -430,7 +430,7 @@ def test_state_outputs_listed_as_outputs_fail_as_on_the_server(sources, tmp_path
     assert check_model_folder(folder).passed
     one_by_one = emulate_sequence_batcher(folder, xs[:4], seed=3)
     assert not one_by_one.errors and max(one_by_one.batch_sizes) == 1
-    for x, served in zip(xs[:4], one_by_one.outputs):
+    for x, served in zip(xs[:4], one_by_one.outputs, strict=True):
         assert all(np.array_equal(served[n], alone(sources["lstm-charlm"][0], x)[reference_name(n)]) for n in served)
 
 

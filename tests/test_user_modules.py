@@ -213,7 +213,7 @@ def _assert_same(got, want, path="state"):
             _assert_same(got[key], want[key], f"{path}[{key!r}]")
     else:
         assert len(got) == len(want), path
-        for index, (a, b) in enumerate(zip(got, want)):
+        for index, (a, b) in enumerate(zip(got, want, strict=True)):
             _assert_same(a, b, f"{path}[{index}]")
 
 
@@ -304,7 +304,7 @@ def test_a_flat_state_nests_as_torch_holds_it():
     spec = StateSpec(("h", "c"), ((2, 4), (2, 4)), 1)
     h, c = np.zeros((2, 3, 4), np.float32), np.ones((2, 3, 4), np.float32)
     assert spec.tree == ("h", "c") and spec.nest([h, c])[1] is c
-    assert [v is w for v, w in zip(spec.flatten([h, c]), (h, c))] == [True, True]
+    assert [v is w for v, w in zip(spec.flatten([h, c]), (h, c), strict=True)] == [True, True]
     alone = StateSpec(("h",), ((4,),), 0)
     assert alone.nest([h]) is h and alone.flatten(h)[0] is h
     assert "structure" not in spec.to_json() and "nested_axes" not in spec.to_json()
@@ -869,7 +869,7 @@ def test_the_batcher_gives_and_takes_a_streams_nested_state(converted):
     assert set(nested) == {"lstm", "cell"} and nested["lstm"][0].shape == (1, 1, 4)
     batcher.set_nested_state(second, nested)
     assert all(np.array_equal(a, b) for a, b in zip(batcher.get_state(second).values(),
-                                                   batcher.get_state(first).values()))
+                                                   batcher.get_state(first).values(), strict=True))
     with pytest.raises(ContractError, match=r"state of stream 1\['lstm'\]: expected a tuple of 2"):
         batcher.set_nested_state(second, {"lstm": nested["cell"], "cell": nested["cell"]})
     batcher.close()
