@@ -56,6 +56,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from bench_bundle import BUNDLE_TARGET, measure_bundles
 from bench_plot import draw_plots  # scripts/ is on sys.path: python puts the script's folder there
 from onnx import helper
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -83,12 +84,13 @@ FULL = {
     "streams": (1, 4, 8, 16, 64, 256), "multi_ticks": 20,  # streams at once; ticks per multi-stream sample
     "char_models": ("lstm-charlm", "gru-charlm", "rnn-charlm"),
     "ragged_T": (100, 500), "ragged_B": 32,  # ragged batches: 32 sequences, lengths uniform in 1..T
+    "bundle_models": ("lstm-charlm", "lstm"), "bundle_runs": 20,  # bundle size and load time, weights shared or not
 }
 QUICK = {
     "times": (1, 5), "batches": (1, 2), "unrolled_T": 5, "export_T": (5,),
     "budget_s": 0.0, "min_rounds": 3, "max_rounds": 3, "min_sample_s": 0.0, "stream_steps": 5,
     "streams": (1, 4), "multi_ticks": 3, "char_models": ("gru-charlm",),
-    "ragged_T": (5,), "ragged_B": 3,
+    "ragged_T": (5,), "ragged_B": 3, "bundle_models": ("lstm",), "bundle_runs": 2,
 }
 CUDA_POINTS = ((35, 1), (35, 32), (500, 32))  # (T, B) measured on the GPU (quick: the last grid point)
 SEED_LOOPS = {"rnn": cells.rnn, "lstm": cells.lstm, "gru": cells.gru}
@@ -610,6 +612,10 @@ with torch.inference_mode():
                                        "threshold": threshold, "unit": "x", "where": f"T={T} B={B}",
                                        "pass": bool(ok)})
 
+# --- bundles: size and load time with the weights of the sequence and step graphs stored once, and twice ---
+print("  bundles: packaging " + ", ".join(cfg["bundle_models"]) + " with and without shared weights...", flush=True)
+bundle_rows, bundle_targets = measure_bundles(cfg["bundle_models"], cfg["bundle_runs"], work / "bundles")
+
 # --- CUDA, when a GPU is present -----------------------------------------------------------------
 cuda = {"status": "no GPU", "reason": "torch.cuda.is_available() is False", "rows": []}
 if torch.cuda.is_available():
@@ -769,6 +775,13 @@ for t in targets:
     print(f"  {'PASS' if t['pass'] else 'MISS'}  {t['cell']:5s} {t['text']}: {t['figure']:.2f} {t['unit']} "
           f"({t['where']}; needs {t['op']} {t['threshold']:g})")
 
+print("\nBundles without variants: bytes and StatefulSession.load ms, weights shared / separate")
+for r in bundle_rows:
+    print(f"  {r['model']:12s} {r['form']:9s} folder {r['folder_bytes']:>10,} B  zip {r['zip_bytes']:>10,} B  "
+          f"load folder {r['load_folder_ms']:6.1f} ms  load zip {r['load_zip_ms']:6.1f} ms")
+for t in bundle_targets:
+    print(f"  {'PASS' if t['pass'] else 'MISS'}  {t['cell']:5s} {t['text']}: {t['figure']:.2f} {t['unit']} "
+          f"({t['where']}; needs {t['op']} {t['threshold']:g})")
 print("\nRagged batches (torch.nn modules, native lowering)")
 for t in ragged_targets:
     print(f"  {'PASS' if t['pass'] else 'MISS'}  {t['cell']:5s} {t['text']}: {t['figure']:.2f} {t['unit']} "
@@ -786,7 +799,8 @@ results = {
                "unrolled_T": cfg["unrolled_T"], "export_T": list(cfg["export_T"]),
                "stream_steps": steps, "streams": list(cfg["streams"]), "multi_ticks": ticks,
                "char_models": list(cfg["char_models"]),
-               "ragged_T": list(cfg["ragged_T"]), "ragged_B": cfg["ragged_B"]},
+               "ragged_T": list(cfg["ragged_T"]), "ragged_B": cfg["ragged_B"],
+               "bundle_models": list(cfg["bundle_models"]), "bundle_runs": cfg["bundle_runs"]},
     "nn_vs_seed_max_abs": nn_vs_seed,
     "notes": ["torch.nn.GRU is linear_before_reset=1, the seed's GRU is 0: its torch.nn row times a "
               "slightly different function on the same weights",
@@ -798,6 +812,9 @@ results = {
     "export": export_rows,
     "cuda": cuda,
     "targets": targets,
+    "bundle": {"rows": bundle_rows, "targets": bundle_targets,
+               "note": f"sequence + step graphs packaged without variants; load is StatefulSession.load, median of "
+                       f"{cfg['bundle_runs']} after a warm-up; target: shared zip <= {BUNDLE_TARGET}x the separate one"},
     "ragged": {"rows": ragged_rows, "targets": ragged_targets,
                "note": "torch.nn LSTM/GRU, native lowering, lengths uniform in 1..T; 'torch packed' is "
                        "pack_padded_sequence + the module + pad_packed_sequence; separate calls run each "

@@ -54,7 +54,7 @@ def positive(value) -> bool:
 def test_results_have_every_section(bench):
     results, _, _ = bench
     for key in ("machine", "config", "sequence", "streaming", "export", "cuda", "targets", "nn_vs_seed_max_abs",
-                "ragged"):
+                "ragged", "bundle"):
         assert key in results, key
     assert results["quick"] is True
     assert results["config"]["cells"] == list(CELLS)
@@ -155,6 +155,22 @@ def test_ragged_rows_and_targets(bench):
     for t in ragged["targets"]:
         assert isinstance(t["pass"], bool) and math.isfinite(t["figure"]), t
         assert f"{'PASS' if t['pass'] else 'MISS'}  {t['cell']:5s} {t['text']}" in stdout
+
+
+def test_bundle_rows_and_size_target(bench):
+    """Both bundle forms are measured for each model, the shared one is the smaller, and the size
+    target's figure is the ratio of the two zips the rows give."""
+    results, _, stdout = bench
+    bundle = results["bundle"]
+    rows = {(r["model"], r["form"]): r for r in bundle["rows"]}
+    for model in results["config"]["bundle_models"]:
+        shared, separate = rows[(model, "shared")], rows[(model, "separate")]
+        for row in (shared, separate):
+            assert all(positive(row[k]) for k in ("folder_bytes", "zip_bytes", "load_folder_ms", "load_zip_ms")), row
+        assert shared["folder_bytes"] < separate["folder_bytes"]
+        target = next(t for t in bundle["targets"] if t["cell"] == model)
+        assert target["figure"] == shared["zip_bytes"] / separate["zip_bytes"]
+        assert f"{'PASS' if target['pass'] else 'MISS'}  {model:5s} {target['text']}" in stdout
 
 
 def test_plot_written_when_matplotlib_is_there(bench):
