@@ -169,7 +169,7 @@ def _copy(folder: Path, tmp_path: Path) -> Path:
 
 def _verify_cli(path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rnnexport", "verify", str(path), "--engines", "cpu"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
 def test_a_tampered_bin_fails_verify(bundles, tmp_path):
@@ -291,3 +291,26 @@ def test_without_openvino_the_variant_is_one_line_and_its_bundle_still_runs(bund
     assert f"error: the {STATEFUL_VARIANT} variant needs openvino, which is not installed: pip install " \
            "'rnnexport[engines]'" in proc.stderr, proc.stderr[-2000:]
     assert out.strip().endswith("exit 2\nopenvino imported: False") and not (tmp_path / "out").exists()
+
+
+def test_inspect_json_lists_the_variant_as_its_schema_says(bundles):
+    from click.testing import CliRunner
+
+    from rnnexport.cli import main
+    from tests.test_cli_json import validate
+
+    folder, _ = bundles("seed_gru")
+    result = CliRunner().invoke(main, ["inspect", str(folder), "--json", "-"])
+    assert result.exit_code == 0, result.output
+    doc = validate(json.loads(result.stdout), "inspect-result")
+    (variant,) = doc["variants"]
+    assert variant["name"] == STATEFUL_VARIANT and variant["status"] == "ok" and variant["engines"] == ["openvino"]
+
+
+def test_the_ir_is_the_same_bytes_when_made_again(bundles, tmp_path):
+    """OpenVINO names new ops from a process-wide counter; the variant's IR does not depend on it."""
+    folder, model = bundles("seed_gru")
+    again = tmp_path / "again"
+    package(bundles.root / "seed_gru.step.onnx", again, source=model, variants=[STATEFUL_VARIANT], engines=["cpu"])
+    for name in _entry(folder)["files"]:
+        assert (again / name).read_bytes() == (folder / name).read_bytes(), name

@@ -103,7 +103,8 @@ def package_command(model: str, source: str | None, out_dir: str, step_path: str
     With SOURCE (as for convert), the test vectors' expected outputs come from
     PyTorch; without it, from onnxruntime's CPU provider (recorded in the manifest).
     Every graph and variant runs its test vectors on onnxruntime's CPU provider and
-    onnx's ReferenceEvaluator before it is written; the manifest records the figures.
+    onnx's ReferenceEvaluator before it is written (openvino-stateful: streamed through
+    OpenVINO, with a reset between streams); the manifest records the figures.
     """
     from rnnexport.packaging import package
     from rnnexport.source.sources import load_source

@@ -74,6 +74,9 @@ def make_ir(source: Path, target: Path, io: IOSpec) -> str:
         info.variable_id = name
         variable.update(info)
     model.validate_nodes_and_infer_types()
+    for number, op in enumerate(model.get_ordered_ops()):  # OpenVINO numbers new ops from a process-wide counter:
+        if op.get_type_name() not in ("Parameter", "Result"):  # renamed by their place, the same IR every time
+            op.set_friendly_name(f"{op.get_type_name()}_{number}")
     target.parent.mkdir(parents=True, exist_ok=True)
     work = target.with_name(f".{target.stem}.tmp.xml")  # written whole, then moved into place (as atomic_write does)
     try:
