@@ -20,14 +20,14 @@ from rnnexport.core.cpu import Cpu
 from rnnexport.core.errors import BundleError, ContractError
 
 __all__ = [
+    "DEFAULT_VARIANTS",
     "MANIFEST",
     "MAX_ENTRIES",
     "SCHEMA",
     "SCHEMAS",
     "SCHEMA_SELF_CONTAINED",
-    "VARIANT_NAMES",
-    "DEFAULT_VARIANTS",
     "STATEFUL_VARIANT",
+    "VARIANT_NAMES",
     "CheckStatus",
     "EngineCheck",
     "EpCoverage",

@@ -207,7 +207,7 @@ def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
         send(stdout, {"failure": str(e) if isinstance(e, EngineFailure) else f"{ENGINE} raised {describe(e)}"})
         return
     arrays = {f"{i}.{part}.{name}": value for i, found in enumerate(results)
-              for part in ("outputs", "state") for name, value in getattr(found, part).items()}
+              for part, values in (("outputs", found.outputs), ("state", found.state)) for name, value in values.items()}
     send(stdout, {"steps": len(results)}, arrays)
 
 

@@ -39,7 +39,7 @@ from rnnexport.bundle import (
 )
 from rnnexport.bundle.inspect import graph_entry
 from rnnexport.core.contract import Form, GraphInfo
-from rnnexport.core.errors import BundleError, VerifyError
+from rnnexport.core.errors import BundleError, VerifyError, missing_extra
 from rnnexport.core.io import (
     atomic_write,
     check_replaceable,
@@ -285,21 +285,19 @@ def _stateful_refusal(plan: VariantPlan, forms: list[Form], source: RecurrentMod
     when it was asked for by name, else the entry that records it as left out."""
     if STATEFUL_VARIANT not in plan.names:
         return None
-    from rnnexport.core.errors import missing_extra
-
-    why = None
+    missing = missing_extra(ModuleNotFoundError(name="openvino"), f"the {STATEFUL_VARIANT} variant")
     if Form.STEP not in forms:
-        why = ("it is made of the bundle's step graph, and this bundle has none: "
-               + ("the model has a bidirectional layer, so it has no step form" if source is not None and
-                  source.bidirectional() else "pass one with --step (rnnexport convert --form step); a bidirectional "
-                  "model has no step form"))
+        none = ("the model has a bidirectional layer, so it has no step form" if source is not None
+                and source.bidirectional() else "pass one with --step (rnnexport convert --form step); a "
+                "bidirectional model has no step form")
+        why = f"the {STATEFUL_VARIANT} variant cannot be made: it is made of the bundle's step graph, and this " \
+              f"bundle has none: {none}"
+    elif missing is not None:
+        why = str(missing)
     else:
-        missing = missing_extra(ModuleNotFoundError(name="openvino"), f"the {STATEFUL_VARIANT} variant")
-        why = str(missing) if missing is not None else None
-    if why is None:
         return None
     if STATEFUL_VARIANT not in plan.optional:
-        raise BundleError(why if why.startswith("the ") else f"the {STATEFUL_VARIANT} variant cannot be made: {why}")
+        raise BundleError(why)
     return VariantEntry(STATEFUL_VARIANT, Form.STEP.value, False, reason=why)
 
 

@@ -31,8 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from rnnexport.bundle import STATEFUL_VARIANT as STATEFUL
-from rnnexport.bundle import VariantEntry
+from rnnexport.bundle import STATEFUL_VARIANT, VariantEntry
 from rnnexport.core.compare import VARIANT_TOLERANCES, Tolerance, compare
 from rnnexport.core.contract import Form, IOSpec
 from rnnexport.core.cpu import this_cpu
@@ -52,7 +51,7 @@ __all__ = ["VARIANT_FILES", "GraphContext", "applies", "check", "left_out", "mak
 
 #: Each variant's (first) file name beside its graph, from the graph's stem.
 VARIANT_FILES = {"ort": "{}.ort", "int8": "{}.int8.onnx", "int8-qdq": "{}.int8-qdq.onnx", "fp16": "{}.fp16.onnx",
-                 STATEFUL: "{}.openvino-stateful.xml"}
+                 STATEFUL_VARIANT: "{}.openvino-stateful.xml"}
 #: Streams and time steps of the text a char model's variants are checked on.
 TEXT_STREAMS, TEXT_STEPS = 4, 64
 
@@ -334,7 +333,7 @@ def _figures(names: list[str], pairs: list[tuple[list[np.ndarray], list[np.ndarr
 
 def applies(name: str, form: Form) -> bool:
     """Whether variant ``name`` is made of a graph of ``form`` (``openvino-stateful``: of a step graph only)."""
-    return name != STATEFUL or form is Form.STEP
+    return name != STATEFUL_VARIANT or form is Form.STEP
 
 
 def onnxruntime_only(path: Path) -> bool:
@@ -357,7 +356,7 @@ def make_variant(name: str, graph: str, source: Path, root: Path, context: Graph
     tolerance = VARIANT_TOLERANCES[name]
     target = out / VARIANT_FILES[name].format(stem)
     files = [target] + ([out / f"{stem}.required_operators.config"] if name == "ort" else []) + \
-        ([target.with_suffix(".bin")] if name == STATEFUL else [])
+        ([target.with_suffix(".bin")] if name == STATEFUL_VARIANT else [])
     quantization: dict[str, Any] = {}
     try:
         if name == "ort":
@@ -366,11 +365,11 @@ def make_variant(name: str, graph: str, source: Path, root: Path, context: Graph
             notes = _int8(source, target, context.family)
         elif name == "int8-qdq":
             notes, quantization = _int8_qdq(source, target, context)
-        elif name == STATEFUL:
+        elif name == STATEFUL_VARIANT:
             notes = make_ir(source, target, context.io)
         else:
             notes = _fp16(source, target)
-        figures = (_check_stateful if name == STATEFUL else check)(source, target, context, tolerance)
+        figures = (_check_stateful if name == STATEFUL_VARIANT else check)(source, target, context, tolerance)
     except RunTimeout:
         _left_out(name, graph, files, "stopped")
         raise
@@ -385,8 +384,8 @@ def make_variant(name: str, graph: str, source: Path, root: Path, context: Graph
             _left_out(name, graph, files, f"misses its tolerance on {cpu.describe()} (max abs error {worst:.3g}; "
                       f"{tolerance.describe()})", figures=figures, tolerance=_triple(tolerance)), cpu=cpu)
     rel = tuple(p.relative_to(root).as_posix() for p in files)
-    size = sum(p.stat().st_size for p in files) if name == STATEFUL else target.stat().st_size  # the IR and its weights
-    engines = ("openvino",) if name == STATEFUL else ("onnxruntime",) if onnxruntime_only(target) else ()
+    size = sum(p.stat().st_size for p in files) if name == STATEFUL_VARIANT else target.stat().st_size  # the IR and its weights
+    engines = ("openvino",) if name == STATEFUL_VARIANT else ("onnxruntime",) if onnxruntime_only(target) else ()
     return VariantEntry(name, graph, True, files=rel, size_bytes=size, tolerance=_triple(tolerance), figures=figures,
                         notes=notes, engines=engines, cpu=cpu, quantization=quantization)
 

@@ -92,6 +92,8 @@ def check_stateful(bundle: Bundle, variant: VariantEntry, tol: Tolerance,
     assert bundle.manifest is not None and len(variant.files) == 2  # the manifest's parser checks both
     label = f"variant {variant.name}"
     calls, steps = _plan(bundle, bundle.manifest.io, variant.of, label)
+    if not steps:  # no test set of its graph (or no such graph): nothing to run
+        return [], []
     try:
         results = stream(bundle.read(variant.files[0]), bundle.read(variant.files[1]), calls, timeout)
     except EngineUnavailable as e:
