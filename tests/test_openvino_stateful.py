@@ -24,8 +24,10 @@ import rnnexport
 from rnnexport.bundle import STATEFUL_VARIANT, open_bundle
 from rnnexport.core.compare import VARIANT_TOLERANCES
 from rnnexport.core.errors import BundleError
+from rnnexport.core.external import ExternalModel, materialize
 from rnnexport.engines.openvino import installed
 from rnnexport.packaging import package
+from rnnexport.packaging.stateful import make_ir
 from rnnexport.source.sources import load_source
 from rnnexport.testing import assert_close
 from rnnexport.verification.stateful import AFTER_RESET
@@ -159,6 +161,52 @@ def test_verify_streams_the_variant_with_a_reset(bundles):
     again = [c for c in mine if c.variant.endswith(AFTER_RESET)]
     assert {c.case for c in again} == {"test_data_set_1", "test_data_set_2"}  # the stream, from zeros again
     assert {c.output for c in again} == {"y", "h_out"}
+
+
+def test_with_shared_weights_the_ir_holds_every_weight_and_verify_rechecks_it(bundles, tmp_path):
+    """seed_lstm's pair is packaged the default way, sharing weights.bin (schema /2). Its IR is the same bytes as
+    with --no-shared-weights (/1) and as made from the step graph the reader hands out with weights.bin; its two
+    files alone, no weights.bin beside them, stream as PyTorch does; verify BUNDLE re-checks it in both forms."""
+    folder, model = bundles("seed_lstm")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["schema"] == "rnnexport.bundle/2", manifest["schema"]
+    assert manifest["graphs"]["step"]["file"] == "step.onnx" and manifest["graphs"]["step"]["weights"] == "weights.bin"
+    files = _entry(folder)["files"]
+    own = tmp_path / "own"
+    package(bundles.root / "seed_lstm.onnx", own, source=model, step_path=bundles.root / "seed_lstm.step.onnx",
+            variants=[STATEFUL_VARIANT], engines=["cpu"], shared_weights=False)
+    assert json.loads((own / "manifest.json").read_text())["schema"] == "rnnexport.bundle/1"
+    assert _entry(own)["files"] == files and not (own / "weights.bin").exists()
+    step = open_bundle(folder).graphs["step"].model  # the step graph with its checked weights.bin, in memory
+    assert isinstance(step, ExternalModel) and list(step.files) == ["weights.bin"]
+    made = tmp_path / "made" / "model.openvino-stateful.xml"
+    make_ir(materialize(step, tmp_path / "step", "step.onnx"), made, model.io)
+    for name, again in zip(files, (made, made.with_suffix(".bin")), strict=True):
+        assert (folder / name).read_bytes() == (own / name).read_bytes() == again.read_bytes(), name
+    assert (folder / files[1]).stat().st_size >= (folder / "weights.bin").stat().st_size  # the weights, all of them
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for name in files:
+        shutil.copy(folder / name, alone)
+    import openvino
+
+    core = openvino.Core()
+    compiled = core.compile_model(core.read_model(str(alone / Path(files[0]).name)), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    xs = np.random.default_rng(5).standard_normal((50, 2, *model.io.x_features)).astype(np.float32)
+    ys, state = _torch_stream(model, xs)
+    got = [request.infer({"x": x})["y"] for x in xs]
+    assert_close(got, ys, [f"y{t}" for t in range(len(xs))], tolerance=TOL, context="IR alone, shared bundle")
+    variables = {s.name: s.state.data for s in request.query_state()}
+    names = model.io.state.names
+    assert_close([variables[n] for n in names], state, names, tolerance=TOL, context="IR alone, state")
+    for bundle in (folder, own):
+        report = rnnexport.verify(bundle, engines=("cpu",))
+        assert report.passed, (bundle.name, report.failures[:3])
+        mine = [c for c in report.checks if c.bundle_variant == STATEFUL_VARIANT]
+        assert mine and {c.engine for c in mine} == {"openvino"} and all(c.passed for c in mine)
+        assert {c.case for c in mine} == {f"step/test_data_set_{n}" for n in range(3)}, bundle.name
 
 
 def _copy(folder: Path, tmp_path: Path) -> Path:

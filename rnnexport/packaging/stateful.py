@@ -39,6 +39,11 @@ __all__ = ["make_ir", "streamed"]
 def make_ir(source: Path, target: Path, io: IOSpec) -> str:
     """Write the step graph ``source`` as stateful OpenVINO IR: ``target`` (``.xml``) and its ``.bin``; the notes.
 
+    ``source`` is a path so that OpenVINO's ONNX frontend reads any external data from its folder
+    (a bundle's ``step.onnx`` beside ``weights.bin``); ``package`` gives it the self-contained step
+    graph, before the weights are shared. Either way the ``.bin`` holds every weight: the IR reads
+    no external data.
+
     Raises:
         ValueError: OpenVINO's model has no parameter or result for a state tensor.
     """
@@ -47,7 +52,7 @@ def make_ir(source: Path, target: Path, io: IOSpec) -> str:
     from openvino import passes
 
     model = openvino.Core().read_model(str(source))
-    pairs = dict(zip(io.state.names, io.state.output_names))
+    pairs = dict(zip(io.state.names, io.state.output_names, strict=True))
     parameters = {name for p in model.get_parameters() for name in p.output(0).get_names()}
     results = {name for r in model.get_results() for name in r.input_value(0).get_names()}
     missing = [f"{a} -> {b}" for a, b in pairs.items() if a not in parameters or b not in results]
@@ -110,7 +115,7 @@ def streamed(reference: Path, target: Path, io: IOSpec, cases: Sequence[tuple[np
         calls.append(RESET)
         for t in range(x.shape[io.time_axis]):
             x_t = np.ascontiguousarray(np.take(x, t, axis=io.time_axis))
-            given = None if zero or t else dict(zip(io.state.names, state))
+            given = None if zero or t else dict(zip(io.state.names, state, strict=True))
             calls.append(StatefulCall(x_t, given))
             outputs = run_limited(session, out_names, io.feeds(x_t, state), timeout, "a check step of the step graph")
             want.append(outputs)
@@ -119,7 +124,7 @@ def streamed(reference: Path, target: Path, io: IOSpec, cases: Sequence[tuple[np
     pairs = []
     for found, expected in zip(got, want, strict=True):
         values = [found.outputs.get(out_names[0]), *(found.state.get(n) for n in io.state.names)]
-        absent = [n for n, v in zip([out_names[0], *io.state.names], values) if v is None]
+        absent = [n for n, v in zip([out_names[0], *io.state.names], values, strict=True) if v is None]
         if absent:
             raise ValueError(f"the stateful model gives no {absent[0]!r} (outputs {', '.join(found.outputs)}, "
                              f"variables {', '.join(found.state)})")

@@ -70,7 +70,8 @@ def _plan(bundle: Bundle, io: IOSpec, graph: str, label: str) -> tuple[list[Stat
 
 def _compare(io: IOSpec, step: _Step, got: StepResult, tol: Tolerance, variant: str) -> list[Check]:
     entry, label, outputs = step
-    by_output = {**got.outputs, **{out: got.state[name] for name, out in zip(io.state.names, io.state.output_names)
+    by_output = {**got.outputs, **{out: got.state[name]
+                                   for name, out in zip(io.state.names, io.state.output_names, strict=True)
                                    if name in got.state}}
     checks = finite(ENGINE, entry.dir, by_output, label)
     for name, want in outputs:
