@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from rnnexport.bundle.archive import write_zip
 from rnnexport.bundle.manifest import (
+    DEFAULT_VARIANTS,
     MANIFEST,
     SCHEMA,
     SCHEMA_SELF_CONTAINED,
     SCHEMAS,
+    STATEFUL_VARIANT,
     VARIANT_NAMES,
     CheckStatus,
     EngineCheck,
@@ -34,10 +36,12 @@ from rnnexport.bundle.reader import (
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "DEFAULT_VARIANTS",
     "MANIFEST",
     "SCHEMA",
     "SCHEMAS",
     "SCHEMA_SELF_CONTAINED",
+    "STATEFUL_VARIANT",
     "VARIANT_NAMES",
     "Bundle",
     "CheckStatus",

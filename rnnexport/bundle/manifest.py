@@ -20,11 +20,13 @@ from rnnexport.core.cpu import Cpu
 from rnnexport.core.errors import BundleError, ContractError
 
 __all__ = [
+    "DEFAULT_VARIANTS",
     "MANIFEST",
     "MAX_ENTRIES",
     "SCHEMA",
     "SCHEMAS",
     "SCHEMA_SELF_CONTAINED",
+    "STATEFUL_VARIANT",
     "VARIANT_NAMES",
     "CheckStatus",
     "EngineCheck",
@@ -48,8 +50,12 @@ SCHEMA_SELF_CONTAINED = "rnnexport.bundle/1"
 SCHEMAS = (SCHEMA_SELF_CONTAINED, SCHEMA)
 #: The most entries any list of a manifest may hold.
 MAX_ENTRIES = 4096
+#: The variant whose file is OpenVINO IR with the state inside the model (``.xml`` and ``.bin``), of a step graph.
+STATEFUL_VARIANT = "openvino-stateful"
 #: The variants a bundle may hold, in the order they are made.
-VARIANT_NAMES = ("ort", "int8", "int8-qdq", "fp16")
+VARIANT_NAMES = ("ort", "int8", "int8-qdq", "fp16", STATEFUL_VARIANT)
+#: The variants made when none are named (``openvino-stateful`` needs OpenVINO, an optional extra: by name only).
+DEFAULT_VARIANTS = ("ort", "int8", "int8-qdq", "fp16")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CPU_WORD = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
@@ -427,6 +433,10 @@ class VariantEntry:
         if status not in ("ok", "skipped"):
             raise BundleError(f"manifest: variant status {status!r:.40} is neither ok nor skipped")
         files = [safe_path(f, "manifest variant") for f in _list(data, "files")]
+        if data.get("name") == STATEFUL_VARIANT and status == "ok" and \
+                (len(files) != 2 or not files[0].endswith(".xml") or not files[1].endswith(".bin")):
+            raise BundleError(f"manifest: variant {STATEFUL_VARIANT} must list its IR as two files, the .xml then the "
+                              f".bin, got {files!r:.120}")
         tol = _object(data.get("tolerance") or {}, "variant tolerance")
         for key in ("atol", "range_atol", "rtol"):
             _number(tol.get(key), f"variant tolerance {key}")

@@ -4,13 +4,14 @@ Everything read here is untrusted data. Zip members are checked against
 :class:`ZipLimits` from the archive's own headers before a byte is inflated;
 every path stays inside the bundle; every size is bounded before reading; every
 file the manifest lists is checked against its size and SHA-256 when the bundle
-is opened, and every graph and test set it names must be among them. A graph's
-external data (the weights file the sequence and step graphs share) is data too:
-before any engine sees the graph, every tensor it keeps in another file must read
-from the file its manifest entry names (listed, checked), within that file's bytes
-(:mod:`rnnexport.core.external`); the graph is then handed out with the file in
-memory, so no engine reads anything from disk. Nothing is extracted to disk.
-Torch-free (standard library only).
+is opened, and every graph, test set and made variant it names must be among
+them. A graph's external data (the weights file the sequence and step graphs
+share) is data too: before any engine sees the graph, every tensor it keeps in
+another file must read from the file its manifest entry names (listed, checked),
+within that file's bytes (:mod:`rnnexport.core.external`); the graph is then
+handed out with the file in memory, so no engine reads anything from disk. A
+variant holds all its weights (it reads no external data). Nothing is extracted
+to disk. Torch-free (standard library only).
 """
 
 from __future__ import annotations
@@ -325,6 +326,15 @@ def _check_vectors(reader: _Reader, manifest: Manifest, listed: set[str]) -> Non
             raise BundleError(f"bundle {reader.where} lacks {vector.dir}/input_0.pb")
 
 
+def _check_variants(reader: _Reader, manifest: Manifest, listed: set[str]) -> None:
+    """Every file of a made variant (an ONNX graph, the ORT format, OpenVINO IR) has its checksum in the manifest."""
+    for variant in manifest.variants:
+        unlisted = [f for f in variant.files if f not in listed] if variant.ok else []
+        if unlisted:
+            raise BundleError(f"{unlisted[0]} of variant {variant.name!r:.40} of bundle {reader.where} has no checksum "
+                              "in the manifest's files")
+
+
 def _from_manifest(path: Path, kind: str, reader: _Reader) -> Bundle:
     data = reader.read(MANIFEST, DEFAULT_LIMITS.max_manifest_bytes)
     parsed = load_json(data, f"{MANIFEST} of {path}", BundleError)
@@ -332,6 +342,7 @@ def _from_manifest(path: Path, kind: str, reader: _Reader) -> Bundle:
     listed = _check_files(reader, manifest)
     graphs = _graphs(reader, manifest, listed)
     _check_vectors(reader, manifest, listed)
+    _check_variants(reader, manifest, listed)
     return Bundle(path, kind, manifest, graphs, manifest.test_vectors, reader)
 
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from rnnexport.bundle.manifest import VARIANT_NAMES
+from rnnexport.bundle.manifest import DEFAULT_VARIANTS, VARIANT_NAMES
 from rnnexport.cli.options import (
     SOURCE_HELP,
     json_option,
@@ -67,8 +67,9 @@ def to_json(result: PackageResult) -> dict[str, Any]:
               help="A step graph of the same model (rnnexport convert --form step) to include; it gets its own "
                    "test vectors and variants.")
 @click.option("--variants", "variant_list", default=None, metavar="LIST",
-              help=f"Comma-separated variants to make and verify for every graph: {', '.join(VARIANT_NAMES)}; or "
-                   "none. Default: all four, each left out (with the reason in the manifest) when it cannot be "
+              help=f"Comma-separated variants to make and verify for every graph: {', '.join(VARIANT_NAMES)} (of "
+                   "the step graph only: OpenVINO IR with the state inside; needs openvino); or none. Default: "
+                   f"{', '.join(DEFAULT_VARIANTS)}, each left out (with the reason in the manifest) when it cannot be "
                    "made. A variant named here is required: if it cannot be made, nothing is written (exit 2).")
 @click.option("--variants-optional", "optional_list", default=None, metavar="LIST",
               help="Variants named in --variants that may be left out with the reason instead of failing; or all.")
@@ -102,7 +103,8 @@ def package_command(model: str, source: str | None, out_dir: str, step_path: str
     With SOURCE (as for convert), the test vectors' expected outputs come from
     PyTorch; without it, from onnxruntime's CPU provider (recorded in the manifest).
     Every graph and variant runs its test vectors on onnxruntime's CPU provider and
-    onnx's ReferenceEvaluator before it is written; the manifest records the figures.
+    onnx's ReferenceEvaluator before it is written (openvino-stateful: streamed through
+    OpenVINO, with a reset between streams); the manifest records the figures.
     """
     from rnnexport.packaging import package
     from rnnexport.source.sources import load_source

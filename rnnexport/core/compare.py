@@ -92,6 +92,7 @@ VARIANT_TOLERANCES = {
     "int8": Tolerance("int8", *DEFAULT_TOLERANCES["int8"], range_atol=5e-2),
     "int8-qdq": Tolerance("int8", 0.25, 1e-1, range_atol=5e-2),
     "fp16": Tolerance("float16", *DEFAULT_TOLERANCES["float16"], range_atol=1e-2),
+    "openvino-stateful": Tolerance("float32", *DEFAULT_TOLERANCES["float32"]),
 }
 
 

@@ -25,7 +25,9 @@ import numpy as np
 import onnx
 
 from rnnexport.bundle import (
+    DEFAULT_VARIANTS,
     MANIFEST,
+    STATEFUL_VARIANT,
     VARIANT_NAMES,
     CheckStatus,
     EngineCheck,
@@ -37,7 +39,7 @@ from rnnexport.bundle import (
 )
 from rnnexport.bundle.inspect import graph_entry
 from rnnexport.core.contract import Form, GraphInfo
-from rnnexport.core.errors import BundleError, VerifyError
+from rnnexport.core.errors import BundleError, VerifyError, missing_extra
 from rnnexport.core.io import (
     atomic_write,
     check_replaceable,
@@ -54,7 +56,7 @@ from rnnexport.packaging.manifest import build_manifest, mobile_coverage, write_
 from rnnexport.packaging.proof import PROOF_ENGINES, Proof, prove
 from rnnexport.packaging.shared import SharedWeights, share_weights
 from rnnexport.packaging.text import is_char_model, text_agreement, text_notes
-from rnnexport.packaging.variants import GraphContext, left_out, make_variant
+from rnnexport.packaging.variants import GraphContext, applies, left_out, make_variant
 from rnnexport.packaging.vectors import Vectors, make_vectors
 from rnnexport.source.model import RecurrentModel
 from rnnexport.verification.options import DEFAULT_TIMEOUT
@@ -70,13 +72,13 @@ class VariantPlan:
     command and nothing is written; an optional one is left out with the reason.
     """
 
-    names: tuple[str, ...] = VARIANT_NAMES
+    names: tuple[str, ...] = DEFAULT_VARIANTS
     optional: frozenset[str] = frozenset(VARIANT_NAMES)
 
     @classmethod
     def of(cls, variants: Sequence[str] | None, optional: Sequence[str] | None = None) -> VariantPlan:
-        """``variants`` None: every variant, each optional; named ones are required unless ``optional`` says so."""
-        names = tuple(dict.fromkeys(VARIANT_NAMES if variants is None else variants))
+        """``variants`` None: the default variants, each optional; named ones are required unless ``optional`` says so."""
+        names = tuple(dict.fromkeys(DEFAULT_VARIANTS if variants is None else variants))
         unknown = [v for v in (*names, *(optional or ())) if v not in VARIANT_NAMES]
         if unknown:
             raise BundleError(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANT_NAMES)}")
@@ -201,7 +203,8 @@ def package(
             expected outputs come from PyTorch, else from the CPU execution provider.
         step_path: a step graph of the same model to include.
         variants: any of ``ort``, ``int8``, ``int8-qdq``, ``fp16``, made for every graph and
-            verified against it. None (the default): all four, each left out with the reason
+            verified against it, and ``openvino-stateful``, made of the step graph (it needs
+            openvino). None (the default): the first four, each left out with the reason
             recorded when it cannot be made. Named ones are required.
         archive: also write ``<out_dir>.zip``, byte-for-byte reproducible.
         force: replace an existing ``out_dir``.
@@ -244,6 +247,7 @@ def package(
         raise BundleError(f"{step_path} is not a step graph of the same model as {model_path}")
     if source is not None:
         _check_source(source, info, model_path)
+    stateful = _stateful_refusal(plan, [info.form, *([step[1].form] if step is not None else [])], source)
     given = read_calibration(calibration, info.io) if calibration is not None else None
     parent = out_dir.parent if str(out_dir.parent) else Path(".")
     if not parent.is_dir():
@@ -251,7 +255,8 @@ def package(
     graphs = [(model_path, model, info), *([(Path(step_path), *step)] if step is not None and step_path else [])]
     tmp = temp_folder(out_dir, BundleError)
     try:
-        result = _build(tmp, graphs, source, plan, _Proving(proof_engines, given, timeout), shared_weights)
+        result = _build(tmp, graphs, source, plan, _Proving(proof_engines, given, timeout), shared_weights,
+                        stateful)
         check_replaceable(out_dir, force, is_bundle, "an rnnexport bundle", BundleError)
         swap_in(tmp, out_dir)
     except BaseException:
@@ -273,6 +278,27 @@ class _Proving:
     engines: tuple[str, ...]
     calibration: Calibration | None
     timeout: float | None = None
+
+
+def _stateful_refusal(plan: VariantPlan, forms: list[Form], source: RecurrentModel | None) -> VariantEntry | None:
+    """Why ``openvino-stateful`` cannot be made here (None when it is not asked for or can be): one line, at once
+    when it was asked for by name, else the entry that records it as left out."""
+    if STATEFUL_VARIANT not in plan.names:
+        return None
+    missing = missing_extra(ModuleNotFoundError(name="openvino"), f"the {STATEFUL_VARIANT} variant")
+    if Form.STEP not in forms:
+        none = ("the model has a bidirectional layer, so it has no step form" if source is not None
+                and source.bidirectional() else "pass one with --step (rnnexport convert --form step); a "
+                "bidirectional model has no step form")
+        why = f"the {STATEFUL_VARIANT} variant cannot be made: it is made of the bundle's step graph, and this " \
+              f"bundle has none: {none}"
+    elif missing is not None:
+        why = str(missing)
+    else:
+        return None
+    if STATEFUL_VARIANT not in plan.optional:
+        raise BundleError(why)
+    return VariantEntry(STATEFUL_VARIANT, Form.STEP.value, False, reason=why)
 
 
 def _engines(names: Sequence[str] | None) -> tuple[str, ...]:
@@ -316,7 +342,8 @@ def _share(tmp: Path, given: list[tuple[Path, onnx.ModelProto, GraphInfo]], grap
 
 def _build(tmp: Path, given: list[tuple[Path, onnx.ModelProto, GraphInfo]], source: RecurrentModel | None,
            plan: VariantPlan, proving: _Proving,
-           shared_weights: bool = True) -> tuple[Manifest, list[VariantEntry], str, SharedWeights | None]:
+           shared_weights: bool = True,
+           refused: VariantEntry | None = None) -> tuple[Manifest, list[VariantEntry], str, SharedWeights | None]:
     vocabulary = source.vocabulary_size() if source is not None and source.io.x_dtype == "int64" else None
     graphs: dict[str, GraphEntry] = {}
     placed: dict[str, tuple[Path, GraphInfo]] = {}
@@ -339,7 +366,9 @@ def _build(tmp: Path, given: list[tuple[Path, onnx.ModelProto, GraphInfo]], sour
     variants = [make_variant(name, key, path, tmp, GraphContext(info.io, info.form, info.seq_len, info.cell_family,
                                                                 (card or {}).get("prompt"), calibration,
                                                                 proving.timeout))
-                for key, (path, info) in placed.items() for name in plan.names]
+                for key, (path, info) in placed.items() for name in plan.names
+                if applies(name, info.form) and not (refused is not None and name == refused.name)]
+    variants += [refused] if refused is not None else []
     _require(plan, variants)
     shared = _share(tmp, given, graphs, placed) if shared_weights and len(given) > 1 else None
     info = given[0][2]
@@ -373,8 +402,10 @@ def _proved(variant: VariantEntry, proof: Proof, root: Path) -> VariantEntry:
 def _with_task(variant: VariantEntry, placed: dict[str, tuple[Path, GraphInfo]], root: Path,
                card: dict[str, Any] | None, timeout: float | None) -> VariantEntry:
     """A lossy variant with what it changes in the model's task: a char model's text, a forecaster's forecasts."""
+    if not variant.ok or variant.name in ("ort", STATEFUL_VARIANT):  # float32 computation: the task is unchanged
+        return variant
     path, info = placed[variant.of]
-    if not variant.ok or variant.name == "ort" or info.seq_len is not None:
+    if info.seq_len is not None:
         return variant
     signal = signal_of(card)
     if is_char_model(info.io):

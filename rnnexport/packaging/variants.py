@@ -8,11 +8,13 @@
   int8 weights per channel in every lowering, Scan bodies included, and activations
   quantized with ranges calibrated on streamed sequences (:mod:`rnnexport.packaging.calibration`);
 - ``fp16``: float16 weights, cast to float32 at load: it halves the file, it does
-  not speed up CPU inference (the computation stays float32).
+  not speed up CPU inference (the computation stays float32);
+- ``openvino-stateful``: the step graph as OpenVINO IR with the state inside the model
+  (:mod:`rnnexport.packaging.stateful`), streamed step by step against the step graph.
 
 A variant that cannot be made, saves too little, or misses its tolerance is left
 out with the reason, never shipped silently. Each graph of a bundle (sequence and
-step) gets its own variants, beside it in ``variants/``.
+step) gets its own variants, beside it in ``variants/`` (``openvino-stateful`` only the step graph).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from rnnexport.bundle import VariantEntry
+from rnnexport.bundle import STATEFUL_VARIANT, VariantEntry
 from rnnexport.core.compare import VARIANT_TOLERANCES, Tolerance, compare
 from rnnexport.core.contract import Form, IOSpec
 from rnnexport.core.cpu import this_cpu
@@ -42,12 +44,14 @@ from rnnexport.core.process import start_child, stop_child
 from rnnexport.engines.base import START_ALLOWANCE
 from rnnexport.packaging.calibration import Calibration, calibrate
 from rnnexport.packaging.qdq import find_sites, quantize, to_observe
+from rnnexport.packaging.stateful import make_ir, streamed
 from rnnexport.packaging.text import is_char_model, sampled_text
 
-__all__ = ["VARIANT_FILES", "GraphContext", "check", "left_out", "make_variant", "onnxruntime_only"]
+__all__ = ["VARIANT_FILES", "GraphContext", "applies", "check", "left_out", "make_variant", "onnxruntime_only"]
 
-#: Each variant's file name beside its graph, from the graph's stem.
-VARIANT_FILES = {"ort": "{}.ort", "int8": "{}.int8.onnx", "int8-qdq": "{}.int8-qdq.onnx", "fp16": "{}.fp16.onnx"}
+#: Each variant's (first) file name beside its graph, from the graph's stem.
+VARIANT_FILES = {"ort": "{}.ort", "int8": "{}.int8.onnx", "int8-qdq": "{}.int8-qdq.onnx", "fp16": "{}.fp16.onnx",
+                 STATEFUL_VARIANT: "{}.openvino-stateful.xml"}
 #: Streams and time steps of the text a char model's variants are checked on.
 TEXT_STREAMS, TEXT_STEPS = 4, 64
 
@@ -296,11 +300,27 @@ def check(reference: Path, candidate: Path, context: GraphContext, tol: Toleranc
     ref = start_session(reference, "cpu").session
     cand = start_session(candidate, "cpu").session
     names = [s.name for s in io.outputs(form)]
-    figures = {n: {"max_abs": 0.0, "max_rel": 0.0, "range": 0.0, "passed": True} for n in names}
+    pairs = []
     for x, state in _cases(reference, context):
         feeds = io.feeds(x, state)
         want = run_limited(ref, names, feeds, context.timeout, f"a check call of the {form.value} graph")
         got = run_limited(cand, names, feeds, context.timeout, f"a check call of a variant of the {form.value} graph")
+        pairs.append((got, want))
+    return _figures(names, pairs, tol)
+
+
+def _check_stateful(reference: Path, candidate: Path, context: GraphContext, tol: Tolerance) -> dict[str, dict[str, Any]]:
+    """:func:`check` of the stateful IR ``candidate``: the same cases, streamed step by step through it and the step graph."""
+    cases = _cases(reference, dataclasses.replace(context, form=Form.SEQUENCE, seq_len=None))
+    pairs = streamed(reference, candidate, context.io, cases, context.timeout)
+    return _figures([s.name for s in context.io.outputs(Form.STEP)], pairs, tol)
+
+
+def _figures(names: list[str], pairs: list[tuple[list[np.ndarray], list[np.ndarray]]],
+             tol: Tolerance) -> dict[str, dict[str, Any]]:
+    """Per output, the worst figures over ``(got, want)`` pairs (outputs in ``names`` order)."""
+    figures = {n: {"max_abs": 0.0, "max_rel": 0.0, "range": 0.0, "passed": True} for n in names}
+    for got, want in pairs:
         for name, a, b in zip(names, got, want, strict=True):
             found = compare(a, b, tol)
             worst = figures[name]
@@ -309,6 +329,11 @@ def check(reference: Path, candidate: Path, context: GraphContext, tol: Toleranc
             worst["range"] = max(worst["range"], float(np.abs(b).max()) if b.size else 0.0)
             worst["passed"] = worst["passed"] and found.passed and bool(np.isfinite(a).all())
     return figures
+
+
+def applies(name: str, form: Form) -> bool:
+    """Whether variant ``name`` is made of a graph of ``form`` (``openvino-stateful``: of a step graph only)."""
+    return name != STATEFUL_VARIANT or form is Form.STEP
 
 
 def onnxruntime_only(path: Path) -> bool:
@@ -330,7 +355,8 @@ def make_variant(name: str, graph: str, source: Path, root: Path, context: Graph
     out.mkdir(exist_ok=True)
     tolerance = VARIANT_TOLERANCES[name]
     target = out / VARIANT_FILES[name].format(stem)
-    files = [target] + ([out / f"{stem}.required_operators.config"] if name == "ort" else [])
+    files = [target] + ([out / f"{stem}.required_operators.config"] if name == "ort" else []) + \
+        ([target.with_suffix(".bin")] if name == STATEFUL_VARIANT else [])
     quantization: dict[str, Any] = {}
     try:
         if name == "ort":
@@ -339,9 +365,11 @@ def make_variant(name: str, graph: str, source: Path, root: Path, context: Graph
             notes = _int8(source, target, context.family)
         elif name == "int8-qdq":
             notes, quantization = _int8_qdq(source, target, context)
+        elif name == STATEFUL_VARIANT:
+            notes = make_ir(source, target, context.io)
         else:
             notes = _fp16(source, target)
-        figures = check(source, target, context, tolerance)
+        figures = (_check_stateful if name == STATEFUL_VARIANT else check)(source, target, context, tolerance)
     except RunTimeout:
         _left_out(name, graph, files, "stopped")
         raise
@@ -356,10 +384,10 @@ def make_variant(name: str, graph: str, source: Path, root: Path, context: Graph
             _left_out(name, graph, files, f"misses its tolerance on {cpu.describe()} (max abs error {worst:.3g}; "
                       f"{tolerance.describe()})", figures=figures, tolerance=_triple(tolerance)), cpu=cpu)
     rel = tuple(p.relative_to(root).as_posix() for p in files)
-    return VariantEntry(name, graph, True, files=rel, size_bytes=target.stat().st_size,
-                        tolerance=_triple(tolerance), figures=figures, notes=notes,
-                        engines=("onnxruntime",) if onnxruntime_only(target) else (), cpu=cpu,
-                        quantization=quantization)
+    size = sum(p.stat().st_size for p in files) if name == STATEFUL_VARIANT else target.stat().st_size  # the IR and its weights
+    engines = ("openvino",) if name == STATEFUL_VARIANT else ("onnxruntime",) if onnxruntime_only(target) else ()
+    return VariantEntry(name, graph, True, files=rel, size_bytes=size, tolerance=_triple(tolerance), figures=figures,
+                        notes=notes, engines=engines, cpu=cpu, quantization=quantization)
 
 
 def _triple(tol: Tolerance) -> tuple[float, float, float]:

@@ -3,7 +3,10 @@
 Returns the same :class:`~rnnexport.verification.report.Report` as a graph's verification,
 with one ``test_vectors`` check per test set, engine and output, compared by the one
 comparator, and a ``finite`` check per output. Every variant the manifest lists as made is
-re-checked on the test sets of its graph, with the tolerance it was packaged with. The
+re-checked on the test sets of its graph, with the tolerance it was packaged with; the
+``openvino-stateful`` variant, which only OpenVINO runs, is streamed through OpenVINO with its
+state inside (:mod:`rnnexport.verification.stateful`) wherever openvino is installed, whatever
+the engines asked for (unavailable, with the reason, where it is not). The
 streaming pair runs as a stream: a later call's state inputs are the earlier call's state
 outputs as this engine computed them, not the stored ones. Engines are planned and started as
 for a graph (:mod:`rnnexport.verification.engines`), without the CPU baseline of contract 6.
@@ -30,6 +33,7 @@ from rnnexport.verification.contracts import finite, prepare
 from rnnexport.verification.engines import Engine, Lineup, plan
 from rnnexport.verification.options import Progress, Tick, VerifyOptions
 from rnnexport.verification.report import Check, Contract, Note, Report, ReportKind
+from rnnexport.verification.stateful import check_stateful, stateful_variants
 
 __all__ = ["verify_bundle"]
 
@@ -145,8 +149,9 @@ def _variant_sources(bundle: Bundle) -> list[tuple[VariantEntry, GraphSource]]:
     if bundle.manifest is None:
         return []
     found = []
+    stateful = stateful_variants(bundle.manifest.variants)
     for variant in bundle.manifest.variants:
-        if variant.ok and variant.files and variant.of in bundle.graphs:
+        if variant.ok and variant.files and variant.of in bundle.graphs and variant not in stateful:
             main = variant.files[0]
             # the checked bytes, as the reader hands out every graph: what runs is what the checksum covered,
             # and a variant holds all its weights (it reads no external data)
@@ -178,6 +183,11 @@ def verify_bundle(path: str | os.PathLike[str], options: VerifyOptions, progress
             sets.engine(engine)
             if progress is not None:
                 progress(Tick(number, len(engines), number, len(engines), engine.name, time.perf_counter() - started))
+        if options.variants and not lineup.stopped and bundle.manifest is not None:
+            for variant in stateful_variants(bundle.manifest.variants):
+                checks, unavailable = check_stateful(bundle, variant, _variant_tolerance(variant), options.timeout)
+                sets.checks += checks
+                sets.unavailable += unavailable
     manifest = bundle.manifest
     notes += [*lineup.notes(), *([] if manifest else [Note("no_manifest")])]
     if options.variants:
