@@ -127,3 +127,14 @@ def test_old_manifests_load_and_malformed_coverage_is_refused(bundles):
         with pytest.raises(BundleError, match=message):
             Manifest.from_json(broken(change))
     assert MobileCoverage.from_json(data["graphs"]["step"]["mobile"]).to_json() == data["graphs"]["step"]["mobile"]
+
+
+def test_ort_format_variant_notes_the_graphs_coverage(tmp_path):
+    """The ORT-format variant, what onnxruntime's mobile builds load, carries the coverage note of the graph
+    it was made from (the usability check judges ONNX graphs)."""
+    graph = rnnexport.convert("lstm-charlm", tmp_path / "lean.step.onnx", form="step", nan="refuse").path
+    manifest = manifest_of(package(graph, tmp_path / "bundle", variants=["ort"]).folder)
+    (variant,) = [v for v in manifest.variants if v.name == "ort"]
+    coverage = manifest.graphs["step"].mobile
+    assert variant.ok and coverage is not None
+    assert variant.notes.endswith(f"mobile providers, as judged on the step graph: {coverage.note}")

@@ -368,7 +368,7 @@ def _build(tmp: Path, given: list[tuple[Path, onnx.ModelProto, GraphInfo]], sour
                                                                 proving.timeout))
                 for key, (path, info) in placed.items() for name in plan.names
                 if applies(name, info.form) and not (refused is not None and name == refused.name)]
-    variants += [refused] if refused is not None else []
+    variants = [_with_mobile(v, graphs) for v in variants] + ([refused] if refused is not None else [])
     _require(plan, variants)
     shared = _share(tmp, given, graphs, placed) if shared_weights and len(given) > 1 else None
     info = given[0][2]
@@ -387,6 +387,19 @@ def _build(tmp: Path, given: list[tuple[Path, onnx.ModelProto, GraphInfo]], sour
     write_manifest(tmp, manifest)
     assert (tmp / MANIFEST).is_file()
     return manifest, variants, expected, shared
+
+
+def _with_mobile(variant: VariantEntry, graphs: dict[str, GraphEntry]) -> VariantEntry:
+    """An ORT-format variant notes the mobile providers' coverage of the graph it was made from.
+
+    The ORT format is what onnxruntime's mobile builds load, and onnxruntime's usability check
+    judges the ONNX graph it was converted from: the figures are the graph's own.
+    """
+    mobile = graphs[variant.of].mobile
+    if variant.name != "ort" or not variant.ok or mobile is None:
+        return variant
+    return dataclasses.replace(variant, notes=f"{variant.notes}; mobile providers, as judged on the {variant.of} "
+                                              f"graph: {mobile.note}")
 
 
 def _proved(variant: VariantEntry, proof: Proof, root: Path) -> VariantEntry:
