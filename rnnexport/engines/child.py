@@ -50,7 +50,8 @@ from rnnexport.engines.base import (
     Runner,
 )
 
-__all__ = ["CHILD_KINDS", "ChildRunner", "Ended", "Late", "local_class", "receive", "send", "shared_workers"]
+__all__ = ["CHILD_KINDS", "ChildRunner", "Ended", "Late", "blocking_reader", "local_class", "receive", "send",
+           "shared_workers"]
 
 #: The engines that run in a child process.
 CHILD_KINDS = (EngineKind.REFERENCE, EngineKind.OPENVINO, EngineKind.TRACT)
@@ -134,6 +135,18 @@ class _Pipe:
         data = bytes(self.buffer[:size])
         del self.buffer[:size]
         return data
+
+
+def blocking_reader(stream: IO[bytes]) -> Callable[[int, float | None], bytes]:
+    """A :func:`receive` reader over a plain stream (a child's stdin, bytes in memory), which ignores deadlines:
+    the side that waits on a child keeps the time budget, not the child."""
+    def read(size: int, deadline: float | None) -> bytes:
+        data = stream.read(size)
+        if len(data) < size:
+            raise Ended
+        return data
+
+    return read
 
 
 def _length(data: bytes, limit: int) -> int:

@@ -20,7 +20,7 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
 import numpy as np
@@ -29,7 +29,7 @@ from rnnexport.core.contract import X_NAME
 from rnnexport.core.errors import describe
 from rnnexport.core.process import python_child_env, start_child, stop_child
 from rnnexport.engines.base import START_ALLOWANCE, EngineFailure, EngineTimeout, EngineUnavailable
-from rnnexport.engines.child import Ended, receive, send
+from rnnexport.engines.child import Ended, blocking_reader, receive, send
 from rnnexport.engines.openvino import INSTALL_HINT, installed
 
 __all__ = ["ENGINE", "RESET", "StatefulCall", "StatefulModel", "StepResult", "stream"]
@@ -137,16 +137,6 @@ def _calls(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> list[Statef
     return calls
 
 
-def _reader(stream: IO[bytes]) -> Callable[[int, float | None], bytes]:
-    def read(size: int, deadline: float | None) -> bytes:
-        data = stream.read(size)
-        if len(data) < size:
-            raise Ended
-        return data
-
-    return read
-
-
 def stream(xml: bytes, weights: bytes, calls: Sequence[StatefulCall],
            timeout: float | None = None) -> list[StepResult]:
     """Run ``calls`` in order on one infer request of the IR ``xml`` + ``weights``, in a child process.
@@ -183,7 +173,7 @@ def stream(xml: bytes, weights: bytes, calls: Sequence[StatefulCall],
 
 def _answer(out: bytes) -> list[StepResult]:
     """The child's answer: what each step gave, or the failure or unavailability it reports."""
-    header, arrays = receive(_reader(io.BytesIO(out)))
+    header, arrays = receive(blocking_reader(io.BytesIO(out)))
     if "unavailable" in header:
         raise EngineUnavailable(ENGINE, str(header["unavailable"]))
     if "failure" in header:
@@ -197,7 +187,7 @@ def _answer(out: bytes) -> list[StepResult]:
 
 
 def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
-    header, arrays = receive(_reader(stdin))
+    header, arrays = receive(blocking_reader(stdin))
     try:
         results = _run(arrays["xml"].tobytes(), arrays["bin"].tobytes(), _calls(header, arrays))
     except EngineUnavailable as e:

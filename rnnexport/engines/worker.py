@@ -18,19 +18,9 @@ from typing import IO, Any
 
 from rnnexport.core.errors import describe
 from rnnexport.engines.base import EngineFailure, EngineKind, EngineUnavailable, GraphTensor, Runner
-from rnnexport.engines.child import Ended, local_class, receive, send
+from rnnexport.engines.child import Ended, blocking_reader, local_class, receive, send
 
 __all__ = ["main"]
-
-
-def _reader(stream: IO[bytes]) -> Callable[[int, float | None], bytes]:
-    def read(size: int, deadline: float | None) -> bytes:
-        data = stream.read(size)
-        if len(data) < size:
-            raise Ended
-        return data
-
-    return read
 
 
 def _tensors(tensors: tuple[GraphTensor, ...]) -> list[dict[str, Any]]:
@@ -75,7 +65,7 @@ def _load(runners: dict[int, Runner], header: dict[str, Any], arrays: dict[str, 
 def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     """Answer ``start`` and ``infer`` messages from ``stdin`` on ``stdout`` (``stop`` has no answer) until
     ``stdin`` closes."""
-    read = _reader(stdin)
+    read = blocking_reader(stdin)
     runners: dict[int, Runner] = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
