@@ -125,31 +125,14 @@ def raw_loop(path: Path, threads: int | None):
 
 
 def binding_loop(path: Path, threads: int | None):
-    """Plain onnxruntime IO binding, no runtime around it: two bindings, state buffers swapped."""
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    x = np.zeros((1, *inputs[0].shape[1:]), np.float32)
-    y = np.zeros((1, *outputs[0].shape[1:]), np.float32)
-    sets = [[np.zeros((1, *i.shape[1:]), np.float32) for i in inputs[1:]] for _ in range(2)]
-    value = ort.OrtValue.ortvalue_from_numpy
-    bindings = []
-    for reads in (0, 1):
-        binding = session.io_binding()
-        binding.bind_ortvalue_input(inputs[0].name, value(x))
-        binding.bind_ortvalue_output(outputs[0].name, value(y))
-        for i, o, a, b in zip(inputs[1:], outputs[1:], sets[reads], sets[1 - reads], strict=True):
-            binding.bind_ortvalue_input(i.name, value(a))
-            binding.bind_ortvalue_output(o.name, value(b))
-        bindings.append(binding)
+    """Plain onnxruntime IO binding at B=1, no runtime around it: two bindings, state buffers swapped."""
+    x, y, run = io_binding(path, 1, threads)
     source = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
 
     def loop(n: int) -> None:
         for k in range(n):
             np.copyto(x, source)
-            session.run_with_iobinding(bindings[k & 1])
+            run(k)
             y.copy()
     return loop
 
@@ -171,10 +154,12 @@ def convert_args(args: list[str], out: Path, folder: Path) -> dict:
     return json.loads(subprocess.run(cli, check=True, capture_output=True, text=True).stdout)
 
 
-def io_binding(path: Path, batch: int):
+def io_binding(path: Path, batch: int, threads: int | None = 1):
     """A raw IO-binding stream of ``batch`` rows on ``path``: ``(x buffer, y buffer, run(k) for call k)``."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    if threads:
+        options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     inputs, outputs = session.get_inputs(), session.get_outputs()
     x = np.zeros((batch, *inputs[0].shape[1:]), np.float32)
