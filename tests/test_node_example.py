@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from tests.test_runtime_bundle import make_bundle, write_manifest, zip_bundle
+from tests.bundles import edit_manifest, make_bundle, write_manifest, zip_bundle
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "scripts" / "node"
 SCRIPT = NODE_DIR / "check_bundle.js"
@@ -64,9 +64,7 @@ def edit_output(bundle: Path, path: str, change) -> None:
 
 
 def set_tolerance(bundle: Path, folder: str, tolerance: dict) -> None:
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    next(v for v in manifest["test_vectors"] if v["dir"] == folder)["tolerance"] = tolerance
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(bundle, lambda m: next(v for v in m["test_vectors"] if v["dir"] == folder).update(tolerance=tolerance))
 
 
 @pytest.mark.parametrize(("name", "as_zip"), [("seed_lstm", False), ("nn_gru_2layer_nobias", True)])
