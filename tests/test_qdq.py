@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from rnnexport.packaging.qdq import (
 from rnnexport.packaging.variants import GraphContext, check
 from rnnexport.source.sources import load_source
 from rnnexport.verification import verify
+from tests.cli import assert_one_line_error, invoke
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The engines every int8-qdq variant here is proven on (wasm too for lstm-charlm, the slowest to start).
@@ -307,18 +307,13 @@ def test_a_planted_bad_scale_fails_the_check_with_figures(bundles, tmp_path):
     assert failed and max(c.max_abs or 0 for c in failed) > 0.5, report.failures[:3]
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rnnexport", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}, timeout=600)
-
-
 def test_package_cli_calibrates_on_a_file_and_refuses_bad_ones_in_one_line(bundles, tmp_path):
     _, graph = bundles["rnn-charlm"]
     text = tmp_path / "text.txt"
     text.write_text("the hidden state of a recurrent network carries what it has read. " * 20)
-    proc = _cli("package", graph, "rnn-charlm", "-o", "b", "--variants", "int8-qdq", "--calibration", text,
-                "--engines", "cpu", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    code, _, err = invoke("package", graph, "rnn-charlm", "-o", "b", "--variants", "int8-qdq", "--calibration", text,
+                          "--engines", "cpu", cwd=tmp_path)
+    assert code == 0, err
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     variant = manifest["variants"][0]
     assert variant["status"] == "ok" and variant["quantization"]["calibration"].startswith("file text.txt")
@@ -328,9 +323,7 @@ def test_package_cli_calibrates_on_a_file_and_refuses_bad_ones_in_one_line(bundl
     for args, message in ((["--variants", "fp16", "--calibration", text], "used by the int8-qdq variant only"),
                           (["--variants", "int8-qdq", "--calibration", tmp_path / "wrong.npy"], "has shape [4, 2, 3]"),
                           (["--engines", "cpu,warp"], "unknown engine 'warp'")):
-        proc = _cli("package", graph, "-o", "c", *args, cwd=tmp_path)
-        lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+        assert_one_line_error(invoke("package", graph, "-o", "c", *args, cwd=tmp_path), message)
         assert not (tmp_path / "c").exists()
 
 

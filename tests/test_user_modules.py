@@ -27,6 +27,7 @@ from rnnexport.core.errors import ContractError, ConvertError, SourceError
 from rnnexport.runtime import StatefulSession, StreamBatcher
 from rnnexport.source.sources import load_source
 from rnnexport.testing import assert_close, random_inputs, random_state
+from tests.cli import assert_one_line_error, invoke
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -826,8 +827,8 @@ def test_convert_input_size_reaches_a_factory(tmp_path):
     assert result.exit_code == 0, result.output
     x = onnx.load(str(out)).graph.input[0]
     assert x.type.tensor_type.shape.dim[1].dim_value == 3
-    refused = CliRunner().invoke(main, ["convert", source, "--hidden-size", "3", "-o", str(tmp_path / "n.onnx")])
-    assert refused.exit_code == 2 and "--hidden-size applies to the built-in cells" in refused.output
+    assert_one_line_error(invoke("convert", source, "--hidden-size", "3", "-o", tmp_path / "n.onnx"),
+                          "--hidden-size applies to the built-in cells")
 
 
 # --------------------------------------------------------------------------- tracing refusals
