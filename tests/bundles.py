@@ -108,3 +108,15 @@ def edit_manifest(folder: Path, change: Callable[[Manifest], object]) -> Path:
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
+
+def relisted_copy(bundle: Path, target: Path, change: Callable[[Path], object]) -> Path:
+    """A copy of ``bundle`` at ``target`` where ``change(folder)`` edits files, then every listed checksum and size
+    is made right again (files the manifest does not list stay unlisted)."""
+    shutil.copytree(bundle, target)
+    change(target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        data = (target / entry["path"]).read_bytes()
+        entry["sha256"], entry["size"] = hashlib.sha256(data).hexdigest(), len(data)
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target

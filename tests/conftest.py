@@ -12,6 +12,7 @@ from rnnexport.export.convert import ConvertResult, convert
 from tests.bundles import make_bundle
 from tests.cli import snapshot
 from tests.configs import build
+from tests.nodejs import node_binary
 
 
 class ExportCache:
@@ -60,3 +61,9 @@ def bundle(exports: ExportCache, tmp_path_factory: pytest.TempPathFactory) -> It
     before = snapshot(folder)
     yield folder
     assert snapshot(folder) == before, "a test changed the shared bundle: change a copy_bundle() instead"
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """The node binary, with the Node example's npm packages installed (a skip where node or npm is missing)."""
+    return node_binary()

@@ -23,20 +23,11 @@ import pytest
 
 from rnnexport.cli import COMMANDS
 from tests.cli import Outcome, assert_one_line_error, invoke
+from tests.schemas import schema, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["gru", "--input-size", "4", "--hidden-size", "8"]
 DOCUMENTS = ["convert-result", "package-result", "run-result", "triton-result", "inspect-result"]
-
-
-def schema(name: str) -> dict[str, Any]:
-    return json.loads((ROOT / "docs" / f"{name}.schema.json").read_text())
-
-
-def validate(doc: dict[str, Any], name: str) -> dict[str, Any]:
-    jsonschema.Draft202012Validator(schema(name)).validate(doc)
-    assert doc["format"] == f"rnnexport.{name}/1"
-    return doc
 
 
 def succeeds(*args: str | Path) -> Outcome:

@@ -7,7 +7,6 @@ input byte-identical afterwards, nothing half-written.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from rnnexport.core.contract import Form, GraphInfo, IOSpec, Layout, Lowering, S
 from rnnexport.core.errors import RunError, RuntimeContractError
 from rnnexport.core.onnxfile import read_info, write_info
 from rnnexport.runtime import StatefulSession, StreamBatcher
+from tests.bundles import relisted_copy
 from tests.cli import assert_one_line_error, invoke, snapshot
 
 
@@ -174,18 +174,6 @@ def test_a_failed_batcher_step_is_an_rnnexport_error(tmp_path):
     assert os.path.exists(path)
 
 
-def _relisted(bundle: Path, target: Path, change) -> Path:
-    """A copy of ``bundle`` where ``change(folder)`` edits files, then the manifest re-lists their checksums."""
-    shutil.copytree(bundle, target)
-    change(target)
-    manifest = json.loads((target / "manifest.json").read_text())
-    for entry in manifest["files"]:
-        data = (target / entry["path"]).read_bytes()
-        entry["sha256"], entry["size"] = hashlib.sha256(data).hexdigest(), len(data)
-    (target / "manifest.json").write_text(json.dumps(manifest))
-    return target
-
-
 def test_a_graph_reading_an_unlisted_external_data_file_does_not_run(bundle, tmp_path):
     """Only what the manifest lists (and checks) runs: a listed graph whose weights sit in an unlisted file fails."""
     def externalize(folder: Path) -> None:
@@ -193,7 +181,7 @@ def test_a_graph_reading_an_unlisted_external_data_file_does_not_run(bundle, tmp
         onnx.save(model, folder / "model.onnx", save_as_external_data=True, location="weights.bin",
                   size_threshold=0)
 
-    external = _relisted(bundle, tmp_path / "external", externalize)
+    external = relisted_copy(bundle, tmp_path / "external", externalize)
     assert (external / "weights.bin").is_file()
     x = tmp_path / "x.npy"
     features = StatefulSession.load(bundle).contract.x_features
@@ -268,7 +256,7 @@ def test_a_loosened_variant_tolerance_does_not_turn_a_failure_into_a_pass(varian
         variant["tolerance"] = {"atol": 1e6, "range_atol": 1e6, "rtol": 1e6}
         (folder / "manifest.json").write_text(json.dumps(manifest))
 
-    bundle = _relisted(variant_bundle, tmp_path / "loose", triple_and_loosen)
+    bundle = relisted_copy(variant_bundle, tmp_path / "loose", triple_and_loosen)
     code, report = _verify_json(bundle, tmp_path)
     failed = [c for c in report["checks"] if not c["passed"]]
     assert code == 1 and failed and all(c.get("variant") == "fp16" or "fp16" in json.dumps(c) for c in failed)
@@ -282,7 +270,7 @@ def test_a_variant_proven_on_another_cpu_is_rechecked_and_said_so(variant_bundle
                 variant["cpu"] = {"machine": variant["cpu"]["machine"], "features": ["avx2"]}
         (folder / "manifest.json").write_text(json.dumps(manifest))
 
-    bundle = _relisted(variant_bundle, tmp_path / "elsewhere", other_cpu)
+    bundle = relisted_copy(variant_bundle, tmp_path / "elsewhere", other_cpu)
     code, report = _verify_json(bundle, tmp_path)
     assert code == 0, report
     notes = " ".join(n if isinstance(n, str) else json.dumps(n) for n in report["notes"])
@@ -403,7 +391,7 @@ def test_the_api_stops_a_looping_graph(looping_step):
 
 
 def test_a_looping_graph_in_a_bundle_fails_verify_and_run(bundle, tmp_path):
-    looping = _relisted(bundle, tmp_path / "looping", lambda folder: _looping(folder / "model.onnx",
+    looping = relisted_copy(bundle, tmp_path / "looping", lambda folder: _looping(folder / "model.onnx",
                                                                               folder / "model.onnx"))
     code, out, _ = invoke("verify", looping, "--engines", "cpu,reference", "--timeout", "1")
     assert code == 1, out

@@ -21,11 +21,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import numpy_helper
 
 import rnnexport
-from rnnexport.cli import main
 from rnnexport.engines.js import chromium_binary
 from rnnexport.verification.render import markdown_text
 from rnnexport.verification.render_html import html_text, write_report
@@ -114,13 +112,12 @@ def test_markdown_for_ci_logs(reports):
 
 
 def test_command_line_writes_the_page_and_refuses_bad_paths(reports, tmp_path):
-    runner = CliRunner()
     args = ["verify", str(reports["good"]), "--engines", "cpu", "--batch-sizes", "1", "--seq-lens", "7"]
-    result = runner.invoke(main, [*args, "--report", str(tmp_path / "r.html")])
-    assert result.exit_code == 0, result.output
+    code, out, err = invoke(*args, "--report", tmp_path / "r.html")
+    assert code == 0, out + err
     assert (tmp_path / "r.html").read_text().startswith("<!doctype html>")
-    result = runner.invoke(main, [*args, "--report", str(tmp_path / "r.md")])
-    assert result.exit_code == 0 and (tmp_path / "r.md").read_text().startswith("# rnnexport verify: PASS")
+    assert invoke(*args, "--report", tmp_path / "r.md").code == 0
+    assert (tmp_path / "r.md").read_text().startswith("# rnnexport verify: PASS")
     assert_one_line_error(invoke(*args, "--report", tmp_path / "r.txt"), "--report", ".html")
     assert not (tmp_path / "r.txt").exists()
     copy = tmp_path / "model.html"
