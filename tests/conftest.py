@@ -1,12 +1,18 @@
-"""Session-wide caches: every configuration is built and exported once per test session."""
+"""Session-wide fixtures: every configuration is built and exported once per test session, a bundle built once."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
 
 import onnxruntime as ort
 import pytest
 
 from rnnexport.export.convert import ConvertResult, convert
+from tests.bundles import make_bundle
+from tests.cli import snapshot
 from tests.configs import build
+from tests.nodejs import node_binary
 
 
 class ExportCache:
@@ -42,3 +48,22 @@ class ExportCache:
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory) -> ExportCache:
     return ExportCache(tmp_path_factory.mktemp("exports"))
+
+
+@pytest.fixture(scope="session")
+def bundle(exports: ExportCache, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A ``rnnexport.bundle/1`` folder of ``seed_lstm`` (both graphs, test vectors), built once, by hand.
+
+    Shared by every test that reads a bundle: a test that changes one works on
+    ``copy_bundle(bundle, tmp_path)``. Teardown checks that no test wrote into it.
+    """
+    folder = make_bundle(exports, "seed_lstm", tmp_path_factory.mktemp("shared") / "bundle")
+    before = snapshot(folder)
+    yield folder
+    assert snapshot(folder) == before, "a test changed the shared bundle: change a copy_bundle() instead"
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """The node binary, with the Node example's npm packages installed (a skip where node or npm is missing)."""
+    return node_binary()

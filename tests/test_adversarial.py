@@ -6,72 +6,23 @@ trusts its manifest, files lost to an output path, tracebacks where one line is 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 
 from rnnexport.bundle import open_bundle
-from rnnexport.cli import main
 from rnnexport.core.errors import BundleError, ContractError, RnnexportError
 from rnnexport.runtime import StatefulSession
-from tests.test_runtime_bundle import make_bundle
+from tests.bundles import copy_bundle, edit_manifest
+from tests.cli import assert_one_line_error, invoke, rnnexport, snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def invoke(*args: object, cwd: Path | None = None) -> tuple[int, str, str]:
-    """The click group in-process: exit code, stdout, stderr."""
-    old = Path.cwd()
-    try:
-        if cwd is not None:
-            os.chdir(cwd)
-        result = CliRunner().invoke(main, [str(a) for a in args])
-    finally:
-        os.chdir(old)
-    return result.exit_code, result.stdout, result.stderr
-
-
-def assert_refused(outcome: tuple[int, str, str], *fragments: str) -> None:
-    code, out, err = outcome
-    assert code == 2, (code, out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` with its SHA-256: to show nothing was written or lost."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def bundle(exports, tmp_path_factory) -> Path:
-    return make_bundle(exports, "seed_lstm", tmp_path_factory.mktemp("adv") / "bundle")
-
-
-def copy_of(bundle: Path, tmp_path: Path, name: str = "copy") -> Path:
-    target = tmp_path / name
-    shutil.copytree(bundle, target)
-    return target
-
-
-def edit(folder: Path, change) -> Path:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    change(manifest)
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
 
 
 def zipped(path: Path, entries: dict[str, bytes]) -> Path:
@@ -110,9 +61,8 @@ def test_verify_never_imports_what_a_graphs_metadata_names(exports, tmp_path, or
     filled = {k: v.format(evil=evil, card=card, card_dir=card.parent) for k, v in origin.items()}
     graph = _with_origin(exports.export("seed_gru").path, tmp_path / "g.onnx", filled)
     # a subprocess: a regression that calls os.abort must not take the test run down with it
-    proc = subprocess.run([sys.executable, "-m", "rnnexport", "verify", str(graph), "--batch-sizes", "1",
-                           "--seq-lens", "2"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert_refused((proc.returncode, proc.stdout, proc.stderr), "pass SOURCE")
+    assert_one_line_error(rnnexport("verify", graph, "--batch-sizes", "1", "--seq-lens", "2", cwd=tmp_path),
+                          "pass SOURCE")
     assert not marker.exists()
 
 
@@ -123,7 +73,7 @@ def test_huge_manifest_is_refused_from_the_headers(tmp_path):
     archive = zipped(tmp_path / "bomb.zip", {"manifest.json": bytes(40 * 2**20)})
     np.save(tmp_path / "x.npy", np.ones((1, 10), np.float32))
     for command in (["verify"], ["inspect"], ["run", "--input", tmp_path / "x.npy"]):
-        assert_refused(invoke(*command[:1], archive, *command[1:]), "refusing", "zip bomb")
+        assert_one_line_error(invoke(*command[:1], archive, *command[1:]), "refusing", "zip bomb")
     with pytest.raises(BundleError, match="zip bomb"):
         StatefulSession.load(archive)
 
@@ -136,7 +86,7 @@ def test_many_members_of_1_mib_are_refused(tmp_path):
 
 def test_too_many_entries_are_refused_quickly(tmp_path):
     archive = zipped(tmp_path / "entries.zip", {"manifest.json": b"{}", **{f"e{i}": b"" for i in range(5000)}})
-    assert_refused(invoke("verify", archive), "5001 entries, over the limit of 4096")
+    assert_one_line_error(invoke("verify", archive), "5001 entries, over the limit of 4096")
 
 
 def test_damaged_zip_member_is_one_line(bundle, tmp_path):
@@ -149,7 +99,7 @@ def test_damaged_zip_member_is_one_line(bundle, tmp_path):
     offset = data.index(b"manifest.json") + 200  # inside a stored member near the manifest's entry
     data[offset] ^= 0xFF
     archive.write_bytes(bytes(data))
-    assert_refused(invoke("verify", archive))
+    assert_one_line_error(invoke("verify", archive))
 
 
 # --------------------------------------------------------------------------- 3. NaN
@@ -159,7 +109,7 @@ def test_run_refuses_nan_input_by_default(bundle, tmp_path):
     x = np.ones((1, 10), np.float32)
     x[0, 3] = np.nan
     np.save(tmp_path / "x.npy", x)
-    assert_refused(invoke("run", bundle, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy"), "NaN", "x")
+    assert_one_line_error(invoke("run", bundle, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy"), "NaN", "x")
     assert not (tmp_path / "y.npy").exists()
     code, _, err = invoke("run", bundle, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy", "--allow-nonfinite")
     assert code == 0, err
@@ -183,7 +133,7 @@ def test_nan_weights_are_not_packaged(exports, tmp_path):
     array.flat[0] = np.nan
     tensor.CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
     onnx.save(model, tmp_path / "nan.onnx")
-    assert_refused(invoke("package", tmp_path / "nan.onnx", "-o", tmp_path / "b"), "NaN or Inf in its weights")
+    assert_one_line_error(invoke("package", tmp_path / "nan.onnx", "-o", tmp_path / "b"), "NaN or Inf in its weights")
     assert not (tmp_path / "b").exists()
 
 
@@ -202,16 +152,16 @@ def test_nan_weights_are_not_packaged(exports, tmp_path):
 ], ids=["dotdot-graph", "absolute-graph", "unlisted-graph", "tampered-io", "files-string", "no-graphs",
         "huge-state", "vector-for-no-graph"])
 def test_tampered_manifest_is_refused_by_verify_and_run(bundle, tmp_path, change, fragments):
-    folder = edit(copy_of(bundle, tmp_path), change)
+    folder = edit_manifest(copy_bundle(bundle, tmp_path), change)
     before = snapshot(tmp_path)
-    assert_refused(invoke("verify", folder), *fragments)
+    assert_one_line_error(invoke("verify", folder), *fragments)
     np.save(tmp_path / "x.npy", np.ones((1, 10), np.float32))
-    assert_refused(invoke("run", folder, "--input", tmp_path / "x.npy"), *fragments)
+    assert_one_line_error(invoke("run", folder, "--input", tmp_path / "x.npy"), *fragments)
     assert snapshot(tmp_path) == {**before, "x.npy": snapshot(tmp_path)["x.npy"]}
 
 
 def test_manifest_without_sizes_still_checks_every_checksum(bundle, tmp_path):
-    folder = copy_of(bundle, tmp_path)
+    folder = copy_bundle(bundle, tmp_path)
     manifest = json.loads((folder / "manifest.json").read_text())
     for entry in manifest["files"]:
         entry.pop("size")
@@ -219,7 +169,7 @@ def test_manifest_without_sizes_still_checks_every_checksum(bundle, tmp_path):
     code, out, err = invoke("verify", folder)
     assert code == 0, err
     (folder / "step.onnx").write_bytes((folder / "step.onnx").read_bytes() + b"\0")
-    assert_refused(invoke("verify", folder), "step.onnx does not match its SHA-256")
+    assert_one_line_error(invoke("verify", folder), "step.onnx does not match its SHA-256")
 
 
 def _tampered_graph(exports, tmp_path, key: str, value: str) -> Path:
@@ -242,10 +192,10 @@ def _tampered_graph(exports, tmp_path, key: str, value: str) -> Path:
 def test_graph_with_tampered_metadata_is_one_line_everywhere(exports, tmp_path, key, value, fragment):
     graph = _tampered_graph(exports, tmp_path, key, value)
     np.save(tmp_path / "x.npy", np.ones((1, 10), np.float32))
-    assert_refused(invoke("verify", graph), fragment)
-    assert_refused(invoke("run", graph, "--input", tmp_path / "x.npy"), fragment)
-    assert_refused(invoke("package", graph, "-o", tmp_path / "b"), fragment)
-    assert_refused(invoke("inspect", graph), fragment)
+    assert_one_line_error(invoke("verify", graph), fragment)
+    assert_one_line_error(invoke("run", graph, "--input", tmp_path / "x.npy"), fragment)
+    assert_one_line_error(invoke("package", graph, "-o", tmp_path / "b"), fragment)
+    assert_one_line_error(invoke("inspect", graph), fragment)
     assert not (tmp_path / "b").exists()
 
 
@@ -261,7 +211,7 @@ def test_damaged_plain_test_folder_is_one_line(tmp_path):
     folder = tmp_path / "plain"
     (folder / "test_data_set_0").mkdir(parents=True)
     (folder / "model.onnx").write_bytes(b"not a model")
-    assert_refused(invoke("verify", folder), "is not an ONNX model")
+    assert_one_line_error(invoke("verify", folder), "is not an ONNX model")
 
 
 def test_garbage_test_vector_is_one_line(exports, tmp_path):
@@ -270,7 +220,7 @@ def test_garbage_test_vector_is_one_line(exports, tmp_path):
     shutil.copyfile(exports.export("seed_gru").path, folder / "model.onnx")
     (folder / "test_data_set_0" / "input_0.pb").write_bytes(os.urandom(64))
     (folder / "test_data_set_0" / "output_0.pb").write_bytes(os.urandom(64))
-    assert_refused(invoke("verify", folder), "test_data_set_0")
+    assert_one_line_error(invoke("verify", folder), "test_data_set_0")
 
 
 # --------------------------------------------------------------------------- 5. nothing of the user's lost
@@ -281,19 +231,19 @@ def test_convert_never_writes_over_its_own_weights(tmp_path):
     mine = tmp_path / "w.safetensors"
     shutil.copyfile(weights, mine)
     before = mine.read_bytes()
-    assert_refused(invoke("convert", "gru", "--weights", mine, "-o", mine, "--force"), "would overwrite", "input")
+    assert_one_line_error(invoke("convert", "gru", "--weights", mine, "-o", mine, "--force"), "would overwrite", "input")
     assert mine.read_bytes() == before
 
 
 def test_convert_never_writes_into_the_models_folder(tmp_path):
     target = ROOT / "models" / "lstm-charlm" / "weights.safetensors"
     before = target.read_bytes()
-    assert_refused(invoke("convert", "gru", "-o", target, "--force"), "models folder")
+    assert_one_line_error(invoke("convert", "gru", "-o", target, "--force"), "models folder")
     assert target.read_bytes() == before
 
 
 def test_convert_refuses_a_device_node():
-    assert_refused(invoke("convert", "gru", "-o", "/dev/null"), "not a regular file")
+    assert_one_line_error(invoke("convert", "gru", "-o", "/dev/null"), "not a regular file")
 
 
 def test_package_force_replaces_only_a_bundle(exports, tmp_path):
@@ -301,7 +251,7 @@ def test_package_force_replaces_only_a_bundle(exports, tmp_path):
     mine.mkdir()
     (mine / "thesis.txt").write_text("years of work")
     graph = exports.export("seed_rnn").path
-    assert_refused(invoke("package", graph, "-o", mine, "--variants", "none", "--force"), "not an rnnexport bundle")
+    assert_one_line_error(invoke("package", graph, "-o", mine, "--variants", "none", "--force"), "not an rnnexport bundle")
     assert (mine / "thesis.txt").read_text() == "years of work"
 
 
@@ -309,7 +259,7 @@ def test_package_into_the_current_folder_is_refused(exports, tmp_path):
     graph = exports.export("seed_rnn").path
     (tmp_path / "keep.txt").write_text("keep")
     before = snapshot(tmp_path)
-    assert_refused(invoke("package", graph, "-o", ".", "--variants", "none", "--force", cwd=tmp_path),
+    assert_one_line_error(invoke("package", graph, "-o", ".", "--variants", "none", "--force", cwd=tmp_path),
                    "current folder")
     assert snapshot(tmp_path) == before
 
@@ -317,15 +267,15 @@ def test_package_into_the_current_folder_is_refused(exports, tmp_path):
 def test_package_zip_needs_force_and_a_bundle_to_replace(exports, tmp_path):
     graph = exports.export("seed_rnn").path
     (tmp_path / "b.zip").write_bytes(b"someone's archive")
-    assert_refused(invoke("package", graph, "-o", tmp_path / "b", "--variants", "none", "--zip"), "already exists")
-    assert_refused(invoke("package", graph, "-o", tmp_path / "b", "--variants", "none", "--zip", "--force"),
+    assert_one_line_error(invoke("package", graph, "-o", tmp_path / "b", "--variants", "none", "--zip"), "already exists")
+    assert_one_line_error(invoke("package", graph, "-o", tmp_path / "b", "--variants", "none", "--zip", "--force"),
                    "not an rnnexport bundle")
     assert (tmp_path / "b.zip").read_bytes() == b"someone's archive" and not (tmp_path / "b").exists()
 
 
 def test_package_zip_path_that_is_a_folder(exports, tmp_path):
     (tmp_path / "b.zip").mkdir()
-    assert_refused(invoke("package", exports.export("seed_rnn").path, "-o", tmp_path / "b", "--variants", "none",
+    assert_one_line_error(invoke("package", exports.export("seed_rnn").path, "-o", tmp_path / "b", "--variants", "none",
                           "--zip"), "already exists")
 
 
@@ -334,7 +284,7 @@ def test_package_refuses_an_output_that_holds_its_input(exports, tmp_path):
     folder.mkdir()
     graph = folder / "m.onnx"
     shutil.copyfile(exports.export("seed_rnn").path, graph)
-    assert_refused(invoke("package", graph, "-o", folder, "--variants", "none", "--force"), "input of this command")
+    assert_one_line_error(invoke("package", graph, "-o", folder, "--variants", "none", "--force"), "input of this command")
     assert graph.is_file()
 
 
@@ -342,25 +292,25 @@ def test_package_refuses_an_output_that_holds_its_input(exports, tmp_path):
 
 
 def test_huge_hidden_size_is_refused_before_allocating(tmp_path):
-    assert_refused(invoke("convert", "lstm", "--hidden-size", "20000", "-o", tmp_path / "m.onnx"),
+    assert_one_line_error(invoke("convert", "lstm", "--hidden-size", "20000", "-o", tmp_path / "m.onnx"),
                    "parameters, over the limit")
     assert not (tmp_path / "m.onnx").exists()
 
 
 def test_huge_grid_is_refused_before_running(exports):
-    assert_refused(invoke("verify", exports.export("seed_gru").path, "--seq-lens", "10000000"), "over the limit")
+    assert_one_line_error(invoke("verify", exports.export("seed_gru").path, "--seq-lens", "10000000"), "over the limit")
 
 
 def test_factory_calling_sys_exit_is_one_line(tmp_path):
     (tmp_path / "f.py").write_text("import sys\ndef make():\n    sys.exit(3)\n")
-    assert_refused(invoke("convert", f"{tmp_path / 'f.py'}:make", "-o", tmp_path / "m.onnx"), "sys.exit(3)")
+    assert_one_line_error(invoke("convert", f"{tmp_path / 'f.py'}:make", "-o", tmp_path / "m.onnx"), "sys.exit(3)")
 
 
 @pytest.mark.parametrize("content", [b"\x93NUMPY garbage", os.urandom(300)], ids=["truncated", "random-bytes"])
 def test_damaged_state_file_is_one_line(bundle, tmp_path, content):
     np.save(tmp_path / "x.npy", np.ones((1, 10), np.float32))
     (tmp_path / "s.npz").write_bytes(content)
-    assert_refused(invoke("run", bundle, "--input", tmp_path / "x.npy", "--state-in", tmp_path / "s.npz"), "state")
+    assert_one_line_error(invoke("run", bundle, "--input", tmp_path / "x.npy", "--state-in", tmp_path / "s.npz"), "state")
 
 
 def test_truncated_npz_state_is_one_line(bundle, tmp_path):
@@ -368,13 +318,13 @@ def test_truncated_npz_state_is_one_line(bundle, tmp_path):
     np.savez(tmp_path / "s.npz", h=np.zeros((1, 16), np.float32), c=np.zeros((1, 16), np.float32))
     data = (tmp_path / "s.npz").read_bytes()
     (tmp_path / "s.npz").write_bytes(data[: len(data) // 2])
-    assert_refused(invoke("run", bundle, "--input", tmp_path / "x.npy", "--state-in", tmp_path / "s.npz"), "state")
+    assert_one_line_error(invoke("run", bundle, "--input", tmp_path / "x.npy", "--state-in", tmp_path / "s.npz"), "state")
 
 
 def test_object_array_state_is_one_line(bundle, tmp_path):
     np.save(tmp_path / "x.npy", np.ones((1, 10), np.float32))
     np.savez(tmp_path / "s.npz", h=np.array([object()], dtype=object), c=np.zeros((1, 16), np.float32))
-    assert_refused(invoke("run", bundle, "--input", tmp_path / "x.npy", "--state-in", tmp_path / "s.npz"), "state")
+    assert_one_line_error(invoke("run", bundle, "--input", tmp_path / "x.npy", "--state-in", tmp_path / "s.npz"), "state")
 
 
 @pytest.mark.parametrize("streams", [True, 2.0, "0", [0, True]])
@@ -438,7 +388,7 @@ def test_inspect_prints_a_graphs_description_as_one_line(exports, tmp_path):
 
 
 def test_inspect_and_verify_print_a_manifests_description_as_one_line(bundle, tmp_path):
-    folder = edit(copy_of(bundle, tmp_path), lambda m: m.setdefault("model", {}).update(description=FORGED))
+    folder = edit_manifest(copy_bundle(bundle, tmp_path), lambda m: m.setdefault("model", {}).update(description=FORGED))
     code, out, err = invoke("inspect", folder)
     assert code == 0 and err == "", err
     _no_forged_lines(out)

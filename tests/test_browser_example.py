@@ -50,7 +50,8 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
+def charlm_bundle(tmp_path_factory) -> Path:
+    """The trained character LSTM packaged (both graphs, no variants): what the page streams."""
     folder = tmp_path_factory.mktemp("charlm")
     sequence = rnnexport.convert("lstm-charlm", folder / "charlm.onnx")
     step = rnnexport.convert("lstm-charlm", folder / "charlm-step.onnx", form="step")
@@ -98,19 +99,19 @@ def run_page(chromium: str, bundle: Path, query: str, vocabulary: Path | None = 
     return json.loads(lines[0][len("result: "):])
 
 
-def test_the_page_generates_what_python_generates(chromium, bundle):
+def test_the_page_generates_what_python_generates(chromium, charlm_bundle):
     card = json.loads(CARD.read_text())  # the bundle's manifest records the vocabulary: no --vocabulary
-    result = run_page(chromium, bundle, f"?length={LENGTH}&prompt={urllib.parse.quote(card['prompt'])}",
+    result = run_page(chromium, charlm_bundle, f"?length={LENGTH}&prompt={urllib.parse.quote(card['prompt'])}",
                       vocabulary=None)
     assert "error" not in result, result["error"]
     assert result["prompt"] == card["prompt"] and result["steps"] == len(card["prompt"]) + LENGTH
-    assert result["text"] == greedy_in_python(bundle, card["vocabulary"], card["prompt"], LENGTH)
+    assert result["text"] == greedy_in_python(charlm_bundle, card["vocabulary"], card["prompt"], LENGTH)
     assert "the state" in result["text"]  # a trained model writes words, not noise
 
 
 @pytest.mark.parametrize("file", ["step.onnx", "weights.bin"])  # the step graph and the weights it shares
-def test_the_page_reports_a_tampered_file_in_one_line(chromium, bundle, tmp_path, file):
-    tampered = Path(shutil.copytree(bundle, tmp_path / "bundle"))
+def test_the_page_reports_a_tampered_file_in_one_line(chromium, charlm_bundle, tmp_path, file):
+    tampered = Path(shutil.copytree(charlm_bundle, tmp_path / "bundle"))
     assert json.loads((tampered / "manifest.json").read_text())["graphs"]["step"]["weights"] == "weights.bin"
     with open(tampered / file, "ab") as f:
         f.write(b"\0")
@@ -118,13 +119,13 @@ def test_the_page_reports_a_tampered_file_in_one_line(chromium, bundle, tmp_path
     assert result == {"error": f"checksum mismatch: {file} does not match the manifest"}
 
 
-def test_the_page_reads_a_served_vocabulary_when_the_manifest_has_none(chromium, bundle, tmp_path):
+def test_the_page_reads_a_served_vocabulary_when_the_manifest_has_none(chromium, charlm_bundle, tmp_path):
     card = json.loads(CARD.read_text())
-    copy = Path(shutil.copytree(bundle, tmp_path / "bundle"))
+    copy = Path(shutil.copytree(charlm_bundle, tmp_path / "bundle"))
     manifest = json.loads((copy / "manifest.json").read_text())
     assert manifest["io"]["vocabulary"] == list(card["vocabulary"])
     del manifest["io"]["vocabulary"]  # the manifest is not among its own checksums
     (copy / "manifest.json").write_text(json.dumps(manifest))
     result = run_page(chromium, copy, "?length=40")  # --vocabulary CARD: its vocabulary and prompt
     assert result["prompt"] == card["prompt"]
-    assert result["text"] == greedy_in_python(bundle, card["vocabulary"], card["prompt"], 40)
+    assert result["text"] == greedy_in_python(charlm_bundle, card["vocabulary"], card["prompt"], 40)

@@ -1,4 +1,9 @@
-"""``rnnexport convert`` from the command line: output, help, and bad input."""
+"""``rnnexport convert`` from the command line: output, help, and bad input.
+
+The command runs in-process (``tests/cli.py``); a real process only where the process is the
+point: the console script and ``python -m`` agreeing, shell completion, and where a factory's
+imports come from (the working folder, the file's folder).
+"""
 
 from __future__ import annotations
 
@@ -11,33 +16,15 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from rnnexport.cli import main
 from rnnexport.cli.convert import convert_command
 from rnnexport.source import cells
-
-
-def run(args, cwd=None):
-    """The real console entry point in a subprocess: exit code, stdout, stderr."""
-    proc = subprocess.run([sys.executable, "-m", "rnnexport", *args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-def assert_one_line_error(code, out, err, *fragments):
-    assert code == 2, (out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from tests.cli import Outcome, assert_one_line_error, invoke, rnnexport
 
 
 def test_convert_writes_checked_model_and_prints_contract(tmp_path):
-    code, out, err = run(["convert", "gru", "--input-size", "5", "--hidden-size", "8", "-o",
-                          str(tmp_path / "g.onnx")])
+    code, out, err = invoke("convert", "gru", "--input-size", "5", "--hidden-size", "8", "-o", tmp_path / "g.onnx")
     assert code == 0, err
     assert "lowering  native" in out and "h float32[B, 8]" in out and "y float32[T, B, 5]" in out
     model = onnx.load(tmp_path / "g.onnx")
@@ -48,14 +35,14 @@ def test_convert_writes_checked_model_and_prints_contract(tmp_path):
 
 
 def test_help_documents_every_option():
-    result = CliRunner().invoke(main, ["convert", "--help"])
-    assert result.exit_code == 0
+    code, out, _ = invoke("convert", "--help")
+    assert code == 0
     for param in convert_command.params:
         for opt in getattr(param, "opts", []):
             if opt.startswith("-"):
-                assert opt in result.output, opt
+                assert opt in out, opt
         if isinstance(param, type(convert_command.params[0])) and param.help is not None:
-            assert param.help.split()[0] in result.output
+            assert param.help.split()[0] in out
 
 
 def _factory_file(tmp_path: Path, body: str) -> Path:
@@ -70,8 +57,7 @@ def _factory_file(tmp_path: Path, body: str) -> Path:
     (["convert", "lstm", "--lowering", "scan", "--form", "step"], ["scan lowers sequences"]),
 ])
 def test_bad_source_is_one_line(tmp_path, args, fragments):
-    code, out, err = run([*args, "-o", str(tmp_path / "m.onnx")], cwd=tmp_path)
-    assert_one_line_error(code, out, err, *fragments)
+    assert_one_line_error(invoke(*args, "-o", tmp_path / "m.onnx", cwd=tmp_path), *fragments)
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -84,14 +70,13 @@ def test_bad_source_is_one_line(tmp_path, args, fragments):
 ])
 def test_bad_factory_is_one_line(tmp_path, body, fragments):
     path = _factory_file(tmp_path, body)
-    code, out, err = run(["convert", f"{path}:make", "-o", str(tmp_path / "m.onnx")])
-    assert_one_line_error(code, out, err, *fragments)
+    assert_one_line_error(invoke("convert", f"{path}:make", "-o", tmp_path / "m.onnx"), *fragments)
     assert not (tmp_path / "m.onnx").exists()
 
 
 def test_factory_file_returning_a_module_converts(tmp_path):
     path = _factory_file(tmp_path, "def make():\n    return torch.nn.GRU(4, 6, num_layers=2)\n")
-    code, out, err = run(["convert", f"{path}:make", "-o", str(tmp_path / "m.onnx")])
+    code, out, err = invoke("convert", f"{path}:make", "-o", tmp_path / "m.onnx")
     assert code == 0, err
     assert "torch.nn.GRU (2 layers, hidden 6)" in out and "h float32[2, B, 6]" in out
 
@@ -111,36 +96,33 @@ def _weights(tmp_path: Path, edit) -> Path:
 ])
 def test_bad_weights_name_the_tensor(tmp_path, edit, fragments):
     path = _weights(tmp_path, edit)
-    code, out, err = run(["convert", "lstm", "--weights", str(path), "-o", str(tmp_path / "m.onnx")])
-    assert_one_line_error(code, out, err, *fragments)
+    assert_one_line_error(invoke("convert", "lstm", "--weights", path, "-o", tmp_path / "m.onnx"), *fragments)
     assert not (tmp_path / "m.onnx").exists()
 
 
 def test_weights_set_the_sizes_and_explicit_sizes_must_agree(tmp_path):
     path = _weights(tmp_path, lambda w: None)
-    code, out, err = run(["convert", "lstm", "--weights", str(path), "-o", str(tmp_path / "m.onnx")])
+    code, out, err = invoke("convert", "lstm", "--weights", path, "-o", tmp_path / "m.onnx")
     assert code == 0 and "input 6, hidden 8" in out, err
-    code, out, err = run(["convert", "lstm", "--weights", str(path), "--hidden-size", "9",
-                          "-o", str(tmp_path / "n.onnx")])
-    assert_one_line_error(code, out, err, "'W_xi'", "needs (6, 9)")
+    assert_one_line_error(invoke("convert", "lstm", "--weights", path, "--hidden-size", "9", "-o", tmp_path / "n.onnx"),
+                          "'W_xi'", "needs (6, 9)")
 
 
 def test_torch_weights_file_loads_with_weights_only(tmp_path):
     named = dict(zip(cells.PARAM_NAMES["rnn"], cells.init_params("rnn", 3, 4), strict=True))
     torch.save(named, tmp_path / "w.pt")
-    code, out, err = run(["convert", "rnn", "--weights", str(tmp_path / "w.pt"), "-o", str(tmp_path / "m.onnx")])
+    code, _, err = invoke("convert", "rnn", "--weights", tmp_path / "w.pt", "-o", tmp_path / "m.onnx")
     assert code == 0, err
     (tmp_path / "bad.pt").write_bytes(b"not a torch file")
-    code, out, err = run(["convert", "rnn", "--weights", str(tmp_path / "bad.pt"), "-o", str(tmp_path / "n.onnx")])
-    assert_one_line_error(code, out, err, "cannot read weights file")
+    assert_one_line_error(invoke("convert", "rnn", "--weights", tmp_path / "bad.pt", "-o", tmp_path / "n.onnx"),
+                          "cannot read weights file")
 
 
 def test_unwritable_output_path_is_one_line(tmp_path):
     (tmp_path / "plain-file").write_text("")
     targets = [tmp_path / "plain-file" / "m.onnx", Path("/proc/m.onnx"), tmp_path]
     for target in targets:
-        code, out, err = run(["convert", "rnn", "--hidden-size", "4", "-o", str(target)])
-        assert_one_line_error(code, out, err, str(target))
+        assert_one_line_error(invoke("convert", "rnn", "--hidden-size", "4", "-o", target), str(target))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain-file"]
 
 
@@ -148,10 +130,10 @@ def test_an_existing_output_is_replaced_only_with_force(tmp_path):
     """As package and triton do: without --force, one line and the file untouched; with it, replaced."""
     target = tmp_path / "m.onnx"
     target.write_bytes(b"keep")
-    code, out, err = run(["convert", "rnn", "--hidden-size", "4", "-o", str(target)])
-    assert_one_line_error(code, out, err, f"{target} already exists", "--force")
+    assert_one_line_error(invoke("convert", "rnn", "--hidden-size", "4", "-o", target),
+                          f"{target} already exists", "--force")
     assert target.read_bytes() == b"keep"
-    code, out, err = run(["convert", "rnn", "--hidden-size", "4", "-o", str(target), "--force"])
+    code, _, err = invoke("convert", "rnn", "--hidden-size", "4", "-o", target, "--force")
     assert code == 0, err
     onnx.checker.check_model(onnx.load(target), full_check=True)
 
@@ -161,11 +143,9 @@ def test_a_hugging_face_folder_is_told_what_rnnexport_reads(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text('{"model_type": "lstm"}')
     save_file({"w": torch.zeros(2)}, folder / "model.safetensors")
-    code, out, err = run(["convert", str(folder), "-o", str(tmp_path / "m.onnx")])
-    assert_one_line_error(code, out, err, "Hugging Face model folder", "card.json and weights.safetensors",
-                          "file.py:factory")
-    code, out, err = run(["convert", str(tmp_path), "-o", str(tmp_path / "m.onnx")])
-    assert_one_line_error(code, out, err, "holds no card.json")
+    assert_one_line_error(invoke("convert", folder, "-o", tmp_path / "m.onnx"), "Hugging Face model folder",
+                          "card.json and weights.safetensors", "file.py:factory")
+    assert_one_line_error(invoke("convert", tmp_path, "-o", tmp_path / "m.onnx"), "holds no card.json")
 
 
 def test_shell_completion_as_documented():
@@ -188,30 +168,29 @@ def test_native_for_a_cell_it_cannot_express_is_one_line(tmp_path):
         "    for X in inputs:\n        H = torch.sin(X @ params[0] + H)\n        outs.append(H)\n"
         "    return torch.cat(outs, 0), (H,)\n"
         "def make():\n    return rnnexport.from_cell(cell, [torch.randn(3, 4)], (torch.zeros(1, 4),))\n")
-    code, out, err = run(["convert", f"{path}:make", "--lowering", "native", "-o", str(tmp_path / "m.onnx")])
-    assert_one_line_error(code, out, err, "native: the loop is not one of the seed's", "try --lowering auto")
+    assert_one_line_error(invoke("convert", f"{path}:make", "--lowering", "native", "-o", tmp_path / "m.onnx"),
+                          "native: the loop is not one of the seed's", "try --lowering auto")
     assert not (tmp_path / "m.onnx").exists()
-    code, out, err = run(["convert", f"{path}:make", "-o", str(tmp_path / "m.onnx")])
+    code, out, err = invoke("convert", f"{path}:make", "-o", tmp_path / "m.onnx")
     assert code == 0 and "lowering  scan" in out, err
 
 
 def test_python_dash_m_and_console_script_agree(tmp_path):
     """``python -m rnnexport`` and the installed ``rnnexport`` script are one program: same version, same help."""
-    dash_m = [subprocess.run([sys.executable, "-m", "rnnexport", *args], capture_output=True, text=True, cwd=tmp_path)
-              for args in (["--version"], ["convert", "--help"])]
+    dash_m = [rnnexport(*args, cwd=tmp_path) for args in (["--version"], ["convert", "--help"])]
     script = [console(args, tmp_path) for args in (["--version"], ["convert", "--help"])]
-    assert [p.returncode for p in dash_m] == [code for code, _, _ in script] == [0, 0]
-    assert [p.stdout.replace("python -m rnnexport", "rnnexport") for p in dash_m] == \
+    assert [p.code for p in dash_m] == [code for code, _, _ in script] == [0, 0]
+    assert [p.out.replace("python -m rnnexport", "rnnexport") for p in dash_m] == \
         [out.replace("python -m rnnexport", "rnnexport") for _, out, _ in script]
-    assert "rnnexport" in dash_m[0].stdout
+    assert "rnnexport" in dash_m[0].out
 
 
-def console(args, cwd):
+def console(args: list[str], cwd: Path) -> Outcome:
     """The installed console script (not ``python -m``, which puts the working folder on sys.path itself)."""
     script = Path(sys.executable).with_name("rnnexport")
     proc = subprocess.run([str(script), *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    return proc.returncode, proc.stdout, proc.stderr
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
+    return Outcome(proc.returncode, proc.stdout, proc.stderr)
 
 
 GRU = "import torch\n\ndef make_model():\n    return torch.nn.GRU(4, 6)\n"
@@ -243,8 +222,8 @@ def test_file_factory_imports_its_siblings_and_is_named_after_the_file(tmp_path)
     (["--seq-len", "5", "--lowering", "unrolled", "--form", "step"], "a step graph is one step"),
 ])
 def test_seq_len_without_an_unrolled_sequence_is_an_error(tmp_path, args, fragment):
-    code, out, err = run(["convert", "rnn", "--hidden-size", "4", *args, "-o", str(tmp_path / "m.onnx")])
-    assert_one_line_error(code, out, err, "--seq-len", fragment)
+    assert_one_line_error(invoke("convert", "rnn", "--hidden-size", "4", *args, "-o", tmp_path / "m.onnx"),
+                          "--seq-len", fragment)
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -256,16 +235,15 @@ def test_seq_len_without_an_unrolled_sequence_is_an_error(tmp_path, args, fragme
     (["frobnicate"], "No such command 'frobnicate'"),
 ])
 def test_usage_errors_are_one_line_like_the_tools_own(tmp_path, args, fragment):
-    code, out, err = console(args, cwd=tmp_path)
-    assert_one_line_error(code, out, err, fragment, "--help")
+    assert_one_line_error(invoke(*args, cwd=tmp_path), fragment, "--help")
 
 
 def test_weights_are_recorded_as_a_relative_path(tmp_path):
     path = _weights(tmp_path, lambda w: None)
-    code, out, err = run(["convert", "lstm", "--weights", str(path), "-o", "m.onnx"], cwd=tmp_path)
+    code, _, err = invoke("convert", "lstm", "--weights", path, "-o", "m.onnx", cwd=tmp_path)
     assert code == 0, err
     props = {p.key: p.value for p in onnx.load(tmp_path / "m.onnx").metadata_props}
     assert json.loads(props["rnnexport.origin"])["weights"] == "w.safetensors"
     assert str(tmp_path) not in props["rnnexport.origin"]
-    code, out, err = run(["verify", "m.onnx", "--seq-lens", "1,3", "--batch-sizes", "1", "-q"], cwd=tmp_path)
+    code, out, err = invoke("verify", "m.onnx", "--seq-lens", "1,3", "--batch-sizes", "1", "-q", cwd=tmp_path)
     assert code == 0, out + err  # the source is rebuilt from the recorded (relative) weights

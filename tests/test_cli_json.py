@@ -20,29 +20,21 @@ import jsonschema
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner, Result
 
-from rnnexport.cli import COMMANDS, main
+from rnnexport.cli import COMMANDS
+from tests.cli import Outcome, assert_one_line_error, invoke
+from tests.schemas import schema, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["gru", "--input-size", "4", "--hidden-size", "8"]
 DOCUMENTS = ["convert-result", "package-result", "run-result", "triton-result", "inspect-result"]
 
 
-def schema(name: str) -> dict[str, Any]:
-    return json.loads((ROOT / "docs" / f"{name}.schema.json").read_text())
-
-
-def validate(doc: dict[str, Any], name: str) -> dict[str, Any]:
-    jsonschema.Draft202012Validator(schema(name)).validate(doc)
-    assert doc["format"] == f"rnnexport.{name}/1"
-    return doc
-
-
-def invoke(*args: str | Path) -> Result:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
+def succeeds(*args: str | Path) -> Outcome:
+    """``rnnexport ARGS`` in-process, which must exit 0."""
+    outcome = invoke(*args)
+    assert outcome.code == 0, outcome
+    return outcome
 
 
 def written(path: Path, name: str) -> dict[str, Any]:
@@ -60,10 +52,10 @@ def test_schemas_are_valid_and_name_their_format(name):
 def work(tmp_path_factory) -> Path:
     """A small seed GRU's graphs and a bundle of them, made through the commands under test."""
     folder = tmp_path_factory.mktemp("json")
-    invoke("convert", *SMALL, "-o", folder / "g.onnx", "--json", folder / "convert.json")
-    invoke("convert", *SMALL, "--form", "step", "-o", folder / "g.step.onnx")
-    invoke("package", folder / "g.onnx", *SMALL, "--step", folder / "g.step.onnx", "-o", folder / "b", "--zip",
-           "--variants", "fp16", "--json", folder / "package.json")
+    succeeds("convert", *SMALL, "-o", folder / "g.onnx", "--json", folder / "convert.json")
+    succeeds("convert", *SMALL, "--form", "step", "-o", folder / "g.step.onnx")
+    succeeds("package", folder / "g.onnx", *SMALL, "--step", folder / "g.step.onnx", "-o", folder / "b", "--zip",
+             "--variants", "fp16", "--json", folder / "package.json")
     return folder
 
 
@@ -93,7 +85,7 @@ def test_package_json_matches_the_manifest(work):
 
 @pytest.mark.parametrize("target", ["b.zip", "b", "g.onnx"])
 def test_inspect_json_validates_for_bundles_and_graphs(work, target):
-    doc = validate(json.loads(invoke("inspect", work / target, "--json", "-").stdout), "inspect-result")
+    doc = validate(json.loads(succeeds("inspect", work / target, "--json", "-").out), "inspect-result")
     if target == "g.onnx":
         assert doc["kind"] == "graph" and doc["size_bytes"] == os.path.getsize(work / target)
         return
@@ -108,7 +100,7 @@ def test_inspect_json_of_a_graph_rnnexport_did_not_write(tmp_path):
                                    [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [2])],
                                    [onnx.helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [2])])
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 20)]), tmp_path / "p.onnx")
-    doc = validate(json.loads(invoke("inspect", tmp_path / "p.onnx", "--json").stdout), "inspect-result")
+    doc = validate(json.loads(succeeds("inspect", tmp_path / "p.onnx", "--json").out), "inspect-result")
     assert doc["contract"] is None and doc["operators"] == ["Relu"] and doc["inputs"] == ["a"]
 
 
@@ -116,34 +108,34 @@ def test_run_json_for_one_stream_and_for_several(work, tmp_path):
     rng = np.random.default_rng(0)
     for i, steps in enumerate((5, 3)):
         np.save(tmp_path / f"x{i}.npy", rng.standard_normal((steps, 1, 4)).astype(np.float32))
-    invoke("run", work / "b.zip", "-i", tmp_path / "x0.npy", "-o", tmp_path / "y.npy", "--state-out",
-           tmp_path / "s.npz", "--json", tmp_path / "run.json")
+    succeeds("run", work / "b.zip", "-i", tmp_path / "x0.npy", "-o", tmp_path / "y.npy", "--state-out",
+             tmp_path / "s.npz", "--json", tmp_path / "run.json")
     doc = written(tmp_path / "run.json", "run-result")
     assert doc["streams"] == [{"call": "sequence", "steps": 5, "batch": 1, "y": str(tmp_path / "y.npy"),
                                "y_shape": list(np.load(tmp_path / "y.npy").shape)}]
     assert doc["state_out"] == str(tmp_path / "s.npz") and doc["providers"][0] == "CPUExecutionProvider"
-    result = invoke("run", work / "b.zip", "-i", tmp_path / "x0.npy", "-i", tmp_path / "x1.npy", "-o",
-                    tmp_path / "y0.npy", "-o", tmp_path / "y1.npy", "--json", "-")
-    doc = validate(json.loads(result.stdout), "run-result")
+    result = succeeds("run", work / "b.zip", "-i", tmp_path / "x0.npy", "-i", tmp_path / "x1.npy", "-o",
+                      tmp_path / "y0.npy", "-o", tmp_path / "y1.npy", "--json", "-")
+    doc = validate(json.loads(result.out), "run-result")
     assert [s["steps"] for s in doc["streams"]] == [5, 3] and doc["calls"] == 5
     assert [np.load(s["y"]).shape for s in doc["streams"]] == [(5, 1, 4), (3, 1, 4)]
 
 
 def test_triton_json_describes_the_model_folder(work, tmp_path):
     pytest.importorskip("tritonclient")
-    result = invoke("triton", work / "g.step.onnx", "-o", tmp_path / "repo", "--name", "g", "--max-batch-size", "8",
-                    "--json", "-")
-    doc = validate(json.loads(result.stdout), "triton-result")
+    result = succeeds("triton", work / "g.step.onnx", "-o", tmp_path / "repo", "--name", "g", "--max-batch-size", "8",
+                      "--json", "-")
+    doc = validate(json.loads(result.out), "triton-result")
     assert doc["folder"] == str(tmp_path / "repo" / "g") and Path(doc["config"]).is_file()
     assert Path(doc["model"]).is_file() and doc["checks"] == {"passed": True, "problems": []}
     assert doc["options"]["max_batch_size"] == 8 and doc["options"]["max_sequences"] == 128
-    assert "wrote Triton model g" in result.stderr  # the summary moves to stderr
+    assert "wrote Triton model g" in result.err  # the summary moves to stderr
 
 
 def test_json_dash_leaves_stdout_to_the_document(work, tmp_path):
-    result = invoke("convert", *SMALL, "-o", tmp_path / "g.onnx", "--json", "-")
-    assert validate(json.loads(result.stdout), "convert-result")["path"] == str(tmp_path / "g.onnx")
-    assert "converted seed gru" in result.stderr
+    result = succeeds("convert", *SMALL, "-o", tmp_path / "g.onnx", "--json", "-")
+    assert validate(json.loads(result.out), "convert-result")["path"] == str(tmp_path / "g.onnx")
+    assert "converted seed gru" in result.err
     assert not (tmp_path / "-").exists()
 
 
@@ -155,22 +147,21 @@ def test_json_dash_leaves_stdout_to_the_document(work, tmp_path):
 def test_a_json_path_that_cannot_be_written_is_one_line_before_any_work(work, tmp_path, args, fragment):
     np.save(tmp_path / "x.npy", np.zeros((2, 1, 4), np.float32))
     before = (work / "b.zip").read_bytes()
-    result = CliRunner().invoke(main, [a.format(w=work, t=tmp_path) for a in args])
-    assert result.exit_code == 2 and result.stderr.startswith("error: ") and fragment in result.stderr, result.output
-    assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "g.onnx").exists()
+    assert_one_line_error(invoke(*[a.format(w=work, t=tmp_path) for a in args]), fragment)
+    assert not (tmp_path / "g.onnx").exists()
     assert (work / "b.zip").read_bytes() == before
 
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS if c != "verify"])
 def test_every_command_takes_json_verbose_and_quiet(command):
-    out = invoke(command, "--help").stdout
+    out = succeeds(command, "--help").out
     for option in ("--json PATH", "-v, --verbose", "-q, --quiet"):
         assert option in out, f"{command} --help lacks {option}"
 
 
 def test_quiet_prints_only_what_was_written(work, tmp_path):
-    assert invoke("convert", *SMALL, "-o", tmp_path / "q.onnx", "-q").stdout == f"{tmp_path / 'q.onnx'}\n"
-    assert invoke("inspect", work / "b.zip", "-q").stdout == ""
+    assert succeeds("convert", *SMALL, "-o", tmp_path / "q.onnx", "-q").out == f"{tmp_path / 'q.onnx'}\n"
+    assert succeeds("inspect", work / "b.zip", "-q").out == ""
 
 
 def test_non_finite_figures_are_strings_as_in_the_verify_report(tmp_path):

@@ -23,12 +23,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from click.testing import CliRunner
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import rnnexport
-from rnnexport.cli import main
 from rnnexport.core.compare import tolerance_for
 from rnnexport.source.gates import TORCH_GATES
 from rnnexport.verification.cases import grid, materialize
@@ -38,6 +36,7 @@ from rnnexport.verification.findings import HintKind, InputStatus
 from rnnexport.verification.localize import Graph, Status, record_pool
 from rnnexport.verification.onnxcells import KINDS, CellWeights, run_direction
 from rnnexport.verification.target import load_target
+from tests.cli import invoke
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "docs" / "verify-report.schema.json").read_text())
@@ -411,18 +410,16 @@ def test_command_line_prints_and_writes_the_diagnosis(made, tmp_path):
     bad = tmp_path / "lstm_gates.onnx"
     gates_in_torch_order(made["graphs"]["lstm", "native"], bad)  # metadata kept: SOURCE rebuilt from it
     report = tmp_path / "report.json"
-    runner = CliRunner()
-    result = runner.invoke(main, ["verify", str(bad), "--engines", "cpu", "--batch-sizes", "1", "--seq-lens", "7",
-                                  "--diagnose", "--json", str(report)])
-    assert result.exit_code == 1, result.output
-    assert "first diverging value: LSTM node" in result.output and "gates stacked in the wrong order" in result.output
+    code, out, err = invoke("verify", bad, "--engines", "cpu", "--batch-sizes", "1", "--seq-lens", "7", "--diagnose",
+                            "--json", report)
+    assert code == 1, out + err
+    assert "first diverging value: LSTM node" in out + err and "gates stacked in the wrong order" in out + err
     data = json.loads(report.read_text())
     jsonschema.Draft202012Validator(SCHEMA).validate(data)
     assert data["diagnosis"]["first"]["location"]["op"] == "LSTM"
     assert data["diagnosis"]["hints"][0]["kind"] == "gate_order" and data["environment"]["cpu"]
-    result = runner.invoke(main, ["verify", str(bad), "--engines", "cpu", "--batch-sizes", "1", "--seq-lens", "7",
-                                  "--no-diagnose"])
-    assert result.exit_code == 1 and "diagnosis" not in result.output
+    code, out, err = invoke("verify", bad, "--engines", "cpu", "--batch-sizes", "1", "--seq-lens", "7", "--no-diagnose")
+    assert code == 1 and "diagnosis" not in out + err
 
 
 def test_a_large_case_is_cut_to_its_first_failing_stream_and_step(made, tmp_path, monkeypatch):

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import rnnexport
-from rnnexport.cli import main
 from rnnexport.engines.js import JS_INSTALL, chromium_binary
 from rnnexport.engines.registry import ENGINES
 from rnnexport.verification import Contract
+from tests.cli import invoke
 
 pytestmark = pytest.mark.slow
 
@@ -120,17 +120,14 @@ def test_every_engine_name_is_documented():
 
 
 def test_a_requested_engine_that_cannot_start_fails_verify(tmp_path, monkeypatch):
-    from click.testing import CliRunner
-
     result = rnnexport.convert("gru", tmp_path / "m.onnx")
     monkeypatch.setenv("RNNEXPORT_NODE_MODULES", str(tmp_path / "nowhere"))  # as if npm ci never ran
-    run = CliRunner().invoke(main, ["verify", str(result.path), "--engines", "cpu,node", "--batch-sizes", "1",
-                                    "--seq-lens", "2"])
-    assert run.exit_code == 1 and "requested engine(s) did not start" in run.stdout and "npm ci" in run.stdout
-    assert "no checks ran" in run.stdout  # it stopped before the first case
-    allowed = CliRunner().invoke(main, ["verify", str(result.path), "--engines", "cpu,node", "--allow-missing",
-                                        "--batch-sizes", "1", "--seq-lens", "2"])
-    assert allowed.exit_code == 0, allowed.stdout
+    code, out, _ = invoke("verify", result.path, "--engines", "cpu,node", "--batch-sizes", "1", "--seq-lens", "2")
+    assert code == 1 and "requested engine(s) did not start" in out and "npm ci" in out
+    assert "no checks ran" in out  # it stopped before the first case
+    code, out, _ = invoke("verify", result.path, "--engines", "cpu,node", "--allow-missing", "--batch-sizes", "1",
+                          "--seq-lens", "2")
+    assert code == 0, out
 
 
 def test_bundle_of_a_trained_model_verifies_on_every_engine_with_its_variants(tmp_path):

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from rnnexport.cli import main
+from tests.cli import assert_one_line_error, invoke, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -99,21 +98,12 @@ def _fill(args: list[str], files: dict[str, str]) -> list[str]:
     return filled
 
 
-def _snapshot(root: Path) -> set[str]:
-    return {p.relative_to(root).as_posix() for p in root.rglob("*")}
-
-
 @pytest.mark.parametrize(("command", "args"), [(c, a) for c, cases in CASES.items() for a in cases],
                          ids=[f"{c}-{i}" for c, cases in CASES.items() for i in range(len(cases))])
 def test_every_error_path_is_one_line(work, command, args):
     if command == "triton":
         pytest.importorskip("tritonclient")
     root = Path(work["{root}"])
-    before = _snapshot(root)
-    result = CliRunner().invoke(main, [command, *_fill(args, work)])
-    assert isinstance(result.exception, SystemExit), (result.exception, result.output)
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    assert _snapshot(root) == before  # nothing written, nothing left half-done
+    before = snapshot(root)
+    assert_one_line_error(invoke(command, *_fill(args, work)))
+    assert snapshot(root) == before  # nothing written, nothing left half-done

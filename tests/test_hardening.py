@@ -7,7 +7,6 @@ input byte-identical afterwards, nothing half-written.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -19,30 +18,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from rnnexport.cli import main
 from rnnexport.core.contract import Form, GraphInfo, IOSpec, Layout, Lowering, StateSpec
 from rnnexport.core.errors import RunError, RuntimeContractError
 from rnnexport.core.onnxfile import read_info, write_info
 from rnnexport.runtime import StatefulSession, StreamBatcher
-
-
-def invoke(*args: object) -> tuple[int, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result.exit_code, result.stderr
-
-
-def one_line(err: str, *fragments: str) -> None:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-def digests(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+from tests.bundles import relisted_copy
+from tests.cli import assert_one_line_error, invoke, snapshot
 
 
 @pytest.fixture()
@@ -53,7 +36,7 @@ def workdir(exports, tmp_path) -> Path:
     features = StatefulSession.load(tmp_path / "m.onnx").contract.x_features
     np.save(tmp_path / "a.npy", np.ones((3, 1, *features), np.float32))
     np.save(tmp_path / "empty.npy", np.ones((0, 1, *features), np.float32))
-    code, err = invoke("run", tmp_path / "m.onnx", "-i", tmp_path / "a.npy", "--state-out", tmp_path / "s.npz")
+    code, _, err = invoke("run", tmp_path / "m.onnx", "-i", tmp_path / "a.npy", "--state-out", tmp_path / "s.npz")
     assert code == 0, err
     return tmp_path
 
@@ -67,18 +50,16 @@ def workdir(exports, tmp_path) -> Path:
     (["-i", "a.npy", "-i", "a.npy", "-o", "y.npy", "-o", "a.npy"], "would overwrite"),
 ], ids=["model", "input", "saved-state", "y-is-state", "duplicate-y", "y-is-input"])
 def test_run_never_writes_over_its_inputs_or_itself(workdir, args, says):
-    before = digests(workdir)
-    code, err = invoke("run", workdir / "m.onnx", *[workdir / a if a.endswith((".npy", ".npz", ".onnx")) else a
-                                                   for a in args])
-    assert code == 2
-    one_line(err, says)
-    assert digests(workdir) == before
+    before = snapshot(workdir)
+    paths = [workdir / a if a.endswith((".npy", ".npz", ".onnx")) else a for a in args]
+    assert_one_line_error(invoke("run", workdir / "m.onnx", *paths), says)
+    assert snapshot(workdir) == before
 
 
 def test_run_updates_a_saved_state_in_place(workdir):
     """--state-in and --state-out may name one file: the state moves on (read first, written atomically)."""
     old = dict(np.load(workdir / "s.npz"))
-    code, err = invoke("run", workdir / "m.onnx", "-i", workdir / "a.npy", "--state-in", workdir / "s.npz",
+    code, _, err = invoke("run", workdir / "m.onnx", "-i", workdir / "a.npy", "--state-in", workdir / "s.npz",
                        "--state-out", workdir / "s.npz")
     assert code == 0, err
     new = dict(np.load(workdir / "s.npz"))
@@ -86,21 +67,19 @@ def test_run_updates_a_saved_state_in_place(workdir):
 
 
 def test_an_empty_stream_among_several_gives_an_empty_y(workdir):
-    code, err = invoke("run", workdir / "m.onnx", "-i", workdir / "a.npy", "-i", workdir / "empty.npy",
+    code, _, err = invoke("run", workdir / "m.onnx", "-i", workdir / "a.npy", "-i", workdir / "empty.npy",
                        "-o", workdir / "y1.npy", "-o", workdir / "y2.npy")
     assert code == 0, err
     y1, y2 = np.load(workdir / "y1.npy"), np.load(workdir / "y2.npy")
     assert y1.shape[0] == 3 and y2.shape == (0, *y1.shape[1:])
-    code, err = invoke("run", workdir / "m.onnx", "-i", workdir / "empty.npy", "-o", workdir / "y3.npy")
-    assert code == 2 and not (workdir / "y3.npy").exists()
-    one_line(err, "x: expected")
+    assert_one_line_error(invoke("run", workdir / "m.onnx", "-i", workdir / "empty.npy", "-o", workdir / "y3.npy"),
+                          "x: expected")
+    assert not (workdir / "y3.npy").exists()
 
 
 def test_package_into_a_folder_that_cannot_be_made_is_one_line(exports, tmp_path):
-    code, err = invoke("package", exports.export("seed_lstm").path, "-o", "/proc/rnnexport-bundle",
-                       "--variants", "none")
-    assert code == 2
-    one_line(err, "cannot create /proc/rnnexport-bundle")
+    assert_one_line_error(invoke("package", exports.export("seed_lstm").path, "-o", "/proc/rnnexport-bundle",
+                                 "--variants", "none"), "cannot create /proc/rnnexport-bundle")
 
 
 def _huge_allocation_graph(path: Path) -> Path:
@@ -127,9 +106,9 @@ def test_an_allocation_the_machine_cannot_make_is_one_line(tmp_path):
     with pytest.raises(RunError, match="failed in onnxruntime"):
         session.step(np.ones((1, 4), np.float32))
     np.save(tmp_path / "x.npy", np.ones((1, 4), np.float32))
-    code, err = invoke("run", path, "-i", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
-    assert code == 2 and not (tmp_path / "y.npy").exists()
-    one_line(err, "failed in onnxruntime")
+    assert_one_line_error(invoke("run", path, "-i", tmp_path / "x.npy", "-o", tmp_path / "y.npy"),
+                          "failed in onnxruntime")
+    assert not (tmp_path / "y.npy").exists()
 
 
 @pytest.mark.parametrize(("kwargs", "says"), [
@@ -195,53 +174,32 @@ def test_a_failed_batcher_step_is_an_rnnexport_error(tmp_path):
     assert os.path.exists(path)
 
 
-@pytest.fixture(scope="module")
-def lstm_bundle(exports, tmp_path_factory) -> Path:
-    from tests.test_runtime_bundle import make_bundle
-
-    return make_bundle(exports, "seed_lstm", tmp_path_factory.mktemp("hard") / "bundle")
-
-
-def _relisted(bundle: Path, target: Path, change) -> Path:
-    """A copy of ``bundle`` where ``change(folder)`` edits files, then the manifest re-lists their checksums."""
-    shutil.copytree(bundle, target)
-    change(target)
-    manifest = json.loads((target / "manifest.json").read_text())
-    for entry in manifest["files"]:
-        data = (target / entry["path"]).read_bytes()
-        entry["sha256"], entry["size"] = hashlib.sha256(data).hexdigest(), len(data)
-    (target / "manifest.json").write_text(json.dumps(manifest))
-    return target
-
-
-def test_a_graph_reading_an_unlisted_external_data_file_does_not_run(lstm_bundle, tmp_path):
+def test_a_graph_reading_an_unlisted_external_data_file_does_not_run(bundle, tmp_path):
     """Only what the manifest lists (and checks) runs: a listed graph whose weights sit in an unlisted file fails."""
     def externalize(folder: Path) -> None:
         model = onnx.load(folder / "model.onnx")
         onnx.save(model, folder / "model.onnx", save_as_external_data=True, location="weights.bin",
                   size_threshold=0)
 
-    bundle = _relisted(lstm_bundle, tmp_path / "external", externalize)
-    assert (bundle / "weights.bin").is_file()
+    external = relisted_copy(bundle, tmp_path / "external", externalize)
+    assert (external / "weights.bin").is_file()
     x = tmp_path / "x.npy"
-    features = StatefulSession.load(lstm_bundle).contract.x_features
+    features = StatefulSession.load(bundle).contract.x_features
     np.save(x, np.ones((2, 1, *features), np.float32))
-    for args in (["run", bundle, "-i", x, "-o", tmp_path / "y.npy"], ["verify", bundle, "--engines", "cpu"]):
-        code, err = invoke(*args)
+    for args in (["run", external, "-i", x, "-o", tmp_path / "y.npy"], ["verify", external, "--engines", "cpu"]):
+        code, _, err = invoke(*args)
         assert code in (1, 2) and not (tmp_path / "y.npy").exists(), err
         assert "error:" in err or "FAIL" in err, err
 
 
 @pytest.mark.parametrize("value", [-1.0, float("inf"), "1e-3"])
-def test_a_tampered_variant_tolerance_is_refused(lstm_bundle, tmp_path, value):
-    shutil.copytree(lstm_bundle, tmp_path / "b")
+def test_a_tampered_variant_tolerance_is_refused(bundle, tmp_path, value):
+    shutil.copytree(bundle, tmp_path / "b")
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     manifest.setdefault("variants", []).append({"name": "fp16", "of": "sequence", "status": "ok", "files": [],
                                                 "tolerance": {"atol": value, "rtol": 0.1}, "figures": {"y": {}}})
     (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
-    code, err = invoke("verify", tmp_path / "b", "--engines", "cpu")
-    assert code == 2
-    one_line(err, "variant tolerance atol")
+    assert_one_line_error(invoke("verify", tmp_path / "b", "--engines", "cpu"), "variant tolerance atol")
 
 
 def _lying_metadata(graph: Path, target: Path) -> Path:
@@ -264,9 +222,9 @@ def test_metadata_that_disagrees_with_the_graph_is_refused_with_both_shapes(expo
     with pytest.raises(RuntimeContractError, match="does not describe its graph"):
         StreamBatcher.load(path)
     np.save(tmp_path / "x.npy", np.ones((1, features + 16), np.float32))
-    code, err = invoke("run", path, "-i", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
-    assert code == 2 and not (tmp_path / "y.npy").exists()
-    one_line(err, "does not describe its graph")
+    assert_one_line_error(invoke("run", path, "-i", tmp_path / "x.npy", "-o", tmp_path / "y.npy"),
+                          "does not describe its graph")
+    assert not (tmp_path / "y.npy").exists()
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +238,7 @@ def variant_bundle(exports, tmp_path_factory) -> Path:
 
 
 def _verify_json(bundle: Path, tmp_path: Path) -> tuple[int, dict]:
-    code, err = invoke("verify", bundle, "--engines", "cpu", "--json", tmp_path / "report.json", "-q")
+    code, _, err = invoke("verify", bundle, "--engines", "cpu", "--json", tmp_path / "report.json", "-q")
     return code, json.loads((tmp_path / "report.json").read_text())
 
 
@@ -298,7 +256,7 @@ def test_a_loosened_variant_tolerance_does_not_turn_a_failure_into_a_pass(varian
         variant["tolerance"] = {"atol": 1e6, "range_atol": 1e6, "rtol": 1e6}
         (folder / "manifest.json").write_text(json.dumps(manifest))
 
-    bundle = _relisted(variant_bundle, tmp_path / "loose", triple_and_loosen)
+    bundle = relisted_copy(variant_bundle, tmp_path / "loose", triple_and_loosen)
     code, report = _verify_json(bundle, tmp_path)
     failed = [c for c in report["checks"] if not c["passed"]]
     assert code == 1 and failed and all(c.get("variant") == "fp16" or "fp16" in json.dumps(c) for c in failed)
@@ -312,7 +270,7 @@ def test_a_variant_proven_on_another_cpu_is_rechecked_and_said_so(variant_bundle
                 variant["cpu"] = {"machine": variant["cpu"]["machine"], "features": ["avx2"]}
         (folder / "manifest.json").write_text(json.dumps(manifest))
 
-    bundle = _relisted(variant_bundle, tmp_path / "elsewhere", other_cpu)
+    bundle = relisted_copy(variant_bundle, tmp_path / "elsewhere", other_cpu)
     code, report = _verify_json(bundle, tmp_path)
     assert code == 0, report
     notes = " ".join(n if isinstance(n, str) else json.dumps(n) for n in report["notes"])
@@ -390,14 +348,14 @@ def test_verify_stops_a_looping_graph_on_every_engine(looping_step, tmp_path):
     engines = ["cpu", "reference", "openvino", *_node_engines()]
     before = _children()
     started = time.monotonic()
-    result = CliRunner().invoke(main, ["verify", str(looping_step), "--engines", ",".join(engines), "--timeout", "1",
-                                       "--json", str(tmp_path / "report.json")])
-    assert result.exit_code == 1, result.output
+    code, out, err = invoke("verify", looping_step, "--engines", ",".join(engines), "--timeout", "1",
+                            "--json", tmp_path / "report.json")
+    assert code == 1, (out, err)
     assert time.monotonic() - started < 120  # a bound on the whole command, not a speed target
-    stopped = [line for line in result.stdout.splitlines()
+    stopped = [line for line in out.splitlines()
                if line.startswith("  FAIL ") and "within its time budget of 1 s (--timeout)" in line]
     names = ["onnxruntime:cpu", "onnx-reference", "openvino", *_node_engines()]
-    assert sorted(line.split()[5] for line in stopped) == sorted(names), result.stdout  # FAIL 1 graph == PyTorch ENGINE
+    assert sorted(line.split()[5] for line in stopped) == sorted(names), out  # FAIL 1 graph == PyTorch ENGINE
     report = json.loads((tmp_path / "report.json").read_text())
     assert not report["passed"]
     assert _children() <= before
@@ -406,12 +364,13 @@ def test_verify_stops_a_looping_graph_on_every_engine(looping_step, tmp_path):
 def test_run_and_package_stop_a_looping_graph(looping_step, tmp_path):
     np.save(tmp_path / "x.npy", np.ones((1, 4), np.float32))
     started = time.monotonic()
-    code, err = invoke("run", looping_step, "-i", tmp_path / "x.npy", "-o", tmp_path / "y.npy", "--timeout", "1")
-    assert code == 2 and not (tmp_path / "y.npy").exists()
-    one_line(err, "onnxruntime (CPUExecutionProvider) stopped a step after its time budget of 1 s")
-    code, err = invoke("package", looping_step, "-o", tmp_path / "bundle", "--variants", "none", "--timeout", "1")
-    assert code == 2
-    one_line(err, "stopped a test-vector call of the step graph after its time budget of 1 s")
+    assert_one_line_error(invoke("run", looping_step, "-i", tmp_path / "x.npy", "-o", tmp_path / "y.npy",
+                                 "--timeout", "1"),
+                          "onnxruntime (CPUExecutionProvider) stopped a step after its time budget of 1 s")
+    assert not (tmp_path / "y.npy").exists()
+    assert_one_line_error(invoke("package", looping_step, "-o", tmp_path / "bundle", "--variants", "none",
+                                 "--timeout", "1"),
+                          "stopped a test-vector call of the step graph after its time budget of 1 s")
     assert time.monotonic() - started < 60  # a bound on the two commands, not a speed target
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]  # no bundle, no temporary folder
 
@@ -431,43 +390,38 @@ def test_the_api_stops_a_looping_graph(looping_step):
             StatefulSession.load(looping_step, timeout=bad)
 
 
-def test_a_looping_graph_in_a_bundle_fails_verify_and_run(lstm_bundle, tmp_path):
-    bundle = _relisted(lstm_bundle, tmp_path / "looping", lambda folder: _looping(folder / "model.onnx",
-                                                                                   folder / "model.onnx"))
-    result = CliRunner().invoke(main, ["verify", str(bundle), "--engines", "cpu,reference", "--timeout", "1"])
-    assert result.exit_code == 1, result.output
-    assert "onnxruntime:cpu did not finish a call within its time budget of 1 s" in result.stdout
-    assert "onnx-reference did not finish a call within its time budget of 1 s" in result.stdout
-    features = StatefulSession.load(lstm_bundle).contract.x_features
+def test_a_looping_graph_in_a_bundle_fails_verify_and_run(bundle, tmp_path):
+    looping = relisted_copy(bundle, tmp_path / "looping", lambda folder: _looping(folder / "model.onnx",
+                                                                              folder / "model.onnx"))
+    code, out, _ = invoke("verify", looping, "--engines", "cpu,reference", "--timeout", "1")
+    assert code == 1, out
+    assert "onnxruntime:cpu did not finish a call within its time budget of 1 s" in out
+    assert "onnx-reference did not finish a call within its time budget of 1 s" in out
+    features = StatefulSession.load(bundle).contract.x_features
     np.save(tmp_path / "x.npy", np.ones((2, 1, *features), np.float32))
-    code, err = invoke("run", bundle, "-i", tmp_path / "x.npy", "--timeout", "1")
-    assert code == 2
-    one_line(err, "time budget of 1 s")
+    assert_one_line_error(invoke("run", looping, "-i", tmp_path / "x.npy", "--timeout", "1"), "time budget of 1 s")
 
 
 @pytest.mark.parametrize("args", [["verify", "MODEL", "--timeout", "0"], ["run", "MODEL", "-i", "x.npy", "--timeout", "-1"],
                                   ["package", "MODEL", "-o", "b", "--timeout", "nan"]],
                          ids=["verify", "run", "package"])
 def test_a_timeout_that_is_not_seconds_is_one_line(looping_step, tmp_path, args):
-    code, err = invoke(*[str(looping_step) if a == "MODEL" else a for a in args])
-    assert code == 2
-    one_line(err, "--timeout")
+    assert_one_line_error(invoke(*[str(looping_step) if a == "MODEL" else a for a in args]), "--timeout")
 
 
 def test_a_rerun_after_an_interrupted_zip_write_says_so(exports, tmp_path):
     """Killed while writing b.zip: b is whole, b.zip missing, its temporary file left; the rerun removes the
     temporary file and says what happened and what to do."""
     graph = exports.export("seed_lstm").path
-    code, err = invoke("package", graph, "-o", tmp_path / "b", "--variants", "none")
+    code, _, err = invoke("package", graph, "-o", tmp_path / "b", "--variants", "none")
     assert code == 0, err
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".b.zip.{int(ended.stdout)}.x1y2z3.tmp"  # the temporary zip of a process now dead
     stale.write_bytes(b"PK\x03\x04 half a zip")
-    code, err = invoke("package", graph, "-o", tmp_path / "b", "--variants", "none", "--zip")
-    assert code == 2
-    one_line(err, "already exists, from an earlier run that was interrupted", "--force")
+    assert_one_line_error(invoke("package", graph, "-o", tmp_path / "b", "--variants", "none", "--zip"),
+                          "already exists, from an earlier run that was interrupted", "--force")
     assert not stale.exists() and not (tmp_path / "b.zip").exists()
-    code, err = invoke("package", graph, "-o", tmp_path / "b", "--variants", "none", "--zip", "--force")
+    code, _, err = invoke("package", graph, "-o", tmp_path / "b", "--variants", "none", "--zip", "--force")
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "b.zip"]
 

@@ -5,6 +5,7 @@ only onnxruntime and numpy, and missing extras in one line."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -186,7 +187,7 @@ def edge(wheel, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_the_wheel_with_the_newest_allowed_versions_runs_the_edge_commands(edge, bundle):
+def test_the_wheel_with_the_newest_allowed_versions_runs_the_edge_commands(edge, packaged):
     """pip's own pick within the ranges: the tested minor releases, and run, inspect, verify BUNDLE work."""
     python, script = edge / "bin" / "python", edge / "bin" / "rnnexport"
     listed = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "list", "--format", "json"],
@@ -201,11 +202,11 @@ def test_the_wheel_with_the_newest_allowed_versions_runs_the_edge_commands(edge,
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RNNEXPORT_MODELS")}
     for args, says in ((["run", "b.zip", "-i", "x.npy", "-o", "edge-y.npy"], "ran 3 steps x 1 stream(s)"),
                        (["inspect", "b.zip"], "bundle rnnexport.bundle/2"), (["verify", "b.zip"], "PASS")):
-        proc = subprocess.run([str(script), *args], capture_output=True, text=True, cwd=bundle.parent, env=env,
+        proc = subprocess.run([str(script), *args], capture_output=True, text=True, cwd=packaged.parent, env=env,
                               timeout=300)
         assert proc.returncode == 0 and says in proc.stdout, (args, proc.stdout[-2000:], proc.stderr[-2000:])
     where = subprocess.run([str(python), "-c", "import rnnexport; print(rnnexport.__file__)"], capture_output=True,
-                           text=True, env=env, cwd=bundle.parent, check=True).stdout
+                           text=True, env=env, cwd=packaged.parent, check=True).stdout
     assert where.startswith(str(edge)), where  # the wheel's package, not this checkout
 
 
@@ -229,13 +230,15 @@ def _blocked(tmp_path: Path, blocked: tuple[str, ...], args: list[str], cwd: Pat
 
 
 @pytest.fixture(scope="module")
-def bundle(exports, tmp_path_factory) -> Path:
+def packaged(exports, tmp_path_factory) -> Path:
+    """A zip bundle of seed_lstm (both graphs, fp16), x.npy and the step graph alone, in one folder."""
     from rnnexport.packaging import package
 
     folder = tmp_path_factory.mktemp("torchless")
     result = package(exports.export("seed_lstm").path, folder / "b", step_path=exports.export("seed_lstm", form="step").path,
                      variants=["fp16"], archive=True)
     np.save(folder / "x.npy", np.zeros((3, 1, 10), np.float32))
+    shutil.copyfile(exports.export("seed_lstm", form="step").path, folder / "step.onnx")  # a graph on its own
     assert result.archive is not None
     return result.archive
 
@@ -243,8 +246,8 @@ def bundle(exports, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("args", [["--help"], ["inspect", "b.zip"], ["verify", "b.zip"],
                                   ["run", "b.zip", "--input", "x.npy", "-o", "y.npy"]],
                          ids=["help", "inspect", "verify-bundle", "run"])
-def test_torch_free_commands_run_without_torch(tmp_path, bundle, args):
-    proc = _blocked(tmp_path, EXPORT, args, cwd=bundle.parent)
+def test_torch_free_commands_run_without_torch(tmp_path, packaged, args):
+    proc = _blocked(tmp_path, EXPORT, args, cwd=packaged.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "LOADED []" in proc.stderr
 
@@ -258,8 +261,8 @@ def test_torch_free_commands_run_without_torch(tmp_path, bundle, args):
     (BASE, ["verify", "b.zip"], "rnnexport verify needs onnx"),  # onnx or onnxruntime: both extras bring both
     (BASE, ["verify", "b.zip"], f", which is not installed: {ORT_HINT}"),
 ], ids=["convert", "package", "run-without-onnxruntime", "base-run", "base-verify-bundle", "base-verify-hint"])
-def test_a_missing_extra_is_one_line_naming_it(tmp_path, bundle, blocked, args, says):
-    proc = _blocked(tmp_path, blocked, args, cwd=bundle.parent)
+def test_a_missing_extra_is_one_line_naming_it(tmp_path, packaged, blocked, args, says):
+    proc = _blocked(tmp_path, blocked, args, cwd=packaged.parent)
     lines = [line for line in proc.stderr.splitlines() if not line.startswith("LOADED")]
     assert proc.returncode == 2 and lines == [f"error: {lines[0][7:]}"] and says in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
@@ -267,9 +270,9 @@ def test_a_missing_extra_is_one_line_naming_it(tmp_path, bundle, blocked, args, 
 
 @pytest.mark.parametrize("args", [["--help"], ["verify", "--help"], ["run", "--help"], ["inspect", "--help"],
                                   ["convert", "--help"], ["package", "--help"], ["triton", "--help"]])
-def test_the_base_install_gives_every_help(tmp_path, bundle, args):
+def test_the_base_install_gives_every_help(tmp_path, packaged, args):
     """Neither torch, onnx nor onnxruntime: every command's help."""
-    proc = _blocked(tmp_path, BASE, args, cwd=bundle.parent)
+    proc = _blocked(tmp_path, BASE, args, cwd=packaged.parent)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "Usage: rnnexport" in proc.stdout, proc.stdout
 
@@ -277,20 +280,20 @@ def test_the_base_install_gives_every_help(tmp_path, bundle, args):
 @pytest.mark.parametrize(("blocked", "args"), [(BASE, ["inspect", "b.zip"]), (RUNTIME, ["inspect", "b.zip"]),
                                                (RUNTIME, ["verify", "b.zip"])],
                          ids=["base-inspect", "runtime-inspect", "runtime-verify"])
-def test_commands_that_read_graphs_name_the_extra_that_brings_onnx(tmp_path, bundle, blocked, args):
-    proc = _blocked(tmp_path, blocked, args, cwd=bundle.parent)
+def test_commands_that_read_graphs_name_the_extra_that_brings_onnx(tmp_path, packaged, blocked, args):
+    proc = _blocked(tmp_path, blocked, args, cwd=packaged.parent)
     lines = [line for line in proc.stderr.splitlines() if not line.startswith("LOADED")]
     says = f"error: rnnexport {args[0]} needs onnx, which is not installed: {ORT_HINT}"
     assert proc.returncode == 2 and lines == [says], proc.stderr
 
 
-def test_help_without_onnxruntime_names_the_extra(tmp_path, bundle):
-    proc = _blocked(tmp_path, BASE, ["--help"], cwd=bundle.parent)
+def test_help_without_onnxruntime_names_the_extra(tmp_path, packaged):
+    proc = _blocked(tmp_path, BASE, ["--help"], cwd=packaged.parent)
     assert proc.returncode == 0, proc.stderr
     assert "run      (needs pip install 'rnnexport[onnxruntime]')" in proc.stdout
     assert "verify   (needs pip install 'rnnexport[onnxruntime]')" in proc.stdout
     assert "inspect  (needs pip install 'rnnexport[onnxruntime]')" in proc.stdout
-    proc = _blocked(tmp_path, EXPORT, ["--help"], cwd=bundle.parent)
+    proc = _blocked(tmp_path, EXPORT, ["--help"], cwd=packaged.parent)
     assert "inspect  Show the I/O contract" in proc.stdout, proc.stdout
 
 
@@ -304,18 +307,23 @@ def test_help_imports_no_onnx(tmp_path):
     assert proc.returncode == 0 and proc.stderr.strip() == "[]", proc.stderr
 
 
-def test_the_runtime_and_run_need_only_onnxruntime_and_numpy(tmp_path, bundle):
-    """What rnnexport[runtime] installs is enough: onnx, torch (and click, for the library) blocked."""
-    proc = _blocked(tmp_path, RUNTIME, ["run", "b.zip", "--input", "x.npy", "-o", "y.npy"], cwd=bundle.parent)
+def test_the_runtime_and_run_need_only_onnxruntime_and_numpy(tmp_path, packaged):
+    """What rnnexport[runtime] installs is enough: onnx, torch (and click, for the library) blocked.
+
+    The library runs a bundle and a graph on its own; the command runs the bundle.
+    """
+    proc = _blocked(tmp_path, RUNTIME, ["run", "b.zip", "--input", "x.npy", "-o", "y.npy"], cwd=packaged.parent)
     assert proc.returncode == 0 and "LOADED []" in proc.stderr, proc.stderr[-3000:]
     hook = tmp_path / "hook"
     code = ("import numpy as np; from rnnexport.runtime import StatefulSession\n"
-            "s = StatefulSession.load('b.zip'); y = s.run(np.load('x.npy')); print(y.shape)")
+            "s = StatefulSession.load('b.zip'); y = s.run(np.load('x.npy')); print(y.shape)\n"
+            "g = StatefulSession.load('step.onnx', batch=2); print(g.step(np.ones((2, 10), np.float32)).shape)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(ROOT)]),
            "RNNEXPORT_TEST_BLOCK": ",".join((*RUNTIME, "click"))}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=bundle.parent, env=env,
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=packaged.parent, env=env,
                           timeout=120)
-    assert proc.returncode == 0 and proc.stdout.startswith("(3, 1, "), proc.stderr[-3000:]  # (T, B, Q)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("\n")[:2] == ["(3, 1, 7)", "(2, 7)"], proc.stdout  # bundle (T, B, Q), graph (B, Q)
 
 
 def test_the_library_names_the_missing_extra_too(tmp_path):

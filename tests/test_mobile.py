@@ -22,6 +22,7 @@ from rnnexport.bundle.inspect import inspect
 from rnnexport.bundle.manifest import MobileCoverage
 from rnnexport.core.errors import BundleError
 from rnnexport.packaging import package
+from tests.cli import invoke
 
 #: The providers as onnxruntime's tool names them, as the manifest does.
 TOOL_NAMES = {"NNAPI": "nnapi", "CoreML NeuralNetwork": "coreml_neuralnetwork", "CoreML MLProgram": "coreml_mlprogram"}
@@ -90,10 +91,9 @@ def test_inspect_shows_coverage_and_policy(bundles):
     found = inspect(bundles["refuse"])
     text = "\n".join(found.lines())
     assert "NaN refused" in text and "mobile   as exported" in text
-    proc = subprocess.run([sys.executable, "-m", "rnnexport", "inspect", str(bundles["refuse"]), "--json", "-"],
-                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    document = json.loads(proc.stdout)
+    code, out, err = invoke("inspect", bundles["refuse"], "--json", "-")
+    assert code == 0, err
+    document = json.loads(out)
     graphs = document["graphs"]
     assert graphs["step"]["nan"] == "refuse" and graphs["step"]["mobile"] == found.to_json()["graphs"]["step"]["mobile"]
     import jsonschema

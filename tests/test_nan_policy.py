@@ -10,8 +10,6 @@ verified against PyTorch).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from rnnexport.runtime import StatefulSession, StreamBatcher
 from rnnexport.verification.cases import Case, InputKind, StateKind, materialize
 from rnnexport.verification.contracts import RUNTIME, refused
 from rnnexport.verification.report import Contract
+from tests.cli import assert_one_line_error, invoke
 from tests.configs import build
 
 #: (config, form, lowering): each way a guard is written (native per layer and per step, the traced
@@ -239,15 +238,12 @@ def test_graph_metadata_policy_is_validated():
 
 def test_cli_convert_nan_option(tmp_path):
     out = tmp_path / "g.onnx"
-    proc = subprocess.run([sys.executable, "-m", "rnnexport", "convert", "gru", "--input-size", "5", "--hidden-size",
-                           "8", "--form", "step", "--nan", "refuse", "-o", str(out), "--json", "-"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["nan"] == "refuse" and "nan       refuse" in proc.stderr
+    code, stdout, stderr = invoke("convert", "gru", "--input-size", "5", "--hidden-size", "8", "--form", "step",
+                                  "--nan", "refuse", "-o", out, "--json", "-")
+    assert code == 0, stderr
+    assert json.loads(stdout)["nan"] == "refuse" and "nan       refuse" in stderr
     assert info_of(out).nan is NanPolicy.REFUSE
-    proc = subprocess.run([sys.executable, "-m", "rnnexport", "convert", "gru", "--nan", "drop", "-o",
-                           str(tmp_path / "h.onnx")], capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
+    assert_one_line_error(invoke("convert", "gru", "--nan", "drop", "-o", tmp_path / "h.onnx"), "--nan")
     assert not (tmp_path / "h.onnx").exists()
     with pytest.raises(rnnexport.RnnexportError, match="nan must be one of carry, refuse"):
         rnnexport.convert("gru", tmp_path / "i.onnx", nan="drop")

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import zipfile
 from pathlib import Path
 
@@ -14,44 +11,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from tests.test_runtime_bundle import make_bundle, write_manifest, zip_bundle
-
-NODE_DIR = Path(__file__).resolve().parent.parent / "scripts" / "node"
-SCRIPT = NODE_DIR / "check_bundle.js"
-PACKAGES = ("onnxruntime-node", "onnx-proto", "adm-zip")
+from tests.bundles import edit_manifest, make_bundle, write_manifest, zip_bundle
+from tests.nodejs import check
 
 pytestmark = pytest.mark.slow
-
-
-def _missing(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run the Node example: {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def node() -> str:
-    """The node binary, with the example's npm packages installed (npm ci once, if needed)."""
-    binary = shutil.which("node")
-    if binary is None:
-        _missing("node is not installed on this machine")
-    if not all((NODE_DIR / "node_modules" / p).is_dir() for p in PACKAGES):
-        npm = shutil.which("npm")
-        if npm is None:
-            _missing("npm is not installed, and scripts/node/node_modules is missing")
-        env = {**os.environ, "ONNXRUNTIME_NODE_INSTALL": "skip"}
-        try:
-            done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, env=env,
-                                  capture_output=True, text=True, timeout=300)
-        except subprocess.TimeoutExpired:
-            _missing("npm ci timed out (no package registry reachable?)")
-        if done.returncode != 0:
-            _missing(f"npm ci failed (no package registry reachable?): {done.stderr.strip()[-300:]}")
-    return binary
-
-
-def check(node: str, bundle: Path, *options: str) -> subprocess.CompletedProcess:
-    return subprocess.run([node, str(SCRIPT), str(bundle), *options], capture_output=True, text=True, timeout=120)
 
 
 def edit_output(bundle: Path, path: str, change) -> None:
@@ -64,9 +27,7 @@ def edit_output(bundle: Path, path: str, change) -> None:
 
 
 def set_tolerance(bundle: Path, folder: str, tolerance: dict) -> None:
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    next(v for v in manifest["test_vectors"] if v["dir"] == folder)["tolerance"] = tolerance
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(bundle, lambda m: next(v for v in m["test_vectors"] if v["dir"] == folder).update(tolerance=tolerance))
 
 
 @pytest.mark.parametrize(("name", "as_zip"), [("seed_lstm", False), ("nn_gru_2layer_nobias", True)])

@@ -31,8 +31,10 @@ from rnnexport.packaging.stateful import make_ir
 from rnnexport.source.sources import load_source
 from rnnexport.testing import assert_close
 from rnnexport.verification.stateful import AFTER_RESET
+from tests.cli import assert_one_line_error, invoke
 from tests.configs import build
-from tests.test_user_modules import _module
+from tests.modules import user_module
+from tests.schemas import validate
 
 pytestmark = pytest.mark.skipif(not installed("openvino"), reason="openvino is not installed (pip install "
                                 "'rnnexport[engines]'): the openvino-stateful variant is made and run by it")
@@ -45,7 +47,7 @@ MODELS = {
     "seed_gru": lambda: build("seed_gru"),
     "nn_lstm": lambda: load_source(_seeded(lambda: torch.nn.LSTM(10, 16, num_layers=2))),
     "nn_gru_batch_first": lambda: load_source(_seeded(lambda: torch.nn.GRU(10, 16, batch_first=True))),
-    "nested_lstm_then_gru": lambda: load_source(_module("lstm_then_gru")),
+    "nested_lstm_then_gru": lambda: load_source(user_module("lstm_then_gru")),
 }
 
 
@@ -215,11 +217,6 @@ def _copy(folder: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def _verify_cli(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rnnexport", "verify", str(path), "--engines", "cpu"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-
-
 def test_a_tampered_bin_fails_verify(bundles, tmp_path):
     """A changed weight fails the checksum (exit 2); with the checksum forged too, it fails the stream (exit 1)."""
     copy = _copy(bundles("seed_lstm")[0], tmp_path)
@@ -233,22 +230,16 @@ def test_a_tampered_bin_fails_verify(bundles, tmp_path):
     data = bytearray(weights.read_bytes())
     data[start:start + size] = (np.frombuffer(data[start:start + size], np.float32) + 0.25).tobytes()
     weights.write_bytes(bytes(data))
-    proc = _verify_cli(copy)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.startswith("error: checksum mismatch") and files[1] in proc.stderr
+    line = assert_one_line_error(invoke("verify", copy, "--engines", "cpu"), files[1])
+    assert line.startswith("error: checksum mismatch")
     manifest = json.loads((copy / "manifest.json").read_text())
     for entry in manifest["files"]:
         if entry["path"] == files[1]:
             entry["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    proc = _verify_cli(copy)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "FAIL test vectors == stored outputs openvino" in proc.stdout and STATEFUL_VARIANT in proc.stdout
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rnnexport", *args], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT)
+    code, out, err = invoke("verify", copy, "--engines", "cpu")
+    assert code == 1, out + err
+    assert "FAIL test vectors == stored outputs openvino" in out and STATEFUL_VARIANT in out
 
 
 @pytest.mark.parametrize("case", ["bidirectional", "no --step"])
@@ -264,12 +255,10 @@ def test_a_bundle_without_a_step_graph_is_refused_in_one_line(bundles, tmp_path,
     else:
         bundles("seed_lstm")  # converts seed_lstm.onnx, the sequence graph
         args = [str(bundles.root / "seed_lstm.onnx")]
-    proc = _cli("package", *args, "--variants", STATEFUL_VARIANT, "-o", str(tmp_path / "out"))
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert lines[0].startswith(f"error: the {STATEFUL_VARIANT} variant cannot be made: it is made of the bundle's "
-                               "step graph, and this bundle has none")
-    assert ("bidirectional layer, so it has no step form" if case == "bidirectional" else "--step") in lines[0]
+    line = assert_one_line_error(invoke("package", *args, "--variants", STATEFUL_VARIANT, "-o", tmp_path / "out"),
+                                 "bidirectional layer, so it has no step form" if case == "bidirectional" else "--step")
+    assert line.startswith(f"error: the {STATEFUL_VARIANT} variant cannot be made: it is made of the bundle's "
+                           "step graph, and this bundle has none")
     assert not (tmp_path / "out").exists()
 
 
@@ -342,15 +331,10 @@ def test_without_openvino_the_variant_is_one_line_and_its_bundle_still_runs(bund
 
 
 def test_inspect_json_lists_the_variant_as_its_schema_says(bundles):
-    from click.testing import CliRunner
-
-    from rnnexport.cli import main
-    from tests.test_cli_json import validate
-
     folder, _ = bundles("seed_gru")
-    result = CliRunner().invoke(main, ["inspect", str(folder), "--json", "-"])
-    assert result.exit_code == 0, result.output
-    doc = validate(json.loads(result.stdout), "inspect-result")
+    code, out, err = invoke("inspect", folder, "--json", "-")
+    assert code == 0, err
+    doc = validate(json.loads(out), "inspect-result")
     (variant,) = doc["variants"]
     assert variant["name"] == STATEFUL_VARIANT and variant["status"] == "ok" and variant["engines"] == ["openvino"]
 

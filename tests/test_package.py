@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from rnnexport.core.cpu import this_cpu
 from rnnexport.core.errors import BundleError
 from rnnexport.packaging import package
 from rnnexport.verification import verify
+from tests.cli import assert_one_line_error, invoke
 
 EXPECTED_VARIANTS = {"seed_lstm": {"ort", "int8", "int8-qdq", "fp16"}, "nn_gru_2layer_nobias": {"ort", "int8-qdq", "fp16"}}
 
@@ -167,11 +166,6 @@ def test_vectors_pass_under_the_reference_evaluator(bundles, name):
             np.testing.assert_allclose(actual, want, atol=1e-5, rtol=1e-4, err_msg=f"{entry.dir}/{out_name}")
 
 
-def _verify_cli(path: Path):
-    proc = subprocess.run([sys.executable, "-m", "rnnexport", "verify", str(path)], capture_output=True, text=True)
-    return proc.returncode, proc.stdout, proc.stderr
-
-
 def test_flipped_byte_fails_the_checksum(bundles, tmp_path):
     import shutil
 
@@ -182,8 +176,7 @@ def test_flipped_byte_fails_the_checksum(bundles, tmp_path):
     (copy / "model.onnx").write_bytes(bytes(data))
     with pytest.raises(BundleError, match="model.onnx does not match its SHA-256"):
         verify(copy)
-    code, out, err = _verify_cli(copy)
-    assert code == 2 and "model.onnx does not match its SHA-256" in err and "Traceback" not in err
+    assert_one_line_error(invoke("verify", copy), "model.onnx does not match its SHA-256")
 
 
 def test_zip_twice_gives_identical_bytes(exports, tmp_path):
@@ -207,8 +200,7 @@ def test_unsafe_zip_entries_are_refused(tmp_path, entry):
     with pytest.raises(BundleError, match="points outside the bundle"):
         open_bundle(archive)
     assert not (tmp_path / "x").exists()
-    code, _, err = _verify_cli(archive)
-    assert code == 2 and "points outside the bundle" in err and len(err.strip().splitlines()) == 1
+    assert_one_line_error(invoke("verify", archive), "points outside the bundle")
 
 
 def test_zip_bomb_is_refused(tmp_path):

@@ -17,15 +17,11 @@ from rnnexport.core.errors import BundleError
 from rnnexport.export.convert import convert
 from rnnexport.packaging import package
 from rnnexport.source.sources import load_source
+from tests.cli import assert_one_line_error, invoke, rnnexport
 from tests.int8check import int8_misses
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAR_MODEL = "lstm-charlm"
-
-
-def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rnnexport", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}, timeout=600)
 
 
 def _checkout_bundle(folder: Path) -> bytes:
@@ -35,8 +31,8 @@ def _checkout_bundle(folder: Path) -> bytes:
     for args in (["convert", CHAR_MODEL, "-o", "lm.onnx"], ["convert", CHAR_MODEL, "--form", "step", "-o", "lm.step.onnx"],
                  ["package", "lm.onnx", CHAR_MODEL, "--step", "lm.step.onnx", "-o", "lm-bundle", "--zip",
                   "--variants", "int8,fp16"]):
-        proc = _cli(*args, cwd=folder, env=env)
-        assert proc.returncode == 0, proc.stderr
+        code, _, err = rnnexport(*args, cwd=folder, env=env, timeout=600)  # a process of its own: its environment
+        assert code == 0, err
     return (folder / "lm-bundle.zip").read_bytes()
 
 
@@ -162,13 +158,12 @@ def test_a_requested_variant_that_cannot_be_made_fails_and_writes_nothing(export
 
 def test_package_cli_refuses_a_requested_variant_in_one_line(exports, tmp_path):
     gru = exports.export("seed_gru")
-    proc = _cli("package", str(gru.path), "-o", "b", "--variants", "int8", cwd=tmp_path)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: variant int8"), proc.stderr
-    assert "--variants-optional int8" in lines[0] and not (tmp_path / "b").exists()
-    proc = _cli("package", str(gru.path), "-o", "b", "--variants", "int8,fp16", "--variants-optional", "int8",
-                cwd=tmp_path)
-    assert proc.returncode == 0 and "int8 of sequence: left out" in proc.stdout, proc.stderr
+    line = assert_one_line_error(invoke("package", gru.path, "-o", "b", "--variants", "int8", cwd=tmp_path),
+                                 "--variants-optional int8")
+    assert line.startswith("error: variant int8") and not (tmp_path / "b").exists()
+    code, out, err = invoke("package", gru.path, "-o", "b", "--variants", "int8,fp16", "--variants-optional", "int8",
+                            cwd=tmp_path)
+    assert code == 0 and "int8 of sequence: left out" in out, err
 
 
 def test_step_graph_variants_of_a_seed_lstm(exports, tmp_path):

@@ -11,18 +11,15 @@ import dataclasses
 import json
 from pathlib import Path
 
-import jsonschema
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from click.testing import CliRunner
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnexport
-from rnnexport.cli import main
 from rnnexport.core.contract import GraphInfo, IOSpec, LengthsSpec, StateSpec
 from rnnexport.core.errors import ContractError, ConvertError
 from rnnexport.engines.base import EngineUnavailable
@@ -33,7 +30,9 @@ from rnnexport.source import cells
 from rnnexport.source.model import RecurrentModel
 from rnnexport.source.sources import load_source
 from rnnexport.testing import assert_close
+from tests.cli import assert_one_line_error, invoke
 from tests.configs import CONFIGS, seed_params
+from tests.schemas import validate
 
 T, LENGTHS = 6, np.array([6, 1, 0, 5, 3], np.int64)  # T, 1, 0, T-1 and one between: unsorted
 B = len(LENGTHS)
@@ -449,40 +448,37 @@ def test_step_and_the_batcher_run_a_lengths_sequence_graph(lengths_graph):
 
 def test_convert_and_run_with_lengths_on_the_command_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = CliRunner()
-    result = cli.invoke(main, ["convert", "gru", "--lengths", "-o", "g.onnx"])
-    assert result.exit_code == 0, result.output
-    assert "lengths int64[B]" in result.output
+    code, out, err = invoke("convert", "gru", "--lengths", "-o", "g.onnx")
+    assert code == 0, err
+    assert "lengths int64[B]" in out
     x = np.random.default_rng(0).standard_normal((5, 3, 28)).astype(np.float32)
     np.save("x.npy", x)
     np.save("lengths.npy", np.array([5, 0, 2]))
-    result = cli.invoke(main, ["run", "g.onnx", "-i", "x.npy", "--lengths", "lengths.npy", "-o", "y.npy",
-                               "--state-out", "s.npz"])
-    assert result.exit_code == 0, result.output
+    code, _, err = invoke("run", "g.onnx", "-i", "x.npy", "--lengths", "lengths.npy", "-o", "y.npy", "--state-out",
+                          "s.npz")
+    assert code == 0, err
     alone = StatefulSession.load("g.onnx")
     y_alone = alone.run(x[:2, 2:3])
     assert np.array_equal(np.load("y.npy")[:2, 2:3], y_alone) and np.all(np.load("y.npy")[2:, 2] == 0)
     assert np.array_equal(np.load("s.npz")["h"][2], alone.state["h"][0])
     np.save("bad.npy", np.array([9, 0, 2]))
-    result = cli.invoke(main, ["run", "g.onnx", "-i", "x.npy", "--lengths", "bad.npy"])
-    assert result.exit_code == 2 and result.output.startswith("error: lengths:") and "Traceback" not in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    assert assert_one_line_error(invoke("run", "g.onnx", "-i", "x.npy", "--lengths", "bad.npy")).startswith(
+        "error: lengths:")
 
 
 def test_several_inputs_of_different_lengths_run_in_one_call(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = CliRunner()
-    assert cli.invoke(main, ["convert", "gru", "--lengths", "-o", "g.onnx", "-q"]).exit_code == 0
+    assert invoke("convert", "gru", "--lengths", "-o", "g.onnx", "-q").code == 0
     rng = np.random.default_rng(1)
     chunks = [rng.standard_normal((t, 1, 28)).astype(np.float32) for t in (4, 7, 1)]
     for i, chunk in enumerate(chunks):
         np.save(f"x{i}.npy", chunk)
     args = ["run", "g.onnx", *sum((["-i", f"x{i}.npy"] for i in range(3)), []),
             *sum((["-o", f"y{i}.npy"] for i in range(3)), []), "--json", "run.json"]
-    result = cli.invoke(main, args)
-    assert result.exit_code == 0, result.output
-    assert "in 1 call of the sequence graph" in result.output
-    doc = _valid(json.loads(Path("run.json").read_text()), "run-result")
+    code, out, err = invoke(*args)
+    assert code == 0, err
+    assert "in 1 call of the sequence graph" in out
+    doc = validate(json.loads(Path("run.json").read_text()), "run-result")
     assert doc["calls"] == 1 and [s["steps"] for s in doc["streams"]] == [4, 7, 1]
     for i, chunk in enumerate(chunks):
         np.testing.assert_allclose(np.load(f"y{i}.npy"), StatefulSession.load("g.onnx").run(chunk), atol=1e-6)
@@ -516,14 +512,7 @@ def test_verify_runs_ragged_cases_on_a_lengths_graph(lengths_graph):
     assert list(ragged_cases[0].lengths) != sorted(ragged_cases[0].lengths)
     checks = [c for c in report.checks if c.case == ragged_cases[0].id]
     assert {c.variant for c in checks if c.contract.value == "graph_vs_pytorch"} == {"", "zero past each end"}
-    assert _valid(report.to_json(), "verify-report")["cases"][-1]["lengths"] == list(ragged_cases[0].lengths)
-
-
-def _valid(doc: dict, name: str) -> dict:
-    """``doc``, once it validates against the shipped ``docs/NAME.schema.json``."""
-    schema = json.loads((Path(__file__).resolve().parent.parent / "docs" / f"{name}.schema.json").read_text())
-    jsonschema.Draft202012Validator(schema).validate(doc)
-    return doc
+    assert validate(report.to_json(), "verify-report")["cases"][-1]["lengths"] == list(ragged_cases[0].lengths)
 
 
 def _unmask_scan_states(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -21,14 +21,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import numpy_helper
 
 import rnnexport
-from rnnexport.cli import main
 from rnnexport.engines.js import chromium_binary
 from rnnexport.verification.render import markdown_text
 from rnnexport.verification.render_html import html_text, write_report
+from tests.cli import assert_one_line_error, invoke
 
 #: The verdict banner's colours (render_html's CSS).
 COLOURS = {"FAIL": (0xB0, 0x00, 0x20), "PASS": (0x1B, 0x7F, 0x3B)}
@@ -113,20 +112,19 @@ def test_markdown_for_ci_logs(reports):
 
 
 def test_command_line_writes_the_page_and_refuses_bad_paths(reports, tmp_path):
-    runner = CliRunner()
     args = ["verify", str(reports["good"]), "--engines", "cpu", "--batch-sizes", "1", "--seq-lens", "7"]
-    result = runner.invoke(main, [*args, "--report", str(tmp_path / "r.html")])
-    assert result.exit_code == 0, result.output
+    code, out, err = invoke(*args, "--report", tmp_path / "r.html")
+    assert code == 0, out + err
     assert (tmp_path / "r.html").read_text().startswith("<!doctype html>")
-    result = runner.invoke(main, [*args, "--report", str(tmp_path / "r.md")])
-    assert result.exit_code == 0 and (tmp_path / "r.md").read_text().startswith("# rnnexport verify: PASS")
-    result = runner.invoke(main, [*args, "--report", str(tmp_path / "r.txt")])
-    assert result.exit_code == 2 and "error: --report" in result.output and ".html" in result.output
+    assert invoke(*args, "--report", tmp_path / "r.md").code == 0
+    assert (tmp_path / "r.md").read_text().startswith("# rnnexport verify: PASS")
+    assert_one_line_error(invoke(*args, "--report", tmp_path / "r.txt"), "--report", ".html")
+    assert not (tmp_path / "r.txt").exists()
     copy = tmp_path / "model.html"
     copy.write_bytes(reports["good"].read_bytes())
-    result = runner.invoke(main, ["verify", str(copy), "lstm", "--input-size", "5", "--hidden-size", "8",
-                                  "--output-size", "5", "--report", str(copy)])
-    assert result.exit_code == 2 and "error:" in result.output and copy.read_bytes() == reports["good"].read_bytes()
+    assert_one_line_error(invoke("verify", copy, "lstm", "--input-size", "5", "--hidden-size", "8", "--output-size", "5",
+                                 "--report", copy), "would overwrite")
+    assert copy.read_bytes() == reports["good"].read_bytes()
 
 
 # --------------------------------------------------------------------------- in headless Chromium

@@ -1,116 +1,24 @@
 """Bundles: the runtime checks manifests and checksums, and streams the test vectors.
 
-Bundles are built here (graphs from the export cache, a manifest, SHA-256s and
-ONNX-standard test vectors whose expected outputs come from PyTorch), following
-the ``rnnexport.bundle/1`` layout, so these tests do not depend on the packager.
+The bundles are built by hand (``tests/bundles.py``: graphs from the export cache, a manifest,
+SHA-256s and test vectors whose expected outputs come from PyTorch), so these tests do not
+depend on the packager.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from onnx import helper, numpy_helper
+from onnx import helper
 
+from rnnexport.bundle.vectors import read_set
 from rnnexport.core.contract import Form
 from rnnexport.runtime import BundleError, RuntimeContractError, StatefulSession, open_bundle
-from rnnexport.testing import assert_close, random_inputs, random_state
-
-VECTOR_BATCH = 2
-GRAPH_FILES = {"sequence": "model.onnx", "step": "step.onnx"}
-
-
-def _write_set(folder: Path, inputs: list[tuple[str, np.ndarray]], outputs: list[tuple[str, np.ndarray]]) -> None:
-    folder.mkdir(parents=True)
-    for prefix, tensors in (("input", inputs), ("output", outputs)):
-        for k, (name, array) in enumerate(tensors):
-            proto = numpy_helper.from_array(np.ascontiguousarray(array), name)
-            (folder / f"{prefix}_{k}.pb").write_bytes(proto.SerializeToString())
-
-
-def _vectors(root: Path, model, form: str, first: int, rng) -> list[dict]:
-    """A single set from a random state, and a stream of two calls (zeros, then carried state)."""
-    io, f = model.io, Form(form)
-    run = model.run_sequence if f is Form.SEQUENCE else model.run_step
-    in_names = [s.name for s in io.inputs(f)]
-    out_names = [s.name for s in io.outputs(f)]
-    sets = [("single", None, random_inputs(io, f, VECTOR_BATCH, 8, rng), random_state(io, VECTOR_BATCH, rng, 0.5))]
-    state = io.state.zeros(VECTOR_BATCH)
-    for call, t in enumerate((5, 4)):
-        x = random_inputs(io, f, VECTOR_BATCH, t, rng)
-        sets.append(("stream", call, x, state))
-        state = run(x, state)[1:]
-    entries = []
-    for index, (kind, call, x, state) in enumerate(sets, start=first):
-        folder = f"test_data_set_{index}"
-        _write_set(root / folder, list(zip(in_names, [x, *state], strict=True)),
-                   list(zip(out_names, run(x, state), strict=True)))
-        entry = {"dir": folder, "graph": form, "kind": kind}
-        if kind == "stream":
-            entry.update(stream=0, call=call)
-        entries.append(entry)
-    return entries
-
-
-def write_manifest(root: Path, manifest: dict) -> None:
-    """(Re)write ``manifest.json`` with every other file's size and SHA-256."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json")
-    manifest["files"] = [{"path": p.relative_to(root).as_posix(), "size": p.stat().st_size,
-                          "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in files]
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
-
-
-def make_bundle(exports, name: str, root: Path, forms=("sequence", "step")) -> Path:
-    """A ``rnnexport.bundle/1`` folder of model ``name``: graphs, manifest, checksums, test vectors."""
-    model = exports.model(name)
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(11)
-    graphs, vectors = {}, []
-    for form in forms:
-        shutil.copyfile(exports.export(name, form=form).path, root / GRAPH_FILES[form])
-        graphs[form] = {"file": GRAPH_FILES[form], "form": form}
-        vectors += _vectors(root, model, form, len(vectors), rng)
-    write_manifest(root, {"schema": "rnnexport.bundle/1", "io": model.io.to_json(), "graphs": graphs,
-                          "test_vectors": vectors})
-    return root
-
-
-def zip_bundle(folder: Path, path: Path, top: str = "") -> Path:
-    with zipfile.ZipFile(path, "w") as z:
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                z.write(p, top + p.relative_to(folder).as_posix())
-    return path
-
-
-def read_set(bundle, folder: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    def tensors(prefix):
-        out, k = [], 0
-        while True:
-            try:
-                data = bundle.read(f"{folder}/{prefix}_{k}.pb")
-            except BundleError:
-                return out
-            proto = onnx.TensorProto()
-            proto.ParseFromString(data)
-            out.append(numpy_helper.to_array(proto))
-            k += 1
-    return tensors("input"), tensors("output")
-
-
-@pytest.fixture(scope="module")
-def bundle(exports, tmp_path_factory) -> Path:
-    return make_bundle(exports, "seed_lstm", tmp_path_factory.mktemp("rt") / "bundle")
-
-
-def copy_bundle(bundle: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(bundle, tmp_path / "bundle"))
+from rnnexport.testing import assert_close, random_inputs
+from tests.bundles import copy_bundle, edit_manifest, zip_bundle
 
 
 def stream_test_vectors(path: Path) -> int:
@@ -120,7 +28,7 @@ def stream_test_vectors(path: Path) -> int:
     out_names = ["y", *c.state.output_names]
     streams = {}
     for vector in session.bundle.test_vectors:
-        inputs, outputs = read_set(session.bundle, vector.dir)
+        inputs, outputs = ([array for _, array in named] for named in read_set(session.bundle, vector.dir))
         key = (vector.graph, vector.stream)
         if vector.kind == "single" or vector.call == 0:
             batch = inputs[0].shape[0 if vector.graph == "step" else c.batch_axis]
@@ -196,14 +104,6 @@ def test_size_mismatch_and_missing_file(bundle, tmp_path):
         open_bundle(broken)
 
 
-def edit_manifest(bundle: Path, tmp_path: Path, edit) -> Path:
-    folder = copy_bundle(bundle, tmp_path)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    edit(manifest)
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
-
-
 @pytest.mark.parametrize("edit, error", [
     (lambda m: m.update(schema="rnnexport.bundle/3"), "schema 'rnnexport.bundle/3'; this runtime reads"),
     (lambda m: m.pop("io"), "no I/O contract"),
@@ -217,7 +117,7 @@ def edit_manifest(bundle: Path, tmp_path: Path, edit) -> Path:
 ])
 def test_malformed_manifests_are_refused(bundle, tmp_path, edit, error):
     with pytest.raises((BundleError, RuntimeContractError), match=error) as e:
-        StatefulSession.load(edit_manifest(bundle, tmp_path, edit))
+        StatefulSession.load(edit_manifest(copy_bundle(bundle, tmp_path), edit))
     one_line(e)
 
 
@@ -238,7 +138,7 @@ def make_bundle_seq_only(bundle: Path, tmp_path: Path) -> Path:
     def drop_step(m):
         m["graphs"].pop("step")
         m["test_vectors"] = [v for v in m["test_vectors"] if v["graph"] != "step"]
-    return edit_manifest(bundle, tmp_path / "seq", drop_step)
+    return edit_manifest(copy_bundle(bundle, tmp_path, "seq"), drop_step)
 
 
 def test_graph_without_contract_metadata(tmp_path):

@@ -10,7 +10,6 @@ file, or a weights file that was altered is refused in one line before any engin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,12 +18,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 
 import rnnexport
 from rnnexport.bundle import write_zip
 from rnnexport.bundle.reader import open_bundle
-from rnnexport.cli import main
 from rnnexport.core.contract import Form
 from rnnexport.core.errors import BundleError
 from rnnexport.core.external import ExternalModel
@@ -33,8 +30,10 @@ from rnnexport.engines.registry import engine_spec, running
 from rnnexport.packaging.shared import MIN_BYTES, WEIGHTS
 from rnnexport.runtime import StatefulSession
 from rnnexport.testing import assert_close, random_inputs, random_state
+from tests.bundles import relisted_copy
+from tests.cli import assert_one_line_error, invoke
 from tests.configs import seed_params
-from tests.test_node_example import check, node  # noqa: F401 - node is a fixture
+from tests.nodejs import check
 
 #: Every engine but CUDA and TensorRT; the JavaScript ones start a process or a browser each: slow lane.
 ENGINES = ("cpu", "reference", "openvino", "tract",
@@ -56,7 +55,8 @@ def graphs(model, tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def bundle(model, graphs, tmp_path_factory) -> Path:
+def shared(model, graphs, tmp_path_factory) -> Path:
+    """The pair packaged with one weights file (the default), as a folder and a zip beside it."""
     folder = tmp_path_factory.mktemp("shared") / "bundle"
     made = rnnexport.package(graphs[0], folder, source=model, step_path=graphs[1], variants=(), archive=True)
     assert made.shared is not None and made.archive is not None
@@ -76,20 +76,20 @@ def _weights(path: Path) -> dict[str, bytes]:
     return {t.name: t.raw_data for t in onnx.load(path).graph.initializer if len(t.raw_data) >= MIN_BYTES}
 
 
-def test_the_pair_stores_its_weights_once(bundle, graphs):
+def test_the_pair_stores_its_weights_once(shared, graphs):
     sequence, step = _weights(graphs[0]), _weights(graphs[1])
     assert sorted(map(len, sequence.values())) == sorted(map(len, step.values()))  # W, R, B, W_hq in both
     one_copy = sum(map(len, sequence.values()))
-    stored = (bundle / WEIGHTS).read_bytes()
+    stored = (shared / WEIGHTS).read_bytes()
     assert one_copy <= len(stored) < one_copy + 64 * len(sequence)  # each tensor once, 64-byte aligned
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest = json.loads((shared / "manifest.json").read_text())
     assert manifest["schema"] == "rnnexport.bundle/2"
     assert {k: (g["file"], g["weights"]) for k, g in manifest["graphs"].items()} == {
         "sequence": ("model.onnx", WEIGHTS), "step": ("step.onnx", WEIGHTS)}
     for graph, given in (("model.onnx", graphs[0]), ("step.onnx", graphs[1])):
-        moved = given.stat().st_size - (bundle / graph).stat().st_size  # what the graph no longer holds
+        moved = given.stat().st_size - (shared / graph).stat().st_size  # what the graph no longer holds
         assert one_copy - 100 * len(sequence) < moved <= one_copy  # (less the external data entries)
-        proto = onnx.load(bundle / graph, load_external_data=False)
+        proto = onnx.load(shared / graph, load_external_data=False)
         for tensor in (t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL):
             info = {e.key: e.value for e in tensor.external_data}
             offset, length = int(info["offset"]), int(info["length"])
@@ -98,7 +98,7 @@ def test_the_pair_stores_its_weights_once(bundle, graphs):
         assert sum(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer) == len(sequence)
 
 
-def test_sharing_saves_one_copy_and_the_old_form_stays_on_request(bundle, separate, graphs):
+def test_sharing_saves_one_copy_and_the_old_form_stays_on_request(shared, separate, graphs):
     manifest = json.loads((separate / "manifest.json").read_text())
     assert manifest["schema"] == "rnnexport.bundle/1" and manifest["graphs"]["step"]["file"] == "step/model.onnx"
     assert "weights" not in manifest["graphs"]["step"] and not (separate / WEIGHTS).exists()
@@ -107,17 +107,17 @@ def test_sharing_saves_one_copy_and_the_old_form_stays_on_request(bundle, separa
     def size(folder: Path) -> int:
         return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json")
 
-    assert one_copy - 1024 < size(separate) - size(bundle) <= one_copy
-    assert os.path.getsize(f"{separate}.zip") - os.path.getsize(f"{bundle}.zip") > 0.8 * one_copy  # random weights
+    assert one_copy - 1024 < size(separate) - size(shared) <= one_copy
+    assert os.path.getsize(f"{separate}.zip") - os.path.getsize(f"{shared}.zip") > 0.8 * one_copy  # random weights
     x = np.ones((3, 1, 16), np.float32)
-    assert np.array_equal(StatefulSession.load(separate).run(x), StatefulSession.load(bundle).run(x))
+    assert np.array_equal(StatefulSession.load(separate).run(x), StatefulSession.load(shared).run(x))
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_both_graphs_load_the_shared_weights_and_match_pytorch(bundle, model, engine):
+def test_both_graphs_load_the_shared_weights_and_match_pytorch(shared, model, engine):
     """Each engine loads the graphs as the reader hands them out (graph and weights.bin, checked) and is
     compared with PyTorch on inputs of its own: a sequence from a random state, then steps from its end."""
-    opened = open_bundle(f"{bundle}.zip")
+    opened = open_bundle(f"{shared}.zip")
     sources = {key: opened.graphs[key].model for key in ("sequence", "step")}
     assert all(isinstance(s, ExternalModel) and set(s.files) == {WEIGHTS} for s in sources.values())
     rng = np.random.default_rng(7)
@@ -137,8 +137,8 @@ def test_both_graphs_load_the_shared_weights_and_match_pytorch(bundle, model, en
         assert_close(list(got_step.values()), want_step, names, context=f"step graph on {engine}")
 
 
-def test_the_runtime_streams_the_shared_pair_from_a_zip(bundle, model):
-    session = StatefulSession.load(f"{bundle}.zip")
+def test_the_runtime_streams_the_shared_pair_from_a_zip(shared, model):
+    session = StatefulSession.load(f"{shared}.zip")
     rng = np.random.default_rng(3)
     x = random_inputs(model.io, Form.SEQUENCE, 1, 6, rng)
     want = model.run_sequence(x, [np.zeros(model.io.state.shape(i, 1), np.float32) for i in range(2)])
@@ -148,18 +148,6 @@ def test_the_runtime_streams_the_shared_pair_from_a_zip(bundle, model):
 
 
 # --- what the reader refuses ---------------------------------------------------------------------------
-
-
-def _relisted(bundle: Path, target: Path, change) -> Path:
-    """A copy of ``bundle`` where ``change(folder)`` edits files, then every checksum made right again."""
-    shutil.copytree(bundle, target)
-    change(target)
-    manifest = json.loads((target / "manifest.json").read_text())
-    for entry in manifest["files"]:
-        data = (target / entry["path"]).read_bytes()
-        entry["sha256"], entry["size"] = hashlib.sha256(data).hexdigest(), len(data)
-    (target / "manifest.json").write_text(json.dumps(manifest))
-    return target
 
 
 def _external(**changes: str):
@@ -178,31 +166,29 @@ def _refused(path: Path, *fragments: str) -> None:
         open_bundle(path)
     message = str(e.value)
     assert "\n" not in message and all(f in message for f in fragments), message
-    result = CliRunner().invoke(main, ["verify", str(path), "--engines", "cpu"])
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert_one_line_error(invoke("verify", path, "--engines", "cpu"))
 
 
 @pytest.mark.parametrize("location", ["../weights.bin", "/etc/hostname", "step/../../weights.bin",
                                       "*/_ORT_MEM_ADDR_/*", "test_data_set_0/input_0.pb"])
-def test_a_location_outside_the_weights_file_is_refused(bundle, tmp_path, location):
-    changed = _relisted(bundle, tmp_path / "b", _external(location=location))
+def test_a_location_outside_the_weights_file_is_refused(shared, tmp_path, location):
+    changed = relisted_copy(shared, tmp_path / "b", _external(location=location))
     _refused(changed, "step.onnx", repr(location)[:40])
 
 
-def test_a_location_escaping_a_zip_bundle_is_refused(bundle, tmp_path):
-    write_zip(_relisted(bundle, tmp_path / "b", _external(location="../weights.bin")), tmp_path / "b.zip")
+def test_a_location_escaping_a_zip_bundle_is_refused(shared, tmp_path):
+    write_zip(relisted_copy(shared, tmp_path / "b", _external(location="../weights.bin")), tmp_path / "b.zip")
     _refused(tmp_path / "b.zip", "not a plain relative path")
 
 
-def test_an_offset_past_the_end_is_refused(bundle, tmp_path):
-    size = (bundle / WEIGHTS).stat().st_size
-    _refused(_relisted(bundle, tmp_path / "b", _external(offset=str(size - 4))), f"which holds {size}")
-    _refused(_relisted(bundle, tmp_path / "c", _external(offset="-4")), "whole number")
+def test_an_offset_past_the_end_is_refused(shared, tmp_path):
+    size = (shared / WEIGHTS).stat().st_size
+    _refused(relisted_copy(shared, tmp_path / "b", _external(offset=str(size - 4))), f"which holds {size}")
+    _refused(relisted_copy(shared, tmp_path / "c", _external(offset="-4")), "whole number")
 
 
-def test_a_tampered_weights_file_is_refused(bundle, tmp_path):
-    copy = Path(shutil.copytree(bundle, tmp_path / "b"))
+def test_a_tampered_weights_file_is_refused(shared, tmp_path):
+    copy = Path(shutil.copytree(shared, tmp_path / "b"))
     data = bytearray((copy / WEIGHTS).read_bytes())
     data[100] ^= 1
     (copy / WEIGHTS).write_bytes(bytes(data))
@@ -211,21 +197,21 @@ def test_a_tampered_weights_file_is_refused(bundle, tmp_path):
     _refused(tmp_path / "b.zip", "checksum mismatch", WEIGHTS)
 
 
-def test_a_weights_file_linking_out_of_the_bundle_is_refused(bundle, tmp_path):
-    copy = Path(shutil.copytree(bundle, tmp_path / "b"))
+def test_a_weights_file_linking_out_of_the_bundle_is_refused(shared, tmp_path):
+    copy = Path(shutil.copytree(shared, tmp_path / "b"))
     outside = tmp_path / "elsewhere.bin"
     (copy / WEIGHTS).rename(outside)
     (copy / WEIGHTS).symlink_to(outside)  # the same bytes, so only the link can be what is refused
     _refused(copy, "weights.bin leads outside the bundle")
 
 
-def test_a_graph_whose_entry_names_no_weights_may_read_none(bundle, tmp_path):
+def test_a_graph_whose_entry_names_no_weights_may_read_none(shared, tmp_path):
     def unnamed(folder: Path) -> None:
         manifest = json.loads((folder / "manifest.json").read_text())
         del manifest["graphs"]["step"]["weights"]
         (folder / "manifest.json").write_text(json.dumps(manifest))
 
-    _refused(_relisted(bundle, tmp_path / "b", unnamed), "does not name as its weights")
+    _refused(relisted_copy(shared, tmp_path / "b", unnamed), "does not name as its weights")
 
 
 # --- the Node example ----------------------------------------------------------------------------------
@@ -233,14 +219,14 @@ def test_a_graph_whose_entry_names_no_weights_may_read_none(bundle, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("as_zip", [False, True])
-def test_the_node_example_loads_the_shared_pair(bundle, node, as_zip):  # noqa: F811 - the fixture
-    result = check(node, Path(f"{bundle}.zip") if as_zip else bundle)
+def test_the_node_example_loads_the_shared_pair(shared, node, as_zip):
+    result = check(node, Path(f"{shared}.zip") if as_zip else shared)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().splitlines()[-1].startswith("6 passed, 0 failed")
 
 
 @pytest.mark.slow
-def test_the_node_example_refuses_a_location_outside_the_weights_file(bundle, node, tmp_path):  # noqa: F811
-    result = check(node, _relisted(bundle, tmp_path / "b", _external(location="model.onnx")))
+def test_the_node_example_refuses_a_location_outside_the_weights_file(shared, node, tmp_path):
+    result = check(node, relisted_copy(shared, tmp_path / "b", _external(location="model.onnx")))
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "does not name as its weights" in lines[0], result.stderr

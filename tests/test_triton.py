@@ -14,10 +14,8 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 
 import rnnexport
-from rnnexport.cli import main
 from rnnexport.core.compare import compare, tolerance_for
 from rnnexport.core.contract import Form, GraphInfo
 from rnnexport.core.errors import ContractError, ConvertError
@@ -35,7 +33,7 @@ from rnnexport.serving import (
 )
 from rnnexport.serving.config import EXPOSED_SUFFIX
 from rnnexport.testing import random_inputs
-from tests.test_runtime_cli import assert_one_line_error
+from tests.cli import Outcome, assert_one_line_error, invoke
 
 pytest.importorskip("tritonclient.grpc", reason="needs tritonclient (pip install tritonclient grpcio)")
 
@@ -89,11 +87,8 @@ def eleven():
 """
 
 
-def triton(*args) -> tuple[int, str]:
-    result = CliRunner().invoke(main, ["triton", *map(str, args)])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
+def triton(*args: object) -> Outcome:
+    return invoke("triton", *args)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +115,7 @@ def repository(sources, tmp_path_factory):
     """One Triton model repository holding a model per source, written by the CLI."""
     repo = tmp_path_factory.mktemp("triton") / "models"
     for name in (*TRAINED, NN_LSTM):
-        code, output = triton(sources[name][1], "-o", repo, "--name", name)
+        code, output, _ = triton(sources[name][1], "-o", repo, "--name", name)
         assert code == 0, output
     return repo
 
@@ -223,7 +218,7 @@ def test_served_graph_runs_in_the_runtime_with_its_batch_first_contract(reposito
 
 
 def test_options_reach_the_config(sources, tmp_path):
-    code, output = triton(sources[NN_LSTM][1], "-o", tmp_path / "models", "--name", "lstm", "--max-batch-size", "8",
+    code, output, _ = triton(sources[NN_LSTM][1], "-o", tmp_path / "models", "--name", "lstm", "--max-batch-size", "8",
                           "--idle-timeout", "2.5", "--strategy", "direct", "--instances", "3", "--kind", "gpu",
                           "--expose-state")
     assert code == 0, output
@@ -241,11 +236,10 @@ def test_options_reach_the_config(sources, tmp_path):
 
 def test_existing_folder_is_replaced_only_with_force(repository, sources, tmp_path):
     folder = copy_folder(repository, "rnn-charlm", tmp_path)
-    code, output = triton(sources["rnn-charlm"][1], "-o", folder.parent, "--name", "rnn-charlm")
-    assert code == 2
-    assert_one_line_error(output, "already exists", "--force")
+    assert_one_line_error(triton(sources["rnn-charlm"][1], "-o", folder.parent, "--name", "rnn-charlm"),
+                          "already exists", "--force")
     (folder / "stale.txt").write_text("old")
-    code, output = triton(sources["rnn-charlm"][1], "-o", folder.parent, "--name", "rnn-charlm", "--force")
+    code, output, _ = triton(sources["rnn-charlm"][1], "-o", folder.parent, "--name", "rnn-charlm", "--force")
     assert code == 0, output
     assert not (folder / "stale.txt").exists() and check_model_folder(folder).passed
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
@@ -254,10 +248,8 @@ def test_existing_folder_is_replaced_only_with_force(repository, sources, tmp_pa
 # --- refusals ----------------------------------------------------------------------------------
 
 def test_refuses_sort_breaking_state_names(sources, tmp_path):
-    code, output = triton(sources["sort-breaking"][1], "-o", tmp_path / "models")
-    assert code == 2
-    assert_one_line_error(output, "a_b", "issue #8586", "no name is the start of another", "state_names",
-                          "state dict")
+    assert_one_line_error(triton(sources["sort-breaking"][1], "-o", tmp_path / "models"), "a_b", "issue #8586",
+                          "no name is the start of another", "state_names", "state dict")
     assert not (tmp_path / "models").exists() or not list((tmp_path / "models").iterdir())
 
 
@@ -265,7 +257,7 @@ def test_a_list_state_of_eleven_tensors_is_renamed_to_sort_alike(sources, tmp_pa
     """s0 ... s10: s1 sorts before s10 but s1_out after s10_out, so Triton would feed s1_out to s10;
     served as s00 ... s10, the pairing holds and every stream batches exactly."""
     step_path = sources["eleven"][0]
-    code, output = triton(step_path, "-o", tmp_path / "models", "--name", "eleven", "--max-batch-size", "8")
+    code, output, _ = triton(step_path, "-o", tmp_path / "models", "--name", "eleven", "--max-batch-size", "8")
     assert code == 0, output
     assert "renamed   s0 -> s00, s1 -> s01" in output
     folder = tmp_path / "models" / "eleven"
@@ -280,30 +272,25 @@ def test_a_list_state_of_eleven_tensors_is_renamed_to_sort_alike(sources, tmp_pa
 def test_refuses_a_sequence_graph_and_a_bundle_without_step_graph(sources, tmp_path):
     step, bundle = sources["gru-charlm"]
     sequence = step.with_name("gru-charlm.onnx")
-    code, output = triton(sequence, "-o", tmp_path / "models")
-    assert code == 2
-    assert_one_line_error(output, "sequence graph", "--form step")
+    assert_one_line_error(triton(sequence, "-o", tmp_path / "models"), "sequence graph", "--form step")
     no_step = rnnexport.package(sequence, tmp_path / "no-step", variants=())
-    code, output = triton(no_step.folder, "-o", tmp_path / "models")
-    assert code == 2
-    assert_one_line_error(output, "holds no step graph", "--step")
+    assert_one_line_error(triton(no_step.folder, "-o", tmp_path / "models"),
+                          "holds no step graph", "--step")
 
 
 def test_refuses_a_graph_that_cannot_be_made_batch_first(sources, tmp_path):
     model = onnx.load(sources[NN_LSTM][0])
     model.graph.input[1].type.tensor_type.shape.dim[0].dim_value = 3  # h no longer (2, B, 12)
     onnx.save(model, tmp_path / "odd.onnx")
-    code, output = triton(tmp_path / "odd.onnx", "-o", tmp_path / "models")
-    assert code == 2
-    assert_one_line_error(output, "cannot be made batch-first")
+    assert_one_line_error(triton(tmp_path / "odd.onnx", "-o", tmp_path / "models"),
+                          "cannot be made batch-first")
 
 
 def test_bad_option_is_one_line(sources, tmp_path):
     with pytest.raises(ConvertError, match="idle timeout"):
         TritonOptions(idle_timeout_s=0).checked()
-    code, output = triton(sources[NN_LSTM][0], "-o", tmp_path / "models", "--name", "../up")
-    assert code == 2
-    assert_one_line_error(output, "not a model name")
+    assert_one_line_error(triton(sources[NN_LSTM][0], "-o", tmp_path / "models", "--name", "../up"),
+                          "not a model name")
 
 
 # --- bad folders: the checks reject them, and those that run do not batch exactly --------------
@@ -392,7 +379,7 @@ def test_plain_rnn_served_for_500_one_hot_steps_equals_each_stream_alone(reposit
 
 
 def test_state_outputs_batch_exactly_with_a_small_max_batch(sources, tmp_path):
-    code, output = triton(sources[NN_LSTM][1], "-o", tmp_path / "models", "--name", "small", "--max-batch-size", "3",
+    code, output, _ = triton(sources[NN_LSTM][1], "-o", tmp_path / "models", "--name", "small", "--max-batch-size", "3",
                           "--expose-state")
     assert code == 0, output
     assert batches_exactly(tmp_path / "models" / "small", sources[NN_LSTM][0], count=16, seed=5)
@@ -412,7 +399,7 @@ def test_state_outputs_listed_as_outputs_fail_as_on_the_server(sources, tmp_path
     """Triton 24.10 answered such a config with "failed to split the output state tensor 'c_out' in responses:
     expected batch size of at least 2 in model output, got 1" for every request but the first of a call,
     kept those sequences' old state, and so answered later steps wrongly. The emulator does the same."""
-    code, output = triton(sources["lstm-charlm"][1], "-o", tmp_path / "models", "--name", "old", "--expose-state")
+    code, output, _ = triton(sources["lstm-charlm"][1], "-o", tmp_path / "models", "--name", "old", "--expose-state")
     assert code == 0, output
     folder = tmp_path / "models" / "old"
     listing_the_state_outputs(folder, 8)

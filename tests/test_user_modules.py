@@ -17,155 +17,18 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from click.testing import CliRunner
 from torch import nn
 
 import rnnexport
-from rnnexport.cli import main
 from rnnexport.core.contract import MAX_STATE_DEPTH, Form, GraphInfo, StateSpec
 from rnnexport.core.errors import ContractError, ConvertError, SourceError
 from rnnexport.runtime import StatefulSession, StreamBatcher
 from rnnexport.source.sources import load_source
 from rnnexport.testing import assert_close, random_inputs, random_state
+from tests.cli import assert_one_line_error, invoke
+from tests.modules import MODULES, user_module
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-# --------------------------------------------------------------------------- the modules
-
-
-class LSTMCellLoop(nn.Module):
-    """An nn.LSTMCell loop with a head; ``initial_state`` gives ``(h, c)``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cell = nn.LSTMCell(3, 5)
-        self.head = nn.Linear(5, 2)
-
-    def initial_state(self, batch: int):
-        return torch.zeros(batch, 5), torch.zeros(batch, 5)
-
-    def forward(self, x, state):
-        h, c = state
-        ys = []
-        for t in range(x.shape[0]):
-            h, c = self.cell(x[t], (h, c))
-            ys.append(self.head(h))
-        return torch.stack(ys), (h, c)
-
-
-class StackedCells(nn.Module):
-    """Two LSTMCells, a list of ``(h, c)`` tuples as state, found from ``forward(x, None)``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cells = nn.ModuleList([nn.LSTMCell(3, 4), nn.LSTMCell(4, 4)])
-
-    def forward(self, x, state=None):
-        if state is None:
-            state = [(x.new_zeros(x.shape[1], 4), x.new_zeros(x.shape[1], 4)) for _ in self.cells]
-        state, ys = list(state), []
-        for t in range(x.shape[0]):
-            inp = x[t]
-            for k, cell in enumerate(self.cells):
-                state[k] = cell(inp, state[k])
-                inp = state[k][0]
-            ys.append(inp)
-        return torch.stack(ys), state
-
-
-class LstmThenGru(nn.Module):
-    """An nn.LSTM then a 2-layer nn.GRU: state ``((h1, c1), h2)``, found from ``forward(x)``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(3, 6)
-        self.gru = nn.GRU(6, 4, num_layers=2)
-
-    def forward(self, x, state=None):
-        first, second = state if state is not None else (None, None)
-        y, first = self.lstm(x, first)
-        y, second = self.gru(y, second)
-        return y, (first, second)
-
-
-class ResidualNormCell(nn.Module):
-    """A GRUCell with a residual connection and LayerNorm in its step; batch-first, dict state."""
-
-    batch_first = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cell = nn.GRUCell(4, 4)
-        self.norm = nn.LayerNorm(4)
-
-    def initial_state(self, batch: int):
-        return {"h": torch.zeros(batch, 4)}
-
-    def forward(self, x, state):
-        h, ys = state["h"], []
-        for t in range(x.shape[1]):
-            h = self.norm(self.cell(x[:, t], h) + x[:, t])
-            ys.append(h)
-        return torch.stack(ys, dim=1), {"h": h}
-
-
-class PlainGRU(nn.Module):
-    """A minimal GRU in plain torch ops; the state is one tensor."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.x_gates = nn.Linear(3, 15)
-        self.h_gates = nn.Linear(5, 15, bias=False)
-
-    def initial_state(self, batch: int):
-        return torch.zeros(batch, 5)
-
-    def forward(self, x, h):
-        ys = []
-        for t in range(x.shape[0]):
-            xr, xz, xn = self.x_gates(x[t]).chunk(3, -1)
-            hr, hz, hn = self.h_gates(h).chunk(3, -1)
-            r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
-            h = (1 - z) * torch.tanh(xn + r * hn) + z * h
-            ys.append(h)
-        return torch.stack(ys), h
-
-
-class LstmThenCell(nn.Module):
-    """An nn.LSTM (state ``(1, B, H)``) then a residual GRUCell loop (``(B, H)``): batch axes differ."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(3, 4)
-        self.cell = nn.GRUCell(4, 4)
-
-    def initial_state(self, batch: int):
-        return {"lstm": (torch.zeros(1, batch, 4), torch.zeros(1, batch, 4)), "cell": torch.zeros(batch, 4)}
-
-    def forward(self, x, state):
-        y, lstm = self.lstm(x, state["lstm"])
-        h, ys = state["cell"], []
-        for t in range(y.shape[0]):
-            h = self.cell(y[t], h) + y[t]
-            ys.append(h)
-        return torch.stack(ys), {"lstm": lstm, "cell": h}
-
-
-#: name -> (module class, expected state names, expected structure)
-MODULES = {
-    "lstm_cell_loop": (LSTMCellLoop, ("s0", "s1"), ("s0", "s1")),
-    "stacked_cells": (StackedCells, ("s0_0", "s0_1", "s1_0", "s1_1"), (("s0_0", "s0_1"), ("s1_0", "s1_1"))),
-    "lstm_then_gru": (LstmThenGru, ("s0_0", "s0_1", "s1"), (("s0_0", "s0_1"), "s1")),
-    "residual_norm_cell": (ResidualNormCell, ("h",), {"h": "h"}),
-    "plain_gru": (PlainGRU, ("h",), None),
-    "lstm_then_cell": (LstmThenCell, ("lstm_0", "lstm_1", "cell"), {"lstm": ("lstm_0", "lstm_1"), "cell": "cell"}),
-}
-
-
-def _module(name: str) -> nn.Module:
-    torch.manual_seed(0)
-    return MODULES[name][0]().eval()
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +39,7 @@ def converted(tmp_path_factory):
 
     def get(name: str, form: str):
         if (name, form) not in cache:
-            cache[name, form] = rnnexport.convert(_module(name), folder / f"{name}.{form}.onnx", form=form)
+            cache[name, form] = rnnexport.convert(user_module(name), folder / f"{name}.{form}.onnx", form=form)
         return cache[name, form]
 
     return get
@@ -223,16 +86,16 @@ def _assert_same(got, want, path="state"):
 @pytest.mark.parametrize("name", MODULES)
 def test_the_state_structure_is_read_from_the_module(name):
     _, names, structure = MODULES[name]
-    model = rnnexport.from_module(_module(name))
+    model = rnnexport.from_module(user_module(name))
     assert model.io.state.names == names and model.io.state.structure == structure
     assert model.native is None and model.native_reason and model.scan_reason is None
 
 
 def test_state_tensors_on_different_batch_axes_come_batch_first():
-    state = rnnexport.from_module(_module("lstm_then_cell")).io.state
+    state = rnnexport.from_module(user_module("lstm_then_cell")).io.state
     assert state.batch_axis == 0 and state.nested_axes == (1, 1, 0)
     assert state.shapes == (("B", 1, 4), ("B", 1, 4), ("B", 4))
-    shared = rnnexport.from_module(_module("lstm_then_gru")).io.state
+    shared = rnnexport.from_module(user_module("lstm_then_gru")).io.state
     assert shared.batch_axis == 1 and shared.nested_axes is None and shared.dims == ((1, 6), (1, 6), (2, 4))
 
 
@@ -241,18 +104,18 @@ def test_state_tensors_on_different_batch_axes_come_batch_first():
 def test_converts_verifies_and_records_the_structure(converted, name, form):
     result = converted(name, form)
     assert result.lowering.value == ("scan" if form == "sequence" else "unrolled")
-    report = rnnexport.verify(result.path, _module(name), batch_sizes=(2,), seq_lens=(1, 7), engines=("cpu", "reference"))
+    report = rnnexport.verify(result.path, user_module(name), batch_sizes=(2,), seq_lens=(1, 7), engines=("cpu", "reference"))
     assert report.passed, report.failures[:3]
     assert any(c.contract.value == "graph_vs_pytorch" for c in report.checks)
     props = {p.key: p.value for p in onnx.load(str(result.path)).metadata_props}
     info = GraphInfo.from_props(props)
-    assert info is not None and info.io.state == rnnexport.from_module(_module(name)).io.state
+    assert info is not None and info.io.state == rnnexport.from_module(user_module(name)).io.state
     recorded = json.loads(props["rnnexport.state"])
     assert ("structure" in recorded) == (MODULES[name][2] is not None)
 
 
 def _random_state(name: str, batch: int):
-    spec = rnnexport.from_module(_module(name)).io.state
+    spec = rnnexport.from_module(user_module(name)).io.state
     rng = np.random.default_rng(7)
     flat = [rng.standard_normal(spec.shape(i, batch)).astype(np.float32) * 0.5 for i in range(len(spec.names))]
     return spec.nest(flat)
@@ -260,7 +123,7 @@ def _random_state(name: str, batch: int):
 
 @pytest.mark.parametrize("name", MODULES)
 def test_streams_step_by_step_with_the_nested_state(converted, name):
-    module, batch = _module(name), 2
+    module, batch = user_module(name), 2
     session = StatefulSession.load(converted(name, "step").path, batch=batch)
     start = _random_state(name, batch)
     session.set_nested_state(start)
@@ -278,7 +141,7 @@ def test_streams_step_by_step_with_the_nested_state(converted, name):
 
 @pytest.mark.parametrize("name", ["stacked_cells", "lstm_then_gru", "lstm_then_cell"])
 def test_a_sequence_graph_run_in_chunks_leaves_the_nested_state(converted, name):
-    module, batch = _module(name), 3
+    module, batch = user_module(name), 3
     session = StatefulSession.load(converted(name, "sequence").path, batch=batch)
     xs = np.random.default_rng(4).standard_normal((6, batch, 3)).astype(np.float32)
     session.run(xs[:2])
@@ -822,12 +685,12 @@ def test_convert_input_size_reaches_a_factory(tmp_path):
     source = f"{factory}:make"
     assert load_source(source).io.x_features == (8,)  # the first size its forward accepts
     out = tmp_path / "m.onnx"
-    result = CliRunner().invoke(main, ["convert", source, "--input-size", "3", "--form", "step", "-o", str(out)])
-    assert result.exit_code == 0, result.output
+    code, _, err = invoke("convert", source, "--input-size", "3", "--form", "step", "-o", out)
+    assert code == 0, err
     x = onnx.load(str(out)).graph.input[0]
     assert x.type.tensor_type.shape.dim[1].dim_value == 3
-    refused = CliRunner().invoke(main, ["convert", source, "--hidden-size", "3", "-o", str(tmp_path / "n.onnx")])
-    assert refused.exit_code == 2 and "--hidden-size applies to the built-in cells" in refused.output
+    assert_one_line_error(invoke("convert", source, "--hidden-size", "3", "-o", tmp_path / "n.onnx"),
+                          "--hidden-size applies to the built-in cells")
 
 
 # --------------------------------------------------------------------------- tracing refusals

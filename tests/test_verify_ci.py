@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
 
 import pytest
-from click.testing import CliRunner
 
 import rnnexport
-from rnnexport.cli import main
 from rnnexport.verification import Tick
+from tests.cli import assert_one_line_error, invoke
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +23,10 @@ def small(tmp_path_factory):
 
 def test_progress_is_printed_line_by_line_when_not_on_a_terminal(small):
     graph, _ = small
-    proc = subprocess.run([sys.executable, "-m", "rnnexport", "verify", str(graph), "gru", "--batch-sizes", "1,2",
-                           "--seq-lens", "1,3", "--threads", "1"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("verifying: ")]
-    assert len(lines) >= 5 and lines[-1].startswith("verifying: 18/18 (100% of the work)"), proc.stderr  # 16 + 2 NaN
+    code, _, err = invoke("verify", graph, "gru", "--batch-sizes", "1,2", "--seq-lens", "1,3", "--threads", "1")
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("verifying: ")]
+    assert len(lines) >= 5 and lines[-1].startswith("verifying: 18/18 (100% of the work)"), err  # 16 + 2 NaN
     assert "s left" in lines[0]
 
 
@@ -51,32 +47,30 @@ def test_progress_is_weighted_by_batch_times_steps(small):
                                     ["--plot", "x.png"], ["--grid", "full"], ["--step", "s.onnx"], ["gru"]])
 def test_bundle_mode_refuses_options_that_do_not_apply(small, option):
     _, bundle = small
-    result = CliRunner().invoke(main, ["verify", str(bundle), *option])
-    assert result.exit_code == 2 and "does not apply to DIR or ZIP" in result.stderr, result.output
+    assert_one_line_error(invoke("verify", bundle, *option), "does not apply to DIR or ZIP")
 
 
 def test_bundle_mode_honours_tolerances_threads_and_rechecks_variants(small, tmp_path):
     _, bundle = small
-    result = CliRunner().invoke(main, ["verify", str(bundle), "--engines", "cpu", "--threads", "1",
-                                       "--json", str(tmp_path / "r.json")])
-    assert result.exit_code == 0, result.output
+    code, _, err = invoke("verify", bundle, "--engines", "cpu", "--threads", "1", "--json", tmp_path / "r.json")
+    assert code == 0, err
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["format"] == "rnnexport.verify-report/1" and data["kind"] == "bundle"
     assert any(c["variant"] == "variant fp16" for c in data["checks"])
-    strict = CliRunner().invoke(main, ["verify", str(bundle), "--engines", "cpu", "--atol", "0", "--rtol", "0"])
-    assert strict.exit_code in (0, 1) and "tolerance  float32: |got - want| <= 0 + 0 * |want|" in strict.output
+    code, out, err = invoke("verify", bundle, "--engines", "cpu", "--atol", "0", "--rtol", "0")
+    assert code in (0, 1) and "tolerance  float32: |got - want| <= 0 + 0 * |want|" in out + err
 
 
 def test_requested_provider_that_cannot_start_fails_the_bundle_check(small):
     _, bundle = small
-    result = CliRunner().invoke(main, ["verify", str(bundle), "--engines", "cpu,cuda", "--json", "-"])
-    if result.exit_code == 0:
+    code, out, err = invoke("verify", bundle, "--engines", "cpu,cuda", "--json", "-")
+    if code == 0:
         pytest.skip("CUDA starts here")
-    assert result.exit_code == 1 and "requested engine(s) did not start" in result.stderr
-    data = json.loads(result.stdout)
+    assert code == 1 and "requested engine(s) did not start" in err
+    data = json.loads(out)
     assert data["checks"] == [] and any(n["kind"] == "stopped" for n in data["notes"])  # before any test set
-    allowed = CliRunner().invoke(main, ["verify", str(bundle), "--engines", "cpu,cuda", "--allow-missing"])
-    assert allowed.exit_code == 0, allowed.output
+    code, out, err = invoke("verify", bundle, "--engines", "cpu,cuda", "--allow-missing")
+    assert code == 0, (out, err)
 
 
 def test_bundle_default_engines_include_the_reference_evaluator_unless_left_out(small, tmp_path):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,13 +10,12 @@ import jsonschema
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import numpy_helper
 
-from rnnexport.cli import main
 from rnnexport.export.convert import convert
 from rnnexport.source.sources import SourceSpec
 from rnnexport.verification import verify
+from tests.cli import assert_one_line_error, invoke
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The schema the wheel ships as rnnexport/schemas/verify-report.schema.json.
@@ -33,28 +30,6 @@ def validate(instance: object) -> list[str]:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def run(args, cwd=None):
-    """The real entry point in a subprocess: exit code, stdout, stderr."""
-    proc = subprocess.run([sys.executable, "-m", "rnnexport", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-def invoke(args):
-    """The click group in-process (it turns errors into one line and exit 2 exactly as the console does)."""
-    result = CliRunner().invoke(main, args)
-    return result.exit_code, result.stdout, result.stderr
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +56,7 @@ def nudged(small) -> Path:
 
 
 def test_exit_0_when_all_pass_with_schema_valid_json(small, tmp_path):
-    code, out, err = run(["verify", str(small), *SMALL, "--json", str(tmp_path / "r.json")])
+    code, out, err = invoke("verify", str(small), *SMALL, "--json", str(tmp_path / "r.json"))
     assert code == 0, err
     assert out.strip().splitlines()[-1].startswith("PASS")
     assert "1 graph == PyTorch" in out and "onnxruntime:cpu" in out and "seed 0" in out
@@ -93,9 +68,8 @@ def test_exit_0_when_all_pass_with_schema_valid_json(small, tmp_path):
 
 
 def test_exit_1_on_a_parity_failure_with_figures_in_json(nudged, tmp_path):
-    code, out, err = run(["verify", str(nudged), "lstm", "--input-size", "5", "--hidden-size", "8", "--seed", "3",
-                          "--batch-sizes", "1,2", "--seq-lens", "1,3", "--engines", "cpu", "--json",
-                          str(tmp_path / "r.json")])
+    code, out, err = invoke("verify", nudged, "lstm", "--input-size", "5", "--hidden-size", "8", "--seed", "3",
+                            "--batch-sizes", "1,2", "--seq-lens", "1,3", "--engines", "cpu", "--json", tmp_path / "r.json")
     assert code == 1, err
     assert out.strip().splitlines()[-1].startswith("FAIL") and "1 graph == PyTorch" in out
     data = json.loads((tmp_path / "r.json").read_text())
@@ -107,8 +81,7 @@ def test_exit_1_on_a_parity_failure_with_figures_in_json(nudged, tmp_path):
 
 def test_exit_2_for_a_file_that_is_not_onnx(tmp_path):
     (tmp_path / "notes.onnx").write_text("this is not a model")
-    code, out, err = run(["verify", str(tmp_path / "notes.onnx")])
-    assert_one_line_error(code, err, "is not an ONNX model")
+    assert_one_line_error(invoke("verify", str(tmp_path / "notes.onnx")), "is not an ONNX model")
 
 
 def test_non_finite_figures_are_strict_json(small, tmp_path):
@@ -118,7 +91,7 @@ def test_non_finite_figures_are_strict_json(small, tmp_path):
     array.flat[0] = np.nan
     tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
     onnx.save(proto, tmp_path / "nan.onnx")
-    code, out, err = invoke(["verify", str(tmp_path / "nan.onnx"), *SMALL, "--json", str(tmp_path / "r.json")])
+    code, out, err = invoke("verify", str(tmp_path / "nan.onnx"), *SMALL, "--json", str(tmp_path / "r.json"))
     assert code == 1
     def forbidden(constant):
         raise AssertionError(f"non-strict JSON literal {constant}")
@@ -143,7 +116,7 @@ def test_the_validator_rejects_what_the_schema_forbids(small):
 
 def test_json_dash_writes_the_report_to_stdout_and_the_table_to_stderr(small, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, err = invoke(["verify", str(small), *SMALL, "--json", "-"])
+    code, out, err = invoke("verify", str(small), *SMALL, "--json", "-")
     assert code == 0, err
     data = json.loads(out)  # stdout is the JSON report and nothing else
     assert validate(data) == [] and data["passed"] and data["grid"] == "quick"
@@ -152,7 +125,7 @@ def test_json_dash_writes_the_report_to_stdout_and_the_table_to_stderr(small, tm
 
 
 def test_the_default_grid_is_quick_and_full_is_the_release_grid(small, tmp_path):
-    code, out, err = invoke(["verify", str(small), "--engines", "cpu", "--json", str(tmp_path / "quick.json")])
+    code, out, err = invoke("verify", str(small), "--engines", "cpu", "--json", str(tmp_path / "quick.json"))
     assert code == 0, err
     quick = json.loads((tmp_path / "quick.json").read_text())
     grid = {(c["batch"], c["time"]) for c in quick["cases"] if c["state"] != "nan" and c["inputs"] != "nan"}
@@ -160,8 +133,8 @@ def test_the_default_grid_is_quick_and_full_is_the_release_grid(small, tmp_path)
     assert {c["state"] for c in quick["cases"]} == {"zero", "random", "nan"}
     assert {c["contract"] for c in quick["checks"]} >= {"graph_vs_pytorch", "chunked_vs_whole"}
     assert "quick grid; --grid full for every size" in out
-    code, out, err = invoke(["verify", str(small), "--engines", "cpu", "--grid", "full", "--seq-lens", "3",
-                             "--json", str(tmp_path / "full.json")])  # full's batch sizes, at one short length
+    code, out, err = invoke("verify", small, "--engines", "cpu", "--grid", "full", "--seq-lens", "3",
+                            "--json", tmp_path / "full.json")  # full's batch sizes, at one short length
     assert code == 0, err
     full = json.loads((tmp_path / "full.json").read_text())
     assert full["grid"] == "full" and {c["batch"] for c in full["cases"]} == {1, 4, 16}
@@ -180,14 +153,14 @@ def test_unasked_providers_that_cannot_start_print_no_library_errors(small):
         pytest.skip("CUDA starts here")
     except ProviderError:
         pass
-    code, out, err = invoke(["verify", str(small), "--batch-sizes", "1", "--seq-lens", "2"])
+    code, out, err = invoke("verify", str(small), "--batch-sizes", "1", "--seq-lens", "2")
     assert code == 0, out + err
     assert "onnxruntime:cuda" in out and "were not asked for" in out
     assert ".so" not in out + err and "cannot open shared object" not in out + err
     data = verify(small, batch_sizes=(1,), seq_lens=(2,)).to_json()  # the JSON keeps the reason
     cuda = next(e for e in data["engines"] if e["name"] == "onnxruntime:cuda")
     assert not cuda["requested"] and not cuda["available"] and "did not start" in cuda["reason"]
-    code, out, err = invoke(["verify", str(small), "--engines", "cuda", "--batch-sizes", "1", "--seq-lens", "2"])
+    code, out, err = invoke("verify", str(small), "--engines", "cuda", "--batch-sizes", "1", "--seq-lens", "2")
     assert code == 1 and "did not start" in out and "no checks ran" in out  # asked for: the reason, no case run
 
 
@@ -204,21 +177,21 @@ def test_every_report_field_is_documented():
 
 
 def test_quiet_prints_one_line(small):
-    code, out, err = invoke(["verify", str(small), *SMALL, "--quiet"])
+    code, out, err = invoke("verify", str(small), *SMALL, "--quiet")
     assert code == 0 and len(out.strip().splitlines()) == 1 and out.startswith("PASS")
 
 
 def test_plot_writes_an_image(small, tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib is the optional 'plot' extra")
-    code, out, err = invoke(["verify", str(small), *SMALL, "--plot", str(tmp_path / "err.png")])
+    code, out, err = invoke("verify", str(small), *SMALL, "--plot", str(tmp_path / "err.png"))
     assert code == 0, err
     assert (tmp_path / "err.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plot_without_matplotlib_says_how_to_install(small, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the extra were not installed
-    code, out, err = invoke(["verify", str(small), *SMALL, "--plot", str(tmp_path / "err.png")])
-    assert_one_line_error(code, err, "pip install 'rnnexport[plot]'")
+    assert_one_line_error(invoke("verify", small, *SMALL, "--plot", tmp_path / "err.png"),
+                          "pip install 'rnnexport[plot]'")
     assert not (tmp_path / "err.png").exists()
 
 
@@ -266,14 +239,12 @@ def _no_metadata(small: Path, tmp_path: Path) -> Path:
 def test_bad_input_is_one_line_exit_2(small, tmp_path, args, fragments):
     paths = {"SMALL": small, "MISSING": tmp_path / "missing.onnx", "RENAMED": _renamed_input(small, tmp_path),
              "BARE": _no_metadata(small, tmp_path), "NODIR/r.json": tmp_path / "nodir" / "r.json"}
-    code, out, err = invoke([str(paths.get(a, a)) if a in paths else a for a in ["verify", *args]])
-    assert_one_line_error(code, err, *fragments)
+    assert_one_line_error(invoke(*[paths.get(a, a) for a in ["verify", *args]]), *fragments)
 
 
 def test_a_graph_without_metadata_verifies_against_its_source(small, tmp_path):
     bare = _no_metadata(small, tmp_path)
-    code, out, err = invoke(["verify", str(bare), "lstm", "--input-size", "5", "--hidden-size", "8", "--seed", "3",
-                             *SMALL])
+    code, out, err = invoke("verify", bare, "lstm", "--input-size", "5", "--hidden-size", "8", "--seed", "3", *SMALL)
     assert code == 0, out + err
     assert "lowering unknown" not in out and "sequence, unknown" in out
 
@@ -283,9 +254,9 @@ def test_module_graph_needs_its_source_and_then_verifies(tmp_path):
     factory.write_text("import torch\n\ndef make():\n    torch.manual_seed(0)\n"
                        "    return torch.nn.GRU(4, 6, num_layers=2)\n")
     convert(f"{factory}:make", tmp_path / "gru.onnx")
-    code, out, err = invoke(["verify", str(tmp_path / "gru.onnx"), *SMALL])
-    assert_one_line_error(code, err, "cannot be rebuilt from the graph's metadata", "file.py:factory")
-    code, out, err = invoke(["verify", str(tmp_path / "gru.onnx"), f"{factory}:make", *SMALL])
+    assert_one_line_error(invoke("verify", tmp_path / "gru.onnx", *SMALL),
+                          "cannot be rebuilt from the graph's metadata", "file.py:factory")
+    code, out, err = invoke("verify", str(tmp_path / "gru.onnx"), f"{factory}:make", *SMALL)
     assert code == 0, out + err
 
 
@@ -300,7 +271,7 @@ def test_trained_model_is_rebuilt_from_metadata_with_one_hot_cases(tmp_path):
 def test_help_documents_every_option():
     from rnnexport.cli.verify import verify_command
 
-    code, out, err = invoke(["verify", "--help"])
+    code, out, err = invoke("verify", "--help")
     assert code == 0
     for param in verify_command.params:
         for opt in [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]:
