@@ -5,19 +5,26 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rnnexport.core.compare import Tolerance, graph_precision, tolerance_for, with_rounding
+from rnnexport.core.compare import (
+    Tolerance,
+    graph_precision,
+    rounding_error,
+    tolerance_for,
+    with_rounding,
+)
 from rnnexport.core.contract import Form, NanPolicy
 from rnnexport.core.errors import VerifyError
 from rnnexport.core.ort import CPU, available_providers
 from rnnexport.engines.base import EngineFailure, EngineKind, EngineUnavailable, Runner, Unavailable
 from rnnexport.engines.torch_runner import TorchRunner
 from rnnexport.verification import contracts
+from rnnexport.verification.batches import Stack, batches
 from rnnexport.verification.cases import Case, StateKind, grid, lengths_of, materialize
 from rnnexport.verification.engines import Engine, Lineup, plan
 from rnnexport.verification.findings import Diagnosis
@@ -25,10 +32,13 @@ from rnnexport.verification.options import Progress, Tick, VerifyOptions
 from rnnexport.verification.report import Check, Contract, EngineStatus, Note, Report, ReportKind
 from rnnexport.verification.target import SourceLike, Target, load_graph, load_target
 
-__all__ = ["ILL_CONDITIONED", "verify_graph"]
+__all__ = ["ILL_CONDITIONED", "SLOW_CALLS", "verify_graph"]
 
 #: Contract 1 is not judged where PyTorch's own float32 error exceeds this share of the output range.
 ILL_CONDITIONED = 0.01
+#: The most calls one chunked or streamed run makes on a slow engine (each call is a round trip to
+#: another process, or a pure-numpy Scan): chunks of 1 and streamed steps up to T=64, chunks of 3 up to 192.
+SLOW_CALLS = 64
 #: Outputs by name.
 Outputs = dict[str, np.ndarray]
 #: The labels of a graph's models in a :class:`Lineup`.
@@ -73,21 +83,25 @@ class _CaseRun:
         self.checks: list[Check] = []
         self.unavailable: list[Unavailable] = []
         self.skipped: dict[str, int] = {}
+        self.slow_skipped: dict[str, int] = {}
         self.chunkable = target.seq_len is None and not target.bidirectional
         self.torch_seconds = 0.0
         self.noise: dict[str, float] = {}
         self.ill_conditioned: dict[str, float] = {}
 
     def run_all(self, cases: Sequence[Case], engines: Sequence[Engine], progress: Progress | None) -> None:
-        """Every case in order, ``progress`` told after each, weighted by its batch x time steps."""
+        """Every case, a batch at a time (:func:`batches`); ``progress`` told after each case, weighted by
+        its batch x time steps."""
         vocabulary = self.target.model.vocabulary_size()
-        total, done, started = sum(c.elements for c in cases), 0, time.perf_counter()
+        total, done, number, started = sum(c.elements for c in cases), 0, 0, time.perf_counter()
         with self.torch_seq, self.torch_step:
-            for number, case in enumerate(cases, 1):
-                self.run(case, engines, vocabulary)
-                done += case.elements
-                if progress is not None:
-                    progress(Tick(number, len(cases), done, total, case.id, time.perf_counter() - started))
+            for group in batches(cases, self.io):
+                stack = Stack(self.io, group, tuple(materialize(c, self.io, vocabulary) for c in group))
+                self.run(stack, engines)
+                for case in group:
+                    number, done = number + 1, done + case.elements
+                    if progress is not None:
+                        progress(Tick(number, len(cases), done, total, case.id, time.perf_counter() - started))
 
     def _reference(self, runner: TorchRunner, feeds: Outputs) -> Outputs:
         started = time.perf_counter()
@@ -96,50 +110,68 @@ class _CaseRun:
         finally:
             self.torch_seconds += time.perf_counter() - started
 
-    def _attempt(self, engine: Engine, case: Case, contract: Contract, fn: Callable[[], Outputs]) -> Outputs | None:
+    def _attempt(self, engine: Engine, cases: Sequence[Case], contract: Contract,
+                 fn: Callable[[], Outputs]) -> Outputs | None:
+        """``fn()``'s outputs, or None after recording why there are none for each of ``cases``."""
         if engine.stopped:  # a call ran over the time budget: no further call on this engine
             return None
         started = time.perf_counter()
         try:
             return fn()
         except EngineUnavailable as e:
-            self.unavailable.append(e.result(case.id))
+            self.unavailable += [e.result(case.id) for case in cases]
         except EngineFailure as e:
-            self.checks.append(Check(contract, engine.name, case.id, "*", False, detail=str(e)))
+            self.checks += [Check(contract, engine.name, case.id, "*", False, detail=str(e)) for case in cases]
         finally:
             engine.seconds += time.perf_counter() - started
         return None
 
-    def run(self, case: Case, engines: Sequence[Engine], vocabulary: int | None) -> None:
-        x, state = materialize(case, self.io, vocabulary)
-        if case.nonfinite:  # a graph without guards has no NaN pattern to compare: the runtime refuses its input
+    def run(self, stack: Stack, engines: Sequence[Engine]) -> None:
+        """Every contract on the cases of ``stack`` (one NaN case, or cases of one length), on every engine."""
+        if stack.nonfinite:  # a graph without guards has no NaN pattern to compare: the runtime refuses its input
+            (case,), ((x, state),) = stack.cases, stack.inputs
             for path, form in self.refusing:
                 label = "refused" if path == self.target.path else "refused, step graph"
                 self.checks += contracts.refused(path, self.io, form, case, x, state, label)
             if any(path == self.target.path for path, _ in self.refusing):
                 return
         if self.target.form is Form.SEQUENCE:
-            self._sequence(case, engines, x, state)
+            self._sequence(stack, engines)
         else:
-            self._step(case, engines, x, state)
+            self._step(stack, engines)
 
-    def _pytorch_tolerance(self, feeds: Outputs, want: Outputs, case: Case) -> Tolerance | None:
-        """Contract 1's tolerance: ``atol`` plus ``ROUNDING_FACTOR`` (3) times PyTorch's own float32 rounding error.
+    def _rounding(self, stack: Stack, feeds: Outputs, wants: Sequence[Outputs]) -> Callable[[Case], Tolerance | None]:
+        """Contract 1's tolerance with PyTorch's own rounding error on a case, measured at the first call.
 
         Two float32 implementations of a recurrence drift apart along time by rounding
-        alone. A float64 run of the same PyTorch model measures how far the float32
-        reference is from exact (``e``); a graph at most ``2e`` from exact is at most
-        ``3e`` from the reference: no more than twice as inexact as PyTorch itself.
+        alone. A float64 run of the same PyTorch model (one for the whole stack, made only
+        when a case fails the graph's own tolerance) measures how far the float32 reference
+        is from exact (``e``); a graph at most ``2e`` from exact is at most ``3e`` from the
+        reference (``ROUNDING_FACTOR``): no more than twice as inexact as PyTorch itself.
         None when ``e`` exceeds ``ILL_CONDITIONED`` of the output's range: the model is
         chaotic on that input and the case is not judged (reported in the notes).
         """
-        if self.tol.dtype != "float32" or case.nonfinite:
-            return self.tol
+        noise: dict[Case, float | None] = {}
+
+        def tolerance(case: Case) -> Tolerance | None:
+            if not noise:
+                noise.update(zip(stack.cases, self._rounding_errors(stack, feeds, wants), strict=True))
+            error = noise[case]
+            return self.tol if error is None else self._allowance(case, wants[stack.cases.index(case)], error)
+
+        return tolerance
+
+    def _rounding_errors(self, stack: Stack, feeds: Outputs, wants: Sequence[Outputs]) -> list[float | None]:
+        """Each case's PyTorch float32 rounding error (against a float64 run of the stack); None where it has none."""
         started = time.perf_counter()
-        noise = self.torch_seq.rounding_error(feeds, want)
+        exact = self.torch_seq.exact(feeds)
         self.torch_seconds += time.perf_counter() - started
-        if noise is None:
-            return self.tol
+        if exact is None:
+            return [None] * len(wants)
+        return [rounding_error([want[n] for n in part], list(part.values()))
+                for want, part in zip(wants, stack.split(exact, Form.SEQUENCE), strict=True)]
+
+    def _allowance(self, case: Case, want: Outputs, noise: float) -> Tolerance | None:
         self.noise[case.id] = noise
         scale = max(float(np.abs(w).max(initial=0.0)) for w in want.values())
         if noise > ILL_CONDITIONED * max(scale, 1.0):
@@ -155,97 +187,147 @@ class _CaseRun:
             return False
         return True
 
-    def _sequence(self, case: Case, engines: Sequence[Engine], x: np.ndarray, state: list[np.ndarray]) -> None:
-        lengths = lengths_of(case)
-        feeds = self.io.feeds(x, state, lengths)
-        want = self._reference(self.torch_seq, feeds)
-        if not case.nonfinite:
-            self.checks += contracts.finite("pytorch", case, want)
-        pytorch_tol = self._pytorch_tolerance(feeds, want, case)
-        baseline = None
+    def _bounded(self, engine: Engine, calls: int) -> bool:
+        """Whether ``engine`` takes a chunked or streamed run of ``calls`` calls (a slow one: up to ``SLOW_CALLS``)."""
+        if engine.spec.slow and calls > SLOW_CALLS:
+            self.slow_skipped[engine.name] = self.slow_skipped.get(engine.name, 0) + 1
+            return False
+        return True
+
+    def _sequence(self, stack: Stack, engines: Sequence[Engine]) -> None:
+        """Contract 1 per case on one call each, and the stack's chunked and streamed runs (contracts 2, 3)."""
+        io = self.io
+        single = stack.cases[0] if len(stack.cases) == 1 else None
+        feeds = io.feeds(stack.x, stack.state, lengths_of(single) if single is not None else None)
+        wants = stack.split(self._reference(self.torch_seq, feeds), Form.SEQUENCE)
+        for case, want in zip(stack.cases, wants, strict=True):
+            if not case.nonfinite:
+                self.checks += contracts.finite("pytorch", case, want)
+        rounding = self._rounding(stack, feeds, wants)
+        baselines: dict[Case, Outputs | None] = {}
         for engine in engines:
-            if self._takes(engine, case):
-                got = self._whole(engine, case, feeds, want, pytorch_tol)
-                if got is not None and lengths is not None:  # chunks and steps run the full-length cases
-                    self.checks += contracts.past_end(engine.name, case, got, self.io, lengths)
-                elif got is not None:
-                    self._chunks(engine, case, x, state, got)
-                    self._streamed(engine, case, x, state, got)
-                baseline = self._providers(engine, case, got, baseline) if got is not None else baseline
+            whole: dict[Case, Outputs] = {}
+            for case, (x, state), want in zip(stack.cases, stack.inputs, wants, strict=True):
+                if not self._takes(engine, case):
+                    continue
+                lengths = lengths_of(case)
+                got = self._whole(engine, case, io.feeds(x, state, lengths), want, rounding)
+                if got is None:
+                    continue
+                if lengths is not None:  # chunks and steps run the full-length cases
+                    self.checks += contracts.past_end(engine.name, case, got, io, lengths)
+                else:
+                    whole[case] = got
+                baselines[case] = self._providers(engine, case, got, baselines.get(case))
+            if whole:
+                taken = stack.select(list(whole))
+                self._chunks(engine, taken, whole)
+                self._streamed(engine, taken, whole)
 
     def _whole(self, engine: Engine, case: Case, feeds: Outputs, want: Outputs,
-               pytorch_tol: Tolerance | None) -> Outputs | None:
-        """Contracts 1, 4 and 5 on one call over the whole case; the outputs."""
+               rounding: Callable[[Case], Tolerance | None]) -> Outputs | None:
+        """Contracts 1, 4 and 5 on one call over the whole case; the outputs.
+
+        Contract 1 judges the case with the graph's tolerance; where that fails on a finite
+        float32 case, again with PyTorch's own rounding error allowed (``rounding``), or not at
+        all where that error alone is too large to judge by.
+        """
         runner = engine.runners[GRAPH]
-        got = self._attempt(engine, case, Contract.PYTORCH, lambda: runner.infer(contracts.prepare(runner, feeds)))
+        got = self._attempt(engine, [case], Contract.PYTORCH, lambda: runner.infer(contracts.prepare(runner, feeds)))
         if got is None:
             return None
         axes = contracts.time_axes(self.io, Form.SEQUENCE)
-        if pytorch_tol is not None:
-            self.checks += contracts.against(Contract.PYTORCH, engine.name, case, got, want, pytorch_tol, axes)
+        checks = contracts.against(Contract.PYTORCH, engine.name, case, got, want, self.tol, axes)
+        if not all(c.passed for c in checks) and self.tol.dtype == "float32" and not case.nonfinite:
+            tol = rounding(case)
+            checks = [] if tol is None else contracts.against(Contract.PYTORCH, engine.name, case, got, want, tol, axes)
+        self.checks += checks
         self.checks += contracts.declared_shapes(engine.name, case, self.target.outputs, got, Form.SEQUENCE)
         if not case.nonfinite:
             self.checks += contracts.finite(engine.name, case, got)
         return got
 
-    def _chunks(self, engine: Engine, case: Case, x: np.ndarray, state: list[np.ndarray], got: Outputs) -> None:
-        """Contract 2: each chunk length shorter than the case, on the random-state cases."""
-        if not self.chunkable or case.state is not StateKind.RANDOM:
+    def _compare(self, contract: Contract, engine: Engine, stack: Stack, out: Outputs,
+                 wants: Mapping[Case, Outputs], variant: str = "") -> None:
+        """``out`` (the whole stack's, a sequence) cut into cases, each compared with its own ``wants``."""
+        axes = contracts.time_axes(self.io, Form.SEQUENCE)
+        for case, part in zip(stack.cases, stack.split(out, Form.SEQUENCE), strict=True):
+            self.checks += contracts.against(contract, engine.name, case, part, wants[case], self.tol, axes, variant)
+
+    def _chunks(self, engine: Engine, stack: Stack, got: Mapping[Case, Outputs]) -> None:
+        """Contract 2: each chunk length shorter than the cases, on the random-state ones, in one batch."""
+        if not self.chunkable:
             return
-        runner, axes = engine.runners[GRAPH], contracts.time_axes(self.io, Form.SEQUENCE)
-        for chunk in (c for c in self.chunk_sizes if c < case.time):
+        stack = stack.select([c for c in stack.cases if c.state is StateKind.RANDOM])
+        if not stack.cases:
+            return
+        runner = engine.runners[GRAPH]
+        for chunk in (c for c in self.chunk_sizes if c < stack.time and self._bounded(engine, -(-stack.time // c))):
 
             def run_chunked(chunk: int = chunk) -> Outputs:
-                return contracts.chunked(runner, self.io, x, state, chunk)
+                return contracts.chunked(runner, self.io, stack.x, stack.state, chunk)
 
-            out = self._attempt(engine, case, Contract.CHUNKED, run_chunked)
+            out = self._attempt(engine, stack.cases, Contract.CHUNKED, run_chunked)
             if out is not None:
-                self.checks += contracts.against(Contract.CHUNKED, engine.name, case, out, got, self.tol, axes,
-                                                 variant=f"chunk={chunk}")
+                self._compare(Contract.CHUNKED, engine, stack, out, got, variant=f"chunk={chunk}")
 
-    def _streamed(self, engine: Engine, case: Case, x: np.ndarray, state: list[np.ndarray], got: Outputs) -> None:
-        """Contract 3: the step graph streamed over the case, against the sequence graph."""
+    def _streamed(self, engine: Engine, stack: Stack, got: Mapping[Case, Outputs]) -> None:
+        """Contract 3: the step graph streamed over the cases in one batch, against the sequence graph."""
         step = engine.runners.get(STEP)
-        if step is None or (case.nonfinite and len(self.refusing) > 0):  # then only the step graph refuses
+        if step is None or (stack.nonfinite and len(self.refusing) > 0):  # then only the step graph refuses
             return
-        out = self._attempt(engine, case, Contract.STEP, lambda: contracts.stream(step, self.io, x, state))
+        if not self._bounded(engine, stack.time):
+            return
+        out = self._attempt(engine, stack.cases, Contract.STEP,
+                            lambda: contracts.stream(step, self.io, stack.x, stack.state))
         if out is not None:
-            self.checks += contracts.against(Contract.STEP, engine.name, case, out, got, self.tol,
-                                             contracts.time_axes(self.io, Form.SEQUENCE))
+            self._compare(Contract.STEP, engine, stack, out, got)
 
-    def _step(self, case: Case, engines: Sequence[Engine], x: np.ndarray, state: list[np.ndarray]) -> None:
+    def _step(self, stack: Stack, engines: Sequence[Engine]) -> None:
+        """A step graph: its first step per case against PyTorch's, and the stack streamed (contract 3)."""
         io, tol = self.io, self.tol
-        seq_axes, step_axes = contracts.time_axes(io, Form.SEQUENCE), contracts.time_axes(io, Form.STEP)
-        first = io.feeds(np.take(x, 0, axis=io.time_axis), state)
-        want_step = self._reference(self.torch_step, first)
-        want_seq = self._reference(self.torch_seq, io.feeds(x, state))
-        if not case.nonfinite:
-            self.checks += contracts.finite("pytorch", case, want_seq)
-        baseline = None
-        for engine in (e for e in engines if self._takes(e, case)):
-            runner = engine.runners[GRAPH]
-
-            def infer_first(runner: Runner = runner) -> Outputs:
-                return runner.infer(contracts.prepare(runner, first))
-
-            got = self._attempt(engine, case, Contract.PYTORCH, infer_first)
-            if got is None:
-                continue
-            self.checks += contracts.against(Contract.PYTORCH, engine.name, case, got, want_step, tol, step_axes,
-                                             variant="first step")
-            self.checks += contracts.declared_shapes(engine.name, case, self.target.outputs, got, Form.STEP)
-
-            def stream_steps(runner: Runner = runner) -> Outputs:
-                return contracts.stream(runner, io, x, state)
-
-            out = self._attempt(engine, case, Contract.STEP, stream_steps)
-            if out is None:
-                continue
+        first = np.take(stack.x, 0, axis=io.time_axis)
+        wants_step = stack.split(self._reference(self.torch_step, io.feeds(first, stack.state)), Form.STEP)
+        wants_seq = dict(zip(stack.cases, stack.split(self._reference(self.torch_seq, io.feeds(stack.x, stack.state)),
+                                                      Form.SEQUENCE), strict=True))
+        for case in stack.cases:
             if not case.nonfinite:
-                self.checks += contracts.finite(engine.name, case, out, variant="streamed")
-            self.checks += contracts.against(Contract.STEP, engine.name, case, out, want_seq, tol, seq_axes,
-                                             variant="vs PyTorch sequence")
-            baseline = self._providers(engine, case, out, baseline)
+                self.checks += contracts.finite("pytorch", case, wants_seq[case])
+        baselines: dict[Case, Outputs | None] = {}
+        for engine in engines:
+            runner, taken = engine.runners[GRAPH], []
+            for case, (x, state), want in zip(stack.cases, stack.inputs, wants_step, strict=True):
+                if not self._takes(engine, case):
+                    continue
+                feeds = io.feeds(np.take(x, 0, axis=io.time_axis), state)
+
+                def infer_first(feeds: Outputs = feeds, runner: Runner = runner) -> Outputs:
+                    return runner.infer(contracts.prepare(runner, feeds))
+
+                got = self._attempt(engine, [case], Contract.PYTORCH, infer_first)
+                if got is None:
+                    continue
+                self.checks += contracts.against(Contract.PYTORCH, engine.name, case, got, want, tol,
+                                                 contracts.time_axes(io, Form.STEP), variant="first step")
+                self.checks += contracts.declared_shapes(engine.name, case, self.target.outputs, got, Form.STEP)
+                taken.append(case)
+            if taken and self._bounded(engine, stack.time):
+                self._stream_steps(engine, stack.select(taken), wants_seq, baselines)
+
+    def _stream_steps(self, engine: Engine, stack: Stack, wants: Mapping[Case, Outputs],
+                      baselines: dict[Case, Outputs | None]) -> None:
+        """Contracts 3, 5 and 6 of a step graph: streamed over the stack, each case against PyTorch's sequence."""
+        runner = engine.runners[GRAPH]
+        out = self._attempt(engine, stack.cases, Contract.STEP, lambda: contracts.stream(runner, self.io, stack.x,
+                                                                                         stack.state))
+        if out is None:
+            return
+        for case, part in zip(stack.cases, stack.split(out, Form.SEQUENCE), strict=True):
+            if not case.nonfinite:
+                self.checks += contracts.finite(engine.name, case, part, variant="streamed")
+        self._compare(Contract.STEP, engine, stack, out, wants, variant="vs PyTorch sequence")
+        for case, part in zip(stack.cases, stack.split(out, Form.SEQUENCE), strict=True):
+            baselines[case] = self._providers(engine, case, part, baselines.get(case))
 
     def _providers(self, engine: Engine, case: Case, got: Outputs, baseline: Outputs | None) -> Outputs | None:
         """Contract 6: keep the CPU provider's outputs, compare every other provider's with them."""
@@ -278,6 +360,8 @@ class _CaseRun:
         for name, count in self.skipped.items():
             found.append(Note("reference_skipped", {"engine": name, "skipped": count, "cases": len(cases),
                                                     "max_elements": self.options.reference_max_elements}))
+        for name, count in self.slow_skipped.items():
+            found.append(Note("slow_runs_skipped", {"engine": name, "skipped": count, "calls": SLOW_CALLS}))
         ragged = [c for c in cases if c.lengths is not None]
         if ragged:
             found.append(Note("ragged", {"cases": len(ragged), "batch": ragged[0].batch}))
