@@ -195,10 +195,10 @@ def _finite(diff: np.ndarray, b: np.ndarray, tol: Tolerance) -> Errors:
     """``|got - want|``, its ratio to the bound and the relative error, where every value is finite."""
     size = np.abs(b, out=b)
     bound = size * tol.rtol
-    floor = tol.atol + tol.range_atol * float(size.max())
+    floor = tol.atol + (tol.range_atol * float(size.max()) if tol.range_atol else 0.0)
     bound += floor
-    ratio = diff / bound
-    if floor <= 0 and not bound.all():  # 0 / 0 where an element matches exactly and its bound is 0
+    ratio = np.divide(diff, bound, out=bound)
+    if floor <= 0:  # 0 / 0 where an element matches exactly and its bound is 0
         ratio[diff == 0] = 0.0
     rel = np.divide(diff, np.maximum(size, REL_FLOOR, out=size), out=size)
     return diff, ratio, rel
@@ -229,6 +229,6 @@ def max_errors(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
 def count_nonfinite(array: np.ndarray) -> tuple[int, int]:
     """``(NaN count, Inf count)`` of a float array (zeros for integer arrays)."""
     array = np.asarray(array)
-    if not np.issubdtype(array.dtype, np.floating):
-        return 0, 0
+    if not np.issubdtype(array.dtype, np.floating) or np.isfinite(array.sum(dtype=np.float64)):
+        return 0, 0  # a finite sum: every value is finite (one pass, the common case)
     return int(np.isnan(array).sum()), int(np.isinf(array).sum())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,13 +33,14 @@ from rnnexport.verification.options import Progress, Tick, VerifyOptions
 from rnnexport.verification.report import Check, Contract, EngineStatus, Note, Report, ReportKind
 from rnnexport.verification.target import SourceLike, Target, load_graph, load_target
 
-__all__ = ["ILL_CONDITIONED", "SLOW_CALLS", "verify_graph"]
+__all__ = ["ILL_CONDITIONED", "SLOW_STEPS", "verify_graph"]
 
 #: Contract 1 is not judged where PyTorch's own float32 error exceeds this share of the output range.
 ILL_CONDITIONED = 0.01
-#: The most calls one chunked or streamed run makes on a slow engine (each call is a round trip to
-#: another process, or a pure-numpy Scan): chunks of 1 and streamed steps up to T=64, chunks of 3 up to 192.
-SLOW_CALLS = 64
+#: The longest case a slow engine takes: its cost is per call and per step (a round trip to another
+#: process, a pure-numpy Scan step), hardly per stream, so it runs each length's cases as one batch,
+#: and chunks of 1 or a streamed step graph make at most this many calls.
+SLOW_STEPS = 64
 #: Outputs by name.
 Outputs = dict[str, np.ndarray]
 #: The labels of a graph's models in a :class:`Lineup`.
@@ -83,7 +85,6 @@ class _CaseRun:
         self.checks: list[Check] = []
         self.unavailable: list[Unavailable] = []
         self.skipped: dict[str, int] = {}
-        self.slow_skipped: dict[str, int] = {}
         self.chunkable = target.seq_len is None and not target.bidirectional
         self.torch_seconds = 0.0
         self.noise: dict[str, float] = {}
@@ -182,15 +183,8 @@ class _CaseRun:
     def _takes(self, engine: Engine, case: Case) -> bool:
         if engine.stopped:  # a call ran over the time budget: its failure is recorded once
             return False
-        if engine.spec.slow and case.elements > self.options.reference_max_elements:
+        if engine.spec.slow and (case.elements > self.options.reference_max_elements or case.time > SLOW_STEPS):
             self.skipped[engine.name] = self.skipped.get(engine.name, 0) + 1
-            return False
-        return True
-
-    def _bounded(self, engine: Engine, calls: int) -> bool:
-        """Whether ``engine`` takes a chunked or streamed run of ``calls`` calls (a slow one: up to ``SLOW_CALLS``)."""
-        if engine.spec.slow and calls > SLOW_CALLS:
-            self.slow_skipped[engine.name] = self.slow_skipped.get(engine.name, 0) + 1
             return False
         return True
 
@@ -207,35 +201,43 @@ class _CaseRun:
         baselines: dict[Case, Outputs | None] = {}
         for engine in engines:
             whole: dict[Case, Outputs] = {}
-            for case, (x, state), want in zip(stack.cases, stack.inputs, wants, strict=True):
-                if not self._takes(engine, case):
-                    continue
+            taken = [case for case in stack.cases if self._takes(engine, case)]
+            for case, got in self._calls(engine, stack.select(taken)):
+                self._judge(engine, case, got, wants[stack.cases.index(case)], rounding)
                 lengths = lengths_of(case)
-                got = self._whole(engine, case, io.feeds(x, state, lengths), want, rounding)
-                if got is None:
-                    continue
                 if lengths is not None:  # chunks and steps run the full-length cases
                     self.checks += contracts.past_end(engine.name, case, got, io, lengths)
                 else:
                     whole[case] = got
                 baselines[case] = self._providers(engine, case, got, baselines.get(case))
             if whole:
-                taken = stack.select(list(whole))
-                self._chunks(engine, taken, whole)
-                self._streamed(engine, taken, whole)
+                taken_stack = stack.select(list(whole))
+                self._chunks(engine, taken_stack, whole)
+                self._streamed(engine, taken_stack, whole)
 
-    def _whole(self, engine: Engine, case: Case, feeds: Outputs, want: Outputs,
-               rounding: Callable[[Case], Tolerance | None]) -> Outputs | None:
-        """Contracts 1, 4 and 5 on one call over the whole case; the outputs.
+    def _calls(self, engine: Engine, stack: Stack) -> list[tuple[Case, Outputs]]:
+        """Each case's outputs of one call over all of it: a call per case, or on a slow engine one for the stack."""
+        runner = engine.runners[GRAPH]
+        if engine.spec.slow and len(stack.cases) > 1:  # a slow engine's cost is per call, hardly per stream
+            feeds = self.io.feeds(stack.x, stack.state)
+            out = self._attempt(engine, stack.cases, Contract.PYTORCH, functools.partial(_infer, runner, feeds))
+            return [] if out is None else list(zip(stack.cases, stack.split(out, Form.SEQUENCE), strict=True))
+        found = []
+        for case, (x, state) in zip(stack.cases, stack.inputs, strict=True):
+            feeds = self.io.feeds(x, state, lengths_of(case))
+            got = self._attempt(engine, [case], Contract.PYTORCH, functools.partial(_infer, runner, feeds))
+            if got is not None:
+                found.append((case, got))
+        return found
+
+    def _judge(self, engine: Engine, case: Case, got: Outputs, want: Outputs,
+               rounding: Callable[[Case], Tolerance | None]) -> None:
+        """Contracts 1, 4 and 5 on a case's outputs of one call over all of it.
 
         Contract 1 judges the case with the graph's tolerance; where that fails on a finite
         float32 case, again with PyTorch's own rounding error allowed (``rounding``), or not at
         all where that error alone is too large to judge by.
         """
-        runner = engine.runners[GRAPH]
-        got = self._attempt(engine, [case], Contract.PYTORCH, lambda: runner.infer(contracts.prepare(runner, feeds)))
-        if got is None:
-            return None
         axes = contracts.time_axes(self.io, Form.SEQUENCE)
         checks = contracts.against(Contract.PYTORCH, engine.name, case, got, want, self.tol, axes)
         if not all(c.passed for c in checks) and self.tol.dtype == "float32" and not case.nonfinite:
@@ -245,7 +247,6 @@ class _CaseRun:
         self.checks += contracts.declared_shapes(engine.name, case, self.target.outputs, got, Form.SEQUENCE)
         if not case.nonfinite:
             self.checks += contracts.finite(engine.name, case, got)
-        return got
 
     def _compare(self, contract: Contract, engine: Engine, stack: Stack, out: Outputs,
                  wants: Mapping[Case, Outputs], variant: str = "") -> None:
@@ -262,7 +263,7 @@ class _CaseRun:
         if not stack.cases:
             return
         runner = engine.runners[GRAPH]
-        for chunk in (c for c in self.chunk_sizes if c < stack.time and self._bounded(engine, -(-stack.time // c))):
+        for chunk in (c for c in self.chunk_sizes if c < stack.time):
 
             def run_chunked(chunk: int = chunk) -> Outputs:
                 return contracts.chunked(runner, self.io, stack.x, stack.state, chunk)
@@ -275,8 +276,6 @@ class _CaseRun:
         """Contract 3: the step graph streamed over the cases in one batch, against the sequence graph."""
         step = engine.runners.get(STEP)
         if step is None or (stack.nonfinite and len(self.refusing) > 0):  # then only the step graph refuses
-            return
-        if not self._bounded(engine, stack.time):
             return
         out = self._attempt(engine, stack.cases, Contract.STEP,
                             lambda: contracts.stream(step, self.io, stack.x, stack.state))
@@ -301,17 +300,14 @@ class _CaseRun:
                     continue
                 feeds = io.feeds(np.take(x, 0, axis=io.time_axis), state)
 
-                def infer_first(feeds: Outputs = feeds, runner: Runner = runner) -> Outputs:
-                    return runner.infer(contracts.prepare(runner, feeds))
-
-                got = self._attempt(engine, [case], Contract.PYTORCH, infer_first)
+                got = self._attempt(engine, [case], Contract.PYTORCH, functools.partial(_infer, runner, feeds))
                 if got is None:
                     continue
                 self.checks += contracts.against(Contract.PYTORCH, engine.name, case, got, want, tol,
                                                  contracts.time_axes(io, Form.STEP), variant="first step")
                 self.checks += contracts.declared_shapes(engine.name, case, self.target.outputs, got, Form.STEP)
                 taken.append(case)
-            if taken and self._bounded(engine, stack.time):
+            if taken:
                 self._stream_steps(engine, stack.select(taken), wants_seq, baselines)
 
     def _stream_steps(self, engine: Engine, stack: Stack, wants: Mapping[Case, Outputs],
@@ -359,13 +355,17 @@ class _CaseRun:
             found.append(Note("rounding_allowance", {"worst": noise[worst], "worst_case": worst}))
         for name, count in self.skipped.items():
             found.append(Note("reference_skipped", {"engine": name, "skipped": count, "cases": len(cases),
-                                                    "max_elements": self.options.reference_max_elements}))
-        for name, count in self.slow_skipped.items():
-            found.append(Note("slow_runs_skipped", {"engine": name, "skipped": count, "calls": SLOW_CALLS}))
+                                                    "max_elements": self.options.reference_max_elements,
+                                                    "max_steps": SLOW_STEPS}))
         ragged = [c for c in cases if c.lengths is not None]
         if ragged:
             found.append(Note("ragged", {"cases": len(ragged), "batch": ragged[0].batch}))
         return found
+
+
+def _infer(runner: Runner, feeds: Outputs) -> Outputs:
+    """One call of ``runner`` on ``feeds``, cast to the float type its graph declares."""
+    return runner.infer(contracts.prepare(runner, feeds))
 
 
 def _refuses(path: Path, target: Target | None) -> bool:
@@ -388,6 +388,8 @@ def _diagnose(options: VerifyOptions, target: Target, cases: Sequence[Case], run
     ran over its time budget (the graph does not finish: there is no divergence to find)."""
     if options.diagnose is False or any(e.stopped for e in engines):
         return None
+    if options.diagnose is None and all(c.passed for c in run.checks if c.contract is Contract.PYTORCH):
+        return None  # nothing to diagnose (and nothing of it to import)
     from rnnexport.verification.diagnose import AUTO_SECONDS, FORCED_SECONDS, diagnose
 
     seconds = FORCED_SECONDS if options.diagnose else AUTO_SECONDS
