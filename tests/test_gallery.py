@@ -177,6 +177,9 @@ class RWKVTimeMix(nn.Module):
         zeros = torch.zeros(batch, self.size)
         return {"shift": zeros, "num": zeros, "den": zeros, "max": zeros.clone()}
 
+    def state_domain(self):
+        return {"den": "positive"}  # a sum of exponentials: a random state from it is one the module can reach
+
     def forward(self, x, state):
         last, num, den, top = state["shift"], state["num"], state["den"], state["max"]
         w = -torch.exp(self.decay)
@@ -258,6 +261,9 @@ class SLSTM(nn.Module):
 
     def initial_state(self, batch: int):
         return tuple(torch.zeros(batch, self.hidden) for _ in range(4))
+
+    def state_domain(self):
+        return (None, None, (1.0, None), None)  # the normaliser n: a step keeps n >= 1 (n grows, or starts at 1)
 
     def forward(self, x, state):
         h, c, n, m = state
@@ -405,10 +411,10 @@ GALLERY = {
     "indrnn": Entry(IndRNN, verify=True, names=("s0",)),
     "sru": Entry(SRU, names=("h",)),
     "qrnn": Entry(QRNN, names=("c", "last")),
-    "rwkv": Entry(RWKVTimeMix, names=("shift", "num", "den", "max")),
+    "rwkv": Entry(RWKVTimeMix, verify=True, names=("shift", "num", "den", "max")),
     "diagonal_ssm": Entry(DiagonalSSM, verify=True, names=("h",)),
     "selective_ssm": Entry(SelectiveSSM, names=("h",)),
-    "slstm": Entry(SLSTM, names=("s0", "s1", "s2", "s3")),
+    "slstm": Entry(SLSTM, verify=True, names=("s0", "s1", "s2", "s3")),
     "norm_residual_gru": Entry(NormResidualGRU, names=("h",)),
     "clean_input": Entry(CleanInput, verify=True, names=("h",)),
     "buffers": Entry(ConvGRUBuffers, verify=True, names=("cache", "h")),
