@@ -26,7 +26,7 @@ def random_state(io: IOSpec, batch: int, rng: np.random.Generator, scale: float 
     domains = io.state.domains or (None,) * len(io.state.names)
     # an int batch makes every dim an int; StateSpec.shape is typed for the symbolic "B" too
     shapes = [cast("tuple[int, ...]", io.state.shape(i, batch)) for i in range(len(io.state.names))]
-    return [_draw(rng, shape, scale, domain).astype(io.state.dtype) for shape, domain in zip(shapes, domains)]
+    return [_draw(rng, shape, scale, domain).astype(io.state.dtype) for shape, domain in zip(shapes, domains, strict=True)]
 
 
 def _draw(rng: np.random.Generator, shape: tuple[int, ...], scale: float, domain: StateDomain | None) -> np.ndarray:
