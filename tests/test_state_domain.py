@@ -6,8 +6,11 @@ generator for the draws.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 from torch import nn
@@ -180,3 +183,17 @@ def test_a_state_outside_the_domain_makes_the_comparison_ill_conditioned(tmp_pat
         if name == "declared":
             assert report.passed, report.failures[:3]
     assert errors["undeclared"] > 100 * errors["declared"], errors
+
+
+def test_a_bundles_test_vectors_start_inside_the_domain(tmp_path):
+    """``package`` draws its test sets' initial states from the recorded contract: inside the domain."""
+    graph = tmp_path / "normaliser.onnx"
+    module = _module(DeclaredNormaliser)
+    rnnexport.convert(module, graph)
+    rnnexport.package(graph, tmp_path / "bundle", source=rnnexport.from_module(module), variants=[])
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    starts = [entry["dir"] for entry in manifest["test_vectors"] if entry["kind"] == "single"]  # streams start at 0
+    states = [onnx.numpy_helper.to_array(onnx.load_tensor(str(tmp_path / "bundle" / folder / "input_1.pb")))
+              for folder in starts]
+    assert states and all(state.min() > 0 for state in states)
+    assert rnnexport.verify(tmp_path / "bundle").passed
