@@ -1,6 +1,6 @@
 """CPU time of ``verify`` on a minGRU-sized module: this checkout, or others given by path.
 
-A minGRU (Feng et al. 2024, sequential form, as ``tests/test_gallery.py`` writes it; input 16,
+A minGRU (Feng et al. 2024, sequential form, as ``tests/gallery.py`` writes it; input 16,
 hidden 32) is converted by scan, then verified against its PyTorch module on a grid given
 explicitly (so that versions whose default grids differ run the same cases), on the default
 engines (onnxruntime's CPU provider and onnx's ReferenceEvaluator), one thread; ``--step``

@@ -21,7 +21,7 @@ from rnnexport.core.errors import ContractError, SourceError
 from rnnexport.core.onnxfile import read_info
 from rnnexport.testing import random_state
 from rnnexport.verification.cases import StateKind, materialize
-from tests.test_gallery import SLSTM, RWKVTimeMix
+from tests.gallery import SLSTM, RWKVTimeMix
 
 # --------------------------------------------------------------------------- the contract
 
