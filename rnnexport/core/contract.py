@@ -26,6 +26,7 @@ from rnnexport.core.errors import ContractError
 __all__ = [
     "Declared",
     "BATCH",
+    "MAX_BOUND",
     "MAX_DIM",
     "MAX_NAME",
     "MAX_STATE_DEPTH",
@@ -42,6 +43,7 @@ __all__ = [
     "LengthsSpec",
     "Lowering",
     "NanPolicy",
+    "StateDomain",
     "StateSpec",
     "TensorSpec",
     "check_array",
@@ -69,6 +71,9 @@ MAX_STATE_ELEMENTS = 1 << 28
 MAX_NAME = 128
 #: The most state tensors a contract may name, and how deep their structure may nest.
 MAX_STATE_TENSORS, MAX_STATE_DEPTH = 64, 8
+
+#: The largest magnitude a state domain's bound may have.
+MAX_BOUND = 1e30
 
 _DTYPES = ("float32", "float16", "float64", "int64", "int32")
 _ENCODINGS = ("real", "one-hot", "token-ids")
@@ -205,6 +210,57 @@ class TensorSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class StateDomain:
+    """Where a state tensor's values lie, as its module declares (``state_domain()``): ``low <= v <= high``.
+
+    Either bound may be None (open). Random initial states are drawn inside it
+    (:func:`rnnexport.core.inputs.random_state`): a denominator that must stay positive, a
+    normaliser of at least 1, a probability in [0, 1].
+    """
+
+    low: float | None = None
+    high: float | None = None
+
+    def __post_init__(self) -> None:
+        for bound in (self.low, self.high):
+            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))
+                                      or not abs(bound) <= MAX_BOUND):
+                raise ContractError(f"a state domain's bounds are numbers of at most {MAX_BOUND:g} in magnitude "
+                                    f"or None, got {bound!r:.40}")
+        if self.low is not None and self.high is not None and not self.low < self.high:
+            raise ContractError(f"a state domain needs low < high, got [{self.low}, {self.high}]")
+        for field in ("low", "high"):
+            value = getattr(self, field)
+            if value is not None:
+                object.__setattr__(self, field, float(value))
+
+    def describe(self) -> str:
+        """``[0, inf)``, ``[1, 3]``."""
+        low = "(-inf" if self.low is None else f"[{self.low:g}"
+        high = "inf)" if self.high is None else f"{self.high:g}]"
+        return f"{low}, {high}"
+
+    def to_json(self) -> list[float | None]:
+        return [self.low, self.high]
+
+    @classmethod
+    def from_json(cls, data: Any) -> StateDomain:
+        if not isinstance(data, list) or len(data) != 2:
+            raise ContractError(f"malformed state contract: a domain is [low, high], got {data!r:.80}")
+        return cls(*data)
+
+
+def _json_domains(value: Any, count: int) -> tuple[StateDomain | None, ...] | None:
+    """``domains`` as JSON gives it (a list of [low, high] or null, one per state name); None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != count:
+        raise ContractError(f"malformed state contract: domains must be a list of one [low, high] or null per "
+                            f"state name ({count}), got {value!r:.80}")
+    return tuple(None if item is None else StateDomain.from_json(item) for item in value)
+
+
+@dataclasses.dataclass(frozen=True)
 class StateSpec:
     """The recurrent state: its names and per-tensor shapes around the batch axis.
 
@@ -217,7 +273,10 @@ class StateSpec:
     order (:attr:`tree`). :meth:`nest` and :meth:`flatten` convert between the two views.
     ``nested_axes`` is where each tensor has its batch axis in the nested view, when the
     module's tensors do not share one (the graph has them all at ``batch_axis``); None: at
-    ``batch_axis``.
+    ``batch_axis``. ``domains`` is where each tensor's values lie (:class:`StateDomain`, None:
+    anywhere), as the module declares; None: none declared. It tells verify and packaging
+    where to draw a random initial state, not what the graph computes, so it takes no part in
+    comparing contracts.
     """
 
     names: tuple[str, ...]
@@ -226,8 +285,15 @@ class StateSpec:
     dtype: str = "float32"
     structure: Structure | None = dataclasses.field(default=None, hash=False)
     nested_axes: tuple[int, ...] | None = None
+    domains: tuple[StateDomain | None, ...] | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        if self.domains is not None:
+            domains = tuple(self.domains)
+            if len(domains) != len(self.names) or not all(d is None or isinstance(d, StateDomain) for d in domains):
+                raise ContractError(f"malformed state contract: domains must be one StateDomain or None per state "
+                                    f"tensor ({len(self.names)}), got {self.domains!r:.80}")
+            object.__setattr__(self, "domains", None if all(d is None for d in domains) else domains)
         if self.structure is not None:  # normalised: lists become tuples
             object.__setattr__(self, "structure", _parse_structure(self.structure, self.names))
         if self.nested_axes is not None:
@@ -338,6 +404,7 @@ class StateSpec:
             "initial": "zeros",
             **({"structure": _structure_json(self.structure)} if self.structure is not None else {}),
             **({"nested_axes": list(self.nested_axes)} if self.nested_axes is not None else {}),
+            **({"domains": [None if d is None else d.to_json() for d in self.domains]} if self.domains else {}),
         }
 
     @classmethod
@@ -373,7 +440,8 @@ class StateSpec:
                                     f"{MAX_STATE_ELEMENTS} elements per stream")
             dims.append(rest)
         spec = cls(names, tuple(dims), axis, _choice(data.get("dtype", "float32"), _DTYPES, f"{what} dtype"),
-                   _json_structure(data.get("structure"), what), _json_axes(data.get("nested_axes"), what))
+                   _json_structure(data.get("structure"), what), _json_axes(data.get("nested_axes"), what),
+                   _json_domains(data.get("domains"), len(names)))
         outputs = data.get("output_names")
         if outputs is not None and list(outputs) != list(spec.output_names):
             raise ContractError(f"malformed {what}: output_names {outputs!r:.80} are not "

@@ -10,18 +10,32 @@ from typing import cast
 
 import numpy as np
 
-from rnnexport.core.contract import Form, IOSpec
+from rnnexport.core.contract import Form, IOSpec, StateDomain
 
 __all__ = ["random_inputs", "random_state"]
 
 
 def random_state(io: IOSpec, batch: int, rng: np.random.Generator, scale: float = 1.0) -> list[np.ndarray]:
-    """A random (non-zero) initial state, one array per state name."""
+    """A random (non-zero) initial state, one array per state name.
+
+    Standard normal times ``scale``, or inside the tensor's declared domain
+    (:attr:`~rnnexport.core.contract.StateSpec.domains`): uniform in ``[low, high]``,
+    ``low + exp(scale * N(0, 1))`` above a lone lower bound (so a denominator is seldom near
+    it), ``high - exp(scale * N(0, 1))`` below a lone upper bound.
+    """
+    domains = io.state.domains or (None,) * len(io.state.names)
     # an int batch makes every dim an int; StateSpec.shape is typed for the symbolic "B" too
-    return [
-        (rng.standard_normal(cast("tuple[int, ...]", io.state.shape(i, batch))) * scale).astype(io.state.dtype)
-        for i in range(len(io.state.names))
-    ]
+    shapes = [cast("tuple[int, ...]", io.state.shape(i, batch)) for i in range(len(io.state.names))]
+    return [_draw(rng, shape, scale, domain).astype(io.state.dtype) for shape, domain in zip(shapes, domains, strict=True)]
+
+
+def _draw(rng: np.random.Generator, shape: tuple[int, ...], scale: float, domain: StateDomain | None) -> np.ndarray:
+    if domain is None or (domain.low is None and domain.high is None):
+        return rng.standard_normal(shape) * scale
+    if domain.low is not None and domain.high is not None:
+        return rng.uniform(domain.low, domain.high, shape)
+    spread = np.exp(rng.standard_normal(shape) * scale)
+    return domain.low + spread if domain.low is not None else cast(float, domain.high) - spread
 
 
 def random_inputs(

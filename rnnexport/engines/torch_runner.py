@@ -29,15 +29,22 @@ class TorchRunner(Runner):
         self.model = model
         self.form = Form(form)
 
-    def rounding_error(self, feeds: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> float | None:
-        """Max abs difference between the float32 reference ``want`` and a float64 run, or None."""
+    def exact(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """The sequence reference computed in float64, outputs by name; None when the model does not run so."""
         io = self.model.io
         x = np.asarray(feeds[io.inputs(Form.SEQUENCE)[0].name])
         state = [np.asarray(feeds[n], dtype=io.state.dtype) for n in io.state.names]
         exact = self.model.run_sequence_float64(x, state, self._lengths(feeds, x))
         if exact is None:
             return None
-        return rounding_error([want[s.name] for s in io.outputs(Form.SEQUENCE)], exact)
+        return dict(zip((s.name for s in io.outputs(Form.SEQUENCE)), exact, strict=True))
+
+    def rounding_error(self, feeds: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> float | None:
+        """Max abs difference between the float32 reference ``want`` and a float64 run, or None."""
+        exact = self.exact(feeds)
+        if exact is None:
+            return None
+        return rounding_error([want[name] for name in exact], list(exact.values()))
 
     def _lengths(self, feeds: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray | None:
         """A sequence's lengths feed when some stream stops before the end (each runs alone then), else None."""

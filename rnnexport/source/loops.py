@@ -40,6 +40,7 @@ import torch
 from rnnexport.core.contract import IOSpec, Layout, StateSpec
 from rnnexport.core.errors import SourceError, describe
 from rnnexport.source.buffers import BufferSequence, kept_buffers, state_buffers
+from rnnexport.source.domains import state_domains
 from rnnexport.source.explicit import explicit_copy
 from rnnexport.source.model import RecurrentModel, SourceKind
 from rnnexport.source.probe import (
@@ -322,6 +323,9 @@ def from_loop_module(module: torch.nn.Module, input_size: int | None = None,
                      layer_error: SourceError | None = None) -> RecurrentModel:
     """A causal module with ``forward(x, state) -> (y, state)`` and any nested state, or state in buffers.
 
+    The module's ``state_domain`` (:mod:`rnnexport.source.domains`), when it has one, says where
+    its state's values lie: random initial states are drawn there.
+
     Args:
         module: the module; its initial-state method (:data:`INITIAL_STATE_METHODS`) gives the
             zero state, else ``forward(x)`` (state omitted or None) must return one, else the
@@ -340,7 +344,7 @@ def from_loop_module(module: torch.nn.Module, input_size: int | None = None,
     layout = _layout(module, owner)
     guess, read = first_fitting(input_guesses(module, input_size, owner),
                                 lambda g: _read(module, g, layout, owner, layer_error), owner)
-    state = read.state
+    state = dataclasses.replace(read.state, domains=state_domains(module, read.state, owner))
     io = IOSpec(guess.features, guess.dtype, read.y_features, state, layout,
                 x_encoding="token-ids" if guess.dtype == "int64" else "real")
     return RecurrentModel(

@@ -133,15 +133,16 @@ def grid(
     io: IOSpec, batch_sizes: Sequence[int], seq_lens: Sequence[int], seed: int,
     vocabulary: int | None = None,
 ) -> tuple[Case, ...]:
-    """Every batch size x length x input kind x initial state, each with its own seed.
+    """Every length x batch size x input kind x initial state, each with its own seed.
 
-    Then the non-finite cases: at the largest batch up to 4 and the longest length up to 17,
+    Length first: the cases of one length are neighbours, as they run (one batch per length,
+    :func:`rnnexport.verification.batches.batches`). Then the non-finite cases: at the largest batch up to 4 and the longest length up to 17,
     a NaN in one stream's input halfway (float inputs), and one in its initial state; and for
     a graph with a lengths input, the :func:`ragged` cases.
     """
     cases = []
-    for batch in batch_sizes:
-        for time in seq_lens:
+    for time in seq_lens:
+        for batch in batch_sizes:
             for inputs in input_kinds(io, vocabulary):
                 for state in (StateKind.ZERO, StateKind.RANDOM):
                     cases.append(Case(batch, time, inputs, state, _case_seed(seed, batch, time, inputs, state)))

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -41,14 +41,23 @@ def time_axes(io: IOSpec, form: Form) -> dict[str, int | None]:
 
 def prepare(runner: Runner, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Cast float feeds to the float type the runner's graph declares (float16 variants); leave the rest."""
-    declared = {t.name: _FLOATS.get(t.dtype) for t in getattr(runner, "inputs", ())}
-    ready = {}
-    for name, array in feeds.items():
-        dtype = declared.get(name)
-        if dtype is not None and array.dtype != dtype and array.dtype in _FLOATS.values():
-            array = array.astype(dtype)
-        ready[name] = array
-    return ready
+    return _caster(runner)(feeds)
+
+
+def _caster(runner: Runner) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+    """:func:`prepare` for ``runner``, its declared types read once (for the many calls of a chunked or streamed run)."""
+    declared = {t.name: _FLOATS[t.dtype] for t in getattr(runner, "inputs", ()) if t.dtype in _FLOATS}
+    floats = set(_FLOATS.values())
+
+    def cast(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ready = dict(feeds)
+        for name, dtype in declared.items():
+            array = ready.get(name)
+            if array is not None and array.dtype != dtype and array.dtype in floats:
+                ready[name] = array.astype(dtype)
+        return ready
+
+    return cast
 
 
 def against(contract: Contract, engine: str, case: Case, got: Outputs, want: Outputs, tol: Tolerance,
@@ -154,14 +163,18 @@ def _state_out(io: IOSpec, out: Outputs) -> list[np.ndarray]:
     return [out[name] for name in io.state.output_names]
 
 
+def _steps(x: np.ndarray, axis: int, steps: slice | int) -> np.ndarray:
+    """``x``'s ``steps`` along ``axis``: a view, copied only where it is not contiguous (a batch-first ``x``)."""
+    return np.ascontiguousarray(x[(slice(None),) * axis + (steps,)])
+
+
 def chunked(runner: Runner, io: IOSpec, x: np.ndarray, state: Sequence[np.ndarray], chunk: int) -> dict[str, np.ndarray]:
     """Contract 2: ``x`` fed in chunks of ``chunk`` steps (the last one ragged), state carried across calls."""
-    axis = io.time_axis
+    axis, cast = io.time_axis, _caster(runner)
     y_name = io.outputs(Form.SEQUENCE)[0].name
     ys, carried = [], list(state)
     for start in range(0, x.shape[axis], chunk):
-        piece = np.take(x, np.arange(start, min(start + chunk, x.shape[axis])), axis=axis)
-        out = runner.infer(prepare(runner, io.feeds(piece, carried)))
+        out = runner.infer(cast(io.feeds(_steps(x, axis, slice(start, start + chunk)), carried)))
         ys.append(out[y_name])
         carried = _state_out(io, out)
     return {y_name: np.concatenate(ys, axis=axis), **dict(zip(io.state.output_names, carried, strict=True))}
@@ -169,11 +182,11 @@ def chunked(runner: Runner, io: IOSpec, x: np.ndarray, state: Sequence[np.ndarra
 
 def stream(runner: Runner, io: IOSpec, x: np.ndarray, state: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     """Contract 3: a step graph fed ``x`` one step at a time; ``y`` stacked along the sequence's time axis."""
-    axis = io.time_axis
+    axis, cast = io.time_axis, _caster(runner)
     y_name = io.outputs(Form.STEP)[0].name
     ys, carried = [], list(state)
     for t in range(x.shape[axis]):
-        out = runner.infer(prepare(runner, io.feeds(np.take(x, t, axis=axis), carried)))
+        out = runner.infer(cast(io.feeds(_steps(x, axis, t), carried)))
         ys.append(out[y_name])
         carried = _state_out(io, out)
     return {y_name: np.stack(ys, axis=axis), **dict(zip(io.state.output_names, carried, strict=True))}

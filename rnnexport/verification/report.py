@@ -72,7 +72,8 @@ NOTES = {
                        "rounding alone decides the result (worst {worst:.2g}, {worst_case})",
     "rounding_allowance": "contract 1 allows atol + 3 x PyTorch's own float32 rounding error (vs a float64 run); "
                           "that error was at most {worst:.2g} ({worst_case})",
-    "reference_skipped": "{engine} skipped {skipped} of {cases} cases with T*B > {max_elements} (slow)",
+    "reference_skipped": "{engine} skipped {skipped} of {cases} cases with T > {max_steps} or T*B > {max_elements} "
+                         "(slow)",
     "ragged": "the graph takes lengths: {cases} ragged case(s) of {batch} streams (lengths T, 1, 0 and drawn ones, "
               "unsorted) check contract 1 against PyTorch run on each stream's own length, and that y is "
               "exactly zero past each end; contracts 2 and 3 run on the full-length cases",

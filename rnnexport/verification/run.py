@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rnnexport.core.errors import VerifyError
-from rnnexport.verification.bundle import verify_bundle
 from rnnexport.verification.environment import environment
 from rnnexport.verification.options import Progress, VerifyOptions
 from rnnexport.verification.report import Report
@@ -117,4 +116,7 @@ def _bundle(target: str | os.PathLike[str], source: SourceLike | None, opts: Ver
         raise VerifyError(f"a bundle carries its own graphs, test sets and expected outputs: {', '.join(refused)} "
                           "does not apply to DIR or ZIP (it takes --engines, --allow-missing, "
                           "--no-reference-evaluator, --atol, --rtol, --threads, --timeout, --json, --quiet)")
+    # the bundle side, imported only for a bundle: its reader and the runtime
+    from rnnexport.verification.bundle import verify_bundle
+
     return verify_bundle(target, opts, progress)
