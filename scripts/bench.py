@@ -56,8 +56,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from bench_bundle import BUNDLE_TARGET, measure_bundles
-from bench_plot import draw_plots  # scripts/ is on sys.path: python puts the script's folder there
+from bench_plot import (  # scripts/ is on sys.path: python puts the script's folder there
+    STREAM_ENGINES,
+    draw_plots,
+)
 from onnx import helper
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -613,8 +615,13 @@ with torch.inference_mode():
                                        "pass": bool(ok)})
 
 # --- bundles: size and load time with the weights of the sequence and step graphs stored once, and twice ---
-print("  bundles: packaging " + ", ".join(cfg["bundle_models"]) + " with and without shared weights...", flush=True)
-bundle_rows, bundle_targets = measure_bundles(cfg["bundle_models"], cfg["bundle_runs"], work / "bundles")
+bundle_rows: list[dict] = []
+bundle_targets: list[dict] = []
+if StatefulSession is not None:  # load times are the runtime's
+    from bench_bundle import measure_bundles
+
+    print("  bundles: packaging " + ", ".join(cfg["bundle_models"]) + " with and without shared weights...", flush=True)
+    bundle_rows, bundle_targets = measure_bundles(cfg["bundle_models"], cfg["bundle_runs"], work / "bundles")
 
 # --- CUDA, when a GPU is present -----------------------------------------------------------------
 cuda = {"status": "no GPU", "reason": "torch.cuda.is_available() is False", "rows": []}
@@ -734,13 +741,11 @@ for kind in CELLS:
     print(f"{kind:5s} " + " ".join(f"{v:21.1f}" if v is not None else f"{'runtime not available':>21s}"
                                    for v in values))
 print(f"\nMany streams, CPU, {args.threads} thread(s): aggregate steps/s (batcher over S sessions, over raw B=S)")
-multi_engines = ["StatefulSession x S", "StreamBatcher", "StreamBatcher.tick", "InferenceSession.run B=S",
-                 "IO binding B=S", "batched gemm floor"]
-print(f"{'model':11s} {'S':>4s} " + " ".join(f"{e:>24s}" for e in multi_engines)
+print(f"{'model':11s} {'S':>4s} " + " ".join(f"{e:>24s}" for e in STREAM_ENGINES)
       + f" {'vs S':>6s} {'vs raw':>6s} {'tick vs binding':>15s}")
 for name in multi_models:
     for S in cfg["streams"]:
-        rates = [multi_rate(name, S, e) for e in multi_engines]
+        rates = [multi_rate(name, S, e) for e in STREAM_ENGINES]
         if None in rates:
             continue
         print(f"{name:11s} {S:4d} " + " ".join(f"{v:24,.0f}" for v in rates)
@@ -814,7 +819,7 @@ results = {
     "targets": targets,
     "bundle": {"rows": bundle_rows, "targets": bundle_targets,
                "note": f"sequence + step graphs packaged without variants; load is StatefulSession.load, median of "
-                       f"{cfg['bundle_runs']} after a warm-up; target: shared zip <= {BUNDLE_TARGET}x the separate one"},
+                       f"{cfg['bundle_runs']} after a warm-up" if bundle_rows else "runtime not available"},
     "ragged": {"rows": ragged_rows, "targets": ragged_targets,
                "note": "torch.nn LSTM/GRU, native lowering, lengths uniform in 1..T; 'torch packed' is "
                        "pack_padded_sequence + the module + pad_packed_sequence; separate calls run each "
