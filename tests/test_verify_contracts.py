@@ -108,6 +108,36 @@ def test_step_graph_dropping_cell_state_fails_contract_3(lstm, tmp_path):
     assert _failed(alone, Contract.STEP) and alone.form == "step"
 
 
+def _wrong_at_batch_one(proto: onnx.ModelProto, output: str, state: str, axis: int) -> None:
+    """Add 0.5 to graph output ``output`` when input ``state``'s batch axis (``axis``) is 1: right at any other B."""
+    graph = proto.graph
+    for node in graph.node:
+        node.output[:] = [f"{output}_computed" if o == output else o for o in node.output]
+    one = numpy_helper.from_array(np.array([1], dtype=np.int64), "b1_one")
+    half = numpy_helper.from_array(np.array(0.5, dtype=np.float32), "b1_half")
+    graph.initializer.extend([one, half])
+    graph.node.extend([
+        helper.make_node("Shape", [state], ["b1_shape"], start=axis, end=axis + 1),
+        helper.make_node("Equal", ["b1_shape", "b1_one"], ["b1_is_one"]),
+        helper.make_node("Cast", ["b1_is_one"], ["b1_flag"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["b1_flag", "b1_half"], ["b1_offset"]),
+        helper.make_node("Add", [f"{output}_computed", "b1_offset"], [output]),
+    ])
+
+
+def test_step_graph_wrong_only_at_batch_size_1_fails_contract_3(lstm, tmp_path):
+    """The cases of one length stream as one batch; the grid's B=1 still streams at B=1 on every engine."""
+    model, seq, step = lstm
+    proto = onnx.load(step.path)
+    _wrong_at_batch_one(proto, "y", model.io.state.names[0], model.io.state.batch_axis)
+    broken = _save(proto, tmp_path / "wrong-at-b1.step.onnx")
+    report = verify(seq.path, model, step_model=broken, **GRID)
+    failed = _failed(report, Contract.STEP)
+    assert {c.engine for c in failed} == {"onnxruntime:cpu", "onnx-reference"}
+    assert {c.case.split("-")[0] for c in failed} == {"B1"} and {c.output for c in failed} == {"y"}
+    assert not _failed(report, Contract.PYTORCH)  # the sequence graph itself is fine
+
+
 def test_wrong_declared_output_shape_fails_contract_4(lstm, tmp_path):
     model, seq, _ = lstm
     proto = onnx.load(seq.path)

@@ -6,6 +6,11 @@ relies on it), so the cases of one length can share a call: PyTorch's reference 
 2 and 3, whose cost is one call per step or chunk, whatever the batch. Each case's figures
 are still its own: the outputs are split back into cases before any comparison. The NaN
 cases and ragged cases run alone, as do cases too large to share a call (``BATCH_VALUES``).
+
+A stack's batch is the sum of its cases' batch sizes, so a graph that mishandles one batch size
+(B=1 most often) could pass every run over stacks. So for each batch size of the grid, one case
+runs alone (:func:`lone_cases`): every engine and every contract then sees each batch size at
+least once, at the cost of a few calls on a short case.
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from rnnexport.core.contract import BATCH, Form, IOSpec, TensorSpec
-from rnnexport.verification.cases import Case
+from rnnexport.verification.cases import Case, StateKind
 
-__all__ = ["BATCH_VALUES", "Stack", "batches"]
+__all__ = ["BATCH_VALUES", "Stack", "batches", "lone_cases"]
 
 #: The most values one batch's ``x``, ``y`` and state may hold together (64 MiB of float32): the
 #: cases of a small model share a call at every length of the full grid, those of a large one fewer.
@@ -31,13 +36,15 @@ def batches(cases: Sequence[Case], io: IOSpec, max_values: int = BATCH_VALUES) -
     """``cases`` grouped into the batches that run as one, in the order of each batch's first case.
 
     The finite full-length cases of one length share a batch while its ``x``, ``y`` and state
-    hold at most ``max_values`` values; a NaN case or a ragged case is a batch of its own.
+    hold at most ``max_values`` values; a NaN case, a ragged case and each batch size's
+    :func:`lone_cases` case are batches of their own.
     """
     per_stream = _values_per_stream(io)
+    lone = set(lone_cases(cases))
     found: list[list[Case]] = []
     open_batch: dict[int, list[Case]] = {}
     for case in cases:
-        alone = case.nonfinite or case.lengths is not None
+        alone = case.nonfinite or case.lengths is not None or case in lone
         current = None if alone else open_batch.get(case.time)
         streams = case.batch + sum(c.batch for c in current or ())
         if current is not None and streams * per_stream(case.time) <= max_values:
@@ -47,6 +54,27 @@ def batches(cases: Sequence[Case], io: IOSpec, max_values: int = BATCH_VALUES) -
         if not alone:
             open_batch[case.time] = found[-1]
     return tuple(tuple(group) for group in found)
+
+
+def lone_cases(cases: Sequence[Case]) -> tuple[Case, ...]:
+    """For each batch size of ``cases``, the finite full-length case that runs alone, in order of batch size.
+
+    The shortest random-state case of more than one step (contract 2 chunks only random-state
+    cases, and only into chunks shorter than the case), else the shortest random-state case, else
+    the shortest case; the first of equals in ``cases``' order. Each batch size's is run at
+    exactly that batch size by every engine that takes it, chunked and streamed.
+    """
+    def rank(case: Case) -> tuple[bool, bool, int]:
+        return case.state is not StateKind.RANDOM, case.time < 2, case.time
+
+    chosen: dict[int, Case] = {}
+    for case in cases:
+        if case.nonfinite or case.lengths is not None:
+            continue
+        best = chosen.get(case.batch)
+        if best is None or rank(case) < rank(best):
+            chosen[case.batch] = case
+    return tuple(chosen[b] for b in sorted(chosen))
 
 
 def _values_per_stream(io: IOSpec) -> Callable[[int], int]:

@@ -4,8 +4,10 @@ The cases of one length run as one batch of streams (:mod:`rnnexport.verificatio
 one PyTorch reference per batch, shared by every engine and contract; contract 1 and the
 declared shapes per case on each fast engine (one call each, at the case's own batch size),
 on a slow engine per batch; one chunked run per chunk length and one streamed run per batch
-(contracts 2 and 3). The outputs are split into cases before any comparison, so each case's
-figures are its own.
+(contracts 2 and 3). For each batch size of the grid one case runs alone
+(:func:`~rnnexport.verification.batches.lone_cases`), so every engine and contract also runs at
+each batch size itself, not only at a batch's summed one. The outputs are split into cases
+before any comparison, so each case's figures are its own.
 """
 
 from __future__ import annotations
