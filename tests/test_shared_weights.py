@@ -214,6 +214,33 @@ def test_a_graph_whose_entry_names_no_weights_may_read_none(shared, tmp_path):
     _refused(relisted_copy(shared, tmp_path / "b", unnamed), "does not name as its weights")
 
 
+def _ortm(location: str):
+    """An edit of a folder's step graph: producer name ``ORTM...`` (bytes 4-8 read as the ORT format's tag)
+    and the first external tensor read from ``location``."""
+    def change(folder: Path) -> None:
+        _external(location=location)(folder)
+        proto = onnx.load(folder / "step.onnx", load_external_data=False)
+        proto.ir_version, proto.producer_name = 8, "ORTM-like producer"  # field 1 (2 bytes), field 2 from byte 2
+        data = proto.SerializeToString()
+        assert data[4:8] == b"ORTM", data[:8]
+        (folder / "step.onnx").write_bytes(data)
+    return change
+
+
+@pytest.mark.parametrize("location", ["/etc/passwd", "../x"])
+def test_an_onnx_graph_tagged_like_the_ort_format_is_still_checked(shared, tmp_path, location):
+    """Only the ort variant's file may skip the external data checks: a manifest graph, or a test folder's
+    model.onnx, whose producer name puts ``ORTM`` at bytes 4-8 is ONNX and is checked like any other."""
+    changed = relisted_copy(shared, tmp_path / "b", _ortm(location))
+    _refused(changed, "step.onnx", "not a plain relative path")
+    assert_one_line_error(invoke("triton", changed, "-o", tmp_path / "models"), "not a plain relative path")
+    assert not (tmp_path / "models").exists()
+    folder = tmp_path / "test-folder"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes((changed / "step.onnx").read_bytes())
+    _refused(folder, "model.onnx", "not a plain relative path")
+
+
 # --- the Node example ----------------------------------------------------------------------------------
 
 

@@ -223,12 +223,15 @@ class Bundle:
             raise BundleError(f"{self.path} is a bare model, not a bundle: it holds no {name}")
         return self._reader.read(name, limit)
 
-    def graph(self, name: str, weights: str | None = None) -> bytes | ExternalModel:
+    def graph(self, name: str, weights: str | None = None, ort_format: bool = False) -> bytes | ExternalModel:
         """The graph file ``name`` as an engine may load it: its bytes, or with the external data it reads.
 
         Args:
             weights: the file beside it that the graph may read external data from (a manifest's
                 ``weights``); None: the graph must hold all its weights.
+            ort_format: the file is the ``ort`` variant's, which may be in onnxruntime's ORT format
+                (a flatbuffer, no ONNX external data); every other graph is read as ONNX and its
+                external references checked, whatever its first bytes say.
 
         Raises:
             BundleError: a bare model; the graph reads external data from any other file, or
@@ -236,7 +239,7 @@ class Bundle:
         """
         if self._reader is None:
             raise BundleError(f"{self.path} is a bare model, not a bundle: it holds no {name}")
-        return _load_graph(self._reader, self.manifest, name, weights)
+        return _load_graph(self._reader, self.manifest, name, weights, ort_format)
 
     def files_in(self, folder: str) -> list[str]:
         """The names of the files directly in ``folder`` (e.g. a test set), sorted."""
@@ -271,13 +274,16 @@ def _read_checked(reader: _Reader, manifest: Manifest | None, name: str, limit: 
     return data
 
 
-def _load_graph(reader: _Reader, manifest: Manifest | None, name: str, weights: str | None) -> bytes | ExternalModel:
+def _load_graph(reader: _Reader, manifest: Manifest | None, name: str, weights: str | None,
+                ort_format: bool = False) -> bytes | ExternalModel:
     """A graph of the bundle and the external data it reads (only ``weights``, or with no manifest any file
-    inside the folder), every reference checked before an engine sees it."""
+    inside the folder), every reference checked before an engine sees it. Only the ``ort`` variant's file
+    (``ort_format``) may be onnxruntime's ORT format, which holds no ONNX external data: any other graph is
+    ONNX, and a valid ONNX file may carry ``ORTM`` at bytes 4-8 (in its producer name)."""
     limit = DEFAULT_LIMITS.max_member_bytes
     data = _read_checked(reader, manifest, name, limit)
     where = f"graph {name} of bundle {reader.where}"
-    if data[4:8] == b"ORTM":  # onnxruntime's own format (the ort variant), a flatbuffer: no ONNX external data
+    if ort_format and data[4:8] == b"ORTM":  # onnxruntime's own format, a flatbuffer: no ONNX external data
         return data
     refs = external_refs(data, where, BundleError)
     if not refs:
