@@ -21,7 +21,7 @@ import pytest
 
 import rnnexport
 from rnnexport.bundle import write_zip
-from rnnexport.bundle.reader import open_bundle
+from rnnexport.bundle.reader import ZipLimits, open_bundle
 from rnnexport.core.contract import Form
 from rnnexport.core.errors import BundleError
 from rnnexport.core.external import ExternalModel
@@ -239,6 +239,43 @@ def test_an_onnx_graph_tagged_like_the_ort_format_is_still_checked(shared, tmp_p
     folder.mkdir()
     (folder / "model.onnx").write_bytes((changed / "step.onnx").read_bytes())
     _refused(folder, "model.onnx", "not a plain relative path")
+
+
+def _test_folder(shared: Path, folder: Path, locations: list[str], **changes: str) -> Path:
+    """An ONNX test folder (no manifest) whose model.onnx is the bundle's step graph, its external tensors
+    reading from ``locations`` in turn (each a whole copy of weights.bin, as the bundle's offsets expect),
+    their other external data entries set to ``changes``."""
+    folder.mkdir()
+    proto = onnx.load(shared / "step.onnx", load_external_data=False)
+    external = [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert len(external) >= len(locations)
+    for k, tensor in enumerate(external):
+        for entry in tensor.external_data:
+            entry.value = locations[k % len(locations)] if entry.key == "location" else \
+                changes.get(entry.key, entry.value)
+    (folder / "model.onnx").write_bytes(proto.SerializeToString())
+    return folder
+
+
+def test_a_test_folder_graph_reading_its_own_file_is_refused(shared, tmp_path):
+    folder = _test_folder(shared, tmp_path / "t", ["model.onnx"], offset="0", length="16")  # within its bytes
+    _refused(folder, "model.onnx", "the graph's own file")
+
+
+def test_a_test_folder_reading_more_than_the_total_limit_is_refused_before_reading(shared, tmp_path):
+    """Each file within the per-file limit, together over the total one (links to one file count each time)."""
+    folder = _test_folder(shared, tmp_path / "t", ["a.bin", "b.bin", "c.bin"])
+    shutil.copyfile(shared / WEIGHTS, folder / "a.bin")
+    for name in ("b.bin", "c.bin"):
+        (folder / name).symlink_to(folder / "a.bin")
+    size = (folder / "a.bin").stat().st_size
+    assert isinstance(open_bundle(folder).graphs["model.onnx"].model, ExternalModel)  # the default limits take it
+    limits = ZipLimits(max_member_bytes=size, max_total_bytes=2 * size + (folder / "model.onnx").stat().st_size)
+    with pytest.raises(BundleError, match=f"from 3 files, {3 * size + (folder / 'model.onnx').stat().st_size} bytes "
+                                          f"with the graph, over the limit of {limits.max_total_bytes}"):
+        open_bundle(folder, limits)
+    with pytest.raises(BundleError, match=f"a.bin is {size} bytes, over the limit of {size - 1}"):
+        open_bundle(folder, ZipLimits(max_member_bytes=size - 1))
 
 
 # --- the Node example ----------------------------------------------------------------------------------

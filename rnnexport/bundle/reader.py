@@ -10,7 +10,8 @@ share) is data too: before any engine sees the graph, every tensor it keeps in
 another file must read from the file its manifest entry names (listed, checked),
 within that file's bytes (:mod:`rnnexport.core.external`); the graph is then
 handed out with the file in memory, so no engine reads anything from disk. A
-variant holds all its weights (it reads no external data). Nothing is extracted
+variant holds all its weights (it reads no external data). A test folder's graph
+may read files inside the folder but not itself, all within the limits' total. Nothing is extracted
 to disk. Torch-free (standard library only).
 """
 
@@ -76,6 +77,7 @@ class GraphSource:
 
 class _Reader(Protocol):
     where: Path
+    limits: ZipLimits
 
     def read(self, name: str, limit: int) -> bytes: ...
 
@@ -85,9 +87,10 @@ class _Reader(Protocol):
 
 
 class _FolderReader:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limits: ZipLimits = DEFAULT_LIMITS) -> None:
         self.where = root
         self.root = root.resolve()
+        self.limits = limits
 
     def _path(self, name: str) -> Path:
         path = (self.root / safe_path(name)).resolve()
@@ -280,7 +283,7 @@ def _load_graph(reader: _Reader, manifest: Manifest | None, name: str, weights: 
     inside the folder), every reference checked before an engine sees it. Only the ``ort`` variant's file
     (``ort_format``) may be onnxruntime's ORT format, which holds no ONNX external data: any other graph is
     ONNX, and a valid ONNX file may carry ``ORTM`` at bytes 4-8 (in its producer name)."""
-    limit = DEFAULT_LIMITS.max_member_bytes
+    limit = reader.limits.max_member_bytes
     data = _read_checked(reader, manifest, name, limit)
     where = f"graph {name} of bundle {reader.where}"
     if ort_format and data[4:8] == b"ORTM":  # onnxruntime's own format, a flatbuffer: no ONNX external data
@@ -289,18 +292,27 @@ def _load_graph(reader: _Reader, manifest: Manifest | None, name: str, weights: 
     if not refs:
         return data
     folder = PurePosixPath(name).parent
+    own = PurePosixPath(name).name
+    for ref in refs:
+        if ref.location == own:
+            raise BundleError(f"{where} reads tensor {ref.tensor!r:.60} from {own}, the graph's own file: the graph "
+                              "is damaged or altered")
     if manifest is None:  # an ONNX test folder: files beside the graph, inside the folder
         allowed = {r.location for r in refs}
     elif weights is not None:
         allowed = {PurePosixPath(weights).relative_to(folder).as_posix()}
     else:
         allowed = set()
-    files = {}
-    for location in sorted(allowed):
-        path = (folder / location).as_posix()
-        if reader.size(path) > limit:
-            raise BundleError(f"bundle {reader.where}: {path} is over the limit of {limit} bytes")
-        files[location] = _read_checked(reader, manifest, path, limit)
+    paths = {location: (folder / location).as_posix() for location in sorted(allowed)}
+    sizes = {location: reader.size(path) for location, path in paths.items()}
+    for location, size in sizes.items():
+        if size > limit:
+            raise BundleError(f"bundle {reader.where}: {paths[location]} is {size} bytes, over the limit of {limit}")
+    total = len(data) + sum(sizes.values())
+    if total > reader.limits.max_total_bytes:
+        raise BundleError(f"{where} reads external data from {len(sizes)} files, {total} bytes with the graph, over "
+                          f"the limit of {reader.limits.max_total_bytes}")
+    files = {location: _read_checked(reader, manifest, path, limit) for location, path in paths.items()}
     hint = ("which its manifest entry does not name as its weights (only the file named in the graph's "
             "'weights' is read); the bundle is damaged or altered")
     check_refs(refs, {k: len(v) for k, v in files.items()}, where, BundleError, hint)
@@ -352,8 +364,8 @@ def _from_manifest(path: Path, kind: str, reader: _Reader) -> Bundle:
     return Bundle(path, kind, manifest, graphs, manifest.test_vectors, reader)
 
 
-def _test_folder(path: Path) -> Bundle:
-    reader = _FolderReader(path)
+def _test_folder(path: Path, limits: ZipLimits) -> Bundle:
+    reader = _FolderReader(path, limits)
     sets = sorted((int(m[1]), p.name) for p in path.iterdir() if p.is_dir() and (m := _TEST_SET.match(p.name)))
     vectors = tuple(VectorEntry(name, TEST_FOLDER_MODEL) for _, name in sets)
     graph = GraphSource(None, TEST_FOLDER_MODEL, _load_graph(reader, None, TEST_FOLDER_MODEL, None))
@@ -383,9 +395,9 @@ def open_bundle(path: str | os.PathLike[str], limits: ZipLimits = DEFAULT_LIMITS
     path = Path(path)
     if path.is_dir():
         if (path / MANIFEST).is_file():
-            return _from_manifest(path, "folder", _FolderReader(path))
+            return _from_manifest(path, "folder", _FolderReader(path, limits))
         if (path / TEST_FOLDER_MODEL).is_file():
-            return _test_folder(path)
+            return _test_folder(path, limits)
         raise BundleError(f"{path} holds no {MANIFEST}: pass a bundle folder, a .zip of one, an ONNX test "
                           "folder (model.onnx beside test_data_set_N) or a model .onnx file")
     if not path.is_file():
