@@ -226,6 +226,17 @@ class Bundle:
             raise BundleError(f"{self.path} is a bare model, not a bundle: it holds no {name}")
         return self._reader.read(name, limit)
 
+    def checked(self, name: str, limit: int = DEFAULT_LIMITS.max_member_bytes) -> bytes:
+        """The bytes of a file the manifest lists, checked against its SHA-256 again as they are read: what runs
+        is what the checksum covered (a file that changed since the bundle was opened is refused).
+
+        Raises:
+            BundleError: a bare model; a file the manifest does not list or that does not match its checksum.
+        """
+        if self._reader is None:
+            raise BundleError(f"{self.path} is a bare model, not a bundle: it holds no {name}")
+        return _read_checked(self._reader, self.manifest, name, limit)
+
     def graph(self, name: str, weights: str | None = None, ort_format: bool = False) -> bytes | ExternalModel:
         """The graph file ``name`` as an engine may load it: its bytes, or with the external data it reads.
 
