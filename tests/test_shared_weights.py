@@ -24,7 +24,7 @@ from rnnexport.bundle import write_zip
 from rnnexport.bundle.reader import ZipLimits, open_bundle
 from rnnexport.core.contract import Form
 from rnnexport.core.errors import BundleError
-from rnnexport.core.external import ExternalModel
+from rnnexport.core.external import ExternalModel, is_safe_location
 from rnnexport.engines.base import EngineUnavailable
 from rnnexport.engines.registry import engine_spec, running
 from rnnexport.packaging.shared import MIN_BYTES, WEIGHTS
@@ -174,6 +174,18 @@ def _refused(path: Path, *fragments: str) -> None:
 def test_a_location_outside_the_weights_file_is_refused(shared, tmp_path, location):
     changed = relisted_copy(shared, tmp_path / "b", _external(location=location))
     _refused(changed, "step.onnx", repr(location)[:40])
+
+
+def test_a_trailing_newline_is_no_plain_location_or_number(shared, tmp_path):
+    """``$`` also matches before a final newline: the whole text must be the path or the number."""
+    assert is_safe_location("weights.bin") and not is_safe_location("weights.bin\n")
+    proto = onnx.load(shared / "step.onnx", load_external_data=False)
+    tensor = next(t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
+    offset = next(e.value for e in tensor.external_data if e.key == "offset")
+    _refused(relisted_copy(shared, tmp_path / "b", _external(offset=offset + "\n")), "whole number")
+    folder = _test_folder(shared, tmp_path / "t", ["w.bin\n"])
+    shutil.copyfile(shared / WEIGHTS, folder / "w.bin\n")
+    _refused(folder, "not a plain relative path")
 
 
 def test_a_location_escaping_a_zip_bundle_is_refused(shared, tmp_path):

@@ -37,7 +37,7 @@ __all__ = ["DEFAULT_LIMITS", "Bundle", "GraphSource", "ZipLimits", "is_bundle", 
 
 #: The graph file of a plain ONNX test folder.
 TEST_FOLDER_MODEL = "model.onnx"
-_TEST_SET = re.compile(r"^test_data_set_(\d{1,6})$")
+_TEST_SET = re.compile(r"test_data_set_([0-9]{1,6})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,7 +377,7 @@ def _from_manifest(path: Path, kind: str, reader: _Reader) -> Bundle:
 
 def _test_folder(path: Path, limits: ZipLimits) -> Bundle:
     reader = _FolderReader(path, limits)
-    sets = sorted((int(m[1]), p.name) for p in path.iterdir() if p.is_dir() and (m := _TEST_SET.match(p.name)))
+    sets = sorted((int(m[1]), p.name) for p in path.iterdir() if p.is_dir() and (m := _TEST_SET.fullmatch(p.name)))
     vectors = tuple(VectorEntry(name, TEST_FOLDER_MODEL) for _, name in sets)
     graph = GraphSource(None, TEST_FOLDER_MODEL, _load_graph(reader, None, TEST_FOLDER_MODEL, None))
     return Bundle(path, "test-folder", None, {TEST_FOLDER_MODEL: graph}, vectors, reader)
