@@ -137,6 +137,17 @@ def test_both_graphs_load_the_shared_weights_and_match_pytorch(shared, model, en
         assert_close(list(got_step.values()), want_step, names, context=f"step graph on {engine}")
 
 
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_both_graphs_hold_the_one_checked_weights_object(shared, as_zip):
+    """The weights are read and hashed once as the bundle opens, and both graphs hand out those bytes: one
+    object (onnxruntime's session options then take it once, without comparing its bytes)."""
+    graphs = open_bundle(Path(f"{shared}.zip") if as_zip else shared).graphs
+    sequence, step = graphs["sequence"].model, graphs["step"].model
+    assert isinstance(sequence, ExternalModel) and isinstance(step, ExternalModel)
+    assert sequence.files[WEIGHTS] is step.files[WEIGHTS]
+    assert sequence.files[WEIGHTS] == (shared / WEIGHTS).read_bytes()
+
+
 def test_the_runtime_streams_the_shared_pair_from_a_zip(shared, model):
     session = StatefulSession.load(f"{shared}.zip")
     rng = np.random.default_rng(3)

@@ -263,23 +263,38 @@ class Bundle:
         return [n for n in self._reader.names() if n.startswith(prefix) and "/" not in n[len(prefix):]]
 
 
-def _check_files(reader: _Reader, manifest: Manifest) -> set[str]:
+def _check_files(reader: _Reader, manifest: Manifest, keep: set[str]) -> tuple[set[str], dict[str, bytes]]:
+    """The names of the listed files, each checked against its size and SHA-256, and the checked bytes of those
+    in ``keep`` (the graphs and their weights: read and hashed once, handed out as they were checked)."""
     problems = []
+    kept = {}
     for entry in manifest.files:
         size = reader.size(entry.path)
         if entry.size is not None and size != entry.size:
             problems.append(f"{entry.path} is {size} bytes, the manifest says {entry.size}")
-        elif hashlib.sha256(reader.read(entry.path, size)).hexdigest() != entry.sha256:
+            continue
+        data = reader.read(entry.path, size)
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
             problems.append(f"{entry.path} does not match its SHA-256 in the manifest")
+        elif entry.path in keep:
+            kept[entry.path] = data
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise BundleError(f"checksum mismatch in bundle {reader.where}: {problems[0]}{more}; the bundle is "
                           "damaged or altered")
-    return {f.path for f in manifest.files}
+    return {f.path for f in manifest.files}, kept
 
 
-def _read_checked(reader: _Reader, manifest: Manifest | None, name: str, limit: int) -> bytes:
-    """``name``'s bytes, checked again against the manifest's SHA-256: what runs is what the checksum covered."""
+def _read_checked(reader: _Reader, manifest: Manifest | None, name: str, limit: int,
+                  checked: dict[str, bytes] | None = None) -> bytes:
+    """``name``'s bytes, checked again against the manifest's SHA-256: what runs is what the checksum covered.
+
+    Args:
+        checked: bytes already read and checked against the manifest, by name (handed out as they are: the
+            graphs of a bundle then share one weights object, and nothing is read or hashed twice).
+    """
+    if checked is not None and name in checked:
+        return checked[name]
     data = reader.read(name, limit)
     entry = manifest.file(name) if manifest is not None else None
     if manifest is not None and (entry is None or hashlib.sha256(data).hexdigest() != entry.sha256):
@@ -289,13 +304,13 @@ def _read_checked(reader: _Reader, manifest: Manifest | None, name: str, limit: 
 
 
 def _load_graph(reader: _Reader, manifest: Manifest | None, name: str, weights: str | None,
-                ort_format: bool = False) -> bytes | ExternalModel:
+                ort_format: bool = False, checked: dict[str, bytes] | None = None) -> bytes | ExternalModel:
     """A graph of the bundle and the external data it reads (only ``weights``, or with no manifest any file
     inside the folder), every reference checked before an engine sees it. Only the ``ort`` variant's file
     (``ort_format``) may be onnxruntime's ORT format, which holds no ONNX external data: any other graph is
     ONNX, and a valid ONNX file may carry ``ORTM`` at bytes 4-8 (in its producer name)."""
     limit = reader.limits.max_member_bytes
-    data = _read_checked(reader, manifest, name, limit)
+    data = _read_checked(reader, manifest, name, limit, checked)
     where = f"graph {name} of bundle {reader.where}"
     if ort_format and data[4:8] == b"ORTM":  # onnxruntime's own format, a flatbuffer: no ONNX external data
         return data
@@ -323,21 +338,22 @@ def _load_graph(reader: _Reader, manifest: Manifest | None, name: str, weights: 
     if total > reader.limits.max_total_bytes:
         raise BundleError(f"{where} reads external data from {len(sizes)} files, {total} bytes with the graph, over "
                           f"the limit of {reader.limits.max_total_bytes}")
-    files = {location: _read_checked(reader, manifest, path, limit) for location, path in paths.items()}
+    files = {location: _read_checked(reader, manifest, path, limit, checked) for location, path in paths.items()}
     hint = ("which its manifest entry does not name as its weights (only the file named in the graph's "
             "'weights' is read); the bundle is damaged or altered")
     check_refs(refs, {k: len(v) for k, v in files.items()}, where, BundleError, hint)
     return ExternalModel(data, files)
 
 
-def _graphs(reader: _Reader, manifest: Manifest, listed: set[str]) -> dict[str, GraphSource]:
+def _graphs(reader: _Reader, manifest: Manifest, listed: set[str], checked: dict[str, bytes]) -> dict[str, GraphSource]:
     found = {}
     for key, entry in manifest.graphs.items():
         for file in (entry.file, entry.weights):
             if file is not None and file not in listed:
                 raise BundleError(f"{file} of bundle {reader.where} (graph {key}) has no checksum in the "
                                   "manifest's files")
-        found[key] = GraphSource(entry.form, entry.file, _load_graph(reader, manifest, entry.file, entry.weights))
+        found[key] = GraphSource(entry.form, entry.file, _load_graph(reader, manifest, entry.file, entry.weights,
+                                                                       checked=checked))
     return found
 
 
@@ -368,8 +384,9 @@ def _from_manifest(path: Path, kind: str, reader: _Reader) -> Bundle:
     data = reader.read(MANIFEST, DEFAULT_LIMITS.max_manifest_bytes)
     parsed = load_json(data, f"{MANIFEST} of {path}", BundleError)
     manifest = Manifest.from_json(parsed, str(path))
-    listed = _check_files(reader, manifest)
-    graphs = _graphs(reader, manifest, listed)
+    keep = {f for g in manifest.graphs.values() for f in (g.file, g.weights) if f is not None}
+    listed, checked = _check_files(reader, manifest, keep)
+    graphs = _graphs(reader, manifest, listed, checked)
     _check_vectors(reader, manifest, listed)
     _check_variants(reader, manifest, listed)
     return Bundle(path, kind, manifest, graphs, manifest.test_vectors, reader)
