@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -228,6 +229,17 @@ def test_a_weights_file_linking_out_of_the_bundle_is_refused(shared, tmp_path):
     _refused(copy, "weights.bin leads outside the bundle")
 
 
+def test_a_bundle_folder_is_held_to_the_limits_before_its_files_are_read(shared):
+    """As a zip's headers are: each listed file within the per-entry limit, all of them within the total."""
+    listed = [f["path"] for f in json.loads((shared / "manifest.json").read_text())["files"]]
+    sizes = {path: (shared / path).stat().st_size for path in listed}
+    first = next(path for path in listed if sizes[path] > 1000)
+    with pytest.raises(BundleError, match=f"lists {sum(sizes.values())} bytes of files, over the limit of 1000"):
+        open_bundle(shared, ZipLimits(max_total_bytes=1000))
+    with pytest.raises(BundleError, match=f"{first} is {sizes[first]} bytes, over the limit of 1000"):
+        open_bundle(shared, ZipLimits(max_member_bytes=1000))
+
+
 def test_a_graph_whose_entry_names_no_weights_may_read_none(shared, tmp_path):
     def unnamed(folder: Path) -> None:
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -293,9 +305,10 @@ def test_a_test_folder_reading_more_than_the_total_limit_is_refused_before_readi
         (folder / name).symlink_to(folder / "a.bin")
     size = (folder / "a.bin").stat().st_size
     assert isinstance(open_bundle(folder).graphs["model.onnx"].model, ExternalModel)  # the default limits take it
-    limits = ZipLimits(max_member_bytes=size, max_total_bytes=2 * size + (folder / "model.onnx").stat().st_size)
-    with pytest.raises(BundleError, match=f"from 3 files, {3 * size + (folder / 'model.onnx').stat().st_size} bytes "
-                                          f"with the graph, over the limit of {limits.max_total_bytes}"):
+    graph = (folder / "model.onnx").stat().st_size
+    limits = ZipLimits(max_member_bytes=size, max_total_bytes=2 * size + graph)
+    with pytest.raises(BundleError, match=re.escape(f"files it reads (a.bin, b.bin, c.bin) are {3 * size + graph} "
+                                                    f"bytes, over the limit of {limits.max_total_bytes}")):
         open_bundle(folder, limits)
     with pytest.raises(BundleError, match=f"a.bin is {size} bytes, over the limit of {size - 1}"):
         open_bundle(folder, ZipLimits(max_member_bytes=size - 1))

@@ -268,8 +268,16 @@ def _check_files(reader: _Reader, manifest: Manifest, keep: set[str]) -> tuple[s
     in ``keep`` (the graphs and their weights: read and hashed once, handed out as they were checked)."""
     problems = []
     kept = {}
+    sizes = {entry.path: reader.size(entry.path) for entry in manifest.files}
+    total, limits = sum(sizes.values()), reader.limits
+    if total > limits.max_total_bytes:
+        raise BundleError(f"bundle {reader.where}: its manifest lists {total} bytes of files, over the limit of "
+                          f"{limits.max_total_bytes}")
     for entry in manifest.files:
-        size = reader.size(entry.path)
+        size = sizes[entry.path]
+        if size > limits.max_member_bytes:
+            raise BundleError(f"bundle {reader.where}: {entry.path} is {size} bytes, over the limit of "
+                              f"{limits.max_member_bytes}")
         if entry.size is not None and size != entry.size:
             problems.append(f"{entry.path} is {size} bytes, the manifest says {entry.size}")
             continue
@@ -336,8 +344,8 @@ def _load_graph(reader: _Reader, manifest: Manifest | None, name: str, weights: 
             raise BundleError(f"bundle {reader.where}: {paths[location]} is {size} bytes, over the limit of {limit}")
     total = len(data) + sum(sizes.values())
     if total > reader.limits.max_total_bytes:
-        raise BundleError(f"{where} reads external data from {len(sizes)} files, {total} bytes with the graph, over "
-                          f"the limit of {reader.limits.max_total_bytes}")
+        raise BundleError(f"{where} and the external data files it reads ({', '.join(sizes)}) are {total} bytes, "
+                          f"over the limit of {reader.limits.max_total_bytes}")
     files = {location: _read_checked(reader, manifest, path, limit, checked) for location, path in paths.items()}
     hint = ("which its manifest entry does not name as its weights (only the file named in the graph's "
             "'weights' is read); the bundle is damaged or altered")
