@@ -20,10 +20,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from rnnexport.bundle.manifest import STATEFUL_VARIANT
+from rnnexport.bundle.reader import open_bundle
+from rnnexport.core.compare import VARIANT_TOLERANCES
 from rnnexport.core.contract import Form, GraphInfo, IOSpec, Layout, Lowering, StateSpec
-from rnnexport.core.errors import RunError, RuntimeContractError
+from rnnexport.core.errors import BundleError, RunError, RuntimeContractError
 from rnnexport.core.onnxfile import read_info, write_info
+from rnnexport.engines.openvino import installed
 from rnnexport.runtime import StatefulSession, StreamBatcher
+from rnnexport.verification.stateful import check_stateful, stateful_variants
 from tests.bundles import relisted_copy
 from tests.cli import assert_one_line_error, invoke, snapshot
 
@@ -235,6 +240,30 @@ def variant_bundle(exports, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("variants") / "bundle"
     package(exports.export("seed_lstm").path, out, source=model, variants=["fp16", "int8"])
     return out
+
+
+@pytest.mark.skipif(not installed("openvino"), reason="openvino is not installed (pip install 'rnnexport[engines]'): "
+                    "the openvino-stateful variant is made and run by it")
+def test_the_stateful_variant_runs_only_the_bytes_its_checksum_covered(exports, tmp_path):
+    """Like every other graph, the stateful IR is re-checked as it is read to run: a file changed after the
+    bundle was opened (and checked) is refused, not streamed."""
+    from rnnexport.packaging import package
+
+    model = exports.model("seed_lstm")
+    out = tmp_path / "bundle"
+    package(exports.export("seed_lstm").path, out, source=model, step_path=exports.export("seed_lstm", form="step").path,
+            variants=[STATEFUL_VARIANT], engines=["cpu"])
+    bundle = open_bundle(out)
+    assert bundle.manifest is not None
+    (variant,) = stateful_variants(bundle.manifest.variants)
+    checks, unavailable = check_stateful(bundle, variant, VARIANT_TOLERANCES[STATEFUL_VARIANT], 60.0)
+    assert checks and all(c.passed for c in checks) and not unavailable
+    weights = out / variant.files[1]
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=f"checksum mismatch in bundle .*: {variant.files[1]} does not match"):
+        check_stateful(bundle, variant, VARIANT_TOLERANCES[STATEFUL_VARIANT], 60.0)
 
 
 def _verify_json(bundle: Path, tmp_path: Path) -> tuple[int, dict]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -21,10 +22,10 @@ import pytest
 
 import rnnexport
 from rnnexport.bundle import write_zip
-from rnnexport.bundle.reader import open_bundle
+from rnnexport.bundle.reader import ZipLimits, open_bundle
 from rnnexport.core.contract import Form
 from rnnexport.core.errors import BundleError
-from rnnexport.core.external import ExternalModel
+from rnnexport.core.external import ExternalModel, is_safe_location
 from rnnexport.engines.base import EngineUnavailable
 from rnnexport.engines.registry import engine_spec, running
 from rnnexport.packaging.shared import MIN_BYTES, WEIGHTS
@@ -137,6 +138,17 @@ def test_both_graphs_load_the_shared_weights_and_match_pytorch(shared, model, en
         assert_close(list(got_step.values()), want_step, names, context=f"step graph on {engine}")
 
 
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_both_graphs_hold_the_one_checked_weights_object(shared, as_zip):
+    """The weights are read and hashed once as the bundle opens, and both graphs hand out those bytes: one
+    object (onnxruntime's session options then take it once, without comparing its bytes)."""
+    graphs = open_bundle(Path(f"{shared}.zip") if as_zip else shared).graphs
+    sequence, step = graphs["sequence"].model, graphs["step"].model
+    assert isinstance(sequence, ExternalModel) and isinstance(step, ExternalModel)
+    assert sequence.files[WEIGHTS] is step.files[WEIGHTS]
+    assert sequence.files[WEIGHTS] == (shared / WEIGHTS).read_bytes()
+
+
 def test_the_runtime_streams_the_shared_pair_from_a_zip(shared, model):
     session = StatefulSession.load(f"{shared}.zip")
     rng = np.random.default_rng(3)
@@ -176,6 +188,18 @@ def test_a_location_outside_the_weights_file_is_refused(shared, tmp_path, locati
     _refused(changed, "step.onnx", repr(location)[:40])
 
 
+def test_a_trailing_newline_is_no_plain_location_or_number(shared, tmp_path):
+    """``$`` also matches before a final newline: the whole text must be the path or the number."""
+    assert is_safe_location("weights.bin") and not is_safe_location("weights.bin\n")
+    proto = onnx.load(shared / "step.onnx", load_external_data=False)
+    tensor = next(t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
+    offset = next(e.value for e in tensor.external_data if e.key == "offset")
+    _refused(relisted_copy(shared, tmp_path / "b", _external(offset=offset + "\n")), "whole number")
+    folder = _test_folder(shared, tmp_path / "t", ["w.bin\n"])
+    shutil.copyfile(shared / WEIGHTS, folder / "w.bin\n")
+    _refused(folder, "not a plain relative path")
+
+
 def test_a_location_escaping_a_zip_bundle_is_refused(shared, tmp_path):
     write_zip(relisted_copy(shared, tmp_path / "b", _external(location="../weights.bin")), tmp_path / "b.zip")
     _refused(tmp_path / "b.zip", "not a plain relative path")
@@ -205,6 +229,17 @@ def test_a_weights_file_linking_out_of_the_bundle_is_refused(shared, tmp_path):
     _refused(copy, "weights.bin leads outside the bundle")
 
 
+def test_a_bundle_folder_is_held_to_the_limits_before_its_files_are_read(shared):
+    """As a zip's headers are: each listed file within the per-entry limit, all of them within the total."""
+    listed = [f["path"] for f in json.loads((shared / "manifest.json").read_text())["files"]]
+    sizes = {path: (shared / path).stat().st_size for path in listed}
+    first = next(path for path in listed if sizes[path] > 1000)
+    with pytest.raises(BundleError, match=f"lists {sum(sizes.values())} bytes of files, over the limit of 1000"):
+        open_bundle(shared, ZipLimits(max_total_bytes=1000))
+    with pytest.raises(BundleError, match=f"{first} is {sizes[first]} bytes, over the limit of 1000"):
+        open_bundle(shared, ZipLimits(max_member_bytes=1000))
+
+
 def test_a_graph_whose_entry_names_no_weights_may_read_none(shared, tmp_path):
     def unnamed(folder: Path) -> None:
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -212,6 +247,71 @@ def test_a_graph_whose_entry_names_no_weights_may_read_none(shared, tmp_path):
         (folder / "manifest.json").write_text(json.dumps(manifest))
 
     _refused(relisted_copy(shared, tmp_path / "b", unnamed), "does not name as its weights")
+
+
+def _ortm(location: str):
+    """An edit of a folder's step graph: producer name ``ORTM...`` (bytes 4-8 read as the ORT format's tag)
+    and the first external tensor read from ``location``."""
+    def change(folder: Path) -> None:
+        _external(location=location)(folder)
+        proto = onnx.load(folder / "step.onnx", load_external_data=False)
+        proto.ir_version, proto.producer_name = 8, "ORTM-like producer"  # field 1 (2 bytes), field 2 from byte 2
+        data = proto.SerializeToString()
+        assert data[4:8] == b"ORTM", data[:8]
+        (folder / "step.onnx").write_bytes(data)
+    return change
+
+
+@pytest.mark.parametrize("location", ["/etc/passwd", "../x"])
+def test_an_onnx_graph_tagged_like_the_ort_format_is_still_checked(shared, tmp_path, location):
+    """Only the ort variant's file may skip the external data checks: a manifest graph, or a test folder's
+    model.onnx, whose producer name puts ``ORTM`` at bytes 4-8 is ONNX and is checked like any other."""
+    changed = relisted_copy(shared, tmp_path / "b", _ortm(location))
+    _refused(changed, "step.onnx", "not a plain relative path")
+    assert_one_line_error(invoke("triton", changed, "-o", tmp_path / "models"), "not a plain relative path")
+    assert not (tmp_path / "models").exists()
+    folder = tmp_path / "test-folder"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes((changed / "step.onnx").read_bytes())
+    _refused(folder, "model.onnx", "not a plain relative path")
+
+
+def _test_folder(shared: Path, folder: Path, locations: list[str], **changes: str) -> Path:
+    """An ONNX test folder (no manifest) whose model.onnx is the bundle's step graph, its external tensors
+    reading from ``locations`` in turn (each a whole copy of weights.bin, as the bundle's offsets expect),
+    their other external data entries set to ``changes``."""
+    folder.mkdir()
+    proto = onnx.load(shared / "step.onnx", load_external_data=False)
+    external = [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert len(external) >= len(locations)
+    for k, tensor in enumerate(external):
+        for entry in tensor.external_data:
+            entry.value = locations[k % len(locations)] if entry.key == "location" else \
+                changes.get(entry.key, entry.value)
+    (folder / "model.onnx").write_bytes(proto.SerializeToString())
+    return folder
+
+
+def test_a_test_folder_graph_reading_its_own_file_is_refused(shared, tmp_path):
+    folder = _test_folder(shared, tmp_path / "t", ["model.onnx"], offset="0", length="16")  # within its bytes
+    _refused(folder, "model.onnx", "the graph's own file")
+
+
+def test_a_test_folder_reading_more_than_the_total_limit_is_refused_before_reading(shared, tmp_path):
+    """Each file within the per-file limit, together over the total one (links to one file count each time)."""
+    folder = _test_folder(shared, tmp_path / "t", ["a.bin", "b.bin", "c.bin"])
+    shutil.copyfile(shared / WEIGHTS, folder / "a.bin")
+    for name in ("b.bin", "c.bin"):
+        (folder / name).symlink_to(folder / "a.bin")
+    size = (folder / "a.bin").stat().st_size
+    assert isinstance(open_bundle(folder).graphs["model.onnx"].model, ExternalModel)  # the default limits take it
+    graph = (folder / "model.onnx").stat().st_size
+    limits = ZipLimits(max_member_bytes=size, max_total_bytes=2 * size + graph)
+    with pytest.raises(BundleError, match=re.escape(f"files it reads (a.bin, b.bin, c.bin) are {3 * size + graph} "
+                                                    f"bytes, over the limit of {limits.max_total_bytes}")):
+        open_bundle(folder, limits)
+    with pytest.raises(BundleError, match=f"a.bin is {size} bytes, over the limit of {size - 1}"):
+        open_bundle(folder, ZipLimits(max_member_bytes=size - 1))
 
 
 # --- the Node example ----------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ share) is data too: before any engine sees the graph, every tensor it keeps in
 another file must read from the file its manifest entry names (listed, checked),
 within that file's bytes (:mod:`rnnexport.core.external`); the graph is then
 handed out with the file in memory, so no engine reads anything from disk. A
-variant holds all its weights (it reads no external data). Nothing is extracted
+variant holds all its weights (it reads no external data). A test folder's graph
+may read files inside the folder but not itself, all within the limits' total. Nothing is extracted
 to disk. Torch-free (standard library only).
 """
 
@@ -36,7 +37,7 @@ __all__ = ["DEFAULT_LIMITS", "Bundle", "GraphSource", "ZipLimits", "is_bundle", 
 
 #: The graph file of a plain ONNX test folder.
 TEST_FOLDER_MODEL = "model.onnx"
-_TEST_SET = re.compile(r"^test_data_set_(\d{1,6})$")
+_TEST_SET = re.compile(r"test_data_set_([0-9]{1,6})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,7 @@ class GraphSource:
 
 class _Reader(Protocol):
     where: Path
+    limits: ZipLimits
 
     def read(self, name: str, limit: int) -> bytes: ...
 
@@ -85,9 +87,10 @@ class _Reader(Protocol):
 
 
 class _FolderReader:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limits: ZipLimits = DEFAULT_LIMITS) -> None:
         self.where = root
         self.root = root.resolve()
+        self.limits = limits
 
     def _path(self, name: str) -> Path:
         path = (self.root / safe_path(name)).resolve()
@@ -223,12 +226,26 @@ class Bundle:
             raise BundleError(f"{self.path} is a bare model, not a bundle: it holds no {name}")
         return self._reader.read(name, limit)
 
-    def graph(self, name: str, weights: str | None = None) -> bytes | ExternalModel:
+    def checked(self, name: str, limit: int = DEFAULT_LIMITS.max_member_bytes) -> bytes:
+        """The bytes of a file the manifest lists, checked against its SHA-256 again as they are read: what runs
+        is what the checksum covered (a file that changed since the bundle was opened is refused).
+
+        Raises:
+            BundleError: a bare model; a file the manifest does not list or that does not match its checksum.
+        """
+        if self._reader is None:
+            raise BundleError(f"{self.path} is a bare model, not a bundle: it holds no {name}")
+        return _read_checked(self._reader, self.manifest, name, limit)
+
+    def graph(self, name: str, weights: str | None = None, ort_format: bool = False) -> bytes | ExternalModel:
         """The graph file ``name`` as an engine may load it: its bytes, or with the external data it reads.
 
         Args:
             weights: the file beside it that the graph may read external data from (a manifest's
                 ``weights``); None: the graph must hold all its weights.
+            ort_format: the file is the ``ort`` variant's, which may be in onnxruntime's ORT format
+                (a flatbuffer, no ONNX external data); every other graph is read as ONNX and its
+                external references checked, whatever its first bytes say.
 
         Raises:
             BundleError: a bare model; the graph reads external data from any other file, or
@@ -236,7 +253,7 @@ class Bundle:
         """
         if self._reader is None:
             raise BundleError(f"{self.path} is a bare model, not a bundle: it holds no {name}")
-        return _load_graph(self._reader, self.manifest, name, weights)
+        return _load_graph(self._reader, self.manifest, name, weights, ort_format)
 
     def files_in(self, folder: str) -> list[str]:
         """The names of the files directly in ``folder`` (e.g. a test set), sorted."""
@@ -246,23 +263,46 @@ class Bundle:
         return [n for n in self._reader.names() if n.startswith(prefix) and "/" not in n[len(prefix):]]
 
 
-def _check_files(reader: _Reader, manifest: Manifest) -> set[str]:
+def _check_files(reader: _Reader, manifest: Manifest, keep: set[str]) -> tuple[set[str], dict[str, bytes]]:
+    """The names of the listed files, each checked against its size and SHA-256, and the checked bytes of those
+    in ``keep`` (the graphs and their weights: read and hashed once, handed out as they were checked)."""
     problems = []
+    kept = {}
+    sizes = {entry.path: reader.size(entry.path) for entry in manifest.files}
+    total, limits = sum(sizes.values()), reader.limits
+    if total > limits.max_total_bytes:
+        raise BundleError(f"bundle {reader.where}: its manifest lists {total} bytes of files, over the limit of "
+                          f"{limits.max_total_bytes}")
     for entry in manifest.files:
-        size = reader.size(entry.path)
+        size = sizes[entry.path]
+        if size > limits.max_member_bytes:
+            raise BundleError(f"bundle {reader.where}: {entry.path} is {size} bytes, over the limit of "
+                              f"{limits.max_member_bytes}")
         if entry.size is not None and size != entry.size:
             problems.append(f"{entry.path} is {size} bytes, the manifest says {entry.size}")
-        elif hashlib.sha256(reader.read(entry.path, size)).hexdigest() != entry.sha256:
+            continue
+        data = reader.read(entry.path, size)
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
             problems.append(f"{entry.path} does not match its SHA-256 in the manifest")
+        elif entry.path in keep:
+            kept[entry.path] = data
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise BundleError(f"checksum mismatch in bundle {reader.where}: {problems[0]}{more}; the bundle is "
                           "damaged or altered")
-    return {f.path for f in manifest.files}
+    return {f.path for f in manifest.files}, kept
 
 
-def _read_checked(reader: _Reader, manifest: Manifest | None, name: str, limit: int) -> bytes:
-    """``name``'s bytes, checked again against the manifest's SHA-256: what runs is what the checksum covered."""
+def _read_checked(reader: _Reader, manifest: Manifest | None, name: str, limit: int,
+                  checked: dict[str, bytes] | None = None) -> bytes:
+    """``name``'s bytes, checked again against the manifest's SHA-256: what runs is what the checksum covered.
+
+    Args:
+        checked: bytes already read and checked against the manifest, by name (handed out as they are: the
+            graphs of a bundle then share one weights object, and nothing is read or hashed twice).
+    """
+    if checked is not None and name in checked:
+        return checked[name]
     data = reader.read(name, limit)
     entry = manifest.file(name) if manifest is not None else None
     if manifest is not None and (entry is None or hashlib.sha256(data).hexdigest() != entry.sha256):
@@ -271,44 +311,57 @@ def _read_checked(reader: _Reader, manifest: Manifest | None, name: str, limit: 
     return data
 
 
-def _load_graph(reader: _Reader, manifest: Manifest | None, name: str, weights: str | None) -> bytes | ExternalModel:
+def _load_graph(reader: _Reader, manifest: Manifest | None, name: str, weights: str | None,
+                ort_format: bool = False, checked: dict[str, bytes] | None = None) -> bytes | ExternalModel:
     """A graph of the bundle and the external data it reads (only ``weights``, or with no manifest any file
-    inside the folder), every reference checked before an engine sees it."""
-    limit = DEFAULT_LIMITS.max_member_bytes
-    data = _read_checked(reader, manifest, name, limit)
+    inside the folder), every reference checked before an engine sees it. Only the ``ort`` variant's file
+    (``ort_format``) may be onnxruntime's ORT format, which holds no ONNX external data: any other graph is
+    ONNX, and a valid ONNX file may carry ``ORTM`` at bytes 4-8 (in its producer name)."""
+    limit = reader.limits.max_member_bytes
+    data = _read_checked(reader, manifest, name, limit, checked)
     where = f"graph {name} of bundle {reader.where}"
-    if data[4:8] == b"ORTM":  # onnxruntime's own format (the ort variant), a flatbuffer: no ONNX external data
+    if ort_format and data[4:8] == b"ORTM":  # onnxruntime's own format, a flatbuffer: no ONNX external data
         return data
     refs = external_refs(data, where, BundleError)
     if not refs:
         return data
     folder = PurePosixPath(name).parent
+    own = PurePosixPath(name).name
+    for ref in refs:
+        if ref.location == own:
+            raise BundleError(f"{where} reads tensor {ref.tensor!r:.60} from {own}, the graph's own file: the graph "
+                              "is damaged or altered")
     if manifest is None:  # an ONNX test folder: files beside the graph, inside the folder
         allowed = {r.location for r in refs}
     elif weights is not None:
         allowed = {PurePosixPath(weights).relative_to(folder).as_posix()}
     else:
         allowed = set()
-    files = {}
-    for location in sorted(allowed):
-        path = (folder / location).as_posix()
-        if reader.size(path) > limit:
-            raise BundleError(f"bundle {reader.where}: {path} is over the limit of {limit} bytes")
-        files[location] = _read_checked(reader, manifest, path, limit)
+    paths = {location: (folder / location).as_posix() for location in sorted(allowed)}
+    sizes = {location: reader.size(path) for location, path in paths.items()}
+    for location, size in sizes.items():
+        if size > limit:
+            raise BundleError(f"bundle {reader.where}: {paths[location]} is {size} bytes, over the limit of {limit}")
+    total = len(data) + sum(sizes.values())
+    if total > reader.limits.max_total_bytes:
+        raise BundleError(f"{where} and the external data files it reads ({', '.join(sizes)}) are {total} bytes, "
+                          f"over the limit of {reader.limits.max_total_bytes}")
+    files = {location: _read_checked(reader, manifest, path, limit, checked) for location, path in paths.items()}
     hint = ("which its manifest entry does not name as its weights (only the file named in the graph's "
             "'weights' is read); the bundle is damaged or altered")
     check_refs(refs, {k: len(v) for k, v in files.items()}, where, BundleError, hint)
     return ExternalModel(data, files)
 
 
-def _graphs(reader: _Reader, manifest: Manifest, listed: set[str]) -> dict[str, GraphSource]:
+def _graphs(reader: _Reader, manifest: Manifest, listed: set[str], checked: dict[str, bytes]) -> dict[str, GraphSource]:
     found = {}
     for key, entry in manifest.graphs.items():
         for file in (entry.file, entry.weights):
             if file is not None and file not in listed:
                 raise BundleError(f"{file} of bundle {reader.where} (graph {key}) has no checksum in the "
                                   "manifest's files")
-        found[key] = GraphSource(entry.form, entry.file, _load_graph(reader, manifest, entry.file, entry.weights))
+        found[key] = GraphSource(entry.form, entry.file, _load_graph(reader, manifest, entry.file, entry.weights,
+                                                                       checked=checked))
     return found
 
 
@@ -339,16 +392,17 @@ def _from_manifest(path: Path, kind: str, reader: _Reader) -> Bundle:
     data = reader.read(MANIFEST, DEFAULT_LIMITS.max_manifest_bytes)
     parsed = load_json(data, f"{MANIFEST} of {path}", BundleError)
     manifest = Manifest.from_json(parsed, str(path))
-    listed = _check_files(reader, manifest)
-    graphs = _graphs(reader, manifest, listed)
+    keep = {f for g in manifest.graphs.values() for f in (g.file, g.weights) if f is not None}
+    listed, checked = _check_files(reader, manifest, keep)
+    graphs = _graphs(reader, manifest, listed, checked)
     _check_vectors(reader, manifest, listed)
     _check_variants(reader, manifest, listed)
     return Bundle(path, kind, manifest, graphs, manifest.test_vectors, reader)
 
 
-def _test_folder(path: Path) -> Bundle:
-    reader = _FolderReader(path)
-    sets = sorted((int(m[1]), p.name) for p in path.iterdir() if p.is_dir() and (m := _TEST_SET.match(p.name)))
+def _test_folder(path: Path, limits: ZipLimits) -> Bundle:
+    reader = _FolderReader(path, limits)
+    sets = sorted((int(m[1]), p.name) for p in path.iterdir() if p.is_dir() and (m := _TEST_SET.fullmatch(p.name)))
     vectors = tuple(VectorEntry(name, TEST_FOLDER_MODEL) for _, name in sets)
     graph = GraphSource(None, TEST_FOLDER_MODEL, _load_graph(reader, None, TEST_FOLDER_MODEL, None))
     return Bundle(path, "test-folder", None, {TEST_FOLDER_MODEL: graph}, vectors, reader)
@@ -377,9 +431,9 @@ def open_bundle(path: str | os.PathLike[str], limits: ZipLimits = DEFAULT_LIMITS
     path = Path(path)
     if path.is_dir():
         if (path / MANIFEST).is_file():
-            return _from_manifest(path, "folder", _FolderReader(path))
+            return _from_manifest(path, "folder", _FolderReader(path, limits))
         if (path / TEST_FOLDER_MODEL).is_file():
-            return _test_folder(path)
+            return _test_folder(path, limits)
         raise BundleError(f"{path} holds no {MANIFEST}: pass a bundle folder, a .zip of one, an ONNX test "
                           "folder (model.onnx beside test_data_set_N) or a model .onnx file")
     if not path.is_file():

@@ -29,8 +29,8 @@ __all__ = ["ExternalModel", "ExternalRef", "check_refs", "external_refs", "is_sa
 MAX_DEPTH, MAX_TENSORS = 64, 1 << 20
 #: A location: relative, ``/``-separated names of letters, digits, ``_``, ``.``, ``-`` (so never ``..``,
 #: absolute, a drive, a backslash, or onnxruntime's in-memory tag ``*/_ORT_MEM_ADDR_/*``).
-_LOCATION = re.compile(r"^[A-Za-z0-9_.-]{1,255}(/[A-Za-z0-9_.-]{1,255}){0,15}$")
-_NUMBER = re.compile(r"^[0-9]{1,19}$")
+_LOCATION = re.compile(r"[A-Za-z0-9_.-]{1,255}(/[A-Za-z0-9_.-]{1,255}){0,15}")
+_NUMBER = re.compile(r"[0-9]{1,19}")
 _KEYS = frozenset({"location", "offset", "length", "checksum"})
 
 # field numbers of onnx.proto: message -> {field: message it holds}; "tensor" fields are TensorProtos
@@ -81,7 +81,7 @@ class ExternalModel:
 
 def is_safe_location(location: str) -> bool:
     """Whether ``location`` is a plain relative path (see :data:`_LOCATION`) with no ``.`` or ``..`` part."""
-    return bool(_LOCATION.match(location)) and not any(part in (".", "..") for part in location.split("/"))
+    return bool(_LOCATION.fullmatch(location)) and not any(part in (".", "..") for part in location.split("/"))
 
 
 def _varint(data: bytes, at: int, end: int) -> tuple[int, int]:
@@ -170,7 +170,7 @@ def _ref(name: str, entries: list[tuple[str, str]]) -> ExternalRef:
     numbers = {}
     for key in ("offset", "length"):
         text = values.get(key)
-        if text is not None and not _NUMBER.match(text):
+        if text is not None and not _NUMBER.fullmatch(text):
             raise ValueError(f"tensor {name!r:.60} has external data {key} {text!r:.40}: expected a whole number")
         numbers[key] = None if text is None else int(text)
     return ExternalRef(name, location, numbers["offset"] or 0, numbers["length"])

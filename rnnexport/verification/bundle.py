@@ -155,7 +155,8 @@ def _variant_sources(bundle: Bundle) -> list[tuple[VariantEntry, GraphSource]]:
             main = variant.files[0]
             # the checked bytes, as the reader hands out every graph: what runs is what the checksum covered,
             # and a variant holds all its weights (it reads no external data)
-            found.append((variant, GraphSource(bundle.graphs[variant.of].form, main, bundle.graph(main))))
+            model = bundle.graph(main, ort_format=variant.name == "ort")
+            found.append((variant, GraphSource(bundle.graphs[variant.of].form, main, model)))
     return found
 
 

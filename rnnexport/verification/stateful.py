@@ -96,7 +96,7 @@ def check_stateful(bundle: Bundle, variant: VariantEntry, tol: Tolerance,
     if not steps:  # no test set of its graph (or no such graph): nothing to run
         return [], []
     try:
-        results = stream(bundle.read(variant.files[0]), bundle.read(variant.files[1]), calls, timeout)
+        results = stream(bundle.checked(variant.files[0]), bundle.checked(variant.files[1]), calls, timeout)
     except EngineUnavailable as e:
         return [], [Unavailable(e.engine, e.reason, label, variant.name)]
     except EngineFailure as e:
