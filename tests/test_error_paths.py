@@ -83,6 +83,7 @@ CASES = {
     "triton": [
         ["{missing}", "-o", "{root}/r1"], ["{text}", "-o", "{root}/r2"], ["{notzip}", "-o", "{root}/r3"],
         ["{zip}", "-o", "{root}/r4"], ["{graph}", "-o", "{root}/r5"], ["{step}", "-o", "{root}/r6", "--name", "a b"],
+        ["{step}", "-o", "{root}/r9", "--name", "model\n"],
         ["{step}", "-o", "{root}/r7", "--max-batch-size", "0"], ["{step}", "-o", "{nofolder}"],
         ["{step}", "-o", "{x}"], ["nosuchmodel", "-o", "{root}/r8"],
     ],

@@ -179,7 +179,7 @@ class FileEntry:
             raise BundleError(f"manifest has a malformed files entry {dict(data)!r:.80}: needs path and sha256")
         digest = _str(data["sha256"], "files sha256", optional=False).lower()
         entry = cls(safe_path(data["path"]), _int(data.get("size"), "files size"), digest)
-        if not _SHA256.match(digest):
+        if not _SHA256.fullmatch(digest):
             raise BundleError(f"manifest: {entry.path} has a malformed SHA-256 {digest!r:.80}")
         return entry
 
@@ -241,7 +241,7 @@ class MobileCoverage:
     def from_json(cls, data: Any) -> MobileCoverage:
         data = _object(data, "mobile")
         eps = _object(data.get("eps") or {}, "mobile eps")
-        if len(eps) > MAX_MOBILE_EPS or not all(isinstance(k, str) and _CPU_WORD.match(k) for k in eps):
+        if len(eps) > MAX_MOBILE_EPS or not all(isinstance(k, str) and _CPU_WORD.fullmatch(k) for k in eps):
             raise BundleError(f"manifest: mobile eps must map at most {MAX_MOBILE_EPS} provider names "
                               "(1 to 32 letters, digits, '_', '.', '-') to their coverage")
         return cls({str(k): EpCoverage.from_json(str(k), v) for k, v in eps.items()},
@@ -470,9 +470,9 @@ def _cpu(value: Any) -> Cpu | None:
         return None
     value = _object(value, "variant cpu")
     machine, features = value.get("machine"), _list(value, "features")
-    if not isinstance(machine, str) or not _CPU_WORD.match(machine):
+    if not isinstance(machine, str) or not _CPU_WORD.fullmatch(machine):
         raise BundleError(f"manifest: a variant's cpu machine {machine!r:.40} must be a name of 1 to 32 characters")
-    if len(features) > 32 or not all(isinstance(f, str) and _CPU_WORD.match(f) for f in features):
+    if len(features) > 32 or not all(isinstance(f, str) and _CPU_WORD.fullmatch(f) for f in features):
         raise BundleError("manifest: a variant's cpu features must list at most 32 names of 1 to 32 characters")
     return Cpu(machine, tuple(features))
 

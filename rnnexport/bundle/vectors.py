@@ -57,7 +57,7 @@ def read_set(bundle: Bundle, folder: str) -> tuple[Tensors, Tensors]:
     """
     numbered: dict[str, dict[int, str]] = {"input": {}, "output": {}}
     for name in bundle.files_in(folder):
-        match = _FILE.match(name.rsplit("/", 1)[-1])
+        match = _FILE.fullmatch(name.rsplit("/", 1)[-1])
         if match:
             numbered[match[1]][int(match[2])] = name
     sets = []

@@ -291,7 +291,7 @@ def check_config(config: Any, model: onnx.ModelProto) -> list[Problem]:
 
 def model_file(folder: Path, config: Any) -> Path | None:
     """The graph Triton would load from ``folder``: the highest numeric version's model file."""
-    versions = sorted((int(p.name), p) for p in folder.iterdir() if p.is_dir() and _VERSION.match(p.name))
+    versions = sorted((int(p.name), p) for p in folder.iterdir() if p.is_dir() and _VERSION.fullmatch(p.name))
     if not versions:
         return None
     return versions[-1][1] / (config.default_model_filename or "model.onnx")

@@ -193,7 +193,7 @@ def load_step_graph(source: Any, workdir: str | os.PathLike[str]) -> StepGraph:
 
 def _model_name(step: StepGraph, given: str | None) -> str:
     if given is not None:
-        if not _NAME.match(given):
+        if not _NAME.fullmatch(given):
             raise ConvertError(f"--name {given!r:.80} is not a model name: use letters, digits, '_', '-' and '.', "
                                "starting with a letter or digit")
         return given
