@@ -12,13 +12,14 @@ from torch import nn
 class LSTMCellLoop(nn.Module):
     """An nn.LSTMCell loop with a head; ``initial_state`` gives ``(h, c)``."""
 
-    def __init__(self) -> None:
+    def __init__(self, hidden: int = 5) -> None:
         super().__init__()
-        self.cell = nn.LSTMCell(3, 5)
-        self.head = nn.Linear(5, 2)
+        self.hidden = hidden
+        self.cell = nn.LSTMCell(3, hidden)
+        self.head = nn.Linear(hidden, 2)
 
     def initial_state(self, batch: int):
-        return torch.zeros(batch, 5), torch.zeros(batch, 5)
+        return torch.zeros(batch, self.hidden), torch.zeros(batch, self.hidden)
 
     def forward(self, x, state):
         h, c = state
@@ -110,9 +111,9 @@ class PlainGRU(nn.Module):
 class LstmThenCell(nn.Module):
     """An nn.LSTM (state ``(1, B, H)``) then a residual GRUCell loop (``(B, H)``): batch axes differ."""
 
-    def __init__(self) -> None:
+    def __init__(self, input_size: int = 3) -> None:
         super().__init__()
-        self.lstm = nn.LSTM(3, 4)
+        self.lstm = nn.LSTM(input_size, 4)
         self.cell = nn.GRUCell(4, 4)
 
     def initial_state(self, batch: int):

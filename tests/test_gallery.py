@@ -42,6 +42,7 @@ from tests.gallery import (
     Tagger,
     mingru_g,
 )
+from tests.modules import LSTMCellLoop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,28 +218,10 @@ def test_each_composition_matches_pytorch_on_saturating_inputs(name):
     assert_close([got[finite]], [want[finite].astype(np.float32)], [name], context=name)
 
 
-class _LSTMCellLoop(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.cell = nn.LSTMCell(3, 4)
-        self.head = nn.Linear(4, 2)
-
-    def initial_state(self, batch: int):
-        return torch.zeros(batch, 4), torch.zeros(batch, 4)
-
-    def forward(self, x, state):
-        h, c = state
-        ys = []
-        for t in range(x.shape[0]):
-            h, c = self.cell(x[t], (h, c))
-            ys.append(self.head(h))
-        return torch.stack(ys), (h, c)
-
-
 def test_the_guard_goes_only_where_pytorch_spreads_nan(tmp_path):
     """An LSTM's NaN in h spreads over the stream; one in c stays in its element of h and c (and spreads to y)."""
     torch.manual_seed(0)
-    module = _LSTMCellLoop().eval()
+    module = LSTMCellLoop(hidden=4).eval()
     model = rnnexport.from_module(module)
     assert nan_sources(model, Form.STEP) == ((True, True, True), (True, True, False), (True, True, False))
     assert nan_sources(rnnexport.from_module(_module("clean_input")), Form.SEQUENCE) == ((False, True), (False, True))

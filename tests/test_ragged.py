@@ -32,30 +32,11 @@ from rnnexport.source.sources import load_source
 from rnnexport.testing import assert_close
 from tests.cli import assert_one_line_error, invoke
 from tests.configs import CONFIGS, seed_params
+from tests.modules import LstmThenCell
 from tests.schemas import validate
 
 T, LENGTHS = 6, np.array([6, 1, 0, 5, 3], np.int64)  # T, 1, 0, T-1 and one between: unsorted
 B = len(LENGTHS)
-
-
-class LstmThenCell(nn.Module):
-    """An nn.LSTM (state ``(1, B, H)``) then a GRUCell loop (``(B, H)``): nested state, two batch axes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(10, 4)
-        self.cell = nn.GRUCell(4, 4)
-
-    def initial_state(self, batch: int):
-        return {"lstm": (torch.zeros(1, batch, 4), torch.zeros(1, batch, 4)), "cell": torch.zeros(batch, 4)}
-
-    def forward(self, x, state):
-        y, lstm = self.lstm(x, state["lstm"])
-        h, ys = state["cell"], []
-        for t in range(y.shape[0]):
-            h = self.cell(y[t], h) + y[t]
-            ys.append(h)
-        return torch.stack(ys), {"lstm": lstm, "cell": h}
 
 
 def _torch(factory):
@@ -79,7 +60,7 @@ SOURCES = {
     "nn_rnn_relu": (_torch(lambda: nn.RNN(10, 16, nonlinearity="relu")), ("scan",)),
     "nn_lstm_proj": (_torch(lambda: nn.LSTM(10, 16, proj_size=5)), ("scan",)),
     "user_leaky_cell": (CONFIGS["user_leaky_cell"], ("scan",)),
-    "nested_state_module": (_torch(LstmThenCell), ("scan",)),
+    "nested_state_module": (_torch(lambda: LstmThenCell(input_size=10)), ("scan",)),
     "wrapped_token_lm": (CONFIGS["wrapped_token_lm"], ("scan",)),
     "wrapped_batch_first_gru": (CONFIGS["wrapped_batch_first_gru"], ("scan", "unrolled")),
 }
