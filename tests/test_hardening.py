@@ -516,3 +516,15 @@ def test_child_engines_stop_with_their_block(looping_step):
         with pytest.raises(EngineTimeout, match="time budget of 0.5 s"):
             alone.infer({"x": np.ones((1, 4), np.float32), "h": np.ones((1, 16), np.float32)})
     assert _children() <= before
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads a process's environment from /proc (Linux)")
+def test_a_child_engine_runs_numpy_on_one_thread(looping_step):
+    """The ReferenceEvaluator's process is told to keep numpy's BLAS to one thread, as every child engine runs."""
+    from rnnexport.engines.base import EngineKind
+    from rnnexport.engines.child import ChildRunner
+
+    with ChildRunner(EngineKind.REFERENCE, looping_step) as runner:
+        told = dict(entry.split("=", 1) for entry in
+                    Path(f"/proc/{runner.worker.process.pid}/environ").read_text().split("\0") if "=" in entry)
+    assert {told.get(name) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")} == {"1"}

@@ -196,12 +196,18 @@ def _replay(caught: Any) -> None:
                       stacklevel=2)
 
 
+#: The engines of a child run on one thread (OpenVINO is told so; these cover numpy's BLAS, which the
+#: ReferenceEvaluator calls): a pool of BLAS threads would only compete with the parent's engines,
+#: and starting one costs the child a third of its start-up CPU time.
+ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 class _Worker:
     """One child process (:mod:`rnnexport.engines.worker`) that holds graphs, each under a number."""
 
     def __init__(self) -> None:
         self.process = start_child([sys.executable, "-m", "rnnexport.engines.worker"], stdin=-1, stdout=-1,
-                                   stderr=-3, env=python_child_env(), close_fds=True)
+                                   stderr=-3, env=python_child_env(ONE_THREAD), close_fds=True)
         assert self.process.stdin is not None and self.process.stdout is not None  # both are pipes
         self.requests: IO[bytes] = self.process.stdin
         self.pipe = _Pipe(self.process.stdout)

@@ -42,6 +42,8 @@ ILL_CONDITIONED = 0.01
 SLOW_STEPS = 64
 #: Outputs by name.
 Outputs = dict[str, np.ndarray]
+#: An engine's whole-sequence runs of a stack's batches, by the batch's cases (None: the call failed).
+Runs = dict[tuple[Case, ...], Mapping[Case, Outputs] | None]
 #: The labels of a graph's models in a :class:`Lineup`.
 GRAPH, STEP = "graph", "step graph"
 
@@ -187,8 +189,11 @@ class CaseRun:
                 baselines[case] = self._providers(engine, case, got, baselines.get(case))
             if whole:
                 taken_stack = stack.select(list(whole))
-                self._chunks(engine, taken_stack, whole)
-                self._streamed(engine, taken_stack, whole)
+                runs: Runs = {(case,): {case: got} for case, got in whole.items()}
+                if engine.spec.slow:  # _calls ran the stack as one batch: that call is its whole run
+                    runs[taken_stack.cases] = whole
+                self._chunks(engine, taken_stack, runs)
+                self._streamed(engine, taken_stack, runs)
 
     def _calls(self, engine: Engine, stack: Stack) -> list[tuple[Case, Outputs]]:
         """Each case's outputs of one call over all of it: a call per case, or on a slow engine one for the stack."""
@@ -230,7 +235,7 @@ class CaseRun:
         for case, part in zip(stack.cases, stack.split(out, Form.SEQUENCE), strict=True):
             self.checks += contracts.against(contract, engine.name, case, part, wants[case], self.tol, axes, variant)
 
-    def _chunks(self, engine: Engine, stack: Stack, got: Mapping[Case, Outputs]) -> None:
+    def _chunks(self, engine: Engine, stack: Stack, runs: Runs) -> None:
         """Contract 2: each chunk length shorter than the cases, on the random-state ones, in one batch."""
         if not self.chunkable:
             return
@@ -245,36 +250,37 @@ class CaseRun:
 
             out = self._attempt(engine, stack.cases, Contract.CHUNKED, run_chunked)
             if out is not None:
-                whole = self._whole(engine, stack, got)
+                whole = self._whole(engine, stack, runs)
                 if whole is not None:
                     self._compare(Contract.CHUNKED, engine, stack, out, whole, variant=f"chunk={chunk}")
 
-    def _streamed(self, engine: Engine, stack: Stack, got: Mapping[Case, Outputs]) -> None:
+    def _streamed(self, engine: Engine, stack: Stack, runs: Runs) -> None:
         """Contract 3: the step graph streamed over the cases in one batch, against the sequence graph."""
         step = engine.runners.get(STEP)
         if step is None or (stack.nonfinite and len(self.refusing) > 0):  # then only the step graph refuses
             return
         out = self._attempt(engine, stack.cases, Contract.STEP,
                             lambda: contracts.stream(step, self.io, stack.x, stack.state))
-        whole = None if out is None else self._whole(engine, stack, got)
+        whole = None if out is None else self._whole(engine, stack, runs)
         if out is not None and whole is not None:
             self._compare(Contract.STEP, engine, stack, out, whole)
 
-    def _whole(self, engine: Engine, stack: Stack, alone: Mapping[Case, Outputs]) -> Mapping[Case, Outputs] | None:
+    def _whole(self, engine: Engine, stack: Stack, runs: Runs) -> Mapping[Case, Outputs] | None:
         """The engine's whole-sequence outputs of ``stack`` run as the same one batch as its chunked or
-        streamed run, cut into cases; a case alone's own outputs (``alone``) where the stack is one case.
+        streamed run, cut into cases: from ``runs`` where that batch has run, else one call, kept there.
 
         Contracts 2 and 3 judge cutting a sequence into chunks or steps, not the batch: an engine's
         kernel may round a row differently in another batch (onnxruntime's RNN operator does, by
         about 1e-5), which would be charged to the chunking if the stack were compared with each case
         run alone. None when that call fails (recorded like any failed call).
         """
-        if len(stack.cases) == 1:
-            return alone
-        feeds = self.io.feeds(stack.x, stack.state)
-        out = self._attempt(engine, stack.cases, Contract.PYTORCH,
-                            functools.partial(_infer, engine.runners[GRAPH], feeds))
-        return None if out is None else dict(zip(stack.cases, stack.split(out, Form.SEQUENCE), strict=True))
+        if stack.cases not in runs:
+            feeds = self.io.feeds(stack.x, stack.state)
+            out = self._attempt(engine, stack.cases, Contract.PYTORCH,
+                                functools.partial(_infer, engine.runners[GRAPH], feeds))
+            runs[stack.cases] = None if out is None else dict(zip(stack.cases, stack.split(out, Form.SEQUENCE),
+                                                                  strict=True))
+        return runs[stack.cases]
 
     def _step(self, stack: Stack, engines: Sequence[Engine]) -> None:
         """A step graph: its first step per case against PyTorch's, and the stack streamed (contract 3)."""
