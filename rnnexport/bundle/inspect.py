@@ -131,10 +131,18 @@ def _graph_summary(found: Inspection) -> list[str]:
     lines += _graph_lines("", {**data, "file": found.path})[1:]
     state = data["state"]
     lines.append(f"  state    {', '.join(state['names'])} -> {', '.join(state['output_names'])}, "
-                 f"initial {state['initial']}, batch axis {state['batch_axis']}")
+                 f"initial {_initial(state)}, batch axis {state['batch_axis']}")
     if data.get("test_sets"):
         lines.append(f"  test sets {', '.join(data['test_sets'])}")
     return lines
+
+
+def _initial(state: dict[str, Any]) -> str:
+    """``zeros``, or how many recorded values a new stream starts from."""
+    initial = state.get("initial", "zeros")
+    if not isinstance(initial, dict):
+        return str(initial)
+    return f"the module's ({sum(len(v) for v in initial.get('values', []))} values per stream)"
 
 
 def _bundle_lines(found: Inspection) -> list[str]:
@@ -144,7 +152,7 @@ def _bundle_lines(found: Inspection) -> list[str]:
              f"  made by rnnexport {made_by.get('rnnexport', '?')}, onnxruntime {made_by.get('onnxruntime', '?')}",
              f"  parameters SHA-256 {data['model'].get('params_sha256', '?')}"]
     state = data["state"]
-    lines.append(f"  state {', '.join(state['names'])}: shapes {state['shapes']}, initial {state['initial']}")
+    lines.append(f"  state {', '.join(state['names'])}: shapes {state['shapes']}, initial {_initial(state)}")
     io = data["io"]
     vocabulary = io.get("vocabulary")
     lines.append(f"  x encoding {io.get('x_encoding', 'real')}"

@@ -71,7 +71,8 @@ def streams_json(result: StreamsSummary) -> dict[str, Any]:
               help="(B,) integers as .npy: each stream's own number of steps in the chunk, for a sequence graph "
                    "converted with --lengths (y is zero after each stream's end, its state the one at its end).")
 @click.option("--state-in", type=click.Path(dir_okay=False), default=None,
-              help=".npz of the state to start from (as written by --state-out); default: zeros.")
+              help=".npz of the state to start from (as written by --state-out); default: the initial state "
+                   "(zeros, or the module's own).")
 @click.option("--state-out", type=click.Path(dir_okay=False), default=None,
               help="Write the state after the call here (.npz, atomically), to resume later.")
 @click.option("-o", "--output", "outputs", type=click.Path(dir_okay=False), multiple=True,
@@ -92,8 +93,8 @@ def run_command(bundle: str, x_paths: tuple[str, ...], lengths_path: str | None,
                 allow_nonfinite: bool, json_path: str | None, quiet: bool) -> None:
     """Stream x through BUNDLE (a bundle folder, a .zip of one, or a model .onnx).
 
-    The state starts from zeros or --state-in and is written to --state-out, so
-    a stream can be resumed by a later call, in another process.
+    The state starts from the initial state (zeros, or the module's own) or --state-in and is
+    written to --state-out, so a stream can be resumed by a later call, in another process.
     """
     from rnnexport.runtime.files import (  # onnxruntime: not needed for --help
         run_files,
@@ -107,7 +108,7 @@ def run_command(bundle: str, x_paths: tuple[str, ...], lengths_path: str | None,
     if len(x_paths) > 1:
         if state_in or state_out:
             raise RnnexportError("--state-in/--state-out take one stream; with several --input, each stream "
-                                 "starts from zeros")
+                                 "starts from the initial state")
         if lengths_path:
             raise RnnexportError("--lengths goes with one --input of several streams; with several --input, "
                                  "each file's T is its stream's length")

@@ -74,6 +74,9 @@ MAX_STATE_TENSORS, MAX_STATE_DEPTH = 64, 8
 
 #: The largest magnitude a state domain's bound may have.
 MAX_BOUND = 1e30
+#: The most values a recorded initial state may hold, every tensor's one stream together (it is kept
+#: in the contract's JSON: a graph's metadata and a bundle's manifest).
+MAX_INITIAL_VALUES = 1 << 14
 
 _DTYPES = ("float32", "float16", "float64", "int64", "int32")
 _ENCODINGS = ("real", "one-hot", "token-ids")
@@ -276,7 +279,9 @@ class StateSpec:
     ``batch_axis``. ``domains`` is where each tensor's values lie (:class:`StateDomain`, None:
     anywhere), as the module declares; None: none declared. It tells verify and packaging
     where to draw a random initial state, not what the graph computes, so it takes no part in
-    comparing contracts.
+    comparing contracts. ``initial`` is what a new stream's state starts from, one stream's values
+    per tensor (shaped as :attr:`dims`), as the module's initial-state method gives them; None:
+    zeros. At most :data:`MAX_INITIAL_VALUES` values together; all zeros is normalised to None.
     """
 
     names: tuple[str, ...]
@@ -286,8 +291,11 @@ class StateSpec:
     structure: Structure | None = dataclasses.field(default=None, hash=False)
     nested_axes: tuple[int, ...] | None = None
     domains: tuple[StateDomain | None, ...] | None = dataclasses.field(default=None, compare=False)
+    initial: tuple[np.ndarray, ...] | None = dataclasses.field(default=None, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.initial is not None:
+            object.__setattr__(self, "initial", self._checked_initial(self.initial))
         if self.domains is not None:
             domains = tuple(self.domains)
             if len(domains) != len(self.names) or not all(d is None or isinstance(d, StateDomain) for d in domains):
@@ -304,6 +312,33 @@ class StateSpec:
                 raise ContractError(f"malformed state contract: nested_axes must be one axis per state tensor "
                                     f"within its rank, got {axes!r:.80}")
             object.__setattr__(self, "nested_axes", tuple(axes))
+
+    def _checked_initial(self, values: Sequence[Any]) -> tuple[np.ndarray, ...] | None:
+        """``values`` as read-only arrays of one stream's state each; None when they are all zeros.
+
+        Raises:
+            ContractError: not one array per tensor of its per-stream shape, over
+                :data:`MAX_INITIAL_VALUES` values together, or holding NaN or Inf.
+        """
+        if not isinstance(values, (list, tuple)) or len(values) != len(self.names):
+            raise ContractError(f"malformed state contract: initial must be one array per state tensor "
+                                f"({len(self.names)}), got {_describe_value(values)}")
+        total = sum(int(np.prod(d, dtype=np.int64)) for d in self.dims)
+        if total > MAX_INITIAL_VALUES:
+            raise ContractError(f"an initial state of {total} values per stream is over the {MAX_INITIAL_VALUES} "
+                                "rnnexport records; let the initial-state method return zeros")
+        arrays = []
+        for name, dims, value in zip(self.names, self.dims, values, strict=True):
+            array = np.asarray(value)
+            if array.shape != dims or not np.issubdtype(array.dtype, np.number):
+                raise ContractError(f"malformed state contract: initial {name} must be numbers of shape {dims} "
+                                    f"(one stream), got {_describe_value(value)}")
+            array = array.astype(self.dtype)
+            if not np.isfinite(array).all():
+                raise ContractError(f"malformed state contract: initial {name} holds NaN or Inf")
+            array.setflags(write=False)
+            arrays.append(array)
+        return None if not any(a.any() for a in arrays) else tuple(arrays)
 
     @property
     def tree(self) -> Structure:
@@ -394,6 +429,13 @@ class StateSpec:
         return [np.zeros(cast("tuple[int, ...]", self.shape(i, batch)), dtype=self.dtype)
                 for i in range(len(self.names))]
 
+    def start(self, batch: int) -> list[np.ndarray]:
+        """What ``batch`` new streams start from, one array per state name: :attr:`initial` on every
+        stream, else zeros."""
+        if self.initial is None:
+            return self.zeros(batch)
+        return [np.repeat(np.expand_dims(one, self.batch_axis), batch, axis=self.batch_axis) for one in self.initial]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "names": list(self.names),
@@ -401,7 +443,7 @@ class StateSpec:
             "shapes": [list(s) for s in self.shapes],
             "batch_axis": self.batch_axis,
             "dtype": self.dtype,
-            "initial": "zeros",
+            "initial": "zeros" if self.initial is None else {"values": [a.ravel().tolist() for a in self.initial]},
             **({"structure": _structure_json(self.structure)} if self.structure is not None else {}),
             **({"nested_axes": list(self.nested_axes)} if self.nested_axes is not None else {}),
             **({"domains": [None if d is None else d.to_json() for d in self.domains]} if self.domains else {}),
@@ -441,12 +483,33 @@ class StateSpec:
             dims.append(rest)
         spec = cls(names, tuple(dims), axis, _choice(data.get("dtype", "float32"), _DTYPES, f"{what} dtype"),
                    _json_structure(data.get("structure"), what), _json_axes(data.get("nested_axes"), what),
-                   _json_domains(data.get("domains"), len(names)))
+                   _json_domains(data.get("domains"), len(names)), _json_initial(data.get("initial"), dims, what))
         outputs = data.get("output_names")
         if outputs is not None and list(outputs) != list(spec.output_names):
             raise ContractError(f"malformed {what}: output_names {outputs!r:.80} are not "
                                 f"{list(spec.output_names)}")
         return spec
+
+
+def _json_initial(value: Any, dims: Sequence[tuple[int, ...]], what: str) -> tuple[np.ndarray, ...] | None:
+    """``initial`` as JSON gives it: ``"zeros"`` (or absent) is None, ``{"values": [[...], ...]}`` one flat
+    list of numbers per tensor, sized before anything is built. Checked in ``StateSpec.__post_init__``."""
+    if value is None or value == "zeros":
+        return None
+    lists = value.get("values") if isinstance(value, dict) and set(value) == {"values"} else None
+    if not isinstance(lists, list) or len(lists) != len(dims):
+        raise ContractError(f'malformed {what}: initial must be "zeros" or {{"values": [...]}} with one list per '
+                            f"state tensor, got {value!r:.80}")
+    sizes = [int(np.prod(d, dtype=np.int64)) for d in dims]
+    if sum(sizes) > MAX_INITIAL_VALUES:
+        raise ContractError(f"malformed {what}: an initial state of {sum(sizes)} values is over {MAX_INITIAL_VALUES}")
+    arrays = []
+    for numbers, size, shape in zip(lists, sizes, dims, strict=True):
+        if not isinstance(numbers, list) or len(numbers) != size or not all(
+                isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers):
+            raise ContractError(f"malformed {what}: each initial list must hold {size} numbers, got {numbers!r:.80}")
+        arrays.append(np.asarray(numbers, np.float64).reshape(shape))
+    return tuple(arrays)
 
 
 def _json_structure(value: Any, what: str) -> Any:

@@ -52,7 +52,7 @@ Key = tuple[tuple[tuple[int, int], ...], str]
 
 @dataclasses.dataclass(frozen=True)
 class CalibrationSequence:
-    """Calls of one stream, in order (``x`` of each, in the graph's layout), from ``state`` (None: zeros)."""
+    """Calls of one stream, in order (``x`` of each, in the graph's layout), from ``state`` (None: a new stream's, the initial state)."""
 
     calls: tuple[np.ndarray, ...]
     state: tuple[np.ndarray, ...] | None = None
@@ -147,7 +147,7 @@ def calibrate(model: onnx.ModelProto, keys: Sequence[Key], calibration: Calibrat
     found = {key: Observed() for key in keys}
     for sequence in calibration.sequences:
         batch = int(sequence.calls[0].shape[io.batch_axis])
-        state = list(sequence.state) if sequence.state is not None else io.state.zeros(batch)
+        state = list(sequence.state) if sequence.state is not None else io.state.start(batch)
         for x in _calls(sequence, io, form, seq_len):
             got = run_limited(session, names, io.feeds(x.astype(io.x_dtype, copy=False), state), timeout,
                               "a calibration call")

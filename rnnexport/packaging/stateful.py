@@ -8,22 +8,21 @@ Two things are added so that an app needs nothing but ``x``:
 
 - each variable is named as the state tensor it holds (``h``, ``c``, ...), so
   ``query_state()`` gives the contract's names;
-- each ``ReadValue`` starts from one stream's zeros (batch 1), broadcast to the batch of the
-  ``x`` fed (OpenVINO ops ``ShapeOf``, ``Gather``, ``Concat``, ``Broadcast``): a new infer
-  request, and every ``reset_state()``, start every stream from the zero state, at any batch.
-  (Computing the zeros inside ``ReadValue``'s initializer from ``x``'s shape is what OpenVINO
-  intends, but OpenVINO 2026.4's CPU plugin cannot compile it where the state meets ``x`` in a
-  ``Concat``, as the seed GRU and RNN step graphs do.)
+- each ``ReadValue`` starts from one stream's initial state (batch 1: zeros, or the module's own,
+  the contract's ``state.initial``), broadcast to the batch of the ``x`` fed (OpenVINO ops
+  ``ShapeOf``, ``Gather``, ``Concat``, ``Broadcast``): a new infer request, and every
+  ``reset_state()``, start every stream from the initial state, at any batch. (Computing it
+  inside ``ReadValue``'s initializer from ``x``'s shape is what OpenVINO intends, but OpenVINO
+  2026.4's CPU plugin cannot compile it where the state meets ``x`` in a ``Concat``, as the seed
+  GRU and RNN step graphs do.)
 
-The state starts from zeros, the contract's initial state (``state.initial``); an app that
-resumes a saved state sets it with ``set_state`` before the next step.
+An app that resumes a saved state sets it with ``set_state`` before the next step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 
@@ -66,8 +65,8 @@ def make_ir(source: Path, target: Path, io: IOSpec) -> str:
     for op in [op for op in model.get_ordered_ops() if op.get_type_name() == "ReadValue"]:
         name = next(n for n in io.state.names if n in op.output(0).get_names())
         index = io.state.names.index(name)
-        one = np.zeros(cast("tuple[int, ...]", io.state.shape(index, 1)), io.state.dtype)
-        op.set_arguments([ops.constant(one)])  # a reset variable holds one stream's zeros ...
+        one = io.state.start(1)[index]  # zeros, or the module's own initial state
+        op.set_arguments([ops.constant(one)])  # a reset variable holds one stream's initial state ...
         dims = [ops.constant(np.array([d], np.int64)) for d in io.state.dims[index]]
         dims.insert(io.state.batch_axis, batch)
         readers = list(op.output(0).get_target_inputs())
@@ -94,15 +93,16 @@ def make_ir(source: Path, target: Path, io: IOSpec) -> str:
         work.with_suffix(".bin").unlink(missing_ok=True)
     names = ", ".join(io.state.names)
     return (f"OpenVINO IR with the state inside (ReadValue/Assign, variables {names}): feed x only, read the state "
-            "with query_state(); a new infer request and reset_state() start from zeros at the batch of x")
+            "with query_state(); a new infer request and reset_state() start from the initial state at the batch of x")
 
 
 def streamed(reference: Path, target: Path, io: IOSpec, cases: Sequence[tuple[np.ndarray, list[np.ndarray]]],
              timeout: float | None) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
     """Each case streamed step by step through the stateful IR ``target`` and the step graph ``reference``.
 
-    ``cases`` are sequence-shaped ``x`` with the state they start from: a zero state streams
-    after ``reset_state()`` with only ``x`` fed, any other is set with ``set_state`` first.
+    ``cases`` are sequence-shaped ``x`` with the state they start from: a new stream's state (the
+    contract's initial state) streams after ``reset_state()`` with only ``x`` fed, any other is set
+    with ``set_state`` first.
     Returns, per step, the IR's outputs (``y``, then each state variable) and the step graph's,
     in the step graph's output order.
     """
@@ -111,11 +111,11 @@ def streamed(reference: Path, target: Path, io: IOSpec, cases: Sequence[tuple[np
     calls: list[StatefulCall] = []
     want: list[list[np.ndarray]] = []
     for x, state in cases:
-        zero = all(not s.any() for s in state)
+        fresh = all(np.array_equal(s, i) for s, i in zip(state, io.state.start(int(x.shape[io.batch_axis])), strict=True))
         calls.append(RESET)
         for t in range(x.shape[io.time_axis]):
             x_t = np.ascontiguousarray(np.take(x, t, axis=io.time_axis))
-            given = None if zero or t else dict(zip(io.state.names, state, strict=True))
+            given = None if fresh or t else dict(zip(io.state.names, state, strict=True))
             calls.append(StatefulCall(x_t, given))
             outputs = run_limited(session, out_names, io.feeds(x_t, state), timeout, "a check step of the step graph")
             want.append(outputs)

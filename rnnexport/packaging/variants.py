@@ -289,7 +289,7 @@ def _cases(reference: Path, context: GraphContext) -> list[tuple[np.ndarray, lis
         streams = [text[:SHORT_STEPS, :TEXT_STREAMS], text[:, TEXT_STREAMS:]]
     else:
         streams = [random_inputs(io, form, 4, t, rng) for t in (SHORT_STEPS, TEXT_STEPS)]
-    cases = [(x, io.state.zeros(int(x.shape[io.batch_axis]))) for x in streams]
+    cases = [(x, io.state.start(int(x.shape[io.batch_axis]))) for x in streams]
     return cases + [(random_inputs(io, form, 4, seq_len or 1, rng), random_state(io, 4, rng, 0.5))]
 
 

@@ -117,7 +117,7 @@ def make_vectors(root: Path, prefix: str, graph: str, path: Path, info: GraphInf
                      np.array([1, ragged.shape[io.time_axis], 0], np.int64)))
     entries: list[VectorEntry] = []
     calls: list[tuple[str, int | None, np.ndarray, list[np.ndarray] | None]] = []
-    previous: list[np.ndarray] = [np.zeros(0), *io.state.zeros(VECTOR_BATCH)]  # call 0 starts from zeros
+    previous: list[np.ndarray] = [np.zeros(0), *io.state.start(VECTOR_BATCH)]  # call 0: a new stream's state
     for index, (kind, call, x, given, lengths) in enumerate(sets):
         state = given if given is not None else previous[1:]
         if lengths is None:  # every step of every stream: what calibration streams

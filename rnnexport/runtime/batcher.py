@@ -85,17 +85,18 @@ class _Pool:
 
     def __init__(self, spec: StateSpec, capacity: int) -> None:
         self.spec = spec
-        self.arrays = spec.zeros(capacity)
+        self.arrays = spec.start(capacity)
+        self.initial = spec.start(1)  # one stream's initial state: zeros, or the module's own
         self.free = list(range(capacity - 1, -1, -1))
 
     def _at(self, slots: np.ndarray | slice) -> tuple[slice | np.ndarray, ...]:
         return (slice(None),) * self.spec.batch_axis + (slots,)
 
     def take(self) -> int:
-        """A zeroed slot, growing the pool (doubling) when all are in use."""
+        """A slot at the initial state, growing the pool (doubling) when all are in use."""
         if not self.free:
             capacity = self.arrays[0].shape[self.spec.batch_axis]
-            self.arrays = [np.concatenate([a, np.zeros_like(a)], axis=self.spec.batch_axis) for a in self.arrays]
+            self.arrays = [np.concatenate([a, a], axis=self.spec.batch_axis) for a in self.arrays]  # taken slots are set
             self.free = list(range(2 * capacity - 1, capacity - 1, -1))
         slot = self.free.pop()
         self.write(slot, None)
@@ -109,9 +110,9 @@ class _Pool:
         return [a[self._at(slice(slot, slot + 1))].copy() for a in self.arrays]
 
     def write(self, slot: int, values: list[np.ndarray] | None) -> None:
-        """Set one stream's state (batch-of-1 arrays), or zero it (``None``)."""
-        for i, a in enumerate(self.arrays):
-            a[self._at(slice(slot, slot + 1))] = 0 if values is None else values[i]
+        """Set one stream's state (batch-of-1 arrays), or start it again (``None``: the initial state)."""
+        for a, value in zip(self.arrays, self.initial if values is None else values, strict=True):
+            a[self._at(slice(slot, slot + 1))] = value
 
     def gather(self, slots: np.ndarray, into: list[np.ndarray]) -> None:
         for a, out in zip(self.arrays, into, strict=True):
@@ -462,7 +463,8 @@ class StreamBatcher:
     # --- streams -------------------------------------------------------------------------------
 
     def join(self, stream: StreamId | None = None, state: Mapping[str, np.ndarray] | None = None) -> StreamId:
-        """Add a stream, from the zero state or ``state`` (``{"h": (1, H), ...}``); returns its id.
+        """Add a stream, from the initial state (the contract's ``initial``: zeros, or the module's own) or
+        ``state`` (``{"h": (1, H), ...}``); returns its id.
 
         Raises:
             RuntimeContractError: the id is already in use or not hashable, a malformed state, or
@@ -500,7 +502,7 @@ class StreamBatcher:
     def evict_idle(self) -> tuple[StreamId, ...]:
         """Evict the streams idle for longer than ``idle_timeout`` (none without one); returns them.
 
-        An evicted stream is gone as if it had left: its id may join again, from zeros.
+        An evicted stream is gone as if it had left: its id may join again, from the initial state.
         """
         if self.idle_timeout is None:
             return ()

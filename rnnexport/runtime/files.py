@@ -103,7 +103,7 @@ def run_files(
     lengths_path: str | os.PathLike[str] | None = None,
     timeout: float | None = None,
 ) -> RunSummary:
-    """Run ``x.npy`` through a bundle or model, from a saved state or zeros.
+    """Run ``x.npy`` through a bundle or model, from a saved state or the initial state (zeros, or the module's own).
 
     ``x`` is one time step ``(B, ...)`` or a chunk ``(T, B, ...)`` (``(B, T, ...)``
     for batch-major graphs); B is read from it. ``y`` and the state are written
@@ -185,7 +185,7 @@ def run_stream_files(
     lengths (converted with ``--lengths``) and any T, the streams are padded to the longest and
     run in one call, each stopping at its own length; otherwise a :class:`StreamBatcher` runs,
     at every tick, the streams that still have a step in one call. Each ``y`` is written
-    (atomically) as that stream's chunk, after all of them have run. Streams start from zeros.
+    (atomically) as that stream's chunk, after all of them have run. Streams start from the initial state.
     ``timeout``: seconds each graph call may take (None: no bound).
 
     Raises:

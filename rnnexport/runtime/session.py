@@ -70,6 +70,9 @@ class _State:
         self.sets = tuple([Buffer(concrete(spec.shape(i, batch)), spec.dtype, device) for i in range(len(spec.names))]
                           for _ in range(2))
         self.current = 0
+        if spec.initial is not None:  # the module's own initial state, else the zeros the buffers hold
+            for tensor, value in zip(self.inputs, spec.start(batch), strict=True):
+                tensor.write(value)
 
     @property
     def inputs(self) -> list[Buffer]:
@@ -158,7 +161,7 @@ class StatefulSession:
         check_finite: bool = False,
         timeout: float | None = None,
     ) -> StatefulSession:
-        """Load a bundle folder, a .zip of one, or a model ``.onnx``, and start from the zero state.
+        """Load a bundle folder, a .zip of one, or a model ``.onnx``, and start from the initial state.
 
         Args:
             path: the bundle (its manifest's checksums are checked first) or a
@@ -187,7 +190,7 @@ class StatefulSession:
         return cls(open_engine(path, options), batch, check_finite, timeout)
 
     def new_stream(self, batch: int | None = None) -> StatefulSession:
-        """An independent stream (zero state) on the same loaded graphs."""
+        """An independent stream (at the initial state) on the same loaded graphs."""
         return StatefulSession(self._engine, self._batch if batch is None else batch, self._check_finite,
                                self._timeout)
 
@@ -266,11 +269,12 @@ class StatefulSession:
         self.state = dict(zip(spec.names, spec.flatten(value), strict=True))
 
     def reset(self, streams: int | Iterable[int] | None = None) -> None:
-        """Zero the state of every stream, or only of ``streams`` (indices along the batch axis)."""
+        """Start every stream again, or only ``streams`` (indices along the batch axis): their state becomes
+        the initial state (the contract's ``initial``: zeros, or the module's own initial values)."""
         spec = self.contract.state
         if streams is None:
-            for i, tensor in enumerate(self._state.inputs):
-                tensor.write(np.zeros(concrete(spec.shape(i, self._batch)), spec.dtype))
+            for tensor, value in zip(self._state.inputs, spec.start(self._batch), strict=True):
+                tensor.write(value)
             return
         if isinstance(streams, (int, np.integer)) and not isinstance(streams, (bool, np.bool_)):
             indices = [streams]
@@ -284,11 +288,11 @@ class StatefulSession:
         bad = [i for i in indices if not 0 <= i < self._batch]
         if bad:
             raise RuntimeContractError(f"reset: stream index {bad[0]!r} is out of range for {self._batch} streams")
-        for tensor in self._state.inputs:
+        for tensor, start in zip(self._state.inputs, spec.start(len(indices)), strict=True):
             value = tensor.read()
             index: list[slice | list[Any]] = [slice(None)] * value.ndim
             index[spec.batch_axis] = indices
-            value[tuple(index)] = 0
+            value[tuple(index)] = start
             tensor.write(value)
 
     # --- calls ---------------------------------------------------------------------------------

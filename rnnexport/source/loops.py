@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from rnnexport.core.contract import IOSpec, Layout, StateSpec
-from rnnexport.core.errors import SourceError, describe
+from rnnexport.core.errors import ContractError, SourceError, describe
 from rnnexport.source.buffers import BufferSequence, kept_buffers, state_buffers
 from rnnexport.source.domains import state_domains
 from rnnexport.source.explicit import explicit_copy
@@ -193,6 +193,7 @@ class _Reader:
     kind: str
     example: Callable[[int], Any]
     paths: tuple[str, ...] = ()
+    method: str = ""  # the initial-state method's name, for a "method" reader
 
     def sequence(self, module: torch.nn.Module, tree: Tree, axes: tuple[int, ...] | None) -> torch.nn.Module:
         """The reference ``forward(x, *state)`` around ``module``."""
@@ -230,8 +231,9 @@ def _forward_state(module: torch.nn.Module, guess: InputGuess, layout: Layout, b
 def _reader(module: torch.nn.Module, guess: InputGuess, layout: Layout, owner: str,
             layer_error: SourceError | None) -> _Reader:
     """How to read ``module``'s state, found with inputs as ``guess`` says."""
-    if _initial_method(module) is not None:
-        return _Reader("method", lambda batch: call_initial_state(module, batch))
+    found = _initial_method(module)
+    if found is not None:
+        return _Reader("method", lambda batch: call_initial_state(module, batch), method=found[0])
     try:
         returned = _forward_result(module, guess, layout, PROBE_BATCHES[0], owner)
     except ForwardFailed as failed:
@@ -291,7 +293,32 @@ def _state_spec(reader: _Reader, owner: str) -> tuple[StateSpec, Tree, tuple[int
     dims = tuple(tuple(d for i, d in enumerate(t.shape) if i != axis) for t, axis in zip(leaves[0], axes, strict=True))
     structure = None if isinstance(trees[0], int) else named(trees[0], names)
     spec = StateSpec(tuple(names), dims, batch_axis, structure=structure, nested_axes=None if shared else tuple(axes))
+    if reader.kind == "method":  # the module's own initial state: what a new stream starts from
+        spec = _with_initial(spec, names, leaves, axes, f"{owner}.{reader.method}")
     return spec, trees[0], None if shared else tuple(axes)
+
+
+def _with_initial(spec: StateSpec, names: list[str], leaves: list[list[torch.Tensor]], axes: list[int],
+                  method: str) -> StateSpec:
+    """``spec`` with the initial-state method's values of one stream (:attr:`StateSpec.initial`).
+
+    Raises:
+        SourceError: the method gives streams (or the two probes) different values, holds NaN or
+            Inf, or more values than a contract records.
+    """
+    ones = []
+    for name, small, large, axis in zip(names, *leaves, axes, strict=True):
+        rows = [t.movedim(axis, 0) for t in (small, large)]
+        one = rows[0][0]
+        if not all(bool((r == one).all()) for r in rows):
+            raise SourceError(f"{method}(batch) gives streams different values of state {name}; a new "
+                              "stream starts from one stream's initial state, the same for every stream: return "
+                              "that (a learned initial state expanded over the batch, or zeros)")
+        ones.append(one.detach().cpu().numpy())
+    try:
+        return dataclasses.replace(spec, initial=tuple(ones))
+    except ContractError as e:
+        raise SourceError(f"{method}(batch): {e}") from e
 
 
 @dataclasses.dataclass(frozen=True)

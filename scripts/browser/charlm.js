@@ -74,10 +74,14 @@ class CharStream {
     this.x = session.inputNames.find((n) => !this.names.includes(n));
     this.y = session.outputNames.find((n) => !this.outNames.includes(n));
     this.xDims = graph.form === "step" ? [1, size] : [1, 1, size];
-    this.state = {}; // a new stream starts from zeros
+    // a new stream starts from the contract's initial state: zeros, or one stream's recorded values
+    const initial = io.state.initial && io.state.initial.values;
+    this.state = {};
     io.state.shapes.forEach((shape, i) => {
       const dims = shape.map((d) => (d === "B" ? 1 : d));
-      this.state[this.names[i]] = new ort.Tensor("float32", new Float32Array(dims.reduce((a, b) => a * b, 1)), dims);
+      const data = new Float32Array(dims.reduce((a, b) => a * b, 1));
+      if (initial) data.set(initial[i]);
+      this.state[this.names[i]] = new ort.Tensor("float32", data, dims);
     });
   }
 
