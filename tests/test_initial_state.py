@@ -17,7 +17,7 @@ from torch import nn
 import rnnexport
 from rnnexport.bundle import STATEFUL_VARIANT, open_bundle
 from rnnexport.core.contract import MAX_INITIAL_VALUES, StateSpec
-from rnnexport.core.errors import ContractError, SourceError
+from rnnexport.core.errors import ContractError, SourceError, VerifyError
 from rnnexport.engines.openvino import installed
 from rnnexport.packaging import package
 from rnnexport.runtime import StatefulSession, StreamBatcher
@@ -184,3 +184,14 @@ def test_a_bundle_proves_its_vectors_and_stateful_variant_from_the_initial_state
     assert stateful.ok, stateful
     report = rnnexport.verify(folder, engines=("cpu",))
     assert report.passed, [c for c in report.checks if not c.passed][:3]
+
+
+def test_verify_refuses_a_source_whose_initial_state_is_not_the_recorded_one(graphs):
+    module, sequence, _ = graphs
+    report = rnnexport.verify(sequence, module, batch_sizes=(2,), seq_lens=(3,), engines=("cpu",))
+    assert report.passed
+    other = LearnedStart().eval()
+    with torch.no_grad():
+        other.h0.add_(1.0)
+    with pytest.raises(VerifyError, match="records other initial-state values than SOURCE's"):
+        rnnexport.verify(sequence, other, batch_sizes=(2,), seq_lens=(3,), engines=("cpu",))

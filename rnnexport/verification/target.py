@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
@@ -121,11 +122,30 @@ def _check_contract(path: Path, graph: IOSpec, source: IOSpec) -> None:
         if recorded != given:
             raise VerifyError(f"SOURCE does not match {path}: the graph records {what} {recorded}, "
                               f"SOURCE has {given}; pass the SOURCE the graph was converted from")
+    if not _same_initial(graph.state.initial, source.state.initial):  # where a runtime's streams start
+        raise VerifyError(f"SOURCE does not match {path}: {_initials(graph, source)}; pass the SOURCE the graph "
+                          "was converted from, or convert it again")
     # the same state names: the same outputs, y and one per state tensor
     for recorded_out, given_out in zip(graph.outputs(Form.SEQUENCE), source.outputs(Form.SEQUENCE), strict=True):
         if recorded_out.shape != given_out.shape:
             raise VerifyError(f"SOURCE does not match {path}: the graph records output {_spec(recorded_out)}, "
                               f"SOURCE gives {_spec(given_out)}; pass the SOURCE the graph was converted from")
+
+
+def _same_initial(a: tuple[np.ndarray, ...] | None, b: tuple[np.ndarray, ...] | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _initials(graph: IOSpec, source: IOSpec) -> str:
+    """How the recorded initial state and SOURCE's differ."""
+    def said(io: IOSpec) -> str:
+        return "zeros" if io.state.initial is None else "values other than zeros"
+
+    if graph.state.initial is not None and source.state.initial is not None:
+        return "the graph records other initial-state values than SOURCE's initial-state method gives"
+    return f"the graph records {said(graph)} as the initial state, SOURCE's initial state is {said(source)}"
 
 
 def _rebuild(path: Path, info: GraphInfo) -> RecurrentModel:
