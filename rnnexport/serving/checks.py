@@ -7,14 +7,18 @@ the batch axis first; the graph's inputs are the config's inputs, control inputs
 and state entries; no state output is also listed as an output (the backend then
 fails all but one request of each batch); the state pairs survive Triton's
 sorted-name pairing (server issue #8586); each state starts from a fixed-size
-initial state. Every problem is reported, not just the first.
+initial state: zeros, or a ``data_file`` that is a plain file name in the model
+folder's ``initial_state/`` holding exactly the state's bytes (its size read with stat,
+never the file). Every problem is reported, not just the first.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +29,17 @@ from rnnexport.core.errors import ContractError, RnnexportError, describe
 from rnnexport.core.onnxfile import load_model, read_info, value_dtype
 from rnnexport.serving.config import (
     EXPOSED_SUFFIX,
+    INITIAL_STATE_FOLDER,
     TRITON_DTYPES,
     parse_config,
     schema,
     sort_pairing_problems,
+    state_dtype,
 )
 from rnnexport.serving.form import declared_shape
 
-__all__ = ["CHECKS", "CONFIG", "CheckReport", "Problem", "check_config", "check_model_folder", "model_file",
-           "read_config"]
+__all__ = ["CHECKS", "CONFIG", "CheckReport", "Problem", "check_config", "check_model_folder", "initial_state_path",
+           "model_file", "read_config"]
 
 CONFIG = "config.pbtxt"
 #: Every check, in the order they run.
@@ -41,6 +47,8 @@ CHECKS = ("parse", "settings", "names", "input-count", "batch-first", "dims", "s
           "sort-pairing", "initial-state", "contract")
 _MAX_CONFIG_BYTES = 1 << 20
 _VERSION = re.compile(r"^[0-9]{1,18}$")
+#: A ``data_file`` Triton joins to ``initial_state/``: one plain file name, no folder, no ``..``.
+_DATA_FILE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}$")
 
 Shape = tuple[Dim, ...]
 
@@ -223,7 +231,7 @@ def _has_start(pb: Any, config: Any) -> bool:
     return any(c.kind == start for e in config.sequence_batching.control_input for c in e.control)
 
 
-def _initial_state(pb: Any, config: Any) -> list[Problem]:
+def _initial_state(pb: Any, config: Any, folder: Path | None) -> list[Problem]:
     if _has_start(pb, config):
         return []  # the model itself can reset the state on START
     problems = []
@@ -232,10 +240,12 @@ def _initial_state(pb: Any, config: Any) -> list[Problem]:
         if len(entry.initial_state) != 1:
             problems.append(Problem("initial-state", f"state {name} has {len(entry.initial_state)} initial_state "
                                                      "entries; without a START control input it needs exactly one "
-                                                     "(zero_data: true), else step 0 of a sequence reads garbage"))
+                                                     "(zero_data: true or a data_file), else step 0 of a sequence "
+                                                     "reads garbage"))
             continue
         initial = entry.initial_state[0]
-        if list(initial.dims) != list(entry.dims) or not initial.dims or min(initial.dims) < 1:
+        fixed = bool(initial.dims) and min(initial.dims) >= 1
+        if list(initial.dims) != list(entry.dims) or not fixed:
             problems.append(Problem("initial-state", f"initial state of {name} has dims {list(initial.dims)}; "
                                                      f"it needs the state's fixed dims {list(entry.dims)}"))
         if initial.data_type != entry.data_type:
@@ -246,7 +256,35 @@ def _initial_state(pb: Any, config: Any) -> list[Problem]:
         if not initial.name or kind is None or (kind == "zero_data" and not initial.zero_data):
             problems.append(Problem("initial-state", f"initial state of {name} needs a name and zero_data: true "
                                                      "(or a data_file)"))
+        elif kind == "data_file":
+            problems += _data_file(pb, name, initial, folder if fixed else None)
     return problems
+
+
+def _data_file(pb: Any, name: str, initial: Any, folder: Path | None) -> list[Problem]:
+    """A ``data_file`` is a plain name; in ``folder`` (when given), a regular file of exactly the state's bytes."""
+    file = initial.data_file
+    if not _plain_file(file):
+        return [Problem("initial-state", f"initial state of {name} names data_file {file!r:.80}: it must be a plain "
+                                         f"file name in the model folder's {INITIAL_STATE_FOLDER}/ (letters, digits, "
+                                         "'_', '-', '.'; no folder, no '..')")]
+    dtype = state_dtype(pb, initial.data_type)
+    if folder is None or dtype is None:
+        return []  # no folder to look in, or a data type reported above
+    want = math.prod(initial.dims) * dtype.itemsize
+    try:
+        info = (folder / INITIAL_STATE_FOLDER / file).lstat()
+    except OSError as e:
+        return [Problem("initial-state", f"initial state of {name}: {INITIAL_STATE_FOLDER}/{file} cannot be read "
+                                         f"({e.strerror or describe(e)}); write its {want} bytes there")]
+    if not stat.S_ISREG(info.st_mode):
+        return [Problem("initial-state", f"initial state of {name}: {INITIAL_STATE_FOLDER}/{file} is not a plain "
+                                         "file (a link or folder); write the state's bytes there")]
+    if info.st_size != want:
+        return [Problem("initial-state", f"initial state of {name}: {INITIAL_STATE_FOLDER}/{file} holds "
+                                         f"{info.st_size} bytes; dims {list(initial.dims)} of "
+                                         f"{_type_name(pb, initial.data_type)} need {want}")]
+    return []
 
 
 def _contract(config: Any, model: onnx.ModelProto) -> list[Problem]:
@@ -269,8 +307,15 @@ def _contract(config: Any, model: onnx.ModelProto) -> list[Problem]:
     return problems
 
 
-def check_config(config: Any, model: onnx.ModelProto) -> list[Problem]:
-    """Every problem of serving ``model`` on Triton with ``config`` (a ``ModelConfig``); empty when it fits."""
+def check_config(config: Any, model: onnx.ModelProto, folder: str | os.PathLike[str] | None = None) -> list[Problem]:
+    """Every problem of serving ``model`` on Triton with ``config`` (a ``ModelConfig``); empty when it fits.
+
+    Args:
+        config: the parsed ``ModelConfig``.
+        model: the graph it serves.
+        folder: the model folder, to check the initial-state ``data_file`` files in; None checks only
+            their names.
+    """
     pb = schema()
     inputs, outputs = _tensors(model.graph.input), _tensors(model.graph.output)
     initializers = {t.name for t in model.graph.initializer}
@@ -284,9 +329,22 @@ def check_config(config: Any, model: onnx.ModelProto) -> list[Problem]:
         *_states(pb, config, inputs, outputs),
         *_state_outputs(config),
         *_sort_pairing(config),
-        *_initial_state(pb, config),
+        *_initial_state(pb, config, None if folder is None else Path(folder)),
         *_contract(config, model),
     ]
+
+
+def initial_state_path(folder: Path, data_file: str) -> Path | None:
+    """Where Triton reads an initial state's ``data_file`` in model folder ``folder``: ``initial_state/<file>``.
+
+    None when ``data_file`` is not a plain file name (letters, digits, ``_``, ``-``, ``.``;
+    no folder, no ``..``): Triton would join it to the folder as it is, reaching elsewhere.
+    """
+    return folder / INITIAL_STATE_FOLDER / data_file if _plain_file(data_file) else None
+
+
+def _plain_file(name: str) -> bool:
+    return bool(_DATA_FILE.fullmatch(name)) and ".." not in name
 
 
 def model_file(folder: Path, config: Any) -> Path | None:
@@ -336,4 +394,4 @@ def check_model_folder(folder: str | os.PathLike[str]) -> CheckReport:
         model = load_model(path, str(path))
     except RnnexportError as e:
         return CheckReport(folder, (*problems, Problem("names", str(e))))
-    return CheckReport(folder, (*problems, *check_config(config, model)))
+    return CheckReport(folder, (*problems, *check_config(config, model, folder)))

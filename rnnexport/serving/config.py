@@ -5,8 +5,11 @@ The configuration is built as a ``ModelConfig`` message of Triton's own schema
 so every field name and enum value is valid by construction; :func:`parse_config`
 reads ``config.pbtxt`` back the same way (unknown fields and typos are errors).
 Each sequence keeps its state inside the server (implicit state): one ``state``
-entry per state tensor, batch axis first and left out of ``dims``, starting from
-zeros because rnnexport graphs take no START control input.
+entry per state tensor, batch axis first and left out of ``dims``. rnnexport graphs take
+no START control input, so every entry names where a sequence starts: zeros
+(``zero_data``), or, when the contract records the module's own initial state, one
+stream's values read from ``initial_state/<file>`` in the model folder (``data_file``,
+:func:`initial_state_files`).
 
 A state output is never also listed as an ``output``: Triton's ONNX Runtime backend
 splits a tensor named in both with the batch size the output's split left behind (one
@@ -24,17 +27,22 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from rnnexport.core.contract import OUT_SUFFIX, IOSpec, StateSpec, TensorSpec
 from rnnexport.core.errors import ConvertError
 
 __all__ = [
     "EXPOSED_SUFFIX",
+    "INITIAL_STATE_FOLDER",
     "INSTALL_HINT",
     "TRITON_DTYPES",
     "InstanceKind",
     "Strategy",
     "TritonOptions",
     "exposed_names",
+    "initial_state_file",
+    "initial_state_files",
     "model_config",
     "parse_config",
     "preferred_batch_sizes",
@@ -42,6 +50,7 @@ __all__ = [
     "schema",
     "sort_pairing_problems",
     "sortable_names",
+    "state_dtype",
     "triton_pairing",
 ]
 
@@ -56,6 +65,9 @@ TRITON_DTYPES = {
     "int64": "TYPE_INT64",
     "int32": "TYPE_INT32",
 }
+
+#: The model folder's sub-folder Triton reads an initial state's ``data_file`` from.
+INITIAL_STATE_FOLDER = "initial_state"
 
 #: A state tensor's copy that ``--expose-state`` lists as an output: ``h`` -> ``h_state``.
 EXPOSED_SUFFIX = "_state"
@@ -220,13 +232,57 @@ def _add_tensor(pb: ModuleType, field: Any, spec: TensorSpec) -> None:
         entry.reshape.SetInParent()
 
 
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_NOT_PLAIN = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def initial_state_file(state: StateSpec, index: int) -> str:
+    """The file under :data:`INITIAL_STATE_FOLDER` holding state tensor ``index``'s initial values.
+
+    ``h`` -> ``h.bin``. A state name may hold any character, so one with others than
+    letters, digits, ``_`` and ``-`` is written ``<name, those replaced by _>.<index>.bin``:
+    a plain file name, never a path, and distinct from every other (the one-dot names
+    cannot meet the two-dot ones, and the index tells the two-dot ones apart).
+    """
+    name = state.names[index]
+    if _PLAIN_NAME.fullmatch(name):
+        return f"{name}.bin"
+    return f"{_NOT_PLAIN.sub('_', name)[:100]}.{index}.bin"
+
+
+def state_dtype(pb: ModuleType, data_type: int) -> np.dtype[Any] | None:
+    """The little-endian numpy dtype of Triton data type ``data_type`` as rnnexport writes it; None for others."""
+    try:
+        name = pb.DataType.Name(data_type)
+    except ValueError:
+        return None
+    dtypes = {triton: numpy for numpy, triton in TRITON_DTYPES.items()}
+    return np.dtype(dtypes[name]).newbyteorder("<") if name in dtypes else None
+
+
+def initial_state_files(state: StateSpec) -> dict[str, bytes]:
+    """The files of :data:`INITIAL_STATE_FOLDER`: one stream's initial values per state tensor, raw row-major
+    little-endian bytes of the state's dtype, as Triton reads a ``data_file``; empty when the state starts
+    from zeros (``state.initial`` is None)."""
+    if state.initial is None:
+        return {}
+    dtype = np.dtype(state.dtype).newbyteorder("<")
+    return {initial_state_file(state, index): np.ascontiguousarray(values, dtype).tobytes()
+            for index, values in enumerate(state.initial)}
+
+
 def _add_states(pb: ModuleType, batching: Any, io: IOSpec) -> None:
+    """One ``state`` entry per state tensor, starting from zeros or from the contract's initial values."""
     state = io.state
     for index, (name, output) in enumerate(zip(state.names, state.output_names, strict=True)):
         dims = list(state.dims[index])
         dtype = _triton_type(pb, state.dtype, f"state {name}")
         entry = batching.state.add(input_name=name, output_name=output, data_type=dtype, dims=dims)
-        entry.initial_state.add(data_type=dtype, dims=dims, zero_data=True, name=f"{name}_zeros")
+        if state.initial is None:
+            entry.initial_state.add(data_type=dtype, dims=dims, zero_data=True, name=f"{name}_zeros")
+        else:
+            entry.initial_state.add(data_type=dtype, dims=dims, data_file=initial_state_file(state, index),
+                                    name=f"{name}_initial")
 
 
 def _add_strategy(batching: Any, options: TritonOptions) -> None:
@@ -241,7 +297,9 @@ def model_config(io: IOSpec, name: str, options: TritonOptions) -> Any:
     """The ``ModelConfig`` message serving a batch-first step graph of contract ``io``.
 
     With ``options.expose_state`` the outputs are ``y`` and the state copies
-    (:func:`exposed_names`), which the served graph must have.
+    (:func:`exposed_names`), which the served graph must have. When the contract
+    records an initial state, each state entry names its ``data_file``: the model
+    folder must hold :func:`initial_state_files` under :data:`INITIAL_STATE_FOLDER`.
 
     Raises:
         ConvertError: a state that is not batch-first, or a dtype Triton cannot take.

@@ -6,11 +6,12 @@ times and send their steps at random moments; each call stacks up to
 ``max_batch_size`` pending requests, in random order, on axis 0; each sequence's
 state is gathered by its id before the call and scattered back after it, output
 states paired with input states as Triton pairs them (by rank of the two sorted
-name lists, server issue #8586); a sequence starts from its initial state (random
-values where the config gives none, as uninitialised memory would) and its state
-is dropped at its end. Each call's outputs are split among its requests as the
-ONNX Runtime backend splits them (:meth:`_Server.split`), including how it fails a
-state output that is also listed as an output. Compare its outputs with each
+name lists, server issue #8586); a sequence starts from its initial state (zeros,
+the values of its ``data_file`` in ``initial_state/``, or random values where the
+config gives none, as uninitialised memory would) and its state is dropped at its
+end. Each call's outputs are split among its requests as the ONNX Runtime backend
+splits them (:meth:`_Server.split`), including how it fails a state output that is
+also listed as an output. Compare its outputs with each
 sequence run alone to see whether a configuration batches exactly. Torch-free
 (onnxruntime and numpy).
 """
@@ -18,6 +19,7 @@ sequence run alone to see whether a configuration batches exactly. Torch-free
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,12 +29,15 @@ import numpy as np
 
 from rnnexport.core.errors import ContractError, describe
 from rnnexport.core.ort import ProviderRequest, start_session
-from rnnexport.serving.checks import model_file, read_config
-from rnnexport.serving.config import TRITON_DTYPES, schema, triton_pairing
+from rnnexport.serving.checks import initial_state_path, model_file, read_config
+from rnnexport.serving.config import (
+    INITIAL_STATE_FOLDER,
+    schema,
+    state_dtype,
+    triton_pairing,
+)
 
 __all__ = ["EmulatedRun", "emulate_sequence_batcher"]
-
-_NUMPY = {triton: numpy for numpy, triton in TRITON_DTYPES.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,13 +88,19 @@ class _Server:
         self.feeds = triton_pairing([(s.input_name, s.output_name) for s in self.states])
         self.outputs = [e.name for e in config.output]
         self.fetch = list(dict.fromkeys([*self.outputs, *self.feeds]))
-        self.initial = {s.input_name: self._initial(pb, s, rng) for s in self.states}
+        self.initial = {s.input_name: self._initial(pb, s, folder, rng) for s in self.states}
 
     @staticmethod
-    def _initial(pb: Any, entry: Any, rng: np.random.Generator) -> np.ndarray:
-        dtype = _NUMPY.get(pb.DataType.Name(entry.data_type), "float32")
-        if entry.initial_state and entry.initial_state[0].zero_data:
-            return np.zeros(list(entry.initial_state[0].dims), dtype)
+    def _initial(pb: Any, entry: Any, folder: Path, rng: np.random.Generator) -> np.ndarray:
+        found = state_dtype(pb, entry.data_type)
+        dtype = np.dtype("float32") if found is None else found.newbyteorder("=")
+        if entry.initial_state:
+            initial = entry.initial_state[0]
+            kind = initial.WhichOneof("state_data")
+            if kind == "zero_data":  # Triton zeroes it whatever the flag's value
+                return np.zeros(list(initial.dims), dtype)
+            if kind == "data_file":
+                return _read_initial(pb, entry.input_name, initial, folder)
         return rng.standard_normal(list(entry.dims)).astype(dtype)  # what uninitialised memory might hold
 
     def call(self, batch: list[_Sequence]) -> list[str]:
@@ -150,6 +161,34 @@ class _Server:
                 failed[row] = (f"failed to split the {what} '{name}' in responses: expected batch size of at "
                                f"least {row + 1} in model output, got {rows}")
         return 1 if requests else rows
+
+
+def _read_initial(pb: Any, name: str, initial: Any, folder: Path) -> np.ndarray:
+    """An initial state's ``data_file`` as Triton reads it: the first dims x itemsize bytes, row-major.
+
+    Raises:
+        ContractError: a name that is not a plain file name (this reads nothing outside
+            the folder), a data type or dims Triton would refuse, or a file it would
+            refuse to load: missing, or shorter than the state.
+    """
+    file, dims = initial.data_file, list(initial.dims)
+    dtype = state_dtype(pb, initial.data_type)
+    path = initial_state_path(folder, file)
+    if path is None or dtype is None or not dims or min(dims) < 1:
+        raise ContractError(f"{folder}: the initial state of {name} ({file!r:.80}, dims {dims}) is not one Triton "
+                            "loads: run check_model_folder for what is wrong")
+    size = math.prod(dims) * dtype.itemsize
+    where = f"Triton would not load {folder}: initial state of {name}: {INITIAL_STATE_FOLDER}/{file}"
+    if not path.is_file():  # never open a pipe or a device
+        raise ContractError(f"{where} is missing or not a file")
+    try:
+        with path.open("rb") as f:
+            data = f.read(size)  # Triton uses the first bytes of a longer file
+    except OSError as e:
+        raise ContractError(f"{where} cannot be read: {e.strerror or describe(e)}") from e
+    if len(data) < size:
+        raise ContractError(f"{where} holds {len(data)} bytes, the state needs {size}")
+    return np.frombuffer(data, dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def emulate_sequence_batcher(

@@ -4,9 +4,11 @@ From a bundle (its step graph), a step graph, or any source ``rnnexport convert`
 takes (converted to a step graph first), :func:`triton_repository` writes
 ``REPOSITORY/NAME/config.pbtxt`` and ``REPOSITORY/NAME/1/model.onnx``: the graph in
 its batch-first serving form, and a configuration that keeps each sequence's state
-in the server, zeroed at its start. The folder is built beside its target and moved
-into place, after the configuration has passed :func:`~rnnexport.serving.checks.check_config`
-against the graph it serves, so nothing half-written or inconsistent is left. A source that
+in the server, starting from zeros or, when the contract records the module's own
+initial state, from those values (``REPOSITORY/NAME/initial_state/<state>.bin``). The
+folder is built beside its target and moved into place, after it has passed
+:func:`~rnnexport.serving.checks.check_config` against the graph it serves (initial-state
+files included), so nothing half-written or inconsistent is left. A source that
 must be converted first is converted in a work folder beside the repository, which a later
 run removes if this one was killed (:func:`rnnexport.core.io.remove_stale`).
 """
@@ -37,8 +39,11 @@ from rnnexport.core.io import (
 from rnnexport.core.onnxfile import load_with_info
 from rnnexport.serving.checks import CONFIG, CheckReport, check_config
 from rnnexport.serving.config import (
+    INITIAL_STATE_FOLDER,
     Strategy,
     TritonOptions,
+    initial_state_file,
+    initial_state_files,
     model_config,
     parse_config,
     preferred_batch_sizes,
@@ -95,8 +100,10 @@ class TritonResult:
         lines = [f"wrote Triton model {self.name} -> {self.folder}",
                  f"  graph     {VERSION}/{MODEL_FILE}: {self.origin} ({wrapped})",
                  f"  input     {self.io.inputs('step')[0].describe()}"]
-        for spec, output in zip(state.inputs(), state.output_names, strict=True):
-            lines.append(f"  state     {spec.describe()} -> {output}: implicit (kept in the server), zeros at "
+        for index, (spec, output) in enumerate(zip(state.inputs(), state.output_names, strict=True)):
+            start = "zeros" if state.initial is None else \
+                f"the module's initial state ({INITIAL_STATE_FOLDER}/{initial_state_file(state, index)})"
+            lines.append(f"  state     {spec.describe()} -> {output}: implicit (kept in the server), {start} at "
                          "sequence start")
         if self.renamed:
             lines.append(f"  renamed   {_few([f'{old} -> {new}' for old, new in self.renamed])}: Triton pairs states "
@@ -222,7 +229,15 @@ def _spare_inputs(source: Any, target: Path) -> None:
         refuse_overwrite([("model folder", target)], [("an input", name)])
 
 
-def _write(target: Path, config_text: str, model: onnx.ModelProto) -> None:
+def _self_check(config_text: str, model: onnx.ModelProto, folder: Path) -> None:
+    """The written folder's configuration parses back and fits its graph and initial-state files."""
+    problems = check_config(parse_config(config_text), model, folder)
+    if problems:  # the generator and the checks disagree: a bug, not a user error
+        raise RuntimeError(f"generated Triton configuration fails its own check: {problems[0].message}")
+
+
+def _write(target: Path, config_text: str, served: ServingForm) -> None:
+    """Build the model folder beside ``target``: config, graph, initial-state files; check it, then swap it in."""
     try:
         target.parent.mkdir(exist_ok=True)
     except OSError as e:
@@ -231,18 +246,25 @@ def _write(target: Path, config_text: str, model: onnx.ModelProto) -> None:
     try:
         atomic_write(built / CONFIG, config_text.encode(), "Triton configuration")
         (built / VERSION).mkdir()
-        atomic_write(built / VERSION / MODEL_FILE, model.SerializeToString(), "served graph")
+        atomic_write(built / VERSION / MODEL_FILE, served.model.SerializeToString(), "served graph")
+        files = initial_state_files(served.info.io.state)
+        if files:
+            (built / INITIAL_STATE_FOLDER).mkdir()
+        for name, data in files.items():
+            atomic_write(built / INITIAL_STATE_FOLDER / name, data, "initial state")
+        _self_check(config_text, served.model, built)
         swap_in(built, target)
     except BaseException:
         shutil.rmtree(built, ignore_errors=True)
         raise
 
 
-def _header(origin: str) -> str:
+def _header(origin: str, recorded_start: bool) -> str:
     from rnnexport import __version__
 
+    start = f"the module's initial state ({INITIAL_STATE_FOLDER}/)" if recorded_start else "zero initial state"
     return (f"Written by rnnexport {__version__} (rnnexport triton) from {origin}.\n"
-            "Implicit state, batch axis first, zero initial state: see docs/serving.md. Triton >= 24.04.")
+            f"Implicit state, batch axis first, {start}: see docs/serving.md. Triton >= 24.04.")
 
 
 def _sortable(served: ServingForm, origin: str) -> ServingForm:
@@ -262,14 +284,10 @@ def _sortable(served: ServingForm, origin: str) -> ServingForm:
     return rename_state(served, names, origin)
 
 
-def _configure(served: ServingForm, name: str, options: TritonOptions, origin: str) -> tuple[Any, str]:
-    """The config message and its text, which parses back to it and fits the served graph."""
-    config = model_config(served.info.io, name, options)
-    text = render_config(config, _header(origin))
-    problems = check_config(parse_config(text), served.model)
-    if problems:  # the generator and the checks disagree: a bug, not a user error
-        raise RuntimeError(f"generated Triton configuration fails its own check: {problems[0]}")
-    return config, text
+def _configure(served: ServingForm, name: str, options: TritonOptions, origin: str) -> str:
+    """``config.pbtxt``'s text (checked against the written folder in :func:`_write`)."""
+    io = served.info.io
+    return render_config(model_config(io, name, options), _header(origin, io.state.initial is not None))
 
 
 def triton_repository(source: Any, repository: str | os.PathLike[str], options: TritonOptions | None = None,
@@ -306,8 +324,8 @@ def triton_repository(source: Any, repository: str | os.PathLike[str], options: 
     served = _sortable(batch_first(step.model, step.info, step.origin), step.origin)
     if options.expose_state:
         served = expose_state(served, step.origin)
-    _, text = _configure(served, name, options, step.origin)
-    _write(target, text, served.model)
+    text = _configure(served, name, options, step.origin)
+    _write(target, text, served)
     report = CheckReport(target, ())
     return TritonResult(target, target / CONFIG, target / VERSION / MODEL_FILE, step.origin, served.info.io,
                         served.transposed, options, report, served.exposed, served.renamed)
