@@ -8,6 +8,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
+from rnnexport.engines.child import shared_workers
 from rnnexport.export.convert import ConvertResult, convert
 from tests.bundles import make_bundle
 from tests.cli import snapshot
@@ -43,6 +44,14 @@ class ExportCache:
         if key not in self._sessions:
             self._sessions[key] = ort.InferenceSession(key, providers=["CPUExecutionProvider"])
         return self._sessions[key]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def engine_processes() -> Iterator[None]:
+    """One process per child engine kind (the ReferenceEvaluator, OpenVINO, tract) for the whole session:
+    every verification's own block uses it (a killed one is replaced), and it ends at teardown."""
+    with shared_workers():
+        yield
 
 
 @pytest.fixture(scope="session")

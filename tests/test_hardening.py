@@ -6,6 +6,7 @@ input byte-identical afterwards, nothing half-written.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import os
@@ -498,6 +499,12 @@ def test_a_child_engine_that_dies_during_a_call_fails_it_then_runs_no_more(loopi
 
 
 def test_child_engines_stop_with_their_block(looping_step):
+    """Outside any block (a fresh context, not the session's): a block's processes end with it, and so
+    do those of a block nested in it only with the outer one."""
+    contextvars.Context().run(_child_engines_stop_with_their_block, looping_step)
+
+
+def _child_engines_stop_with_their_block(looping_step):
     from rnnexport.engines.base import EngineKind
     from rnnexport.engines.child import ChildRunner, shared_workers
 
@@ -505,10 +512,17 @@ def test_child_engines_stop_with_their_block(looping_step):
     with shared_workers():
         runner = ChildRunner(EngineKind.REFERENCE, looping_step)
         runner.activate()
-        assert _children() - before == {runner.worker.process.pid}
+        worker = runner.worker
+        assert _children() - before == {worker.process.pid}
         runner.deactivate()
         assert _children() - before  # the shared process waits for another graph of the run ...
-    assert _children() <= before  # ... and ends with the block
+        with shared_workers():  # ... in a nested block too, which uses it ...
+            inner = ChildRunner(EngineKind.REFERENCE, looping_step)
+            inner.activate()
+            assert inner.worker is worker
+            inner.deactivate()
+        assert _children() - before
+    assert _children() <= before  # ... and ends with the outer block
     alone = ChildRunner(EngineKind.REFERENCE, looping_step, timeout=0.5)  # outside a block: its own process
     with alone:
         from rnnexport.engines.base import EngineTimeout

@@ -174,3 +174,40 @@ def test_verify_refuses_a_source_whose_initial_state_is_not_the_recorded_one(gra
         other.h0.add_(1.0)
     with pytest.raises(VerifyError, match="records other initial-state values than SOURCE's"):
         rnnexport.verify(sequence, other, batch_sizes=(2,), seq_lens=(3,), engines=("cpu",))
+
+
+class WrappedLstm(nn.Module):
+    """Linear -> a 2-layer nn.LSTM -> Linear, torch's ``forward(x, (h, c))``, learned ``(h0, c0)`` from ``init_hidden``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(6)
+        self.inp, self.lstm, self.out = nn.Linear(3, 4), nn.LSTM(4, 5, num_layers=2), nn.Linear(5, 2)
+        self.h0, self.c0 = nn.Parameter(torch.randn(2, 1, 5)), nn.Parameter(torch.randn(2, 1, 5))
+
+    def init_hidden(self, batch_size):
+        return self.h0.expand(-1, batch_size, -1), self.c0.expand(-1, batch_size, -1)
+
+    def forward(self, x, state):
+        y, state = self.lstm(self.inp(x), state)
+        return self.out(y), state
+
+
+def test_a_module_around_one_torch_layer_starts_from_its_own_initial_state(tmp_path):
+    module = WrappedLstm().eval()
+    path = rnnexport.convert(module, tmp_path / "w.onnx").path
+    xs = np.random.default_rng(3).standard_normal((5, 2, 3)).astype(np.float32)
+    with torch.no_grad():
+        want, _ = module(torch.from_numpy(xs), module.init_hidden(2))
+    session = StatefulSession.load(path, batch=2)
+    assert [list(a.shape) for a in session.contract.state.initial] == [[2, 5], [2, 5]]
+    np.testing.assert_allclose(session.run(xs), want.numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_a_wrappers_initial_state_of_another_shape_is_one_line():
+    class Flat(WrappedLstm):
+        def init_hidden(self, batch_size):
+            return torch.ones(batch_size, 5), torch.ones(batch_size, 5)
+
+    with pytest.raises(SourceError, match=r"Flat.init_hidden\(3\) returned .*the state of its torch.nn layer is h, c"):
+        rnnexport.from_module(Flat())

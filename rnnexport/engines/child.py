@@ -267,7 +267,14 @@ def shared_workers() -> Iterator[None]:
     A verification starts its engines inside one (:class:`~rnnexport.verification.engines.Lineup`):
     one process per engine kind, not one per graph and variant. When a call runs over its budget
     the shared process is killed, and the other graphs it held take no further call either.
+
+    A block inside another uses the outer block's processes, which end with the outer block: an
+    app (or a test session) that verifies many graphs wraps them in one block and starts each
+    engine's process once, not once per verification.
     """
+    if _SHARED.get() is not None:  # nested: the outer block's processes serve, and end with it
+        yield
+        return
     token = _SHARED.set(_Shared())
     try:
         yield

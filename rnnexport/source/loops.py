@@ -65,7 +65,8 @@ from rnnexport.source.tree import (
     state_name,
 )
 
-__all__ = ["INITIAL_STATE_METHODS", "NestedSequence", "call_initial_state", "from_loop_module", "state_name"]
+__all__ = ["INITIAL_STATE_METHODS", "NestedSequence", "call_initial_state", "from_loop_module", "state_name",
+           "with_initial_state"]
 
 #: The methods whose ``method(batch)`` gives a module's zero state, in the order they are looked for
 #: (``init_hidden`` as in PyTorch's examples, ``begin_state`` as in d2l).
@@ -296,6 +297,34 @@ def _state_spec(reader: _Reader, owner: str) -> tuple[StateSpec, Tree, tuple[int
     if reader.kind == "method":  # the module's own initial state: what a new stream starts from
         spec = _with_initial(spec, names, leaves, axes, f"{owner}.{reader.method}")
     return spec, trees[0], None if shared else tuple(axes)
+
+
+def with_initial_state(module: torch.nn.Module, spec: StateSpec) -> StateSpec:
+    """``spec`` (a module around one torch.nn layer, state in torch's convention) with the values of the
+    module's initial-state method, when it has one: a learned ``h0`` is where a stream starts.
+
+    Raises:
+        SourceError: the method's state is not the layer's ``h`` (``(h, c)`` for an LSTM) in
+            ``spec``'s shapes, or :func:`_with_initial` refuses its values.
+    """
+    found = _initial_method(module)
+    if found is None:
+        return spec
+    method = f"{type(module).__name__}.{found[0]}"
+    leaves = []
+    for batch in PROBE_BATCHES:
+        value = call_initial_state(module, batch)
+        tensors = [value] if isinstance(value, torch.Tensor) else list(value) if isinstance(value, (tuple, list)) else []
+        shapes = [spec.shape(i, batch) for i in range(len(spec.names))]
+        if len(tensors) != len(shapes) or not all(
+                isinstance(t, torch.Tensor) and tuple(t.shape) == shape for t, shape in zip(tensors, shapes, strict=False)):
+            if all(isinstance(t, torch.Tensor) and not t.any() for t in tensors):
+                return spec  # zeros in its own layout: the state starts from zeros, as recorded without it
+            want = " and ".join(str(shape) for shape in shapes)
+            raise SourceError(f"{method}({batch}) returned {shown(value)}; the state of its torch.nn layer is "
+                              f"{', '.join(spec.names)} of shape {want}: return that")
+        leaves.append(tensors)
+    return _with_initial(spec, list(spec.names), leaves, [spec.batch_axis] * len(spec.names), method)
 
 
 def _with_initial(spec: StateSpec, names: list[str], leaves: list[list[torch.Tensor]], axes: list[int],

@@ -28,7 +28,7 @@ from rnnexport.core.errors import SourceError, WeightsError, describe
 from rnnexport.source import cells, gates, torchnn, zoo
 from rnnexport.source.cells import CellKind
 from rnnexport.source.explicit import explicit_copy
-from rnnexport.source.loops import from_loop_module
+from rnnexport.source.loops import from_loop_module, with_initial_state
 from rnnexport.source.model import RecurrentModel, SourceKind
 from rnnexport.source.plan import NativeLayer, NativePlan
 from rnnexport.source.probe import InputGuess, first_fitting, input_guesses, probe_output
@@ -405,6 +405,7 @@ def from_module(module: torch.nn.Module, input_size: int | None = None) -> Recur
             raise
         return from_loop_module(module, input_size, layer_error=e)
     x_features, x_dtype = guess.features, guess.dtype
+    state = with_initial_state(module, state)  # a wrapper's own initial_state: where a stream starts
     io = IOSpec(x_features, x_dtype, y_features, state, layout,
                 x_encoding="token-ids" if x_dtype == "int64" else "real")
     plan, reason = native_plan(rnn) if bare else (None, "native covers bare torch.nn RNN/LSTM/GRU modules; "
