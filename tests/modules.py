@@ -150,6 +150,45 @@ class LearnedStart(nn.Module):
         return torch.stack(ys), ((h, c), g)
 
 
+
+class GruCellLoop(nn.Module):
+    """An nn.GRUCell loop whose output is its state: ``y_t = h_t``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = nn.GRUCell(3, 4)
+
+    def initial_state(self, batch: int):
+        return torch.zeros(batch, 4)
+
+    def forward(self, x, h):
+        ys = []
+        for t in range(x.shape[0]):
+            h = self.cell(x[t], h)
+            ys.append(h)
+        return torch.stack(ys), h
+
+
+class LstmCellThenGruCell(nn.Module):
+    """An nn.LSTMCell then an nn.GRUCell, state ``((h, c), g)``; the output is the last state tensor: ``y_t = g_t``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm, self.gru = nn.LSTMCell(3, 4), nn.GRUCell(4, 2)
+
+    def initial_state(self, batch: int):
+        return (torch.zeros(batch, 4), torch.zeros(batch, 4)), torch.zeros(batch, 2)
+
+    def forward(self, x, state):
+        (h, c), g = state
+        ys = []
+        for t in range(x.shape[0]):
+            h, c = self.lstm(x[t], (h, c))
+            g = self.gru(h, g)
+            ys.append(g)
+        return torch.stack(ys), ((h, c), g)
+
+
 #: name -> (module class, expected state names, expected structure)
 MODULES = {
     "lstm_cell_loop": (LSTMCellLoop, ("s0", "s1"), ("s0", "s1")),

@@ -30,10 +30,11 @@ from rnnexport.packaging import package
 from rnnexport.packaging.stateful import make_ir
 from rnnexport.source.sources import load_source
 from rnnexport.testing import assert_close
+from rnnexport.verification.report import Contract
 from rnnexport.verification.stateful import AFTER_RESET
 from tests.cli import assert_one_line_error, invoke
 from tests.configs import build
-from tests.modules import user_module
+from tests.modules import GruCellLoop, LstmCellThenGruCell, user_module
 from tests.schemas import validate
 
 pytestmark = pytest.mark.skipif(not installed("openvino"), reason="openvino is not installed (pip install "
@@ -41,14 +42,19 @@ pytestmark = pytest.mark.skipif(not installed("openvino"), reason="openvino is n
 
 ROOT = Path(__file__).resolve().parent.parent
 TOL = VARIANT_TOLERANCES[STATEFUL_VARIANT]
-#: name -> the model: seed cells, torch.nn modules (state (layers, B, H)), a user module with nested state.
+#: name -> the model: seed cells, torch.nn modules (state (layers, B, H)), user modules with nested state, and
+#: user modules whose output is a state tensor (y_t = h_t; y_t = g_t, the last of ((h, c), g)).
 MODELS = {
     "seed_lstm": lambda: build("seed_lstm"),
     "seed_gru": lambda: build("seed_gru"),
     "nn_lstm": lambda: load_source(_seeded(lambda: torch.nn.LSTM(10, 16, num_layers=2))),
     "nn_gru_batch_first": lambda: load_source(_seeded(lambda: torch.nn.GRU(10, 16, batch_first=True))),
     "nested_lstm_then_gru": lambda: load_source(user_module("lstm_then_gru")),
+    "y_is_the_state": lambda: load_source(_seeded(GruCellLoop)),
+    "y_is_the_last_of_a_nested_state": lambda: load_source(_seeded(LstmCellThenGruCell)),
 }
+#: The models whose y is the value of their last state tensor.
+Y_IS_STATE = ["y_is_the_state", "y_is_the_last_of_a_nested_state"]
 
 
 def _seeded(make):
@@ -163,6 +169,26 @@ def test_verify_streams_the_variant_with_a_reset(bundles):
     again = [c for c in mine if c.variant.endswith(AFTER_RESET)]
     assert {c.case for c in again} == {"test_data_set_1", "test_data_set_2"}  # the stream, from zeros again
     assert {c.output for c in again} == {"y", "h_out"}
+
+
+@pytest.mark.parametrize("name", Y_IS_STATE)
+def test_a_y_that_is_a_state_tensor_is_still_the_one_output_and_verify_rechecks_it(bundles, name):
+    """Where y is the last state tensor's value, OpenVINO merges the two when it compiles; the IR's one output is
+    still y and nothing else, and ``verify BUNDLE`` streams y and every state variable, again after a reset."""
+    folder, model = bundles(name)
+    x = np.random.default_rng(3).standard_normal((2, *model.io.x_features)).astype(np.float32)
+    y, *state = model.run_step(x, model.io.state.zeros(2))
+    np.testing.assert_array_equal(y, state[-1])  # the case at hand: y_t is the state, in PyTorch too
+    assert [sorted(o.get_names()) for o in _compiled(folder).outputs] == [["y"]]
+    report = rnnexport.verify(folder, engines=("cpu",))
+    assert report.passed, report.failures[:3]
+    mine = [c for c in report.checks if c.bundle_variant == STATEFUL_VARIANT and c.contract == Contract.VECTORS]
+    assert mine and {c.engine for c in mine} == {"openvino"} and all(c.passed for c in mine)
+    outputs = {"y", *model.io.state.output_names}
+    for tag in (f"variant {STATEFUL_VARIANT}", f"variant {STATEFUL_VARIANT}, {AFTER_RESET}"):
+        cases = {"test_data_set_0", "test_data_set_1", "test_data_set_2"} if tag.endswith(STATEFUL_VARIANT) \
+            else {"test_data_set_1", "test_data_set_2"}
+        assert {(c.case, c.output) for c in mine if c.variant == tag} == {(k, o) for k in cases for o in outputs}
 
 
 def test_with_shared_weights_the_ir_holds_every_weight_and_verify_rechecks_it(bundles, tmp_path):
@@ -339,10 +365,11 @@ def test_inspect_json_lists_the_variant_as_its_schema_says(bundles):
     assert variant["name"] == STATEFUL_VARIANT and variant["status"] == "ok" and variant["engines"] == ["openvino"]
 
 
-def test_the_ir_is_the_same_bytes_when_made_again(bundles, tmp_path):
+@pytest.mark.parametrize("name", ["seed_gru", "y_is_the_last_of_a_nested_state"])
+def test_the_ir_is_the_same_bytes_when_made_again(bundles, tmp_path, name):
     """OpenVINO names new ops from a process-wide counter; the variant's IR does not depend on it."""
-    folder, model = bundles("seed_gru")
+    folder, model = bundles(name)
     again = tmp_path / "again"
-    package(bundles.root / "seed_gru.step.onnx", again, source=model, variants=[STATEFUL_VARIANT], engines=["cpu"])
+    package(bundles.root / f"{name}.step.onnx", again, source=model, variants=[STATEFUL_VARIANT], engines=["cpu"])
     for name in _entry(folder)["files"]:
         assert (again / name).read_bytes() == (folder / name).read_bytes(), name

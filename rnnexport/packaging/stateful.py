@@ -16,6 +16,9 @@ Two things are added so that an app needs nothing but ``x``:
   2026.4's CPU plugin cannot compile it where the state meets ``x`` in a ``Concat``, as the seed
   GRU and RNN step graphs do.)
 
+The state outputs' names are taken off the tensors the ``Assign`` s read, so that the model's one
+output is ``y`` alone, also where ``y`` is a state tensor's value and OpenVINO merges the two.
+
 An app that resumes a saved state sets it with ``set_state`` before the next step.
 """
 
@@ -23,14 +26,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rnnexport.core.contract import X_NAME, Form, IOSpec
+from rnnexport.core.contract import X_NAME, Y_NAME, Form, IOSpec
 from rnnexport.core.errors import BundleError
 from rnnexport.core.io import atomic_write
 from rnnexport.core.ort import run_limited, start_session
 from rnnexport.engines.stateful import RESET, StatefulCall, stream
+
+if TYPE_CHECKING:
+    import openvino
 
 __all__ = ["make_ir", "streamed"]
 
@@ -44,7 +51,8 @@ def make_ir(source: Path, target: Path, io: IOSpec) -> str:
     no external data.
 
     Raises:
-        ValueError: OpenVINO's model has no parameter or result for a state tensor.
+        ValueError: OpenVINO's model has no parameter or result for a state tensor, or the stateful
+            model's one output is not ``y`` alone.
     """
     import openvino
     from openvino import opset13 as ops
@@ -60,6 +68,7 @@ def make_ir(source: Path, target: Path, io: IOSpec) -> str:
     manager = passes.Manager()
     manager.register_pass(passes.MakeStateful(pairs))
     manager.run_passes(model)
+    _drop_state_output_names(model, io)
     batch = ops.gather(ops.shape_of(model.input(X_NAME), output_type="i64"), ops.constant(np.array([0], np.int64)),
                        ops.constant(np.int64(0)))
     for op in [op for op in model.get_ordered_ops() if op.get_type_name() == "ReadValue"]:
@@ -78,6 +87,9 @@ def make_ir(source: Path, target: Path, io: IOSpec) -> str:
         info.variable_id = name
         variable.update(info)
     model.validate_nodes_and_infer_types()
+    outputs = [sorted(o.get_names()) for o in model.outputs]
+    if outputs != [[Y_NAME]]:
+        raise ValueError(f"OpenVINO's stateful model has outputs {outputs}, not {Y_NAME!r} alone")
     for number, op in enumerate(model.get_ordered_ops()):  # OpenVINO numbers new ops from a process-wide counter:
         if op.get_type_name() not in ("Parameter", "Result"):  # renamed by their place, the same IR every time
             op.set_friendly_name(f"{op.get_type_name()}_{number}")
@@ -94,6 +106,22 @@ def make_ir(source: Path, target: Path, io: IOSpec) -> str:
     names = ", ".join(io.state.names)
     return (f"OpenVINO IR with the state inside (ReadValue/Assign, variables {names}): feed x only, read the state "
             "with query_state(); a new infer request and reset_state() start from the initial state at the batch of x")
+
+
+def _drop_state_output_names(model: openvino.Model, io: IOSpec) -> None:
+    """Take the state outputs' names (``h_out``, ...) off the tensors the ``Assign`` s now read.
+
+    Where ``y`` is a state tensor's value (``y_t = h_t``), the step graph computes the two alike,
+    and OpenVINO's CPU plugin merges them when it compiles: the model's one output would then carry
+    ``h_out`` beside ``y``, and ``get_any_name()`` gives ``h_out``. Once ``MakeStateful`` has made
+    the pairs variables, a state output is no tensor an app reads, so its name goes: the output is
+    ``y`` alone whatever is merged.
+    """
+    gone = set(io.state.output_names)
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "Assign":
+            tensor = op.input_value(0).get_tensor()
+            tensor.set_names(tensor.get_names() - gone)
 
 
 def streamed(reference: Path, target: Path, io: IOSpec, cases: Sequence[tuple[np.ndarray, list[np.ndarray]]],
