@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from rnnexport.core.contract import X_NAME
+from rnnexport.core.contract import X_NAME, Y_NAME
 from rnnexport.core.errors import describe
 from rnnexport.core.process import python_child_env, start_child, stop_child
 from rnnexport.engines.base import START_ALLOWANCE, EngineFailure, EngineTimeout, EngineUnavailable
@@ -87,7 +87,9 @@ class StatefulModel:
         except Exception as e:  # OpenVINO raises untyped errors for what it cannot read or compile
             raise EngineUnavailable(ENGINE, f"OpenVINO cannot read or compile the stateful model: {describe(e)}") from e
         self.request = self.compiled.create_infer_request()
-        self.outputs = [next(iter(sorted(o.get_names())), "") for o in self.compiled.outputs]
+        # an output the compiler merged with another carries both names: the contract's y wins, else the first
+        self.outputs = [Y_NAME if Y_NAME in o.get_names() else next(iter(sorted(o.get_names())), "")
+                        for o in self.compiled.outputs]
 
     def step(self, call: StatefulCall) -> StepResult | None:
         """Run ``call``: what the step gave (None for a reset)."""
