@@ -24,7 +24,8 @@ from rnnexport.core.contract import OUT_SUFFIX, Dim, Form, GraphInfo, Structure,
 from rnnexport.core.errors import ConvertError
 from rnnexport.core.graphs import walk, walk_graphs
 from rnnexport.core.onnxfile import value_dims, value_info, write_info
-from rnnexport.export.onnxutil import check_model
+from rnnexport.export.onnxutil import check_model, names_in
+from rnnexport.export.passes.graph import rename_values
 from rnnexport.serving.config import exposed_names
 
 __all__ = ["ServingForm", "batch_first", "declared_shape", "expose_state", "rename_state"]
@@ -71,18 +72,6 @@ def _check_declared(graph: onnx.GraphProto, info: GraphInfo, where: str) -> None
                                    f"{spec.shape}; it cannot be made batch-first: convert it again")
 
 
-def _names(graph: onnx.GraphProto) -> set[str]:
-    """Every value name used anywhere in ``graph`` and its subgraphs."""
-    used: set[str] = set()
-    for g in walk_graphs(graph):
-        used.update(v.name for v in (*g.input, *g.output, *g.value_info))
-        used.update(t.name for t in g.initializer)
-        for node in g.node:
-            used.update(node.input)
-            used.update(node.output)
-    return used
-
-
 def _fresh(used: set[str], hint: str) -> str:
     name, count = hint, 0
     while name in used:
@@ -101,8 +90,7 @@ def _rename(graph: onnx.GraphProto, old: str, new: str, where: str) -> None:
             raise ConvertError(f"{where}: a subgraph declares its own {old!r}, so it cannot be made batch-first; "
                                "convert it again with another lowering (--lowering native or scan)")
     for node in walk(graph):
-        node.input[:] = [new if n == old else n for n in node.input]
-        node.output[:] = [new if n == old else n for n in node.output]
+        rename_values(node, {old: new})
     for value in graph.value_info:
         if value.name == old:
             value.name = new
@@ -121,7 +109,7 @@ def _perm_out(axis: int, rank: int) -> list[int]:
 def _wrap(graph: onnx.GraphProto, info: GraphInfo, where: str) -> tuple[str, ...]:
     state = info.io.state
     served = dataclasses.replace(state, batch_axis=0)
-    used = _names(graph)
+    used = names_in(graph)
     heads, tails = [], []
     for index, (name, output) in enumerate(zip(state.names, state.output_names, strict=True)):
         inner_in, inner_out = _fresh(used, name + _STEP_LAYOUT), _fresh(used, output + _STEP_LAYOUT)
@@ -200,7 +188,7 @@ def expose_state(form: ServingForm, where: str = "the graph") -> ServingForm:
         if name in taken:
             raise ConvertError(f"{where}: --expose-state would name a state copy {name!r}, which the graph uses "
                                "for an input or output already: rename the state, or serve it without --expose-state")
-    used = _names(graph)
+    used = names_in(graph)
     for name in names:
         if name in used:  # an inner value of that name: it gets another one
             _rename(graph, name, _fresh(used, name), where)
@@ -244,13 +232,13 @@ def rename_state(form: ServingForm, names: tuple[str, ...], where: str = "the gr
     served = onnx.ModelProto()
     served.CopyFrom(form.model)
     graph = served.graph
-    used = _names(graph) | set(names) | {n + OUT_SUFFIX for n in names}
+    used = names_in(graph) | set(names) | {n + OUT_SUFFIX for n in names}
     pairs = [(old, new) for old, new in zip(state.names, names, strict=True) if old != new]
     moves = [(old, new) for o, n in pairs for old, new in ((o, n), (o + OUT_SUFFIX, n + OUT_SUFFIX))]
     parked = [(_fresh(used, f"{old}_renamed"), new) for old, new in moves]
     for (old, _), (temp, _) in zip(moves, parked, strict=True):  # through unused names: no rename can meet another
         _rename_value(graph, old, temp, where)
-    inner = _names(graph) - {temp for temp, _ in parked}
+    inner = names_in(graph) - {temp for temp, _ in parked}
     for temp, new in parked:
         if new in inner:  # an inner value has the name: it gets another one
             _rename(graph, new, _fresh(used, new), where)
