@@ -6,8 +6,10 @@ checks that the others are refused with a reason, so the table cannot drift.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
+import pytest
 import torch
 
 import rnnexport
@@ -115,6 +117,18 @@ LOWERINGS: dict[str, tuple[str, ...]] = {
 }
 
 BIDIRECTIONAL = {"nn_lstm_2layer_bi_batch_first", "nn_gru_3layer_bi"}
+
+
+def heavy(name: str, lowering: str) -> bool:
+    """Whether a case exports or runs a large graph: a bidirectional configuration (3-layer or
+    batch-first), a bidirectional module, or an unrolled graph of anything but a seed cell."""
+    return name in BIDIRECTIONAL or "_bi" in name or (lowering == "unrolled" and not name.startswith("seed_"))
+
+
+def fast_lane(cases: Iterable[tuple[str, str]]) -> list[Any]:
+    """``(name, lowering)`` cases as pytest parameters, the :func:`heavy` ones marked slow: the full
+    suite runs every case, the fast lane (``-m "not slow"``) one of each kind."""
+    return [pytest.param(*case, marks=pytest.mark.slow) if heavy(*case) else case for case in cases]
 #: What auto must pick: native when it applies, except scan for plain-RNN sequences.
 RNN_FAMILY = {"seed_rnn", "nn_rnn_tanh_2layer", "nn_rnn_relu"}
 AUTO = {name: "scan" if name in RNN_FAMILY else lowerings[0] for name, lowerings in LOWERINGS.items()}

@@ -12,7 +12,7 @@ import pytest
 from rnnexport.core.contract import Form, Lowering
 from rnnexport.core.errors import ConvertError
 from rnnexport.testing import assert_close, feeds, random_inputs, random_state
-from tests.configs import AUTO, BIDIRECTIONAL, CONFIGS, LOWERINGS, VOCABULARY
+from tests.configs import AUTO, BIDIRECTIONAL, CONFIGS, LOWERINGS, VOCABULARY, fast_lane
 
 ATOL = 1e-5
 SEQ_LENS = (1, 7, 100)
@@ -30,7 +30,7 @@ def _case(exports, name: str, form: Form, batch: int, time: int | None, seed: in
     return model, x, random_state(model.io, batch, rng, scale=0.5)
 
 
-@pytest.mark.parametrize(("name", "lowering"), SEQUENCE_CASES)
+@pytest.mark.parametrize(("name", "lowering"), fast_lane(SEQUENCE_CASES))
 def test_sequence_graph_matches_pytorch(exports, name, lowering):
     result = exports.export(name, lowering=lowering)
     assert result.lowering.value == lowering
@@ -79,7 +79,7 @@ STEP_CASES = [(name, lw) for name in CONFIGS if name not in BIDIRECTIONAL
               for lw in (("native", "unrolled") if "native" in LOWERINGS[name] else ("unrolled",))]
 
 
-@pytest.mark.parametrize(("name", "lowering"), STEP_CASES)
+@pytest.mark.parametrize(("name", "lowering"), fast_lane(STEP_CASES))
 def test_step_graph_fed_t_times_matches_sequence(exports, name, lowering):
     step = exports.export(name, form="step", lowering=lowering)
     assert step.inputs[0].shape[0] == "B"
@@ -106,6 +106,7 @@ def test_bidirectional_has_no_step_form(exports, name, tmp_path):
         convert(exports.model(name), tmp_path / "s.onnx", form="step")
 
 
+@pytest.mark.slow
 def test_native_and_scan_graph_size_does_not_grow_with_t(exports):
     """One native/scan file serves every T; an unrolled trace grows with T."""
     unrolled = [exports.export("seed_lstm", lowering="unrolled", seq_len=t).nodes for t in (3, 9)]

@@ -368,6 +368,7 @@ def _node_engines() -> list[str]:
     return ["node", "wasm"] if shutil.which("node") and (_modules() / "onnxruntime-node").is_dir() else []
 
 
+@pytest.mark.slow
 def test_verify_stops_a_looping_graph_on_every_engine(looping_step, tmp_path):
     """One FAIL line per engine, naming it and the budget; exit 1; no engine process left behind.
 

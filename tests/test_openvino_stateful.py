@@ -55,6 +55,14 @@ MODELS = {
 }
 #: The models whose y is the value of their last state tensor.
 Y_IS_STATE = ["y_is_the_state", "y_is_the_last_of_a_nested_state"]
+#: Models whose bundles run in the full suite only: the fast lane (``-m "not slow"``) keeps a seed cell, torch.nn
+#: modules and the single-state y.
+FULL_SUITE = {"nested_lstm_then_gru", "y_is_the_last_of_a_nested_state"}
+
+
+def lanes(names):
+    """``names`` as pytest parameters, those of :data:`FULL_SUITE` marked slow."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in FULL_SUITE else n for n in names]
 
 
 def _seeded(make):
@@ -101,7 +109,7 @@ def _compiled(folder: Path):
     return openvino.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", lanes(MODELS))
 def test_the_manifest_records_the_variant_and_its_proof(bundles, name):
     folder, model = bundles(name)
     entry = _entry(folder)
@@ -133,7 +141,7 @@ def _torch_stream(model, xs: np.ndarray) -> tuple[list[np.ndarray], list[np.ndar
     return ys, state
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", lanes(MODELS))
 def test_two_streams_with_a_reset_match_pytorch_step_by_step(bundles, name):
     """Only x is fed; query_state() gives the state by the contract's names; reset_state() starts over from zeros,
     at another batch too; without the reset the next stream would not match (the check is not vacuous)."""
@@ -171,7 +179,7 @@ def test_verify_streams_the_variant_with_a_reset(bundles):
     assert {c.output for c in again} == {"y", "h_out"}
 
 
-@pytest.mark.parametrize("name", Y_IS_STATE)
+@pytest.mark.parametrize("name", lanes(Y_IS_STATE))
 def test_a_y_that_is_a_state_tensor_is_still_the_one_output_and_verify_rechecks_it(bundles, name):
     """Where y is the last state tensor's value, OpenVINO merges the two when it compiles; the IR's one output is
     still y and nothing else, and ``verify BUNDLE`` streams y and every state variable, again after a reset."""
@@ -365,7 +373,7 @@ def test_inspect_json_lists_the_variant_as_its_schema_says(bundles):
     assert variant["name"] == STATEFUL_VARIANT and variant["status"] == "ok" and variant["engines"] == ["openvino"]
 
 
-@pytest.mark.parametrize("name", ["seed_gru", "y_is_the_last_of_a_nested_state"])
+@pytest.mark.parametrize("name", lanes(["seed_gru", "y_is_the_last_of_a_nested_state"]))
 def test_the_ir_is_the_same_bytes_when_made_again(bundles, tmp_path, name):
     """OpenVINO names new ops from a process-wide counter; the variant's IR does not depend on it."""
     folder, model = bundles(name)

@@ -45,6 +45,7 @@ def checkouts(tmp_path_factory) -> tuple[Path, Path]:
     return first, second
 
 
+@pytest.mark.slow
 def test_the_same_model_from_two_checkouts_gives_identical_zips(checkouts):
     first, second = checkouts
     assert (first / "lm-bundle.zip").read_bytes() == (second / "lm-bundle.zip").read_bytes()

@@ -226,20 +226,28 @@ def _user_models() -> dict[str, rnnexport.RecurrentModel]:
             "bidirectional-gru": rnnexport.from_module(nn.GRU(16, 64, bidirectional=True).eval())}
 
 
+class Bundles:
+    """Each model above packaged with int8-qdq (and the step graph where the model streams), once, on first use."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.made: dict[str, tuple[PackageResult, Path]] = {}
+
+    def __getitem__(self, name: str) -> tuple[PackageResult, Path]:
+        if name not in self.made:
+            source = load_source(name) if name in TRAINED else _user_models()[name]
+            sequence = rnnexport.convert(source, self.root / f"{name}.onnx")
+            step = None if name == "bidirectional-gru" else rnnexport.convert(
+                source, self.root / f"{name}.step.onnx", form="step").path
+            engines = ENGINES + (["wasm"] if name == "lstm-charlm" else [])
+            self.made[name] = (package(sequence.path, self.root / name, source=source, step_path=step,
+                                       variants=["int8-qdq"], engines=engines), sequence.path)
+        return self.made[name]
+
+
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    """Every model above packaged once with int8-qdq (and the step graph where the model streams)."""
-    root = tmp_path_factory.mktemp("qdq")
-    sources = {name: load_source(name) for name in TRAINED} | _user_models()
-    made = {}
-    for name, source in sources.items():
-        sequence = rnnexport.convert(source, root / f"{name}.onnx")
-        step = None if name == "bidirectional-gru" else rnnexport.convert(source, root / f"{name}.step.onnx",
-                                                                          form="step").path
-        engines = ENGINES + (["wasm"] if name == "lstm-charlm" else [])
-        made[name] = (package(sequence.path, root / name, source=source, step_path=step,
-                              variants=["int8-qdq"], engines=engines), sequence.path)
-    return made
+def bundles(tmp_path_factory) -> Bundles:
+    return Bundles(tmp_path_factory.mktemp("qdq"))
 
 
 def _float_bytes(result: PackageResult, graph: str) -> int:
@@ -247,8 +255,10 @@ def _float_bytes(result: PackageResult, graph: str) -> int:
     return onnx.load(result.folder / result.manifest.graphs[graph].file).ByteSize()
 
 
-@pytest.mark.parametrize("name", [*TRAINED, "user-cell", "nested-state", "bidirectional-gru"])
+@pytest.mark.parametrize("name", [*(pytest.param(n, marks=pytest.mark.slow) if n != "rnn-charlm" else n for n in TRAINED),
+                                  "user-cell", "nested-state", "bidirectional-gru"])
 def test_int8_qdq_is_made_and_proven_on_every_engine(bundles, name):
+    """Every trained model in the full suite; the fast lane (``-m "not slow"``) makes the smallest one's."""
     result, _ = bundles[name]
     graphs = {"sequence"} if name == "bidirectional-gru" else {"sequence", "step"}
     variants = {v.of: v for v in result.variants}
@@ -267,6 +277,7 @@ def test_int8_qdq_is_made_and_proven_on_every_engine(bundles, name):
     assert report.passed, report.failures[:3]
 
 
+@pytest.mark.slow
 def test_lstm_charlm_int8_qdq_meets_its_targets(bundles):
     result, graph = bundles["lstm-charlm"]
     for variant in result.variants:
@@ -277,6 +288,7 @@ def test_lstm_charlm_int8_qdq_meets_its_targets(bundles):
         assert variant.cpu is not None and variant.quantization["recurrent_operators"] == 1
 
 
+@pytest.mark.slow
 def test_lstm_forecaster_int8_qdq_forecasts_within_5_percent(bundles):
     result, _ = bundles["lstm-forecaster"]
     for variant in result.variants:

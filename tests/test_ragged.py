@@ -31,7 +31,7 @@ from rnnexport.source.model import RecurrentModel
 from rnnexport.source.sources import load_source
 from rnnexport.testing import assert_close
 from tests.cli import assert_one_line_error, invoke
-from tests.configs import CONFIGS, seed_params
+from tests.configs import CONFIGS, fast_lane, seed_params
 from tests.modules import LstmThenCell
 from tests.schemas import validate
 
@@ -162,7 +162,7 @@ def _seed_per_sequence(model: RecurrentModel, x: np.ndarray, state: list[np.ndar
 # --------------------------------------------------------------------------- parity
 
 
-@pytest.mark.parametrize(("name", "lowering"), GRID)
+@pytest.mark.parametrize(("name", "lowering"), fast_lane(GRID))
 def test_a_ragged_batch_equals_each_sequence_run_alone(ragged, name, lowering):
     exported = ragged.get(name, lowering)
     io = exported.info.io

@@ -379,6 +379,7 @@ def test_the_deepest_structure_allowed_parses():
 # --------------------------------------------------------------------------- the docs
 
 
+@pytest.mark.slow
 def test_the_docs_example_runs(tmp_path, monkeypatch):
     text = (ROOT / "docs" / "modules.md").read_text()
     blocks = re.findall(r"^```python\n(.*?)^```$", text, flags=re.S | re.M)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from rnnexport.verification import Contract, verify
-from tests.configs import BIDIRECTIONAL, CONFIGS, LOWERINGS
+from tests.configs import BIDIRECTIONAL, CONFIGS, LOWERINGS, fast_lane
 
 #: The ReferenceEvaluator is asked for but may be missing: its gaps are checked below.
 GRID = {"batch_sizes": (1, 3), "seq_lens": (1, 5), "engines": ("cpu", "reference"), "allow_missing": True}
@@ -41,7 +41,7 @@ def _check_reference(report, key) -> None:
         assert ran, [u.reason for u in report.unavailable]
 
 
-@pytest.mark.parametrize(("name", "lowering"), SEQUENCE)
+@pytest.mark.parametrize(("name", "lowering"), fast_lane(SEQUENCE))
 def test_sequence_graph_verifies(exports, name, lowering):
     seq_len = 7 if lowering == "unrolled" else None
     result = exports.export(name, lowering=lowering, seq_len=seq_len)
