@@ -128,29 +128,6 @@ class LstmThenCell(nn.Module):
         return torch.stack(ys), {"lstm": lstm, "cell": h}
 
 
-class LearnedStart(nn.Module):
-    """An LSTMCell, a GRUCell and a head; the initial ``((h, c), g)`` are learned parameters, expanded over the batch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(5)
-        self.lstm, self.gru, self.head = nn.LSTMCell(3, 4), nn.GRUCell(4, 2), nn.Linear(2, 2)
-        self.h0, self.c0, self.g0 = (nn.Parameter(torch.randn(size)) for size in (4, 4, 2))
-
-    def initial_state(self, batch: int):
-        return (self.h0.expand(batch, -1), self.c0.expand(batch, -1)), self.g0.expand(batch, -1)
-
-    def forward(self, x, state):
-        (h, c), g = state
-        ys = []
-        for t in range(x.shape[0]):
-            h, c = self.lstm(x[t], (h, c))
-            g = self.gru(h, g)
-            ys.append(self.head(g))
-        return torch.stack(ys), ((h, c), g)
-
-
-
 class GruCellLoop(nn.Module):
     """An nn.GRUCell loop whose output is its state: ``y_t = h_t``."""
 
@@ -174,7 +151,7 @@ class LstmCellThenGruCell(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.lstm, self.gru = nn.LSTMCell(3, 4), nn.GRUCell(4, 2)
+        self.lstm, self.gru, self.out = nn.LSTMCell(3, 4), nn.GRUCell(4, 2), nn.Identity()
 
     def initial_state(self, batch: int):
         return (torch.zeros(batch, 4), torch.zeros(batch, 4)), torch.zeros(batch, 2)
@@ -185,8 +162,21 @@ class LstmCellThenGruCell(nn.Module):
         for t in range(x.shape[0]):
             h, c = self.lstm(x[t], (h, c))
             g = self.gru(h, g)
-            ys.append(g)
+            ys.append(self.out(g))
         return torch.stack(ys), ((h, c), g)
+
+
+class LearnedStart(LstmCellThenGruCell):
+    """The same with a head (``y_t = head(g_t)``) and a learned initial ``((h, c), g)``, expanded over the batch."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(5)
+        super().__init__()
+        self.out = nn.Linear(2, 2)
+        self.h0, self.c0, self.g0 = (nn.Parameter(torch.randn(size)) for size in (4, 4, 2))
+
+    def initial_state(self, batch: int):
+        return (self.h0.expand(batch, -1), self.c0.expand(batch, -1)), self.g0.expand(batch, -1)
 
 
 #: name -> (module class, expected state names, expected structure)
