@@ -26,7 +26,7 @@ from rnnexport.runtime import StatefulSession, StreamBatcher
 from rnnexport.source.sources import load_source
 from rnnexport.testing import assert_close, random_inputs, random_state
 from tests.cli import assert_one_line_error, invoke
-from tests.modules import MODULES, user_module
+from tests.modules import MODULES, GruCellLoop, user_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -698,13 +698,8 @@ def test_convert_input_size_reaches_a_factory(tmp_path):
 
 
 def test_torch_exports_refusal_is_printed_with_its_reason(tmp_path):
-    class Branches(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.cell = nn.GRUCell(3, 4)
-
-        def initial_state(self, batch: int):
-            return torch.zeros(batch, 4)
+    class Branches(GruCellLoop):
+        """tests/modules.py's GRUCell loop, stepping only where the input sums above 0."""
 
         def forward(self, x, h):
             ys = []
